@@ -1,0 +1,3 @@
+from pyro_loop.cli.app import main
+
+main()

@@ -1,0 +1,508 @@
+"""The agent: serves exec and file requests inside a workspace (protocol.py).
+
+Started by the runtime as the workspace's main process, with an already-listening socket on
+the file descriptor given in argv. It forks one handler per connection, so a long command
+never blocks a file read, and a handler that crashes takes nothing else down.
+
+Paths in requests are confined to /workspace: a path that is, or resolves through a symlink
+to, anything outside it is refused. The sandbox around the agent is the security boundary;
+this confinement keeps the file tools' behaviour predictable.
+"""
+
+import os
+import posix
+import select
+import sys
+import time
+
+import _signal
+import _socket
+import protocol as p
+
+WORKSPACE = "/workspace"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DRAIN_AFTER_EXIT = 0.05  # seconds to keep reading output held open by background children
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class RequestError(Exception):
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+
+def confine(path, follow=True):
+    """Map a request path to an absolute path inside /workspace, or raise RequestError."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise RequestError("invalid_path", "path must be a non-empty string")
+    absolute = path if path.startswith("/") else WORKSPACE + "/" + path
+    lexical = os.path.normpath(absolute)
+    if not _inside(lexical):
+        raise RequestError("outside_workspace", "path is outside /workspace: " + path)
+    resolved = os.path.realpath(lexical) if follow else os.path.join(
+        os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical)
+    )
+    if not _inside(resolved):
+        raise RequestError(
+            "outside_workspace", "path resolves outside /workspace through a symlink: " + path
+        )
+    return resolved
+
+
+def _inside(path):
+    return path == WORKSPACE or path.startswith(WORKSPACE + "/")
+
+
+def _entry(path, st):
+    mode = st.st_mode
+    if mode & 0o170000 == 0o040000:
+        kind = "dir"
+    elif mode & 0o170000 == 0o100000:
+        kind = "file"
+    elif mode & 0o170000 == 0o120000:
+        kind = "symlink"
+    else:
+        kind = "other"
+    entry = {"path": path, "type": kind, "size": st.st_size, "mode": mode & 0o7777,
+             "mtime": st.st_mtime}
+    if kind == "symlink":
+        entry["target"] = os.readlink(path)
+    return entry
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+def op_ping(conn, req):
+    return {"protocol": p.VERSION, "pid": os.getpid(),
+            "python": "%d.%d.%d" % sys.version_info[:3]}
+
+
+def op_stat(conn, req):
+    path = confine(req.get("path"), follow=False)
+    try:
+        return {"entry": _entry(path, os.lstat(path))}
+    except FileNotFoundError:
+        raise RequestError("not_found", "no such file in the workspace: " + path) from None
+
+
+def op_list(conn, req):
+    root = confine(req.get("path", WORKSPACE))
+    recursive = bool(req.get("recursive", False))
+    limit = int(req.get("max_entries", 10000))
+    if not os.path.isdir(root):
+        raise RequestError("not_a_directory", "not a directory in the workspace: " + root)
+    entries = []
+    pending = [root]
+    truncated = False
+    while pending and not truncated:
+        current = pending.pop()
+        with os.scandir(current) as it:
+            for item in sorted(it, key=lambda e: e.name):
+                if len(entries) >= limit:
+                    truncated = True
+                    break
+                st = item.stat(follow_symlinks=False)
+                entries.append(_entry(item.path, st))
+                if recursive and item.is_dir(follow_symlinks=False):
+                    pending.append(item.path)
+    entries.sort(key=lambda e: e["path"])
+    return {"path": root, "entries": entries, "truncated": truncated}
+
+
+def op_read(conn, req):
+    path = confine(req.get("path"))
+    max_bytes = int(req.get("max_bytes", 65536))
+    offset = int(req.get("offset", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise RequestError("not_found", "no such file in the workspace: " + path) from None
+    except IsADirectoryError:
+        raise RequestError("is_a_directory", "is a directory, not a file: " + path) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000:
+            raise RequestError("not_a_file", "not a regular file: " + path)
+        os.lseek(fd, offset, 0)
+        remaining = max_bytes
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, p.MAX_CHUNK))
+            if not chunk:
+                break
+            p.send_frame(conn, p.KIND_DATA, chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    sent = min(max(st.st_size - offset, 0), max_bytes)
+    return {"path": path, "size": st.st_size, "offset": offset,
+            "truncated": offset + sent < st.st_size}
+
+
+def _recv_data(conn, out_fd):
+    total = 0
+    while True:
+        kind, payload = p.recv_frame(conn)
+        if kind != p.KIND_DATA:
+            raise p.ProtocolError("expected a data frame")
+        if not payload:
+            return total
+        if out_fd is not None:
+            os.write(out_fd, payload)
+        total += len(payload)
+
+
+def op_write(conn, req):
+    path = confine(req.get("path"))
+    mode = req.get("mode")
+    parent = os.path.dirname(path)
+    if req.get("mkdirs", True):
+        os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(path):
+        _recv_data(conn, None)
+        raise RequestError("is_a_directory", "is a directory, not a file: " + path)
+    if mode is None:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o644
+    tmp = "%s/.pyro-write-%d-%s" % (parent, os.getpid(), os.path.basename(path)[:100])
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        written = _recv_data(conn, fd)
+        os.fchmod(fd, int(mode))
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    return {"path": path, "written": written}
+
+
+def op_remove(conn, req):
+    path = confine(req.get("path"), follow=False)
+    if path == WORKSPACE:
+        raise RequestError("invalid_path", "refusing to remove /workspace itself")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if req.get("missing_ok"):
+            return {"path": path, "removed": False}
+        raise RequestError("not_found", "no such file in the workspace: " + path) from None
+    if st.st_mode & 0o170000 == 0o040000:
+        if not req.get("recursive"):
+            raise RequestError("is_a_directory", "is a directory (pass recursive): " + path)
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return {"path": path, "removed": True}
+
+
+def op_mkdir(conn, req):
+    path = confine(req.get("path"))
+    os.makedirs(path, exist_ok=True)
+    return {"path": path}
+
+
+def op_symlink(conn, req):
+    path = confine(req.get("path"), follow=False)
+    target = req.get("target")
+    if not isinstance(target, str) or not target or "\0" in target:
+        raise RequestError("invalid_path", "symlink target must be a non-empty string")
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(target, path)
+    return {"path": path}
+
+
+def op_chmod(conn, req):
+    path = confine(req.get("path"))
+    os.chmod(path, int(req.get("mode")) & 0o7777)
+    return {"path": path}
+
+
+def op_tar(conn, req):
+    """Stream `path` as an uncompressed tar archive in D frames (symlinks stay symlinks)."""
+    import tarfile
+
+    path = confine(req.get("path"))
+    if not os.path.lexists(path):
+        raise RequestError("not_found", "no such file in the workspace: " + path)
+
+    class FrameWriter:
+        def write(self, data):
+            p.send_data(conn, p.KIND_DATA, data)
+            return len(data)
+
+    arcname = os.path.basename(path) if path != WORKSPACE else "workspace"
+
+    def no_specials(info):
+        return info if (info.isfile() or info.isdir() or info.issym()) else None
+
+    with tarfile.open(fileobj=FrameWriter(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(path, arcname=arcname, filter=no_specials)
+    return {"path": path, "arcname": arcname}
+
+
+def op_freeze(conn, req):
+    """Stop every other process in the workspace until the client says thaw (or goes away)."""
+    os.kill(-1, _signal.SIGSTOP)
+    try:
+        p.send_json(conn, {"ok": True, "frozen": True})
+        try:
+            p.recv_frame(conn)
+        except p.ProtocolError:
+            pass
+    finally:
+        os.kill(-1, _signal.SIGCONT)
+    return {"thawed": True}
+
+
+def op_exec(conn, req):
+    argv = req.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise RequestError("invalid_request", "argv must be a non-empty list of strings")
+    cwd = confine(req.get("cwd") or WORKSPACE)
+    if not os.path.isdir(cwd):
+        raise RequestError("not_a_directory", "working directory does not exist: " + cwd)
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "PYRO_WORKSPACE": "1",
+           "PWD": cwd}
+    extra = req.get("env") or {}
+    if not isinstance(extra, dict):
+        raise RequestError("invalid_request", "env must be an object")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
+            raise RequestError("invalid_request", "env entries must be NAME=value strings")
+        env[key] = value
+    timeout = req.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    started = time.monotonic()
+
+    _become_subreaper()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    fail_r, fail_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the command
+        try:
+            os.setsid()
+            _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        except BaseException as exc:
+            code = getattr(exc, "errno", None) or 0
+            os.write(fail_w, str(code).encode())
+        os._exit(127)
+    for fd in (out_w, err_w, fail_w):
+        os.close(fd)
+    failure = os.read(fail_r, 64)
+    os.close(fail_r)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(out_r)
+        os.close(err_r)
+        errno = int(failure or b"0")
+        what = "command not found" if errno == 2 else "cannot run command"
+        raise RequestError("exec_failed", "%s: %s (%s)" % (what, argv[0], os.strerror(errno)))
+
+    status, timed_out = _pump(conn, pid, out_r, err_r, deadline)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        exit_code = 128 + sig
+    else:
+        sig = None
+        exit_code = os.WEXITSTATUS(status)
+    if timed_out:
+        exit_code = 124
+    return {"exit_code": exit_code, "signal": sig, "timed_out": timed_out,
+            "duration": time.monotonic() - started}
+
+
+def _pump(conn, pid, out_r, err_r, deadline):
+    """Forward output until the command exits (or times out, or the client goes away)."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    streams = {out_r: p.KIND_STDOUT, err_r: p.KIND_STDERR}
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    poller.register(conn.fileno(), select.POLLIN)  # readable only when the client hung up
+    status = None
+    timed_out = False
+    drain_until = None
+    while streams:
+        now = time.monotonic()
+        limits = [t for t in (deadline, drain_until) if t is not None]
+        wait_ms = None if not limits else max(0, int((min(limits) - now) * 1000) + 1)
+        events = poller.poll(wait_ms)
+        if deadline is not None and time.monotonic() >= deadline and status is None:
+            timed_out = True
+            _kill_tree(pid)
+            status = os.waitpid(pid, 0)[1]
+            break
+        for fd, _event in events:
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                status = os.waitpid(pid, 0)[1]
+                drain_until = time.monotonic() + DRAIN_AFTER_EXIT
+            elif fd == conn.fileno():
+                _kill_tree(pid)  # the client is gone: nobody will read the output
+                os.waitpid(pid, 0)
+                raise SystemExit(0)
+            elif fd in streams:
+                data = os.read(fd, 65536)
+                if data:
+                    p.send_frame(conn, streams[fd], data)
+                else:
+                    poller.unregister(fd)
+                    del streams[fd]
+        if drain_until is not None and time.monotonic() >= drain_until:
+            break
+    if status is None:
+        status = os.waitpid(pid, 0)[1]
+    for fd in (out_r, err_r):
+        os.close(fd)
+    os.close(pidfd)
+    return status, timed_out
+
+
+def _become_subreaper():
+    """Orphaned descendants of the command re-parent to this handler, so a timeout finds them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:  # no ctypes in a minimal image: fall back to the process group only
+        pass
+
+
+def _kill_tree(pid):
+    """SIGKILL the command and every descendant (including double-forked and setsid ones).
+
+    Orphans re-parent to this handler (a subreaper), so the tree below it is complete. Repeat
+    until nothing is left, in case a process forked while we were killing.
+    """
+    me = os.getpid()
+    for _attempt in range(100):
+        victims = _descendants(me)
+        if not victims:
+            return
+        for victim in victims:
+            try:
+                os.kill(victim, _signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+
+def _descendants(root):
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    found = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+OPS = {
+    "ping": op_ping, "stat": op_stat, "list": op_list, "read": op_read, "write": op_write,
+    "remove": op_remove, "mkdir": op_mkdir, "symlink": op_symlink, "chmod": op_chmod,
+    "tar": op_tar, "freeze": op_freeze, "exec": op_exec,
+}
+
+
+# -- serving -------------------------------------------------------------------------------
+
+
+def handle(conn):
+    try:
+        req = p.recv_json(conn)
+    except p.ProtocolError:
+        return
+    try:
+        if req.get("v") != p.VERSION:
+            raise RequestError("unsupported_version",
+                               "agent speaks protocol %d, request has %r" % (p.VERSION, req.get("v")))
+        op = OPS.get(req.get("op"))
+        if op is None:
+            raise RequestError("unknown_op", "unknown operation: %r" % (req.get("op"),))
+        reply = op(conn, req)
+        reply["ok"] = True
+    except RequestError as exc:
+        reply = {"ok": False, "kind": exc.kind, "error": str(exc)}
+    except p.ProtocolError:
+        return
+    except (OSError, ValueError, TypeError) as exc:
+        reply = {"ok": False, "kind": "os_error", "error": "%s: %s" % (type(exc).__name__, exc)}
+    try:
+        p.send_json(conn, reply)
+    except OSError:
+        pass
+
+
+def serve(listener):
+    # Handlers are reaped by the kernel; each handler restores SIGCHLD for its own commands.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    while True:
+        try:
+            fd, _addr = listener._accept()
+        except InterruptedError:
+            continue
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes (a fork bomb in the workspace): drop this client
+            os.close(fd)
+            time.sleep(0.01)
+            continue
+        if pid == 0:
+            status = 0
+            try:
+                listener.close()
+                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                conn = _socket.socket(fileno=fd)
+                handle(conn)
+            except SystemExit:
+                pass
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(fd)
+
+
+def main(argv):
+    listener = _socket.socket(fileno=int(argv[1]))
+    os.set_inheritable(listener.fileno(), False)
+    os.chdir(WORKSPACE)
+    posix.umask(0o022)
+    serve(listener)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

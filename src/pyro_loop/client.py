@@ -1,0 +1,265 @@
+"""The host side of the agent protocol: one connection per request."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.agent import protocol as p
+from pyro_loop.errors import (
+    AgentError,
+    AgentUnavailableError,
+    CommandNotFoundError,
+    InvalidInputError,
+    NotFoundError,
+    PyroError,
+)
+
+OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
+
+# How the agent's error kinds map onto pyro's errors (anything else is an AgentError).
+_ERRORS_BY_KIND: dict[str, type[PyroError]] = {
+    "not_found": NotFoundError,
+    "outside_workspace": InvalidInputError,
+    "invalid_path": InvalidInputError,
+    "exec_failed": CommandNotFoundError,
+}
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    duration: float
+    timed_out: bool
+    signal: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "duration_ms": round(self.duration * 1000, 3),
+            "timed_out": self.timed_out,
+            "signal": self.signal,
+        }
+
+
+class AgentClient:
+    """Talks to one workspace's agent over its Unix socket."""
+
+    def __init__(self, socket_path: Path, *, connect_timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.connect_timeout = connect_timeout
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[socket.socket]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                sock.connect(socket_address(self.socket_path))
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise AgentUnavailableError("the workspace's agent is not running") from exc
+            yield sock
+        finally:
+            sock.close()
+
+    def _request(
+        self,
+        request: dict[str, Any],
+        *,
+        data: bytes | None = None,
+        on_frame: Callable[[bytes, bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send one request (plus data frames) and collect stream frames until the reply."""
+        with self._connect() as sock:
+            sock.settimeout(timeout if timeout is not None else self.connect_timeout)
+            try:
+                p.send_json(sock, {"v": p.VERSION, **request})
+                if data is not None:
+                    p.send_data(sock, p.KIND_DATA, data)
+                    p.send_frame(sock, p.KIND_DATA, b"")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent refused early; its reply (if any) says why
+            try:
+                while True:
+                    kind, payload = p.recv_frame(sock)
+                    if kind == p.KIND_JSON:
+                        return _check_reply(p.decode_json(payload))
+                    if on_frame is None:
+                        raise p.ProtocolError(f"unexpected {kind!r} frame for {request['op']}")
+                    on_frame(kind, payload)
+            except (p.Closed, ConnectionResetError) as exc:
+                raise AgentUnavailableError(
+                    "the workspace's agent closed the connection (it stopped or crashed)"
+                ) from exc
+            except TimeoutError as exc:
+                raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
+            except p.ProtocolError as exc:
+                raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._request({"op": "ping"}, timeout=timeout)
+
+    def wait_ready(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait for a just-started agent: connections queue until it accepts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.ping(timeout=max(0.05, deadline - time.monotonic()))
+            except AgentUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_output: OutputSink | None = None,
+    ) -> ExecResult:
+        """Run `argv` in the workspace; output goes to `on_output` as it comes, or is collected."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def on_frame(kind: bytes, payload: bytes) -> None:
+            stream = "stdout" if kind == p.KIND_STDOUT else "stderr"
+            if kind not in (p.KIND_STDOUT, p.KIND_STDERR):
+                raise p.ProtocolError(f"unexpected {kind!r} frame during exec")
+            if on_output is not None:
+                on_output(stream, payload)
+            else:
+                (out if stream == "stdout" else err).append(payload)
+
+        reply = self._request(
+            {"op": "exec", "argv": argv, "cwd": cwd, "env": env or {}, "timeout": timeout},
+            on_frame=on_frame,
+            # The socket timeout bounds silence, not the command: allow the command's own
+            # timeout plus a margin, or wait indefinitely when it has none.
+            timeout=(timeout + 10.0) if timeout is not None else None,
+        )
+        return ExecResult(
+            exit_code=_int(reply, "exit_code"),
+            duration=float(reply.get("duration", 0.0)),
+            timed_out=bool(reply.get("timed_out", False)),
+            signal=reply.get("signal") if isinstance(reply.get("signal"), int) else None,
+            stdout=b"".join(out),
+            stderr=b"".join(err),
+        )
+
+    def read(self, path: str, *, max_bytes: int = 65536, offset: int = 0) -> tuple[bytes, dict[str, Any]]:
+        chunks: list[bytes] = []
+        reply = self._request(
+            {"op": "read", "path": path, "max_bytes": max_bytes, "offset": offset},
+            on_frame=_data_collector(chunks, limit=max_bytes),
+        )
+        return b"".join(chunks), reply
+
+    def write(self, path: str, content: bytes, *, mode: int | None = None) -> dict[str, Any]:
+        return self._request({"op": "write", "path": path, "mode": mode}, data=content)
+
+    def list(self, path: str, *, recursive: bool = False, max_entries: int = 10000) -> dict[str, Any]:
+        return self._request(
+            {"op": "list", "path": path, "recursive": recursive, "max_entries": max_entries}
+        )
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self._request({"op": "stat", "path": path})
+
+    def remove(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> dict[str, Any]:
+        return self._request(
+            {"op": "remove", "path": path, "recursive": recursive, "missing_ok": missing_ok}
+        )
+
+    def mkdir(self, path: str) -> dict[str, Any]:
+        return self._request({"op": "mkdir", "path": path})
+
+    def symlink(self, path: str, target: str) -> dict[str, Any]:
+        return self._request({"op": "symlink", "path": path, "target": target})
+
+    def chmod(self, path: str, mode: int) -> dict[str, Any]:
+        return self._request({"op": "chmod", "path": path, "mode": mode})
+
+    def tar(self, path: str, sink: Callable[[bytes], None]) -> dict[str, Any]:
+        def on_frame(kind: bytes, payload: bytes) -> None:
+            if kind != p.KIND_DATA:
+                raise p.ProtocolError(f"unexpected {kind!r} frame during tar")
+            sink(payload)
+
+        return self._request({"op": "tar", "path": path}, on_frame=on_frame, timeout=600.0)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Stop every process in the workspace for the duration of the block."""
+        with self._connect() as sock:
+            sock.settimeout(self.connect_timeout)
+            p.send_json(sock, {"v": p.VERSION, "op": "freeze"})
+            _check_reply(p.recv_json(sock))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    p.send_json(sock, {"thaw": True})
+                    p.recv_json(sock)
+
+
+def _check_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    if reply.get("ok") is True:
+        return reply
+    message = reply.get("error")
+    if not isinstance(message, str):
+        raise AgentError("malformed reply from the workspace's agent: no error message")
+    kind = str(reply.get("kind", "agent_error"))
+    error_class = _ERRORS_BY_KIND.get(kind, AgentError)
+    if issubclass(error_class, AgentError):
+        raise error_class(message, kind=kind)
+    raise error_class(message)
+
+
+def _int(reply: dict[str, Any], key: str) -> int:
+    value = reply.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AgentError(f"malformed reply from the workspace's agent: {key} is not an integer")
+    return value
+
+
+def _data_collector(chunks: list[bytes], *, limit: int) -> Callable[[bytes, bytes], None]:
+    received = [0]
+
+    def on_frame(kind: bytes, payload: bytes) -> None:
+        if kind != p.KIND_DATA:
+            raise p.ProtocolError(f"unexpected {kind!r} frame during read")
+        received[0] += len(payload)
+        if received[0] > limit:
+            raise p.ProtocolError("the agent sent more data than was asked for")
+        chunks.append(payload)
+
+    return on_frame
+
+
+_DIR_FDS: dict[str, int] = {}
+
+
+def socket_address(path: Path) -> str:
+    """A bindable/connectable address for `path`, even beyond the 107-byte sun_path limit."""
+    text = str(path)
+    if len(text.encode()) < 100:
+        return text
+    # Go through the directory's /proc fd link: "/proc/self/fd/N/agent.sock" is always short.
+    parent = str(path.parent)
+    fd = _DIR_FDS.get(parent)
+    if fd is None:
+        fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _DIR_FDS[parent] = fd
+    return f"/proc/self/fd/{fd}/{path.name}"

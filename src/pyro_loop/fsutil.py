@@ -1,0 +1,66 @@
+"""Small filesystem helpers shared by the store and the workspaces."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` with `data` as JSON so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, including the mode-000 dirs overlayfs leaves in its workdir."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    # Make every directory writable and searchable first, top down, so rmtree can descend.
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IRWXU)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, stat.S_IRWXU)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def move_to_trash(path: Path, trash_dir: Path) -> Path:
+    """Rename `path` into `trash_dir` (O(1)); delete it later with `empty_trash`."""
+    trash_dir.mkdir(parents=True, exist_ok=True)
+    target = trash_dir / f"{path.name}.{uuid.uuid4().hex[:12]}"
+    os.rename(path, target)
+    return target
+
+
+def empty_trash(trash_dir: Path) -> None:
+    if not trash_dir.is_dir():
+        return
+    for entry in trash_dir.iterdir():
+        remove_tree(entry)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes used by the regular files below `path`, without following symlinks."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total

@@ -1,0 +1,79 @@
+"""The runtime seam: how a workspace's sandbox is started, checked and stopped.
+
+`Runtime` is deliberately narrow. Today's implementation is `BwrapRuntime` (user namespaces,
+an overlay mount, bubblewrap); a microVM backend would implement the same three calls and
+serve the same agent protocol over vsock instead of a Unix socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-workspace resource limits, enforced with rlimits (available on every host)."""
+
+    processes: int = 4096
+    open_files: int = 65536
+    file_size_mib: int | None = None  # largest single file a command may write
+    address_space_mib: int | None = None  # off by default: it breaks runtimes that reserve VA
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "processes": self.processes,
+            "open_files": self.open_files,
+            "file_size_mib": self.file_size_mib,
+            "address_space_mib": self.address_space_mib,
+            "enforced_by": "rlimit",
+            "cgroups": "not used (no delegated cgroup v2 subtree required)",
+        }
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything the runtime needs to start one workspace's sandbox."""
+
+    store_root: Path  # lower layers may be given relative to this directory
+    lowers: list[str]  # /workspace lower layers, topmost first
+    upper: Path
+    work: Path
+    merged: Path
+    socket_path: Path
+    info_path: Path
+    log_path: Path
+    environment: str = "host"
+    network: bool = False
+    hostname: str = "pyro"
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """Enough to find a running sandbox again from another process."""
+
+    keeper_pid: int
+    keeper_start: int  # start time in clock ticks, so a recycled pid is never mistaken
+
+    def to_json(self) -> dict[str, int]:
+        return {"keeper_pid": self.keeper_pid, "keeper_start": self.keeper_start}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxHandle:
+        return cls(int(data["keeper_pid"]), int(data["keeper_start"]))
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: SandboxSpec) -> SandboxHandle:
+        """Start the sandbox and its agent; returns at once (the agent may still be starting)."""
+        ...
+
+    def is_running(self, handle: SandboxHandle) -> bool: ...
+
+    def stop(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        """Kill everything in the sandbox and return once it is all gone."""
+        ...

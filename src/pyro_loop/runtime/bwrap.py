@@ -1,0 +1,260 @@
+"""The default runtime: user + mount namespaces, an overlay at /workspace, bubblewrap as jail.
+
+Process tree of one workspace (all without root, all without a daemon):
+
+    keeper (sh, own session)           <- killed to stop the workspace; outlives the CLI
+      `- bwrap --die-with-parent       <- dies with the keeper
+           `- bwrap init (pid 1 in the workspace's pid namespace)
+                `- agent (python3, serves protocol.py on a pre-bound Unix socket)
+                     `- commands, one process tree per exec
+
+The keeper runs in a fresh user and mount namespace where it mounts the overlay (read-only
+layers below, the workspace's upper dir on top), then runs bubblewrap on the merged tree.
+The mount exists only inside that namespace, so when the last process goes the mount goes:
+nothing to unmount, nothing left behind on the host.
+
+The agent's listening socket is bound by the caller before the sandbox starts and handed in
+as an inherited descriptor, so a client can connect at once; the connection simply waits in
+the backlog until the agent accepts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from pyro_loop.client import socket_address
+from pyro_loop.errors import HostUnsupportedError
+from pyro_loop.fsutil import remove_tree
+from pyro_loop.overlay import overlay_options
+from pyro_loop.procutil import reap_finished, spawn_detached
+from pyro_loop.runtime import SandboxHandle, SandboxSpec
+
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
+AGENT_FILES = ("boot.py", "server.py", "protocol.py")
+AGENT_MOUNT = "/run/pyro/agent"
+SANDBOX_PYTHON = "/usr/bin/python3"
+SANDBOX_HOME = "/home/pyro"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STOP_TIMEOUT = 5.0
+
+# Runs in the new user + mount namespace. Positional parameters:
+#   $1 store dir (cwd for relative lower paths), $2 overlay options, $3 mount point,
+#   $4 info file, then the command (prlimit ... bwrap ...).
+# bwrap runs as a child (not exec'd) so that this shell is the keeper bwrap dies with.
+KEEPER_SCRIPT = r"""
+set -e
+cd "$1"
+mount -t overlay pyro -o "$2" "$3"
+info="$4"
+shift 4
+cd /
+"$@" 9>"$info"
+exit $?
+"""
+
+
+class BwrapRuntime:
+    name = "bwrap"
+
+    def start(self, spec: SandboxSpec) -> SandboxHandle:
+        bwrap = shutil.which("bwrap")
+        unshare = shutil.which("unshare")
+        prlimit = shutil.which("prlimit")
+        if bwrap is None:
+            raise HostUnsupportedError(
+                "bubblewrap is not installed: pyro needs it to isolate workspaces",
+                hint="install it (Debian/Ubuntu: apt-get install bubblewrap), then `pyro doctor`",
+            )
+        if unshare is None or prlimit is None:
+            raise HostUnsupportedError(
+                "`unshare` or `prlimit` (util-linux) is missing", hint="apt-get install util-linux"
+            )
+        options = overlay_options(spec.lowers, str(spec.upper), str(spec.work))
+        agent_dir = install_agent(spec.store_root)
+        listener = _bind_listener(spec.socket_path)
+        try:
+            argv = [
+                unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
+                "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper",
+                str(spec.store_root), options, str(spec.merged), str(spec.info_path),
+                prlimit, *_prlimit_args(spec),
+                *self._bwrap_argv(bwrap, spec, agent_dir, listener.fileno()),
+            ]  # fmt: skip
+            with spec.log_path.open("ab") as log:
+                # The keeper belongs to the workspace, not to this process: never waited for.
+                keeper = spawn_detached(argv, log=log, pass_fds=(listener.fileno(),))
+        finally:
+            listener.close()  # the agent holds it now; if the sandbox dies, connects are refused
+        return SandboxHandle(keeper.pid, _start_time(keeper.pid) or 0)
+
+    def is_running(self, handle: SandboxHandle) -> bool:
+        return _start_time(handle.keeper_pid) == handle.keeper_start
+
+    def stop(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        init = _sandbox_init(spec.info_path)
+        reap_finished()
+        if self.is_running(handle):
+            # The keeper leads its own process group; killing the group takes bwrap too, and
+            # bwrap's init dies with bwrap (--die-with-parent), taking the pid namespace with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.keeper_pid, signal.SIGKILL)
+        if init is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(init[0], signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            keeper_gone = not self.is_running(handle)
+            # The namespace's init exits only after every process in the namespace is gone.
+            init_gone = init is None or _start_time(init[0]) != init[1]
+            if keeper_gone and init_gone:
+                reap_finished()
+                return
+            time.sleep(0.0005)
+        raise HostUnsupportedError(f"workspace processes did not exit within {STOP_TIMEOUT} s")
+
+    def _bwrap_argv(
+        self, bwrap: str, spec: SandboxSpec, agent_dir: Path, listen_fd: int
+    ) -> list[str]:
+        uid, gid = str(os.getuid()), str(os.getgid())
+        argv = [
+            bwrap,
+            "--unshare-user", "--uid", uid, "--gid", gid, "--disable-userns",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", spec.hostname,
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--info-fd", "9",
+            "--clearenv",
+            "--setenv", "PATH", SANDBOX_PATH,
+            "--setenv", "HOME", SANDBOX_HOME,
+            "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "PYRO_WORKSPACE", "1",
+        ]  # fmt: skip
+        if not spec.network:
+            argv.append("--unshare-net")
+        argv += _host_root_args()
+        argv += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--tmpfs", "/tmp",
+            "--dir", "/var", "--tmpfs", "/var/tmp",
+            "--dir", SANDBOX_HOME,
+            "--bind", str(spec.merged), "/workspace",
+            "--ro-bind", str(agent_dir), AGENT_MOUNT,
+            "--chdir", "/workspace",
+            "--",
+            # -E -s -S: no environment, user site or site module; -B: the dir is read-only.
+            SANDBOX_PYTHON, "-E", "-s", "-S", "-B", f"{AGENT_MOUNT}/boot.py", str(listen_fd),
+        ]  # fmt: skip
+        return argv
+
+
+def install_agent(home: Path) -> Path:
+    """The agent's files, byte-compiled by the sandbox's python, in the store (once per version).
+
+    Compiled ahead of time because the agent's start-up is on the path of every create and
+    reset, and the sandbox cannot write a bytecode cache into its read-only mount.
+    """
+    digest = hashlib.sha256()
+    for name in AGENT_FILES:
+        digest.update((AGENT_SOURCE / name).read_bytes())
+    target = home / "agent" / digest.hexdigest()[:16]
+    if (target / "COMPLETE").exists():
+        return target
+    staging = home / "agent" / f".{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    for name in AGENT_FILES:
+        shutil.copyfile(AGENT_SOURCE / name, staging / name)
+    # Best effort: without bytecode the agent still starts, a few ms slower.
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [SANDBOX_PYTHON, "-E", "-s", "-m", "compileall", "-q", str(staging)],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    (staging / "COMPLETE").touch()
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process installed it first
+        remove_tree(staging)
+    return target
+
+
+def _host_root_args() -> list[str]:
+    """The `host` environment: the host's system directories, read-only, on an empty root."""
+    args: list[str] = []
+    for name in ("usr", "etc", "opt", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{name}"]
+    return args
+
+
+def _prlimit_args(spec: SandboxSpec) -> list[str]:
+    limits = spec.limits
+    args = [
+        f"--nproc={_within_hard_limit(resource.RLIMIT_NPROC, limits.processes)}",
+        f"--nofile={_within_hard_limit(resource.RLIMIT_NOFILE, limits.open_files)}",
+    ]
+    if limits.file_size_mib is not None:
+        args.append(f"--fsize={limits.file_size_mib * 1024 * 1024}")
+    if limits.address_space_mib is not None:
+        args.append(f"--as={limits.address_space_mib * 1024 * 1024}")
+    return args
+
+
+def _within_hard_limit(which: int, wanted: int) -> int:
+    """An unprivileged process may lower its limits but never raise them past the hard one."""
+    hard = resource.getrlimit(which)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def _bind_listener(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(socket_address(path))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _sandbox_init(info_path: Path) -> tuple[int, int] | None:
+    """The host pid (and start time) of the workspace's pid-namespace init, from bwrap's info."""
+    try:
+        pid = int(json.loads(info_path.read_text())["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    start = _start_time(pid)
+    return None if start is None else (pid, start)

@@ -1,0 +1,110 @@
+"""A workspace's record on disk: what it is made of, and how to find its sandbox."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.runtime import Limits, SandboxHandle
+
+RECORD_VERSION = 1
+
+
+@dataclass
+class Snapshot:
+    name: str
+    layers: list[str]  # the complete lower stack to reset to, topmost first
+    created: float
+
+
+@dataclass
+class WorkspaceRecord:
+    id: str
+    name: str | None
+    environment: str
+    network: bool
+    labels: dict[str, str]
+    base_layers: list[str]  # the create-time baseline, topmost first
+    layers: list[str]  # the current lower stack (baseline, or a snapshot's), topmost first
+    created: float
+    limits: Limits = field(default_factory=Limits)
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    handle: SandboxHandle | None = None  # None when stopped on purpose
+    generation: int = 0  # bumped on every reset, names the current upper dir
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = RECORD_VERSION
+        data["handle"] = self.handle.to_json() if self.handle else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkspaceRecord:
+        return cls(
+            id=data["id"],
+            name=data.get("name"),
+            environment=data["environment"],
+            network=bool(data["network"]),
+            labels=dict(data.get("labels", {})),
+            base_layers=list(data["base_layers"]),
+            layers=list(data["layers"]),
+            created=float(data["created"]),
+            limits=Limits(**data.get("limits", {})),
+            snapshots={k: Snapshot(**v) for k, v in data.get("snapshots", {}).items()},
+            handle=SandboxHandle.from_json(data["handle"]) if data.get("handle") else None,
+            generation=int(data.get("generation", 0)),
+        )
+
+
+class WorkspaceDir:
+    """The files of one workspace under `<home>/workspaces/<id>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / "workspace.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "lock"
+
+    def upper(self, generation: int) -> Path:
+        return self.root / f"upper.{generation}"
+
+    def work(self, generation: int) -> Path:
+        return self.root / f"work.{generation}"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "agent.sock"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "sandbox-info.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "agent.log"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.jsonl"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    def load(self) -> WorkspaceRecord:
+        return WorkspaceRecord.from_json(json.loads(self.record_path.read_text()))
+
+    def save(self, record: WorkspaceRecord) -> None:
+        write_json_atomic(self.record_path, record.to_json())

@@ -1,0 +1,216 @@
+"""The layer store: read-only directory trees, published atomically, shared by workspaces.
+
+A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists;
+that marker is written last, after the tree and its metadata are in place, so a build that
+is killed at any point leaves nothing a later run trusts. Keys are either the content digest
+of the tree (seeds, workspace snapshots) or a digest of the inputs that produced it
+(environments, dependency snapshots), chosen by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.errors import InvalidInputError, NotFoundError
+from pyro_loop.fsutil import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
+from pyro_loop.locking import file_lock
+from pyro_loop.treehash import tree_digest
+
+_KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
+COMPLETE_MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str
+    root: Path  # layers/<key>
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "tree"
+
+    def meta(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
+        return data
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise InvalidInputError(f"not a layer key: {key!r} (expected 16-64 lowercase hex digits)")
+    return key
+
+
+class LayerStore:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.layers_dir = home / "layers"
+        self.tmp_dir = home / "tmp"
+        self.locks_dir = home / "locks"
+        self.trash_dir = home / "trash"
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Layer | None:
+        """The complete layer for `key`, or None; an incomplete directory is never returned."""
+        root = self.layers_dir / check_key(key)
+        if (root / COMPLETE_MARKER).is_file():
+            return Layer(key, root)
+        return None
+
+    def require(self, key: str) -> Layer:
+        layer = self.get(key)
+        if layer is None:
+            raise NotFoundError(f"layer {key[:12]} is not in the store")
+        return layer
+
+    def list(self) -> list[Layer]:
+        if not self.layers_dir.is_dir():
+            return []
+        keys = sorted(p.name for p in self.layers_dir.iterdir() if _KEY_RE.match(p.name))
+        return [layer for key in keys if (layer := self.get(key)) is not None]
+
+    def touch(self, layer: Layer) -> None:
+        """Record a use, for pruning by age (the marker's mtime is the last use)."""
+        with contextlib.suppress(OSError):
+            os.utime(layer.root / COMPLETE_MARKER)
+
+    # -- building and publishing ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh, empty directory inside the store to build a tree in; removed on failure."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        path = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            # On success `publish` has moved it away; on failure it goes.
+            if path.exists():
+                remove_tree(path)
+
+    def publish(
+        self,
+        staged_tree: Path,
+        *,
+        kind: str,
+        key: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Layer:
+        """Move `staged_tree` (a directory from `staging()`) into the store as a layer.
+
+        With no `key`, the tree's content digest is the key. If a complete layer with that key
+        exists already, it wins and the staged tree is discarded.
+        """
+        key = check_key(key or tree_digest(staged_tree))
+        with file_lock(self.locks_dir / f"{key}.lock", on_wait=on_wait):
+            existing = self.get(key)
+            if existing is not None:
+                remove_tree(staged_tree)
+                return existing
+            return self._publish_locked(staged_tree, key=key, kind=kind, inputs=inputs or {})
+
+    def build(
+        self,
+        key: str,
+        builder: Callable[[Path], None],
+        *,
+        kind: str,
+        inputs: dict[str, Any] | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Layer:
+        """Return the layer for `key`, building it with `builder(tree_dir)` if it is missing.
+
+        Double-checked: look up, take the key's lock, look up again, then build. Two processes
+        asking for the same key at once build it once; the second waits and reuses it.
+        """
+        check_key(key)
+        existing = self.get(key)
+        if existing is not None:
+            return existing
+        with file_lock(self.locks_dir / f"{key}.lock", on_wait=on_wait):
+            existing = self.get(key)
+            if existing is not None:
+                return existing
+            with self.staging() as staging:
+                tree = staging / "tree"
+                tree.mkdir()
+                builder(tree)
+                return self._publish_locked(tree, key=key, kind=kind, inputs=inputs or {})
+
+    def _publish_locked(
+        self, staged_tree: Path, *, key: str, kind: str, inputs: dict[str, Any]
+    ) -> Layer:
+        root = self.layers_dir / key
+        if root.exists():
+            # A publish that was killed before writing its marker: never trusted, cleared away.
+            move_to_trash(root, self.trash_dir)
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        incoming = self.tmp_dir / f"{os.getpid()}-incoming-{uuid.uuid4().hex[:12]}"
+        incoming.mkdir(parents=True)
+        os.rename(staged_tree, incoming / "tree")
+        write_json_atomic(
+            incoming / "meta.json",
+            {
+                "key": key,
+                "kind": kind,
+                "inputs": inputs,
+                "size": dir_size(incoming / "tree"),
+                "created": time.time(),
+            },
+        )
+        os.rename(incoming, root)
+        # The marker is written last: a layer without it is never used.
+        marker = root / COMPLETE_MARKER
+        with marker.open("w") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return Layer(key, root)
+
+    # -- removal ------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        root = self.layers_dir / check_key(key)
+        with file_lock(self.locks_dir / f"{key}.lock"):
+            if root.exists():
+                (root / COMPLETE_MARKER).unlink(missing_ok=True)
+                move_to_trash(root, self.trash_dir)
+        empty_trash(self.trash_dir)
+
+    def clean_leftovers(self) -> None:
+        """Remove staging dirs of processes that died mid-build, and the trash."""
+        if self.tmp_dir.is_dir():
+            for entry in self.tmp_dir.iterdir():
+                owner = entry.name.split("-", 1)[0]
+                if owner.isdigit() and _pid_alive(int(owner)):
+                    continue
+                remove_tree(entry)
+        empty_trash(self.trash_dir)
+
+    def empty_layer(self) -> Layer:
+        """The layer with no files: the bottom of a workspace that has no seed."""
+        with self.staging() as staging:
+            tree = staging / "tree"
+            tree.mkdir()
+            return self.publish(tree, kind="empty")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,482 @@
+"""Workspaces: create, find, run in, reset, snapshot and delete them.
+
+This is the library behind `pyro workspace ...` (and the MCP server). A workspace is a record
+on disk plus a sandbox started by the runtime; it survives the process that created it, and
+any later process finds it again by id or name.
+
+Layer stack of a running workspace (topmost first):
+    upper.<generation>        writable, private to this workspace, discarded by reset
+    snapshot layers           read-only, only after a reset to a snapshot
+    seed / baseline layers    read-only, shared with other workspaces
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.client import AgentClient, ExecResult, OutputSink
+from pyro_loop.diff import Change, compute_changes
+from pyro_loop.errors import (
+    AgentUnavailableError,
+    ConflictError,
+    HostUnsupportedError,
+    InvalidInputError,
+    NotFoundError,
+)
+from pyro_loop.fsutil import move_to_trash
+from pyro_loop.home import pyro_home
+from pyro_loop.locking import file_lock
+from pyro_loop.names import check_name
+from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
+from pyro_loop.procutil import remove_in_background
+from pyro_loop.runtime import Limits, Runtime, SandboxSpec
+from pyro_loop.seed import import_seed
+from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
+from pyro_loop.store import Layer, LayerStore
+
+ENVIRONMENTS = ("host",)
+BASELINE = "baseline"
+READY_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    record: WorkspaceRecord
+    state: str  # "running" | "stopped" | "dead" | "unresponsive"
+    detail: str
+    changed_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "id": r.id,
+            "name": r.name,
+            "state": self.state,
+            "detail": self.detail,
+            "environment": r.environment,
+            "network": "egress" if r.network else "off",
+            "labels": r.labels,
+            "created": r.created,
+            "layers": r.layers,
+            "base_layers": r.base_layers,
+            "snapshots": sorted(r.snapshots),
+            "limits": r.limits.describe(),
+            "changed_bytes": self.changed_bytes,
+        }
+
+
+class Workspaces:
+    """All workspaces under one pyro home."""
+
+    def __init__(self, home: Path | None = None, runtime: Runtime | None = None) -> None:
+        self.home = home or pyro_home()
+        self.store = LayerStore(self.home)
+        if runtime is None:
+            from pyro_loop.runtime.bwrap import BwrapRuntime
+
+            runtime = BwrapRuntime()
+        self.runtime = runtime
+        self.root = self.home / "workspaces"
+
+    # -- finding ------------------------------------------------------------------------------
+
+    def _all(self) -> list[WorkspaceDir]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            (WorkspaceDir(p) for p in self.root.iterdir() if (p / "workspace.json").is_file()),
+            key=lambda d: d.root.name,
+        )
+
+    def resolve(self, ref: str) -> WorkspaceDir:
+        """Find a workspace by id, name, or unambiguous id prefix."""
+        if not ref or "/" in ref or ref.startswith("."):
+            raise InvalidInputError(f"invalid workspace id or name: {ref!r}")
+        exact = self.root / ref
+        if (exact / "workspace.json").is_file():
+            return WorkspaceDir(exact)
+        candidates = self._all()
+        by_name = [d for d in candidates if d.load().name == ref]
+        if by_name:
+            return by_name[0]
+        by_prefix = [d for d in candidates if len(ref) >= 4 and d.root.name.startswith(ref)]
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise InvalidInputError(f"{ref!r} matches several workspaces: use more of the id")
+        raise NotFoundError(
+            f"no workspace with id or name {ref!r}", hint="`pyro workspace list` shows them"
+        )
+
+    def list(self) -> list[WorkspaceStatus]:
+        return [self._status(d, d.load(), probe=False) for d in self._all()]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        environment: str = "host",
+        seed: Path | None = None,
+        layers: list[str] | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        network: bool = False,
+        limits: Limits | None = None,
+    ) -> WorkspaceRecord:
+        """Create and start a workspace from a seed path or from layers already in the store."""
+        if environment not in ENVIRONMENTS:
+            raise InvalidInputError(
+                f"unknown environment {environment!r}: available here: {', '.join(ENVIRONMENTS)}"
+            )
+        if name is not None:
+            check_name(name, what="workspace name")
+        if seed is not None and layers:
+            raise InvalidInputError("give a seed path or layers, not both")
+        self.store.clean_leftovers()
+        if seed is not None:
+            stack = [import_seed(self.store, seed).key]
+        elif layers:
+            stack = [self.store.require(key).key for key in layers]
+        else:
+            stack = [self.store.empty_layer().key]
+        ws_id = secrets.token_hex(6)
+        record = WorkspaceRecord(
+            id=ws_id,
+            name=name,
+            environment=environment,
+            network=network,
+            labels=dict(labels or {}),
+            base_layers=stack,
+            layers=list(stack),
+            created=time.time(),
+            limits=limits or Limits(),
+        )
+        wdir = WorkspaceDir(self.root / ws_id)
+        with file_lock(self.root / "names.lock"):
+            if name is not None and any(d.load().name == name for d in self._all()):
+                raise ConflictError(f"a workspace named {name!r} exists already")
+            wdir.root.mkdir(parents=True, mode=0o700)
+            wdir.merged.mkdir()
+            wdir.save(record)
+        try:
+            with file_lock(wdir.lock_path):
+                self._launch(wdir, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._remove(wdir, record)
+            raise
+        return record
+
+    def start(self, ref: str) -> WorkspaceRecord:
+        """Start a stopped (or crashed) workspace again; its files are kept."""
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            if record.handle is not None and self.runtime.is_running(record.handle):
+                return record
+            if record.handle is not None:  # crashed: make sure nothing is left of it
+                self.runtime.stop(record.handle, self._spec(wdir, record))
+            self._launch(wdir, record)
+            return record
+
+    def stop(self, ref: str) -> WorkspaceRecord:
+        """Stop every process in the workspace; its files are kept for `start`."""
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            self._halt(wdir, record)
+            return record
+
+    def delete(self, ref: str) -> WorkspaceRecord:
+        """Stop the workspace and remove all it owns (shared layers stay in the store)."""
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            self._remove(wdir, record)
+            return record
+
+    def reset(self, ref: str, *, snapshot: str = BASELINE) -> WorkspaceRecord:
+        """Discard every change since the baseline (or the named snapshot): O(1) in files."""
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            if snapshot == BASELINE:
+                layers = record.base_layers
+            elif snapshot in record.snapshots:
+                layers = record.snapshots[snapshot].layers
+            else:
+                raise NotFoundError(
+                    f"workspace {record.id} has no snapshot {snapshot!r}",
+                    hint="`pyro workspace snapshot list` shows them",
+                )
+            self._halt(wdir, record)
+            old = [wdir.upper(record.generation), wdir.work(record.generation)]
+            trash = [move_to_trash(p, wdir.trash) for p in old if p.exists()]
+            record.generation += 1
+            record.layers = list(layers)
+            self._launch(wdir, record)
+        remove_in_background(trash)
+        return record
+
+    def status(self, ref: str) -> WorkspaceStatus:
+        wdir = self.resolve(ref)
+        return self._status(wdir, wdir.load(), probe=True)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def snapshot_create(self, ref: str, name: str) -> Snapshot:
+        """Freeze the workspace's current files as a named, read-only layer: O(changed files)."""
+        check_name(name, what="snapshot name")
+        if name == BASELINE:
+            raise InvalidInputError(f"{BASELINE!r} is reserved for the create-time state")
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            if name in record.snapshots:
+                raise ConflictError(f"workspace {record.id} has a snapshot {name!r} already")
+            running = record.handle is not None and self.runtime.is_running(record.handle)
+            # Overlayfs forbids changing an upper dir behind the mount's back, but reading it
+            # while every process in the workspace is stopped gives a consistent copy.
+            freeze = self._client(wdir).frozen() if running else contextlib.nullcontext()
+            with freeze, self.store.staging() as staging:
+                tree = staging / "tree"
+                copy_layer_tree(wdir.upper(record.generation), tree)
+                layer = self.store.publish(
+                    tree, kind="snapshot", inputs={"workspace": record.id, "snapshot": name}
+                )
+            snap = Snapshot(name=name, layers=[layer.key, *record.layers], created=time.time())
+            record.snapshots[name] = snap
+            wdir.save(record)
+            return snap
+
+    def snapshot_list(self, ref: str) -> list[Snapshot]:
+        record = self.resolve(ref).load()
+        base = Snapshot(BASELINE, record.base_layers, record.created)
+        return [base, *sorted(record.snapshots.values(), key=lambda s: s.created)]
+
+    def snapshot_delete(self, ref: str, name: str) -> None:
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            if name not in record.snapshots:
+                raise NotFoundError(f"workspace {record.id} has no snapshot {name!r}")
+            del record.snapshots[name]
+            wdir.save(record)
+
+    # -- running and files --------------------------------------------------------------------
+
+    def client(self, ref: str) -> AgentClient:
+        """A client for a running workspace's agent (fails with the fix if it is not running)."""
+        wdir = self.resolve(ref)
+        record = wdir.load()
+        if record.handle is None or not self.runtime.is_running(record.handle):
+            what = "stopped" if record.handle is None else "not running (its sandbox exited)"
+            raise AgentUnavailableError(
+                f"workspace {record.id} is {what}",
+                hint=f"`pyro workspace start {record.name or record.id}` brings it back",
+            )
+        return self._client(wdir)
+
+    def exec(
+        self,
+        ref: str,
+        argv: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        on_output: OutputSink | None = None,
+    ) -> ExecResult:
+        if not argv:
+            raise InvalidInputError("no command given", hint="pyro workspace exec ID -- CMD...")
+        client = self.client(ref)
+        result = client.exec(argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output)
+        wdir = self.resolve(ref)
+        entry = {"time": time.time(), "argv": argv, "cwd": cwd, **result.to_json()}
+        with wdir.history.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return result
+
+    def logs(self, ref: str, *, limit: int = 50) -> dict[str, Any]:
+        wdir = self.resolve(ref)
+        history: list[dict[str, Any]] = []
+        if wdir.history.exists():
+            for line in wdir.history.read_text().splitlines()[-limit:]:
+                with contextlib.suppress(ValueError):
+                    history.append(json.loads(line))
+        agent_log = wdir.log.read_text(errors="replace")[-8192:] if wdir.log.exists() else ""
+        return {"id": wdir.root.name, "commands": history, "agent_log": agent_log}
+
+    def changes(self, ref: str) -> list[Change]:
+        """What the workspace changed relative to its create-time baseline."""
+        wdir = self.resolve(ref)
+        record = wdir.load()
+        base = record.base_layers
+        extra = record.layers[: len(record.layers) - len(base)]
+        above = [wdir.upper(record.generation)] + [self.store.require(k).tree for k in extra]
+        return compute_changes([self.store.require(k).tree for k in base], above)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _client(self, wdir: WorkspaceDir) -> AgentClient:
+        return AgentClient(wdir.socket)
+
+    def _spec(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> SandboxSpec:
+        return SandboxSpec(
+            store_root=self.home,
+            lowers=[f"layers/{key}/tree" for key in record.layers],
+            upper=wdir.upper(record.generation),
+            work=wdir.work(record.generation),
+            merged=wdir.merged,
+            socket_path=wdir.socket,
+            info_path=wdir.info,
+            log_path=wdir.log,
+            environment=record.environment,
+            network=record.network,
+            limits=record.limits,
+        )
+
+    def _launch(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        """Start the sandbox over the record's layers and wait for its agent to answer."""
+        layers: list[Layer] = [self.store.require(key) for key in record.layers]
+        for layer in layers:
+            self.store.touch(layer)
+        spec = self._spec(wdir, record)
+        spec.upper.mkdir(exist_ok=True)
+        if spec.work.exists():  # left by a crash; overlayfs wants a clean work dir
+            move_to_trash(spec.work, wdir.trash)
+        spec.work.mkdir()
+        spec.info_path.unlink(missing_ok=True)
+        handle = self.runtime.start(spec)
+        record.handle = handle
+        wdir.save(record)
+        client = self._client(wdir)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                client.ping(timeout=max(0.05, deadline - time.monotonic()))
+                return
+            except AgentUnavailableError:
+                if not self.runtime.is_running(handle) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+        self.runtime.stop(handle, spec)
+        record.handle = None
+        wdir.save(record)
+        raise sandbox_failure(wdir.log)
+
+    def _halt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        if record.handle is not None:
+            self.runtime.stop(record.handle, self._spec(wdir, record))
+            record.handle = None
+            wdir.save(record)
+
+    def _remove(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        self._halt(wdir, record)
+        gone = move_to_trash(wdir.root, self.store.trash_dir)
+        remove_in_background([gone])
+
+    def _status(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, probe: bool) -> WorkspaceStatus:
+        changed = _tree_bytes(wdir.upper(record.generation)) if probe else None
+        if record.handle is None:
+            return WorkspaceStatus(record, "stopped", "stopped; `start` resumes it", changed)
+        if not self.runtime.is_running(record.handle):
+            return WorkspaceStatus(
+                record, "dead", "its sandbox exited; `start` restarts it with its files", changed
+            )
+        if probe:
+            try:
+                self._client(wdir).ping(timeout=2.0)
+            except AgentUnavailableError:
+                return WorkspaceStatus(
+                    record, "unresponsive", "sandbox running, agent not answering", changed
+                )
+        return WorkspaceStatus(record, "running", "agent answering" if probe else "", changed)
+
+
+# What unshare, mount and bwrap print when the kernel refuses unprivileged namespaces.
+_NAMESPACE_FAILURES = (
+    "unshare failed",
+    "uid map",
+    "uid_map",
+    "No permissions to create",
+    "Creating new namespace failed",
+    "setting up uid map",
+    "mount: ",
+)
+
+
+def sandbox_failure(log: Path) -> HostUnsupportedError:
+    """The error for a sandbox that did not come up, naming the cause when it is a known one."""
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+    text = " ".join(tail)
+    if any(marker in text for marker in _NAMESPACE_FAILURES):
+        return HostUnsupportedError(
+            f"cannot create the workspace's namespaces: {tail[-1] if tail else 'denied'}",
+            hint="unprivileged user namespaces are disabled or restricted (AppArmor on "
+            "Ubuntu 24.04): run `pyro doctor` for the fix",
+        )
+    last = tail[-1] if tail else "no output"
+    return HostUnsupportedError(
+        f"the workspace's sandbox did not start: {last}", hint=f"see {log}; `pyro doctor`"
+    )
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for _dir, _dirs, files, dir_fd in os.fwalk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
+    return total
+
+
+def copy_layer_tree(source: Path, target: Path) -> None:
+    """Copy an overlay upper dir into a new layer, keeping whiteouts and opaque directories.
+
+    Nothing is followed: symlinks are copied as links, and anything that is not a file,
+    directory, link or whiteout is left out.
+    """
+    target.mkdir()
+    if not source.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        if os.getxattr(source, OPAQUE_XATTR, follow_symlinks=False) == b"y":
+            os.setxattr(target, OPAQUE_XATTR, b"y")
+    dir_modes: list[tuple[Path, int]] = []
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(source):
+        rel = os.path.relpath(dirpath, source)
+        out_dir = target if rel == "." else target / rel
+        for name in dirnames + filenames:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            dest = out_dir / name
+            if stat.S_ISDIR(st.st_mode):
+                dest.mkdir(mode=0o700)  # final mode set last, so children can be written
+                dir_modes.append((dest, stat.S_IMODE(st.st_mode)))
+                with contextlib.suppress(OSError):
+                    via_fd = f"/proc/self/fd/{dir_fd}/{name}"
+                    if os.getxattr(via_fd, OPAQUE_XATTR, follow_symlinks=False) == b"y":
+                        os.setxattr(dest, OPAQUE_XATTR, b"y")
+            elif stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(name, dir_fd=dir_fd), dest)
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                with os.fdopen(fd, "rb") as src, dest.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                os.chmod(dest, stat.S_IMODE(st.st_mode))
+            elif is_whiteout(st):
+                os.mknod(dest, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    for path, mode in reversed(dir_modes):
+        os.chmod(path, mode)
+
