@@ -42,6 +42,7 @@ from pyro_loop.runtime import Limits, Runtime, SandboxSpec
 from pyro_loop.seed import import_seed
 from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
+from pyro_loop.transfer import apply_patch, export_path
 
 ENVIRONMENTS = ("host",)
 BASELINE = "baseline"
@@ -325,6 +326,12 @@ class Workspaces:
         extra = record.layers[: len(record.layers) - len(base)]
         above = [wdir.upper(record.generation)] + [self.store.require(k).tree for k in extra]
         return compute_changes([self.store.require(k).tree for k in base], above)
+
+    def export(self, ref: str, path: str, output: Path, *, force: bool = False) -> dict[str, Any]:
+        return export_path(self.client(ref), path, output, force=force)
+
+    def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
+        return apply_patch(self.client(ref), patch)
 
     # -- internals ----------------------------------------------------------------------------
 

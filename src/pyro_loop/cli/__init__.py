@@ -1,0 +1,1 @@
+"""The `pyro` command: a thin typer front over the library."""

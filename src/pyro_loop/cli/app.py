@@ -1,0 +1,123 @@
+"""`pyro`: the root command, error handling and exit codes.
+
+Exit codes: 0 success; 1 an expected failure (one line saying what to fix); 2 a usage error;
+3 a bug (a crash log is written); 127 command not found in the workspace; 130 interrupted.
+`pyro workspace exec` passes the command's own exit code through.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+import typer
+
+from pyro_loop import __version__
+from pyro_loop.cli.output import JsonOption, emit, say
+from pyro_loop.cli.workspace import workspace_app
+from pyro_loop.errors import PyroError
+
+HELP = """\
+pyro: fast, isolated, disposable workspaces for coding agents.
+
+Check the host once with `pyro doctor`, then:
+
+\b
+  pyro workspace create --seed-path . --name dev   # milliseconds from cached layers
+  pyro workspace exec dev -- pytest                # isolated, network off
+  pyro workspace reset dev                         # back to the baseline, O(1)
+  pyro workspace diff dev                          # what the agent changed
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(workspace_app, name="workspace")
+
+
+def _version(value: bool) -> None:
+    if value:
+        say(f"pyro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """pyro: fast, isolated, disposable workspaces for coding agents."""
+
+
+@app.command()
+def doctor(as_json: bool = JsonOption) -> None:
+    """Check what this host supports (namespaces, overlayfs, bubblewrap) and how to fix gaps."""
+    from pyro_loop.doctor import run_checks
+
+    checks = run_checks()
+    ready = all(c.ok for c in checks if c.required)
+
+    def human() -> None:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+            say(f"{mark} {c.name}: {c.detail}")
+            if c.fix and not c.ok:
+                say(f"     fix: {c.fix}")
+        say("ready: workspaces can run here" if ready else "not ready: fix the FAIL lines above")
+
+    emit({"ready": ready, "checks": [c.to_json() for c in checks]}, as_json=as_json, human=human)
+    if not ready:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        rv = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.stderr.write("pyro: interrupted\n")
+        sys.exit(130)
+    except click.exceptions.Abort:
+        sys.stderr.write("pyro: interrupted\n")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PyroError as exc:
+        sys.stderr.write(f"pyro: error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"  hint: {exc.hint}\n")
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception:
+        log = _write_crash_log()
+        sys.stderr.write(f"pyro: internal error (a bug): the details are in {log}\n")
+        sys.exit(3)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _write_crash_log() -> Path:
+    from pyro_loop.home import pyro_home
+
+    try:
+        logs = pyro_home() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    except OSError:
+        path = Path(f"/tmp/pyro-crash-{os.getpid()}.log")
+    path.write_text(
+        f"pyro {__version__}\npython {sys.version}\nplatform {platform.platform()}\n"
+        f"argv {sys.argv}\n\n{traceback.format_exc()}"
+    )
+    return path

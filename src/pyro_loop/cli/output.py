@@ -1,0 +1,34 @@
+"""How the CLI speaks: human text by default, one JSON document with --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON document for machines.")
+
+
+def emit(data: Any, *, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    elif human is not None:
+        human()
+    else:
+        sys.stdout.write(f"{data}\n")
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def note(text: str) -> None:
+    """Progress and notes go to stderr so stdout stays clean for results."""
+    sys.stderr.write(text + "\n")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"

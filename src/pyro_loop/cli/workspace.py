@@ -1,0 +1,331 @@
+"""`pyro workspace ...`: the workspace commands, each a thin call into `Workspaces`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pyro_loop.cli.output import JsonOption, emit, ms, say
+from pyro_loop.errors import InvalidInputError
+
+workspace_app = typer.Typer(
+    help="Create, run commands in, reset, snapshot and inspect workspaces.",
+    no_args_is_help=True,
+)
+file_app = typer.Typer(help="List, read and write files inside a workspace.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Named read-only snapshots to reset to.", no_args_is_help=True)
+patch_app = typer.Typer(help="Apply unified diffs inside a workspace.", no_args_is_help=True)
+workspace_app.add_typer(file_app, name="file")
+workspace_app.add_typer(snapshot_app, name="snapshot")
+workspace_app.add_typer(patch_app, name="patch")
+
+IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
+
+
+def _workspaces() -> Any:
+    from pyro_loop.workspace import Workspaces
+
+    return Workspaces()
+
+
+def _status_line(data: dict[str, Any]) -> str:
+    name = f" ({data['name']})" if data.get("name") else ""
+    return f"{data['id']}{name}  {data['state']}  env={data['environment']}  network={data['network']}"
+
+
+@workspace_app.command()
+def create(
+    env: str = typer.Option("host", "--env", help="Environment: host (the host root, read-only)."),
+    seed_path: Path | None = typer.Option(
+        None, "--seed-path", help="Directory or tar archive copied into /workspace."
+    ),
+    name: str | None = typer.Option(None, "--name", help="A name to use instead of the id."),
+    label: list[str] = typer.Option([], "--label", help="key=value, repeatable."),
+    network: str = typer.Option("off", "--network", help="off (default) or egress."),
+    id_only: bool = typer.Option(False, "--id-only", help="Print only the new id."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a workspace and start it (from cached layers: milliseconds)."""
+    from pyro_loop.names import parse_labels
+
+    if network not in ("off", "egress"):
+        raise InvalidInputError(f"--network must be off or egress, not {network!r}")
+    started = time.perf_counter()
+    record = _workspaces().create(
+        environment=env,
+        seed=seed_path,
+        name=name,
+        labels=parse_labels(label),
+        network=network == "egress",
+    )
+    elapsed = time.perf_counter() - started
+    if id_only:
+        say(record.id)
+        return
+    data = {
+        **record.to_json(),
+        "state": "running",
+        "network": network,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
+    emit(data, as_json=as_json, human=lambda: say(f"created {_status_line(data)} in {ms(elapsed)}"))
+
+
+@workspace_app.command("list")
+def list_(as_json: bool = JsonOption) -> None:
+    """List workspaces and whether each is running."""
+    rows = [s.to_json() for s in _workspaces().list()]
+
+    def human() -> None:
+        if not rows:
+            say("no workspaces (create one: pyro workspace create --seed-path .)")
+        for row in rows:
+            say(_status_line(row))
+
+    emit({"workspaces": rows}, as_json=as_json, human=human)
+
+
+@workspace_app.command()
+def status(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """Show a workspace's state, layers, snapshots and enforced limits."""
+    data = _workspaces().status(ref).to_json()
+
+    def human() -> None:
+        say(_status_line(data))
+        say(f"  {data['detail']}")
+        say(f"  layers: {len(data['layers'])} read-only, changed: {data['changed_bytes']} bytes")
+        say(f"  snapshots: {', '.join(['baseline', *data['snapshots']])}")
+        limits = data["limits"]
+        say(
+            f"  limits ({limits['enforced_by']}): processes={limits['processes']} "
+            f"open_files={limits['open_files']}; cgroups: {limits['cgroups']}"
+        )
+
+    emit(data, as_json=as_json, human=human)
+    if data["state"] != "running":
+        raise typer.Exit(1)
+
+
+@workspace_app.command()
+def logs(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """Show the commands run in a workspace and its agent's log."""
+    data = _workspaces().logs(ref)
+
+    def human() -> None:
+        for entry in data["commands"]:
+            when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+            say(f"{when}  exit={entry['exit_code']}  {entry['duration_ms']:.0f} ms  {' '.join(entry['argv'])}")
+        if data["agent_log"].strip():
+            say("agent log:")
+            sys.stdout.write(data["agent_log"])
+
+    emit(data, as_json=as_json, human=human)
+
+
+def _lifecycle(verb: str, past: str, ref: str, as_json: bool) -> None:
+    started = time.perf_counter()
+    record = getattr(_workspaces(), verb)(ref)
+    elapsed = time.perf_counter() - started
+    data = {"id": record.id, "name": record.name, "action": verb, "duration_ms": round(elapsed * 1000, 1)}
+    emit(data, as_json=as_json, human=lambda: say(f"{past} {record.id} in {ms(elapsed)}"))
+
+
+@workspace_app.command()
+def delete(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """Delete a workspace: every process ends, its changes are discarded."""
+    _lifecycle("delete", "deleted", ref, as_json)
+
+
+@workspace_app.command()
+def stop(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """Stop every process in a workspace, keeping its files."""
+    _lifecycle("stop", "stopped", ref, as_json)
+
+
+@workspace_app.command()
+def start(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """Start a stopped or crashed workspace again, with its files intact."""
+    _lifecycle("start", "started", ref, as_json)
+
+
+@workspace_app.command()
+def reset(
+    ref: str = IdArg,
+    snapshot: str = typer.Option("baseline", "--snapshot", help="Snapshot to return to."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Discard all changes and return to the baseline (or a snapshot) in milliseconds."""
+    started = time.perf_counter()
+    record = _workspaces().reset(ref, snapshot=snapshot)
+    elapsed = time.perf_counter() - started
+    data = {"id": record.id, "snapshot": snapshot, "duration_ms": round(elapsed * 1000, 1)}
+    emit(data, as_json=as_json, human=lambda: say(f"reset {record.id} to {snapshot} in {ms(elapsed)}"))
+
+
+@workspace_app.command()
+def exec(  # noqa: A001 - the command is called exec
+    ref: str = IdArg,
+    command: list[str] = typer.Argument(..., metavar="-- CMD...", help="The command and its arguments."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Kill the command's whole process tree after S seconds."),
+    cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
+    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a command in a workspace; output streams, its exit code is pyro's."""
+    from pyro_loop.names import parse_env
+
+    def stream(which: str, data: bytes) -> None:
+        out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
+        out.write(data)
+        out.flush()
+
+    result = _workspaces().exec(
+        ref, command, cwd=cwd, env=parse_env(env), timeout=timeout,
+        on_output=None if as_json else stream,
+    )  # fmt: skip
+    if as_json:
+        emit(
+            {
+                **result.to_json(),
+                "stdout": result.stdout.decode("utf-8", "replace"),
+                "stderr": result.stderr.decode("utf-8", "replace"),
+            },
+            as_json=True,
+        )
+    elif result.timed_out:
+        sys.stderr.write(f"pyro: command timed out after {timeout} s (process tree killed)\n")
+    raise typer.Exit(result.exit_code)
+
+
+@workspace_app.command()
+def diff(ref: str = IdArg, stat: bool = typer.Option(False, "--stat", help="Only list changed paths."), as_json: bool = JsonOption) -> None:
+    """Show what changed in /workspace since the create-time baseline (a git-style patch)."""
+    from pyro_loop.diff import render_patch
+
+    changes = _workspaces().changes(ref)
+    if as_json:
+        emit({"changes": [c.to_json() for c in changes], "patch": render_patch(changes)}, as_json=True)
+    elif stat:
+        for c in changes:
+            say(f"{c.status:9} {c.path}")
+    else:
+        sys.stdout.write(render_patch(changes))
+
+
+@workspace_app.command()
+def export(
+    ref: str = IdArg,
+    path: str = typer.Argument(..., help="File or directory in the workspace."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write it on the host."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Copy a file or directory out of a workspace to the host."""
+    data = _workspaces().export(ref, path, output, force=force)
+    emit(data, as_json=as_json, human=lambda: say(f"exported {data['path']} to {data['output']}"))
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+@file_app.command("list")
+def file_list(
+    ref: str = IdArg,
+    path: str = typer.Argument("/workspace"),
+    recursive: bool = typer.Option(False, "--recursive", "-r"),
+    as_json: bool = JsonOption,
+) -> None:
+    """List a directory in the workspace."""
+    data = _workspaces().client(ref).list(path, recursive=recursive)
+
+    def human() -> None:
+        for e in data["entries"]:
+            suffix = "/" if e["type"] == "dir" else (f" -> {e['target']}" if e.get("target") else "")
+            say(f"{e['mode']:04o} {e['size']:>10} {e['path']}{suffix}")
+
+    emit(data, as_json=as_json, human=human)
+
+
+@file_app.command("read")
+def file_read(
+    ref: str = IdArg,
+    path: str = typer.Argument(...),
+    max_bytes: int = typer.Option(65536 * 16, "--max-bytes"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Print a file from the workspace."""
+    content, reply = _workspaces().client(ref).read(path, max_bytes=max_bytes)
+    if as_json:
+        emit({**reply, "content": content.decode("utf-8", "replace")}, as_json=True)
+        return
+    sys.stdout.buffer.write(content)
+    if reply.get("truncated"):
+        sys.stderr.write(f"pyro: output truncated at {max_bytes} bytes (use --max-bytes)\n")
+
+
+@file_app.command("write")
+def file_write(
+    ref: str = IdArg,
+    path: str = typer.Argument(...),
+    text_file: Path | None = typer.Option(None, "--text-file", help="Read content from this host file."),
+    content: str | None = typer.Option(None, "--content", help="The content itself."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a file in the workspace (from --content, --text-file, or stdin)."""
+    if content is not None:
+        data = content.encode()
+    elif text_file is not None:
+        data = text_file.read_bytes()
+    else:
+        data = sys.stdin.buffer.read()
+    reply = _workspaces().client(ref).write(path, data)
+    emit(reply, as_json=as_json, human=lambda: say(f"wrote {reply['written']} bytes to {reply['path']}"))
+
+
+@patch_app.command("apply")
+def patch_apply(
+    ref: str = IdArg,
+    patch_file: Path = typer.Option(..., "--patch-file", help="A unified diff (- for stdin)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Apply a unified diff in the workspace: all hunks or nothing."""
+    text = sys.stdin.read() if str(patch_file) == "-" else patch_file.read_text()
+    data = _workspaces().apply_patch(ref, text)
+    emit(data, as_json=as_json, human=lambda: say(f"patched {len(data['files'])} file(s): {', '.join(data['files'])}"))
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+@snapshot_app.command("create")
+def snapshot_create(ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+    """Freeze the workspace's current files as a named snapshot."""
+    started = time.perf_counter()
+    snap = _workspaces().snapshot_create(ref, name)
+    elapsed = time.perf_counter() - started
+    data = {"name": snap.name, "layer": snap.layers[0], "duration_ms": round(elapsed * 1000, 1)}
+    emit(data, as_json=as_json, human=lambda: say(f"snapshot {name} created in {ms(elapsed)}"))
+
+
+@snapshot_app.command("list")
+def snapshot_list(ref: str = IdArg, as_json: bool = JsonOption) -> None:
+    """List a workspace's snapshots (baseline first)."""
+    snaps = _workspaces().snapshot_list(ref)
+    rows = [{"name": s.name, "created": s.created, "layers": len(s.layers)} for s in snaps]
+
+    def human() -> None:
+        for row in rows:
+            say(f"{row['name']:20} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['created']))}")
+
+    emit({"snapshots": rows}, as_json=as_json, human=human)
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+    """Forget a named snapshot."""
+    _workspaces().snapshot_delete(ref, name)
+    emit({"deleted": name}, as_json=as_json, human=lambda: say(f"snapshot {name} deleted"))

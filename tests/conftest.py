@@ -1,0 +1,72 @@
+"""Shared fixtures: every test gets its own pyro home, and no workspace outlives its test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyro_loop.workspace import Workspaces
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+@pytest.fixture(autouse=True)
+def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private PYRO_HOME, and a HOME that is not the user's, so no test touches `~`."""
+    home = tmp_path / "pyro-home"
+    monkeypatch.setenv("PYRO_HOME", str(home))
+    monkeypatch.setenv("HOME", str(tmp_path / "user-home"))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_leaks() -> Iterator[None]:
+    before = dict(os.environ)
+    yield
+    leaked = {k for k in set(before) ^ set(os.environ)} | {
+        k for k in before if k in os.environ and before[k] != os.environ[k]
+    }
+    # monkeypatch restores its own changes after this fixture's teardown runs.
+    leaked -= {"PYRO_HOME", "HOME", "PYTEST_CURRENT_TEST"}
+    assert not leaked, f"test leaked environment changes: {sorted(leaked)}"
+
+
+@pytest.fixture
+def workspaces(pyro_home: Path) -> Iterator[Workspaces]:
+    """The library over the test's home; every workspace is deleted (processes killed) after."""
+    ws = Workspaces(home=pyro_home)
+    yield ws
+    for status in ws.list():
+        ws.delete(status.record.id)
+
+
+@pytest.fixture
+def seed_dir(tmp_path: Path) -> Path:
+    """A small project tree: text files, a subdirectory, an executable and a relative symlink."""
+    root = tmp_path / "seed"
+    (root / "src").mkdir(parents=True)
+    (root / "README.md").write_text("hello\n")
+    (root / "src" / "app.py").write_text("print('app')\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "src" / "link").symlink_to("../README.md")
+    return root
+
+
+def run_pyro(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the real `pyro` CLI in a subprocess (same interpreter, current PYRO_HOME)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_loop", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=timeout,
+        check=False,
+    )
