@@ -34,11 +34,14 @@ class WorkspaceRecord:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     handle: SandboxHandle | None = None  # None when stopped on purpose
     generation: int = 0  # bumped on every reset, names the current upper dir
+    standby: bool = True  # keep the next generation's sandbox booted, for instant resets
+    spare: SandboxHandle | None = None  # that standby sandbox (generation + 1, baseline layers)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["version"] = RECORD_VERSION
         data["handle"] = self.handle.to_json() if self.handle else None
+        data["spare"] = self.spare.to_json() if self.spare else None
         return data
 
     @classmethod
@@ -56,6 +59,8 @@ class WorkspaceRecord:
             snapshots={k: Snapshot(**v) for k, v in data.get("snapshots", {}).items()},
             handle=SandboxHandle.from_json(data["handle"]) if data.get("handle") else None,
             generation=int(data.get("generation", 0)),
+            standby=bool(data.get("standby", True)),
+            spare=SandboxHandle.from_json(data["spare"]) if data.get("spare") else None,
         )
 
 
@@ -90,6 +95,14 @@ class WorkspaceDir:
     @property
     def info(self) -> Path:
         return self.root / "sandbox-info.json"
+
+    @property
+    def spare_socket(self) -> Path:
+        return self.root / "agent-standby.sock"
+
+    @property
+    def spare_info(self) -> Path:
+        return self.root / "sandbox-info-standby.json"
 
     @property
     def log(self) -> Path:

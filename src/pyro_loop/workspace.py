@@ -8,6 +8,13 @@ Layer stack of a running workspace (topmost first):
     upper.<generation>        writable, private to this workspace, discarded by reset
     snapshot layers           read-only, only after a reset to a snapshot
     seed / baseline layers    read-only, shared with other workspaces
+
+Reset is O(1): the upper dir is renamed away and a sandbox over an empty one takes over. To
+make that a matter of milliseconds rather than a sandbox boot, each workspace keeps a
+standby sandbox (the next generation, over the baseline layers, with an empty upper dir)
+booted ahead of time; a reset to the baseline kills the current sandbox and promotes the
+standby, whose socket is renamed into place. Costs one idle agent per workspace; `standby`
+in the record turns it off.
 """
 
 from __future__ import annotations
@@ -133,6 +140,7 @@ class Workspaces:
         labels: dict[str, str] | None = None,
         network: bool = False,
         limits: Limits | None = None,
+        standby: bool = True,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store."""
         if environment not in ENVIRONMENTS:
@@ -161,6 +169,7 @@ class Workspaces:
             layers=list(stack),
             created=time.time(),
             limits=limits or Limits(),
+            standby=standby,
         )
         wdir = WorkspaceDir(self.root / ws_id)
         with file_lock(self.root / "names.lock"):
@@ -172,6 +181,7 @@ class Workspaces:
         try:
             with file_lock(wdir.lock_path):
                 self._launch(wdir, record)
+                self._start_spare(wdir, record)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._remove(wdir, record)
@@ -185,9 +195,9 @@ class Workspaces:
             record = wdir.load()
             if record.handle is not None and self.runtime.is_running(record.handle):
                 return record
-            if record.handle is not None:  # crashed: make sure nothing is left of it
-                self.runtime.stop(record.handle, self._spec(wdir, record))
+            self._halt(wdir, record)  # crashed: make sure nothing is left of it
             self._launch(wdir, record)
+            self._start_spare(wdir, record)
             return record
 
     def stop(self, ref: str) -> WorkspaceRecord:
@@ -220,12 +230,30 @@ class Workspaces:
                     f"workspace {record.id} has no snapshot {snapshot!r}",
                     hint="`pyro workspace snapshot list` shows them",
                 )
-            self._halt(wdir, record)
+            spare = record.spare
+            promote = (
+                layers == record.base_layers
+                and spare is not None
+                and self.runtime.is_running(spare)
+            )
+            if record.handle is not None:
+                self.runtime.stop(record.handle, self._spec(wdir, record))
+                record.handle = None
+            if not promote:
+                self._stop_spare(wdir, record)
             old = [wdir.upper(record.generation), wdir.work(record.generation)]
             trash = [move_to_trash(p, wdir.trash) for p in old if p.exists()]
             record.generation += 1
             record.layers = list(layers)
-            self._launch(wdir, record)
+            if promote:
+                os.replace(wdir.spare_socket, wdir.socket)
+                os.replace(wdir.spare_info, wdir.info)
+                record.handle, record.spare = spare, None
+                wdir.save(record)
+                self._wait_ready(wdir, record)
+            else:
+                self._launch(wdir, record)
+            self._start_spare(wdir, record)
         remove_in_background(trash)
         return record
 
@@ -338,35 +366,72 @@ class Workspaces:
     def _client(self, wdir: WorkspaceDir) -> AgentClient:
         return AgentClient(wdir.socket)
 
-    def _spec(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> SandboxSpec:
+    def _spec(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool = False
+    ) -> SandboxSpec:
+        generation = record.generation + 1 if spare else record.generation
+        layers = record.base_layers if spare else record.layers
         return SandboxSpec(
             store_root=self.home,
-            lowers=[f"layers/{key}/tree" for key in record.layers],
-            upper=wdir.upper(record.generation),
-            work=wdir.work(record.generation),
+            lowers=[f"layers/{key}/tree" for key in layers],
+            upper=wdir.upper(generation),
+            work=wdir.work(generation),
             merged=wdir.merged,
-            socket_path=wdir.socket,
-            info_path=wdir.info,
+            socket_path=wdir.spare_socket if spare else wdir.socket,
+            info_path=wdir.spare_info if spare else wdir.info,
             log_path=wdir.log,
             environment=record.environment,
             network=record.network,
             limits=record.limits,
         )
 
-    def _launch(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
-        """Start the sandbox over the record's layers and wait for its agent to answer."""
-        layers: list[Layer] = [self.store.require(key) for key in record.layers]
+    def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:
+        """Start a sandbox over the record's layers (or the standby's); does not wait for it."""
+        layers: list[Layer] = [
+            self.store.require(key) for key in (record.base_layers if spare else record.layers)
+        ]
         for layer in layers:
             self.store.touch(layer)
-        spec = self._spec(wdir, record)
+        spec = self._spec(wdir, record, spare=spare)
+        if spare and spec.upper.exists():  # a standby's upper must start empty
+            move_to_trash(spec.upper, wdir.trash)
         spec.upper.mkdir(exist_ok=True)
         if spec.work.exists():  # left by a crash; overlayfs wants a clean work dir
             move_to_trash(spec.work, wdir.trash)
         spec.work.mkdir()
         spec.info_path.unlink(missing_ok=True)
         handle = self.runtime.start(spec)
-        record.handle = handle
+        if spare:
+            record.spare = handle
+        else:
+            record.handle = handle
         wdir.save(record)
+        return spec
+
+    def _launch(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        """Start the workspace's sandbox and wait for its agent to answer."""
+        self._boot(wdir, record, spare=False)
+        self._wait_ready(wdir, record)
+
+    def _start_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        """Boot the next generation's sandbox ahead of time, so a reset only switches to it."""
+        if record.standby and record.spare is None:
+            self._boot(wdir, record, spare=True)
+
+    def _stop_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        if record.spare is not None:
+            spec = self._spec(wdir, record, spare=True)
+            self.runtime.stop(record.spare, spec)
+            record.spare = None
+            wdir.save(record)
+            for path in (spec.upper, spec.work):
+                if path.exists():
+                    move_to_trash(path, wdir.trash)
+
+    def _wait_ready(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        handle = record.handle
+        if handle is None:
+            raise AgentUnavailableError(f"workspace {record.id} has no sandbox to wait for")
         client = self._client(wdir)
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -377,12 +442,13 @@ class Workspaces:
                 if not self.runtime.is_running(handle) or time.monotonic() > deadline:
                     break
                 time.sleep(0.001)
-        self.runtime.stop(handle, spec)
+        self.runtime.stop(handle, self._spec(wdir, record))
         record.handle = None
         wdir.save(record)
         raise sandbox_failure(wdir.log)
 
     def _halt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        self._stop_spare(wdir, record)
         if record.handle is not None:
             self.runtime.stop(record.handle, self._spec(wdir, record))
             record.handle = None

@@ -81,6 +81,27 @@ def doctor(as_json: bool = JsonOption) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(as_json: bool = JsonOption) -> None:
+    """Run the daily loop on a small embedded project: create, test, break, diff, reset."""
+    from pyro_loop.cli.output import ms
+    from pyro_loop.demo import Step, run_demo
+
+    def report(step: Step) -> None:
+        if not as_json:
+            mark = "ok  " if step.ok else "FAIL"
+            say(f"{mark} {step.title:52} {ms(step.seconds):>8}")
+            if step.title.startswith("diff"):
+                say("\n".join("       " + line for line in step.detail.splitlines()))
+
+    steps = run_demo(report)
+    ok = all(s.ok for s in steps)
+    rows = [{"step": s.title, "ms": round(s.seconds * 1000, 2), "ok": s.ok, "detail": s.detail} for s in steps]
+    emit({"ok": ok, "steps": rows}, as_json=as_json, human=lambda: None)
+    if not ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         rv = app(standalone_mode=False)
