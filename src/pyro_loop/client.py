@@ -158,7 +158,9 @@ class AgentClient:
             stderr=b"".join(err),
         )
 
-    def read(self, path: str, *, max_bytes: int = 65536, offset: int = 0) -> tuple[bytes, dict[str, Any]]:
+    def read(
+        self, path: str, *, max_bytes: int = 65536, offset: int = 0
+    ) -> tuple[bytes, dict[str, Any]]:
         chunks: list[bytes] = []
         reply = self._request(
             {"op": "read", "path": path, "max_bytes": max_bytes, "offset": offset},
@@ -169,7 +171,9 @@ class AgentClient:
     def write(self, path: str, content: bytes, *, mode: int | None = None) -> dict[str, Any]:
         return self._request({"op": "write", "path": path, "mode": mode}, data=content)
 
-    def list(self, path: str, *, recursive: bool = False, max_entries: int = 10000) -> dict[str, Any]:
+    def list(
+        self, path: str, *, recursive: bool = False, max_entries: int = 10000
+    ) -> dict[str, Any]:
         return self._request(
             {"op": "list", "path": path, "recursive": recursive, "max_entries": max_entries}
         )
@@ -177,7 +181,9 @@ class AgentClient:
     def stat(self, path: str) -> dict[str, Any]:
         return self._request({"op": "stat", "path": path})
 
-    def remove(self, path: str, *, recursive: bool = False, missing_ok: bool = False) -> dict[str, Any]:
+    def remove(
+        self, path: str, *, recursive: bool = False, missing_ok: bool = False
+    ) -> dict[str, Any]:
         return self._request(
             {"op": "remove", "path": path, "recursive": recursive, "missing_ok": missing_ok}
         )
@@ -191,7 +197,7 @@ class AgentClient:
     def chmod(self, path: str, mode: int) -> dict[str, Any]:
         return self._request({"op": "chmod", "path": path, "mode": mode})
 
-    def tar(self, path: str, sink: Callable[[bytes], None]) -> dict[str, Any]:
+    def tar(self, path: str, sink: Callable[[bytes], object]) -> dict[str, Any]:
         def on_frame(kind: bytes, payload: bytes) -> None:
             if kind != p.KIND_DATA:
                 raise p.ProtocolError(f"unexpected {kind!r} frame during tar")

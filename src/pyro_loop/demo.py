@@ -54,12 +54,16 @@ def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = Non
 
         started = time.perf_counter()
         record_ = ws.create(seed=seed, labels={"pyro": "demo"})
-        record(Step("create workspace (first time: imports the project)", _since(started), record_.id))
+        record(
+            Step("create workspace (first time: imports the project)", _since(started), record_.id)
+        )
         try:
             _run_tests(ws, record_.id, "run the tests inside", record, expect=0)
             started = time.perf_counter()
             ws.exec(record_.id, ["sh", "-c", "sed -i 's/a + b/a - b/' calc.py"])
-            record(Step("an agent edits calc.py (introduces a bug)", _since(started), "a + b -> a - b"))
+            record(
+                Step("an agent edits calc.py (introduces a bug)", _since(started), "a + b -> a - b")
+            )
             _run_tests(ws, record_.id, "run the tests again (they fail)", record, expect=1)
             started = time.perf_counter()
             patch = render_patch(ws.changes(record_.id))
@@ -77,7 +81,9 @@ def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = Non
     return steps
 
 
-def _run_tests(ws: Workspaces, ws_id: str, title: str, record: Callable[[Step], None], *, expect: int) -> None:
+def _run_tests(
+    ws: Workspaces, ws_id: str, title: str, record: Callable[[Step], None], *, expect: int
+) -> None:
     started = time.perf_counter()
     # No bytecode cache: an edit within the same second would otherwise run the stale .pyc.
     result = ws.exec(ws_id, TEST_COMMAND, env={"PYTHONDONTWRITEBYTECODE": "1"})

@@ -35,7 +35,9 @@ def _open_dir(root: Path, parts: list[str]) -> int | None:
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     for part in parts:
         try:
-            child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            child = os.open(
+                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):

@@ -20,7 +20,9 @@ from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, Py
 MAX_PATCHED_FILE = 64 * 1024 * 1024
 
 
-def export_path(client: AgentClient, path: str, output: Path, *, force: bool = False) -> dict[str, Any]:
+def export_path(
+    client: AgentClient, path: str, output: Path, *, force: bool = False
+) -> dict[str, Any]:
     """Copy `path` (a file or directory in the workspace) to `output` on the host.
 
     The archive is unpacked with tarfile's "data" filter (no absolute paths, no `..`, no

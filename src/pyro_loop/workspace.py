@@ -19,6 +19,7 @@ in the record turns it off.
 
 from __future__ import annotations
 
+import builtins  # `list` is also a method of Workspaces
 import contextlib
 import json
 import os
@@ -135,7 +136,7 @@ class Workspaces:
         *,
         environment: str = "host",
         seed: Path | None = None,
-        layers: list[str] | None = None,
+        layers: builtins.list[str] | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
         network: bool = False,
@@ -288,7 +289,7 @@ class Workspaces:
             wdir.save(record)
             return snap
 
-    def snapshot_list(self, ref: str) -> list[Snapshot]:
+    def snapshot_list(self, ref: str) -> builtins.list[Snapshot]:
         record = self.resolve(ref).load()
         base = Snapshot(BASELINE, record.base_layers, record.created)
         return [base, *sorted(record.snapshots.values(), key=lambda s: s.created)]
@@ -319,7 +320,7 @@ class Workspaces:
     def exec(
         self,
         ref: str,
-        argv: list[str],
+        argv: builtins.list[str],
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
@@ -346,7 +347,7 @@ class Workspaces:
         agent_log = wdir.log.read_text(errors="replace")[-8192:] if wdir.log.exists() else ""
         return {"id": wdir.root.name, "commands": history, "agent_log": agent_log}
 
-    def changes(self, ref: str) -> list[Change]:
+    def changes(self, ref: str) -> builtins.list[Change]:
         """What the workspace changed relative to its create-time baseline."""
         wdir = self.resolve(ref)
         record = wdir.load()
@@ -459,7 +460,9 @@ class Workspaces:
         gone = move_to_trash(wdir.root, self.store.trash_dir)
         remove_in_background([gone])
 
-    def _status(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, probe: bool) -> WorkspaceStatus:
+    def _status(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, *, probe: bool
+    ) -> WorkspaceStatus:
         changed = _tree_bytes(wdir.upper(record.generation)) if probe else None
         if record.handle is None:
             return WorkspaceStatus(record, "stopped", "stopped; `start` resumes it", changed)
@@ -552,4 +555,3 @@ def copy_layer_tree(source: Path, target: Path) -> None:
                 os.mknod(dest, stat.S_IFCHR | 0o600, os.makedev(0, 0))
     for path, mode in reversed(dir_modes):
         os.chmod(path, mode)
-

@@ -9,14 +9,14 @@ to, anything outside it is refused. The sandbox around the agent is the security
 this confinement keeps the file tools' behaviour predictable.
 """
 
+import _signal
+import _socket
 import os
 import posix
 import select
 import sys
 import time
 
-import _signal
-import _socket
 import protocol as p
 
 WORKSPACE = "/workspace"
@@ -42,8 +42,10 @@ def confine(path, follow=True):
     lexical = os.path.normpath(absolute)
     if not _inside(lexical):
         raise RequestError("outside_workspace", "path is outside /workspace: " + path)
-    resolved = os.path.realpath(lexical) if follow else os.path.join(
-        os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical)
+    resolved = (
+        os.path.realpath(lexical)
+        if follow
+        else os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
     )
     if not _inside(resolved):
         raise RequestError(
@@ -66,8 +68,13 @@ def _entry(path, st):
         kind = "symlink"
     else:
         kind = "other"
-    entry = {"path": path, "type": kind, "size": st.st_size, "mode": mode & 0o7777,
-             "mtime": st.st_mtime}
+    entry = {
+        "path": path,
+        "type": kind,
+        "size": st.st_size,
+        "mode": mode & 0o7777,
+        "mtime": st.st_mtime,
+    }
     if kind == "symlink":
         entry["target"] = os.readlink(path)
     return entry
@@ -77,8 +84,7 @@ def _entry(path, st):
 
 
 def op_ping(conn, req):
-    return {"protocol": p.VERSION, "pid": os.getpid(),
-            "python": "%d.%d.%d" % sys.version_info[:3]}
+    return {"protocol": p.VERSION, "pid": os.getpid(), "python": "%d.%d.%d" % sys.version_info[:3]}
 
 
 def op_stat(conn, req):
@@ -138,8 +144,12 @@ def op_read(conn, req):
     finally:
         os.close(fd)
     sent = min(max(st.st_size - offset, 0), max_bytes)
-    return {"path": path, "size": st.st_size, "offset": offset,
-            "truncated": offset + sent < st.st_size}
+    return {
+        "path": path,
+        "size": st.st_size,
+        "offset": offset,
+        "truncated": offset + sent < st.st_size,
+    }
 
 
 def _recv_data(conn, out_fd):
@@ -272,8 +282,13 @@ def op_exec(conn, req):
     cwd = confine(req.get("cwd") or WORKSPACE)
     if not os.path.isdir(cwd):
         raise RequestError("not_a_directory", "working directory does not exist: " + cwd)
-    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "PYRO_WORKSPACE": "1",
-           "PWD": cwd}
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYRO_WORKSPACE": "1",
+        "PWD": cwd,
+    }
     extra = req.get("env") or {}
     if not isinstance(extra, dict):
         raise RequestError("invalid_request", "env must be an object")
@@ -326,8 +341,12 @@ def op_exec(conn, req):
         exit_code = os.WEXITSTATUS(status)
     if timed_out:
         exit_code = 124
-    return {"exit_code": exit_code, "signal": sig, "timed_out": timed_out,
-            "duration": time.monotonic() - started}
+    return {
+        "exit_code": exit_code,
+        "signal": sig,
+        "timed_out": timed_out,
+        "duration": time.monotonic() - started,
+    }
 
 
 def _pump(conn, pid, out_r, err_r, deadline):
@@ -431,9 +450,18 @@ def _descendants(root):
 
 
 OPS = {
-    "ping": op_ping, "stat": op_stat, "list": op_list, "read": op_read, "write": op_write,
-    "remove": op_remove, "mkdir": op_mkdir, "symlink": op_symlink, "chmod": op_chmod,
-    "tar": op_tar, "freeze": op_freeze, "exec": op_exec,
+    "ping": op_ping,
+    "stat": op_stat,
+    "list": op_list,
+    "read": op_read,
+    "write": op_write,
+    "remove": op_remove,
+    "mkdir": op_mkdir,
+    "symlink": op_symlink,
+    "chmod": op_chmod,
+    "tar": op_tar,
+    "freeze": op_freeze,
+    "exec": op_exec,
 }
 
 
@@ -447,8 +475,10 @@ def handle(conn):
         return
     try:
         if req.get("v") != p.VERSION:
-            raise RequestError("unsupported_version",
-                               "agent speaks protocol %d, request has %r" % (p.VERSION, req.get("v")))
+            raise RequestError(
+                "unsupported_version",
+                "agent speaks protocol %d, request has %r" % (p.VERSION, req.get("v")),
+            )
         op = OPS.get(req.get("op"))
         if op is None:
             raise RequestError("unknown_op", "unknown operation: %r" % (req.get("op"),))

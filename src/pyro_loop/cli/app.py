@@ -96,7 +96,10 @@ def demo(as_json: bool = JsonOption) -> None:
 
     steps = run_demo(report)
     ok = all(s.ok for s in steps)
-    rows = [{"step": s.title, "ms": round(s.seconds * 1000, 2), "ok": s.ok, "detail": s.detail} for s in steps]
+    rows = [
+        {"step": s.title, "ms": round(s.seconds * 1000, 2), "ok": s.ok, "detail": s.detail}
+        for s in steps
+    ]
     emit({"ok": ok, "steps": rows}, as_json=as_json, human=lambda: None)
     if not ok:
         raise typer.Exit(1)

@@ -34,7 +34,9 @@ def _workspaces() -> Any:
 
 def _status_line(data: dict[str, Any]) -> str:
     name = f" ({data['name']})" if data.get("name") else ""
-    return f"{data['id']}{name}  {data['state']}  env={data['environment']}  network={data['network']}"
+    return (
+        f"{data['id']}{name}  {data['state']}  env={data['environment']}  network={data['network']}"
+    )
 
 
 @workspace_app.command()
@@ -118,7 +120,8 @@ def logs(ref: str = IdArg, as_json: bool = JsonOption) -> None:
     def human() -> None:
         for entry in data["commands"]:
             when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-            say(f"{when}  exit={entry['exit_code']}  {entry['duration_ms']:.0f} ms  {' '.join(entry['argv'])}")
+            command = " ".join(entry["argv"])
+            say(f"{when}  exit={entry['exit_code']}  {entry['duration_ms']:.0f} ms  {command}")
         if data["agent_log"].strip():
             say("agent log:")
             sys.stdout.write(data["agent_log"])
@@ -130,7 +133,12 @@ def _lifecycle(verb: str, past: str, ref: str, as_json: bool) -> None:
     started = time.perf_counter()
     record = getattr(_workspaces(), verb)(ref)
     elapsed = time.perf_counter() - started
-    data = {"id": record.id, "name": record.name, "action": verb, "duration_ms": round(elapsed * 1000, 1)}
+    data = {
+        "id": record.id,
+        "name": record.name,
+        "action": verb,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
     emit(data, as_json=as_json, human=lambda: say(f"{past} {record.id} in {ms(elapsed)}"))
 
 
@@ -163,14 +171,22 @@ def reset(
     record = _workspaces().reset(ref, snapshot=snapshot)
     elapsed = time.perf_counter() - started
     data = {"id": record.id, "snapshot": snapshot, "duration_ms": round(elapsed * 1000, 1)}
-    emit(data, as_json=as_json, human=lambda: say(f"reset {record.id} to {snapshot} in {ms(elapsed)}"))
+    emit(
+        data,
+        as_json=as_json,
+        human=lambda: say(f"reset {record.id} to {snapshot} in {ms(elapsed)}"),
+    )
 
 
 @workspace_app.command()
-def exec(  # noqa: A001 - the command is called exec
+def exec(
     ref: str = IdArg,
-    command: list[str] = typer.Argument(..., metavar="-- CMD...", help="The command and its arguments."),
-    timeout: float | None = typer.Option(None, "--timeout", help="Kill the command's whole process tree after S seconds."),
+    command: list[str] = typer.Argument(
+        ..., metavar="-- CMD...", help="The command and its arguments."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Kill the command's whole process tree after S seconds."
+    ),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
     as_json: bool = JsonOption,
@@ -202,13 +218,20 @@ def exec(  # noqa: A001 - the command is called exec
 
 
 @workspace_app.command()
-def diff(ref: str = IdArg, stat: bool = typer.Option(False, "--stat", help="Only list changed paths."), as_json: bool = JsonOption) -> None:
+def diff(
+    ref: str = IdArg,
+    stat: bool = typer.Option(False, "--stat", help="Only list changed paths."),
+    as_json: bool = JsonOption,
+) -> None:
     """Show what changed in /workspace since the create-time baseline (a git-style patch)."""
     from pyro_loop.diff import render_patch
 
     changes = _workspaces().changes(ref)
     if as_json:
-        emit({"changes": [c.to_json() for c in changes], "patch": render_patch(changes)}, as_json=True)
+        emit(
+            {"changes": [c.to_json() for c in changes], "patch": render_patch(changes)},
+            as_json=True,
+        )
     elif stat:
         for c in changes:
             say(f"{c.status:9} {c.path}")
@@ -244,7 +267,9 @@ def file_list(
 
     def human() -> None:
         for e in data["entries"]:
-            suffix = "/" if e["type"] == "dir" else (f" -> {e['target']}" if e.get("target") else "")
+            suffix = (
+                "/" if e["type"] == "dir" else (f" -> {e['target']}" if e.get("target") else "")
+            )
             say(f"{e['mode']:04o} {e['size']:>10} {e['path']}{suffix}")
 
     emit(data, as_json=as_json, human=human)
@@ -271,7 +296,9 @@ def file_read(
 def file_write(
     ref: str = IdArg,
     path: str = typer.Argument(...),
-    text_file: Path | None = typer.Option(None, "--text-file", help="Read content from this host file."),
+    text_file: Path | None = typer.Option(
+        None, "--text-file", help="Read content from this host file."
+    ),
     content: str | None = typer.Option(None, "--content", help="The content itself."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -283,7 +310,11 @@ def file_write(
     else:
         data = sys.stdin.buffer.read()
     reply = _workspaces().client(ref).write(path, data)
-    emit(reply, as_json=as_json, human=lambda: say(f"wrote {reply['written']} bytes to {reply['path']}"))
+    emit(
+        reply,
+        as_json=as_json,
+        human=lambda: say(f"wrote {reply['written']} bytes to {reply['path']}"),
+    )
 
 
 @patch_app.command("apply")
@@ -295,14 +326,20 @@ def patch_apply(
     """Apply a unified diff in the workspace: all hunks or nothing."""
     text = sys.stdin.read() if str(patch_file) == "-" else patch_file.read_text()
     data = _workspaces().apply_patch(ref, text)
-    emit(data, as_json=as_json, human=lambda: say(f"patched {len(data['files'])} file(s): {', '.join(data['files'])}"))
+    emit(
+        data,
+        as_json=as_json,
+        human=lambda: say(f"patched {len(data['files'])} file(s): {', '.join(data['files'])}"),
+    )
 
 
 # -- snapshots -----------------------------------------------------------------------------
 
 
 @snapshot_app.command("create")
-def snapshot_create(ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+def snapshot_create(
+    ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption
+) -> None:
     """Freeze the workspace's current files as a named snapshot."""
     started = time.perf_counter()
     snap = _workspaces().snapshot_create(ref, name)
@@ -319,13 +356,16 @@ def snapshot_list(ref: str = IdArg, as_json: bool = JsonOption) -> None:
 
     def human() -> None:
         for row in rows:
-            say(f"{row['name']:20} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['created']))}")
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+            say(f"{row['name']:20} {created}")
 
     emit({"snapshots": rows}, as_json=as_json, human=human)
 
 
 @snapshot_app.command("delete")
-def snapshot_delete(ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+def snapshot_delete(
+    ref: str = IdArg, name: str = typer.Argument(...), as_json: bool = JsonOption
+) -> None:
     """Forget a named snapshot."""
     _workspaces().snapshot_delete(ref, name)
     emit({"deleted": name}, as_json=as_json, human=lambda: say(f"snapshot {name} deleted"))
