@@ -63,6 +63,7 @@ class WorkspaceStatus:
     state: str  # "running" | "stopped" | "dead" | "unresponsive"
     detail: str
     changed_bytes: int | None = None
+    standby: str = "off"  # "ready" | "down" | "off": the pre-booted sandbox a reset switches to
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
@@ -80,6 +81,7 @@ class WorkspaceStatus:
             "snapshots": sorted(r.snapshots),
             "limits": r.limits.describe(),
             "changed_bytes": self.changed_bytes,
+            "standby": self.standby,
         }
 
 
@@ -307,7 +309,9 @@ class Workspaces:
 
     def client(self, ref: str) -> AgentClient:
         """A client for a running workspace's agent (fails with the fix if it is not running)."""
-        wdir = self.resolve(ref)
+        return self._running_client(self.resolve(ref))
+
+    def _running_client(self, wdir: WorkspaceDir) -> AgentClient:
         record = wdir.load()
         if record.handle is None or not self.runtime.is_running(record.handle):
             what = "stopped" if record.handle is None else "not running (its sandbox exited)"
@@ -329,9 +333,9 @@ class Workspaces:
     ) -> ExecResult:
         if not argv:
             raise InvalidInputError("no command given", hint="pyro workspace exec ID -- CMD...")
-        client = self.client(ref)
-        result = client.exec(argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output)
         wdir = self.resolve(ref)
+        client = self._running_client(wdir)
+        result = client.exec(argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output)
         entry = {"time": time.time(), "argv": argv, "cwd": cwd, **result.to_json()}
         with wdir.history.open("a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -464,20 +468,25 @@ class Workspaces:
         self, wdir: WorkspaceDir, record: WorkspaceRecord, *, probe: bool
     ) -> WorkspaceStatus:
         changed = _tree_bytes(wdir.upper(record.generation)) if probe else None
+        if not record.standby:
+            standby = "off"
+        elif record.spare is not None and self.runtime.is_running(record.spare):
+            standby = "ready"
+        else:
+            standby = "down"
         if record.handle is None:
-            return WorkspaceStatus(record, "stopped", "stopped; `start` resumes it", changed)
-        if not self.runtime.is_running(record.handle):
-            return WorkspaceStatus(
-                record, "dead", "its sandbox exited; `start` restarts it with its files", changed
-            )
-        if probe:
-            try:
-                self._client(wdir).ping(timeout=2.0)
-            except AgentUnavailableError:
-                return WorkspaceStatus(
-                    record, "unresponsive", "sandbox running, agent not answering", changed
-                )
-        return WorkspaceStatus(record, "running", "agent answering" if probe else "", changed)
+            state, detail = "stopped", "stopped; `start` resumes it"
+        elif not self.runtime.is_running(record.handle):
+            state, detail = "dead", "its sandbox exited; `start` restarts it with its files"
+        else:
+            state, detail = "running", ""
+            if probe:
+                try:
+                    self._client(wdir).ping(timeout=2.0)
+                    detail = "agent answering"
+                except AgentUnavailableError:
+                    state, detail = "unresponsive", "sandbox running, agent not answering"
+        return WorkspaceStatus(record, state, detail, changed, standby)
 
 
 # What unshare, mount and bwrap print when the kernel refuses unprivileged namespaces.

@@ -101,6 +101,7 @@ def status(ref: str = IdArg, as_json: bool = JsonOption) -> None:
         say(f"  {data['detail']}")
         say(f"  layers: {len(data['layers'])} read-only, changed: {data['changed_bytes']} bytes")
         say(f"  snapshots: {', '.join(['baseline', *data['snapshots']])}")
+        say(f"  standby for reset: {data['standby']}")
         limits = data["limits"]
         say(
             f"  limits ({limits['enforced_by']}): processes={limits['processes']} "
