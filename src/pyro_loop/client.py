@@ -22,6 +22,7 @@ from pyro_loop.errors import (
 )
 
 OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 
 # How the agent's error kinds map onto pyro's errors (anything else is an AgentError).
 _ERRORS_BY_KIND: dict[str, type[PyroError]] = {
@@ -40,6 +41,8 @@ class ExecResult:
     signal: int | None
     stdout: bytes = b""
     stderr: bytes = b""
+    stdout_truncated: bool = False  # collected output beyond `max_output` was dropped
+    stderr_truncated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,8 @@ class ExecResult:
             "duration_ms": round(self.duration * 1000, 3),
             "timed_out": self.timed_out,
             "signal": self.signal,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
         }
 
 
@@ -87,6 +92,8 @@ class AgentClient:
                     p.send_frame(sock, p.KIND_DATA, b"")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the agent refused early; its reply (if any) says why
+            except TimeoutError as exc:
+                raise AgentUnavailableError("the workspace's agent stopped reading") from exc
             try:
                 while True:
                     kind, payload = p.recv_frame(sock)
@@ -128,19 +135,22 @@ class AgentClient:
         env: dict[str, str] | None = None,
         timeout: float | None = None,
         on_output: OutputSink | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> ExecResult:
-        """Run `argv` in the workspace; output goes to `on_output` as it comes, or is collected."""
-        out: list[bytes] = []
-        err: list[bytes] = []
+        """Run `argv` in the workspace; output goes to `on_output` as it comes, or is collected.
+
+        Collected output is capped at `max_output` bytes per stream (the rest is counted as
+        truncated, not kept), so a command printing without end cannot exhaust host memory.
+        """
+        collected = {p.KIND_STDOUT: _Capped(max_output), p.KIND_STDERR: _Capped(max_output)}
 
         def on_frame(kind: bytes, payload: bytes) -> None:
-            stream = "stdout" if kind == p.KIND_STDOUT else "stderr"
-            if kind not in (p.KIND_STDOUT, p.KIND_STDERR):
+            if kind not in collected:
                 raise p.ProtocolError(f"unexpected {kind!r} frame during exec")
             if on_output is not None:
-                on_output(stream, payload)
+                on_output("stdout" if kind == p.KIND_STDOUT else "stderr", payload)
             else:
-                (out if stream == "stdout" else err).append(payload)
+                collected[kind].add(payload)
 
         reply = self._request(
             {"op": "exec", "argv": argv, "cwd": cwd, "env": env or {}, "timeout": timeout},
@@ -149,13 +159,18 @@ class AgentClient:
             # timeout plus a margin, or wait indefinitely when it has none.
             timeout=(timeout + 10.0) if timeout is not None else None,
         )
+        duration = reply.get("duration", 0.0)
+        if not isinstance(duration, int | float) or isinstance(duration, bool):
+            raise AgentError("malformed reply from the workspace's agent: duration is not a number")
         return ExecResult(
             exit_code=_int(reply, "exit_code"),
-            duration=float(reply.get("duration", 0.0)),
+            duration=float(duration),
             timed_out=bool(reply.get("timed_out", False)),
             signal=reply.get("signal") if isinstance(reply.get("signal"), int) else None,
-            stdout=b"".join(out),
-            stderr=b"".join(err),
+            stdout=collected[p.KIND_STDOUT].value(),
+            stderr=collected[p.KIND_STDERR].value(),
+            stdout_truncated=collected[p.KIND_STDOUT].truncated,
+            stderr_truncated=collected[p.KIND_STDERR].truncated,
         )
 
     def read(
@@ -207,17 +222,48 @@ class AgentClient:
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
-        """Stop every process in the workspace for the duration of the block."""
+        """Stop every process in the workspace for the duration of the block.
+
+        The agent keeps them stopped until this connection sends a frame or closes, so a
+        crash of the caller thaws the workspace too.
+        """
         with self._connect() as sock:
             sock.settimeout(self.connect_timeout)
-            p.send_json(sock, {"v": p.VERSION, "op": "freeze"})
-            _check_reply(p.recv_json(sock))
+            try:
+                p.send_json(sock, {"v": p.VERSION, "op": "freeze"})
+                _check_reply(p.recv_json(sock))
+            except (p.Closed, ConnectionResetError, TimeoutError) as exc:
+                raise AgentUnavailableError("the workspace's agent did not freeze it") from exc
+            except p.ProtocolError as exc:
+                raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
             try:
                 yield
             finally:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, p.ProtocolError):
                     p.send_json(sock, {"thaw": True})
                     p.recv_json(sock)
+
+
+class _Capped:
+    """Collects at most `limit` bytes and remembers whether more arrived."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if len(data) > room:
+            self.truncated = True
+            data = data[: max(room, 0)]
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 def _check_reply(reply: dict[str, Any]) -> dict[str, Any]:

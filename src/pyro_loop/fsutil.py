@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` as JSON so readers never see a half-written file."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `data` as JSON so readers never see a half-written file.
+
+    `durable` also flushes it to disk before the rename, so it survives a power loss.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -8,7 +8,6 @@ symlink or a FIFO makes the lookup fail instead of escaping or blocking.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -46,6 +45,24 @@ def _open_dir(root: Path, parts: list[str]) -> int | None:
         os.close(fd)
         fd = child
     return fd
+
+
+def _list_dir(root: Path, rel: str) -> list[str]:
+    """Names in root/rel, or nothing if it is not a directory reached without symlinks."""
+    path_fd = _open_dir(root, rel.split("/") if rel else [])
+    if path_fd is None:
+        return []
+    try:
+        # listdir needs a readable descriptor; O_PATH ones only name the directory.
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
+    except OSError:
+        return []
+    finally:
+        os.close(path_fd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 def _lstat_at(root: Path, rel: str) -> os.stat_result | None:
@@ -138,12 +155,7 @@ class LayerStack:
         """Every path the merged view shows below `rel` (files, links and dirs), sorted."""
         names: set[str] = set()
         for layer in self.layers:
-            fd = _open_dir(layer, rel.split("/") if rel else [])
-            if fd is None:
-                continue
-            with contextlib.suppress(OSError):
-                names.update(os.listdir(fd))
-            os.close(fd)
+            names.update(_list_dir(layer, rel))
         for name in sorted(names):
             child = f"{rel}/{name}" if rel else name
             entry = self.lookup(child)

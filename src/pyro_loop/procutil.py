@@ -16,6 +16,7 @@ def spawn_detached(
     log: IO[bytes] | None = None,
     pass_fds: Sequence[int] = (),
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session, so it outlives this process and its terminal.
 
@@ -31,6 +32,7 @@ def spawn_detached(
         pass_fds=tuple(pass_fds),
         start_new_session=True,
         env=env if env is not None else {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        cwd=cwd,
     )
     _DETACHED.append(proc)
     reap_finished()
@@ -43,12 +45,19 @@ def reap_finished() -> None:
             _DETACHED.remove(proc)
 
 
-def remove_in_background(paths: Sequence[Path]) -> None:
+def remove_in_background(paths: Sequence[Path], *, after: Sequence[int] = ()) -> None:
     """Delete directory trees without making the caller wait (they are already renamed away).
 
-    `chmod` first: overlayfs leaves a mode-000 directory in every work dir.
+    `after`: pids of killed processes still being torn down, which may still have the trees
+    mounted; removal starts once they are gone (or after 5 s at most). `chmod` first:
+    overlayfs leaves a mode-000 directory in every work dir.
     """
     if not paths:
         return
-    script = 'chmod -R u+rwX -- "$@" 2>/dev/null; exec rm -rf -- "$@"'
-    spawn_detached(["/bin/sh", "-c", script, "pyro-cleanup", *map(str, paths)])
+    script = (
+        'for pid in $PYRO_WAIT_PIDS; do n=0; while kill -0 "$pid" 2>/dev/null && [ $n -lt 500 ];'
+        " do sleep 0.01; n=$((n+1)); done; done;"
+        ' chmod -R u+rwX -- "$@" 2>/dev/null; exec rm -rf -- "$@"'
+    )
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYRO_WAIT_PIDS": " ".join(map(str, after))}
+    spawn_detached(["/bin/sh", "-c", script, "pyro-cleanup", *map(str, paths)], env=env)

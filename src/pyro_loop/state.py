@@ -85,10 +85,6 @@ class WorkspaceDir:
         return self.root / f"work.{generation}"
 
     @property
-    def merged(self) -> Path:
-        return self.root / "merged"
-
-    @property
     def socket(self) -> Path:
         return self.root / "agent.sock"
 
@@ -120,4 +116,6 @@ class WorkspaceDir:
         return WorkspaceRecord.from_json(json.loads(self.record_path.read_text()))
 
     def save(self, record: WorkspaceRecord) -> None:
-        write_json_atomic(self.record_path, record.to_json())
+        # Atomic but not fsynced: it is rewritten on every reset, and after a power loss the
+        # sandbox it describes is gone anyway (status then says "dead").
+        write_json_atomic(self.record_path, record.to_json(), durable=False)

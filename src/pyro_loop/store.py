@@ -22,6 +22,7 @@ from typing import Any
 
 from pyro_loop.errors import InvalidInputError, NotFoundError
 from pyro_loop.fsutil import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
+from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
 from pyro_loop.treehash import tree_digest
 
@@ -159,6 +160,8 @@ class LayerStore:
         incoming = self.tmp_dir / f"{os.getpid()}-incoming-{uuid.uuid4().hex[:12]}"
         incoming.mkdir(parents=True)
         os.rename(staged_tree, incoming / "tree")
+        # Overlayfs reads lower layers with the sandbox user's credentials.
+        hand_over(incoming / "tree", recursive=True)
         write_json_atomic(
             incoming / "meta.json",
             {

@@ -44,6 +44,10 @@ def export_path(
         try:
             with tarfile.open(fileobj=spool, mode="r:") as tar:
                 tar.extractall(tmp, filter="data")
+        except tarfile.FilterError as exc:
+            raise InvalidInputError(
+                f"refusing to export {path}: {exc} (it would point outside the export)"
+            ) from exc
         except (tarfile.TarError, OSError) as exc:
             raise PyroError(f"cannot unpack the export of {path}: {exc}") from exc
         extracted = Path(tmp) / arcname

@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +40,10 @@ from pyro_loop.errors import (
 )
 from pyro_loop.fsutil import move_to_trash
 from pyro_loop.home import pyro_home
+from pyro_loop.identity import hand_over, sandbox_owner
+from pyro_loop.layercopy import copy_and_digest
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
-from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
 from pyro_loop.procutil import remove_in_background
 from pyro_loop.runtime import Limits, Runtime, SandboxSpec
 from pyro_loop.seed import import_seed
@@ -179,7 +178,8 @@ class Workspaces:
             if name is not None and any(d.load().name == name for d in self._all()):
                 raise ConflictError(f"a workspace named {name!r} exists already")
             wdir.root.mkdir(parents=True, mode=0o700)
-            wdir.merged.mkdir()
+            if sandbox_owner() is not None:
+                wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
             wdir.save(record)
         try:
             with file_lock(wdir.lock_path):
@@ -239,8 +239,9 @@ class Workspaces:
                 and spare is not None
                 and self.runtime.is_running(spare)
             )
+            dying: list[int] = []
             if record.handle is not None:
-                self.runtime.stop(record.handle, self._spec(wdir, record))
+                dying = self.runtime.stop(record.handle, self._spec(wdir, record), wait=False)
                 record.handle = None
             if not promote:
                 self._stop_spare(wdir, record)
@@ -257,7 +258,7 @@ class Workspaces:
             else:
                 self._launch(wdir, record)
             self._start_spare(wdir, record)
-        remove_in_background(trash)
+        remove_in_background(trash, after=dying)
         return record
 
     def status(self, ref: str) -> WorkspaceStatus:
@@ -282,9 +283,12 @@ class Workspaces:
             freeze = self._client(wdir).frozen() if running else contextlib.nullcontext()
             with freeze, self.store.staging() as staging:
                 tree = staging / "tree"
-                copy_layer_tree(wdir.upper(record.generation), tree)
+                digest = copy_and_digest(wdir.upper(record.generation), tree)
                 layer = self.store.publish(
-                    tree, kind="snapshot", inputs={"workspace": record.id, "snapshot": name}
+                    tree,
+                    kind="snapshot",
+                    key=digest,
+                    inputs={"workspace": record.id, "snapshot": name},
                 )
             snap = Snapshot(name=name, layers=[layer.key, *record.layers], created=time.time())
             record.snapshots[name] = snap
@@ -381,7 +385,6 @@ class Workspaces:
             lowers=[f"layers/{key}/tree" for key in layers],
             upper=wdir.upper(generation),
             work=wdir.work(generation),
-            merged=wdir.merged,
             socket_path=wdir.spare_socket if spare else wdir.socket,
             info_path=wdir.spare_info if spare else wdir.info,
             log_path=wdir.log,
@@ -404,7 +407,8 @@ class Workspaces:
         if spec.work.exists():  # left by a crash; overlayfs wants a clean work dir
             move_to_trash(spec.work, wdir.trash)
         spec.work.mkdir()
-        spec.info_path.unlink(missing_ok=True)
+        hand_over(spec.upper)
+        hand_over(spec.work)
         handle = self.runtime.start(spec)
         if spare:
             record.spare = handle
@@ -525,42 +529,3 @@ def _tree_bytes(path: Path) -> int:
                 with contextlib.suppress(OSError):
                     total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
     return total
-
-
-def copy_layer_tree(source: Path, target: Path) -> None:
-    """Copy an overlay upper dir into a new layer, keeping whiteouts and opaque directories.
-
-    Nothing is followed: symlinks are copied as links, and anything that is not a file,
-    directory, link or whiteout is left out.
-    """
-    target.mkdir()
-    if not source.is_dir():
-        return
-    with contextlib.suppress(OSError):
-        if os.getxattr(source, OPAQUE_XATTR, follow_symlinks=False) == b"y":
-            os.setxattr(target, OPAQUE_XATTR, b"y")
-    dir_modes: list[tuple[Path, int]] = []
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(source):
-        rel = os.path.relpath(dirpath, source)
-        out_dir = target if rel == "." else target / rel
-        for name in dirnames + filenames:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            dest = out_dir / name
-            if stat.S_ISDIR(st.st_mode):
-                dest.mkdir(mode=0o700)  # final mode set last, so children can be written
-                dir_modes.append((dest, stat.S_IMODE(st.st_mode)))
-                with contextlib.suppress(OSError):
-                    via_fd = f"/proc/self/fd/{dir_fd}/{name}"
-                    if os.getxattr(via_fd, OPAQUE_XATTR, follow_symlinks=False) == b"y":
-                        os.setxattr(dest, OPAQUE_XATTR, b"y")
-            elif stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(name, dir_fd=dir_fd), dest)
-            elif stat.S_ISREG(st.st_mode):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-                with os.fdopen(fd, "rb") as src, dest.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                os.chmod(dest, stat.S_IMODE(st.st_mode))
-            elif is_whiteout(st):
-                os.mknod(dest, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-    for path, mode in reversed(dir_modes):
-        os.chmod(path, mode)

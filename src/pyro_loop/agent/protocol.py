@@ -137,8 +137,10 @@ def recv_frame(sock: Stream) -> tuple[bytes, bytes]:
 def decode_json(payload: bytes) -> dict[str, Any]:
     try:
         obj = loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("malformed JSON frame: %s" % exc) from None
+    # The C scanner signals "no value here" with StopIteration, and deep nesting with
+    # RecursionError: both are just malformed input from the peer's point of view.
+    except (UnicodeDecodeError, ValueError, StopIteration, RecursionError) as exc:
+        raise ProtocolError("malformed JSON frame: %s" % (exc or type(exc).__name__)) from None
     if not isinstance(obj, dict):
         raise ProtocolError("a JSON frame must hold an object")
     return obj

@@ -242,9 +242,13 @@ def op_tar(conn, req):
     """Stream `path` as an uncompressed tar archive in D frames (symlinks stay symlinks)."""
     import tarfile
 
-    path = confine(req.get("path"))
+    # A symlink is exported as the link itself, never as what it points to; and only if
+    # what it points to is inside the workspace.
+    path = confine(req.get("path"), follow=False)
     if not os.path.lexists(path):
         raise RequestError("not_found", "no such file in the workspace: " + path)
+    if os.path.islink(path):
+        confine(path, follow=True)
 
     class FrameWriter:
         def write(self, data):
@@ -282,13 +286,10 @@ def op_exec(conn, req):
     cwd = confine(req.get("cwd") or WORKSPACE)
     if not os.path.isdir(cwd):
         raise RequestError("not_a_directory", "working directory does not exist: " + cwd)
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "PYRO_WORKSPACE": "1",
-        "PWD": cwd,
-    }
+    # The sandbox's own environment (set by the runtime) is the base: nothing from the host.
+    env = dict(os.environ)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["PWD"] = cwd
     extra = req.get("env") or {}
     if not isinstance(extra, dict):
         raise RequestError("invalid_request", "env must be an object")
@@ -527,8 +528,12 @@ def serve(listener):
 
 
 def main(argv):
-    listener = _socket.socket(fileno=int(argv[1]))
-    os.set_inheritable(listener.fileno(), False)
+    listen_fd = int(argv[1])
+    # Nothing but the listening socket is ours to keep: close whatever else was inherited.
+    os.closerange(3, listen_fd)
+    os.closerange(listen_fd + 1, 65536)
+    listener = _socket.socket(fileno=listen_fd)
+    os.set_inheritable(listen_fd, False)
     os.chdir(WORKSPACE)
     posix.umask(0o022)
     serve(listener)

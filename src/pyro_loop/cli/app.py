@@ -14,7 +14,6 @@ import time
 import traceback
 from pathlib import Path
 
-import click
 import typer
 
 from pyro_loop import __version__
@@ -111,12 +110,16 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("pyro: interrupted\n")
         sys.exit(130)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("pyro: interrupted\n")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: typer shows them with the usage line
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            sys.stderr.write(f"pyro: {exc}\n")
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     except PyroError as exc:
         sys.stderr.write(f"pyro: error: {exc.message}\n")
         if exc.hint:

@@ -40,7 +40,6 @@ class SandboxSpec:
     lowers: list[str]  # /workspace lower layers, topmost first
     upper: Path
     work: Path
-    merged: Path
     socket_path: Path
     info_path: Path
     log_path: Path
@@ -74,6 +73,10 @@ class Runtime(Protocol):
 
     def is_running(self, handle: SandboxHandle) -> bool: ...
 
-    def stop(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
-        """Kill everything in the sandbox and return once it is all gone."""
+    def stop(self, handle: SandboxHandle, spec: SandboxSpec, *, wait: bool = True) -> list[int]:
+        """Kill everything in the sandbox; return once it is all gone.
+
+        With `wait=False`, return at once with the host pids whose exit marks the end of the
+        teardown (everything is already killed, the kernel is only finishing the job).
+        """
         ...

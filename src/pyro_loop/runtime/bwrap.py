@@ -3,19 +3,25 @@
 Process tree of one workspace (all without root, all without a daemon):
 
     keeper (sh, own session)           <- killed to stop the workspace; outlives the CLI
+                                          (started through setpriv when pyro runs as root,
+                                          see identity.py)
       `- bwrap --die-with-parent       <- dies with the keeper
            `- bwrap init (pid 1 in the workspace's pid namespace)
                 `- agent (python3, serves protocol.py on a pre-bound Unix socket)
                      `- commands, one process tree per exec
 
 The keeper runs in a fresh user and mount namespace where it mounts the overlay (read-only
-layers below, the workspace's upper dir on top), then runs bubblewrap on the merged tree.
+layers below, the workspace's upper dir on top) over /tmp, a directory every user can reach
+(visible to nobody else: the mount namespace is private), then runs bubblewrap on it.
 The mount exists only inside that namespace, so when the last process goes the mount goes:
 nothing to unmount, nothing left behind on the host.
 
 The agent's listening socket is bound by the caller before the sandbox starts and handed in
 as an inherited descriptor, so a client can connect at once; the connection simply waits in
-the backlog until the agent accepts it.
+the backlog until the agent accepts it. The agent's files and bwrap's info file are handed
+over as descriptors too: the sandbox user may not be able to traverse the path to pyro's
+store (root's home, for instance), and needs no path to it. Layers and upper dirs are named
+relative to the store, the keeper's working directory.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 from pyro_loop.client import socket_address
 from pyro_loop.errors import HostUnsupportedError
 from pyro_loop.fsutil import remove_tree
+from pyro_loop.identity import sandbox_owner
 from pyro_loop.overlay import overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
 from pyro_loop.runtime import SandboxHandle, SandboxSpec
@@ -48,20 +55,18 @@ SANDBOX_HOME = "/home/pyro"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 5.0
 
-# Runs in the new user + mount namespace. Positional parameters:
-#   $1 store dir (cwd for relative lower paths), $2 overlay options, $3 mount point,
-#   $4 info file, then the command (prlimit ... bwrap ...).
-# bwrap runs as a child (not exec'd) so that this shell is the keeper bwrap dies with.
-KEEPER_SCRIPT = r"""
-set -e
-cd "$1"
-mount -t overlay pyro -o "$2" "$3"
-info="$4"
-shift 4
-cd /
-"$@" 9>"$info"
+# Runs in the new user + mount namespace, in the store directory (lower layers, upper and
+# work dirs are given relative to it). Positional parameters: $1 overlay options, then the
+# command (prlimit ... bwrap ...). bwrap runs as a child, not exec'd: this shell is the
+# keeper that bwrap dies with.
+KEEPER_SCRIPT = """\
+mount -t overlay pyro -o "$1" /tmp || exit 111
+shift
+cd / && unset OLDPWD || exit 111
+"$@"
 exit $?
 """
+EXIT_SETUP_FAILED = 111
 
 
 class BwrapRuntime:
@@ -80,29 +85,38 @@ class BwrapRuntime:
             raise HostUnsupportedError(
                 "`unshare` or `prlimit` (util-linux) is missing", hint="apt-get install util-linux"
             )
-        options = overlay_options(spec.lowers, str(spec.upper), str(spec.work))
-        agent_dir = install_agent(spec.store_root)
+        store = spec.store_root
+        options = overlay_options(
+            spec.lowers, _relative(spec.upper, store), _relative(spec.work, store)
+        )
+        agent_fds = {name: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                     for name, path in agent_files(store).items()}  # fmt: skip
+        info_fd = os.open(spec.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         listener = _bind_listener(spec.socket_path)
+        inherited = (listener.fileno(), info_fd, *agent_fds.values())
         try:
             argv = [
+                *_drop_root_prefix(store),
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
-                "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper",
-                str(spec.store_root), options, str(spec.merged), str(spec.info_path),
+                "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options,
                 prlimit, *_prlimit_args(spec),
-                *self._bwrap_argv(bwrap, spec, agent_dir, listener.fileno()),
+                *self._bwrap_argv(bwrap, spec, listener.fileno(), info_fd, agent_fds),
             ]  # fmt: skip
             with spec.log_path.open("ab") as log:
                 # The keeper belongs to the workspace, not to this process: never waited for.
-                keeper = spawn_detached(argv, log=log, pass_fds=(listener.fileno(),))
+                keeper = spawn_detached(argv, log=log, pass_fds=inherited, cwd=store)
         finally:
-            listener.close()  # the agent holds it now; if the sandbox dies, connects are refused
+            # The sandbox holds them now; if it dies, connects are refused.
+            listener.close()
+            for fd in (info_fd, *agent_fds.values()):
+                os.close(fd)
         return SandboxHandle(keeper.pid, _start_time(keeper.pid) or 0)
 
     def is_running(self, handle: SandboxHandle) -> bool:
         return _start_time(handle.keeper_pid) == handle.keeper_start
 
-    def stop(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
-        init = _sandbox_init(spec.info_path)
+    def stop(self, handle: SandboxHandle, spec: SandboxSpec, *, wait: bool = True) -> list[int]:
+        init = _sandbox_init(spec.info_path, handle.keeper_pid)
         reap_finished()
         if self.is_running(handle):
             # The keeper leads its own process group; killing the group takes bwrap too, and
@@ -112,6 +126,10 @@ class BwrapRuntime:
         if init is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(init[0], signal.SIGKILL)
+        if not wait:
+            # Everything is already doomed (SIGKILL cannot be caught); the kernel finishes
+            # tearing the namespace down in a few ms. The caller gets the pid to wait for.
+            return [init[0]] if init is not None else []
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
             keeper_gone = not self.is_running(handle)
@@ -119,12 +137,17 @@ class BwrapRuntime:
             init_gone = init is None or _start_time(init[0]) != init[1]
             if keeper_gone and init_gone:
                 reap_finished()
-                return
+                return []
             time.sleep(0.0005)
         raise HostUnsupportedError(f"workspace processes did not exit within {STOP_TIMEOUT} s")
 
     def _bwrap_argv(
-        self, bwrap: str, spec: SandboxSpec, agent_dir: Path, listen_fd: int
+        self,
+        bwrap: str,
+        spec: SandboxSpec,
+        listen_fd: int,
+        info_fd: int,
+        agent_fds: dict[str, int],
     ) -> list[str]:
         uid, gid = str(os.getuid()), str(os.getgid())
         argv = [
@@ -133,7 +156,7 @@ class BwrapRuntime:
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", spec.hostname,
             "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--info-fd", "9",
+            "--info-fd", str(info_fd),
             "--clearenv",
             "--setenv", "PATH", SANDBOX_PATH,
             "--setenv", "HOME", SANDBOX_HOME,
@@ -149,8 +172,14 @@ class BwrapRuntime:
             "--tmpfs", "/tmp",
             "--dir", "/var", "--tmpfs", "/var/tmp",
             "--dir", SANDBOX_HOME,
-            "--bind", str(spec.merged), "/workspace",
-            "--ro-bind", str(agent_dir), AGENT_MOUNT,
+            "--bind", "/tmp", "/workspace",  # the keeper's /tmp: the overlay
+            "--tmpfs", AGENT_MOUNT,
+            "--dir", f"{AGENT_MOUNT}/__pycache__",
+        ]  # fmt: skip
+        for name, fd in agent_fds.items():
+            argv += ["--ro-bind-data", str(fd), f"{AGENT_MOUNT}/{name}"]
+        argv += [
+            "--remount-ro", AGENT_MOUNT,
             "--chdir", "/workspace",
             "--",
             # -E -s -S: no environment, user site or site module; -B: the dir is read-only.
@@ -159,38 +188,71 @@ class BwrapRuntime:
         return argv
 
 
-def install_agent(home: Path) -> Path:
+def _relative(path: Path, base: Path) -> str:
+    """`path` relative to `base` when inside it (short mount options), else absolute."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _drop_root_prefix(store: Path) -> list[str]:
+    """When pyro runs as root, the keeper (and so the workspace) runs as the sandbox uid.
+
+    That uid must be able to look up layers and upper dirs relative to the store (its working
+    directory), so a root store is made searchable, not listable, by others.
+    """
+    owner = sandbox_owner()
+    if owner is None:
+        return []
+    store.chmod(0o711)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise HostUnsupportedError(
+            "running pyro as root needs `setpriv` (util-linux) to drop to an unprivileged uid",
+            hint="apt-get install util-linux",
+        )
+    return [setpriv, f"--reuid={owner}", f"--regid={owner}", "--clear-groups", "--"]
+
+
+def agent_files(home: Path) -> dict[str, Path]:
     """The agent's files, byte-compiled by the sandbox's python, in the store (once per version).
 
-    Compiled ahead of time because the agent's start-up is on the path of every create and
-    reset, and the sandbox cannot write a bytecode cache into its read-only mount.
+    Returns names relative to the agent's directory in the sandbox. Compiled ahead of time
+    because the agent's start-up is on the path of every create and reset, and the sandbox
+    cannot write a bytecode cache. The bytecode is checked by hash, not by timestamp: the
+    files reach the sandbox as copies with new timestamps.
     """
     digest = hashlib.sha256()
     for name in AGENT_FILES:
         digest.update((AGENT_SOURCE / name).read_bytes())
     target = home / "agent" / digest.hexdigest()[:16]
-    if (target / "COMPLETE").exists():
-        return target
-    staging = home / "agent" / f".{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not (target / "COMPLETE").exists():
+        _install_agent(target)
+    files = {name: target / name for name in AGENT_FILES}
+    for pyc in sorted((target / "__pycache__").glob("*.pyc")):
+        files[f"__pycache__/{pyc.name}"] = pyc
+    return files
+
+
+def _install_agent(target: Path) -> None:
+    staging = target.parent / f".{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     for name in AGENT_FILES:
         shutil.copyfile(AGENT_SOURCE / name, staging / name)
     # Best effort: without bytecode the agent still starts, a few ms slower.
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            [SANDBOX_PYTHON, "-E", "-s", "-m", "compileall", "-q", str(staging)],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
+            [SANDBOX_PYTHON, "-E", "-s", "-m", "compileall", "-q",
+             "--invalidation-mode", "unchecked-hash", str(staging)],
+            check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
     (staging / "COMPLETE").touch()
     try:
         os.rename(staging, target)
     except OSError:  # another process installed it first
         remove_tree(staging)
-    return target
 
 
 def _host_root_args() -> list[str]:
@@ -250,11 +312,27 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _sandbox_init(info_path: Path) -> tuple[int, int] | None:
-    """The host pid (and start time) of the workspace's pid-namespace init, from bwrap's info."""
+def _sandbox_init(info_path: Path, keeper_pid: int) -> tuple[int, int] | None:
+    """The host pid (and start time) of the workspace's pid-namespace init, from bwrap's info.
+
+    Trusted only if it really is the keeper's grandchild (keeper -> bwrap -> init), so a
+    stale or tampered info file can never point the kill at an unrelated process.
+    """
     try:
         pid = int(json.loads(info_path.read_text())["child-pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    parent = _parent_pid(pid)
+    if parent is None or _parent_pid(parent) != keeper_pid:
+        return None
     start = _start_time(pid)
     return None if start is None else (pid, start)
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
