@@ -179,7 +179,7 @@ def test_incomplete_layer_is_never_used_and_is_replaced_by_build(store: LayerSto
     assert store.get(KEY) == layer
     assert _entries(layer.tree) == ["fresh.txt"], "nothing of the incomplete layer survives"
     assert (layer.root / COMPLETE_MARKER).is_file()
-    store.clean_leftovers()
+    store.empty_trash()
     assert _entries(store.trash_dir) == []
 
 
@@ -250,6 +250,8 @@ def test_clean_leftovers_removes_staging_of_killed_processes_only(store: LayerSt
         assert not leftover.exists()
         assert not incoming.exists()
         assert (mine / "work.txt").read_text() == "in progress"
+        assert _entries(store.trash_dir) == ["old-layer"], "the trash is emptied elsewhere"
+        store.empty_trash()
         assert _entries(store.trash_dir) == []
     assert _entries(store.tmp_dir) == []
 

@@ -24,6 +24,7 @@ from pyro_loop.errors import InvalidInputError, NotFoundError
 from pyro_loop.fsutil import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
 from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
+from pyro_loop.procutil import remove_in_background
 from pyro_loop.treehash import tree_digest
 
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -155,7 +156,7 @@ class LayerStore:
         root = self.layers_dir / key
         if root.exists():
             # A publish that was killed before writing its marker: never trusted, cleared away.
-            move_to_trash(root, self.trash_dir)
+            remove_in_background([move_to_trash(root, self.trash_dir)])
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         incoming = self.tmp_dir / f"{os.getpid()}-incoming-{uuid.uuid4().hex[:12]}"
         incoming.mkdir(parents=True)
@@ -191,15 +192,22 @@ class LayerStore:
                 move_to_trash(root, self.trash_dir)
         empty_trash(self.trash_dir)
 
+    def empty_trash(self) -> None:
+        """Delete what earlier operations moved aside (synchronously: for gc and tests)."""
+        empty_trash(self.trash_dir)
+
     def clean_leftovers(self) -> None:
-        """Remove staging dirs of processes that died mid-build, and the trash."""
+        """Remove staging dirs of processes that died mid-build.
+
+        The trash is not emptied here: whoever moved something into it has started its
+        removal in the background, and this runs on the path of every create.
+        """
         if self.tmp_dir.is_dir():
             for entry in self.tmp_dir.iterdir():
                 owner = entry.name.split("-", 1)[0]
                 if owner.isdigit() and _pid_alive(int(owner)):
                     continue
                 remove_tree(entry)
-        empty_trash(self.trash_dir)
 
     def empty_layer(self) -> Layer:
         """The layer with no files: the bottom of a workspace that has no seed."""

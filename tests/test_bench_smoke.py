@@ -1,0 +1,27 @@
+"""The runtime benchmark runs end to end (CI smoke: small seed, few runs, no targets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_runtime.py"
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_measures_every_operation(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reset+first exec" in result.stdout
+    data = json.loads(out.read_text())
+    text = json.dumps(data)
+    for operation in ("create", "exec", "reset", "snapshot", "delete", "copy"):
+        assert operation in text
