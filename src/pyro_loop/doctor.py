@@ -44,7 +44,7 @@ def run_checks() -> list[Check]:
         _userns_sysctls(),
     ]
     checks.append(_sandbox_smoke_test(ready=all(c.ok for c in checks[:2])))
-    checks += [_kvm(), _limits()]
+    checks += [_mmdebstrap(), _kvm(), _limits()]
     return checks
 
 
@@ -128,6 +128,58 @@ def _sandbox_smoke_test(*, ready: bool) -> Check:
         name, False, reason,
         "check the user namespace line above; overlayfs in user namespaces needs Linux 5.11+",
     )  # fmt: skip
+
+
+def _mmdebstrap() -> Check:
+    """Debian environments are built with mmdebstrap, in a mode that depends on the user."""
+    from pyro_loop.environments import MMDEBSTRAP_FIX
+
+    name = "mmdebstrap (optional: debian:* environments)"
+    path = shutil.which("mmdebstrap")
+    if path is None:
+        detail = "`mmdebstrap` not found on PATH: needed only to build debian:* environments"
+        return Check(name, False, detail, MMDEBSTRAP_FIX, required=False)
+    out = _run([path, "--version"])
+    version = ((out.stdout or out.stderr).strip().splitlines() or [path])[0]
+    mode = mmdebstrap_mode()
+    if mode is None:
+        return Check(
+            name, False,
+            f"{version}, but this user has no /etc/subuid range and fakechroot is missing",
+            f"{MMDEBSTRAP_FIX} fakechroot fakeroot, or give the user subordinate ids "
+            "(usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER)",
+            required=False,
+        )  # fmt: skip
+    return Check(name, True, f"{version}; builds in {mode} mode", required=False)
+
+
+def mmdebstrap_mode() -> str | None:
+    """The mode mmdebstrap's `auto` picks for this user, or None if none can work."""
+    if os.geteuid() == 0:
+        return "root"
+    if shutil.which("newuidmap") and _has_subordinate_ids():
+        return "unshare"
+    if shutil.which("fakechroot") and shutil.which("fakeroot"):
+        return "fakechroot"
+    return None
+
+
+def _has_subordinate_ids() -> bool:
+    import pwd
+
+    uid = os.getuid()
+    try:
+        names = {str(uid), pwd.getpwuid(uid).pw_name}
+    except KeyError:
+        names = {str(uid)}
+    for table in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(table).read_text().splitlines()
+        except OSError:
+            return False
+        if not any(line.split(":", 1)[0] in names for line in lines if ":" in line):
+            return False
+    return True
 
 
 def _kvm() -> Check:

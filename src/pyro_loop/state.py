@@ -24,7 +24,7 @@ class Snapshot:
 class WorkspaceRecord:
     id: str
     name: str | None
-    environment: str
+    environment: str  # canonical name: "host", "debian:12"
     network: bool
     labels: dict[str, str]
     base_layers: list[str]  # the create-time baseline, topmost first
@@ -36,6 +36,8 @@ class WorkspaceRecord:
     generation: int = 0  # bumped on every reset, names the current upper dir
     standby: bool = True  # keep the next generation's sandbox booted, for instant resets
     spare: SandboxHandle | None = None  # that standby sandbox (generation + 1, baseline layers)
+    packages: list[str] = field(default_factory=list)  # extra packages of the environment
+    environment_layer: str | None = None  # the root filesystem's layer; None for host
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -61,6 +63,8 @@ class WorkspaceRecord:
             generation=int(data.get("generation", 0)),
             standby=bool(data.get("standby", True)),
             spare=SandboxHandle.from_json(data["spare"]) if data.get("spare") else None,
+            packages=list(data.get("packages", [])),
+            environment_layer=data.get("environment_layer"),
         )
 
 

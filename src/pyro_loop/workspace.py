@@ -27,7 +27,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.client import AgentClient, ExecResult, OutputSink
 from pyro_loop.diff import Change, compute_changes
@@ -51,7 +51,9 @@ from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
 from pyro_loop.transfer import apply_patch, export_path
 
-ENVIRONMENTS = ("host",)
+if TYPE_CHECKING:
+    from pyro_loop.environments import Progress
+
 BASELINE = "baseline"
 READY_TIMEOUT = 15.0
 
@@ -72,6 +74,8 @@ class WorkspaceStatus:
             "state": self.state,
             "detail": self.detail,
             "environment": r.environment,
+            "packages": r.packages,
+            "environment_layer": r.environment_layer,
             "network": "egress" if r.network else "off",
             "labels": r.labels,
             "created": r.created,
@@ -136,6 +140,7 @@ class Workspaces:
         self,
         *,
         environment: str = "host",
+        packages: builtins.list[str] | None = None,
         seed: Path | None = None,
         layers: builtins.list[str] | None = None,
         name: str | None = None,
@@ -143,17 +148,23 @@ class Workspaces:
         network: bool = False,
         limits: Limits | None = None,
         standby: bool = True,
+        on_progress: Progress | None = None,
     ) -> WorkspaceRecord:
-        """Create and start a workspace from a seed path or from layers already in the store."""
-        if environment not in ENVIRONMENTS:
-            raise InvalidInputError(
-                f"unknown environment {environment!r}: available here: {', '.join(ENVIRONMENTS)}"
-            )
+        """Create and start a workspace from a seed path or from layers already in the store.
+
+        `environment` is `host` or `debian:<release>` (with extra `packages`); a Debian
+        environment is built into the store the first time it is asked for (tens of seconds,
+        reported through `on_progress`), and reused from then on.
+        """
+        from pyro_loop import environments  # imported here: only create needs it
+
+        spec = environments.parse_environment(environment, packages or ())
         if name is not None:
             check_name(name, what="workspace name")
         if seed is not None and layers:
             raise InvalidInputError("give a seed path or layers, not both")
         self.store.clean_leftovers()
+        env_layer = environments.ensure_environment(self.store, spec, on_progress=on_progress)
         if seed is not None:
             stack = [import_seed(self.store, seed).key]
         elif layers:
@@ -164,7 +175,7 @@ class Workspaces:
         record = WorkspaceRecord(
             id=ws_id,
             name=name,
-            environment=environment,
+            environment=spec.name,
             network=network,
             labels=dict(labels or {}),
             base_layers=stack,
@@ -172,6 +183,8 @@ class Workspaces:
             created=time.time(),
             limits=limits or Limits(),
             standby=standby,
+            packages=list(spec.extra_packages),
+            environment_layer=env_layer.key if env_layer is not None else None,
         )
         wdir = WorkspaceDir(self.root / ws_id)
         with file_lock(self.root / "names.lock"):
@@ -295,6 +308,20 @@ class Workspaces:
             wdir.save(record)
             return snap
 
+    def capture_changes(self, ref: str, dest: Path) -> str:
+        """Copy what the workspace changed (its upper dir) to `dest`, a new layer tree.
+
+        Returns the copy's content digest. Used by prepare, which publishes the result under
+        the key of its inputs rather than of its content.
+        """
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            record = wdir.load()
+            running = record.handle is not None and self.runtime.is_running(record.handle)
+            freeze = self._client(wdir).frozen() if running else contextlib.nullcontext()
+            with freeze:
+                return copy_and_digest(wdir.upper(record.generation), dest)
+
     def snapshot_list(self, ref: str) -> builtins.list[Snapshot]:
         record = self.resolve(ref).load()
         base = Snapshot(BASELINE, record.base_layers, record.created)
@@ -389,6 +416,9 @@ class Workspaces:
             info_path=wdir.spare_info if spare else wdir.info,
             log_path=wdir.log,
             environment=record.environment,
+            root_layer=(
+                f"layers/{record.environment_layer}/tree" if record.environment_layer else None
+            ),
             network=record.network,
             limits=record.limits,
         )
@@ -398,6 +428,8 @@ class Workspaces:
         layers: list[Layer] = [
             self.store.require(key) for key in (record.base_layers if spare else record.layers)
         ]
+        if record.environment_layer is not None:
+            layers.append(self._environment_layer(record))
         for layer in layers:
             self.store.touch(layer)
         spec = self._spec(wdir, record, spare=spare)
@@ -416,6 +448,17 @@ class Workspaces:
             record.handle = handle
         wdir.save(record)
         return spec
+
+    def _environment_layer(self, record: WorkspaceRecord) -> Layer:
+        assert record.environment_layer is not None
+        layer = self.store.get(record.environment_layer)
+        if layer is None:
+            raise NotFoundError(
+                f"the {record.environment} environment of workspace {record.id} is no longer"
+                " in the store",
+                hint="create a new workspace with the same --env: it rebuilds the environment",
+            )
+        return layer
 
     def _launch(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
         """Start the workspace's sandbox and wait for its agent to answer."""

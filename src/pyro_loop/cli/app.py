@@ -17,20 +17,24 @@ from pathlib import Path
 import typer
 
 from pyro_loop import __version__
+from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.output import JsonOption, emit, say
+from pyro_loop.cli.project import cache_app, prepare, status
 from pyro_loop.cli.workspace import workspace_app
 from pyro_loop.errors import PyroError
 
 HELP = """\
 pyro: fast, isolated, disposable workspaces for coding agents.
 
-Check the host once with `pyro doctor`, then:
+Once per machine: `pyro doctor`. Once per repo: `pyro init`. Then:
 
 \b
-  pyro workspace create --seed-path . --name dev   # milliseconds from cached layers
-  pyro workspace exec dev -- pytest                # isolated, network off
-  pyro workspace reset dev                         # back to the baseline, O(1)
-  pyro workspace diff dev                          # what the agent changed
+  pyro prepare                                   # build the dependency snapshot once per lockfile
+  pyro status                                    # is this machine warm for this repo?
+  pyro workspace create --seed-path . --name dev # milliseconds from cached layers
+  pyro workspace exec dev -- pytest              # isolated, network off
+  pyro workspace reset dev                       # back to the baseline, O(1)
+  pyro workspace diff dev                        # what the agent changed
 """
 
 app = typer.Typer(
@@ -41,7 +45,11 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command()(prepare)
+app.command()(status)
 app.add_typer(workspace_app, name="workspace")
+app.command("init")(init_command)
+app.add_typer(cache_app, name="cache")
 
 
 def _version(value: bool) -> None:

@@ -44,6 +44,9 @@ class SandboxSpec:
     info_path: Path
     log_path: Path
     environment: str = "host"
+    # The root filesystem's layer (relative to store_root), bound read-only at /; None: the
+    # host's /usr, /etc and /opt on an empty root (the `host` environment).
+    root_layer: str | None = None
     network: bool = False
     hostname: str = "pyro"
     limits: Limits = field(default_factory=Limits)

@@ -16,6 +16,12 @@ layers below, the workspace's upper dir on top) over /tmp, a directory every use
 The mount exists only inside that namespace, so when the last process goes the mount goes:
 nothing to unmount, nothing left behind on the host.
 
+An environment with a root filesystem of its own (a Debian layer) changes only the mounts:
+the keeper binds the root layer over /tmp and mounts the overlay on the layer's /workspace
+directory (which the layer provides, as it does every other mount point: bubblewrap cannot
+create them in a read-only root); bubblewrap binds /tmp read-only at / and the overlay again,
+writable, at /workspace. The host environment keeps its single mount.
+
 The agent's listening socket is bound by the caller before the sandbox starts and handed in
 as an inherited descriptor, so a client can connect at once; the connection simply waits in
 the backlog until the agent accepts it. The agent's files and bwrap's info file are handed
@@ -43,7 +49,7 @@ from pyro_loop.client import socket_address
 from pyro_loop.errors import HostUnsupportedError
 from pyro_loop.fsutil import remove_tree
 from pyro_loop.identity import sandbox_owner
-from pyro_loop.overlay import overlay_options
+from pyro_loop.overlay import check_mount_path, overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
 from pyro_loop.runtime import SandboxHandle, SandboxSpec
 
@@ -54,14 +60,21 @@ SANDBOX_PYTHON = "/usr/bin/python3"
 SANDBOX_HOME = "/home/pyro"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 5.0
+# With --network egress, a root filesystem of its own gets copies of these host files (the
+# layer provides the files they are mounted on).
+HOST_NETWORK_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 # Runs in the new user + mount namespace, in the store directory (lower layers, upper and
-# work dirs are given relative to it). Positional parameters: $1 overlay options, then the
-# command (prlimit ... bwrap ...). bwrap runs as a child, not exec'd: this shell is the
-# keeper that bwrap dies with.
+# work dirs and the root layer are given relative to it). Positional parameters: $1 overlay
+# options, $2 the root layer ("" for the host's directories), then the command (prlimit ...
+# bwrap ...). bwrap runs as a child, not exec'd: this shell is the keeper that bwrap dies with.
 KEEPER_SCRIPT = """\
-mount -t overlay pyro -o "$1" /tmp || exit 111
-shift
+if [ -z "$2" ]; then
+  mount -t overlay pyro -o "$1" /tmp || exit 111
+else
+  mount --bind "$2" /tmp && mount -t overlay pyro -o "$1" /tmp/workspace || exit 111
+fi
+shift 2
 cd / && unset OLDPWD || exit 111
 "$@"
 exit $?
@@ -89,18 +102,28 @@ class BwrapRuntime:
         options = overlay_options(
             spec.lowers, _relative(spec.upper, store), _relative(spec.work, store)
         )
+        root_layer = ""
+        if spec.root_layer is not None:
+            root_layer = check_mount_path(_relative(store / spec.root_layer, store))
         agent_fds = {name: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                      for name, path in agent_files(store).items()}  # fmt: skip
+        data_fds = dict(agent_fds)
+        if root_layer and spec.network:
+            # The network is the host's, and so are the resolver and the certificate
+            # authorities it trusts (a proxy's, say): copies of both replace the root's.
+            for path in HOST_NETWORK_FILES:
+                with contextlib.suppress(OSError):
+                    data_fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         info_fd = os.open(spec.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         listener = _bind_listener(spec.socket_path)
-        inherited = (listener.fileno(), info_fd, *agent_fds.values())
+        inherited = (listener.fileno(), info_fd, *data_fds.values())
         try:
             argv = [
                 *_drop_root_prefix(store),
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
-                "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options,
+                "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options, root_layer,
                 prlimit, *_prlimit_args(spec),
-                *self._bwrap_argv(bwrap, spec, listener.fileno(), info_fd, agent_fds),
+                *self._bwrap_argv(bwrap, spec, listener.fileno(), info_fd, data_fds),
             ]  # fmt: skip
             with spec.log_path.open("ab") as log:
                 # The keeper belongs to the workspace, not to this process: never waited for.
@@ -108,7 +131,7 @@ class BwrapRuntime:
         finally:
             # The sandbox holds them now; if it dies, connects are refused.
             listener.close()
-            for fd in (info_fd, *agent_fds.values()):
+            for fd in (info_fd, *data_fds.values()):
                 os.close(fd)
         return SandboxHandle(keeper.pid, _start_time(keeper.pid) or 0)
 
@@ -147,8 +170,9 @@ class BwrapRuntime:
         spec: SandboxSpec,
         listen_fd: int,
         info_fd: int,
-        agent_fds: dict[str, int],
+        data_fds: dict[str, int],
     ) -> list[str]:
+        """`data_fds`: the agent's files by name, and absolute paths for other files."""
         uid, gid = str(os.getuid()), str(os.getgid())
         argv = [
             bwrap,
@@ -165,19 +189,28 @@ class BwrapRuntime:
         ]  # fmt: skip
         if not spec.network:
             argv.append("--unshare-net")
-        argv += _host_root_args()
+        if spec.root_layer is None:
+            argv += _host_root_args()
+            overlay = "/tmp"  # the keeper's /tmp
+            home = ["--dir", SANDBOX_HOME]  # on the writable tmpfs root
+        else:
+            # The keeper's /tmp is the root layer, with the overlay on its /workspace.
+            argv += ["--ro-bind", "/tmp", "/"]
+            overlay = "/tmp/workspace"
+            home = ["--tmpfs", SANDBOX_HOME]  # the root is read-only
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
             "--tmpfs", "/tmp",
             "--dir", "/var", "--tmpfs", "/var/tmp",
-            "--dir", SANDBOX_HOME,
-            "--bind", "/tmp", "/workspace",  # the keeper's /tmp: the overlay
+            *home,
+            "--bind", overlay, "/workspace",
             "--tmpfs", AGENT_MOUNT,
             "--dir", f"{AGENT_MOUNT}/__pycache__",
         ]  # fmt: skip
-        for name, fd in agent_fds.items():
-            argv += ["--ro-bind-data", str(fd), f"{AGENT_MOUNT}/{name}"]
+        for name, fd in data_fds.items():
+            target = name if name.startswith("/") else f"{AGENT_MOUNT}/{name}"
+            argv += ["--ro-bind-data", str(fd), target]
         argv += [
             "--remount-ro", AGENT_MOUNT,
             "--chdir", "/workspace",

@@ -1,0 +1,147 @@
+"""`pyro cache`: what the store holds, and removing what nothing needs any more.
+
+A layer is *referenced* when a workspace uses it (its layers, its baseline, its snapshots)
+or when it is a project's last prepared dependency snapshot or baseline. Referenced layers
+are never removed; gc removes every unreferenced layer, prune only old or excess ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.locking import file_lock
+from pyro_loop.prepare import ProjectState
+from pyro_loop.store import COMPLETE_MARKER, Layer
+from pyro_loop.workspace import Workspaces
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    key: str
+    kind: str
+    size: int
+    created: float
+    last_used: float
+    users: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def gc_lock(home: Path) -> Path:
+    """Held exclusively by gc and prune, shared by whoever is about to use layers."""
+    return home / "locks" / "gc.lock"
+
+
+def list_layers(ws: Workspaces) -> list[LayerInfo]:
+    users = _references(ws)
+    infos = []
+    for layer in ws.store.list():
+        meta = _meta(layer)
+        infos.append(
+            LayerInfo(
+                key=layer.key,
+                kind=str(meta.get("kind", "?")),
+                size=int(meta.get("size", 0)),
+                created=float(meta.get("created", 0.0)),
+                last_used=_last_used(layer),
+                users=sorted(users.get(layer.key, [])),
+            )
+        )
+    return sorted(infos, key=lambda i: i.last_used, reverse=True)
+
+
+def gc(ws: Workspaces) -> list[LayerInfo]:
+    """Remove every layer nothing references; returns what was removed."""
+    return _remove(ws, lambda unused: unused)
+
+
+def prune(
+    ws: Workspaces, *, older_than_days: float | None = None, max_bytes: int | None = None
+) -> list[LayerInfo]:
+    """Remove unreferenced layers unused for `older_than_days`, then least recently used
+    ones until the store holds at most `max_bytes`."""
+
+    def choose(unused: list[LayerInfo]) -> list[LayerInfo]:
+        chosen: list[LayerInfo] = []
+        if older_than_days is not None:
+            cutoff = _now() - older_than_days * 86400
+            chosen = [i for i in unused if i.last_used < cutoff]
+        if max_bytes is not None:
+            total = sum(i.size for i in list_layers(ws)) - sum(i.size for i in chosen)
+            for info in sorted(unused, key=lambda i: i.last_used):
+                if total <= max_bytes:
+                    break
+                if info not in chosen:
+                    chosen.append(info)
+                    total -= info.size
+        return chosen
+
+    return _remove(ws, choose)
+
+
+def _remove(ws: Workspaces, choose: Any) -> list[LayerInfo]:
+    with file_lock(gc_lock(ws.home)):
+        unused = [i for i in list_layers(ws) if not i.users]
+        removed = choose(unused)
+        for info in removed:
+            ws.store.delete(info.key)
+        ws.store.clean_leftovers()
+        ws.store.empty_trash()
+    return list(removed)
+
+
+def _references(ws: Workspaces) -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {}
+
+    def add(key: str | None, user: str) -> None:
+        if key:
+            refs.setdefault(key, []).append(user)
+
+    for status in ws.list():
+        record = status.record
+        user = f"workspace {record.name or record.id}"
+        for key in {*record.layers, *record.base_layers}:
+            add(key, user)
+        for snap in record.snapshots.values():
+            for key in snap.layers:
+                add(key, user)
+        add(getattr(record, "environment_layer", None), user)
+    projects = ws.home / "projects"
+    if projects.is_dir():
+        for path in projects.glob("*.json"):
+            try:
+                state = ProjectState(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if not Path(state.root).is_dir():
+                continue  # the project is gone: its layers are no longer anyone's
+            user = f"project {state.root}"
+            add(state.dependencies_layer, user)
+            add(state.baseline_layer, user)
+    return refs
+
+
+def _meta(layer: Layer) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((layer.root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _last_used(layer: Layer) -> float:
+    try:
+        return os.stat(layer.root / COMPLETE_MARKER).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

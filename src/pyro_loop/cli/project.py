@@ -1,0 +1,188 @@
+"""`pyro prepare`, `pyro status` and `pyro cache`: the project-level commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+
+cache_app = typer.Typer(
+    help="What pyro's store holds; remove what nothing uses.", no_args_is_help=True
+)
+
+ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
+
+
+def _load(project_dir: Path | None) -> tuple[Any, Any]:
+    """The project around `project_dir` (or here) and its configuration; warnings to stderr."""
+    from pyro_loop.config import load_project_config
+    from pyro_loop.project import find_project
+
+    project = find_project(project_dir or Path.cwd())
+    result = load_project_config(project.root)
+    for warning in result.warnings:
+        note(f"pyro: warning: {warning}")
+    return project, result.config
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def prepare(
+    project_dir: Path | None = ProjectOption,
+    if_changed: bool = typer.Option(False, "--if-changed", help="Exit at once if already warm."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the project's environment, dependency snapshot and HEAD baseline (once per input)."""
+    from pyro_loop.prepare import is_warm
+    from pyro_loop.prepare import prepare as run_prepare
+    from pyro_loop.workspace import Workspaces
+
+    started = time.perf_counter()
+    project, config = _load(project_dir)
+    ws = Workspaces()
+    if if_changed and is_warm(project, config, ws.home):
+        data = {
+            "warm": True,
+            "built": [],
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        emit(
+            data,
+            as_json=as_json,
+            human=lambda: say(f"warm: nothing to prepare ({ms(time.perf_counter() - started)})"),
+        )
+        return
+
+    def progress(phase: str, message: str) -> None:
+        if as_json:
+            sys.stderr.write(json.dumps({"phase": phase, "message": message}) + "\n")
+        else:
+            note(f"prepare: {phase}: {message}")
+        sys.stderr.flush()
+
+    result = run_prepare(project, config, workspaces=ws, on_progress=progress)
+    data = result.to_json()
+
+    def human() -> None:
+        what = ", ".join(result.built) if result.built else "nothing (already warm)"
+        say(f"prepared {project.root} in {ms(result.seconds)}: built {what}")
+
+    emit(data, as_json=as_json, human=human)
+
+
+def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+    """Is this machine warm for this project? Exit 0 when warm, 1 when something is missing."""
+    from pyro_loop.readiness import readiness
+    from pyro_loop.workspace import Workspaces
+
+    project, config = _load(project_dir)
+    state = readiness(project, config, Workspaces())
+    data = state.to_json()
+
+    def human() -> None:
+        config_note = (
+            project.config_path.name
+            if state.config_found
+            else "no .pyro.toml (pyro init writes one)"
+        )
+        say(f"project       {project.root} ({config_note})")
+        env = data["environment"]
+        say(
+            f"environment   {env['name']}" + ("" if env["state"] == "host" else f": {env['state']}")
+        )
+        deps = data["dependencies"]
+        line = f"dependencies  {deps['state']}"
+        if deps["state"] == "warm":
+            line += f" (snapshot {deps['key'][:12]})"
+        elif deps.get("reasons"):
+            line += ": " + "; ".join(deps["reasons"]) + " (run: pyro prepare)"
+        say(line)
+        base = data["baseline"]
+        line = f"baseline      {base['state']}"
+        if base.get("commit"):
+            line += f" (HEAD {base['commit'][:8]})"
+        say(line)
+        if data["workspaces"]:
+            for w in data["workspaces"]:
+                say(f"workspace     {w['name'] or w['id']}: {w['state']}")
+        else:
+            say("workspace     none running")
+        say(f"cache         {_human_size(data['cache_bytes'])}")
+        say("ready: warm for this project" if state.warm else "not warm: run `pyro prepare`")
+
+    emit(data, as_json=as_json, human=human)
+    if not state.warm:
+        raise typer.Exit(1)
+
+
+@cache_app.command("list")
+def cache_list(as_json: bool = JsonOption) -> None:
+    """List layers: kind, size, last use and who uses them."""
+    from pyro_loop.cache import list_layers
+    from pyro_loop.workspace import Workspaces
+
+    layers = list_layers(Workspaces())
+
+    def human() -> None:
+        for info in layers:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.last_used))
+            users = ", ".join(info.users) if info.users else "unused"
+            say(f"{info.key[:12]}  {info.kind:12} {_human_size(info.size):>9}  {used}  {users}")
+        say(f"{len(layers)} layers, {_human_size(sum(i.size for i in layers))}")
+
+    emit({"layers": [i.to_json() for i in layers]}, as_json=as_json, human=human)
+
+
+@cache_app.command("gc")
+def cache_gc(as_json: bool = JsonOption) -> None:
+    """Remove every layer no workspace and no project's last prepare uses."""
+    from pyro_loop.cache import gc
+    from pyro_loop.workspace import Workspaces
+
+    removed = gc(Workspaces())
+    freed = sum(i.size for i in removed)
+    emit(
+        {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
+        as_json=as_json,
+        human=lambda: say(f"removed {len(removed)} unused layers, freed {_human_size(freed)}"),
+    )
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: float | None = typer.Option(None, "--older-than", help="Days since last use."),
+    max_size: float | None = typer.Option(
+        None, "--max-size", help="Keep the store under this many GB."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove unused layers by age or until the store fits a size."""
+    from pyro_loop.cache import prune
+    from pyro_loop.errors import InvalidInputError
+    from pyro_loop.workspace import Workspaces
+
+    if older_than is None and max_size is None:
+        raise InvalidInputError("say what to prune: --older-than DAYS and/or --max-size GB")
+    removed = prune(
+        Workspaces(),
+        older_than_days=older_than,
+        max_bytes=int(max_size * 1e9) if max_size is not None else None,
+    )
+    freed = sum(i.size for i in removed)
+    emit(
+        {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
+        as_json=as_json,
+        human=lambda: say(f"removed {len(removed)} layers, freed {_human_size(freed)}"),
+    )

@@ -1,0 +1,446 @@
+"""`.pyro.toml`: the project's configuration, each setting declared once.
+
+The loader, its validation and docs/config.md (`python -m pyro_loop.config --markdown`) all come
+from SETTINGS, so the reference cannot drift from what the loader accepts. Unknown keys are
+warnings, not errors, so a file written for a newer pyro still loads here; `min_version` is how a
+project says it really needs that newer pyro.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pyro_loop import __version__
+from pyro_loop.errors import PyroError
+
+FILENAME = ".pyro.toml"
+
+Kind = Literal["string", "strings", "integer", "seconds"]
+TYPE_NAMES = {
+    "string": "string",
+    "strings": "list of strings",
+    "integer": "integer",
+    "seconds": "number (seconds)",
+}
+
+
+class InvalidConfigError(PyroError):
+    """`.pyro.toml` is not valid TOML, or a setting has the wrong type or value."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a string (or each string of a list) must look like: a full-match regex."""
+
+    pattern: str
+    expected: str
+
+    def matches(self, value: str) -> bool:
+        return re.fullmatch(self.pattern, value) is not None
+
+
+@dataclass(frozen=True)
+class Setting:
+    table: str  # "" for the top level
+    name: str
+    field: str  # the ProjectConfig attribute it fills
+    kind: Kind
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    rule: Rule | None = None
+
+    @property
+    def label(self) -> str:
+        return f"[{self.table}] {self.name}" if self.table else self.name
+
+
+# Paths stay inside the project: relative, with no `..` component.
+RELATIVE_PATH = Rule(r"(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\n]+", "a path relative to the project root")
+SINGLE_LINE = Rule(r"[^\n]+", "a single-line pattern")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("", "min_version", "min_version", "string", None,
+            "The oldest pyro that can use this file; an older pyro stops with an error naming it.",
+            rule=Rule(r"\d+(?:\.\d+)*", 'a version such as "0.1.0"')),
+    Setting("environment", "base", "environment", "string", "host",
+            "The root filesystem of workspaces: the host's (read-only) or a Debian image.",
+            rule=Rule(r"host|debian:[a-z0-9][a-z0-9.+~-]*",
+                      '"host" or "debian:<release>" (such as "debian:12")')),
+    # Debian's package name policy; it also keeps option-like strings out of apt's command line.
+    Setting("environment", "packages", "packages", "strings", (),
+            "Extra Debian packages installed in the environment; only used with a debian base.",
+            rule=Rule(r"[a-z0-9][a-z0-9+.-]+", "a Debian package name")),
+    Setting("prepare", "keys", "prepare_keys", "strings", None,
+            "Files whose contents key the dependency snapshot, relative to the project root. "
+            "When omitted, pyro detects them (lock files and manifests).",
+            rule=RELATIVE_PATH),
+    Setting("prepare", "run", "prepare_run", "strings", (),
+            "Shell command lines that install dependencies, run in /workspace with the network "
+            "on; their result is snapshotted and reused until a key file changes."),
+    Setting("prepare", "env", "prepare_env", "strings", (),
+            "Names of host environment variables passed through to the prepare commands, "
+            'such as "UV_INDEX_URL" or "PIP_INDEX_URL".',
+            rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")),
+    Setting("prepare", "timeout", "prepare_timeout", "seconds", 1800.0,
+            "Seconds the prepare commands may run before they are stopped."),
+    Setting("workspace", "network", "network", "string", "off",
+            "Network access inside workspaces: none, or outbound connections.",
+            choices=("off", "egress")),
+    Setting("workspace", "processes", "processes", "integer", 4096,
+            "The most processes a workspace may run at once."),
+    Setting("workspace", "open_files", "open_files", "integer", 65536,
+            "The most files a process in a workspace may have open."),
+    Setting("sync", "exclude", "sync_exclude", "strings", (),
+            "gitignore-style patterns of files not synced into workspaces.", rule=SINGLE_LINE),
+    Setting("check", "run", "check_run", "strings", (),
+            "The project's checks (tests, linters), shell command lines run in /workspace; "
+            "used by retry, hooks and CI."),
+)  # fmt: skip
+TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """A project's settings; `path` is the file they came from (None: the defaults)."""
+
+    path: Path | None
+    min_version: str | None
+    environment: str
+    packages: tuple[str, ...]
+    prepare_keys: tuple[str, ...] | None
+    prepare_run: tuple[str, ...]
+    prepare_env: tuple[str, ...]
+    prepare_timeout: float
+    network: str
+    processes: int
+    open_files: int
+    sync_exclude: tuple[str, ...]
+    check_run: tuple[str, ...]
+
+    @classmethod
+    def default(cls) -> ProjectConfig:
+        return cls(path=None, **{s.field: s.default for s in SETTINGS})
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    config: ProjectConfig
+    warnings: tuple[str, ...] = ()
+
+
+def load_project_config(root: Path) -> ConfigResult:
+    """The configuration of the project at `root`: its `.pyro.toml`, or the defaults."""
+    path = root / FILENAME
+    return load_config(path) if os.path.lexists(path) else ConfigResult(ProjectConfig.default())
+
+
+def load_config(path: Path) -> ConfigResult:
+    """Load and validate one `.pyro.toml`; raises InvalidConfigError on the first bad value."""
+    import tomlkit
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
+    where = _display(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InvalidConfigError(f"{where}:{line}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        reason = re.sub(r"\s+at line \d+ col \d+$", "", str(exc)).rstrip(".")
+        raise InvalidConfigError(
+            f"{where}:{exc.line}: not valid TOML: {reason} (column {exc.col})"
+        ) from None
+    except TOMLKitError as exc:  # a key defined twice, found after parsing: no position
+        twice = _key_lines(text)[1]
+        at = f":{twice}" if twice else ""
+        raise InvalidConfigError(f"{where}{at}: not valid TOML: {exc}".rstrip(".")) from None
+    return _Loader(path, where, _key_lines(text)[0]).load(data)
+
+
+class _Loader:
+    def __init__(self, path: Path, where: str, lines: dict[tuple[str, ...], int]) -> None:
+        self.path, self.where, self.lines = path, where, lines
+        self.warnings: list[str] = []
+        self.values: dict[str, Any] = {s.field: s.default for s in SETTINGS}
+        self.by_key = {(s.table, s.name): s for s in SETTINGS}
+
+    def load(self, data: dict[str, Any]) -> ConfigResult:
+        # The version check comes first: a file for a newer pyro may well fail validation here,
+        # and "upgrade pyro" is then the message that helps.
+        if "min_version" in data:
+            self._set(self.by_key["", "min_version"], data["min_version"])
+            self._check_version(data["min_version"])
+        for key, value in data.items():
+            if key in TABLES:
+                if not isinstance(value, dict):
+                    self._fail((key,), f"[{key}]: expected a table, got {_show(value)}")
+                for name, item in value.items():
+                    self._visit(key, name, item)
+            elif key != "min_version":
+                self._visit("", key, value)
+        if self.values["packages"] and self.values["environment"] == "host":
+            note = 'only used with a debian:<release> base; ignored with "host"'
+            self._warn(("environment", "packages"), f"[environment] packages: {note}")
+        return ConfigResult(ProjectConfig(path=self.path, **self.values), tuple(self.warnings))
+
+    def _visit(self, table: str, name: str, value: Any) -> None:
+        setting = self.by_key.get((table, name))
+        if setting is not None:
+            self._set(setting, value)
+            return
+        key: tuple[str, ...]
+        if table:
+            what, key = f"key [{table}] {name}", (table, name)
+        else:
+            what, key = (f"table [{name}]" if isinstance(value, dict) else f"key {name}"), (name,)
+        self._warn(key, f"unknown {what}{_suggest(table, name)}")
+
+    def _set(self, setting: Setting, value: Any) -> None:
+        try:
+            self.values[setting.field] = _convert(setting, value)
+        except _Bad as bad:
+            self._fail(_path(setting), f"{setting.label}: {bad}")
+
+    def _check_version(self, wanted: str) -> None:
+        if _version_tuple(wanted) > _version_tuple(__version__):
+            self._fail(
+                ("min_version",),
+                f"min_version: this project needs pyro {wanted} or newer, this is pyro "
+                f"{__version__}",
+                hint="upgrade pyro (pip install --upgrade pyro-loop)",
+            )
+
+    def _line(self, key: tuple[str, ...]) -> int:
+        # The longest prefix that was written out: an inline table has no line per key.
+        for n in range(len(key), 0, -1):
+            if key[:n] in self.lines:
+                return self.lines[key[:n]]
+        return 1
+
+    def _fail(self, key: tuple[str, ...], message: str, *, hint: str | None = None) -> None:
+        raise InvalidConfigError(f"{self.where}:{self._line(key)}: {message}", hint=hint)
+
+    def _warn(self, key: tuple[str, ...], message: str) -> None:
+        self.warnings.append(f"{self.where}:{self._line(key)}: {message}")
+
+
+class _Bad(Exception):
+    def __init__(self, expected: str, got: Any, *, item: int | None = None) -> None:
+        where = f"item {item}: " if item is not None else ""
+        super().__init__(f"{where}expected {expected}, got {_show(got)}")
+
+
+def _convert(setting: Setting, value: Any) -> Any:
+    if setting.kind == "strings":
+        if not isinstance(value, list):
+            raise _Bad("a list of strings", value)
+        return tuple(_string(setting, v, item=i) for i, v in enumerate(value, 1))
+    if setting.kind == "string":
+        return _string(setting, value)
+    # bool is an int in Python, never in TOML: `processes = true` is a mistake, not 1.
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if setting.kind == "integer":
+        if not numeric or not isinstance(value, int) or value <= 0:
+            raise _Bad("a positive integer", value)
+        return value
+    if not numeric or not 0 < value < float("inf"):
+        raise _Bad("a positive number of seconds", value)
+    return float(value)
+
+
+def _string(setting: Setting, value: Any, *, item: int | None = None) -> str:
+    if setting.choices:
+        expected = " or ".join(json.dumps(c) for c in setting.choices)
+    elif setting.rule is not None:
+        expected = setting.rule.expected
+    else:
+        expected = "a non-empty string" if isinstance(value, str) else "a string"
+    if (
+        not isinstance(value, str)
+        or not value
+        or "\0" in value
+        or (setting.choices and value not in setting.choices)
+        or (setting.rule is not None and not setting.rule.matches(value))
+    ):
+        raise _Bad(expected, value, item=item)
+    return value
+
+
+def _path(setting: Setting) -> tuple[str, ...]:
+    return (setting.table, setting.name) if setting.table else (setting.name,)
+
+
+def _suggest(table: str, name: str) -> str:
+    here = {s.name: s.name for s in SETTINGS if s.table == table}
+    if not table:
+        here.update({t: f"[{t}]" for t in TABLES})
+    close = difflib.get_close_matches(name, list(here), n=1)
+    if close:
+        return f" (did you mean {here[close[0]]}?)"
+    # Right name, wrong table: `network = "off"` at the top level, say.
+    elsewhere = [s.label for s in SETTINGS if s.name == name and s.table != table]
+    return f" (did you mean {elsewhere[0]}?)" if elsewhere else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"  # dates and times
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    # The leading numeric release only: "0.2.0.dev1" counts as 0.2.0, which errs on the side of
+    # letting a development build load the file. Padded so that "0.1" equals "0.1.0".
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    parts = [int(p) for p in match.group().split(".")] if match else []
+    return tuple(parts + [0] * (8 - len(parts)))
+
+
+def _display(path: Path) -> str:
+    """The path as the user most likely typed it: relative when it is below the cwd."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel == ".." or rel.startswith("../") else rel
+
+
+# -- where each key is written -------------------------------------------------------------
+
+# The tokens of TOML that matter for finding keys: strings (whose contents never count), comments,
+# newlines and punctuation. Alternatives are tried in order; each string form consumes whole.
+TOKEN = re.compile(
+    r""""{3}(?:[^"\\]|\\.|"(?!""))*"{3,5}
+      | '{3}(?:[^']|'(?!''))*'{3,5}
+      | "(?:[^"\\\n]|\\.)*"
+      | '[^'\n]*'
+      | \#[^\n]*
+      | [\[\]{}=.\n]
+      | [^\s"'\#\[\]{}=.,]+
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _key_lines(text: str) -> tuple[dict[tuple[str, ...], int], int | None]:
+    """The 1-based line of each table header and key, by its full dotted path, and the line of
+    the first key assigned twice (None if none is).
+
+    tomlkit keeps no positions, so this tokenizes text that tomlkit has already accepted as valid
+    TOML and reads only statement starts: a key or `[header]` at bracket depth 0 at the start of a
+    line. Nothing inside a value (a multi-line string or array) can pass for a key.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    assigned: set[tuple[str, ...]] = set()
+    duplicate: int | None = None
+    table: tuple[str, ...] = ()
+    key: list[str] | None = []  # the key being read; None while inside a value
+    header, array, depth, line = False, False, 0, 1
+    for match in TOKEN.finditer(text):
+        tok = match.group()
+        if key is None:
+            if tok == "\n" and depth == 0:
+                key = []
+            elif tok in ("[", "{"):
+                depth += 1
+            elif tok in ("]", "}"):
+                depth -= 1
+        elif tok == "[":
+            array, header = header, True  # a second "[": an [[array of tables]]
+        elif tok == "]" and header:
+            table, key, header = tuple(key), [], False
+            lines.setdefault(table, line)
+        elif tok == "=":
+            full = (*table, *key)
+            for n in range(len(table) + 1, len(full) + 1):
+                lines.setdefault(full[:n], line)
+            # Keys repeat legitimately in each entry of an array of tables.
+            if full in assigned and not array and duplicate is None:
+                duplicate = line
+            assigned.add(full)
+            key, depth = None, 0
+        elif tok[0] in "\"'":
+            key.append(tok[1:-1])
+        elif tok not in (".", "\n", "]") and tok[0] != "#":
+            key.append(tok)
+        line += tok.count("\n")
+    return lines, duplicate
+
+
+# -- the reference -------------------------------------------------------------------------
+
+INTRO = """\
+# `.pyro.toml` reference
+
+<!-- Generated from the declarations in src/pyro_loop/config.py by
+     `python -m pyro_loop.config --markdown`; edit those, not this file. -->
+
+`.pyro.toml`, at the root of the repository, tells pyro how to build workspaces for the
+project. Every setting is optional. `pyro init` writes a commented one with the dependency files
+and install commands it detects (uv, poetry, pip, pipenv, npm, pnpm, yarn, cargo, go).
+
+A value of the wrong type or outside its allowed values is an error naming the file, the line
+and the key, such as `.pyro.toml:7: [workspace] network: expected "off" or "egress", got "on"`.
+Unknown keys and tables are warnings with a suggestion, never errors, so that a file written
+for a newer pyro still loads; set `min_version` when the project really needs that newer pyro.
+Strings are never empty and never contain NUL; `true` and `false` are not numbers.
+"""
+
+
+def render_markdown() -> str:
+    out = [INTRO]
+    for table in ("", *TABLES):
+        out.append(f"\n## {f'`[{table}]`' if table else 'Top level'}\n\n")
+        out.append("| key | type | default | description |\n| --- | --- | --- | --- |\n")
+        for s in (s for s in SETTINGS if s.table == table):
+            text = s.description
+            if s.choices:
+                text += " One of " + ", ".join(json.dumps(c) for c in s.choices) + "."
+            elif s.rule is not None:
+                text += f" {'Each value' if s.kind == 'strings' else 'Allowed'}: {s.rule.expected}."
+            # Quoted values as code, which also keeps "debian:<release>" from reading as HTML.
+            text = re.sub(r'"[^"]*"', lambda m: f"`{m.group()}`", text)
+            default = "unset" if s.default is None else f"`{_toml(s.default)}`"
+            out.append(f"| `{s.name}` | {TYPE_NAMES[s.kind]} | {default} | {text} |\n")
+    return "".join(out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value)
+
+
+def _main(argv: list[str]) -> int:
+    if argv != ["--markdown"]:
+        sys.stderr.write("usage: python -m pyro_loop.config --markdown\n")
+        return 2
+    sys.stdout.write(render_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

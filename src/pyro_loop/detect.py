@@ -1,0 +1,149 @@
+"""Which package managers a project uses, and how to install its dependencies.
+
+Detection only reads file names: a lock file (or manifest) names the ecosystem, the files that
+key the dependency snapshot, and the command that installs exactly what they pin. The commands
+run from /workspace, so those of a subdirectory start with `cd <dir> && `.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyro_loop.config import ProjectConfig
+
+# Dependencies, build output and tool state: never project roots, and often huge to walk.
+SKIP_DIRS = frozenset(
+    {".git", "node_modules", ".venv", "venv", "vendor", "target", "dist", "build"}
+)
+MAX_DEPTH = 2  # the root is depth 0: "services/api" is as deep as a monorepo scan goes
+
+
+@dataclass(frozen=True)
+class Ecosystem:
+    name: str
+    directory: str  # relative to the root, "/"-separated; "." for the root itself
+    keys: tuple[str, ...]  # files relative to the root
+    run: tuple[str, ...]  # shell command lines run from /workspace
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "directory": self.directory,
+            "keys": list(self.keys),
+            "run": list(self.run),
+        }
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    triggers: tuple[str, ...]  # any of these files present: this ecosystem is used here
+    keys: tuple[str, ...]  # those present key the snapshot
+    run: str
+
+
+# A lock file pins exactly what to install, so it is what detection looks for; cargo and go
+# pin well enough from their manifests (and libraries often commit no lock file).
+RULES = (
+    _Rule("uv", ("uv.lock",), ("uv.lock", "pyproject.toml"), "uv sync --frozen"),
+    _Rule("poetry", ("poetry.lock",), ("poetry.lock", "pyproject.toml"),
+          "poetry install --no-root --no-interaction"),
+    _Rule("pipenv", ("Pipfile.lock",), ("Pipfile", "Pipfile.lock"), "pipenv sync"),
+    _Rule("npm", ("package-lock.json",), ("package.json", "package-lock.json"), "npm ci"),
+    _Rule("pnpm", ("pnpm-lock.yaml",), ("package.json", "pnpm-lock.yaml"),
+          "pnpm install --frozen-lockfile"),
+    _Rule("yarn", ("yarn.lock",), ("package.json", "yarn.lock"), "yarn install --frozen-lockfile"),
+    _Rule("cargo", ("Cargo.lock", "Cargo.toml"), ("Cargo.toml", "Cargo.lock"), "cargo fetch"),
+    _Rule("go", ("go.sum", "go.mod"), ("go.mod", "go.sum"), "go mod download"),
+)  # fmt: skip
+# With one of these in the same directory, requirements files are exports or extras of the lock,
+# and installing them with pip on top would fight the lock's own environment.
+PYTHON_LOCKS = frozenset({"uv", "poetry", "pipenv"})
+
+
+def detect_ecosystems(root: Path) -> list[Ecosystem]:
+    """The ecosystems used at `root` and its subdirectories (to depth 2), by directory then name."""
+    found: list[Ecosystem] = []
+    cargo_roots: list[PurePosixPath] = []
+    for rel, files in _walk(root):
+        here = [r for r in RULES if any(t in files for t in r.triggers)]
+        if any(r.name == "cargo" for r in here):
+            # A manifest without its own lock below a cargo project is a workspace member: the
+            # root's `cargo fetch` covers it, but its manifest still keys the snapshot.
+            parent = next((c for c in cargo_roots if c in rel.parents), None)
+            if parent is None or "Cargo.lock" in files:
+                cargo_roots.append(rel)
+            else:
+                found = [_with_key(e, str(rel / "Cargo.toml"), parent) for e in found]
+                here = [r for r in here if r.name != "cargo"]
+        for rule in here:
+            keys = [k for k in rule.keys if k in files]
+            found.append(_ecosystem(rule.name, rel, keys, [rule.run]))
+        # requirements.txt first: the others (-dev, -test) usually build on it.
+        requirements = sorted(
+            (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
+            key=lambda f: (f != "requirements.txt", f),
+        )
+        if requirements and not any(r.name in PYTHON_LOCKS for r in here):
+            install = " ".join(f"-r {shlex.quote(f)}" for f in requirements)
+            run = f"python3 -m venv .venv && .venv/bin/pip install {install}"
+            found.append(_ecosystem("pip", rel, requirements, [run]))
+    return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+def keying_files(root: Path, config: ProjectConfig) -> list[str]:
+    """The files that key the dependency snapshot: the configured ones, else those detected.
+
+    Sorted, so that the snapshot's key never depends on the order they are listed in.
+    """
+    if config.prepare_keys is not None:
+        return sorted(set(config.prepare_keys))
+    return sorted({key for e in detect_ecosystems(root) for key in e.keys})
+
+
+def _ecosystem(name: str, rel: PurePosixPath, keys: list[str], run: list[str]) -> Ecosystem:
+    directory = str(rel)
+    prefix = "" if directory == "." else f"cd {shlex.quote(directory)} && "
+    return Ecosystem(
+        name=name,
+        directory=directory,
+        keys=tuple(str(rel / k) for k in keys),
+        run=tuple(prefix + command for command in run),
+    )
+
+
+def _with_key(eco: Ecosystem, key: str, directory: PurePosixPath) -> Ecosystem:
+    if eco.name != "cargo" or eco.directory != str(directory):
+        return eco
+    return Ecosystem(eco.name, eco.directory, (*eco.keys, key), eco.run)
+
+
+def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
+    """(directory relative to root, names of the regular files in it), breadth first.
+
+    Symlinked directories are not followed: they may point outside the project, or loop.
+    """
+    out: list[tuple[PurePosixPath, set[str]]] = []
+    queue = [PurePosixPath(".")]
+    while queue:
+        rel = queue.pop(0)
+        try:
+            entries = list(os.scandir(root / rel))
+        except OSError:
+            continue  # unreadable: nothing to detect there
+        files = {e.name for e in entries if e.is_file()}
+        out.append((rel, files))
+        if len(rel.parts) < MAX_DEPTH:
+            queue.extend(
+                rel / e.name
+                for e in sorted(entries, key=lambda e: e.name)
+                if e.is_dir(follow_symlinks=False)
+                and e.name not in SKIP_DIRS
+                and not e.name.startswith(".")
+            )
+    return out

@@ -1,0 +1,406 @@
+"""`pyro prepare`: build the layers a project's workspaces start from, once per input.
+
+Three layers, each cached in the store under a key of its inputs:
+  environment   the root filesystem (none for `host`; Debian images are built locally)
+  dependencies  what the prepare commands install, run in a sandbox with the network on
+                over the keying files only; keyed by the environment, the keying files'
+                contents, the commands and the names of passed-through variables, so
+                editing source code never invalidates it
+  baseline      the files of HEAD's git tree, keyed by the tree id: a workspace for an
+                unchanged HEAD needs no copy at all
+
+A build killed at any point leaves nothing a later run trusts (the store publishes
+atomically), and the next prepare recovers by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pyro_loop.config import ProjectConfig
+from pyro_loop.detect import keying_files
+from pyro_loop.errors import InvalidInputError, PyroError
+from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.project import Project, head_commit, head_tree, write_tree
+from pyro_loop.store import Layer, LayerStore
+from pyro_loop.workspace import Workspaces
+
+SNAPSHOT_FORMAT = 1
+BASELINE_FORMAT = 1
+Progress = Callable[[str, str], None]  # (phase, message)
+
+
+class PrepareFailedError(PyroError):
+    """A prepare command failed or timed out; the message names it, the hint the log."""
+
+
+@dataclass(frozen=True)
+class PrepareInputs:
+    """Everything the dependency snapshot depends on (and nothing else)."""
+
+    environment: str
+    packages: list[str]
+    keys: dict[str, str]  # keying file (relative to the project root) -> sha256 of contents
+    run: list[str]
+    env: list[str]  # names of passed-through variables (their values are not part of the key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "environment": self.environment,
+            "packages": self.packages,
+            "keys": self.keys,
+            "run": self.run,
+            "env": self.env,
+        }
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def compute_inputs(project: Project, config: ProjectConfig) -> PrepareInputs:
+    keys: dict[str, str] = {}
+    for rel in keying_files(project.root, config):
+        path = project.root / rel
+        try:
+            with path.open("rb") as f:
+                keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise InvalidInputError(
+                f"{project.config_path.name}: [prepare] keys: {rel} does not exist",
+                hint="fix the path, or remove `keys` to detect the lockfiles automatically",
+            ) from None
+        except IsADirectoryError:
+            raise InvalidInputError(
+                f"{project.config_path.name}: [prepare] keys: {rel} is a directory, not a file"
+            ) from None
+    return PrepareInputs(
+        environment=config.environment,
+        packages=sorted(set(config.packages)),
+        keys=keys,
+        run=list(config.prepare_run),
+        env=sorted(set(config.prepare_env)),
+    )
+
+
+def describe_changes(old: dict[str, Any], new: PrepareInputs) -> list[str]:
+    """Why a snapshot is stale, in words: "uv.lock changed: a1b2c3 -> d4e5f6"."""
+    reasons = []
+    if old.get("format") != SNAPSHOT_FORMAT:
+        reasons.append("pyro's snapshot format changed")
+    if old.get("environment") != new.environment or old.get("packages") != new.packages:
+        reasons.append(f"environment changed: {old.get('environment')} -> {new.environment}")
+    old_keys: dict[str, str] = old.get("keys") or {}
+    for rel in sorted(set(old_keys) | set(new.keys)):
+        before, after = old_keys.get(rel), new.keys.get(rel)
+        if before is None:
+            reasons.append(f"{rel} added")
+        elif after is None:
+            reasons.append(f"{rel} removed")
+        elif before != after:
+            reasons.append(f"{rel} changed: {before[:6]} -> {after[:6]}")
+    if old.get("run") != new.run:
+        reasons.append("prepare commands changed")
+    if old.get("env") != new.env:
+        reasons.append("passed-through variables changed")
+    return reasons
+
+
+# -- project state ---------------------------------------------------------------------------
+
+
+@dataclass
+class ProjectState:
+    """What the last successful prepare of a project produced (written only on success)."""
+
+    root: str
+    key: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    dependencies_layer: str | None = None
+    baseline_commit: str | None = None
+    baseline_tree: str | None = None
+    baseline_layer: str | None = None
+    prepared_at: float | None = None
+
+
+def state_path(home: Path, project: Project) -> Path:
+    return home / "projects" / f"{project.id}.json"
+
+
+def load_state(home: Path, project: Project) -> ProjectState | None:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        data = json.loads(state_path(home, project).read_text())
+        return ProjectState(**data)
+    return None
+
+
+def save_state(home: Path, project: Project, state: ProjectState) -> None:
+    path = state_path(home, project)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, state.__dict__)
+
+
+# -- preparing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    key: str
+    dependencies_layer: str | None  # None when there is nothing to install
+    baseline_layer: str | None  # None outside git or before the first commit
+    built: list[str]  # which layers this run built ("dependencies", "baseline")
+    seconds: float
+    log: Path | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "dependencies_layer": self.dependencies_layer,
+            "baseline_layer": self.baseline_layer,
+            "built": self.built,
+            "warm": not self.built,
+            "duration_ms": round(self.seconds * 1000, 1),
+            "log": str(self.log) if self.log else None,
+        }
+
+
+def prepare(
+    project: Project,
+    config: ProjectConfig,
+    *,
+    workspaces: Workspaces | None = None,
+    on_progress: Progress | None = None,
+) -> PrepareResult:
+    """Make the project warm: build whatever of its layers is missing, reuse the rest."""
+    started = time.perf_counter()
+    ws = workspaces or Workspaces()
+    store = ws.store
+    progress = on_progress or (lambda phase, message: None)
+    inputs = compute_inputs(project, config)
+    key = inputs.key
+    state = load_state(ws.home, project) or ProjectState(root=str(project.root))
+    built: list[str] = []
+
+    baseline = _ensure_baseline(project, store, state, progress, built)
+    deps: Layer | None = None
+    log: Path | None = None
+    if inputs.run:
+        deps = store.get(key)
+        if deps is None:
+            log = ws.home / "logs" / f"prepare-{key[:12]}.log"
+            build = _DependencyBuild(project, config, inputs, ws, log, progress)
+            deps = build.run()
+            if build.ran:
+                built.append("dependencies")
+        else:
+            progress("dependencies", f"warm ({key[:12]})")
+    else:
+        progress("dependencies", "nothing to install ([prepare] run is empty)")
+
+    state.key = key
+    state.inputs = inputs.to_json()
+    state.dependencies_layer = deps.key if deps else None
+    state.prepared_at = time.time()
+    save_state(ws.home, project, state)
+    return PrepareResult(
+        key=key,
+        dependencies_layer=deps.key if deps else None,
+        baseline_layer=baseline.key if baseline else None,
+        built=built,
+        seconds=time.perf_counter() - started,
+        log=log,
+    )
+
+
+def is_warm(project: Project, config: ProjectConfig, home: Path) -> bool:
+    """True when `prepare` would build nothing: the `--if-changed` fast path (no git library)."""
+    store = LayerStore(home)
+    inputs = compute_inputs(project, config)
+    if inputs.run and store.get(inputs.key) is None:
+        return False
+    commit = head_commit(project)
+    if commit is None:
+        return True
+    state = load_state(home, project)
+    return (
+        state is not None
+        and state.baseline_commit == commit
+        and state.baseline_layer is not None
+        and store.get(state.baseline_layer) is not None
+    )
+
+
+def baseline_key(tree: str) -> str:
+    return hashlib.sha256(f"pyro-baseline-v{BASELINE_FORMAT}\0{tree}".encode()).hexdigest()
+
+
+def _ensure_baseline(
+    project: Project, store: LayerStore, state: ProjectState, progress: Progress, built: list[str]
+) -> Layer | None:
+    commit = head_commit(project)
+    if commit is None:
+        progress("baseline", "no git commit: workspaces get the project's files by sync")
+        return None
+    # The commit -> layer mapping is remembered, so a warm prepare never loads pygit2.
+    if state.baseline_commit == commit and state.baseline_layer:
+        cached = store.get(state.baseline_layer)
+        if cached is not None:
+            progress("baseline", f"warm (HEAD {commit[:8]})")
+            return cached
+    tree = head_tree(project)
+    if tree is None:
+        return None
+    key = baseline_key(tree)
+    layer = store.get(key)
+    if layer is None:
+        progress("baseline", f"writing HEAD's files ({commit[:8]}, tree {tree[:8]})")
+        ran: list[int] = []
+
+        def write(dest: Path) -> None:
+            ran.append(write_tree(project, tree, dest))
+
+        layer = store.build(
+            key,
+            write,
+            kind="baseline",
+            inputs={"tree": tree, "commit": commit, "project": str(project.root)},
+            on_wait=lambda: progress("baseline", "waiting for another prepare of this tree"),
+        )
+        if ran:
+            built.append("baseline")
+    else:
+        progress("baseline", f"warm (tree {tree[:8]})")
+    state.baseline_commit, state.baseline_tree, state.baseline_layer = commit, tree, layer.key
+    return layer
+
+
+@dataclass
+class _DependencyBuild:
+    """One build of a dependency snapshot: a sandbox over the keying files, the commands."""
+
+    project: Project
+    config: ProjectConfig
+    inputs: PrepareInputs
+    ws: Workspaces
+    log_path: Path
+    progress: Progress
+    ran: bool = False  # False when another process built the same key while we waited
+
+    def run(self) -> Layer:
+        _delete_abandoned_prepares(self.ws)
+        return self.ws.store.build(
+            self.inputs.key,
+            self._build,
+            kind="dependencies",
+            inputs={**self.inputs.to_json(), "project": str(self.project.root)},
+            on_wait=lambda: self.progress(
+                "dependencies", "waiting for another prepare of this snapshot"
+            ),
+        )
+
+    def _build(self, dest: Path) -> None:
+        self.ran = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            record = self._start_sandbox()
+            try:
+                self._run_commands(record.id, log)
+                self.progress("dependencies", "freezing the installed files as a layer")
+                self.ws.stop(record.id)
+                dest.rmdir()  # capture_changes creates it
+                self.ws.capture_changes(record.id, dest)
+            finally:
+                with contextlib.suppress(PyroError):
+                    self.ws.delete(record.id)
+
+    def _start_sandbox(self) -> Any:
+        store = self.ws.store
+        with store.staging() as staging:  # the keying files alone: the sandbox's only layer
+            tree = staging / "tree"
+            tree.mkdir()
+            for rel in self.inputs.keys:
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_bytes((self.project.root / rel).read_bytes())
+            keys_layer = store.publish(
+                tree, kind="keys", inputs={"project": str(self.project.root)}
+            )
+        self.progress("dependencies", f"starting a {self.config.environment} sandbox, network on")
+        return self.ws.create(
+            environment=self.config.environment,
+            packages=list(self.config.packages),
+            layers=[keys_layer.key],
+            network=True,
+            standby=False,
+            labels={"pyro": "prepare", "project": self.project.id, "pid": str(os.getpid())},
+        )
+
+    def _run_commands(self, ws_id: str, log: IO[bytes]) -> None:
+        passthrough = {n: os.environ[n] for n in self.inputs.env if n in os.environ}
+
+        def to_log(_stream: str, data: bytes) -> None:
+            log.write(data)
+            log.flush()
+
+        deadline = time.monotonic() + self.config.prepare_timeout
+        for command in self.inputs.run:
+            self.progress("dependencies", f"running: {command}")
+            log.write(f"$ {command}\n".encode())
+            log.flush()
+            result = self.ws.exec(
+                ws_id,
+                ["sh", "-c", command],
+                env=passthrough,
+                timeout=max(1.0, deadline - time.monotonic()),
+                on_output=to_log,
+            )
+            if result.timed_out or result.exit_code != 0:
+                why = (
+                    f"timed out after {self.config.prepare_timeout:.0f} s"
+                    if result.timed_out
+                    else f"exit code {result.exit_code}"
+                )
+                raise PrepareFailedError(
+                    f"prepare command failed ({why}): {command}",
+                    hint=_tail(self.log_path) + f"\n  full log: {self.log_path}",
+                )
+
+
+def _tail(log_path: Path, lines: int = 15) -> str:
+    try:
+        text = log_path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "last lines of its output:\n" + "\n".join(f"    {line}" for line in text)
+
+
+def _delete_abandoned_prepares(ws: Workspaces) -> None:
+    """Prepare sandboxes whose pyro process died (killed mid-prepare) are deleted."""
+    for status in ws.list():
+        labels = status.record.labels
+        if labels.get("pyro") != "prepare":
+            continue
+        pid = labels.get("pid", "")
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(PyroError):
+            ws.delete(status.record.id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,118 @@
+"""`pyro status`: is this machine warm for this project? One look, no side effects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pyro_loop.config import ProjectConfig
+from pyro_loop.prepare import compute_inputs, describe_changes, load_state
+from pyro_loop.project import Project, head_commit
+from pyro_loop.store import LayerStore
+from pyro_loop.workspace import Workspaces
+
+
+@dataclass(frozen=True)
+class Readiness:
+    project: Project
+    config_found: bool
+    environment: dict[str, Any]
+    dependencies: dict[str, Any]
+    baseline: dict[str, Any]
+    workspaces: list[dict[str, Any]]
+    cache_bytes: int
+
+    @property
+    def warm(self) -> bool:
+        return (
+            self.environment["state"] in ("host", "cached")
+            and self.dependencies["state"] in ("warm", "nothing to install")
+            and self.baseline["state"] in ("warm", "no commits", "not a git repository")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": str(self.project.root),
+            "project_id": self.project.id,
+            "config": str(self.project.config_path) if self.config_found else None,
+            "warm": self.warm,
+            "environment": self.environment,
+            "dependencies": self.dependencies,
+            "baseline": self.baseline,
+            "workspaces": self.workspaces,
+            "cache_bytes": self.cache_bytes,
+        }
+
+
+def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readiness:
+    store = ws.store
+    state = load_state(ws.home, project)
+    inputs = compute_inputs(project, config)
+
+    if not inputs.run:
+        deps: dict[str, Any] = {"state": "nothing to install", "key": inputs.key}
+    elif store.get(inputs.key) is not None:
+        deps = {"state": "warm", "key": inputs.key}
+    elif state is not None and state.inputs:
+        deps = {
+            "state": "stale",
+            "key": inputs.key,
+            "reasons": describe_changes(state.inputs, inputs) or ["its layer was removed"],
+        }
+    else:
+        deps = {"state": "missing", "key": inputs.key, "reasons": ["never prepared"]}
+
+    commit = head_commit(project)
+    if project.git_dir is None:
+        baseline: dict[str, Any] = {"state": "not a git repository"}
+    elif commit is None:
+        baseline = {"state": "no commits"}
+    elif (
+        state is not None
+        and state.baseline_commit == commit
+        and state.baseline_layer
+        and store.get(state.baseline_layer)
+    ):
+        baseline = {"state": "warm", "commit": commit}
+    else:
+        baseline = {"state": "missing", "commit": commit}
+
+    if config.environment == "host":
+        environment: dict[str, Any] = {"name": "host", "state": "host"}
+    else:
+        environment = {"name": config.environment, "state": _environment_state(config, store)}
+
+    mine = [
+        s.to_json()
+        for s in ws.list()
+        if s.record.labels.get("project") == project.id and s.record.labels.get("pyro") != "prepare"
+    ]
+    return Readiness(
+        project=project,
+        config_found=project.config_path.is_file(),
+        environment=environment,
+        dependencies=deps,
+        baseline=baseline,
+        workspaces=[{"id": w["id"], "name": w["name"], "state": w["state"]} for w in mine],
+        cache_bytes=cache_size(store),
+    )
+
+
+def _environment_state(config: ProjectConfig, store: LayerStore) -> str:
+    from pyro_loop import environments
+
+    layer_key = environments.environment_key(
+        environments.parse_environment(config.environment, config.packages)
+    )
+    return "cached" if store.get(layer_key) is not None else "missing"
+
+
+def cache_size(store: LayerStore) -> int:
+    total = 0
+    for layer in store.list():
+        try:
+            total += int(json.loads((layer.root / "meta.json").read_text()).get("size", 0))
+        except (OSError, ValueError):
+            continue
+    return total
