@@ -25,3 +25,15 @@ def test_benchmark_quick_run_measures_every_operation(tmp_path: Path) -> None:
     text = json.dumps(data)
     for operation in ("create", "exec", "reset", "snapshot", "delete", "copy"):
         assert operation in text
+
+
+@pytest.mark.slow
+def test_prepare_benchmark_runs_and_reports_the_warm_no_op() -> None:
+    script = BENCH.parent / "bench_prepare.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--files", "50", "--runs", "2"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("prepare, cold", "pyro prepare, warm", "--if-changed", "git status"):
+        assert row in result.stdout

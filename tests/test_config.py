@@ -141,9 +141,9 @@ def test_malformed_toml_names_line_and_column(tmp_path: Path) -> None:
 
 def test_duplicate_key_is_malformed(tmp_path: Path) -> None:
     message = error(tmp_path, '[workspace]\nnetwork = "off"\nnetwork = "egress"\n')
-    assert message == '.pyro.toml:3: not valid TOML: Key "network" already exists'
+    assert message.startswith(".pyro.toml:3: not valid TOML: Cannot overwrite a value")
     message = error(tmp_path, '[[a]]\nk = 1\n[[a]]\nk = 2\n[b]\nx = 1\n"x" = 2\n')
-    assert message == '.pyro.toml:7: not valid TOML: Key "x" already exists'
+    assert message.startswith(".pyro.toml:7: not valid TOML: Cannot overwrite a value")
     message = error(tmp_path, "a = 1\n\na = 2\n")
     assert message.startswith(".pyro.toml:3: not valid TOML: ")
 

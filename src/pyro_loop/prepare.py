@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.config import ProjectConfig
 from pyro_loop.detect import keying_files
@@ -31,7 +31,9 @@ from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.project import Project, head_commit, head_tree, write_tree
 from pyro_loop.store import Layer, LayerStore
-from pyro_loop.workspace import Workspaces
+
+if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
+    from pyro_loop.workspace import Workspaces
 
 SNAPSHOT_FORMAT = 1
 BASELINE_FORMAT = 1
@@ -183,7 +185,11 @@ def prepare(
 ) -> PrepareResult:
     """Make the project warm: build whatever of its layers is missing, reuse the rest."""
     started = time.perf_counter()
-    ws = workspaces or Workspaces()
+    if workspaces is None:
+        from pyro_loop.workspace import Workspaces
+
+        workspaces = Workspaces()
+    ws = workspaces
     store = ws.store
     progress = on_progress or (lambda phase, message: None)
     inputs = compute_inputs(project, config)

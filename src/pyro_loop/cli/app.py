@@ -8,10 +8,7 @@ Exit codes: 0 success; 1 an expected failure (one line saying what to fix); 2 a 
 from __future__ import annotations
 
 import os
-import platform
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import typer
@@ -143,6 +140,10 @@ def main() -> None:
 
 
 def _write_crash_log() -> Path:
+    import platform
+    import time
+    import traceback
+
     from pyro_loop.home import pyro_home
 
     try:

@@ -45,14 +45,13 @@ def prepare(
     as_json: bool = JsonOption,
 ) -> None:
     """Build the project's environment, dependency snapshot and HEAD baseline (once per input)."""
+    from pyro_loop.home import pyro_home
     from pyro_loop.prepare import is_warm
     from pyro_loop.prepare import prepare as run_prepare
-    from pyro_loop.workspace import Workspaces
 
     started = time.perf_counter()
     project, config = _load(project_dir)
-    ws = Workspaces()
-    if if_changed and is_warm(project, config, ws.home):
+    if if_changed and is_warm(project, config, pyro_home()):
         data = {
             "warm": True,
             "built": [],
@@ -72,7 +71,7 @@ def prepare(
             note(f"prepare: {phase}: {message}")
         sys.stderr.flush()
 
-    result = run_prepare(project, config, workspaces=ws, on_progress=progress)
+    result = run_prepare(project, config, on_progress=progress)
     data = result.to_json()
 
     def human() -> None:

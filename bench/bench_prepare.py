@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Benchmark `pyro prepare` and `pyro status` on a generated git repository.
+
+Measures, in one run: a cold prepare (baseline layer written from the git tree plus a
+dependency snapshot built in a sandbox), the warm no-op (the library call, and the whole
+`pyro prepare` / `pyro prepare --if-changed` / `pyro status` processes as a user runs them),
+next to baselines measured in the same run: a bare Python start and `git status`.
+Target: the warm no-op <= 150 ms (median), the whole CLI process included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TARGET_WARM_MS = 150.0
+INSTALL = (
+    "mkdir -p .deps && cp requirements.txt .deps/ && head -c 2000000 /dev/urandom > .deps/blob"
+)
+GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}  # fmt: skip
+
+
+def make_repo(root: Path, files: int) -> None:
+    root.mkdir()
+    for i in range(files):
+        path = root / f"pkg{i % 50}" / f"mod{i}.py"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"VALUE = {i}\n" * 20)
+    (root / "requirements.txt").write_text("requests==2.32.3\n")
+    (root / ".gitignore").write_text(".deps/\n")
+    (root / ".pyro.toml").write_text(
+        f'[prepare]\nkeys = ["requirements.txt"]\nrun = ["{INSTALL}"]\n'
+    )
+    env = {**os.environ, **GIT_ENV}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True)
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def run(argv: list[str], cwd: Path) -> Callable[[], object]:
+    def call() -> object:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: {result.stderr.decode()}")
+        return result
+
+    return call
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the target fails")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-prepare-"))
+    os.environ["PYRO_HOME"] = str(tmp / "home")
+    pyro = [sys.executable, "-m", "pyro_loop"]
+    repo = tmp / "repo"
+    try:
+        make_repo(repo, args.files)
+        from pyro_loop.config import load_project_config
+        from pyro_loop.prepare import prepare
+        from pyro_loop.project import find_project
+
+        project = find_project(repo)
+        config = load_project_config(project.root).config
+        cold = timed(lambda: prepare(project, config), 1)[0]
+        n = args.runs
+        warm = TARGET_WARM_MS
+        rows = [
+            ("prepare, cold (baseline + dependencies)", [cold], None),
+            ("prepare, warm (library call)", timed(lambda: prepare(project, config), n), None),
+            ("pyro prepare, warm (whole process)", timed(run([*pyro, "prepare"], repo), n), warm),
+            (
+                "pyro prepare --if-changed, warm",
+                timed(run([*pyro, "prepare", "--if-changed"], repo), n),
+                warm,
+            ),
+            ("pyro status, warm", timed(run([*pyro, "status"], repo), n), None),
+            (
+                "baseline: python3 -c pass",
+                timed(run([sys.executable, "-c", "pass"], repo), n),
+                None,
+            ),
+            ("baseline: git status", timed(run(["git", "status", "--short"], repo), n), None),
+        ]
+        print(f"pyro prepare benchmark: {args.files:,} files, {args.runs} runs; "
+              f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+        print(f"{'operation':42} {'median ms':>10} {'p95 ms':>8}  target     result")
+        failed = False
+        for name, samples, target in rows:
+            median = statistics.median(samples)
+            p95 = sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
+            verdict = "-" if target is None else ("PASS" if median <= target else "FAIL")
+            failed |= verdict == "FAIL"
+            shown = f"<= {target:.0f} ms" if target else "-"
+            print(f"{name:42} {median:10.1f} {p95:8.1f}  {shown:10} {verdict}")
+        return 1 if failed and args.check else 0
+    finally:
+        from pyro_loop.workspace import Workspaces
+
+        ws = Workspaces(home=tmp / "home")
+        for status in ws.list():
+            ws.delete(status.record.id)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
