@@ -6,10 +6,10 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pyro_loop.agent import protocol as p
 from pyro_loop.errors import (
@@ -78,17 +78,22 @@ class AgentClient:
         self,
         request: dict[str, Any],
         *,
-        data: bytes | None = None,
+        data: bytes | Iterable[bytes] | None = None,
         on_frame: Callable[[bytes, bytes], None] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Send one request (plus data frames) and collect stream frames until the reply."""
+        """Send one request (plus data frames) and collect stream frames until the reply.
+
+        `data` is sent as D frames: bytes at once, or an iterable's chunks as they come (a
+        stream larger than memory), then the empty frame that ends it.
+        """
         with self._connect() as sock:
             sock.settimeout(timeout if timeout is not None else self.connect_timeout)
             try:
                 p.send_json(sock, {"v": p.VERSION, **request})
                 if data is not None:
-                    p.send_data(sock, p.KIND_DATA, data)
+                    for chunk in [data] if isinstance(data, bytes) else data:
+                        p.send_data(sock, p.KIND_DATA, chunk)  # an empty chunk sends nothing
                     p.send_frame(sock, p.KIND_DATA, b"")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the agent refused early; its reply (if any) says why
@@ -220,6 +225,45 @@ class AgentClient:
 
         return self._request({"op": "tar", "path": path}, on_frame=on_frame, timeout=600.0)
 
+    def put_tar(
+        self, source: BinaryIO | Iterable[bytes], *, timeout: float | None = 600.0
+    ) -> dict[str, Any]:
+        """Unpack an uncompressed tar stream into /workspace (files, directories, symlinks).
+
+        `source` is a file object or an iterable of chunks, streamed as it is read. The reply
+        counts what was written (`files`, `dirs`, `symlinks`, `bytes`) and lists the members
+        that could not be (`errors`: `path`, `kind`, `error`); a member with an absolute path,
+        `..` or an unsupported type ends the request with InvalidInputError or AgentError.
+        """
+        chunks: Iterable[bytes]
+        if isinstance(source, bytes | bytearray):
+            chunks = [bytes(source)]
+        elif hasattr(source, "read"):
+            reader = source
+            chunks = iter(lambda: reader.read(p.MAX_CHUNK), b"")
+        else:
+            chunks = source
+        reply = self._request({"op": "put_tar"}, data=_coalesced(chunks), timeout=timeout)
+        for key in ("files", "dirs", "symlinks", "bytes"):
+            _int(reply, key)
+        _errors(reply)
+        return reply
+
+    def remove_many(self, paths: Sequence[str], *, timeout: float | None = 600.0) -> dict[str, Any]:
+        """Remove each path from the workspace, directories with their contents.
+
+        Missing paths are counted (`missing`), not errors; a path outside /workspace or one
+        that cannot be removed is listed in `errors` and the others are still removed. Long
+        lists go as several requests, each well within the JSON frame bound.
+        """
+        total: dict[str, Any] = {"removed": 0, "missing": 0, "errors": []}
+        for batch in _batches(list(paths), budget=p.MAX_JSON // 2):
+            reply = self._request({"op": "remove_many", "paths": batch}, timeout=timeout)
+            total["removed"] += _int(reply, "removed")
+            total["missing"] += _int(reply, "missing")
+            total["errors"].extend(_errors(reply))
+        return total
+
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         """Stop every process in the workspace for the duration of the block.
@@ -284,6 +328,48 @@ def _int(reply: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise AgentError(f"malformed reply from the workspace's agent: {key} is not an integer")
     return value
+
+
+def _errors(reply: dict[str, Any]) -> list[dict[str, str]]:
+    """The per-path errors of a batch reply, type-checked (the agent is not trusted)."""
+    errors = reply.get("errors", [])
+    if not isinstance(errors, list) or not all(
+        isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("path", "kind", "error"))
+        for e in errors
+    ):
+        raise AgentError("malformed reply from the workspace's agent: errors is not a list")
+    return [{"path": e["path"], "kind": e["kind"], "error": e["error"]} for e in errors]
+
+
+def _coalesced(chunks: Iterable[bytes], size: int = p.MAX_CHUNK) -> Iterator[bytes]:
+    """Join small chunks (a tar stream of many small files is mostly 512-byte pieces) into
+    frames of up to `size`: one frame per chunk would cost both sides a syscall or two each."""
+    buffer = bytearray()
+    for chunk in chunks:
+        if buffer and len(buffer) + len(chunk) > size:
+            yield bytes(buffer)
+            buffer.clear()
+        if len(chunk) >= size:
+            yield chunk
+        else:
+            buffer += chunk
+    if buffer:
+        yield bytes(buffer)
+
+
+def _batches(paths: list[str], *, budget: int) -> Iterator[list[str]]:
+    """Split `paths` into lists whose JSON encoding stays under `budget` bytes."""
+    batch: list[str] = []
+    size = 0
+    for path in paths:
+        cost = len(p.dumps(path)) + 1
+        if batch and size + cost > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += cost
+    if batch:
+        yield batch
 
 
 def _data_collector(chunks: list[bytes], *, limit: int) -> Callable[[bytes, bytes], None]:

@@ -46,13 +46,14 @@ def compute_changes(base: list[Path], above: list[Path]) -> list[Change]:
                 candidates.update(base_stack.walk(path))
     changes = []
     for path in sorted(candidates):
-        change = _compare(path, base_stack.lookup(path), current.lookup(path))
+        change = compare(path, base_stack.lookup(path), current.lookup(path))
         if change is not None:
             changes.append(change)
     return changes
 
 
-def _compare(path: str, old: Entry | None, new: Entry | None) -> Change | None:
+def compare(path: str, old: Entry | None, new: Entry | None) -> Change | None:
+    """The change from `old` to `new` at `path` (directories ignored), or None if equal."""
     old = None if old is None or old.kind == "dir" else old
     new = None if new is None or new.kind == "dir" else new
     if old is None and new is None:

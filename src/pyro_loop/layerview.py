@@ -90,7 +90,7 @@ def is_opaque(root: Path, rel: str) -> bool:
         os.close(fd)
 
 
-def read_file(root: Path, rel: str, *, limit: int) -> bytes | None:
+def read_file(root: Path, rel: str, *, limit: int | None = None) -> bytes | None:
     """The content of regular file root/rel (at most `limit` bytes), never following links."""
     parts = rel.split("/")
     dir_fd = _open_dir(root, parts[:-1])
@@ -106,7 +106,7 @@ def read_file(root: Path, rel: str, *, limit: int) -> bytes | None:
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return f.read(limit)
+        return f.read() if limit is None else f.read(limit)
 
 
 def read_link(root: Path, rel: str) -> str | None:

@@ -265,6 +265,393 @@ def op_tar(conn, req):
     return {"path": path, "arcname": arcname}
 
 
+class _FrameReader:
+    """Reads the D frames of a request as one byte stream."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.chunk = b""
+        self.pos = 0
+        self.eof = False
+
+    def read(self, size):
+        """Up to `size` bytes (fewer at a frame boundary); b"" once the stream has ended."""
+        # Hands out slices of the current frame: no buffer grows with the stream's size.
+        while self.pos >= len(self.chunk):
+            if self.eof:
+                return b""
+            kind, payload = p.recv_frame(self.conn)
+            if kind != p.KIND_DATA:
+                raise p.ProtocolError("expected a data frame")
+            if not payload:
+                self.eof = True
+            self.chunk, self.pos = payload, 0
+        data = self.chunk[self.pos : self.pos + size]
+        self.pos += len(data)
+        return data
+
+    def read_exact(self, size):
+        parts = []
+        while size > 0:
+            data = self.read(size)
+            if not data:
+                raise RequestError("invalid_request", "the tar stream ends in the middle")
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
+
+    def drain(self):
+        while not self.eof:
+            self.pos = len(self.chunk)
+            self.read(1)
+
+
+MAX_TAR_HEADER = 1024 * 1024  # an extended header (long names, pax records) larger is refused
+
+
+class _TarMember:
+    def __init__(self, name, kind, mode, size, linkname):
+        self.name = name
+        self.kind = kind  # "file", "dir", "symlink", or the raw type flag of anything else
+        self.mode = mode
+        self.size = size
+        self.linkname = linkname
+
+
+class _TarReader:
+    """Reads ustar/pax/GNU tar headers from a stream, with nothing but the standard types.
+
+    Not tarfile: importing it (and the modules it pulls in) costs each request several
+    milliseconds in a freshly forked handler, which is most of a one-file sync.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.left = 0  # unread bytes of the current member's data
+        self.padding = 0
+
+    def next(self):
+        """The next member, or None at the end of the archive."""
+        self.skip()
+        pax = {}
+        long_name = long_link = None
+        while True:
+            block = self.stream.read(512)
+            if block:
+                block += self.stream.read_exact(512 - len(block))
+            if not block.strip(b"\0"):
+                return None  # end-of-archive marker (or the stream's end)
+            _check_header(block)
+            flag = block[156:157]
+            size = _tar_number(block[124:136])
+            if flag in (b"x", b"g", b"L", b"K"):
+                if size > MAX_TAR_HEADER:
+                    raise RequestError("invalid_request", "tar extended header too large")
+                data = self.stream.read_exact(size)
+                self.stream.read_exact(-size % 512)
+                if flag == b"x":
+                    pax.update(_pax_records(data))
+                elif flag == b"L":
+                    long_name = _tar_text(data)
+                elif flag == b"K":
+                    long_link = _tar_text(data)
+                continue  # a global header (g) changes nothing pyro uses
+            break
+        name = _tar_text(block[0:100])
+        if block[257:265] == b"ustar\x0000" and block[345:500].strip(b"\0"):  # POSIX prefix
+            name = _tar_text(block[345:500]) + "/" + name
+        name = pax.get("path", long_name or name)
+        linkname = pax.get("linkpath", long_link or _tar_text(block[157:257]))
+        if "size" in pax:
+            size = int(pax["size"])
+        kind = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink"}.get(
+            flag, flag.decode("latin-1")
+        )
+        if kind == "dir":
+            name = name.rstrip("/")
+        if kind == "file":
+            self.left, self.padding = size, -size % 512
+        return _TarMember(name, kind, _tar_number(block[100:108]), size, linkname)
+
+    def read(self, size):
+        """Up to `size` bytes of the current member's data; b"" at its end."""
+        if self.left <= 0:
+            return b""
+        data = self.stream.read(min(size, self.left))
+        if not data:
+            raise RequestError("invalid_request", "the tar stream ends in the middle")
+        self.left -= len(data)
+        return data
+
+    def skip(self):
+        while self.left > 0:
+            self.read(p.MAX_CHUNK)
+        if self.padding:
+            self.stream.read_exact(self.padding)
+            self.padding = 0
+
+
+def _check_header(block):
+    stored = _tar_number(block[148:156])
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if stored == unsigned:
+        return
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
+    if stored != signed:
+        raise RequestError("invalid_request", "not a tar stream (bad header checksum)")
+
+
+def _tar_number(field):
+    if field[:1] and field[0] & 0x80:  # base-256, for values beyond the octal field
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise RequestError("invalid_request", "malformed number in a tar header") from None
+
+
+def _tar_text(raw):
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax_records(data):
+    """The key=value records of a pax extended header ("<length> <key>=<value>\\n" each)."""
+    records = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise RequestError("invalid_request", "malformed pax header") from None
+        if length <= 0:
+            raise RequestError("invalid_request", "malformed pax header")
+        record = data[space + 1 : pos + length - 1]  # without the trailing newline
+        key, _, value = record.partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+MAX_REPORTED_ERRORS = 1000  # per reply: keeps it far below the JSON frame bound
+
+
+def _member_parts(name):
+    """The components of a tar member's name, or RequestError for one that may not be written."""
+    if not name or "\0" in name:
+        raise RequestError("invalid_path", "archive member with an empty or NUL-bearing name")
+    if name.startswith("/"):
+        raise RequestError("outside_workspace", "absolute path in the archive: " + name)
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise RequestError("outside_workspace", "'..' in an archive path: " + name)
+    return parts
+
+
+def _member_target(parts):
+    """Where a member goes: its parent resolved (symlinks followed) inside /workspace, or None."""
+    parent = os.path.realpath(WORKSPACE + "".join("/" + part for part in parts[:-1]))
+    if not _inside(parent):
+        return None
+    return parent, parent + "/" + parts[-1]
+
+
+def _remove_any(path):
+    """Remove whatever is at `path` (a directory with its contents); False if nothing was."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if st.st_mode & 0o170000 == 0o040000:
+        _rmtree(path, st.st_mode)
+    else:
+        os.unlink(path)
+    return True
+
+
+def _rmtree(path, mode):
+    """shutil.rmtree without importing shutil (milliseconds per request); links not followed."""
+    if mode & 0o700 != 0o700:  # a read-only directory is emptied all the same
+        os.chmod(path, (mode & 0o7777) | 0o700)
+    with os.scandir(path) as entries:
+        children = list(entries)
+    for entry in children:
+        st = entry.stat(follow_symlinks=False)
+        if st.st_mode & 0o170000 == 0o040000:
+            _rmtree(entry.path, st.st_mode)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+def _is_dir(path):
+    try:
+        return os.lstat(path).st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
+
+
+class _Putter:
+    """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
+
+    def __init__(self):
+        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+        self.errors = []
+        self.dir_modes = []
+        self.serial = 0
+
+    def error(self, path, kind, message):
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"path": path, "kind": kind, "error": message})
+
+    def put(self, tar, member):
+        parts = _member_parts(member.name)
+        if member.kind not in ("file", "dir", "symlink"):
+            raise RequestError(
+                "invalid_request", "only files, directories and symlinks can be put: " + member.name
+            )
+        if not parts:
+            if member.kind == "dir":
+                return  # the workspace itself: it stays as it is
+            raise RequestError("invalid_path", "cannot replace /workspace itself")
+        placed = _member_target(parts)
+        if placed is None:
+            self.error(member.name, "outside_workspace",
+                       "its directory resolves outside /workspace through a symlink")  # fmt: skip
+            return
+        parent, target = placed
+        try:
+            os.makedirs(parent, exist_ok=True)
+            if member.kind == "file":
+                self.put_file(parent, target, member, tar)
+            elif member.kind == "symlink":
+                self.put_symlink(parent, target, member)
+            else:
+                self.put_dir(target, member)
+        except OSError as exc:
+            self.error(member.name, "os_error", str(exc))
+
+    def temp_in(self, parent):
+        self.serial += 1
+        return "%s/.pyro-put-%d-%d" % (parent, os.getpid(), self.serial)
+
+    def put_file(self, parent, target, member, source):
+        tmp = self.temp_in(parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                while True:
+                    chunk = source.read(p.MAX_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    self.counts["bytes"] += len(chunk)
+                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+            finally:
+                os.close(fd)
+            if _is_dir(target):
+                _remove_any(target)
+            os.rename(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.counts["files"] += 1
+
+    def put_symlink(self, parent, target, member):
+        tmp = self.temp_in(parent)
+        os.symlink(member.linkname, tmp)
+        try:
+            if _is_dir(target):
+                _remove_any(target)
+            os.rename(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self.counts["symlinks"] += 1
+
+    def put_dir(self, target, member):
+        if not _is_dir(target):
+            _remove_any(target)
+            os.mkdir(target, 0o700)
+        self.dir_modes.append((target, member.mode & 0o1777))
+        self.counts["dirs"] += 1
+
+    def finish(self):
+        # Directory modes last and deepest first, so a read-only directory could be filled.
+        for target, mode in reversed(self.dir_modes):
+            if _is_dir(target):  # never chmod through a link that replaced it meanwhile
+                try:
+                    os.chmod(target, mode)
+                except OSError:
+                    pass
+
+
+def op_put_tar(conn, req):
+    """Unpack the tar stream that follows in D frames into /workspace.
+
+    Written without tarfile (its extraction filters are missing from older Pythons): each
+    member's parent is resolved here, in the sandbox, and must stay in /workspace; files are
+    written to a temporary name beside the target and renamed over it, so a reader sees the
+    old content or the new, never a mix; what was at the target (a directory, a link) is
+    replaced. A member named with an absolute path or `..`, or of another type than file,
+    directory or symlink, ends the request (members before it stay written).
+    """
+    reader = _FrameReader(conn)
+    tar = _TarReader(reader)
+    putter = _Putter()
+    try:
+        while True:
+            member = tar.next()
+            if member is None:
+                break
+            putter.put(tar, member)
+    except RequestError:
+        reader.drain()
+        raise
+    finally:
+        putter.finish()
+    reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
+    reply = dict(putter.counts)
+    reply["errors"] = putter.errors
+    return reply
+
+
+def op_remove_many(conn, req):
+    """Remove each path (recursively); missing ones are counted, not errors."""
+    paths = req.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+        raise RequestError("invalid_request", "paths must be a list of strings")
+    removed = missing = 0
+    errors = []
+    for path in paths:
+        try:
+            target = confine(path, follow=False)
+            if target == WORKSPACE:
+                raise RequestError("invalid_path", "refusing to remove /workspace itself")
+            if _remove_any(target):
+                removed += 1
+            else:
+                missing += 1
+        except RequestError as exc:
+            error = {"path": path, "kind": exc.kind, "error": str(exc)}
+        except OSError as exc:
+            error = {"path": path, "kind": "os_error", "error": str(exc)}
+        else:
+            continue
+        if len(errors) < MAX_REPORTED_ERRORS:
+            errors.append(error)
+    return {"removed": removed, "missing": missing, "errors": errors}
+
+
 def op_freeze(conn, req):
     """Stop every other process in the workspace until the client says thaw (or goes away)."""
     os.kill(-1, _signal.SIGSTOP)
@@ -461,6 +848,8 @@ OPS = {
     "symlink": op_symlink,
     "chmod": op_chmod,
     "tar": op_tar,
+    "put_tar": op_put_tar,
+    "remove_many": op_remove_many,
     "freeze": op_freeze,
     "exec": op_exec,
 }

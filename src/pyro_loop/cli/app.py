@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from pyro_loop import __version__
+from pyro_loop.cli import loop_cmds
 from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.output import JsonOption, emit, say
 from pyro_loop.cli.project import cache_app, prepare, status
@@ -23,15 +24,15 @@ from pyro_loop.errors import PyroError
 HELP = """\
 pyro: fast, isolated, disposable workspaces for coding agents.
 
-Once per machine: `pyro doctor`. Once per repo: `pyro init`. Then:
+Once per machine: `pyro doctor`. Once per repo: `pyro init`. Then, in the repo:
 
 \b
-  pyro prepare                                   # build the dependency snapshot once per lockfile
-  pyro status                                    # is this machine warm for this repo?
-  pyro workspace create --seed-path . --name dev # milliseconds from cached layers
-  pyro workspace exec dev -- pytest              # isolated, network off
-  pyro workspace reset dev                       # back to the baseline, O(1)
-  pyro workspace diff dev                        # what the agent changed
+  pyro up            # warm the repo's workspace (prepare if needed), or reconnect in ms
+  pyro exec -- pytest   # run there: host edits synced first, network off
+  pyro retry         # the same command again (--reset: from the baseline)
+  pyro reset         # back to the warm baseline + your current files, in ms
+  pyro diff          # what the workspace changed; `pyro apply` brings it back
+  pyro status        # is this machine warm for this repo?
 """
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ app = typer.Typer(
 )
 app.command()(prepare)
 app.command()(status)
+loop_cmds.register(app)
 app.add_typer(workspace_app, name="workspace")
 app.command("init")(init_command)
 app.add_typer(cache_app, name="cache")

@@ -1,0 +1,201 @@
+"""The daily loop in a project directory: `pyro up`, `exec`, `retry`, `reset`, `diff`,
+`apply`, `sync`, `watch`, `down`. Each is a thin call into `ProjectLoop`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+
+ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
+
+
+def _loop(project_dir: Path | None) -> Any:
+    from pyro_loop.cli.project import _load
+    from pyro_loop.errors import NotFoundError
+    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.workspace import Workspaces
+
+    project, config = _load(project_dir)
+    if not project.config_path.is_file():
+        raise NotFoundError(
+            f"{project.root} is not a pyro project (no .pyro.toml here or above)",
+            hint="run `pyro init` in the repository",
+        )
+    return ProjectLoop(project, config, Workspaces())
+
+
+def _stream(which: str, data: bytes) -> None:
+    out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
+    out.write(data)
+    out.flush()
+
+
+def _progress(phase: str, message: str) -> None:
+    note(f"prepare: {phase}: {message}")
+
+
+def up(
+    project_dir: Path | None = ProjectOption,
+    no_prepare: bool = typer.Option(False, "--no-prepare", help="Fail fast if not warm."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Then keep syncing host edits (Ctrl-C stops)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Reconnect to the project's workspace, or create it from the warm snapshot."""
+    loop = _loop(project_dir)
+    result = loop.up(prepare=not no_prepare, on_progress=_progress)
+    data = result.to_json()
+    synced = result.synced.copied + result.synced.removed if result.synced else 0
+
+    def human() -> None:
+        name = result.record.name or result.record.id
+        say(f"{result.action} {name} in {ms(result.seconds)} ({synced} host changes synced)")
+
+    emit(data, as_json=as_json, human=human)
+    if watch:
+        _watch(loop)
+
+
+def exec_(
+    command: list[str] = typer.Argument(..., metavar="-- CMD...", help="The command to run."),
+    project_dir: Path | None = ProjectOption,
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Kill the process tree after S s."
+    ),
+    cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
+    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+) -> None:
+    """Run a command in the project's workspace; its exit code is pyro's."""
+    from pyro_loop.names import parse_env
+
+    loop = _loop(project_dir)
+    result = loop.exec(command, timeout=timeout, cwd=cwd, env=parse_env(env), on_output=_stream)
+    if result.timed_out:
+        note(f"pyro: command timed out after {timeout} s (process tree killed)")
+    raise typer.Exit(result.exit_code)
+
+
+def retry(
+    project_dir: Path | None = ProjectOption,
+    reset: bool = typer.Option(False, "--reset", help="Reset the workspace first."),
+) -> None:
+    """Run the last command again (after syncing host edits): the repro-fix loop in one word."""
+    result = _loop(project_dir).retry(reset=reset, on_output=_stream)
+    raise typer.Exit(result.exit_code)
+
+
+def reset(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+    """Back to the warm baseline plus the host's current files, in milliseconds."""
+    started = time.perf_counter()
+    synced = _loop(project_dir).reset()
+    elapsed = time.perf_counter() - started
+    emit(
+        {"duration_ms": round(elapsed * 1000, 1), "synced": synced.to_json()},
+        as_json=as_json,
+        human=lambda: say(f"reset in {ms(elapsed)}"),
+    )
+
+
+def diff(
+    project_dir: Path | None = ProjectOption,
+    stat: bool = typer.Option(False, "--stat", help="Only list changed paths."),
+    as_json: bool = JsonOption,
+) -> None:
+    """What the workspace changed relative to the host's files, as a patch."""
+    from pyro_loop.diff import render_patch
+
+    changes = _loop(project_dir).changes()
+    if as_json:
+        emit(
+            {"changes": [c.to_json() for c in changes], "patch": render_patch(changes)},
+            as_json=True,
+        )
+    elif stat:
+        for change in changes:
+            say(f"{change.status:9} {change.path}")
+    else:
+        sys.stdout.write(render_patch(changes))
+
+
+def apply(
+    paths: list[str] = typer.Argument(None, help="Paths to bring back (default: all changes)."),
+    project_dir: Path | None = ProjectOption,
+    force: bool = typer.Option(False, "--force", help="Overwrite host files changed meanwhile."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Bring the workspace's changes back to the host (the only command that writes it)."""
+    written = _loop(project_dir).apply(paths or (), force=force)
+    emit(
+        {"applied": written},
+        as_json=as_json,
+        human=lambda: say(
+            f"applied {len(written)} file(s)" + (": " + ", ".join(written) if written else "")
+        ),
+    )
+
+
+def sync(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+    """Push the host's changed files into the project's workspace once."""
+    result = _loop(project_dir).sync()
+    emit(
+        result.to_json(),
+        as_json=as_json,
+        human=lambda: say(
+            f"synced {result.copied} file(s), removed {result.removed} in {ms(result.seconds)}"
+        ),
+    )
+
+
+def watch(project_dir: Path | None = ProjectOption) -> None:
+    """Keep the project's workspace in sync with host edits until Ctrl-C."""
+    _watch(_loop(project_dir))
+
+
+def _watch(loop: Any) -> None:
+    from pyro_loop.watch import run_watcher
+
+    record = loop.require()
+    note(f"pyro: watching {loop.project.root} -> {record.name or record.id} (Ctrl-C stops)")
+    try:
+        run_watcher(
+            loop._syncer(record),
+            loop.project.root,
+            status_path=loop.state_dir / "watch.json",
+            on_event=lambda text: note(f"pyro: {text}"),
+        )
+    except KeyboardInterrupt:
+        note("pyro: watcher stopped")
+
+
+def down(
+    project_dir: Path | None = ProjectOption,
+    delete: bool = typer.Option(False, "--delete", help="Delete instead of stopping."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Stop (or delete) the project's workspace."""
+    record = _loop(project_dir).down(delete=delete)
+    verb = "deleted" if delete else "stopped"
+    emit(
+        {"id": record.id, "action": verb},
+        as_json=as_json,
+        human=lambda: say(f"{verb} {record.name or record.id}"),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command("exec")(exec_)
+    app.command()(retry)
+    app.command()(reset)
+    app.command()(diff)
+    app.command()(apply)
+    app.command()(sync)
+    app.command()(watch)
+    app.command()(down)

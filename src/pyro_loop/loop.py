@@ -1,0 +1,318 @@
+"""The project's live workspace: `pyro up`, `exec`, `retry`, `reset`, `diff`, `apply`, `down`.
+
+One workspace per project (labelled with the project's id), created from the project's
+prepared layers (HEAD baseline + dependency snapshot) and kept in line with the host's
+working tree by the sync engine. It outlives every command, so the next one reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyro_loop.config import ProjectConfig
+from pyro_loop.diff import Change, compare
+from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
+from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.layerview import LayerStack, read_file
+from pyro_loop.locking import file_lock
+from pyro_loop.project import Project
+from pyro_loop.runtime import Limits
+
+if TYPE_CHECKING:
+    from pyro_loop.client import ExecResult, OutputSink
+    from pyro_loop.state import WorkspaceRecord
+    from pyro_loop.sync import Syncer, SyncResult
+    from pyro_loop.workspace import Workspaces
+
+PROJECT_LABEL = "project"
+
+
+class NotWarmError(PyroError):
+    """`up --no-prepare` on a project whose layers are not built."""
+
+
+@dataclass(frozen=True)
+class UpResult:
+    record: WorkspaceRecord
+    action: str  # "reused" | "started" | "created" | "recreated"
+    seconds: float
+    synced: SyncResult | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.record.id,
+            "name": self.record.name,
+            "action": self.action,
+            "duration_ms": round(self.seconds * 1000, 1),
+            "synced": self.synced.to_json() if self.synced else None,
+        }
+
+
+class ProjectLoop:
+    """The daily loop of one project: its workspace, its sync state, its last command."""
+
+    def __init__(self, project: Project, config: ProjectConfig, ws: Workspaces) -> None:
+        self.project = project
+        self.config = config
+        self.ws = ws
+        self.state_dir = ws.home / "projects" / project.id
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- finding and creating ---------------------------------------------------------------
+
+    def find(self) -> WorkspaceRecord | None:
+        for status in self.ws.list():
+            labels = status.record.labels
+            if labels.get("pyro") == PROJECT_LABEL and labels.get("project") == self.project.id:
+                return status.record
+        return None
+
+    def require(self) -> WorkspaceRecord:
+        record = self.find()
+        if record is None:
+            raise NotFoundError(
+                f"no workspace for {self.project.root}", hint="`pyro up` creates it"
+            )
+        return record
+
+    def up(self, *, prepare: bool = True, on_progress: Any = None) -> UpResult:
+        """Reuse the project's workspace if it is current, else create it from warm layers."""
+        started = time.perf_counter()
+        with file_lock(self.ws.home / "locks" / f"project-{self.project.id}.lock"):
+            layers, tree = self._warm_layers(prepare=prepare, on_progress=on_progress)
+            wanted = {"key": ",".join(layers), "tree": tree or ""}
+            record = self.find()
+            action = "created"
+            if record is not None:
+                if record.labels.get("key") == wanted["key"]:
+                    running = record.handle is not None and self.ws.runtime.is_running(
+                        record.handle
+                    )
+                    if not running:
+                        record = self.ws.start(record.id)
+                    synced = self._syncer(record).reconcile()
+                    action = "reused" if running else "started"
+                    return UpResult(record, action, time.perf_counter() - started, synced)
+                self.ws.delete(record.id)  # made from outdated layers: a fresh one replaces it
+                action = "recreated"
+            record = self.ws.create(
+                environment=self.config.environment,
+                packages=list(self.config.packages),
+                layers=layers,
+                name=self._workspace_name(),
+                labels={"pyro": PROJECT_LABEL, "project": self.project.id, **wanted},
+                network=self.config.network == "egress",
+                limits=Limits(processes=self.config.processes, open_files=self.config.open_files),
+            )
+            syncer = self._syncer(record)
+            syncer.forget()
+            synced = syncer.reconcile()
+            return UpResult(record, action, time.perf_counter() - started, synced)
+
+    def _warm_layers(self, *, prepare: bool, on_progress: Any) -> tuple[list[str], str | None]:
+        from pyro_loop.prepare import is_warm, load_state
+        from pyro_loop.prepare import prepare as run_prepare
+
+        if not is_warm(self.project, self.config, self.ws.home):
+            if not prepare:
+                raise NotWarmError(
+                    f"{self.project.root} is not warm for its current lockfiles and HEAD",
+                    hint="run `pyro prepare` (or `pyro up` without --no-prepare)",
+                )
+            run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
+        state = load_state(self.ws.home, self.project)
+        if state is None:
+            raise PyroError(f"{self.project.root} has no prepared state; run `pyro prepare`")
+        # Topmost first: the repo's files over the installed dependencies.
+        layers = [k for k in (state.baseline_layer, state.dependencies_layer) if k]
+        return layers, state.baseline_tree if state.baseline_layer else None
+
+    def _workspace_name(self) -> str:
+        base = re.sub(r"[^A-Za-z0-9._-]", "-", self.project.name).strip(".-_")[:40] or "project"
+        return f"{base}-{self.project.id[:8]}"
+
+    def _syncer(self, record: WorkspaceRecord) -> Syncer:
+        from pyro_loop.sync import Syncer
+
+        return Syncer(
+            self.project.root,
+            self.ws.client(record.id),
+            self.state_dir / "sync-manifest.json",
+            list(self.config.sync_exclude),
+            # Differences are taken against the tree the workspace was made from, which
+            # stays right after a commit moves HEAD (until `pyro up` makes a new one).
+            baseline_tree=record.labels.get("tree") or None,
+        )
+
+    def _live(self) -> WorkspaceRecord:
+        """The project's workspace, running: started again if stopped, created if missing."""
+        record = self.find()
+        if record is None:
+            return self.up().record
+        if record.handle is None or not self.ws.runtime.is_running(record.handle):
+            record = self.ws.start(record.id)
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def sync(self) -> SyncResult:
+        return self._syncer(self._live()).reconcile()
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        on_output: OutputSink | None = None,
+    ) -> ExecResult:
+        """Run a command in the project's workspace, after syncing what changed on the host."""
+        if not argv:
+            raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
+        record = self._live()
+        self._syncer(record).reconcile()
+        self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
+        return self.ws.exec(record.id, list(argv), timeout=timeout, cwd=cwd, env=env,
+                            on_output=on_output)  # fmt: skip
+
+    def retry(self, *, reset: bool = False, on_output: OutputSink | None = None) -> ExecResult:
+        last = self._load_last()
+        if last is None:
+            raise NotFoundError(
+                "nothing to retry yet", hint="run a command with `pyro exec -- CMD`"
+            )
+        if reset:
+            self.reset()
+        return self.exec(last["argv"], timeout=last.get("timeout"), cwd=last.get("cwd"),
+                         env=last.get("env") or None, on_output=on_output)  # fmt: skip
+
+    def reset(self) -> SyncResult:
+        """Back to the warm baseline plus the host's current files."""
+        record = self.require()
+        self.ws.reset(record.id)
+        syncer = self._syncer(record)
+        syncer.forget()
+        return syncer.reconcile()
+
+    def down(self, *, delete: bool = False) -> WorkspaceRecord:
+        record = self.require()
+        return self.ws.delete(record.id) if delete else self.ws.stop(record.id)
+
+    # -- reviewing and bringing changes back --------------------------------------------------
+
+    def changes(self) -> list[Change]:
+        """What the workspace changed relative to the host's files (synced paths drop out)."""
+        record = self.require()
+        host = LayerStack([self.project.root])
+        ignored = _ignored_paths(self.project, [c.path for c in self.ws.changes(record.id)])
+        result = []
+        for change in self.ws.changes(record.id):
+            if change.path in ignored or change.path.split("/", 1)[0] == ".git":
+                continue
+            found = compare(change.path, host.lookup(change.path), change.new)
+            if found is not None:
+                result.append(found)
+        return result
+
+    def apply(self, paths: Sequence[str] = (), *, force: bool = False) -> list[str]:
+        """Write the workspace's changes (or the chosen paths) to the host.
+
+        Refuses, unless `force`, where the host file changed since the workspace last saw it:
+        nothing is lost silently on either side. Each file is replaced atomically.
+        """
+        changes = self.changes()
+        if paths:
+            wanted = set(paths)
+            unknown = wanted - {c.path for c in changes}
+            if unknown:
+                raise InvalidInputError(
+                    f"not changed in the workspace: {', '.join(sorted(unknown))}"
+                )
+            changes = [c for c in changes if c.path in wanted]
+        record = self.require()
+        base = self._base_stack(record)
+        syncer = self._syncer(record)
+        if not force:
+            conflicts = [c.path for c in changes if not _host_matches(syncer, base, c.path)]
+            if conflicts:
+                raise ConflictError(
+                    f"the host changed since the workspace saw it: {', '.join(conflicts[:5])}",
+                    hint="review with `pyro diff`; pass --force to overwrite the host's version",
+                )
+        for change in changes:
+            _write_host(self.project.root, change)
+        if changes:
+            syncer.reconcile()
+        return [c.path for c in changes]
+
+    def _base_stack(self, record: WorkspaceRecord) -> LayerStack:
+        """What the workspace started from: its lower layers (the synced files are upper)."""
+        return LayerStack([self.ws.store.require(k).tree for k in record.layers])
+
+    # -- the last command, for retry ------------------------------------------------------------
+
+    def _save_last(self, command: dict[str, Any]) -> None:
+        write_json_atomic(self.state_dir / "last-command.json", command, durable=False)
+
+    def _load_last(self) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            data: dict[str, Any] = json.loads((self.state_dir / "last-command.json").read_text())
+            return data
+        return None
+
+
+def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:
+    """Is the host's file still what the workspace last saw: what pyro synced, or else what
+    its lower layers hold?"""
+    from pyro_loop.sync import host_digest
+
+    current = host_digest(syncer.root, rel)
+    synced = syncer.synced_digest(rel)
+    if synced is not None:
+        return current == synced
+    entry = base.lookup(rel)
+    if entry is None:
+        return current is None
+    if entry.kind == "symlink":
+        return current == hashlib.sha256(os.fsencode(entry.target or "")).hexdigest()
+    content = read_file(entry.layer, rel)
+    return current == (hashlib.sha256(content).hexdigest() if content is not None else None)
+
+
+def _write_host(root: Path, change: Change) -> None:
+    target = root / change.path
+    new = change.new
+    if new is None:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.pyro-apply")
+    if new.kind == "symlink":
+        os.symlink(new.target or "", tmp)
+    else:
+        content = read_file(new.layer, change.path) or b""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, new.mode & 0o777)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.chmod(tmp, new.mode & 0o777)
+    os.replace(tmp, target)
+
+
+def _ignored_paths(project: Project, paths: list[str]) -> set[str]:
+    if project.git_dir is None or not paths:
+        return set()
+    import pygit2
+
+    repo = pygit2.Repository(str(project.git_dir))
+    return {p for p in paths if repo.path_is_ignored(p)}

@@ -1,0 +1,177 @@
+"""The project's live workspace, end to end: up, exec, retry, reset, diff, apply, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_loop.config import load_project_config
+from pyro_loop.errors import ConflictError
+from pyro_loop.loop import NotWarmError, ProjectLoop
+from pyro_loop.project import find_project
+from pyro_loop.workspace import Workspaces
+from tests.conftest import run_pyro
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+CONFIG = """\
+[prepare]
+keys = ["requirements.txt"]
+run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
+"""
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, check=True,
+                   capture_output=True)  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    (root / "requirements.txt").write_text("requests==2.32.0\n")
+    (root / "src" / "app.py").write_text("print('v1')\n")
+    (root / ".gitignore").write_text(".deps/\n*.log\n")
+    (root / ".pyro.toml").write_text(CONFIG)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "initial")
+    return root
+
+
+def loop_for(repo: Path, ws: Workspaces) -> ProjectLoop:
+    project = find_project(repo)
+    return ProjectLoop(project, load_project_config(project.root).config, ws)
+
+
+def sh(loop: ProjectLoop, script: str) -> str:
+    result = loop.exec(["sh", "-c", script])
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.decode()
+
+
+def test_up_creates_then_reuses_and_syncs_the_working_tree(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    (repo / "src" / "app.py").write_text("print('dirty')\n")  # modified, not committed
+    (repo / "notes.txt").write_text("untracked\n")
+    (repo / "debug.log").write_text("ignored\n")
+    loop = loop_for(repo, workspaces)
+    first = loop.up()
+    assert first.action == "created"
+    second = loop.up()
+    assert second.action == "reused" and second.record.id == first.record.id
+    out = sh(loop, "cat src/app.py notes.txt .deps/installed.txt; ls -a")
+    assert "print('dirty')" in out and "untracked" in out and "requests==2.32.0" in out
+    assert "debug.log" not in out and ".git\n" not in out
+
+
+def test_exec_sees_host_edits_without_a_watcher_and_retry_reruns(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    assert sh(loop, "cat src/app.py") == "print('v1')\n"
+    (repo / "src" / "app.py").write_text("print('v2')\n")
+    assert sh(loop, "cat src/app.py") == "print('v2')\n"
+    (repo / "src" / "app.py").write_text("print('v3')\n")
+    again = loop.retry()
+    assert again.stdout == b"print('v3')\n"
+
+
+def test_reset_discards_workspace_changes_and_keeps_host_files(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "host-new.txt").write_text("from host\n")
+    sh(loop, "echo junk > junk.txt; rm src/app.py")
+    loop.reset()
+    out = sh(loop, "ls; cat src/app.py host-new.txt")
+    assert "junk.txt" not in out
+    assert "print('v1')" in out and "from host" in out
+
+
+def test_diff_shows_only_workspace_changes_and_apply_brings_them_back(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "host-only.txt").write_text("host\n")  # synced: not a workspace change
+    sh(loop, "echo \"print('fixed')\" > src/app.py; echo new > src/new.py; echo x > run.log")
+    changes = {c.path: c.status for c in loop.changes()}
+    assert changes == {"src/app.py": "modified", "src/new.py": "added"}
+    before = (repo / "requirements.txt").read_bytes()
+    applied = loop.apply()
+    assert sorted(applied) == ["src/app.py", "src/new.py"]
+    assert (repo / "src" / "app.py").read_text() == "print('fixed')\n"
+    assert (repo / "src" / "new.py").read_text() == "new\n"
+    assert (repo / "requirements.txt").read_bytes() == before
+    assert loop.changes() == []
+
+
+def test_apply_refuses_where_the_host_changed_since_unless_forced(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    sh(loop, "echo \"print('agent')\" > src/app.py")
+    (repo / "src" / "app.py").write_text("print('human')\n")  # not synced yet: no exec since
+    with pytest.raises(ConflictError):
+        loop.apply()
+    assert (repo / "src" / "app.py").read_text() == "print('human')\n"
+    loop.apply(force=True)
+    assert (repo / "src" / "app.py").read_text() == "print('agent')\n"
+
+
+def test_up_no_prepare_fails_fast_and_a_lockfile_change_recreates(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    with pytest.raises(NotWarmError):
+        loop.up(prepare=False)
+    first = loop.up()
+    (repo / "requirements.txt").write_text("requests==2.32.3\n")
+    loop = loop_for(repo, workspaces)
+    second = loop.up()
+    assert second.action == "recreated" and second.record.id != first.record.id
+    assert "2.32.3" in sh(loop, "cat .deps/installed.txt")
+    assert len(workspaces.list()) == 1
+
+
+def test_two_ups_at_once_make_one_workspace(repo: Path, workspaces: Workspaces) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pyro_loop", "up", "--json", "-C", str(repo)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ids = {json.loads(out)["id"] for out, _ in outs}
+    assert len(ids) == 1
+    assert len([s for s in workspaces.list() if s.record.labels.get("pyro") == "project"]) == 1
+
+
+def test_cli_loop(repo: Path) -> None:
+    assert run_pyro("up", "-C", str(repo)).returncode == 0
+    ran = run_pyro("exec", "-C", str(repo), "--", "sh", "-c", "echo out; exit 3")
+    assert ran.returncode == 3 and ran.stdout == "out\n"
+    assert run_pyro("retry", "-C", str(repo)).returncode == 3
+    assert run_pyro("reset", "-C", str(repo)).returncode == 0
+    assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
+
+
+def test_outside_a_project_says_how_to_fix_it(tmp_path: Path) -> None:
+    result = run_pyro("up", "-C", str(tmp_path))
+    assert result.returncode == 1
+    assert "not a pyro project" in result.stderr and "pyro init" in result.stderr
