@@ -29,6 +29,7 @@ from pyro_loop.config import ProjectConfig
 from pyro_loop.detect import keying_files
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.procutil import pid_alive
 from pyro_loop.project import Project, head_commit, head_tree, write_tree
 from pyro_loop.store import Layer, LayerStore
 
@@ -396,17 +397,7 @@ def _delete_abandoned_prepares(ws: Workspaces) -> None:
         if labels.get("pyro") != "prepare":
             continue
         pid = labels.get("pid", "")
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         with contextlib.suppress(PyroError):
             ws.delete(status.record.id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

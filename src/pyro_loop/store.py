@@ -24,7 +24,7 @@ from pyro_loop.errors import InvalidInputError, NotFoundError
 from pyro_loop.fsutil import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
 from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
-from pyro_loop.procutil import remove_in_background
+from pyro_loop.procutil import pid_alive, remove_in_background
 from pyro_loop.treehash import tree_digest
 
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -205,7 +205,7 @@ class LayerStore:
         if self.tmp_dir.is_dir():
             for entry in self.tmp_dir.iterdir():
                 owner = entry.name.split("-", 1)[0]
-                if owner.isdigit() and _pid_alive(int(owner)):
+                if owner.isdigit() and pid_alive(int(owner)):
                     continue
                 remove_tree(entry)
 
@@ -215,13 +215,3 @@ class LayerStore:
             tree = staging / "tree"
             tree.mkdir()
             return self.publish(tree, kind="empty")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pyro_loop.errors import AgentUnavailableError, PyroError
 from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.procutil import pid_alive
 
 if TYPE_CHECKING:
     from pyro_loop.sync import Syncer, SyncResult
@@ -408,23 +409,13 @@ def read_status(path: Path) -> WatchStatus | None:
     last_sync = data.get("last_sync")
     return WatchStatus(
         pid=pid,
-        alive=_alive(pid),
+        alive=pid_alive(pid),
         state=str(data.get("state", "stopped")),
         mode=str(data.get("mode", "inotify")),
         root=str(data.get("root", "")),
         last_sync=float(last_sync) if isinstance(last_sync, int | float) else None,
         error=data.get("error") if isinstance(data.get("error"), str) else None,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _ago(seconds: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+from pyro_loop.cli.output import JsonOption, emit, ms, note, say, stream_output
 
 ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
 
@@ -28,12 +28,6 @@ def _loop(project_dir: Path | None) -> Any:
             hint="run `pyro init` in the repository",
         )
     return ProjectLoop(project, config, Workspaces())
-
-
-def _stream(which: str, data: bytes) -> None:
-    out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
-    out.write(data)
-    out.flush()
 
 
 def _progress(phase: str, message: str) -> None:
@@ -76,7 +70,9 @@ def exec_(
     from pyro_loop.names import parse_env
 
     loop = _loop(project_dir)
-    result = loop.exec(command, timeout=timeout, cwd=cwd, env=parse_env(env), on_output=_stream)
+    result = loop.exec(
+        command, timeout=timeout, cwd=cwd, env=parse_env(env), on_output=stream_output
+    )
     if result.timed_out:
         note(f"pyro: command timed out after {timeout} s (process tree killed)")
     raise typer.Exit(result.exit_code)
@@ -87,7 +83,7 @@ def retry(
     reset: bool = typer.Option(False, "--reset", help="Reset the workspace first."),
 ) -> None:
     """Run the last command again (after syncing host edits): the repro-fix loop in one word."""
-    result = _loop(project_dir).retry(reset=reset, on_output=_stream)
+    result = _loop(project_dir).retry(reset=reset, on_output=stream_output)
     raise typer.Exit(result.exit_code)
 
 

@@ -32,3 +32,10 @@ def note(text: str) -> None:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def stream_output(which: str, data: bytes) -> None:
+    """Pass a command's output through as it arrives, stdout to stdout, stderr to stderr."""
+    out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
+    out.write(data)
+    out.flush()

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+from pyro_loop.cli.output import JsonOption, emit, ms, note, say, stream_output
 from pyro_loop.errors import InvalidInputError
 
 workspace_app = typer.Typer(
@@ -205,14 +205,9 @@ def exec(
     """Run a command in a workspace; output streams, its exit code is pyro's."""
     from pyro_loop.names import parse_env
 
-    def stream(which: str, data: bytes) -> None:
-        out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
-        out.write(data)
-        out.flush()
-
     result = _workspaces().exec(
         ref, command, cwd=cwd, env=parse_env(env), timeout=timeout,
-        on_output=None if as_json else stream,
+        on_output=None if as_json else stream_output,
     )  # fmt: skip
     if as_json:
         emit(
