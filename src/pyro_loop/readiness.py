@@ -21,6 +21,7 @@ class Readiness:
     dependencies: dict[str, Any]
     baseline: dict[str, Any]
     workspaces: list[dict[str, Any]]
+    sync: str  # "watching, last sync 2 s ago" | "not watching"
     cache_bytes: int
 
     @property
@@ -41,6 +42,7 @@ class Readiness:
             "dependencies": self.dependencies,
             "baseline": self.baseline,
             "workspaces": self.workspaces,
+            "sync": self.sync,
             "cache_bytes": self.cache_bytes,
         }
 
@@ -95,8 +97,16 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         dependencies=deps,
         baseline=baseline,
         workspaces=[{"id": w["id"], "name": w["name"], "state": w["state"]} for w in mine],
+        sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
     )
+
+
+def _sync_state(ws: Workspaces, project: Project) -> str:
+    from pyro_loop.watch import read_status
+
+    status = read_status(ws.home / "projects" / project.id / "watch.json")
+    return status.describe() if status is not None else "not watching"
 
 
 def _environment_state(config: ProjectConfig, store: LayerStore) -> str:

@@ -118,6 +118,7 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
                 say(f"workspace     {w['name'] or w['id']}: {w['state']}")
         else:
             say("workspace     none running")
+        say(f"sync          {data['sync']}")
         say(f"cache         {_human_size(data['cache_bytes'])}")
         say("ready: warm for this project" if state.warm else "not warm: run `pyro prepare`")
 
