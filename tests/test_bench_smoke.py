@@ -37,3 +37,16 @@ def test_prepare_benchmark_runs_and_reports_the_warm_no_op() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for row in ("prepare, cold", "pyro prepare, warm", "--if-changed", "git status"):
         assert row in result.stdout
+
+
+@pytest.mark.slow
+def test_daily_loop_benchmark_runs_every_step() -> None:
+    script = BENCH.parent / "bench_loop.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("up, cold", "up, warm", "pyro exec -- true", "edit -> visible",
+                "branch switch", "full copy", "one-file sync vs full copy"):  # fmt: skip
+        assert row in result.stdout
