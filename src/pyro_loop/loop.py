@@ -214,9 +214,10 @@ class ProjectLoop:
         """What the workspace changed relative to the host's files (synced paths drop out)."""
         record = self.require()
         host = LayerStack([self.project.root])
-        ignored = _ignored_paths(self.project, [c.path for c in self.ws.changes(record.id)])
+        changed = self.ws.changes(record.id)
+        ignored = _ignored_paths(self.project, [c.path for c in changed])
         result = []
-        for change in self.ws.changes(record.id):
+        for change in changed:
             if change.path in ignored or change.path.split("/", 1)[0] == ".git":
                 continue
             found = compare(change.path, host.lookup(change.path), change.new)

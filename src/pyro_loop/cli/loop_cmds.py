@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, ms, note, say, stream_output
+from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
 
 ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
 
@@ -105,19 +104,9 @@ def diff(
     as_json: bool = JsonOption,
 ) -> None:
     """What the workspace changed relative to the host's files, as a patch."""
-    from pyro_loop.diff import render_patch
 
     changes = _loop(project_dir).changes()
-    if as_json:
-        emit(
-            {"changes": [c.to_json() for c in changes], "patch": render_patch(changes)},
-            as_json=True,
-        )
-    elif stat:
-        for change in changes:
-            say(f"{change.status:9} {change.path}")
-    else:
-        sys.stdout.write(render_patch(changes))
+    emit_changes(changes, stat=stat, as_json=as_json)
 
 
 def apply(

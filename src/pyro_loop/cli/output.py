@@ -39,3 +39,17 @@ def stream_output(which: str, data: bytes) -> None:
     out = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
     out.write(data)
     out.flush()
+
+
+def emit_changes(changes: list[Any], *, stat: bool, as_json: bool) -> None:
+    """Print diff changes: a git-style patch, only the changed paths (--stat), or JSON."""
+    from pyro_loop.diff import render_patch
+
+    if as_json:
+        patch = render_patch(changes)
+        emit({"changes": [c.to_json() for c in changes], "patch": patch}, as_json=True)
+    elif stat:
+        for change in changes:
+            say(f"{change.status:9} {change.path}")
+    else:
+        sys.stdout.write(render_patch(changes))

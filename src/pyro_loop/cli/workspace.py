@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, ms, note, say, stream_output
+from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.errors import InvalidInputError
 
 workspace_app = typer.Typer(
@@ -230,19 +230,9 @@ def diff(
     as_json: bool = JsonOption,
 ) -> None:
     """Show what changed in /workspace since the create-time baseline (a git-style patch)."""
-    from pyro_loop.diff import render_patch
 
     changes = _workspaces().changes(ref)
-    if as_json:
-        emit(
-            {"changes": [c.to_json() for c in changes], "patch": render_patch(changes)},
-            as_json=True,
-        )
-    elif stat:
-        for c in changes:
-            say(f"{c.status:9} {c.path}")
-    else:
-        sys.stdout.write(render_patch(changes))
+    emit_changes(changes, stat=stat, as_json=as_json)
 
 
 @workspace_app.command()

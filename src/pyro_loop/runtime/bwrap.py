@@ -332,15 +332,21 @@ def _bind_listener(path: Path) -> socket.socket:
     return sock
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), or None if it is gone or a zombie."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat after the command name (state, ppid, ...), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
+    # The command name may contain spaces and parentheses: the fields start after the last ")".
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None if it is gone or a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
 
@@ -363,9 +369,5 @@ def _sandbox_init(info_path: Path, keeper_pid: int) -> tuple[int, int] | None:
 
 
 def _parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
