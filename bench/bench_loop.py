@@ -27,50 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}  # fmt: skip
-CONFIG = (
-    '[prepare]\nkeys = ["requirements.txt"]\n'
-    'run = ["mkdir -p .deps && cp requirements.txt .deps/"]\n'
-)
+from benchrepo import git, make_repo, timed
+
+INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, check=True,
-                   capture_output=True)  # fmt: skip
-
-
-def make_repo(root: Path, files: int) -> None:
-    root.mkdir()
-    for i in range(files):
-        path = root / f"pkg{i % 50}" / f"mod{i}.py"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(f"VALUE = {i}\n" * 20)
-    (root / "requirements.txt").write_text("requests==2.32.3\n")
-    (root / ".gitignore").write_text(".deps/\n")
-    (root / ".pyro.toml").write_text(CONFIG)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "main")
-    # A branch touching 1,000 files, for the branch-switch sync.
+def make_branching_repo(root: Path, files: int) -> None:
+    """The shared repository, plus a branch `other` touching 1,000 files (branch switch)."""
+    make_repo(root, files, INSTALL)
     git(root, "checkout", "-q", "-b", "other")
     for i in range(min(1000, files)):
         (root / f"pkg{i % 50}" / f"mod{i}.py").write_text(f"VALUE = {-i}\n")
     git(root, "commit", "-qam", "other")
     git(root, "checkout", "-q", "main")
-
-
-def timed(
-    fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
-) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
 
 
 def cli(repo: Path, *args: str) -> Callable[[], object]:
@@ -224,7 +193,7 @@ def main() -> int:
         from pyro_loop.project import find_project
         from pyro_loop.workspace import Workspaces
 
-        make_repo(repo, files)
+        make_branching_repo(repo, files)
         project = find_project(repo)
         config = load_project_config(project.root).config
         ws = Workspaces()

@@ -17,41 +17,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchrepo import make_repo, timed
 
 TARGET_WARM_MS = 150.0
 INSTALL = (
     "mkdir -p .deps && cp requirements.txt .deps/ && head -c 2000000 /dev/urandom > .deps/blob"
 )
-GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}  # fmt: skip
-
-
-def make_repo(root: Path, files: int) -> None:
-    root.mkdir()
-    for i in range(files):
-        path = root / f"pkg{i % 50}" / f"mod{i}.py"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(f"VALUE = {i}\n" * 20)
-    (root / "requirements.txt").write_text("requests==2.32.3\n")
-    (root / ".gitignore").write_text(".deps/\n")
-    (root / ".pyro.toml").write_text(
-        f'[prepare]\nkeys = ["requirements.txt"]\nrun = ["{INSTALL}"]\n'
-    )
-    env = {**os.environ, **GIT_ENV}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
-        subprocess.run(["git", *args], cwd=root, env=env, check=True)
-
-
-def timed(fn: Callable[[], object], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
 
 
 def run(argv: list[str], cwd: Path) -> Callable[[], object]:
@@ -76,7 +50,7 @@ def main() -> int:
     pyro = [sys.executable, "-m", "pyro_loop"]
     repo = tmp / "repo"
     try:
-        make_repo(repo, args.files)
+        make_repo(repo, args.files, INSTALL)
         from pyro_loop.config import load_project_config
         from pyro_loop.prepare import prepare
         from pyro_loop.project import find_project

@@ -58,6 +58,28 @@ def seed_dir(tmp_path: Path) -> Path:
     return root
 
 
+# Pinned identity, dates and configuration: the same commits on every machine, and nothing
+# from the user's or the system's git configuration.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "pyro test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
+    "GIT_COMMITTER_NAME": "pyro test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run real git in `repo` (new repositories start on `main`); returns its stdout."""
+    return subprocess.run(
+        ["git", "-c", "init.defaultBranch=main", *args],
+        cwd=repo, env={**os.environ, **GIT_ENV}, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
 def run_pyro(*args: str, env: dict[str, str] | None = None, input: str | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run the real `pyro` CLI in a subprocess (same interpreter, current PYRO_HOME)."""

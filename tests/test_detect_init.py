@@ -16,26 +16,9 @@ from pyro_loop.config import ProjectConfig, load_config
 from pyro_loop.detect import Ecosystem, detect_ecosystems, keying_files
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.scaffold import find_project_root, init_project, render_config, template_text
-from tests.conftest import run_pyro
+from tests.conftest import git, run_pyro
 
 ROOT = Path(__file__).resolve().parent.parent
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "pyro test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "pyro test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, env={**os.environ, **GIT_ENV}, check=True, capture_output=True,
-    )  # fmt: skip
 
 
 def make_repo(path: Path, files: dict[str, str], *, commit: bool = False) -> Path:

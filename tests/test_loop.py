@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,24 +14,13 @@ from pyro_loop.errors import ConflictError
 from pyro_loop.loop import NotWarmError, ProjectLoop
 from pyro_loop.project import find_project
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import git, run_pyro
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
 CONFIG = """\
 [prepare]
 keys = ["requirements.txt"]
 run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 """
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, check=True,
-                   capture_output=True)  # fmt: skip
 
 
 @pytest.fixture

@@ -21,14 +21,8 @@ from pyro_loop.prepare import PrepareFailedError, compute_inputs, is_warm, prepa
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import git, run_pyro
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/installed.txt && date +%s%N > .deps/stamp"
 CONFIG = f"""\
 [prepare]
@@ -36,14 +30,6 @@ keys = ["requirements.txt"]
 run = ["{INSTALL}"]
 timeout = 60
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", *args], cwd=repo, env={**os.environ, **GIT_ENV},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 import threading
 import time
@@ -29,17 +28,7 @@ from pyro_loop.errors import AgentError, InvalidInputError
 from pyro_loop.project import find_project, head_tree, write_tree
 from pyro_loop.sync import ExcludeRules, Syncer, host_digest, manifest_digest
 from pyro_loop.workspace import Workspaces
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "pyro test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "pyro test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
+from tests.conftest import git
 
 # What the workspace holds, as {path: (kind, mode, sha256) or ("link", target)}.
 WS_TREE = r"""
@@ -65,13 +54,6 @@ for d, dirs, files in os.walk("/workspace"):
             pass
 print(json.dumps(out))
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args],
-        cwd=repo, env={**os.environ, **GIT_ENV}, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
 
 
 def make_repo(root: Path, *, lib_files: int = 50) -> Path:
