@@ -316,8 +316,9 @@ def _retrying(
             result = sync()
         except AgentUnavailableError as exc:
             if not waiting:
-                status.update(state="waiting", error=str(exc))
+                # Said before the status changes, so whoever sees "waiting" has the reason too.
                 say(f"workspace unavailable ({exc}): retrying until it is back")
+                status.update(state="waiting", error=str(exc))
                 waiting = True
         except (PyroError, OSError) as exc:
             say(f"sync failed: {exc}")
