@@ -1,0 +1,106 @@
+"""The git tree a workspace started from, looked up by path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyro_loop.errors import InvalidInputError
+from pyro_loop.sync.hoststate import HostState
+
+
+@dataclass(frozen=True)
+class BaseEntry:
+    kind: str  # "file" | "dir" | "symlink"
+    mode: int = 0
+    oid: str = ""
+    target: str = ""
+
+
+class Baseline:
+    """The git tree the workspace started from, looked up by path.
+
+    Each directory's tree is listed once and kept: a lookup through pygit2's `tree[path]`
+    loads the object (~100 us), a dictionary lookup in a listing ~1 us.
+    """
+
+    def __init__(self, repo: Any, tree_id: str | None) -> None:
+        import pygit2
+
+        self.repo = repo
+        self.tree_id = tree_id
+        self._listings: dict[str, dict[str, tuple[int, str]] | None] = {}
+        try:
+            self.tree = repo[tree_id].peel(pygit2.Tree) if tree_id else None
+        except (KeyError, ValueError, pygit2.GitError):
+            raise InvalidInputError(
+                f"the workspace's baseline tree {tree_id} is not in the repository",
+                hint="create the workspace again from the current HEAD",
+            ) from None
+        self._pygit2 = pygit2
+
+    def _listing(self, rel_dir: str) -> dict[str, tuple[int, str]] | None:
+        """{name: (filemode, oid)} of the baseline directory `rel_dir`; None if it has none."""
+        if rel_dir in self._listings:
+            return self._listings[rel_dir]
+        tree = None
+        if not rel_dir:
+            tree = self.tree
+        else:
+            parent, _, name = rel_dir.rpartition("/")
+            found = (self._listing(parent) or {}).get(name)
+            if found is not None and found[0] == self._pygit2.GIT_FILEMODE_TREE:
+                tree = self.repo[found[1]]
+        listing = None if tree is None else {o.name: (o.filemode, str(o.id)) for o in tree}
+        self._listings[rel_dir] = listing
+        return listing
+
+    def entry(self, rel: str) -> BaseEntry | None:
+        if self.tree is None:
+            return None
+        parent, _, name = rel.rpartition("/")
+        found = (self._listing(parent) or {}).get(name)
+        if found is None:
+            return None
+        filemode, oid = found
+        g = self._pygit2
+        if filemode in (g.GIT_FILEMODE_TREE, g.GIT_FILEMODE_COMMIT):
+            return BaseEntry("dir")  # a submodule is an empty directory in the baseline
+        if filemode == g.GIT_FILEMODE_LINK:
+            return BaseEntry("symlink", target=os.fsdecode(self.repo[oid].data))
+        mode = 0o755 if filemode == g.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644
+        return BaseEntry("file", mode=mode, oid=oid)
+
+    def paths_under(self, rel: str) -> Iterator[str]:
+        """Every path the baseline has below the directory `rel`."""
+        pending = [rel]
+        while pending:
+            current = pending.pop()
+            for name, (filemode, _oid) in (self._listing(current) or {}).items():
+                child = f"{current}/{name}" if current else name
+                yield child
+                if filemode == self._pygit2.GIT_FILEMODE_TREE:
+                    pending.append(child)
+
+    def matches(self, rel: str, path: str, state: HostState) -> bool:
+        """Does the host's `path` hold exactly what the baseline has at `rel`?"""
+        base = self.entry(rel)
+        if base is None:
+            return state.kind == "absent"
+        if base.kind != state.kind:
+            return False
+        if base.kind == "dir":
+            return True
+        if base.kind == "symlink":
+            return os.readlink(path) == base.target
+        return state.mode == base.mode and str(self._pygit2.hashfile(path)) == base.oid
+
+
+def tree_paths(tree: Any, prefix: str = "") -> Iterator[str]:
+    for obj in tree:
+        path = prefix + obj.name
+        yield path
+        if obj.type_str == "tree":
+            yield from tree_paths(obj, path + "/")

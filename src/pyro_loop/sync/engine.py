@@ -1,0 +1,480 @@
+"""The syncer: plans what differs between the host and the workspace and pushes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.client import AgentClient
+from pyro_loop.errors import InvalidInputError
+from pyro_loop.locking import file_lock
+from pyro_loop.sync.baseline import Baseline, tree_paths
+from pyro_loop.sync.hoststate import failure_reason, lstat, sha256_file
+from pyro_loop.sync.manifest import (
+    MANIFEST_VERSION,
+    effective_entry,
+    manifest_digest,
+    read_manifest,
+    stat_fields,
+    trusted,
+)
+from pyro_loop.sync.paths import PathFilter
+from pyro_loop.sync.tarstream import TarStream
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class SyncResult:
+    """What one sync did: counts, the paths behind them, and what it could not sync."""
+
+    copied: int = 0  # files, symlinks and directories written into the workspace
+    removed: int = 0  # host deletions carried over
+    bytes: int = 0  # file content sent
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    copied_paths: list[str] = field(default_factory=list)
+    removed_paths: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.copied or self.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "copied": self.copied,
+            "removed": self.removed,
+            "bytes": self.bytes,
+            "skipped": [s.to_json() for s in self.skipped],
+            "duration_ms": round(self.seconds * 1000, 1),
+            "copied_paths": self.copied_paths,
+            "removed_paths": self.removed_paths,
+        }
+
+
+class Syncer:
+    """Keeps one workspace in line with the host directory `root`.
+
+    In a git repository the whole work tree is mirrored (the workspace's baseline is the
+    whole tree), whichever directory of it `root` is. `baseline_tree` is the git tree the
+    workspace's baseline layer was made from; by default the one the manifest recorded, or
+    HEAD's tree when a fresh manifest starts (after `forget`).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        client: AgentClient,
+        manifest_path: Path,
+        exclude: Sequence[str] = (),
+        *,
+        baseline_tree: str | None = None,
+    ) -> None:
+        if not root.is_dir():
+            raise InvalidInputError(f"not a directory: {root}")
+        self.filter = PathFilter.for_root(root, exclude)
+        self.root = self.filter.root
+        self.repo = self.filter.repo
+        self.client = client
+        self.manifest_path = manifest_path
+        self._lock_path = manifest_path.with_name(manifest_path.name + ".lock")
+        self._baseline_tree = baseline_tree
+        self._base: Baseline | None = None  # kept between syncs: a baseline never changes
+        self._cached: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def reconcile(self) -> SyncResult:
+        """Bring the workspace in line with the host: everything that differs, pushed."""
+        started = time.perf_counter()
+        with file_lock(self._lock_path):
+            manifest = self._load()
+            self.filter.refresh()
+            if self.repo is not None:
+                baseline = self._baseline(manifest)
+                dirty = self._git_candidates(baseline)
+                candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
+                result = self._sync(candidates, manifest, baseline, clean=candidates - dirty)
+            else:
+                candidates = set(self._walk("")) | set(manifest["entries"])
+                result = self._sync(candidates, manifest, None, clean=set())
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def sync_paths(self, paths: Iterable[Path | str]) -> SyncResult:
+        """Sync just these host paths (absolute, as a watcher reports them): files, deleted
+        paths, and directories, walked: a watcher reports a directory created, moved in or
+        swapped for another one by that directory's path alone, never by its contents."""
+        started = time.perf_counter()
+        with file_lock(self._lock_path):
+            manifest = self._load()
+            entries: dict[str, Any] = manifest["entries"]
+            self.filter.refresh()
+            baseline = self._baseline(manifest) if self.repo is not None else None
+            candidates: set[str] = set()
+            for path in paths:
+                rel = self.filter.rel(path)
+                if rel is None or self.filter.through_symlink(rel) or not self.filter.wants(rel):
+                    continue
+                candidates.add(rel)
+                prefix = rel + "/"
+                if lstat(self._abs(rel)).kind == "dir":
+                    # What it holds now, and what the workspace may hold there: the baseline's
+                    # paths and pyro's own (the directory may be another one than before).
+                    candidates.update(self._walk(rel))
+                    if baseline is not None:
+                        candidates.update(baseline.paths_under(rel))
+                candidates.update(p for p in entries if p.startswith(prefix))
+            result = self._sync(candidates, manifest, baseline, clean=set())
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def forget(self, *, baseline_tree: str | None = None) -> None:
+        """Clear the manifest: the workspace is back at its baseline (after a reset).
+
+        The next reconcile pushes every difference again. `baseline_tree` names the git
+        tree of that baseline; by default the constructor's, else HEAD's at that reconcile.
+        """
+        if baseline_tree is not None:
+            self._baseline_tree = baseline_tree
+        with file_lock(self._lock_path):
+            self._save({"entries": {}, "baseline_tree": self._baseline_tree})
+
+    def synced_digest(self, rel: str) -> str | None:
+        """What `manifest_digest` says for `rel` in this syncer's manifest."""
+        return manifest_digest(self.manifest_path, rel)
+
+    # -- manifest -------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            st = os.stat(self.manifest_path)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = (0, 0, 0)
+        if self._cached is not None and self._cached[0] == key:
+            data = self._cached[1]  # taken, not shared: a failed sync must not leave it edited
+        else:
+            data = read_manifest(self.manifest_path)
+        self._cached = None
+        fresh = not data or data.get("root") != str(self.root)
+        recorded = data.get("baseline_tree")
+        if self._baseline_tree is not None and recorded not in (None, self._baseline_tree):
+            fresh = True  # recorded for another baseline: another workspace's history
+        if fresh:
+            data = {"entries": {}, "baseline_tree": self._baseline_tree}
+        data.setdefault("baseline_tree", None)
+        return data
+
+    def _save(self, data: dict[str, Any]) -> None:
+        data = {**data, "version": MANIFEST_VERSION, "root": str(self.root)}
+        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_name(f".{self.manifest_path.name}.{os.getpid()}.tmp")
+        # Not fsynced: a manifest lost in a crash only costs hashing and re-pushing.
+        tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True))
+        os.replace(tmp, self.manifest_path)
+        st = os.stat(self.manifest_path)
+        self._cached = ((st.st_ino, st.st_size, st.st_mtime_ns), data)
+
+    # -- candidates -----------------------------------------------------------------------
+
+    def _baseline(self, manifest: dict[str, Any]) -> Baseline:
+        tree = manifest.get("baseline_tree")
+        if tree is None:
+            tree = self._baseline_tree
+        if tree is None:  # "" records an empty baseline: the repository had no commit yet
+            tree = "" if self.repo.head_is_unborn else str(self.repo.head.peel().tree_id)
+        manifest["baseline_tree"] = tree
+        if self._base is None or self._base.tree_id != (tree or None):
+            self._base = Baseline(self.repo, tree or None)
+        return self._base
+
+    def _git_candidates(self, baseline: Baseline) -> set[str]:
+        """A superset of the paths where the working tree differs from the baseline: what
+        differs from HEAD (git status, index and work tree, untracked but not ignored) plus
+        what differs between the baseline and HEAD (after a commit or a branch switch)."""
+        import pygit2
+
+        paths = {
+            path
+            for path, flags in self.repo.status(untracked_files="all").items()
+            if not flags & pygit2.GIT_STATUS_IGNORED
+        }
+        head = None if self.repo.head_is_unborn else self.repo.head.peel(pygit2.Tree)
+        if baseline.tree is None or head is None:
+            for tree in (baseline.tree, head):  # one of them empty: all of the other differs
+                if tree is not None:
+                    paths.update(tree_paths(tree))
+        elif baseline.tree.id != head.id:
+            for delta in self.repo.diff(baseline.tree, head).deltas:
+                paths.add(delta.old_file.path)
+                paths.add(delta.new_file.path)
+        return {p.rstrip("/") for p in paths if p}
+
+    def _walk(self, rel: str) -> Iterator[str]:
+        """Every path below `rel` ("" for the root) that takes part, directories included."""
+        pending = [rel]
+        while pending:
+            current = pending.pop()
+            try:
+                with os.scandir(self._abs(current) if current else self.root) as it:
+                    entries = list(it)
+            except OSError:
+                continue  # unreadable: its own path reports it when synced
+            for entry in entries:
+                child = f"{current}/{entry.name}" if current else entry.name
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if not self.filter.wants(child, is_dir=is_dir):
+                    continue
+                yield child
+                if is_dir:
+                    pending.append(child)
+
+    def _expand(
+        self, candidates: set[str], manifest: dict[str, Any], baseline: Baseline | None
+    ) -> set[str]:
+        """Add the contents of candidate directories the workspace may not hold: new ones,
+        and ones pyro removed or replaced before (their files may equal the baseline and so
+        never show up as changed)."""
+        expanded = set(candidates)
+        for rel in candidates:
+            if lstat(self._abs(rel)).kind == "dir" and not self._known_dir(
+                rel, manifest["entries"], baseline
+            ):
+                expanded.update(self._walk(rel))
+        return expanded
+
+    def _known_dir(self, rel: str, entries: dict[str, Any], baseline: Baseline | None) -> bool:
+        """Does the workspace hold this directory with its contents already?"""
+        entry = effective_entry(rel, entries)
+        if entry is not None:
+            return bool(entry.get("kind") == "dir")
+        if baseline is not None:
+            base = baseline.entry(rel)
+            return base is not None and base.kind == "dir"
+        return False
+
+    def _abs(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    # -- planning and pushing -------------------------------------------------------------
+
+    def _sync(
+        self,
+        candidates: set[str],
+        manifest: dict[str, Any],
+        baseline: Baseline | None,
+        *,
+        clean: set[str],
+    ) -> SyncResult:
+        """Push what differs among `candidates`. `clean` are paths known to equal the
+        baseline on the host (reconcile): once the workspace matches them, their records go.
+        """
+        result = SyncResult()
+        entries: dict[str, Any] = manifest["entries"]
+        pushes: list[str] = []
+        removals: list[str] = []
+        settled: set[str] = set()  # the workspace holds the host's version already
+        now = time.time_ns()
+        for rel in sorted(candidates):
+            if not self.filter.wants(rel):
+                entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
+                continue
+            try:
+                action = self._decide(rel, effective_entry(rel, entries), baseline, now)
+            except OSError as exc:
+                result.skipped.append(Skipped(rel, failure_reason(exc)))
+                continue
+            if action == "push":
+                pushes.append(rel)
+            elif action == "remove":
+                removals.append(rel)
+            elif action.startswith("skip:"):
+                result.skipped.append(Skipped(rel, action[5:]))
+            else:
+                settled.add(rel)
+        try:
+            if removals:
+                self._remove(removals, entries, result)
+            if pushes:
+                settled.update(self._push(pushes, entries, baseline, result))
+            if baseline is not None:
+                self._drop_baseline_matches(entries, baseline, clean & settled)
+        finally:
+            self._save(manifest)
+        return result
+
+    def _decide(
+        self, rel: str, entry: dict[str, Any] | None, base: Baseline | None, now: int
+    ) -> str:
+        """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same"."""
+        path = self._abs(rel)
+        state = lstat(path)
+        if state.kind == "other":
+            return "skip:not a regular file, directory or symlink"
+        if entry is None:  # the workspace has the baseline's version
+            if base is not None and base.matches(rel, path, state):
+                return "same"
+            if state.kind == "absent":
+                return "same" if base is None else "remove"
+            return "push"
+        if state.kind == "absent":
+            return "same" if entry.get("kind") == "absent" else "remove"
+        if state.kind != entry.get("kind"):
+            return "push"
+        if state.kind == "dir":
+            return "same" if state.mode == entry.get("mode") else "push"
+        if state.kind == "symlink":
+            return "same" if os.readlink(path) == entry.get("target") else "push"
+        if state.mode != entry.get("mode") or state.size != entry.get("size"):
+            return "push"
+        if trusted(entry, state):
+            return "same"
+        if sha256_file(path) != entry.get("sha256"):
+            return "push"
+        # Same content: vouch for the current stat from now on (racy until it settles).
+        entry.update(stat_fields(state), recorded_ns=now)
+        return "refresh"
+
+    def _remove(self, removals: list[str], entries: dict[str, Any], result: SyncResult) -> None:
+        # A directory gone from the host goes as one path, with what the workspace added in it.
+        top = {rel: self._removal_root(rel) for rel in removals}
+        tops = set(top.values())
+        outer = {rel: _outermost(root, tops) for rel, root in top.items()}
+        roots = sorted(set(outer.values()))
+        reply = self.client.remove_many(roots)
+        failed = {e["path"]: e["error"] for e in reply["errors"]}
+        for root in roots:
+            if root not in failed:
+                prefix = root + "/"
+                for rel in [p for p in entries if p.startswith(prefix)]:
+                    del entries[rel]  # the absent root speaks for everything below it
+                entries[root] = {"kind": "absent"}
+        for rel in removals:
+            if outer[rel] in failed:
+                result.skipped.append(Skipped(rel, f"workspace: {failed[outer[rel]]}"))
+                continue
+            entries[rel] = {"kind": "absent"}
+            result.removed += 1
+            result.removed_paths.append(rel)
+
+    def _removal_root(self, rel: str) -> str:
+        """The outermost directory of `rel` that is gone from the host too (or `rel`)."""
+        parts = rel.split("/")
+        top = rel
+        for end in range(len(parts) - 1, 0, -1):
+            parent = "/".join(parts[:end])
+            if lstat(self._abs(parent)).kind != "absent":
+                break
+            if not self.filter.wants(parent, is_dir=True):
+                break  # an excluded directory stays the workspace's business
+            top = parent
+        return top
+
+    def _push(
+        self,
+        pushes: list[str],
+        entries: dict[str, Any],
+        baseline: Baseline | None,
+        result: SyncResult,
+    ) -> set[str]:
+        """Send `pushes` in one tar stream; returns the paths the workspace now has."""
+        parents = self._missing_parents(pushes, entries, baseline)
+        stream = TarStream(self.root, sorted(set(pushes) | parents))
+        reply = self.client.put_tar(stream.chunks())
+        failed = {e["path"]: e["error"] for e in reply["errors"]}
+        for rel, reason in stream.skipped.items():
+            result.skipped.append(Skipped(rel, reason))
+        if stream.late_removals:  # gone from the host while this sync ran
+            self._remove(sorted(stream.late_removals), entries, result)
+        done = set()
+        for rel, record in stream.sent.items():
+            if record["kind"] == "dir":
+                record["fresh"] = self._fresh_dir(rel, entries, baseline)
+            if rel in failed:
+                result.skipped.append(Skipped(rel, f"workspace: {failed[rel]}"))
+                entries.pop(rel, None)  # unknown state there: push again next time
+                continue
+            entries[rel] = record
+            done.add(rel)
+            if rel not in parents:
+                result.copied += 1
+                result.copied_paths.append(rel)
+        result.bytes += stream.bytes
+        return done
+
+    def _fresh_dir(self, rel: str, entries: dict[str, Any], baseline: Baseline | None) -> bool:
+        """Did putting this directory create it, rather than find one with its contents?"""
+        before = effective_entry(rel, entries)
+        if before is not None:
+            return before.get("kind") != "dir" or bool(before.get("fresh"))
+        base = baseline.entry(rel) if baseline is not None else None
+        return base is None or base.kind != "dir"
+
+    def _missing_parents(
+        self, pushes: list[str], entries: dict[str, Any], baseline: Baseline | None
+    ) -> set[str]:
+        """Parent directories the workspace may not have as directories. They go first as
+        directory entries, so a file or link in their place is replaced rather than written
+        through, and the host's permission bits come along."""
+        wanted = set(pushes)
+        added: set[str] = set()
+        for rel in pushes:
+            parts = rel.split("/")
+            for end in range(len(parts) - 1, 0, -1):
+                parent = "/".join(parts[:end])
+                if parent in wanted or parent in added:
+                    break  # and so are its own parents
+                entry = effective_entry(parent, entries)
+                if entry is not None and entry.get("kind") == "dir":
+                    break
+                if entry is None and baseline is not None:
+                    base = baseline.entry(parent)
+                    if base is not None and base.kind == "dir":
+                        break
+                added.add(parent)
+        return added
+
+    def _drop_baseline_matches(
+        self, entries: dict[str, Any], baseline: Baseline, clean: set[str]
+    ) -> None:
+        """Records of paths where the workspace holds the baseline's version again go."""
+        for rel in list(entries):
+            entry = entries[rel]
+            kind = entry.get("kind")
+            inherited = effective_entry(rel, entries, own=False)
+            if kind == "dir":
+                # Only a directory that kept its contents: a fresh one's record says that
+                # everything in it without a record of its own is absent.
+                base = baseline.entry(rel)
+                if not entry.get("fresh") and base is not None and base.kind == "dir":
+                    del entries[rel]
+            elif kind == "absent":
+                if inherited is not None or baseline.entry(rel) is None:
+                    del entries[rel]  # absent either way
+            elif rel in clean and inherited is None:
+                del entries[rel]  # the host equals the baseline and the workspace the host
+
+
+def _outermost(rel: str, roots: set[str]) -> str:
+    parts = rel.split("/")
+    for end in range(1, len(parts)):
+        ancestor = "/".join(parts[:end])
+        if ancestor in roots:
+            return ancestor
+    return rel

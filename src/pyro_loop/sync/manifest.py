@@ -1,0 +1,76 @@
+"""The manifest: what pyro pushed into a workspace over its baseline, path by path.
+
+A JSON file per project workspace: {"version", "root", "baseline_tree", "entries"}, where
+each entry records what the workspace now holds at a path (kind, mode, size, times, inode,
+sha256, the moment it was recorded), or {"kind": "absent"} for a deletion pyro carried over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.sync.hoststate import HostState
+
+MANIFEST_VERSION = 1
+RACY_NS = 2_000_000_000  # a record this close to a file's mtime/ctime cannot vouch for it
+
+
+def manifest_digest(manifest_path: Path, rel: str) -> str | None:
+    """The digest recorded for `rel` in a manifest (what the workspace holds since pyro
+    pushed it); None when pyro has not pushed it (the workspace has its baseline version)
+    or pushed a deletion or a directory."""
+    entry = read_manifest(manifest_path).get("entries", {}).get(rel)
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        return {}
+    if not isinstance(data.get("entries"), dict):
+        return {}
+    return data
+
+
+def effective_entry(
+    rel: str, entries: dict[str, Any], *, own: bool = True
+) -> dict[str, Any] | None:
+    """What the manifest says the workspace holds at `rel`: its record; else nothing, below
+    a directory pyro removed, replaced by a file or link, or created afresh (it holds only
+    what pyro put there, each with its record); else None: the baseline's version.
+    """
+    if own:
+        entry: dict[str, Any] | None = entries.get(rel)
+        if entry is not None:
+            return entry  # the record itself: a refresh updates it in place
+    parts = rel.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = entries.get("/".join(parts[:end]))
+        if parent is not None and (parent.get("kind") != "dir" or parent.get("fresh")):
+            return {"kind": "absent"}
+    return None
+
+
+def trusted(entry: dict[str, Any], state: HostState) -> bool:
+    """May the record vouch for the file without reading it? (The policy in the module doc.)"""
+    if stat_fields_of(entry) != stat_fields(state):
+        return False
+    recorded = entry.get("recorded_ns")
+    if not isinstance(recorded, int):
+        return False
+    return max(state.mtime_ns, state.ctime_ns) < recorded - RACY_NS
+
+
+def stat_fields(state: HostState) -> dict[str, int]:
+    return {"mode": state.mode, "size": state.size, "mtime_ns": state.mtime_ns,
+            "ctime_ns": state.ctime_ns, "ino": state.ino}  # fmt: skip
+
+
+def stat_fields_of(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in ("mode", "size", "mtime_ns", "ctime_ns", "ino")}

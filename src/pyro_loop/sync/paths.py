@@ -1,0 +1,212 @@
+"""Which host paths take part in sync: never `.git`, never `[sync] exclude`d paths, never
+paths git ignores (unless git tracks them anyway)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# -- gitignore-style patterns ----------------------------------------------------------------
+
+
+class ExcludeRules:
+    """`[sync] exclude`: gitignore-style patterns, matched against paths relative to the root.
+
+    Supported as in .gitignore: `#` comments, `!` negation, a trailing `/` for directories
+    only, a leading or inner `/` anchoring to the root, `*`, `?`, `[...]` and `**`. A path
+    inside an excluded directory is excluded (a negation cannot bring it back, as in git).
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.rules: list[tuple[re.Pattern[str], bool, bool]] = []
+        for raw in patterns:
+            rule = compile_pattern(raw)
+            if rule is not None:
+                self.rules.append(rule)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def excluded(self, rel: str, *, is_dir: bool) -> bool:
+        if not self.rules:
+            return False
+        parts = rel.split("/")
+        for end in range(1, len(parts)):
+            if self._match("/".join(parts[:end]), is_dir=True):
+                return True
+        return self._match(rel, is_dir=is_dir)
+
+    def _match(self, rel: str, *, is_dir: bool) -> bool:
+        result = False
+        for regex, negate, dir_only in self.rules:
+            if (is_dir or not dir_only) and regex.fullmatch(rel):
+                result = not negate
+        return result
+
+
+def compile_pattern(raw: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    pattern = raw.strip()
+    if not pattern or pattern.startswith("#"):
+        return None
+    negate = pattern.startswith("!")
+    if negate or pattern.startswith("\\"):  # "\!" and "\#" match a literal first character
+        pattern = pattern[1:]
+    dir_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    if not pattern:
+        return None
+    anchored = "/" in pattern
+    regex = ("" if anchored else "(?:.*/)?") + translate_glob(pattern.lstrip("/"))
+    try:
+        return re.compile(regex), negate, dir_only
+    except re.error:
+        return None  # a malformed class: git ignores such a pattern too
+
+
+def translate_glob(pattern: str) -> str:
+    regex = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
+            regex += "/.*"
+            i += 3
+        elif pattern.startswith("**", i):
+            regex += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            regex += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            regex += "[^/]"
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            regex += "[" + body.replace("\\", "\\\\").replace("[", "\\[") + "]"
+            i = end + 1
+        elif pattern[i] == "\\" and i + 1 < len(pattern):
+            regex += re.escape(pattern[i + 1])
+            i += 2
+        else:
+            regex += re.escape(pattern[i])
+            i += 1
+    return regex
+
+
+# -- which host paths take part ---------------------------------------------------------------
+
+
+def open_repository(root: Path) -> Any | None:
+    """The git repository whose work tree contains `root`, or None."""
+    import pygit2
+
+    try:
+        found = pygit2.discover_repository(str(root))
+    except pygit2.GitError:
+        return None
+    if not found:
+        return None
+    repo = pygit2.Repository(found)
+    return repo if repo.workdir else None
+
+
+class PathFilter:
+    """Decides which host paths are synced: never `.git`, nor `[sync] exclude`d paths, nor
+    paths git ignores (unless git tracks them anyway).
+
+    `root` is the directory mirrored at /workspace: the work tree's top in a git repository.
+    """
+
+    def __init__(self, root: Path, exclude: Sequence[str] = (), *, repo: Any = None) -> None:
+        self.root = root
+        self._prefix = str(root).rstrip("/") + "/"
+        self.exclude = ExcludeRules(exclude)
+        self.repo = repo
+        self._ignored_dirs: dict[str, bool] = {}
+        self._links: dict[str, bool] = {}
+
+    @classmethod
+    def for_root(cls, root: Path, exclude: Sequence[str] = ()) -> PathFilter:
+        root = root.resolve()
+        repo = open_repository(root)
+        top = Path(repo.workdir).resolve() if repo is not None else root
+        return cls(top, exclude, repo=repo)
+
+    def refresh(self) -> None:
+        """Forget cached answers: .gitignore files or the index may have changed."""
+        self._ignored_dirs.clear()
+        self._links.clear()
+        if self.repo is not None:
+            with contextlib.suppress(Exception):
+                self.repo.index.read(False)  # re-read only if it changed on disk
+
+    def rel(self, path: Path | str) -> str | None:
+        """`path` relative to the root as a POSIX string; None for the root or outside it."""
+        text = os.path.normpath(os.fspath(path))
+        if not text.startswith(self._prefix):
+            return None
+        return text[len(self._prefix) :]
+
+    def __call__(self, path: Path | str) -> bool:
+        """Should a change at `path` (absolute) be synced?"""
+        rel = self.rel(path)
+        return rel is not None and not self.through_symlink(rel) and self.wants(rel)
+
+    def through_symlink(self, rel: str) -> bool:
+        """Is one of `rel`'s parent directories a symlink on the host? The kernel follows
+        those, a watcher may too (watchfiles does), but pyro never syncs through them: the
+        link itself is what the workspace gets."""
+        parts = rel.split("/")
+        for end in range(1, len(parts)):
+            parent = "/".join(parts[:end])
+            link = self._links.get(parent)
+            if link is None:
+                link = self._links[parent] = os.path.islink(self._prefix + parent)
+            if link:
+                return True
+        return False
+
+    def wants(self, rel: str, *, is_dir: bool | None = None) -> bool:
+        parts = rel.split("/")
+        if ".git" in parts:
+            return False
+        if is_dir is None:
+            is_dir = os.path.isdir(self._prefix + rel) and not os.path.islink(self._prefix + rel)
+        if self.exclude.excluded(rel, is_dir=is_dir):
+            return False
+        if self.repo is None:
+            return True
+        # A directory git ignores hides everything in it: answer from cached parents first.
+        for end in range(1, len(parts)):
+            if self._dir_ignored("/".join(parts[:end])):
+                return self._tracked(rel)
+        if is_dir:
+            return not self._dir_ignored(rel)
+        return not self._ignored(rel) or self._tracked(rel)
+
+    def _dir_ignored(self, rel: str) -> bool:
+        cached = self._ignored_dirs.get(rel)
+        if cached is None:
+            cached = self._ignored_dirs[rel] = self._ignored(rel + "/")
+        return cached
+
+    def _ignored(self, rel: str) -> bool:
+        try:
+            return bool(self.repo.path_is_ignored(rel))
+        except Exception:  # a path libgit2 cannot represent: not ignored, so it is seen
+            return False
+
+    def _tracked(self, rel: str) -> bool:
+        try:
+            return rel in self.repo.index
+        except Exception:
+            return False

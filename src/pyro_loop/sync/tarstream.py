@@ -1,0 +1,134 @@
+"""Host paths as one uncompressed tar stream, read and hashed as the socket takes it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.sync.hoststate import HostState, failure_reason, lstat
+from pyro_loop.sync.manifest import stat_fields
+
+CHUNK = 1024 * 1024
+COPY_ATTEMPTS = 3  # a file still changing after this many copies is left for the next sync
+
+
+class TarStream:
+    """An uncompressed tar stream of host paths, produced as the socket takes it.
+
+    Each path is looked at again when its turn comes (it may have changed since it was
+    planned). A file is read once, hashed as it is sent; its stat is checked again after,
+    and a file that changed meanwhile is queued again at the end of the stream (the later
+    member replaces the earlier one in the workspace), at most COPY_ATTEMPTS times.
+    """
+
+    def __init__(self, root: Path, paths: list[str]) -> None:
+        self.root = root
+        self.queue = [Push(rel) for rel in paths]
+        self.sent: dict[str, dict[str, Any]] = {}  # manifest records of what was sent
+        self.skipped: dict[str, str] = {}
+        self.late_removals: set[str] = set()
+        self.bytes = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        index = 0
+        while index < len(self.queue):
+            item = self.queue[index]
+            index += 1
+            yield from self._member(item)
+        yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # end of archive
+
+    def _member(self, item: Push) -> Iterator[bytes]:
+        rel = item.rel
+        path = f"{self.root}/{rel}"
+        state = lstat(path)
+        self.skipped.pop(rel, None)
+        if state.kind == "absent":
+            self.sent.pop(rel, None)
+            self.late_removals.add(rel)
+            return
+        self.late_removals.discard(rel)
+        info = tarfile.TarInfo(rel)
+        info.mtime = state.mtime_ns // 1_000_000_000
+        info.mode = state.mode
+        now = time.time_ns()
+        if state.kind == "dir":
+            info.type = tarfile.DIRTYPE
+            yield tar_header(info)
+            self.sent[rel] = {"kind": "dir", "mode": state.mode}
+        elif state.kind == "symlink":
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                self.skipped[rel] = failure_reason(exc)
+                return
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            yield tar_header(info)
+            digest = hashlib.sha256(os.fsencode(target)).hexdigest()
+            self.sent[rel] = {"kind": "symlink", "target": target, "sha256": digest}
+        elif state.kind == "file":
+            yield from self._file(item, path, info, now)
+        else:
+            self.skipped[rel] = "not a regular file, directory or symlink"
+
+    def _file(self, item: Push, path: str, info: tarfile.TarInfo, now: int) -> Iterator[bytes]:
+        rel = item.rel
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | NotADirectoryError):
+                self.late_removals.add(rel)
+            elif exc.errno == 40:  # ELOOP: it became a symlink since it was looked at
+                self.queue.append(Push(rel, item.attempts + 1))
+            else:
+                self.skipped[rel] = failure_reason(exc)
+            return
+        with os.fdopen(fd, "rb") as f:
+            before = HostState.of(os.fstat(fd))
+            if before.kind != "file":
+                self.skipped[rel] = "not a regular file, directory or symlink"
+                return
+            info.size = before.size
+            info.mode = before.mode
+            yield tar_header(info)
+            digest = hashlib.sha256()
+            left = before.size
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:  # shrank while being read: pad, and send it again below
+                    chunk = tarfile.NUL * min(CHUNK, left)
+                digest.update(chunk)
+                left -= len(chunk)
+                yield chunk
+            padding = -before.size % tarfile.BLOCKSIZE
+            if padding:
+                yield tarfile.NUL * padding
+            after = HostState.of(os.fstat(fd))
+            grew = f.read(1) != b""
+        self.bytes += before.size
+        moved = lstat(path)
+        if after != before or grew or moved.ino != before.ino or moved.kind != "file":
+            self.sent.pop(rel, None)
+            if item.attempts + 1 < COPY_ATTEMPTS:
+                self.queue.append(Push(rel, item.attempts + 1))
+            else:
+                self.skipped[rel] = "kept changing while being copied; the next sync sends it"
+            return
+        self.sent[rel] = {"kind": "file", **stat_fields(before), "sha256": digest.hexdigest(),
+                          "recorded_ns": now}  # fmt: skip
+
+
+def tar_header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+@dataclass
+class Push:
+    rel: str
+    attempts: int = 0
