@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchrepo import git, make_repo, timed
+from benchrepo import compile_pyro, git, make_repo, timed
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 
@@ -193,6 +193,7 @@ def main() -> int:
         from pyro_loop.project import find_project
         from pyro_loop.workspace import Workspaces
 
+        compile_pyro()
         make_branching_repo(repo, files)
         project = find_project(repo)
         config = load_project_config(project.root).config

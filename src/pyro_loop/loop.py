@@ -66,6 +66,10 @@ class ProjectLoop:
         self.ws = ws
         self.state_dir = ws.home / "projects" / project.id
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # One syncer per workspace and baseline, kept: its git repository object caches the
+        # index and the baseline's listings, which makes the next reconcile several times
+        # cheaper (a long-lived caller such as the MCP server or the watcher runs many).
+        self._syncers: dict[tuple[str, str | None], Syncer] = {}
 
     # -- finding and creating ---------------------------------------------------------------
 
@@ -141,17 +145,21 @@ class ProjectLoop:
         return f"{base}-{self.project.id[:8]}"
 
     def _syncer(self, record: WorkspaceRecord) -> Syncer:
-        from pyro_loop.sync import Syncer
+        # Differences are taken against the tree the workspace was made from, which
+        # stays right after a commit moves HEAD (until `pyro up` makes a new one).
+        tree = record.labels.get("tree") or None
+        syncer = self._syncers.get((record.id, tree))
+        if syncer is None:
+            from pyro_loop.sync import Syncer
 
-        return Syncer(
-            self.project.root,
-            self.ws.client(record.id),
-            self.state_dir / "sync-manifest.json",
-            list(self.config.sync_exclude),
-            # Differences are taken against the tree the workspace was made from, which
-            # stays right after a commit moves HEAD (until `pyro up` makes a new one).
-            baseline_tree=record.labels.get("tree") or None,
-        )
+            syncer = self._syncers[(record.id, tree)] = Syncer(
+                self.project.root,
+                self.ws.client(record.id),
+                self.state_dir / "sync-manifest.json",
+                list(self.config.sync_exclude),
+                baseline_tree=tree,
+            )
+        return syncer
 
     def _live(self) -> WorkspaceRecord:
         """The project's workspace, running: started again if stopped, created if missing."""
@@ -263,7 +271,8 @@ class ProjectLoop:
     # -- the last command, for retry ------------------------------------------------------------
 
     def _save_last(self, command: dict[str, Any]) -> None:
-        write_json_atomic(self.state_dir / "last-command.json", command, durable=False)
+        if command != self._load_last():  # a read costs less than a rename
+            write_json_atomic(self.state_dir / "last-command.json", command, durable=False)
 
     def _load_last(self) -> dict[str, Any] | None:
         with contextlib.suppress(OSError, ValueError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,10 +15,9 @@ from pyro_loop.locking import file_lock
 from pyro_loop.sync.baseline import Baseline, tree_paths
 from pyro_loop.sync.hoststate import failure_reason, lstat, sha256_file
 from pyro_loop.sync.manifest import (
-    MANIFEST_VERSION,
+    ManifestFile,
     effective_entry,
     manifest_digest,
-    read_manifest,
     stat_fields,
     trusted,
 )
@@ -90,9 +88,9 @@ class Syncer:
         self.client = client
         self.manifest_path = manifest_path
         self._lock_path = manifest_path.with_name(manifest_path.name + ".lock")
+        self._manifest = ManifestFile(manifest_path, self.root)
         self._baseline_tree = baseline_tree
         self._base: Baseline | None = None  # kept between syncs: a baseline never changes
-        self._cached: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -100,7 +98,7 @@ class Syncer:
         """Bring the workspace in line with the host: everything that differs, pushed."""
         started = time.perf_counter()
         with file_lock(self._lock_path):
-            manifest = self._load()
+            manifest = self._manifest.load(self._baseline_tree)
             self.filter.refresh()
             if self.repo is not None:
                 baseline = self._baseline(manifest)
@@ -119,7 +117,7 @@ class Syncer:
         swapped for another one by that directory's path alone, never by its contents."""
         started = time.perf_counter()
         with file_lock(self._lock_path):
-            manifest = self._load()
+            manifest = self._manifest.load(self._baseline_tree)
             entries: dict[str, Any] = manifest["entries"]
             self.filter.refresh()
             baseline = self._baseline(manifest) if self.repo is not None else None
@@ -150,43 +148,11 @@ class Syncer:
         if baseline_tree is not None:
             self._baseline_tree = baseline_tree
         with file_lock(self._lock_path):
-            self._save({"entries": {}, "baseline_tree": self._baseline_tree})
+            self._manifest.save({"entries": {}, "baseline_tree": self._baseline_tree})
 
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""
         return manifest_digest(self.manifest_path, rel)
-
-    # -- manifest -------------------------------------------------------------------------
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            st = os.stat(self.manifest_path)
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            key = (0, 0, 0)
-        if self._cached is not None and self._cached[0] == key:
-            data = self._cached[1]  # taken, not shared: a failed sync must not leave it edited
-        else:
-            data = read_manifest(self.manifest_path)
-        self._cached = None
-        fresh = not data or data.get("root") != str(self.root)
-        recorded = data.get("baseline_tree")
-        if self._baseline_tree is not None and recorded not in (None, self._baseline_tree):
-            fresh = True  # recorded for another baseline: another workspace's history
-        if fresh:
-            data = {"entries": {}, "baseline_tree": self._baseline_tree}
-        data.setdefault("baseline_tree", None)
-        return data
-
-    def _save(self, data: dict[str, Any]) -> None:
-        data = {**data, "version": MANIFEST_VERSION, "root": str(self.root)}
-        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_name(f".{self.manifest_path.name}.{os.getpid()}.tmp")
-        # Not fsynced: a manifest lost in a crash only costs hashing and re-pushing.
-        tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True))
-        os.replace(tmp, self.manifest_path)
-        st = os.stat(self.manifest_path)
-        self._cached = ((st.st_ino, st.st_size, st.st_mtime_ns), data)
 
     # -- candidates -----------------------------------------------------------------------
 
@@ -316,7 +282,7 @@ class Syncer:
             if baseline is not None:
                 self._drop_baseline_matches(entries, baseline, clean & settled)
         finally:
-            self._save(manifest)
+            self._manifest.save(manifest)
         return result
 
     def _decide(

@@ -8,6 +8,7 @@ sha256, the moment it was recorded), or {"kind": "absent"} for a deletion pyro c
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,56 @@ def stat_fields(state: HostState) -> dict[str, int]:
 
 def stat_fields_of(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in ("mode", "size", "mtime_ns", "ctime_ns", "ino")}
+
+
+class ManifestFile:
+    """One workspace's manifest on disk, and the version last read or written from it.
+
+    A sync that changed nothing leaves the file alone: the next one only stats it.
+    """
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self.path = path
+        self.root = str(root)
+        # (stat key, data) as last read or written: handed out by load, not shared
+        self._cached: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self._written: tuple[tuple[int, int, int], str] | None = None  # (stat key, text)
+
+    def _stat_key(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load(self, baseline_tree: str | None) -> dict[str, Any]:
+        """The manifest to sync with; a fresh one if none was kept for this root and
+        `baseline_tree` (another baseline's records describe another workspace)."""
+        cached, self._cached = self._cached, None  # a failed sync must not leave it edited
+        if cached is not None and cached[0] == self._stat_key():
+            data = cached[1]
+        else:
+            data = read_manifest(self.path)
+        recorded = data.get("baseline_tree")
+        if (
+            not data
+            or data.get("root") != self.root
+            or (baseline_tree is not None and recorded not in (None, baseline_tree))
+        ):
+            data = {"entries": {}, "baseline_tree": baseline_tree}
+        data.setdefault("baseline_tree", None)
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        data = {**data, "version": MANIFEST_VERSION, "root": self.root}
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        key = self._stat_key()
+        if self._written != (key, text):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            # Not fsynced: a manifest lost in a crash only costs hashing and re-pushing.
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+            key = self._stat_key()
+        self._written = (key, text)
+        self._cached = (key, data)
