@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +168,35 @@ def test_outside_a_project_says_how_to_fix_it(tmp_path: Path) -> None:
     result = run_pyro("up", "-C", str(tmp_path))
     assert result.returncode == 1
     assert "not a pyro project" in result.stderr and "pyro init" in result.stderr
+
+
+def test_a_workspace_killed_while_syncing_recovers_on_the_next_up(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    record = loop.up().record
+    assert record.handle is not None
+    big = repo / "big.bin"
+    big.write_bytes(os.urandom(1024 * 1024) * 200)  # 200 MB: the push takes a while
+    (repo / "src" / "app.py").write_text("print('after the crash')\n")
+    failure: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            loop.sync()
+        except BaseException as exc:  # the push breaks off: that is the point
+            failure.append(exc)
+
+    thread = threading.Thread(target=sync)
+    thread.start()
+    time.sleep(0.15)
+    os.kill(record.handle.keeper_pid, signal.SIGKILL)  # the sandbox dies mid-stream
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+
+    again = loop.up()
+    assert again.action == "started" and again.record.id == record.id
+    want = hashlib.sha256(big.read_bytes()).hexdigest()
+    out = sh(loop, "sha256sum big.bin; cat src/app.py; ls -a | grep -c pyro-tmp || true")
+    assert out.splitlines() == [f"{want}  big.bin", "print('after the crash')", "0"], out
+    assert failure or loop.sync().copied == 0  # killed before the end, or it had finished

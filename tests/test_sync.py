@@ -723,7 +723,7 @@ def test_put_tar_replaces_what_is_there_and_remove_many(
     assert tree["was-file/inner.txt"][1] == 0o755
     assert tree["lib"] == ["link", "src"]
     assert tree["ro"] == ["dir", 0o555]
-    assert not [p for p in tree if ".pyro-put-" in p], "no temporary files left"
+    assert not [p for p in tree if ".pyro-tmp-" in p], "no temporary files left"
 
     removed = client.remove_many(["was-file", "missing", "src/app.py", "../etc", "/"])
     assert (removed["removed"], removed["missing"]) == (2, 1)

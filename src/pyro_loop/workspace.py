@@ -212,6 +212,7 @@ class Workspaces:
             if record.handle is not None and self.runtime.is_running(record.handle):
                 return record
             self._halt(wdir, record)  # crashed: make sure nothing is left of it
+            _sweep_partial_writes(wdir.upper(record.generation))
             self._launch(wdir, record)
             self._start_spare(wdir, record)
             return record
@@ -562,6 +563,18 @@ def sandbox_failure(log: Path) -> HostUnsupportedError:
     return HostUnsupportedError(
         f"the workspace's sandbox did not start: {last}", hint=f"see {log}; `pyro doctor`"
     )
+
+
+def _sweep_partial_writes(upper: Path) -> None:
+    """Remove the agent's temp files from a stopped workspace's changes: a sandbox killed
+    in the middle of a write or a sync leaves them, and they are no one's work."""
+    from pyro_loop.agent.protocol import TEMP_PREFIX
+
+    for dirpath, dirs, files in os.walk(upper):  # never follows symlinks
+        for name in (*files, *dirs):  # a link to a directory is listed among the directories
+            if name.startswith(TEMP_PREFIX):  # unlink takes files and links, never a directory
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
 
 
 def _tree_bytes(path: Path) -> int:

@@ -79,6 +79,9 @@ KINDS = frozenset((KIND_JSON, KIND_STDOUT, KIND_STDERR, KIND_DATA, KIND_STDIN))
 HEADER_SIZE = 5
 MAX_JSON = 4 * 1024 * 1024
 MAX_CHUNK = 1024 * 1024
+# The agent writes each file beside its target under a name starting so, then renames it into
+# place; what a killed sandbox leaves behind under it is swept by the host at the next start.
+TEMP_PREFIX = ".pyro-tmp-"
 
 
 class ProtocolError(Exception):

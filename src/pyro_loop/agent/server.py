@@ -152,6 +152,12 @@ def op_read(conn, req):
     }
 
 
+def _temp_name(op):
+    # Random, not pid-based: a sandbox killed mid-write leaves its temp file behind (the host
+    # sweeps those on the next start), and a later agent with the same pid must not collide.
+    return "%s%s-%s" % (p.TEMP_PREFIX, op, os.urandom(8).hex())
+
+
 def _recv_data(conn, out_fd):
     total = 0
     while True:
@@ -179,7 +185,7 @@ def op_write(conn, req):
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    tmp = "%s/.pyro-write-%d-%s" % (parent, os.getpid(), os.path.basename(path)[:100])
+    tmp = "%s/%s" % (parent, _temp_name("write"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         written = _recv_data(conn, fd)
@@ -501,7 +507,6 @@ class _Putter:
         self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
         self.errors = []
         self.dir_modes = []
-        self.serial = 0
 
     def error(self, path, kind, message):
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -535,8 +540,7 @@ class _Putter:
             self.error(member.name, "os_error", str(exc))
 
     def temp_in(self, parent):
-        self.serial += 1
-        return "%s/.pyro-put-%d-%d" % (parent, os.getpid(), self.serial)
+        return "%s/%s" % (parent, _temp_name("put"))
 
     def put_file(self, parent, target, member, source):
         tmp = self.temp_in(parent)
