@@ -316,3 +316,12 @@ def test_cli_init_here_with_nothing_detected(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "found no lock files" in result.stdout and "[prepare] run" in result.stdout
     assert load_config(repo / ".pyro.toml").config.prepare_run == ()
+
+
+def test_detection_skips_entries_it_cannot_stat(tmp_path: Path) -> None:
+    # /proc/1/cwd and the like: a link whose target cannot even be looked at.
+    (tmp_path / "uv.lock").write_text("")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "loop").symlink_to("loop")  # ELOOP when followed
+    found = detect_ecosystems(tmp_path)
+    assert [e.name for e in found] == ["uv"]

@@ -156,7 +156,15 @@ def test_two_ups_at_once_make_one_workspace(repo: Path, workspaces: Workspaces) 
 
 
 def test_cli_loop(repo: Path) -> None:
+    def bare_pyro() -> str:  # the root help, run in the repository
+        done = subprocess.run([sys.executable, "-m", "pyro_loop"], cwd=repo, text=True,
+                              capture_output=True, check=True, timeout=60)  # fmt: skip
+        return done.stdout.splitlines()[-1]
+
+    assert bare_pyro() == f"Here: {repo}: not warm (dependencies missing, baseline missing): " \
+        "`pyro up` prepares it"  # fmt: skip
     assert run_pyro("up", "-C", str(repo)).returncode == 0
+    assert bare_pyro() == f"Here: {repo}: warm, workspace running, sync not watching"
     ran = run_pyro("exec", "-C", str(repo), "--", "sh", "-c", "echo out; exit 3")
     assert ran.returncode == 3 and ran.stdout == "out\n"
     assert run_pyro("retry", "-C", str(repo)).returncode == 3

@@ -136,14 +136,26 @@ def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
             entries = list(os.scandir(root / rel))
         except OSError:
             continue  # unreadable: nothing to detect there
-        files = {e.name for e in entries if e.is_file()}
+        files = {e.name for e in entries if _is_file(e)}
         out.append((rel, files))
         if len(rel.parts) < MAX_DEPTH:
             queue.extend(
                 rel / e.name
                 for e in sorted(entries, key=lambda e: e.name)
-                if e.is_dir(follow_symlinks=False)
-                and e.name not in SKIP_DIRS
-                and not e.name.startswith(".")
+                if _is_real_dir(e) and e.name not in SKIP_DIRS and not e.name.startswith(".")
             )
     return out
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link that cannot be followed (/proc/*/cwd): not a lockfile
+        return False
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False

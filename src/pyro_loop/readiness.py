@@ -32,6 +32,21 @@ class Readiness:
             and self.baseline["state"] in ("warm", "no commits", "not a git repository")
         )
 
+    def summary(self) -> str:
+        """One line for the help screen: warm or not here, and what to run next."""
+        running = [w for w in self.workspaces if w["state"] == "running"]
+        if not self.warm:
+            missing = [
+                f"{name} {part['state']}"
+                for name, part in (("dependencies", self.dependencies), ("baseline", self.baseline))
+                if part["state"] in ("stale", "missing")
+            ]
+            if self.environment["state"] not in ("host", "cached"):
+                missing.insert(0, f"environment {self.environment['state']}")
+            return f"{self.project.root}: not warm ({', '.join(missing)}): `pyro up` prepares it"
+        live = "workspace running" if running else "no workspace running (`pyro up`: ms)"
+        return f"{self.project.root}: warm, {live}, sync {self.sync}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "project": str(self.project.root),

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 an expected failure (one line saying what to fix); 2 a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -111,7 +112,30 @@ def demo(as_json: bool = JsonOption) -> None:
         raise typer.Exit(1)
 
 
+def _here() -> None:
+    """After the root help: is this machine warm for the repository here? Best effort: the
+    help must show whatever state the directory is in."""
+    try:
+        from pyro_loop.cli.project import _load
+        from pyro_loop.readiness import readiness
+        from pyro_loop.workspace import Workspaces
+
+        project, config = _load(None)
+        if project.config_path.is_file():
+            line = readiness(project, config, Workspaces()).summary()
+        else:
+            line = f"{project.root}: not a pyro project yet (run `pyro init` in the repository)"
+    except Exception as exc:
+        line = f"not in a project ({getattr(exc, 'message', exc)})"
+    say(f"\nHere: {line}")
+
+
 def main() -> None:
+    if sys.argv[1:] in ([], ["-h"], ["--help"]):
+        with contextlib.suppress(typer.Exit, SystemExit):
+            app(args=["--help"], standalone_mode=False)
+        _here()
+        sys.exit(0)
     try:
         rv = app(standalone_mode=False)
     except KeyboardInterrupt:
