@@ -234,7 +234,8 @@ def test_the_filter_drops_git_internals_and_ignored_directories(repo: Path) -> N
     assert seen == {repo / "src" / "app.py"}, seen
 
 
-def test_the_watcher_stops_when_its_root_vanishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["removed", "renamed"])
+def test_the_watcher_stops_when_its_root_vanishes(how: str, tmp_path: Path) -> None:
     root = tmp_path / "doomed"
     root.mkdir()
     failures: list[BaseException] = []
@@ -249,7 +250,11 @@ def test_the_watcher_stops_when_its_root_vanishes(tmp_path: Path) -> None:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(DEADLINE)
-    shutil.rmtree(root)
+    if how == "removed":
+        shutil.rmtree(root)
+    else:  # its inotify watches follow the directory: the old paths must not be synced
+        root.rename(tmp_path / "moved")
+        (tmp_path / "moved" / "new.txt").write_text("an event under the old name\n")
     thread.join(timeout=DEADLINE)
     assert not thread.is_alive()
     assert len(failures) == 1 and isinstance(failures[0], WatchRootGoneError)
