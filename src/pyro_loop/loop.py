@@ -123,14 +123,17 @@ class ProjectLoop:
         from pyro_loop.prepare import is_warm, load_state
         from pyro_loop.prepare import prepare as run_prepare
 
-        if not is_warm(self.project, self.config, self.ws.home):
+        state = load_state(self.ws.home, self.project)
+        # Without git and without commands, `is_warm` has nothing to check, yet the state
+        # that says which layers to use is written only by a prepare.
+        if state is None or not is_warm(self.project, self.config, self.ws.home):
             if not prepare:
                 raise NotWarmError(
                     f"{self.project.root} is not warm for its current lockfiles and HEAD",
                     hint="run `pyro prepare` (or `pyro up` without --no-prepare)",
                 )
             run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
-        state = load_state(self.ws.home, self.project)
+            state = load_state(self.ws.home, self.project)
         if state is None:
             raise PyroError(f"{self.project.root} has no prepared state; run `pyro prepare`")
         # Topmost first: the repo's files over the installed dependencies.

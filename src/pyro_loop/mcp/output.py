@@ -47,11 +47,12 @@ class _Stream:
         if not self.over:  # just outgrew the inline limit: everything so far goes to disk
             self.over = True
             self.file = open_file(self.name)
-            self._save(bytes(self.head))
-            self.tail = self.head[self.head_limit :]
-            del self.head[self.head_limit :]
+            data = bytes(self.head) + data
+            self.head = bytearray(data[: self.head_limit])
+            self.tail = bytearray(data[self.head_limit :])
+        else:
+            self.tail += data
         self._save(data)
-        self.tail += data
         keep = self.limit - self.head_limit
         if len(self.tail) > keep:
             del self.tail[: len(self.tail) - keep]
