@@ -115,7 +115,7 @@ class ProjectWarmup:
         """The error a tool gives when its wait for the workspace ran out."""
         return WarmupPendingError(
             f"the project's workspace is not ready yet: {self.phase()}",
-            hint="call this tool again in a moment (project_status shows the progress)",
+            hint="call this tool again in a moment; project_status shows the progress",
         )
 
     def phase(self) -> str:
