@@ -378,3 +378,81 @@ def test_output_capture_keeps_head_and_tail_whatever_the_chunking(
         more("stdout", b"x" * 100)
         more.close()
     assert len(list(tmp_path.glob("*.stdout"))) == KEEP_SAVED
+
+
+def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None:
+    (repo / ".pyro.toml").write_text(
+        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo no such package >&2; exit 7"]\n'
+    )
+    git(repo, "commit", "-qam", "broken prepare")
+
+    async def main() -> None:
+        async with connect(repo) as client:
+            failed = await client.error("workspace_exec", command="true")
+            assert "prepare command failed (exit code 7)" in failed
+            assert "no such package" in failed  # the hint carries the output's last lines
+            status = await client.call("project_status")
+            assert status["warmup"]["state"] == "failed" and not status["ready"]
+            assert any(e["level"] == "error" for e in status["warmup"]["events"])
+
+            (repo / ".pyro.toml").write_text(CONFIG)  # fixed: the next call warms up again
+            ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
+            assert ran["stdout"] == "requests==2.32.0\n"
+
+    run(main)
+
+
+def test_sigterm_stops_the_watcher_and_keeps_the_workspace(repo: Path, pyro_home: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "workspace_exec", "arguments": {"command": "true"}}},
+    ]  # fmt: skip
+    for message in messages:
+        server.stdin.write(json.dumps(message).encode() + b"\n")
+    server.stdin.flush()
+    while True:
+        reply = json.loads(server.stdout.readline())
+        if reply.get("id") == 2:
+            break
+    workspace_id = reply["result"]["structuredContent"]["workspace_id"]
+    status_file = next((pyro_home / "projects").glob("*/watch.json"))
+    deadline = time.monotonic() + 30
+    while json.loads(status_file.read_text())["state"] != "watching":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.terminate()
+    assert server.wait(timeout=10) == 0
+    assert json.loads(status_file.read_text())["state"] == "stopped"
+    assert Workspaces(home=pyro_home).status(workspace_id).state == "running"
+    server.stdin.close()
+    server.stdout.close()
+
+
+def test_an_unexpected_exception_becomes_a_tool_error() -> None:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from pyro_loop.errors import NotFoundError
+    from pyro_loop.mcp.server import _guarded
+
+    async def broken() -> None:
+        raise KeyError("state")
+
+    async def refused() -> None:
+        raise NotFoundError("no snapshot 'x'", hint="snapshot_list shows them")
+
+    async def main() -> None:
+        with pytest.raises(ToolError, match=r"internal error in pyro \(KeyError: 'state'\)"):
+            await _guarded("broken", broken)()
+        with pytest.raises(ToolError, match=r"no snapshot 'x' \(hint: snapshot_list shows them\)"):
+            await _guarded("refused", refused)()
+
+    run(main)
