@@ -96,7 +96,8 @@ async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
         assert client is not None
         client.logs.append(str(params.data))
 
-    with (cwd.parent / "server.log").open("a") as errlog:
+    server_log = Path(os.environ["PYRO_HOME"]).parent / "server.log"  # the test's tmp_path
+    with server_log.open("a") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
             ClientSession(read, write, logging_callback=on_log) as session,

@@ -16,6 +16,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
+from anyio.from_thread import BlockingPortal
+
 from pyro_loop.mcp.profiles import tools_for
 
 if TYPE_CHECKING:
@@ -44,8 +47,6 @@ def serve(
     """Serve the MCP tools over stdin/stdout until the client disconnects (or SIGTERM)."""
     tools_for(profile)  # an unknown profile fails here, before any protocol traffic
     _configure_logging()
-    import anyio
-
     session = _Session(project_dir.absolute(), profile, wait_seconds, down_on_exit)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, session.terminate)
@@ -95,26 +96,22 @@ class _Session:
             return self._ws
 
     async def run(self) -> None:
-        from anyio.from_thread import BlockingPortal
-
         async with BlockingPortal() as portal:
             self._client_log.portal = portal
             try:
                 await self.server.run_stdio_async()
             finally:
                 self._client_log.portal = None
-                import anyio
-
                 await anyio.to_thread.run_sync(self.close)
 
     async def _observe(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
         """Middleware: starts the warm-up once the client is connected (after `initialize`
         is answered, so it never delays that answer) and keeps its session for logs."""
-        result: HandlerResult = await call_next(ctx)
         if ctx.method != "initialize":
             if self._client_log.session is None:
                 self._client_log.session = ctx.session
             self.warmup.start()  # idempotent; a failed warm-up waits for a tool to retry it
+        result: HandlerResult = await call_next(ctx)
         return result
 
     def forward(self, level: str, message: str) -> None:

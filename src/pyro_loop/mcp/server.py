@@ -50,6 +50,10 @@ workspace_reset returns to the clean baseline in milliseconds. Nothing writes to
 except workspace_export. In a cold project the workspace is prepared in the background on
 first start: project_status shows how far it got."""
 
+VM_RUN_INSTRUCTIONS = """\
+pyro runs one-shot commands with vm_run: each in a fresh, isolated workspace that is deleted
+afterwards (network off unless asked for)."""
+
 WorkspaceId = Annotated[
     str | None,
     Field(description="Workspace id or name; default: the project's workspace."),
@@ -587,10 +591,12 @@ def _guarded(name: str, tool: Callable[..., Awaitable[T]]) -> Callable[..., Awai
 
 def build_server(tools: PyroTools, profile: str) -> MCPServer[Any]:
     """An MCP server offering `profile`'s tools."""
+    names = tools_for(profile)
+    instructions = INSTRUCTIONS if "workspace_exec" in names else VM_RUN_INSTRUCTIONS
     server: MCPServer[Any] = MCPServer(
-        "pyro", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+        "pyro", version=__version__, instructions=instructions, log_level="WARNING"
     )
-    for name in tools_for(profile):
+    for name in names:
         method = getattr(tools, name, None)
         if method is None:  # a profile naming a tool that does not exist is a bug here
             raise InvalidInputError(f"profile {profile!r} names an unknown tool {name!r}")
