@@ -50,3 +50,19 @@ def test_daily_loop_benchmark_runs_every_step() -> None:
     for row in ("up, cold", "up, warm", "pyro exec -- true", "edit -> visible",
                 "branch switch", "full copy", "one-file sync vs full copy"):  # fmt: skip
         assert row in result.stdout
+
+
+@pytest.mark.slow
+def test_mcp_benchmark_runs_and_reports_pyros_share_of_initialize(tmp_path: Path) -> None:
+    script = BENCH.parent / "bench_mcp.py"
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("import mcp.server.mcpserver", "initialize answered", "first workspace_exec",
+                "pyro exec -- true", "pyro's share of initialize"):  # fmt: skip
+        assert row in result.stdout
+    samples = json.loads(out.read_text())
+    assert all(len(v) == 3 for k, v in samples.items() if k != "added_ms")

@@ -172,6 +172,18 @@ def test_cli_loop(repo: Path) -> None:
     assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
 
 
+def test_up_in_a_plain_directory_with_nothing_to_install(
+    tmp_path: Path, workspaces: Workspaces
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / ".pyro.toml").write_text("")
+    (plain / "notes.txt").write_text("no git here\n")
+    loop = loop_for(plain, workspaces)
+    assert loop.up().action == "created"
+    assert sh(loop, "cat notes.txt") == "no git here\n"
+
+
 def test_outside_a_project_says_how_to_fix_it(tmp_path: Path) -> None:
     result = run_pyro("up", "-C", str(tmp_path))
     assert result.returncode == 1

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pyro_loop.client import ExecResult, OutputSink
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
+    from pyro_loop.watch import Stoppable
     from pyro_loop.workspace import Workspaces
 
 PROJECT_LABEL = "project"
@@ -126,14 +127,17 @@ class ProjectLoop:
         from pyro_loop.prepare import is_warm, load_state
         from pyro_loop.prepare import prepare as run_prepare
 
-        if not is_warm(self.project, self.config, self.ws.home):
+        state = load_state(self.ws.home, self.project)
+        # Without git and without commands, `is_warm` has nothing to check, yet the state
+        # that says which layers to use is written only by a prepare.
+        if state is None or not is_warm(self.project, self.config, self.ws.home):
             if not prepare:
                 raise NotWarmError(
                     f"{self.project.root} is not warm for its current lockfiles and HEAD",
                     hint="run `pyro prepare` (or `pyro up` without --no-prepare)",
                 )
             run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
-        state = load_state(self.ws.home, self.project)
+            state = load_state(self.ws.home, self.project)
         if state is None:
             raise PyroError(f"{self.project.root} has no prepared state; run `pyro prepare`")
         # Topmost first: the repo's files over the installed dependencies.
@@ -161,7 +165,7 @@ class ProjectLoop:
             )
         return syncer
 
-    def _live(self) -> WorkspaceRecord:
+    def live(self) -> WorkspaceRecord:
         """The project's workspace, running: started again if stopped, created if missing."""
         record = self.find()
         if record is None:
@@ -173,7 +177,7 @@ class ProjectLoop:
     # -- the loop ---------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
-        return self._syncer(self._live()).reconcile()
+        return self._syncer(self.live()).reconcile()
 
     def exec(
         self,
@@ -187,7 +191,7 @@ class ProjectLoop:
         """Run a command in the project's workspace, after syncing what changed on the host."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
-        record = self._live()
+        record = self.live()
         self._syncer(record).reconcile()
         self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
         return self.ws.exec(record.id, list(argv), timeout=timeout, cwd=cwd, env=env,
@@ -204,13 +208,34 @@ class ProjectLoop:
         return self.exec(last["argv"], timeout=last.get("timeout"), cwd=last.get("cwd"),
                          env=last.get("env") or None, on_output=on_output)  # fmt: skip
 
-    def reset(self) -> SyncResult:
-        """Back to the warm baseline plus the host's current files."""
+    def reset(self, *, snapshot: str = "baseline") -> SyncResult:
+        """Back to the warm baseline (or a named snapshot) plus the host's current files."""
         record = self.require()
-        self.ws.reset(record.id)
+        self.ws.reset(record.id, snapshot=snapshot)
         syncer = self._syncer(record)
         syncer.forget()
         return syncer.reconcile()
+
+    def watch(
+        self,
+        *,
+        stop_event: Stoppable | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        """Keep the project's workspace in sync with host edits until `stop_event` is set.
+
+        Its state goes to the project's `watch.json`, which `pyro status` reads.
+        """
+        from pyro_loop.watch import run_watcher
+
+        record = self.require()
+        run_watcher(
+            self._syncer(record),
+            self.project.root,
+            stop_event=stop_event,
+            status_path=self.state_dir / "watch.json",
+            on_event=on_event,
+        )
 
     def down(self, *, delete: bool = False) -> WorkspaceRecord:
         record = self.require()

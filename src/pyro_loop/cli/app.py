@@ -17,6 +17,7 @@ import typer
 from pyro_loop import __version__
 from pyro_loop.cli import loop_cmds
 from pyro_loop.cli.init_cmd import init_command
+from pyro_loop.cli.mcp_cmd import mcp_app
 from pyro_loop.cli.output import JsonOption, emit, say
 from pyro_loop.cli.project import cache_app, prepare, status
 from pyro_loop.cli.workspace import workspace_app
@@ -50,6 +51,7 @@ loop_cmds.register(app)
 app.add_typer(workspace_app, name="workspace")
 app.command("init")(init_command)
 app.add_typer(cache_app, name="cache")
+app.add_typer(mcp_app, name="mcp")
 
 
 def _version(value: bool) -> None:

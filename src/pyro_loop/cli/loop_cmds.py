@@ -144,17 +144,10 @@ def watch(project_dir: Path | None = ProjectOption) -> None:
 
 
 def _watch(loop: Any) -> None:
-    from pyro_loop.watch import run_watcher
-
     record = loop.require()
     note(f"pyro: watching {loop.project.root} -> {record.name or record.id} (Ctrl-C stops)")
     try:
-        run_watcher(
-            loop._syncer(record),
-            loop.project.root,
-            status_path=loop.state_dir / "watch.json",
-            on_event=lambda text: note(f"pyro: {text}"),
-        )
+        loop.watch(on_event=lambda text: note(f"pyro: {text}"))
     except KeyboardInterrupt:
         note("pyro: watcher stopped")
 

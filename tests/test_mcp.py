@@ -1,0 +1,459 @@
+"""`pyro mcp serve`, driven by the MCP SDK's own client over stdio, as a chat host does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from pyro_loop.mcp.output import INLINE_LIMIT
+from pyro_loop.mcp.profiles import PROFILES
+from pyro_loop.workspace import Workspaces
+from tests.conftest import git
+
+CONFIG = """\
+[prepare]
+keys = ["requirements.txt"]
+run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    (root / "requirements.txt").write_text("requests==2.32.0\n")
+    (root / "src" / "app.py").write_text("print('v1')\n")
+    (root / ".gitignore").write_text(".deps/\n")
+    (root / ".pyro.toml").write_text(CONFIG)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "initial")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cleanup(pyro_home: Path) -> Any:
+    """The servers leave the project's workspace running (for reconnects): remove it."""
+    yield
+    ws = Workspaces(home=pyro_home)
+    for status in ws.list():
+        ws.delete(status.record.id)
+
+
+class Client:
+    """One MCP session with a `pyro mcp serve` subprocess, plus what it was sent."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.logs: list[str] = []
+        self.progress: list[str] = []
+
+    async def call(self, name: str, /, **arguments: Any) -> dict[str, Any]:
+        """A tool's structured result; fails the test if the tool answered an error."""
+        result = await self.session.call_tool(name, arguments)
+        assert not result.is_error, f"{name}: {_text(result)}"
+        assert result.structured_content is not None
+        return dict(result.structured_content)
+
+    async def error(self, name: str, /, **arguments: Any) -> str:
+        """The text of a tool error; fails the test if the tool succeeded."""
+
+        async def on_progress(_done: float, _total: float | None, message: str | None) -> None:
+            self.progress.append(message or "")
+
+        result = await self.session.call_tool(name, arguments, progress_callback=on_progress)
+        assert result.is_error, f"{name} should have failed: {_text(result)}"
+        return _text(result)
+
+
+def _text(result: Any) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+@contextlib.asynccontextmanager
+async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "pyro_loop", "mcp", "serve", *options],
+        cwd=cwd,
+        env={"PYRO_HOME": os.environ["PYRO_HOME"]},
+    )
+    client: Client | None = None
+
+    async def on_log(params: Any) -> None:
+        assert client is not None
+        client.logs.append(str(params.data))
+
+    server_log = Path(os.environ["PYRO_HOME"]).parent / "server.log"  # the test's tmp_path
+    with server_log.open("a") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, logging_callback=on_log) as session,
+        ):
+            await session.initialize()
+            client = Client(session)
+            yield client
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    anyio.run(test)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await anyio.sleep(0.05)
+
+
+def test_each_profile_lists_its_tools_with_descriptions(tmp_path: Path) -> None:
+    async def main() -> None:
+        for profile, expected in PROFILES.items():
+            async with connect(tmp_path, "--profile", profile) as client:
+                tools = (await client.session.list_tools()).tools
+                assert sorted(t.name for t in tools) == sorted(expected)
+                assert all(t.description and len(t.description) < 600 for t in tools)
+                if profile == "workspace-core":
+                    exec_tool = next(t for t in tools if t.name == "workspace_exec")
+                    props = exec_tool.input_schema["properties"]
+                    assert exec_tool.input_schema["required"] == ["command"]
+                    assert props["timeout_seconds"]["default"] == 30
+                    assert "30 s" in (exec_tool.description or "")
+
+    run(main)
+
+
+def test_an_unknown_profile_fails_before_serving(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_loop", "mcp", "serve", "--profile", "everything"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "unknown profile 'everything'" in result.stderr and "workspace-core" in result.stderr
+
+
+def test_the_editing_loop(repo: Path) -> None:
+    async def main() -> None:
+        async with connect(repo) as client:
+            ran = await client.call("workspace_exec", command="cat src/app.py; pwd")
+            assert ran["exit_code"] == 0 and ran["stdout"] == "print('v1')\n/workspace\n"
+            assert ran["stderr"] == "" and not ran["stdout_truncated"] and not ran["timed_out"]
+            assert ran["duration_ms"] >= 0 and ran["exec_id"] is None
+
+            # A host edit reaches the workspace through the watcher, with no exec to sync.
+            (repo / "src" / "app.py").write_text("print('v2')\n")
+
+            async def synced() -> bool:
+                read = await client.call("workspace_file_read", path="src/app.py")
+                return bool(read["content"] == "print('v2')\n")
+
+            await eventually(synced)
+
+            failed = await client.call("workspace_exec", command="echo junk > junk.txt; exit 3")
+            assert failed["exit_code"] == 3
+            (repo / "src" / "app.py").write_text("print('v3')\n")
+            again = await client.call("workspace_retry")
+            assert again["exit_code"] == 3
+            shown = await client.call("workspace_exec", command="cat src/app.py .deps/*")
+            assert shown["stdout"] == "print('v3')\nrequests==2.32.0\n"
+
+            diff = await client.call("workspace_diff")
+            assert [c["path"] for c in diff["changes"]] == ["junk.txt"]
+            assert "+junk" in diff["patch"]
+
+            reset = await client.call("workspace_reset")
+            assert reset["snapshot"] == "baseline"
+            after = await client.call("workspace_exec", command="ls; cat src/app.py")
+            assert "junk.txt" not in after["stdout"] and "print('v3')" in after["stdout"]
+            assert (await client.call("workspace_diff"))["changes"] == []
+            assert (repo / "src" / "app.py").read_text() == "print('v3')\n"  # host untouched
+            assert not (repo / "junk.txt").exists()
+
+    run(main)
+
+
+def test_status_before_and_after_warm_up(repo: Path) -> None:
+    (repo / ".pyro.toml").write_text(CONFIG.replace('run = ["', 'run = ["sleep 2 && '))
+    git(repo, "commit", "-qam", "slow prepare")
+
+    async def main() -> None:
+        async with connect(repo, "--wait", "0.5") as client:
+            before = await client.call("project_status")
+            assert before["ready"] is False and before["warm"] is False
+            assert before["warmup"]["state"] == "running"
+            assert before["dependencies"]["state"] == "missing"
+
+            pending = await client.error("workspace_exec", command="true")
+            assert "not ready yet" in pending and "s so far" in pending
+            assert client.progress, "no progress notification while waiting"
+
+            async def ready() -> bool:
+                status = await client.call("project_status")
+                return bool(status["ready"] and status["sync"].startswith("watching"))
+
+            await eventually(ready, timeout=60)
+            after = await client.call("project_status")
+            assert after["warm"] and after["dependencies"]["state"] == "warm"
+            assert after["warmup"]["watching"] and after["warmup"]["error"] is None
+            assert [w["state"] for w in after["workspaces"]] == ["running"]
+            assert any("prepare: dependencies" in line for line in client.logs)
+            assert any("watching host edits" in line for line in client.logs)
+            ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
+            assert ran["stdout"] == "requests==2.32.0\n"
+
+    run(main)
+
+
+def test_bad_calls_are_tool_errors_and_the_server_goes_on(repo: Path) -> None:
+    async def main() -> None:
+        async with connect(repo) as client:
+            outside = await client.error("workspace_file_read", path="/etc/passwd")
+            assert "outside /workspace" in outside
+            missing = await client.error("workspace_file_read", path="no/such/file")
+            assert "no such file" in missing
+            unknown = await client.error("workspace_exec", command="true", workspace_id="nope")
+            assert "no workspace with id or name 'nope'" in unknown and "workspace list" in unknown
+            invalid = await client.error("workspace_exec", command="true", timeout_seconds=-1)
+            assert "timeout_seconds" in invalid
+            bad_patch = await client.error("workspace_patch_apply", patch="not a patch")
+            assert "patch" in bad_patch
+            slow = await client.call("workspace_exec", command="sleep 5", timeout_seconds=0.3)
+            assert slow["timed_out"] and "timeout_seconds" in slow["note"]
+            ok = await client.call("workspace_exec", command="echo still here")
+            assert ok["stdout"] == "still here\n"
+
+    run(main)
+
+
+def test_huge_output_is_cut_and_the_rest_can_be_read(repo: Path) -> None:
+    async def main() -> None:
+        async with connect(repo) as client:
+            script = "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo END; echo oops >&2"
+            ran = await client.call("workspace_exec", command=script)
+            assert ran["stdout_truncated"] and not ran["stderr_truncated"]
+            assert ran["stdout_bytes"] == 1000005 and ran["stderr"] == "oops\n"
+            assert len(ran["stdout"]) < INLINE_LIMIT + 500
+            assert ran["stdout"].startswith("xxx"), ran["stdout"][:100]
+            assert ran["stdout"].endswith("x\nEND\n"), ran["stdout"][-300:]
+            marker = next(line for line in ran["stdout"].splitlines() if "omitted" in line)
+            assert f'exec_id="{ran["exec_id"]}"' in marker and "workspace_logs" in marker
+
+            pieces, offset = [], 0
+            while offset is not None:
+                part = await client.call(
+                    "workspace_logs", exec_id=ran["exec_id"], offset=offset, max_bytes=400000
+                )
+                pieces.append(part["content"])
+                offset = part["next_offset"]
+            assert "".join(pieces) == "x" * 1000000 + "\nEND\n"
+
+            history = await client.call("workspace_logs")
+            assert history["commands"][-1]["exit_code"] == 0
+
+    run(main)
+
+
+def test_outside_a_project_the_project_tools_say_how_to_fix_it(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+
+    async def main() -> None:
+        async with connect(plain, "--profile", "workspace-full") as client:
+            for tool in ("project_status", "workspace_exec"):
+                text = await client.error(tool, command="true") if tool != "project_status" \
+                    else await client.error(tool)  # fmt: skip
+                assert "not a pyro project" in text and "pyro init" in text
+            once = await client.call("vm_run", command="echo one-shot; pwd")
+            assert once["stdout"] == "one-shot\n/workspace\n" and once["deleted"]
+            created = await client.call("workspace_create", name="scratch")
+            ran = await client.call("workspace_exec", command="echo hi > f; cat f",
+                                    workspace_id="scratch")  # fmt: skip
+            assert ran["stdout"] == "hi\n"
+            snap = await client.call("snapshot_create", snapshot_name="s1", workspace_id="scratch")
+            assert snap["snapshot"] == "s1"
+            listed = await client.call("workspace_list")
+            assert [w["id"] for w in listed["workspaces"]] == [created["id"]]
+            await client.call("workspace_delete", workspace_id=created["id"])
+            assert (await client.call("workspace_list"))["workspaces"] == []
+
+            # Once the directory is made a project, the next project call picks it up.
+            (plain / ".pyro.toml").write_text("")
+            (plain / "notes.txt").write_text("plain dir\n")
+            ran = await client.call("workspace_exec", command="cat notes.txt")
+            assert ran["stdout"] == "plain dir\n"
+            assert (await client.call("project_status"))["baseline"]["state"] == (
+                "not a git repository"
+            )
+
+    run(main)
+
+
+def test_the_workspace_outlives_the_session_unless_down_on_exit(
+    repo: Path, pyro_home: Path
+) -> None:
+    ws = Workspaces(home=pyro_home)
+
+    async def session(*options: str) -> str:
+        async with connect(repo, *options) as client:
+            ran = await client.call("workspace_exec", command="true")
+            return str(ran["workspace_id"])
+
+    first = anyio.run(session)
+    assert ws.status(first).state == "running"
+    watch = json.loads(next((pyro_home / "projects").glob("*/watch.json")).read_text())
+    assert watch["state"] == "stopped"  # the watcher ended with the session
+    second = anyio.run(session, "--down-on-exit")
+    assert second == first  # reconnected, not recreated
+    assert ws.status(first).state == "stopped"
+
+
+def test_a_deleted_project_workspace_is_recreated_and_watched(repo: Path) -> None:
+    async def main() -> None:
+        async with connect(repo, "--profile", "workspace-full") as client:
+            first = (await client.call("workspace_exec", command="true"))["workspace_id"]
+            await client.call("workspace_delete", workspace_id=first)
+            second = (await client.call("workspace_exec", command="true"))["workspace_id"]
+            assert second != first
+            (repo / "src" / "app.py").write_text("print('after')\n")
+
+            async def synced() -> bool:
+                read = await client.call("workspace_file_read", path="src/app.py")
+                return bool(read["content"] == "print('after')\n")
+
+            await eventually(synced)
+
+    run(main)
+
+
+def test_initialize_loads_no_workspace_machinery() -> None:
+    """The SDK and the tool definitions only: git, the runtime and the store load later."""
+    script = (
+        "import sys; from pathlib import Path; import pyro_loop.cli.app; "
+        "from pyro_loop.mcp.serve import _Session; "
+        "_Session(Path('.'), 'workspace-full', 20.0, False); "
+        "print(sorted(m for m in sys.modules if m.startswith(('pygit2', 'pyro_loop'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
+    loaded = result.stdout
+    for heavy in ("pygit2", "pyro_loop.workspace", "pyro_loop.loop", "pyro_loop.sync",
+                  "pyro_loop.runtime", "pyro_loop.prepare"):  # fmt: skip
+        assert f"'{heavy}'" not in loaded, heavy
+
+
+@pytest.mark.parametrize("chunk", [1, 1000, 40000, 10**6])
+def test_output_capture_keeps_head_and_tail_whatever_the_chunking(
+    tmp_path: Path, chunk: int
+) -> None:
+    from pyro_loop.mcp.output import KEEP_SAVED, OutputCapture, read_saved
+
+    data = b"".join(b"%06d\n" % i for i in range(20000))  # 140,000 bytes
+    capture = OutputCapture(tmp_path, limit=1000)
+    for start in range(0, len(data), chunk):
+        capture("stdout", data[start : start + chunk])
+    capture("stderr", b"short\n")
+    capture.close()
+    out = capture.to_json()
+    head, rest = out["stdout"].split("\n[... ", 1)
+    assert data.decode().startswith(head) and len(head) == 250  # a quarter: the start
+    assert data.decode().endswith(rest[-750:]) and "offset=250)" in rest  # the rest: the end
+    assert out["stdout_truncated"] and out["stdout_bytes"] == len(data)
+    assert out["stderr"] == "short\n" and not out["stderr_truncated"]
+    saved = read_saved(tmp_path, out["exec_id"], "stdout", max_bytes=10**6)
+    assert saved["content"] == data.decode() and saved["next_offset"] is None
+    # Only the last few commands' output is kept.
+    for _ in range(KEEP_SAVED + 3):
+        more = OutputCapture(tmp_path, limit=10)
+        more("stdout", b"x" * 100)
+        more.close()
+    assert len(list(tmp_path.glob("*.stdout"))) == KEEP_SAVED
+
+
+def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None:
+    (repo / ".pyro.toml").write_text(
+        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo no such package >&2; exit 7"]\n'
+    )
+    git(repo, "commit", "-qam", "broken prepare")
+
+    async def main() -> None:
+        async with connect(repo) as client:
+            failed = await client.error("workspace_exec", command="true")
+            assert "prepare command failed (exit code 7)" in failed
+            assert "no such package" in failed  # the hint carries the output's last lines
+            status = await client.call("project_status")
+            assert status["warmup"]["state"] == "failed" and not status["ready"]
+            assert any(e["level"] == "error" for e in status["warmup"]["events"])
+
+            (repo / ".pyro.toml").write_text(CONFIG)  # fixed: the next call warms up again
+            ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
+            assert ran["stdout"] == "requests==2.32.0\n"
+
+    run(main)
+
+
+def test_sigterm_stops_the_watcher_and_keeps_the_workspace(repo: Path, pyro_home: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "workspace_exec", "arguments": {"command": "true"}}},
+    ]  # fmt: skip
+    for message in messages:
+        server.stdin.write(json.dumps(message).encode() + b"\n")
+    server.stdin.flush()
+    while True:
+        reply = json.loads(server.stdout.readline())
+        if reply.get("id") == 2:
+            break
+    workspace_id = reply["result"]["structuredContent"]["workspace_id"]
+    status_file = next((pyro_home / "projects").glob("*/watch.json"))
+    deadline = time.monotonic() + 30
+    while json.loads(status_file.read_text())["state"] != "watching":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.terminate()
+    assert server.wait(timeout=10) == 0
+    assert json.loads(status_file.read_text())["state"] == "stopped"
+    assert Workspaces(home=pyro_home).status(workspace_id).state == "running"
+    server.stdin.close()
+    server.stdout.close()
+
+
+def test_an_unexpected_exception_becomes_a_tool_error() -> None:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from pyro_loop.errors import NotFoundError
+    from pyro_loop.mcp.server import _guarded
+
+    async def broken() -> None:
+        raise KeyError("state")
+
+    async def refused() -> None:
+        raise NotFoundError("no snapshot 'x'", hint="snapshot_list shows them")
+
+    async def main() -> None:
+        with pytest.raises(ToolError, match=r"internal error in pyro \(KeyError: 'state'\)"):
+            await _guarded("broken", broken)()
+        with pytest.raises(ToolError, match=r"no snapshot 'x' \(hint: snapshot_list shows them\)"):
+            await _guarded("refused", refused)()
+
+    run(main)
