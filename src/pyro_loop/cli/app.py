@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from pyro_loop import __version__
-from pyro_loop.cli import loop_cmds
+from pyro_loop.cli import hooks_cmds, loop_cmds
 from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.output import JsonOption, emit, say
 from pyro_loop.cli.project import cache_app, prepare, status
@@ -49,6 +49,7 @@ loop_cmds.register(app)
 app.add_typer(workspace_app, name="workspace")
 app.command("init")(init_command)
 app.add_typer(cache_app, name="cache")
+hooks_cmds.register(app)
 
 
 def _version(value: bool) -> None:
