@@ -18,7 +18,8 @@ from typing import IO
 
 from pyro_loop.errors import PyroError
 
-KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite")
+# keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
+KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
 ZERO = "0" * 40
 
 
