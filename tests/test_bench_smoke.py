@@ -50,3 +50,20 @@ def test_daily_loop_benchmark_runs_every_step() -> None:
     for row in ("up, cold", "up, warm", "pyro exec -- true", "edit -> visible",
                 "branch switch", "full copy", "one-file sync vs full copy"):  # fmt: skip
         assert row in result.stdout
+
+
+@pytest.mark.slow
+def test_hooks_benchmark_measures_checkout_and_check_overheads(tmp_path: Path) -> None:
+    script = BENCH.parent / "bench_hooks.py"
+    out = tmp_path / "hooks.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("git checkout, same lockfile, pyro's hook", "hook starts prepare",
+                "pyro check --staged", "pre-commit hook on git commit"):  # fmt: skip
+        assert row in result.stdout
+    data = json.loads(out.read_text())
+    assert len(data["samples_ms"]["git checkout, new lockfile, no hooks"]) == 3
+    assert set(data["overhead_ms"]) >= {"post-checkout hook, same lockfile"}
