@@ -261,7 +261,7 @@ def test_the_check_sees_exactly_the_staged_tree(
 
 
 def test_pyro_check_cli_on_the_working_tree_and_a_commit(
-    repo: Path, workspaces: Workspaces
+    repo: Path, workspaces: Workspaces, tmp_path: Path
 ) -> None:
     warm_up(repo, workspaces)
     (repo / "app.txt").write_text("broken\n")
@@ -273,6 +273,11 @@ def test_pyro_check_cli_on_the_working_tree_and_a_commit(
     head = run_pyro("check", "--rev", "HEAD", "-C", str(repo))
     assert head.returncode == 0, head.stderr
     assert "passed on commit HEAD" in head.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / ".pyro.toml").write_text(CONFIG)
+    outside = run_pyro("check", "-C", str(plain))
+    assert outside.returncode == 1 and "not in a git repository" in outside.stderr
 
 
 def test_pre_push_checks_each_pushed_commit(repo: Path, workspaces: Workspaces,

@@ -129,11 +129,11 @@ def staged_tree(project: Project, env: dict[str, str] | None = None) -> str:
 def working_tree(project: Project) -> str:
     """The tree of the working tree's files, as `git add -A` would stage them (ignored files
     left out), written from a copy of the index so the real one is never touched."""
-    assert project.git_dir is not None
+    git_dir = _git_dir(project)
     with tempfile.TemporaryDirectory(prefix="pyro-check-") as tmp:
         index = Path(tmp) / "index"
         with contextlib.suppress(FileNotFoundError):  # a repository with nothing staged yet
-            shutil.copyfile(project.git_dir / "index", index)
+            shutil.copyfile(git_dir / "index", index)
         env = {**without_git_env(os.environ), "GIT_INDEX_FILE": str(index)}
         _git(project, ["add", "-A"], env, what="stage the working tree in a scratch index")
         return _git(project, ["write-tree"], env, what="read the working tree's files")
@@ -145,11 +145,17 @@ def commit_tree(project: Project, rev: str) -> str:
                 what=f"find commit {rev}")  # fmt: skip
 
 
-def _git(project: Project, args: list[str], env: dict[str, str], *, what: str) -> str:
-    if project.repo_root is None:
+def _git_dir(project: Project) -> Path:
+    if project.git_dir is None or project.repo_root is None:
         raise InvalidInputError(
-            f"{project.root} is not in a git repository: pyro check runs on a git tree"
+            f"{project.root} is not in a git repository: pyro check runs on a git tree",
+            hint="run it in a git working tree",
         )
+    return project.git_dir
+
+
+def _git(project: Project, args: list[str], env: dict[str, str], *, what: str) -> str:
+    _git_dir(project)
     result = subprocess.run(
         ["git", *args], cwd=project.repo_root, env=env, capture_output=True, text=True,
         check=False,
