@@ -66,3 +66,19 @@ def test_mcp_benchmark_runs_and_reports_pyros_share_of_initialize(tmp_path: Path
         assert row in result.stdout
     samples = json.loads(out.read_text())
     assert all(len(v) == 3 for k, v in samples.items() if k != "added_ms")
+
+
+def test_hooks_benchmark_measures_checkout_and_check_overheads(tmp_path: Path) -> None:
+    script = BENCH.parent / "bench_hooks.py"
+    out = tmp_path / "hooks.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("git checkout, same lockfile, pyro's hook", "hook starts prepare",
+                "pyro check --staged", "pre-commit hook on git commit"):  # fmt: skip
+        assert row in result.stdout
+    data = json.loads(out.read_text())
+    assert len(data["samples_ms"]["git checkout, new lockfile, no hooks"]) == 3
+    assert set(data["overhead_ms"]) >= {"post-checkout hook, same lockfile"}

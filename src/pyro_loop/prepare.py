@@ -267,28 +267,43 @@ def _ensure_baseline(
     tree = head_tree(project)
     if tree is None:
         return None
-    key = baseline_key(tree)
-    layer = store.get(key)
-    if layer is None:
+    if store.get(baseline_key(tree)) is None:
         progress("baseline", f"writing HEAD's files ({commit[:8]}, tree {tree[:8]})")
-        ran: list[int] = []
-
-        def write(dest: Path) -> None:
-            ran.append(write_tree(project, tree, dest))
-
-        layer = store.build(
-            key,
-            write,
-            kind="baseline",
-            inputs={"tree": tree, "commit": commit, "project": str(project.root)},
-            on_wait=lambda: progress("baseline", "waiting for another prepare of this tree"),
-        )
-        if ran:
-            built.append("baseline")
     else:
         progress("baseline", f"warm (tree {tree[:8]})")
+    layer, wrote = tree_layer(
+        project, store, tree, commit=commit,
+        on_wait=lambda: progress("baseline", "waiting for another prepare of this tree"),
+    )  # fmt: skip
+    if wrote:
+        built.append("baseline")
     state.baseline_commit, state.baseline_tree, state.baseline_layer = commit, tree, layer.key
     return layer
+
+
+def tree_layer(
+    project: Project,
+    store: LayerStore,
+    tree: str,
+    *,
+    commit: str | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> tuple[Layer, bool]:
+    """The baseline layer of git tree `tree` (its files, from the object database), built if
+    missing; True when this call wrote it."""
+    wrote: list[int] = []
+
+    def write(dest: Path) -> None:
+        wrote.append(write_tree(project, tree, dest))
+
+    layer = store.build(
+        baseline_key(tree),
+        write,
+        kind="baseline",
+        inputs={"tree": tree, "commit": commit, "project": str(project.root)},
+        on_wait=on_wait,
+    )
+    return layer, bool(wrote)
 
 
 @dataclass
@@ -304,7 +319,7 @@ class _DependencyBuild:
     ran: bool = False  # False when another process built the same key while we waited
 
     def run(self) -> Layer:
-        _delete_abandoned_prepares(self.ws)
+        delete_abandoned(self.ws, "prepare")
         return self.ws.store.build(
             self.inputs.key,
             self._build,
@@ -390,11 +405,12 @@ def _tail(log_path: Path, lines: int = 15) -> str:
     return "last lines of its output:\n" + "\n".join(f"    {line}" for line in text)
 
 
-def _delete_abandoned_prepares(ws: Workspaces) -> None:
-    """Prepare sandboxes whose pyro process died (killed mid-prepare) are deleted."""
+def delete_abandoned(ws: Workspaces, purpose: str) -> None:
+    """Sandboxes of one `purpose` ("prepare", "check") whose pyro process died (killed
+    mid-run) are deleted."""
     for status in ws.list():
         labels = status.record.labels
-        if labels.get("pyro") != "prepare":
+        if labels.get("pyro") != purpose:
             continue
         pid = labels.get("pid", "")
         if pid.isdigit() and pid_alive(int(pid)):

@@ -2,7 +2,7 @@
 
 Finding the project and its HEAD commit is plain file reading (fast: it is on the path of
 every daily command). pygit2 is imported only for real git work: reading trees to build a
-baseline layer and listing the working tree's changes.
+baseline layer, comparing two trees and listing the working tree's changes.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def head_commit(project: Project) -> str | None:
     if not head.startswith("ref:"):
         return head if _is_oid(head) else None
     ref = head.partition(":")[2].strip()
-    common = _common_dir(project.git_dir)
+    common = common_dir(project.git_dir)
     for base in (project.git_dir, common):
         value = _read(base / ref)
         if value is not None and _is_oid(value):
@@ -91,7 +91,8 @@ def head_commit(project: Project) -> str | None:
     return None
 
 
-def _common_dir(git_dir: Path) -> Path:
+def common_dir(git_dir: Path) -> Path:
+    """The directory a worktree shares with its main repository (refs, objects, hooks)."""
     common = _read(git_dir / "commondir")
     return (git_dir / common).resolve() if common else git_dir
 
@@ -139,24 +140,93 @@ def write_tree(project: Project, tree_id: str, dest: Path) -> int:
 def _write_tree(repo: Any, tree: Any, dest: Path, pygit2: Any) -> int:
     count = 0
     for entry in tree:
-        name = entry.name
-        # git refuses such names, but a crafted repository may still contain them.
-        if name in ("", ".", "..", ".git") or "/" in name or "\0" in name:
+        if not _safe_name(entry.name):
             continue
-        path = dest / name
-        mode = entry.filemode
-        if mode == pygit2.GIT_FILEMODE_TREE:
+        path = dest / entry.name
+        if entry.filemode == pygit2.GIT_FILEMODE_TREE:
             path.mkdir()
             count += _write_tree(repo, repo[entry.id], path, pygit2)
-        elif mode == pygit2.GIT_FILEMODE_LINK:
-            os.symlink(repo[entry.id].data, path)
-            count += 1
-        elif mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
-            path.write_bytes(repo[entry.id].data)
-            path.chmod(0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
-            count += 1
-        elif mode == pygit2.GIT_FILEMODE_COMMIT:
-            path.mkdir()  # a submodule: its own repository, not part of this tree
+        else:
+            count += _write_entry(repo, path, entry.filemode, entry.id, pygit2)
+    return count
+
+
+def _safe_name(name: str) -> bool:
+    # git refuses such names, but a crafted repository may still contain them.
+    return name not in ("", ".", "..", ".git") and "/" not in name and "\0" not in name
+
+
+def _write_entry(repo: Any, path: Path, mode: int, oid: Any, pygit2: Any) -> int:
+    """Write one non-tree entry (file, executable, symlink, submodule): 1 if it is a file."""
+    if mode == pygit2.GIT_FILEMODE_LINK:
+        os.symlink(repo[oid].data, path)
+        return 1
+    if mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
+        path.write_bytes(repo[oid].data)
+        path.chmod(0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
+        return 1
+    if mode == pygit2.GIT_FILEMODE_COMMIT:
+        path.mkdir()  # a submodule: its own repository, not part of this tree
+    return 0
+
+
+@dataclass(frozen=True)
+class TreeChanges:
+    """How git tree `new` differs from tree `old`, path by path."""
+
+    old: str
+    new: str
+    written: tuple[tuple[str, int, str], ...]  # (path, git file mode, blob id): added or changed
+    deleted: tuple[str, ...]  # in `old`, gone from `new` (and not replaced by a written path)
+
+
+def tree_changes(project: Project, old: str, new: str) -> TreeChanges:
+    """What turns `old`'s files into `new`'s: a diff of the two trees in the object database.
+
+    Identical subtrees are skipped without being read, so the cost follows the size of the
+    change, not of the repository.
+    """
+    import pygit2
+
+    repo = _repository(project)
+    diff = repo[old].diff_to_tree(repo[new])
+    written: list[tuple[str, int, str]] = []
+    deleted: list[str] = []
+    for delta in diff.deltas:
+        if delta.status == pygit2.GIT_DELTA_DELETED:
+            deleted.append(delta.old_file.path)
+        else:
+            written.append((delta.new_file.path, delta.new_file.mode, str(delta.new_file.id)))
+    # A deleted path that is written again (as a file or a directory, or below a parent now
+    # written as a file) is replaced, not removed: removing it would remove the new entry.
+    kept = {path for path, _, _ in written}
+    kept_dirs = {parent for path in kept for parent in _parents(path)}
+    gone = [
+        path for path in deleted
+        if path not in kept and path not in kept_dirs
+        and not any(parent in kept for parent in _parents(path))
+    ]  # fmt: skip
+    return TreeChanges(old, new, tuple(written), tuple(sorted(gone)))
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
+
+
+def write_changes(project: Project, changes: TreeChanges, dest: Path) -> int:
+    """Write the added and changed entries of `changes` under `dest`: file count."""
+    import pygit2
+
+    repo = _repository(project)
+    count = 0
+    for rel, mode, oid in changes.written:
+        parts = rel.split("/")
+        if not all(_safe_name(part) for part in parts):
+            continue
+        path = dest.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        count += _write_entry(repo, path, mode, oid, pygit2)
     return count
 
 
@@ -174,3 +244,16 @@ def working_changes(project: Project) -> list[str]:
             continue
         changed.append(path)
     return sorted(changed)
+
+
+def tree_file(project: Project, tree: str, rel: str) -> bytes | None:
+    """The content of file `rel` in git tree `tree`, or None if it has no such file."""
+    import pygit2
+
+    repo = _repository(project)
+    try:
+        entry = repo[tree][rel]
+    except KeyError:
+        return None
+    obj = repo[entry.id]
+    return obj.data if isinstance(obj, pygit2.Blob) else None

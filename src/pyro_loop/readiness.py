@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_loop.config import ProjectConfig
@@ -23,6 +23,7 @@ class Readiness:
     workspaces: list[dict[str, Any]]
     sync: str  # "watching, last sync 2 s ago" | "not watching"
     cache_bytes: int
+    hooks: dict[str, Any] = field(default_factory=dict)  # pyro's git hooks: installed, broken
 
     @property
     def warm(self) -> bool:
@@ -59,6 +60,7 @@ class Readiness:
             "workspaces": self.workspaces,
             "sync": self.sync,
             "cache_bytes": self.cache_bytes,
+            "hooks": self.hooks,
         }
 
 
@@ -79,6 +81,10 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         }
     else:
         deps = {"state": "missing", "key": inputs.key, "reasons": ["never prepared"]}
+    if deps["state"] in ("stale", "missing"):
+        background = _background_prepare(ws, project, inputs.key)
+        if background:
+            deps["background"] = background
 
     commit = head_commit(project)
     if project.git_dir is None:
@@ -103,7 +109,8 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
     mine = [
         s.to_json()
         for s in ws.list()
-        if s.record.labels.get("project") == project.id and s.record.labels.get("pyro") != "prepare"
+        if s.record.labels.get("project") == project.id
+        and s.record.labels.get("pyro") not in ("prepare", "check")
     ]
     return Readiness(
         project=project,
@@ -114,7 +121,36 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         workspaces=[{"id": w["id"], "name": w["name"], "state": w["state"]} for w in mine],
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
+        hooks=_hooks_state(project),
     )
+
+
+def _hooks_state(project: Project) -> dict[str, Any]:
+    from pyro_loop.errors import PyroError
+    from pyro_loop.githooks.install import status
+
+    if project.repo_root is None:
+        return {"installed": [], "broken": [], "problem": None}
+    try:
+        report = status(project)
+    except PyroError as exc:
+        return {"installed": [], "broken": [], "problem": exc.message}
+    return {"installed": report.installed, "broken": report.broken, "problem": report.problem}
+
+
+def _background_prepare(ws: Workspaces, project: Project, key: str) -> dict[str, Any] | None:
+    """The prepare a git hook started for exactly these inputs, while it runs."""
+    from pyro_loop.githooks.keepwarm import record_path
+    from pyro_loop.procutil import pid_alive
+
+    try:
+        record = json.loads(record_path(ws.home, project).read_text())
+        pid = int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if record.get("key") != key or not pid_alive(pid):
+        return None
+    return {"pid": pid, "log": record.get("log")}
 
 
 def _sync_state(ws: Workspaces, project: Project) -> str:

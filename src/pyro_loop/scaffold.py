@@ -65,13 +65,9 @@ def find_project_root(path: Path) -> Path:
 
 def template_text(name: str = "pyro.toml") -> str:
     """A template shipped as pyro_loop/templates in the wheel, or from the source tree."""
-    from importlib.resources import files
+    from pyro_loop.resources import shipped_text
 
-    packaged = files("pyro_loop") / "templates" / name
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    # An editable install imports from src/, and the templates sit at the top of the checkout.
-    return (Path(__file__).resolve().parents[2] / "templates" / name).read_text(encoding="utf-8")
+    return shipped_text("templates", name)
 
 
 def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> str:

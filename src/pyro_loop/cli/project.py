@@ -105,6 +105,8 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         line = f"dependencies  {deps['state']}"
         if deps["state"] == "warm":
             line += f" (snapshot {deps['key'][:12]})"
+        elif deps.get("background"):
+            line += ": " + "; ".join(deps["reasons"]) + " (preparing in the background)"
         elif deps.get("reasons"):
             line += ": " + "; ".join(deps["reasons"]) + " (run: pyro prepare)"
         say(line)
@@ -119,12 +121,22 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         else:
             say("workspace     none running")
         say(f"sync          {data['sync']}")
+        say(f"hooks         {_hooks_line(data['hooks'])}")
         say(f"cache         {_human_size(data['cache_bytes'])}")
         say("ready: warm for this project" if state.warm else "not warm: run `pyro prepare`")
 
     emit(data, as_json=as_json, human=human)
     if not state.warm:
         raise typer.Exit(1)
+
+
+def _hooks_line(hooks: dict[str, Any]) -> str:
+    if hooks.get("problem"):
+        return f"not run by git: {hooks['problem']}"
+    if hooks.get("broken"):
+        return f"{', '.join(hooks['broken'])}: interpreter gone (run: pyro hooks install)"
+    installed = hooks.get("installed") or []
+    return ", ".join(installed) if installed else "not installed (pyro hooks install)"
 
 
 @cache_app.command("list")

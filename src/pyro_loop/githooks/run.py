@@ -1,0 +1,93 @@
+"""What pyro's hook scripts run: `main([HOOK, PROJECT, *git's arguments])`, stdin as git gave it.
+
+post-checkout, post-merge, post-rewrite: keep the project warm (keepwarm.py). They never
+fail git: whatever goes wrong is one line on stderr, and the exit status is 0.
+pre-commit: `pyro check --staged`; pre-push: `pyro check --rev` for each commit being pushed.
+A failing check exits non-zero, which stops git (`--no-verify` skips the hooks, as usual).
+
+Only the standard library and the modules the keep-warm path needs are imported up front:
+this module is on the path of every checkout.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from pyro_loop.errors import PyroError
+
+# keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
+KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
+ZERO = "0" * 40
+
+
+def main(argv: Sequence[str]) -> int:
+    """The hook scripts' entry point: HOOK, the project's directory relative to the top of
+    the working tree (git runs hooks from there), then git's own arguments."""
+    if len(argv) < 2:
+        sys.stderr.write("usage: python -m pyro_loop.githooks.run HOOK PROJECT [ARGS...]\n")
+        return 2
+    hook, project, *_args = argv
+    return run_hook(hook, Path.cwd() / project, stdin=sys.stdin)
+
+
+def run_hook(hook: str, project_dir: Path, *, stdin: IO[str] | None = None) -> int:
+    if hook in KEEP_WARM:
+        return _keep_warm(hook, project_dir)
+    if hook == "pre-commit":
+        return _pyro(["check", "--staged", "-C", str(project_dir)])
+    if hook == "pre-push":
+        revs = pushed_commits(stdin.read() if stdin is not None else "")
+        if not revs:
+            return 0  # only deletions: nothing to check
+        rev_options = [option for rev in revs for option in ("--rev", rev)]
+        return _pyro(["check", *rev_options, "-C", str(project_dir)])
+    sys.stderr.write(f"pyro: {hook}: not a hook pyro runs\n")
+    return 0 if hook.startswith("post-") else 2
+
+
+def pushed_commits(text: str) -> list[str]:
+    """The commits a push sends: pre-push reads "<local ref> <sha> <remote ref> <sha>" lines;
+    a deletion pushes the zero id."""
+    revs: list[str] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[1].strip("0") and fields[1] not in revs:
+            revs.append(fields[1])
+    return revs
+
+
+def _keep_warm(hook: str, project_dir: Path) -> int:
+    try:
+        from pyro_loop.githooks.keepwarm import keep_warm
+        from pyro_loop.home import pyro_home
+
+        result = keep_warm(project_dir, pyro_home())
+        if result.note:
+            sys.stderr.write(result.note + "\n")
+    except PyroError as exc:
+        _note(f"pyro: {hook} hook: {exc.message}; not preparing")
+    except (Exception, KeyboardInterrupt) as exc:  # never fail git, whatever happens
+        _note(f"pyro: {hook} hook: internal error, not preparing: {type(exc).__name__}: {exc}")
+    return 0
+
+
+def _note(text: str) -> None:
+    lines = text.splitlines()
+    sys.stderr.write((lines[0] if lines else text) + "\n")
+
+
+def _pyro(args: list[str]) -> int:
+    """Run a pyro command in this process (no second interpreter start), with its usual
+    output, errors and exit codes."""
+    from pyro_loop.cli.app import main as cli_main
+
+    sys.argv = ["pyro", *args]
+    try:
+        cli_main()
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
