@@ -1,8 +1,10 @@
 """The layer store: read-only directory trees, published atomically, shared by workspaces.
 
-A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists;
-that marker is written last, after the tree and its metadata are in place, so a build that
-is killed at any point leaves nothing a later run trusts. Keys are either the content digest
+A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists
+and holds the key; that marker is written last, after the tree and its metadata are in place,
+so a build that is killed at any point leaves nothing a later run trusts. `meta.json` records
+the tree's content digest, so `verify` detects a corrupted tree (a flipped byte); once it is
+deleted, the next build or publish of that key makes it again. Keys are either the content digest
 of the tree (seeds, workspace snapshots) or a digest of the inputs that produced it
 (environments, dependency snapshots), chosen by the caller.
 """
@@ -62,11 +64,57 @@ class LayerStore:
     # -- lookup -----------------------------------------------------------------------------
 
     def get(self, key: str) -> Layer | None:
-        """The complete layer for `key`, or None; an incomplete directory is never returned."""
+        """The complete layer for `key`, or None; an incomplete directory is never returned.
+
+        The marker must hold the key: a torn or damaged marker means "not built" (cheap, on
+        every lookup; the tree itself is checked by `verify`).
+        """
         root = self.layers_dir / check_key(key)
-        if (root / COMPLETE_MARKER).is_file():
-            return Layer(key, root)
-        return None
+        try:
+            marker = (root / COMPLETE_MARKER).read_bytes()
+        except OSError:
+            return None
+        return Layer(key, root) if marker == f"{key}\n".encode() else None
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) from looking up or publishing layers until they are referenced.
+
+        Garbage collection holds the same lock exclusively while it decides what is
+        unreferenced and removes it, so it never removes a layer a workspace is being
+        created from.
+        """
+        with file_lock(self.gc_lock_path, shared=True):
+            yield
+
+    @property
+    def gc_lock_path(self) -> Path:
+        return self.locks_dir / "gc.lock"
+
+    def verify(self, key: str) -> str | None:
+        """Check a layer's tree against the digest recorded when it was published.
+
+        Returns None if it matches, otherwise why not (`delete` it, and the next build or
+        publish of the key makes it again; `pyro cache verify` does that).
+        """
+        layer = self.require(key)
+        try:
+            meta = layer.meta()
+        except (OSError, ValueError):
+            meta = None
+        actual = tree_digest(layer.tree)
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            problem: str | None = "its metadata is missing or damaged"
+        elif isinstance(meta.get("digest"), str):
+            expected = meta["digest"]
+            problem = None if actual == expected else f"content {actual[:12]} != {expected[:12]}"
+        else:
+            # Published before digests were recorded: content-keyed layers still check out
+            # against their key; others cannot be checked (and are left alone).
+            content_keyed = meta.get("kind") in ("seed", "snapshot", "empty")
+            mismatch = content_keyed and actual != key
+            problem = f"content {actual[:12]} != its key" if mismatch else None
+        return problem
 
     def require(self, key: str) -> Layer:
         layer = self.get(key)
@@ -114,13 +162,16 @@ class LayerStore:
         With no `key`, the tree's content digest is the key. If a complete layer with that key
         exists already, it wins and the staged tree is discarded.
         """
-        key = check_key(key or tree_digest(staged_tree))
+        digest = tree_digest(staged_tree)
+        key = check_key(key or digest)
         with file_lock(self.locks_dir / f"{key}.lock", on_wait=on_wait):
             existing = self.get(key)
             if existing is not None:
                 remove_tree(staged_tree)
                 return existing
-            return self._publish_locked(staged_tree, key=key, kind=kind, inputs=inputs or {})
+            return self._publish_locked(
+                staged_tree, key=key, digest=digest, kind=kind, inputs=inputs or {}
+            )
 
     def build(
         self,
@@ -148,10 +199,12 @@ class LayerStore:
                 tree = staging / "tree"
                 tree.mkdir()
                 builder(tree)
-                return self._publish_locked(tree, key=key, kind=kind, inputs=inputs or {})
+                return self._publish_locked(
+                    tree, key=key, digest=tree_digest(tree), kind=kind, inputs=inputs or {}
+                )
 
     def _publish_locked(
-        self, staged_tree: Path, *, key: str, kind: str, inputs: dict[str, Any]
+        self, staged_tree: Path, *, key: str, digest: str, kind: str, inputs: dict[str, Any]
     ) -> Layer:
         root = self.layers_dir / key
         if root.exists():
@@ -167,6 +220,7 @@ class LayerStore:
             incoming / "meta.json",
             {
                 "key": key,
+                "digest": digest,  # of the tree as published: what `verify` checks
                 "kind": kind,
                 "inputs": inputs,
                 "size": dir_size(incoming / "tree"),
