@@ -48,7 +48,7 @@ class Layer:
 
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):  # fullmatch: `$` would allow a final newline
         raise InvalidInputError(f"not a layer key: {key!r} (expected 16-64 lowercase hex digits)")
     return key
 
@@ -125,7 +125,7 @@ class LayerStore:
     def list(self) -> list[Layer]:
         if not self.layers_dir.is_dir():
             return []
-        keys = sorted(p.name for p in self.layers_dir.iterdir() if _KEY_RE.match(p.name))
+        keys = sorted(p.name for p in self.layers_dir.iterdir() if _KEY_RE.fullmatch(p.name))
         return [layer for key in keys if (layer := self.get(key)) is not None]
 
     def touch(self, layer: Layer) -> None:
