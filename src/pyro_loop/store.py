@@ -102,15 +102,19 @@ class LayerStore:
             meta = layer.meta()
         except (OSError, ValueError):
             meta = None
-        actual = tree_digest(layer.tree)
+        try:
+            actual = tree_digest(layer.tree)
+        except PermissionError:
+            return None  # files this user cannot read (see _digest_or_none): not checkable
         if not isinstance(meta, dict) or meta.get("key") != key:
             problem: str | None = "its metadata is missing or damaged"
-        elif isinstance(meta.get("digest"), str):
+        elif isinstance(meta.get("digest"), str) and meta["digest"]:
             expected = meta["digest"]
             problem = None if actual == expected else f"content {actual[:12]} != {expected[:12]}"
         else:
-            # Published before digests were recorded: content-keyed layers still check out
-            # against their key; others cannot be checked (and are left alone).
+            # No digest recorded (published before digests were, or holding files the
+            # publisher could not read): content-keyed layers still check out against their
+            # key; others cannot be checked (and are left alone).
             content_keyed = meta.get("kind") in ("seed", "snapshot", "empty")
             mismatch = content_keyed and actual != key
             problem = f"content {actual[:12]} != its key" if mismatch else None
@@ -154,16 +158,21 @@ class LayerStore:
         *,
         kind: str,
         key: str | None = None,
+        digest: str | None = None,
         inputs: dict[str, Any] | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> Layer:
         """Move `staged_tree` (a directory from `staging()`) into the store as a layer.
 
-        With no `key`, the tree's content digest is the key. If a complete layer with that key
-        exists already, it wins and the staged tree is discarded.
+        With no `key`, the tree's content digest is the key. `digest`: the tree's digest if
+        the caller computed it already (a copy may hold files only its copier could read).
+        If a complete layer with that key exists already, it wins and the staged tree is
+        discarded.
         """
-        digest = tree_digest(staged_tree)
-        key = check_key(key or digest)
+        digest = digest or (
+            tree_digest(staged_tree) if key is None else _digest_or_none(staged_tree)
+        )
+        key = check_key(key or digest or "")
         with file_lock(self.locks_dir / f"{key}.lock", on_wait=on_wait):
             existing = self.get(key)
             if existing is not None:
@@ -200,11 +209,17 @@ class LayerStore:
                 tree.mkdir()
                 builder(tree)
                 return self._publish_locked(
-                    tree, key=key, digest=tree_digest(tree), kind=kind, inputs=inputs or {}
+                    tree, key=key, digest=_digest_or_none(tree), kind=kind, inputs=inputs or {}
                 )
 
     def _publish_locked(
-        self, staged_tree: Path, *, key: str, digest: str, kind: str, inputs: dict[str, Any]
+        self,
+        staged_tree: Path,
+        *,
+        key: str,
+        digest: str | None,
+        kind: str,
+        inputs: dict[str, Any],
     ) -> Layer:
         root = self.layers_dir / key
         if root.exists():
@@ -269,3 +284,12 @@ class LayerStore:
             tree = staging / "tree"
             tree.mkdir()
             return self.publish(tree, kind="empty")
+
+
+def _digest_or_none(tree: Path) -> str | None:
+    """The tree's digest for `verify`, or None when this user cannot read all of it (an
+    unprivileged pyro copies a workspace's mode-000 files inside a user namespace)."""
+    try:
+        return tree_digest(tree)
+    except PermissionError:
+        return None

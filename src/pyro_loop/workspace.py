@@ -304,6 +304,7 @@ class Workspaces:
                         tree,
                         kind="snapshot",
                         key=digest,
+                        digest=digest,
                         inputs={"workspace": record.id, "snapshot": name},
                     )
                     snap = Snapshot(name, [layer.key, *record.layers], created=time.time())
