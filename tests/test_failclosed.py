@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_pyro
 
 
@@ -72,3 +74,46 @@ def test_doctor_is_ready_on_this_host() -> None:
     report = json.loads(result.stdout)
     failing = [c for c in report["checks"] if c["required"] and not c["ok"]]
     assert result.returncode == 0 and report["ready"] is True, failing
+
+
+def _libseccomp_path() -> Path:
+    from pyro_loop.runtime.seccomp import _library
+
+    _library()  # loaded into this process: its path is in our memory map
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if "libseccomp.so" in line:
+            return Path(line.split()[-1])
+    raise AssertionError("libseccomp is not mapped")
+
+
+def _pyro_without_libseccomp(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run pyro where libseccomp cannot be loaded: /dev/null bound over it, in a private
+    mount namespace (so the host's library is untouched)."""
+    script = 'mount --bind /dev/null "$0" && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+         str(_libseccomp_path()), sys.executable, "-m", "pyro_loop", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="hiding a system library needs a mount (root)")
+def test_create_without_a_seccomp_filter_fails_closed_with_the_fix(
+    seed_dir: Path, pyro_home: Path
+) -> None:
+    library = _libseccomp_path()
+    before = library.read_bytes()
+    result = _pyro_without_libseccomp("workspace", "create", "--seed-path", str(seed_dir))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("pyro: error: cannot load libseccomp.so.2"), lines
+    assert "apt-get install libseccomp2" in result.stderr
+    # Nothing ran without the filter: no workspace, no sandbox process, the library intact.
+    assert json.loads(run_pyro("workspace", "list", "--json").stdout)["workspaces"] == []
+    assert not any((pyro_home / "workspaces").glob("*/agent.log"))
+    assert library.read_bytes() == before
+    doctor = _pyro_without_libseccomp("doctor", "--json")
+    assert doctor.returncode == 1
+    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "seccomp filter")
+    assert check["ok"] is False and check["required"] is True
+    assert "libseccomp2" in check["fix"]

@@ -160,6 +160,11 @@ def unshare_user():
     if libc.unshare(0x10000000) != 0:
         raise OSError(ctypes.get_errno(), "unshare")
 
+def ptrace_traceme():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(0, 0, None, None) != 0:  # PTRACE_TRACEME
+        raise OSError(ctypes.get_errno(), "ptrace")
+
 with open("/proc/self/status") as f:
     status = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
 out = {
@@ -172,6 +177,8 @@ out = {
     "cap_eff": status["CapEff"].strip(),
     "cap_prm": status["CapPrm"].strip(),
     "no_new_privs": status["NoNewPrivs"].strip(),
+    "seccomp": status["Seccomp"].strip(),
+    "ptrace_traceme": attempt(ptrace_traceme),
     "home_visible": os.path.exists("/nonexistent") or os.path.isdir("/root"),
 }
 children, failures = [], []
@@ -361,6 +368,8 @@ def test_escape_attempts_still_fail(lifecycle: dict[str, Any]) -> None:
     assert seen["unshare_user"] in ("ENOSPC", "EPERM")
     assert int(seen["cap_eff"], 16) == 0 and int(seen["cap_prm"], 16) == 0
     assert seen["no_new_privs"] == "1"
+    assert seen["seccomp"] == "2"  # the filter, built by an ordinary user's system python
+    assert seen["ptrace_traceme"] == "EPERM"
     assert seen["home_visible"] is False
     mark = lifecycle["mark"]
     assert not Path(f"/etc/{mark}").exists() and not Path(f"/usr/{mark}").exists()

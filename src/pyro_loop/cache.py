@@ -84,6 +84,29 @@ def prune(
     return _remove(ws, choose)
 
 
+def verify(ws: Workspaces) -> list[dict[str, Any]]:
+    """Check every layer's content against its recorded digest; delete the damaged ones.
+
+    A damaged layer that a workspace or project still uses is reported, not deleted (gc's
+    rule: nothing in use is removed); recreate what uses it and verify again. Returns one
+    entry per damaged layer.
+    """
+    damaged = []
+    with file_lock(gc_lock(ws.home)):
+        users = _references(ws)
+        for layer in ws.store.list():
+            problem = ws.store.verify(layer.key)
+            if problem is None:
+                continue
+            used_by = sorted(users.get(layer.key, []))
+            if not used_by:
+                ws.store.delete(layer.key)
+            damaged.append(
+                {"key": layer.key, "problem": problem, "users": used_by, "deleted": not used_by}
+            )
+    return damaged
+
+
 def _remove(ws: Workspaces, choose: Any) -> list[LayerInfo]:
     with file_lock(gc_lock(ws.home)):
         unused = [i for i in list_layers(ws) if not i.users]

@@ -42,6 +42,7 @@ def run_checks() -> list[Check]:
         _tool("git", "git", ["--version"], fix="apt-get install git", required=False),
         _sandbox_python(),
         _userns_sysctls(),
+        _seccomp(),
     ]
     checks.append(_sandbox_smoke_test(ready=all(c.ok for c in checks[:2])))
     checks += [_mmdebstrap(), _kvm(), _limits()]
@@ -73,6 +74,21 @@ def _sandbox_python() -> Check:
         f"{SANDBOX_PYTHON} is missing: the in-workspace agent runs on it",
         "apt-get install python3",
     )
+
+
+def _seccomp() -> Check:
+    """The workspace's seccomp filter must compile here (libseccomp, a known architecture)."""
+    from pyro_loop.errors import HostUnsupportedError
+    from pyro_loop.runtime.seccomp import compiled_filter, denied_syscalls
+
+    try:
+        program = compiled_filter()
+    except HostUnsupportedError as exc:
+        return Check("seccomp filter", False, str(exc), exc.hint)
+    detail = (
+        f"{len(denied_syscalls())} system calls restricted ({len(program) // 8} BPF instructions)"
+    )
+    return Check("seccomp filter", True, detail)
 
 
 def _read_sysctl(path: str) -> str | None:

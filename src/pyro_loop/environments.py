@@ -122,7 +122,7 @@ def parse_environment(name: str, packages: Iterable[str] = ()) -> EnvironmentSpe
             " (a codename works too, e.g. debian:bookworm)"
         )
     for package in extra:
-        if not isinstance(package, str) or not _PACKAGE_RE.match(package):
+        if not isinstance(package, str) or not _PACKAGE_RE.fullmatch(package):
             raise InvalidInputError(
                 f"not a Debian package name: {package!r} (lowercase letters, digits, + - .)"
             )

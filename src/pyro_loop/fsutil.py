@@ -11,6 +11,25 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.errors import PyroError
+
+# Host-side walks of trees a workspace wrote (diff, snapshot copy, digest) go at most this many
+# directories deep. A workspace can nest directories without end; deeper trees are refused
+# with a clear error rather than exhausting Python's recursion limit (the walks recurse once
+# per level) or the process's descriptors (an fd-based walk holds one per level). Real
+# projects stay far below it. The agent bounds `export` the same way (server.py).
+MAX_TREE_DEPTH = 256
+
+
+def check_tree_depth(rel: str) -> None:
+    """Refuse a path (relative to the root of a walk) more than MAX_TREE_DEPTH levels down."""
+    if rel not in ("", ".") and rel.count("/") >= MAX_TREE_DEPTH:
+        raise PyroError(
+            f"the tree is nested more than {MAX_TREE_DEPTH} directories deep "
+            f"(at {rel[:60]}...): pyro does not walk it",
+            hint="flatten or remove the deep directories, then try again",
+        )
+
 
 def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
     """Replace `path` with `data` as JSON so readers never see a half-written file.

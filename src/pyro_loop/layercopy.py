@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pyro_loop.errors import PyroError
+from pyro_loop.fsutil import check_tree_depth
 from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
 from pyro_loop.treehash import tree_digest
 
@@ -29,6 +30,7 @@ def copy_layer_tree(source: Path, target: Path) -> None:
     dir_modes: list[tuple[Path, int]] = []
     for dirpath, dirnames, filenames, dir_fd in os.fwalk(source):
         rel = os.path.relpath(dirpath, source)
+        check_tree_depth(rel)  # before fwalk descends further
         out_dir = target if rel == "." else target / rel
         for name in dirnames + filenames:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

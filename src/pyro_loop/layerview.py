@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_loop.fsutil import check_tree_depth
 from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
 
 
@@ -163,6 +164,7 @@ class LayerStack:
                 continue
             yield child
             if entry.kind == "dir":
+                check_tree_depth(child)
                 yield from self.walk(child)
 
 
@@ -189,6 +191,7 @@ def changed_paths(layers: list[Path]) -> set[str]:
     for layer in layers:
         for dirpath, dirnames, filenames, _fd in os.fwalk(layer):
             rel_dir = os.path.relpath(dirpath, layer)
+            check_tree_depth(rel_dir)  # before fwalk descends further
             for name in dirnames + filenames:
                 found.add(name if rel_dir == "." else f"{rel_dir}/{name}")
     return found

@@ -11,7 +11,7 @@ _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
 
 def check_name(name: str, *, what: str = "name") -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # fullmatch: `$` would allow a final newline
         raise InvalidInputError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -24,7 +24,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     labels: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _LABEL_KEY_RE.match(key):
+        if not sep or not _LABEL_KEY_RE.fullmatch(key):
             raise InvalidInputError(f"invalid label {item!r}: expected key=value")
         if len(value) > 256 or not value.isprintable():
             raise InvalidInputError(f"invalid label value for {key!r}: at most 256 printable chars")
@@ -37,7 +37,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise InvalidInputError(f"invalid environment variable {item!r}: expected NAME=value")
         env[key] = value
     return env

@@ -1,8 +1,10 @@
 """The layer store: read-only directory trees, published atomically, shared by workspaces.
 
-A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists;
-that marker is written last, after the tree and its metadata are in place, so a build that
-is killed at any point leaves nothing a later run trusts. Keys are either the content digest
+A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists
+and holds the key; that marker is written last, after the tree and its metadata are in place,
+so a build that is killed at any point leaves nothing a later run trusts. `meta.json` records
+the tree's content digest, so `verify` detects a corrupted tree (a flipped byte); once it is
+deleted, the next build or publish of that key makes it again. Keys are either the content digest
 of the tree (seeds, workspace snapshots) or a digest of the inputs that produced it
 (environments, dependency snapshots), chosen by the caller.
 """
@@ -46,7 +48,7 @@ class Layer:
 
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):  # fullmatch: `$` would allow a final newline
         raise InvalidInputError(f"not a layer key: {key!r} (expected 16-64 lowercase hex digits)")
     return key
 
@@ -62,11 +64,61 @@ class LayerStore:
     # -- lookup -----------------------------------------------------------------------------
 
     def get(self, key: str) -> Layer | None:
-        """The complete layer for `key`, or None; an incomplete directory is never returned."""
+        """The complete layer for `key`, or None; an incomplete directory is never returned.
+
+        The marker must hold the key: a torn or damaged marker means "not built" (cheap, on
+        every lookup; the tree itself is checked by `verify`).
+        """
         root = self.layers_dir / check_key(key)
-        if (root / COMPLETE_MARKER).is_file():
-            return Layer(key, root)
-        return None
+        try:
+            marker = (root / COMPLETE_MARKER).read_bytes()
+        except OSError:
+            return None
+        return Layer(key, root) if marker == f"{key}\n".encode() else None
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) from looking up or publishing layers until they are referenced.
+
+        Garbage collection holds the same lock exclusively while it decides what is
+        unreferenced and removes it, so it never removes a layer a workspace is being
+        created from.
+        """
+        with file_lock(self.gc_lock_path, shared=True):
+            yield
+
+    @property
+    def gc_lock_path(self) -> Path:
+        return self.locks_dir / "gc.lock"
+
+    def verify(self, key: str) -> str | None:
+        """Check a layer's tree against the digest recorded when it was published.
+
+        Returns None if it matches, otherwise why not (`delete` it, and the next build or
+        publish of the key makes it again; `pyro cache verify` does that).
+        """
+        layer = self.require(key)
+        try:
+            meta = layer.meta()
+        except (OSError, ValueError):
+            meta = None
+        try:
+            actual = tree_digest(layer.tree)
+        except PermissionError:
+            return None  # files this user cannot read (see _digest_or_none): not checkable
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            problem: str | None = "its metadata is missing or damaged"
+        elif isinstance(meta.get("digest"), str) and meta["digest"]:
+            expected = meta["digest"]
+            problem = None if actual == expected else f"content {actual[:12]} != {expected[:12]}"
+        else:
+            # No digest recorded (published before digests were, or holding files the
+            # publisher could not read): content-keyed layers still check out against their
+            # key; others cannot be checked (and are left alone).
+            content_keyed = meta.get("kind") in ("seed", "snapshot", "empty")
+            mismatch = content_keyed and actual != key
+            problem = f"content {actual[:12]} != its key" if mismatch else None
+        return problem
 
     def require(self, key: str) -> Layer:
         layer = self.get(key)
@@ -77,7 +129,7 @@ class LayerStore:
     def list(self) -> list[Layer]:
         if not self.layers_dir.is_dir():
             return []
-        keys = sorted(p.name for p in self.layers_dir.iterdir() if _KEY_RE.match(p.name))
+        keys = sorted(p.name for p in self.layers_dir.iterdir() if _KEY_RE.fullmatch(p.name))
         return [layer for key in keys if (layer := self.get(key)) is not None]
 
     def touch(self, layer: Layer) -> None:
@@ -106,21 +158,29 @@ class LayerStore:
         *,
         kind: str,
         key: str | None = None,
+        digest: str | None = None,
         inputs: dict[str, Any] | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> Layer:
         """Move `staged_tree` (a directory from `staging()`) into the store as a layer.
 
-        With no `key`, the tree's content digest is the key. If a complete layer with that key
-        exists already, it wins and the staged tree is discarded.
+        With no `key`, the tree's content digest is the key. `digest`: the tree's digest if
+        the caller computed it already (a copy may hold files only its copier could read).
+        If a complete layer with that key exists already, it wins and the staged tree is
+        discarded.
         """
-        key = check_key(key or tree_digest(staged_tree))
+        digest = digest or (
+            tree_digest(staged_tree) if key is None else _digest_or_none(staged_tree)
+        )
+        key = check_key(key or digest or "")
         with file_lock(self.locks_dir / f"{key}.lock", on_wait=on_wait):
             existing = self.get(key)
             if existing is not None:
                 remove_tree(staged_tree)
                 return existing
-            return self._publish_locked(staged_tree, key=key, kind=kind, inputs=inputs or {})
+            return self._publish_locked(
+                staged_tree, key=key, digest=digest, kind=kind, inputs=inputs or {}
+            )
 
     def build(
         self,
@@ -148,10 +208,18 @@ class LayerStore:
                 tree = staging / "tree"
                 tree.mkdir()
                 builder(tree)
-                return self._publish_locked(tree, key=key, kind=kind, inputs=inputs or {})
+                return self._publish_locked(
+                    tree, key=key, digest=_digest_or_none(tree), kind=kind, inputs=inputs or {}
+                )
 
     def _publish_locked(
-        self, staged_tree: Path, *, key: str, kind: str, inputs: dict[str, Any]
+        self,
+        staged_tree: Path,
+        *,
+        key: str,
+        digest: str | None,
+        kind: str,
+        inputs: dict[str, Any],
     ) -> Layer:
         root = self.layers_dir / key
         if root.exists():
@@ -167,6 +235,7 @@ class LayerStore:
             incoming / "meta.json",
             {
                 "key": key,
+                "digest": digest,  # of the tree as published: what `verify` checks
                 "kind": kind,
                 "inputs": inputs,
                 "size": dir_size(incoming / "tree"),
@@ -215,3 +284,12 @@ class LayerStore:
             tree = staging / "tree"
             tree.mkdir()
             return self.publish(tree, kind="empty")
+
+
+def _digest_or_none(tree: Path) -> str | None:
+    """The tree's digest for `verify`, or None when this user cannot read all of it (an
+    unprivileged pyro copies a workspace's mode-000 files inside a user namespace)."""
+    try:
+        return tree_digest(tree)
+    except PermissionError:
+        return None

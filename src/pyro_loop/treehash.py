@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from pyro_loop.fsutil import check_tree_depth
 from pyro_loop.overlay import is_opaque_dir, is_whiteout
 
 DIGEST_VERSION = b"pyro-tree-v1\0"
@@ -33,6 +34,7 @@ def _hash_dir(h: hashlib._Hash, path: str, rel: str) -> None:
         perms = stat.S_IMODE(st.st_mode)
         name = child_rel.encode("utf-8", "surrogateescape")
         if stat.S_ISDIR(st.st_mode):
+            check_tree_depth(child_rel)
             opaque = b"o" if is_opaque_dir(entry.path) else b"-"
             h.update(b"d%s\0%o\0%s\0" % (name, perms, opaque))
             _hash_dir(h, entry.path, child_rel)

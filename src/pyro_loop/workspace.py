@@ -163,37 +163,39 @@ class Workspaces:
             check_name(name, what="workspace name")
         if seed is not None and layers:
             raise InvalidInputError("give a seed path or layers, not both")
-        self.store.clean_leftovers()
-        env_layer = environments.ensure_environment(self.store, spec, on_progress=on_progress)
-        if seed is not None:
-            stack = [import_seed(self.store, seed).key]
-        elif layers:
-            stack = [self.store.require(key).key for key in layers]
-        else:
-            stack = [self.store.empty_layer().key]
-        ws_id = secrets.token_hex(6)
-        record = WorkspaceRecord(
-            id=ws_id,
-            name=name,
-            environment=spec.name,
-            network=network,
-            labels=dict(labels or {}),
-            base_layers=stack,
-            layers=list(stack),
-            created=time.time(),
-            limits=limits or Limits(),
-            standby=standby,
-            packages=list(spec.extra_packages),
-            environment_layer=env_layer.key if env_layer is not None else None,
-        )
-        wdir = WorkspaceDir(self.root / ws_id)
-        with file_lock(self.root / "names.lock"):
-            if name is not None and any(d.load().name == name for d in self._all()):
-                raise ConflictError(f"a workspace named {name!r} exists already")
-            wdir.root.mkdir(parents=True, mode=0o700)
-            if sandbox_owner() is not None:
-                wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
-            wdir.save(record)
+        # Until the record names its layers, garbage collection must not remove them.
+        with self.store.in_use():
+            self.store.clean_leftovers()
+            env_layer = environments.ensure_environment(self.store, spec, on_progress=on_progress)
+            if seed is not None:
+                stack = [import_seed(self.store, seed).key]
+            elif layers:
+                stack = [self.store.require(key).key for key in layers]
+            else:
+                stack = [self.store.empty_layer().key]
+            ws_id = secrets.token_hex(6)
+            record = WorkspaceRecord(
+                id=ws_id,
+                name=name,
+                environment=spec.name,
+                network=network,
+                labels=dict(labels or {}),
+                base_layers=stack,
+                layers=list(stack),
+                created=time.time(),
+                limits=limits or Limits(),
+                standby=standby,
+                packages=list(spec.extra_packages),
+                environment_layer=env_layer.key if env_layer is not None else None,
+            )
+            wdir = WorkspaceDir(self.root / ws_id)
+            with file_lock(self.root / "names.lock"):
+                if name is not None and any(d.load().name == name for d in self._all()):
+                    raise ConflictError(f"a workspace named {name!r} exists already")
+                wdir.root.mkdir(parents=True, mode=0o700)
+                if sandbox_owner() is not None:
+                    wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
+                wdir.save(record)
         try:
             with file_lock(wdir.lock_path):
                 self._launch(wdir, record)
@@ -298,15 +300,17 @@ class Workspaces:
             with freeze, self.store.staging() as staging:
                 tree = staging / "tree"
                 digest = copy_and_digest(wdir.upper(record.generation), tree)
-                layer = self.store.publish(
-                    tree,
-                    kind="snapshot",
-                    key=digest,
-                    inputs={"workspace": record.id, "snapshot": name},
-                )
-            snap = Snapshot(name=name, layers=[layer.key, *record.layers], created=time.time())
-            record.snapshots[name] = snap
-            wdir.save(record)
+                with self.store.in_use():  # until the record references the new layer
+                    layer = self.store.publish(
+                        tree,
+                        kind="snapshot",
+                        key=digest,
+                        digest=digest,
+                        inputs={"workspace": record.id, "snapshot": name},
+                    )
+                    snap = Snapshot(name, [layer.key, *record.layers], created=time.time())
+                    record.snapshots[name] = snap
+                    wdir.save(record)
             return snap
 
     def capture_changes(self, ref: str, dest: Path) -> str:

@@ -22,6 +22,7 @@ import protocol as p
 WORKSPACE = "/workspace"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DRAIN_AFTER_EXIT = 0.05  # seconds to keep reading output held open by background children
+MAX_TREE_DEPTH = 256  # export walks at most this deep (fsutil.MAX_TREE_DEPTH on the host)
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -264,6 +265,14 @@ def op_tar(conn, req):
     arcname = os.path.basename(path) if path != WORKSPACE else "workspace"
 
     def no_specials(info):
+        # tarfile recurses once per directory level: refuse a workspace's endless nesting
+        # cleanly (same bound as fsutil.MAX_TREE_DEPTH on the host) before Python's
+        # recursion limit ends this handler mid-archive.
+        if info.isdir() and info.name.count("/") >= MAX_TREE_DEPTH:
+            raise RequestError(
+                "too_deep",
+                "nested more than %d directories deep: %s..." % (MAX_TREE_DEPTH, info.name[:60]),
+            )
         return info if (info.isfile() or info.isdir() or info.issym()) else None
 
     with tarfile.open(fileobj=FrameWriter(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -700,7 +709,10 @@ def op_exec(conn, req):
     if pid == 0:  # the command
         try:
             os.setsid()
+            # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across
+            # exec, and commands must meet the file size limit as anywhere else (killed).
             _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)

@@ -172,6 +172,31 @@ def cache_gc(as_json: bool = JsonOption) -> None:
     )
 
 
+@cache_app.command("verify")
+def cache_verify(as_json: bool = JsonOption) -> None:
+    """Check every layer against its recorded digest; delete damaged unused ones."""
+    from pyro_loop.cache import verify
+    from pyro_loop.workspace import Workspaces
+
+    damaged = verify(Workspaces())
+
+    def human() -> None:
+        for item in damaged:
+            fate = (
+                "deleted: rebuilt on next use"
+                if item["deleted"]
+                else (
+                    "in use by " + ", ".join(item["users"]) + ": recreate those, then verify again"
+                )
+            )
+            say(f"{item['key'][:12]}  {item['problem']}  ({fate})")
+        say(f"{len(damaged)} damaged layers" if damaged else "every layer checks out")
+
+    emit({"damaged": damaged}, as_json=as_json, human=human)
+    if damaged:
+        raise typer.Exit(1)
+
+
 @cache_app.command("prune")
 def cache_prune(
     older_than: float | None = typer.Option(None, "--older-than", help="Days since last use."),

@@ -52,6 +52,7 @@ from pyro_loop.identity import sandbox_owner
 from pyro_loop.overlay import check_mount_path, overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
 from pyro_loop.runtime import SandboxHandle, SandboxSpec
+from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = ("boot.py", "server.py", "protocol.py")
@@ -99,6 +100,8 @@ class BwrapRuntime:
                 "`unshare` or `prlimit` (util-linux) is missing", hint="apt-get install util-linux"
             )
         store = spec.store_root
+        # Compiled first: without a filter nothing starts (fail closed, with the fix named).
+        compiled_filter()
         options = overlay_options(
             spec.lowers, _relative(spec.upper, store), _relative(spec.work, store)
         )
@@ -116,14 +119,18 @@ class BwrapRuntime:
                     data_fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         info_fd = os.open(spec.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         listener = _bind_listener(spec.socket_path)
-        inherited = (listener.fileno(), info_fd, *data_fds.values())
+        seccomp_fd = filter_fd()
+        inherited = (listener.fileno(), info_fd, seccomp_fd, *data_fds.values())
         try:
             argv = [
                 *_drop_root_prefix(store),
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
                 "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options, root_layer,
                 prlimit, *_prlimit_args(spec),
-                *self._bwrap_argv(bwrap, spec, listener.fileno(), info_fd, data_fds),
+                *self._bwrap_argv(
+                    bwrap, spec, listen_fd=listener.fileno(), info_fd=info_fd,
+                    seccomp_fd=seccomp_fd, data_fds=data_fds,
+                ),
             ]  # fmt: skip
             with spec.log_path.open("ab") as log:
                 # The keeper belongs to the workspace, not to this process: never waited for.
@@ -131,7 +138,7 @@ class BwrapRuntime:
         finally:
             # The sandbox holds them now; if it dies, connects are refused.
             listener.close()
-            for fd in (info_fd, *data_fds.values()):
+            for fd in (info_fd, seccomp_fd, *data_fds.values()):
                 os.close(fd)
         return SandboxHandle(keeper.pid, _start_time(keeper.pid) or 0)
 
@@ -168,8 +175,10 @@ class BwrapRuntime:
         self,
         bwrap: str,
         spec: SandboxSpec,
+        *,
         listen_fd: int,
         info_fd: int,
+        seccomp_fd: int,
         data_fds: dict[str, int],
     ) -> list[str]:
         """`data_fds`: the agent's files by name, and absolute paths for other files."""
@@ -181,6 +190,9 @@ class BwrapRuntime:
             "--hostname", spec.hostname,
             "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--info-fd", str(info_fd),
+            # Loaded into the agent right before bwrap executes it (after no_new_privs), so
+            # every process of the workspace runs under it (see seccomp.py).
+            "--seccomp", str(seccomp_fd),
             "--clearenv",
             "--setenv", "PATH", SANDBOX_PATH,
             "--setenv", "HOME", SANDBOX_HOME,

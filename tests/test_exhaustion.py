@@ -1,0 +1,233 @@
+"""Resource exhaustion from inside a workspace: each attack is contained, and the host is fine.
+
+Fork bombs, memory hogs, disk fill, endless output, directories nested without end and
+symlink loops. Each test checks that the attack hit its limit (or a clean error), that the
+workspace recovers (by itself or with a reset), and that the host and the user's files are
+unchanged. tests/test_isolation.py holds the fork-storm and output-timeout cases.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyro_loop.errors import PyroError
+from pyro_loop.fsutil import MAX_TREE_DEPTH
+from pyro_loop.runtime import Limits
+from pyro_loop.workspace import Workspaces
+from tests.test_isolation import host_pids_with, marker, py_json, sh, tree_state, wait_for
+
+
+@pytest.fixture
+def host_unchanged(seed_dir: Path, pyro_home: Path) -> Iterator[None]:
+    """After the test: the seed is unchanged and the store holds no half-built layer."""
+    before = tree_state(seed_dir)
+    yield
+    assert tree_state(seed_dir) == before
+    staging = pyro_home / "tmp"
+    leftovers = [p.name for p in staging.iterdir()] if staging.is_dir() else []
+    assert leftovers == [], leftovers
+
+
+@pytest.fixture
+def ws(workspaces: Workspaces, seed_dir: Path) -> str:
+    return workspaces.create(seed=seed_dir).id
+
+
+def test_shell_fork_bomb_is_contained_and_reset_recovers(
+    workspaces: Workspaces, seed_dir: Path, host_unchanged: None
+) -> None:
+    name = marker()
+    ws = workspaces.create(seed=seed_dir, limits=Limits(processes=64)).id
+    bomb = f"bomb() {{ bomb | bomb & }}; bomb; sleep 2 # {name}"
+    started = time.monotonic()
+    result = workspaces.exec(ws, ["bash", "-c", bomb], timeout=3)
+    assert time.monotonic() - started < 15
+    assert b"fork: retry: Resource temporarily unavailable" in result.stderr  # hit the limit
+    # The bomb stayed within its limit: at most 64 processes of it anywhere on the host.
+    assert len(host_pids_with(name)) <= 64
+    assert subprocess.run(["true"], check=False).returncode == 0  # the host still forks
+    workspaces.reset(ws)
+    assert sh(workspaces, ws, "echo recovered").stdout == b"recovered\n"
+    assert wait_for(lambda: host_pids_with(name) == [])
+
+
+def test_memory_hog_stops_at_the_address_space_limit(
+    workspaces: Workspaces, seed_dir: Path, host_unchanged: None
+) -> None:
+    ws = workspaces.create(seed=seed_dir, limits=Limits(address_space_mib=512)).id
+    probe = py_json(
+        workspaces,
+        ws,
+        r"""
+import json, resource
+hog, outcome = [], "allocated 4 GiB"
+try:
+    for _ in range(64):
+        hog.append(bytearray(64 << 20))  # touched: zero-filled pages
+except MemoryError:
+    outcome = "MemoryError"
+held = len(hog) * 64
+del hog
+print(json.dumps({"outcome": outcome, "held_mib": held,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+""",
+    )
+    assert probe["outcome"] == "MemoryError", probe
+    assert probe["held_mib"] < 512 and probe["peak_mib"] < 512, probe
+    assert sh(workspaces, ws, "echo usable").stdout == b"usable\n"
+
+
+def test_disk_fill_stops_at_the_file_size_limit(
+    workspaces: Workspaces, seed_dir: Path, host_unchanged: None
+) -> None:
+    ws = workspaces.create(seed=seed_dir, limits=Limits(file_size_mib=8)).id
+    # head dies of SIGXFSZ, as it would outside; python (which ignores that signal) gets EFBIG.
+    killed = sh(workspaces, ws, "head -c 100M /dev/zero > /workspace/big; echo $?")
+    assert killed.stdout == b"153\n", killed.stdout + killed.stderr  # 128 + SIGXFSZ
+    probe = py_json(
+        workspaces,
+        ws,
+        r"""
+import json
+try:
+    with open("/workspace/big2", "wb") as f:
+        for _ in range(100):
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    print(json.dumps("wrote 100 MiB"))
+except OSError as exc:
+    print(json.dumps(exc.errno))
+""",
+    )
+    assert probe == errno.EFBIG
+    upper = workspaces.resolve(ws).upper(0)
+    for name in ("big", "big2"):
+        assert (upper / name).stat().st_size <= 8 << 20
+    assert sh(workspaces, ws, "rm /workspace/big /workspace/big2 && echo ok").stdout == b"ok\n"
+
+
+def test_endless_output_is_capped_in_host_memory(workspaces: Workspaces, ws: str) -> None:
+    client = workspaces.client(ws)
+    result = client.exec(["sh", "-c", "yes endless"], timeout=2, max_output=1 << 20)
+    assert result.timed_out is True
+    assert len(result.stdout) == 1 << 20 and result.stdout_truncated is True
+    assert result.stdout.startswith(b"endless\nendless\n")
+    assert result.stderr == b"" and result.stderr_truncated is False
+    # A line with no newline at all, on stderr: the same cap.
+    flood = client.exec(["sh", "-c", "tr '\\0' x < /dev/zero >&2"], timeout=2, max_output=4096)
+    assert len(flood.stderr) == 4096 and flood.stderr_truncated is True
+    assert sh(workspaces, ws, "echo after").stdout == b"after\n"
+
+
+def test_open_file_limit_is_enforced(workspaces: Workspaces, seed_dir: Path) -> None:
+    ws = workspaces.create(seed=seed_dir, limits=Limits(open_files=256)).id
+    probe = py_json(
+        workspaces,
+        ws,
+        r"""
+import json, os
+fds, err = [], None
+try:
+    for _ in range(5000):
+        fds.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as exc:
+    err = exc.errno
+print(json.dumps({"opened": len(fds), "errno": err}))
+""",
+    )
+    assert probe["errno"] == errno.EMFILE and probe["opened"] < 256, probe
+
+
+# Nests directories `depth` levels deep below /workspace/<top>, with a file at the bottom.
+NEST = r"""
+import os, sys
+top, depth = sys.argv[1], int(sys.argv[2])
+os.chdir("/workspace")
+os.mkdir(top)
+os.chdir(top)
+for _ in range(depth):
+    os.mkdir("d")
+    os.chdir("d")
+with open("leaf", "w") as f:
+    f.write("bottom\n")
+"""
+
+
+def test_directories_nested_without_end_are_refused_cleanly_by_host_walks(
+    workspaces: Workspaces, ws: str, tmp_path: Path, pyro_home: Path, host_unchanged: None
+) -> None:
+    """3000 levels: more than Python's recursion limit and the usual 1024 descriptors."""
+    store_before = tree_state(pyro_home / "layers")
+    made = workspaces.exec(ws, ["python3", "-c", NEST, "deep", "3000"])
+    assert made.exit_code == 0, made.stderr
+    attempts = {
+        "diff": lambda: workspaces.changes(ws),
+        "snapshot": lambda: workspaces.snapshot_create(ws, "deep"),
+        "export": lambda: workspaces.export(ws, "/workspace", tmp_path / "out"),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(PyroError, match=f"more than {MAX_TREE_DEPTH} directories deep"):
+            attempt()
+        assert not (tmp_path / "out").exists(), what
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pyro-export")] == []
+    assert tree_state(pyro_home / "layers") == store_before  # no snapshot layer appeared
+    assert workspaces.snapshot_list(ws)[-1].name == "baseline"
+    # The workspace itself is fine (not left frozen by the failed snapshot), and once the
+    # tree is gone everything works again.
+    assert sh(workspaces, ws, "rm -rf /workspace/deep && echo gone").stdout == b"gone\n"
+    assert workspaces.changes(ws) == []
+
+
+def test_a_deep_but_reasonable_tree_is_diffed_snapshotted_and_exported(
+    workspaces: Workspaces, ws: str, tmp_path: Path, host_unchanged: None
+) -> None:
+    """The positive control for the bound: 200 levels work end to end."""
+    made = workspaces.exec(ws, ["python3", "-c", NEST, "deep", "200"])
+    assert made.exit_code == 0, made.stderr
+    leaf = "deep/" + "d/" * 200 + "leaf"
+    assert leaf in {c.path for c in workspaces.changes(ws)}
+    workspaces.snapshot_create(ws, "deep")
+    workspaces.export(ws, "/workspace/deep", tmp_path / "out")
+    assert (tmp_path / "out" / ("d/" * 200) / "leaf").read_text() == "bottom\n"
+    workspaces.reset(ws, snapshot="deep")
+    assert sh(workspaces, ws, f"cat /workspace/{leaf}").stdout == b"bottom\n"
+
+
+def test_symlink_loops_give_clean_errors_everywhere(
+    workspaces: Workspaces, ws: str, tmp_path: Path, host_unchanged: None
+) -> None:
+    made = sh(
+        workspaces,
+        ws,
+        "set -e; cd /workspace; ln -s self self; ln -s b a; ln -s a b; mkdir dir;"
+        " ln -s .. dir/up; ln -s ../dir dir/again; ln -s /proc/self/root rootlink",
+    )
+    assert made.exit_code == 0, made.stderr
+    client = workspaces.client(ws)
+    for path in ("self", "a", "dir/again/again/again/up/self"):
+        with pytest.raises(PyroError):
+            client.read(path)
+        with pytest.raises(PyroError):
+            client.write(path, b"through the loop")
+    with pytest.raises(PyroError, match="outside"):
+        client.read("rootlink/etc/passwd")
+    # A recursive listing does not follow the loops: it ends, with each link listed once.
+    listing = client.list("/workspace", recursive=True)
+    assert 6 < len(listing["entries"]) < 50, listing
+    changes = {c.path: c for c in workspaces.changes(ws)}
+    assert {"self", "a", "b", "dir/up", "dir/again", "rootlink"} <= set(changes)
+    snap = workspaces.snapshot_create(ws, "loops")
+    assert snap.name == "loops"
+    with pytest.raises(PyroError):  # the data filter refuses links out of the export
+        workspaces.export(ws, "/workspace", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    workspaces.export(ws, "/workspace/dir", tmp_path / "dir-out")
+    assert os.readlink(tmp_path / "dir-out" / "again") == "../dir"
+    assert sh(workspaces, ws, "echo fine").stdout == b"fine\n"
