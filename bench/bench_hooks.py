@@ -13,18 +13,16 @@ one fails, `--json` writes the samples.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchrepo import GIT_ENV, git, make_repo
+from benchrepo import GIT_ENV, compile_pyro, git, loop_arguments, make_repo, summarize
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 CHECK = "test -f .deps/requirements.txt && grep -q VALUE pkg0/mod0.py"
@@ -119,11 +117,6 @@ def checks(repo: Path, runs: int) -> dict[str, list[float]]:
     return samples
 
 
-def summarize(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
-
-
 Row = tuple[str, list[float], float | None]
 
 
@@ -144,14 +137,7 @@ def report(rows: list[Row], overheads: list[tuple[str, float, float | None]]) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 files, 3 runs")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
-    parser.add_argument("--json", dest="json_path", type=Path, help="write samples here")
-    args = parser.parse_args()
-    files, runs = (200, 3) if args.quick else (args.files, args.runs)
+    args, files, runs = loop_arguments(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-hooks-"))
     home = tmp / "home"
@@ -164,6 +150,7 @@ def main() -> int:
         from pyro_loop.project import find_project
         from pyro_loop.workspace import Workspaces
 
+        compile_pyro()
         make_project(hooked, files, runs)
         git(tmp, "clone", "-q", str(hooked), str(plain))
         project = find_project(hooked)

@@ -13,11 +13,9 @@ the targets; `--check` exits 1 when one fails, `--json` writes the samples.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchrepo import compile_pyro, git, make_repo, timed
+from benchrepo import compile_pyro, git, loop_arguments, make_repo, summarize, timed
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 
@@ -88,11 +86,6 @@ def edit_latency(loop: Any, repo: Path, runs: int) -> list[float]:
     return samples
 
 
-def summarize(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
-
-
 Row = tuple[str, list[float], float | None]
 
 
@@ -119,6 +112,7 @@ def measure(
         ("pyro exec -- true (whole process)", timed(cli(repo, "exec", "--", "true"), runs), 150)
     )
     rows.append(("pyro retry (whole process)", timed(cli(repo, "retry"), runs), None))
+
     def work_to_discard() -> None:
         # What comes before a reset in the loop: a command that changed files. Its run time
         # (here a pause of 0.1 s) is when the standby sandbox of the last reset boots.
@@ -182,14 +176,7 @@ def report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 files, 3 runs")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
-    parser.add_argument("--json", dest="json_path", type=Path, help="write samples here")
-    args = parser.parse_args()
-    files, runs = (200, 3) if args.quick else (args.files, args.runs)
+    args, files, runs = loop_arguments(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-loop-"))
     os.environ["PYRO_HOME"] = str(tmp / "home")

@@ -15,12 +15,10 @@ PASS/FAIL against the target; `--check` exits 1 when it fails, `--json` writes t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchrepo import make_repo
+from benchrepo import compile_pyro, loop_arguments, make_repo, summarize
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 SDK_BASELINE = "import mcp.server.mcpserver; print('{}', flush=True)"
@@ -142,20 +140,8 @@ def time_cli_exec(repo: Path) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def summarize(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 files, 3 runs")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target fails")
-    parser.add_argument("--json", dest="json_path", type=Path, help="write samples here")
-    args = parser.parse_args()
-    files, runs = (200, 3) if args.quick else (args.files, args.runs)
+    args, files, runs = loop_arguments(__doc__)
 
     tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-mcp-"))
     os.environ["PYRO_HOME"] = str(tmp / "home")
@@ -166,6 +152,7 @@ def main() -> int:
         from pyro_loop.project import find_project
         from pyro_loop.workspace import Workspaces
 
+        compile_pyro()
         make_repo(repo, files, INSTALL)
         project = find_project(repo)
         loop = ProjectLoop(project, load_project_config(project.root).config, Workspaces())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -58,3 +60,22 @@ def timed(
         fn()
         samples.append((time.perf_counter() - start) * 1000)
     return samples
+
+
+def summarize(samples: list[float]) -> tuple[float, float]:
+    """(median, p95) of the samples."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+def loop_arguments(doc: str | None) -> tuple[argparse.Namespace, int, int]:
+    """The options the project-level benchmarks share; returns (args, files, runs)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 200 files, 3 runs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
+    parser.add_argument("--json", dest="json_path", type=Path, help="write samples here")
+    args = parser.parse_args()
+    files, runs = (200, 3) if args.quick else (args.files, args.runs)
+    return args, files, runs

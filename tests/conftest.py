@@ -80,6 +80,19 @@ def git(repo: Path, *args: str) -> str:
     ).stdout  # fmt: skip
 
 
+def commit_project(root: Path, config: str, files: dict[str, str]) -> Path:
+    """A git repository at `root` on `main` whose first commit holds `files` (relative path
+    -> text), a `.gitignore` for `.deps/` and `.pyro.toml` = `config`."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    for rel, text in {".gitignore": ".deps/\n", **files, ".pyro.toml": config}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "initial")
+    return root
+
+
 def run_pyro(*args: str, env: dict[str, str] | None = None, input: str | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run the real `pyro` CLI in a subprocess (same interpreter, current PYRO_HOME)."""

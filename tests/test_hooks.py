@@ -28,7 +28,7 @@ from pyro_loop.procutil import pid_alive
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.workspace import Workspaces
-from tests.conftest import GIT_ENV, git, run_pyro
+from tests.conftest import GIT_ENV, commit_project, git, run_pyro
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -44,15 +44,8 @@ run = ["test -f .deps/installed.txt", "grep -qx 'ok' app.txt"]
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A project on `main`, and a branch `other` whose lockfile differs."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    (root / "requirements.txt").write_text("requests==2.32.0\n")
-    (root / "app.txt").write_text("ok\n")
-    (root / ".gitignore").write_text(".deps/\n")
-    (root / ".pyro.toml").write_text(CONFIG)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "initial")
+    files = {"requirements.txt": "requests==2.32.0\n", "app.txt": "ok\n"}
+    root = commit_project(tmp_path / "repo", CONFIG, files)
     git(root, "checkout", "-q", "-b", "other")
     (root / "requirements.txt").write_text("requests==2.32.3\n")
     git(root, "commit", "-qam", "bump requests")

@@ -19,7 +19,7 @@ from pyro_loop.errors import ConflictError
 from pyro_loop.loop import NotWarmError, ProjectLoop
 from pyro_loop.project import find_project
 from pyro_loop.workspace import Workspaces
-from tests.conftest import git, run_pyro
+from tests.conftest import commit_project, run_pyro
 
 CONFIG = """\
 [prepare]
@@ -30,16 +30,9 @@ run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    (root / "src").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / "requirements.txt").write_text("requests==2.32.0\n")
-    (root / "src" / "app.py").write_text("print('v1')\n")
-    (root / ".gitignore").write_text(".deps/\n*.log\n")
-    (root / ".pyro.toml").write_text(CONFIG)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "initial")
-    return root
+    files = {"requirements.txt": "requests==2.32.0\n", "src/app.py": "print('v1')\n",
+             ".gitignore": ".deps/\n*.log\n"}  # fmt: skip
+    return commit_project(tmp_path / "repo", CONFIG, files)
 
 
 def loop_for(repo: Path, ws: Workspaces) -> ProjectLoop:

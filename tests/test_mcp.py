@@ -20,7 +20,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from pyro_loop.mcp.output import INLINE_LIMIT
 from pyro_loop.mcp.profiles import PROFILES
 from pyro_loop.workspace import Workspaces
-from tests.conftest import git
+from tests.conftest import commit_project, git
 
 CONFIG = """\
 [prepare]
@@ -31,16 +31,8 @@ run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    (root / "src").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / "requirements.txt").write_text("requests==2.32.0\n")
-    (root / "src" / "app.py").write_text("print('v1')\n")
-    (root / ".gitignore").write_text(".deps/\n")
-    (root / ".pyro.toml").write_text(CONFIG)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "initial")
-    return root
+    files = {"requirements.txt": "requests==2.32.0\n", "src/app.py": "print('v1')\n"}
+    return commit_project(tmp_path / "repo", CONFIG, files)
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from pyro_loop.prepare import PrepareFailedError, compute_inputs, is_warm, prepa
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.workspace import Workspaces
-from tests.conftest import git, run_pyro
+from tests.conftest import commit_project, git, run_pyro
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/installed.txt && date +%s%N > .deps/stamp"
 CONFIG = f"""\
@@ -34,16 +34,8 @@ timeout = 60
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    (root / "requirements.txt").write_text("requests==2.32.0\n")
-    (root / "app.py").write_text("print('hello')\n")
-    (root / ".gitignore").write_text(".deps/\n")
-    (root / ".pyro.toml").write_text(CONFIG)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "initial")
-    return root
+    files = {"requirements.txt": "requests==2.32.0\n", "app.py": "print('hello')\n"}
+    return commit_project(tmp_path / "repo", CONFIG, files)
 
 
 def _config(project: Project) -> ProjectConfig:
