@@ -45,4 +45,4 @@ def init_command(
         if not result.ecosystems:
             say("add your install commands to [prepare] run, then run: pyro prepare")
         else:
-            say("next: review it, then run: pyro prepare")
+            say("next: review it, then run: pyro up")
