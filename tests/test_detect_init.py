@@ -273,7 +273,7 @@ def test_cli_init_writes_and_says_what_is_next(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "found: poetry, pnpm in ui" in result.stdout
     assert f"wrote {repo.resolve() / '.pyro.toml'}" in result.stdout
-    assert "pyro prepare" in result.stdout
+    assert "next: review it, then run: pyro up" in result.stdout
     assert (repo / ".pyro.toml").is_file()
 
     again = run_pyro("init", str(repo))
