@@ -123,7 +123,12 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         say(f"sync          {data['sync']}")
         say(f"hooks         {_hooks_line(data['hooks'])}")
         say(f"cache         {_human_size(data['cache_bytes'])}")
-        say("ready: warm for this project" if state.warm else "not warm: run `pyro prepare`")
+        if state.warm:
+            say("ready: warm for this project")
+        elif deps.get("background"):
+            say("not warm yet: a prepare runs in the background (`pyro prepare` waits for it)")
+        else:
+            say("not warm: run `pyro prepare` (or `pyro up`)")
 
     emit(data, as_json=as_json, human=human)
     if not state.warm:
