@@ -236,3 +236,29 @@ def test_cli_status_and_if_changed(repo: Path) -> None:
     assert "dependencies  warm" in warm.stdout
     again = run_pyro("prepare", "--if-changed", "--json", "-C", str(repo))
     assert again.returncode == 0 and json.loads(again.stdout)["warm"] is True
+
+
+def test_a_gc_during_prepare_waits_and_removes_nothing_it_uses(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    project = find_project(repo)
+    config = _config(project)
+    collector: list[subprocess.Popen[str]] = []
+
+    def progress(phase: str, message: str) -> None:
+        # The baseline is built and recorded nowhere yet: a gc now would see it unused.
+        if phase == "dependencies" and not collector:
+            collector.append(subprocess.Popen(
+                [sys.executable, "-m", "pyro_loop", "cache", "gc", "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))  # fmt: skip
+            time.sleep(0.5)  # long enough for it to reach the lock
+
+    result = prepare(project, config, workspaces=workspaces, on_progress=progress)
+    out, err = collector[0].communicate(timeout=60)
+    assert collector[0].returncode == 0, err
+    assert "waiting for running prepares" in err  # it waited for this prepare ...
+    removed = {layer["key"] for layer in json.loads(out)["removed"]}
+    for key in (result.baseline_layer, result.dependencies_layer):  # ... and kept these
+        assert key is not None and key not in removed and workspaces.store.get(key) is not None
+    assert is_warm(project, config, workspaces.home)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,20 @@ def list_layers(ws: Workspaces) -> list[LayerInfo]:
     return sorted(infos, key=lambda i: i.last_used, reverse=True)
 
 
-def gc(ws: Workspaces) -> list[LayerInfo]:
+OnWait = Callable[[], None] | None  # told once when a prepare or create holds the store
+
+
+def gc(ws: Workspaces, *, on_wait: OnWait = None) -> list[LayerInfo]:
     """Remove every layer nothing references; returns what was removed."""
-    return _remove(ws, lambda unused: unused)
+    return _remove(ws, lambda unused: unused, on_wait)
 
 
 def prune(
-    ws: Workspaces, *, older_than_days: float | None = None, max_bytes: int | None = None
+    ws: Workspaces,
+    *,
+    older_than_days: float | None = None,
+    max_bytes: int | None = None,
+    on_wait: OnWait = None,
 ) -> list[LayerInfo]:
     """Remove unreferenced layers unused for `older_than_days`, then least recently used
     ones until the store holds at most `max_bytes`."""
@@ -81,10 +89,10 @@ def prune(
                     total -= info.size
         return chosen
 
-    return _remove(ws, choose)
+    return _remove(ws, choose, on_wait)
 
 
-def verify(ws: Workspaces) -> list[dict[str, Any]]:
+def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
     """Check every layer's content against its recorded digest; delete the damaged ones.
 
     A damaged layer that a workspace or project still uses is reported, not deleted (gc's
@@ -92,7 +100,7 @@ def verify(ws: Workspaces) -> list[dict[str, Any]]:
     entry per damaged layer.
     """
     damaged = []
-    with file_lock(gc_lock(ws.home)):
+    with file_lock(gc_lock(ws.home), on_wait=on_wait):
         users = _references(ws)
         for layer in ws.store.list():
             problem = ws.store.verify(layer.key)
@@ -107,8 +115,8 @@ def verify(ws: Workspaces) -> list[dict[str, Any]]:
     return damaged
 
 
-def _remove(ws: Workspaces, choose: Any) -> list[LayerInfo]:
-    with file_lock(gc_lock(ws.home)):
+def _remove(ws: Workspaces, choose: Any, on_wait: OnWait) -> list[LayerInfo]:
+    with file_lock(gc_lock(ws.home), on_wait=on_wait):
         unused = [i for i in list_layers(ws) if not i.users]
         removed = choose(unused)
         for info in removed:

@@ -197,28 +197,30 @@ def prepare(
     key = inputs.key
     state = load_state(ws.home, project) or ProjectState(root=str(project.root))
     built: list[str] = []
-
-    baseline = _ensure_baseline(project, store, state, progress, built)
-    deps: Layer | None = None
     log: Path | None = None
-    if inputs.run:
-        deps = store.get(key)
-        if deps is None:
-            log = ws.home / "logs" / f"prepare-{key[:12]}.log"
-            build = _DependencyBuild(project, config, inputs, ws, log, progress)
-            deps = build.run()
-            if build.ran:
-                built.append("dependencies")
+    # Held (shared) from the first lookup until the state references the layers: a
+    # `pyro cache gc` (exclusive) waits, rather than remove a layer this prepare is building
+    # on or has just built and not yet recorded.
+    with store.in_use():
+        baseline = _ensure_baseline(project, store, state, progress, built)
+        deps: Layer | None = None
+        if inputs.run:
+            deps = store.get(key)
+            if deps is None:
+                log = ws.home / "logs" / f"prepare-{key[:12]}.log"
+                build = _DependencyBuild(project, config, inputs, ws, log, progress)
+                deps = build.run()
+                if build.ran:
+                    built.append("dependencies")
+            else:
+                progress("dependencies", f"warm ({key[:12]})")
         else:
-            progress("dependencies", f"warm ({key[:12]})")
-    else:
-        progress("dependencies", "nothing to install ([prepare] run is empty)")
-
-    state.key = key
-    state.inputs = inputs.to_json()
-    state.dependencies_layer = deps.key if deps else None
-    state.prepared_at = time.time()
-    save_state(ws.home, project, state)
+            progress("dependencies", "nothing to install ([prepare] run is empty)")
+        state.key = key
+        state.inputs = inputs.to_json()
+        state.dependencies_layer = deps.key if deps else None
+        state.prepared_at = time.time()
+        save_state(ws.home, project, state)
     return PrepareResult(
         key=key,
         dependencies_layer=deps.key if deps else None,

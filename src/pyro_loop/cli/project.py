@@ -162,13 +162,17 @@ def cache_list(as_json: bool = JsonOption) -> None:
     emit({"layers": [i.to_json() for i in layers]}, as_json=as_json, human=human)
 
 
+def _waiting_for_users() -> None:
+    note("waiting for running prepares and workspace creations to finish ...")
+
+
 @cache_app.command("gc")
 def cache_gc(as_json: bool = JsonOption) -> None:
     """Remove every layer no workspace and no project's last prepare uses."""
     from pyro_loop.cache import gc
     from pyro_loop.workspace import Workspaces
 
-    removed = gc(Workspaces())
+    removed = gc(Workspaces(), on_wait=_waiting_for_users)
     freed = sum(i.size for i in removed)
     emit(
         {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
@@ -183,7 +187,7 @@ def cache_verify(as_json: bool = JsonOption) -> None:
     from pyro_loop.cache import verify
     from pyro_loop.workspace import Workspaces
 
-    damaged = verify(Workspaces())
+    damaged = verify(Workspaces(), on_wait=_waiting_for_users)
 
     def human() -> None:
         for item in damaged:
@@ -221,6 +225,7 @@ def cache_prune(
         Workspaces(),
         older_than_days=older_than,
         max_bytes=int(max_size * 1e9) if max_size is not None else None,
+        on_wait=_waiting_for_users,
     )
     freed = sum(i.size for i in removed)
     emit(
