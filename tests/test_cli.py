@@ -282,3 +282,15 @@ def test_doctor_reports_ready() -> None:
 def test_version() -> None:
     result = _ok("--version")
     assert result.stdout == f"pyro {__version__}\n"
+
+
+def test_demo_runs_the_daily_loop_and_leaves_no_workspace(pyro_home: Path) -> None:
+    result = run_pyro("demo", "--json", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = json.loads(result.stdout)["steps"]
+    assert all(step["ok"] for step in steps), steps
+    titles = " | ".join(step["step"] for step in steps)
+    for command in ("pyro up", "pyro exec", "pyro diff", "pyro reset", "pyro retry"):
+        assert command in titles
+    assert Workspaces(home=pyro_home).list() == []
+    assert not list((pyro_home / "projects").glob("*.json"))  # the sample project forgotten

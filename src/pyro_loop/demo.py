@@ -1,33 +1,53 @@
 """`pyro demo`: the daily loop on a small embedded project, timed, end to end.
 
-It creates a workspace from the sample project, runs its tests inside, lets an "agent" break
-a file, shows the diff, resets in milliseconds and runs the tests again, then deletes the
-workspace. Nothing on the host is modified except pyro's own store.
+It makes the sample project a git repository with a `.pyro.toml`, then does what a day of
+work does: `up` (prepare and create, then reconnect), the tests inside, an edit on the host
+that the next run sees, an "agent" breaking a file in the workspace, the diff, a reset in
+milliseconds and a retry. At the end the workspace is deleted and the project forgotten (its
+layers are left for `pyro cache gc`). Nothing outside a temporary directory and pyro's own
+home is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyro_loop.diff import render_patch
 from pyro_loop.workspace import Workspaces
+
+if TYPE_CHECKING:
+    from pyro_loop.loop import ProjectLoop
 
 SAMPLE_PROJECT = {
     "README.md": "# calc\n\nA tiny project that pyro's demo runs in a workspace.\n",
+    "requirements.txt": "# calc needs nothing beyond the standard library\n",
+    ".gitignore": ".deps/\n__pycache__/\n",
+    ".pyro.toml": (
+        '[prepare]\nkeys = ["requirements.txt"]\n'
+        'run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]\n'
+    ),
     "calc.py": "def add(a, b):\n    return a + b\n",
     "test_calc.py": (
         "import unittest\n\nimport calc\n\n\n"
         "class TestCalc(unittest.TestCase):\n"
         "    def test_add(self):\n"
-        "        self.assertEqual(calc.add(2, 3), 5)\n\n\n"
-        "if __name__ == '__main__':\n    unittest.main()\n"
+        "        self.assertEqual(calc.add(2, 3), 5)\n"
     ),
 }
-TEST_COMMAND = ["python3", "-m", "unittest", "-q"]
+HOST_EDIT = "\n    def test_add_negative(self):\n        self.assertEqual(calc.add(-2, -3), -5)\n"
+# No bytecode cache: an edit within the same second would otherwise run a stale .pyc.
+TEST_COMMAND = ["env", "PYTHONDONTWRITEBYTECODE=1", "python3", "-m", "unittest"]
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "pyro demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+                "GIT_COMMITTER_NAME": "pyro demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid",
+                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,57 +59,86 @@ class Step:
 
 
 def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = None) -> list[Step]:
+    from pyro_loop.config import load_project_config
+    from pyro_loop.diff import render_patch
+    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.prepare import state_path
+    from pyro_loop.project import find_project
+
     ws = workspaces or Workspaces()
     steps: list[Step] = []
 
-    def record(step: Step) -> None:
-        steps.append(step)
-        report(step)
+    def record(title: str, started: float, detail: str, ok: bool = True) -> None:
+        steps.append(Step(title, time.perf_counter() - started, detail, ok))
+        report(steps[-1])
 
     with tempfile.TemporaryDirectory(prefix="pyro-demo-") as tmp:
-        seed = Path(tmp) / "calc"
-        seed.mkdir()
-        for name, text in SAMPLE_PROJECT.items():
-            (seed / name).write_text(text)
-
-        started = time.perf_counter()
-        record_ = ws.create(seed=seed, labels={"pyro": "demo"})
-        record(
-            Step("create workspace (first time: imports the project)", _since(started), record_.id)
-        )
+        repo = _sample_repository(Path(tmp) / "calc")
+        project = find_project(repo)
+        loop = ProjectLoop(project, load_project_config(repo).config, ws)
         try:
-            _run_tests(ws, record_.id, "run the tests inside", record, expect=0)
             started = time.perf_counter()
-            ws.exec(record_.id, ["sh", "-c", "sed -i 's/a + b/a - b/' calc.py"])
-            record(
-                Step("an agent edits calc.py (introduces a bug)", _since(started), "a + b -> a - b")
-            )
-            _run_tests(ws, record_.id, "run the tests again (they fail)", record, expect=1)
+            up = loop.up()
+            record("pyro up, cold: prepare the snapshot, create", started, up.action)
             started = time.perf_counter()
-            patch = render_patch(ws.changes(record_.id))
-            record(Step("diff against the baseline", _since(started), patch.strip()))
+            up = loop.up()
+            record("pyro up again: reconnect", started, up.action, up.action == "reused")
+            _tests(loop, "pyro exec: the tests inside (pass)", record, expect=0)
+
+            with (repo / "test_calc.py").open("a") as f:
+                f.write(HOST_EDIT)
+            _tests(loop, "you add a test on the host; exec syncs it first", record,
+                   expect=0, ran="Ran 2 tests")  # fmt: skip
+
             started = time.perf_counter()
-            ws.reset(record_.id)
-            record(Step("reset to the baseline", _since(started), "upper layer discarded"))
-            _run_tests(ws, record_.id, "run the tests after reset (pass)", record, expect=0)
-            host_intact = (seed / "calc.py").read_text() == SAMPLE_PROJECT["calc.py"]
-            record(Step("host files untouched", 0.0, "calc.py on the host unchanged", host_intact))
+            loop.exec(["sed", "-i", "s/a + b/a - b/", "calc.py"])
+            record("an agent edits calc.py in the workspace (a bug)", started, "a + b -> a - b")
+            _tests(loop, "pyro exec: the tests again (they fail)", record, expect=1)
+
+            started = time.perf_counter()
+            patch = render_patch(loop.changes())
+            record("pyro diff: what the workspace changed", started, patch.strip(),
+                   "-    return a + b" in patch and "test_calc" not in patch)  # fmt: skip
+            started = time.perf_counter()
+            loop.reset()
+            record("pyro reset: the baseline plus your host files", started, "changes discarded")
+            started = time.perf_counter()
+            result = loop.retry()
+            record("pyro retry: the tests once more (pass)", started,
+                   _summary(result.stderr), result.exit_code == 0)  # fmt: skip
+
+            intact = (repo / "calc.py").read_text() == SAMPLE_PROJECT["calc.py"]
+            record("host files untouched by the workspace", time.perf_counter(),
+                   "calc.py on the host unchanged", intact)  # fmt: skip
         finally:
             started = time.perf_counter()
-            ws.delete(record_.id)
-            record(Step("delete workspace", _since(started), "all processes ended"))
+            with contextlib.suppress(Exception):
+                loop.down(delete=True)
+            shutil.rmtree(loop.state_dir, ignore_errors=True)
+            state_path(ws.home, project).unlink(missing_ok=True)
+            record("pyro down --delete", started, "all processes ended")
     return steps
 
 
-def _run_tests(
-    ws: Workspaces, ws_id: str, title: str, record: Callable[[Step], None], *, expect: int
-) -> None:
+def _sample_repository(root: Path) -> Path:
+    root.mkdir()
+    for name, text in SAMPLE_PROJECT.items():
+        (root / name).write_text(text)
+    env = {**os.environ, **GIT_IDENTITY}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "calc"]):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+    return root
+
+
+def _tests(loop: ProjectLoop, title: str, record: Callable[..., None], *, expect: int,
+           ran: str = "") -> None:  # fmt: skip
     started = time.perf_counter()
-    # No bytecode cache: an edit within the same second would otherwise run the stale .pyc.
-    result = ws.exec(ws_id, TEST_COMMAND, env={"PYTHONDONTWRITEBYTECODE": "1"})
-    outcome = "passed" if result.exit_code == 0 else "failed"
-    record(Step(title, _since(started), f"tests {outcome}", result.exit_code == expect))
+    result = loop.exec(TEST_COMMAND)
+    summary = _summary(result.stderr)
+    record(title, started, summary, result.exit_code == expect and ran in summary)
 
 
-def _since(started: float) -> float:
-    return time.perf_counter() - started
+def _summary(unittest_output: bytes) -> str:
+    """unittest's "Ran N tests" and verdict lines."""
+    lines = unittest_output.decode(errors="replace").splitlines()
+    return " / ".join(line for line in lines if line.startswith(("Ran ", "OK", "FAILED")))

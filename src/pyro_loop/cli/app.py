@@ -101,7 +101,7 @@ def demo(as_json: bool = JsonOption) -> None:
         if not as_json:
             mark = "ok  " if step.ok else "FAIL"
             say(f"{mark} {step.title:52} {ms(step.seconds):>8}")
-            if step.title.startswith("diff"):
+            if step.title.startswith("pyro diff"):
                 say("\n".join("       " + line for line in step.detail.splitlines()))
 
     steps = run_demo(report)
