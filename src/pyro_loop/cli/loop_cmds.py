@@ -49,7 +49,8 @@ def up(
 
     def human() -> None:
         name = result.record.name or result.record.id
-        say(f"{result.action} {name} in {ms(result.seconds)} ({synced} host changes synced)")
+        changes = "1 host change" if synced == 1 else f"{synced} host changes"
+        say(f"{result.action} {name} in {ms(result.seconds)} ({changes} synced)")
 
     emit(data, as_json=as_json, human=human)
     if watch:
