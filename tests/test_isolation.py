@@ -26,6 +26,7 @@ import pytest
 from pyro_loop.client import ExecResult
 from pyro_loop.errors import AgentUnavailableError, NotFoundError
 from pyro_loop.runtime import Limits
+from pyro_loop.runtime.bwrap import AGENT_FILES, AGENT_MOUNT
 from pyro_loop.workspace import Workspaces
 
 DEADLINE = 5.0  # seconds to wait for something that should take milliseconds
@@ -233,8 +234,7 @@ def test_existing_host_files_cannot_be_opened_for_writing(workspaces: Workspaces
         "/etc/hostname",
         "/usr/lib/os-release",
         "/usr/bin/env",  # an executable no process runs (a running one gives ETXTBSY first)
-        "/run/pyro/agent/server.py",
-        "/run/pyro/agent/boot.py",
+        *(f"{AGENT_MOUNT}/{name}" for name in AGENT_FILES),
     ]
     targets = [c for c in candidates if c.startswith("/run/") or Path(c).exists()]
     host_files = [Path(c).resolve() for c in targets if not c.startswith("/run/")]

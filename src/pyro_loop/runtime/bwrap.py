@@ -55,7 +55,16 @@ from pyro_loop.runtime import SandboxHandle, SandboxSpec
 from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
-AGENT_FILES = ("boot.py", "server.py", "protocol.py")
+AGENT_FILES = (
+    "boot.py",
+    "server.py",
+    "protocol.py",
+    "confine.py",
+    "fileops.py",
+    "tarread.py",
+    "tarput.py",
+    "execop.py",
+)
 AGENT_MOUNT = "/run/pyro/agent"
 SANDBOX_PYTHON = "/usr/bin/python3"
 SANDBOX_HOME = "/home/pyro"

@@ -1,0 +1,45 @@
+"""Path confinement: which paths a request may name, and the error a refused request raises.
+
+Every path a request names goes through `confine` before any file is touched: a path that
+is, or resolves through a symlink to, anything outside /workspace is refused. Trusts
+nothing in the request; trusts only the filesystem as it resolves at the moment of the call
+(the workspace's own processes may change it right after). The sandbox around the agent is
+the security boundary; this confinement keeps the file tools' behaviour predictable.
+"""
+
+import os
+
+WORKSPACE = "/workspace"
+
+
+class RequestError(Exception):
+    """A request refused or failed for a reason its reply names (`kind`, then the message)."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+
+
+def confine(path, follow=True):
+    """Map a request path to an absolute path inside /workspace, or raise RequestError."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise RequestError("invalid_path", "path must be a non-empty string")
+    absolute = path if path.startswith("/") else WORKSPACE + "/" + path
+    lexical = os.path.normpath(absolute)
+    if not inside(lexical):
+        raise RequestError("outside_workspace", "path is outside /workspace: " + path)
+    resolved = (
+        os.path.realpath(lexical)
+        if follow
+        else os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
+    )
+    if not inside(resolved):
+        raise RequestError(
+            "outside_workspace", "path resolves outside /workspace through a symlink: " + path
+        )
+    return resolved
+
+
+def inside(path):
+    """Whether an absolute, normalized path is /workspace or below it."""
+    return path == WORKSPACE or path.startswith(WORKSPACE + "/")

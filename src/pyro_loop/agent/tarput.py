@@ -1,0 +1,228 @@
+"""Syncing into the workspace: `put_tar` writes the members of a tar stream, `remove_many`
+removes paths.
+
+Trusts nothing in the request: a member named with an absolute path or `..` is refused,
+each member's parent is resolved in the sandbox and must stay in /workspace, and each
+removed path goes through `confine`. Never follows a link at the target itself: a link or
+directory in the way is replaced, and set-id bits are never set.
+"""
+
+import os
+
+import protocol as p
+from confine import WORKSPACE, RequestError, confine, inside
+from fileops import temp_name
+from tarread import FrameReader, TarReader
+
+MAX_REPORTED_ERRORS = 1000  # per reply: keeps it far below the JSON frame bound
+
+
+def _member_parts(name):
+    """The components of a tar member's name, or RequestError for one that may not be written."""
+    if not name or "\0" in name:
+        raise RequestError("invalid_path", "archive member with an empty or NUL-bearing name")
+    if name.startswith("/"):
+        raise RequestError("outside_workspace", "absolute path in the archive: " + name)
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise RequestError("outside_workspace", "'..' in an archive path: " + name)
+    return parts
+
+
+def _member_target(parts):
+    """Where a member goes: its parent resolved (symlinks followed) inside /workspace, or None."""
+    parent = os.path.realpath(WORKSPACE + "".join("/" + part for part in parts[:-1]))
+    if not inside(parent):
+        return None
+    return parent, parent + "/" + parts[-1]
+
+
+def _remove_any(path):
+    """Remove whatever is at `path` (a directory with its contents); False if nothing was."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if st.st_mode & 0o170000 == 0o040000:
+        _rmtree(path, st.st_mode)
+    else:
+        os.unlink(path)
+    return True
+
+
+def _rmtree(path, mode):
+    """shutil.rmtree without importing shutil (milliseconds per request); links not followed."""
+    if mode & 0o700 != 0o700:  # a read-only directory is emptied all the same
+        os.chmod(path, (mode & 0o7777) | 0o700)
+    with os.scandir(path) as entries:
+        children = list(entries)
+    for entry in children:
+        st = entry.stat(follow_symlinks=False)
+        if st.st_mode & 0o170000 == 0o040000:
+            _rmtree(entry.path, st.st_mode)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+def _is_dir(path):
+    try:
+        return os.lstat(path).st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
+
+
+class _Putter:
+    """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
+
+    def __init__(self):
+        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+        self.errors = []
+        self.dir_modes = []
+
+    def error(self, path, kind, message):
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"path": path, "kind": kind, "error": message})
+
+    def put(self, tar, member):
+        parts = _member_parts(member.name)
+        if member.kind not in ("file", "dir", "symlink"):
+            raise RequestError(
+                "invalid_request", "only files, directories and symlinks can be put: " + member.name
+            )
+        if not parts:
+            if member.kind == "dir":
+                return  # the workspace itself: it stays as it is
+            raise RequestError("invalid_path", "cannot replace /workspace itself")
+        placed = _member_target(parts)
+        if placed is None:
+            self.error(member.name, "outside_workspace",
+                       "its directory resolves outside /workspace through a symlink")  # fmt: skip
+            return
+        parent, target = placed
+        try:
+            os.makedirs(parent, exist_ok=True)
+            if member.kind == "file":
+                self.put_file(parent, target, member, tar)
+            elif member.kind == "symlink":
+                self.put_symlink(parent, target, member)
+            else:
+                self.put_dir(target, member)
+        except OSError as exc:
+            self.error(member.name, "os_error", str(exc))
+
+    def temp_in(self, parent):
+        return "%s/%s" % (parent, temp_name("put"))
+
+    def put_file(self, parent, target, member, source):
+        tmp = self.temp_in(parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                while True:
+                    chunk = source.read(p.MAX_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    self.counts["bytes"] += len(chunk)
+                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+            finally:
+                os.close(fd)
+            if _is_dir(target):
+                _remove_any(target)
+            os.rename(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.counts["files"] += 1
+
+    def put_symlink(self, parent, target, member):
+        tmp = self.temp_in(parent)
+        os.symlink(member.linkname, tmp)
+        try:
+            if _is_dir(target):
+                _remove_any(target)
+            os.rename(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        self.counts["symlinks"] += 1
+
+    def put_dir(self, target, member):
+        if not _is_dir(target):
+            _remove_any(target)
+            os.mkdir(target, 0o700)
+        self.dir_modes.append((target, member.mode & 0o1777))
+        self.counts["dirs"] += 1
+
+    def finish(self):
+        # Directory modes last and deepest first, so a read-only directory could be filled.
+        for target, mode in reversed(self.dir_modes):
+            if _is_dir(target):  # never chmod through a link that replaced it meanwhile
+                try:
+                    os.chmod(target, mode)
+                except OSError:
+                    pass
+
+
+def op_put_tar(conn, req):
+    """Unpack the tar stream that follows in D frames into /workspace.
+
+    Written without tarfile (its extraction filters are missing from older Pythons): each
+    member's parent is resolved here, in the sandbox, and must stay in /workspace; files are
+    written to a temporary name beside the target and renamed over it, so a reader sees the
+    old content or the new, never a mix; what was at the target (a directory, a link) is
+    replaced. A member named with an absolute path or `..`, or of another type than file,
+    directory or symlink, ends the request (members before it stay written).
+    """
+    reader = FrameReader(conn)
+    tar = TarReader(reader)
+    putter = _Putter()
+    try:
+        while True:
+            member = tar.next()
+            if member is None:
+                break
+            putter.put(tar, member)
+    except RequestError:
+        reader.drain()
+        raise
+    finally:
+        putter.finish()
+    reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
+    reply = dict(putter.counts)
+    reply["errors"] = putter.errors
+    return reply
+
+
+def op_remove_many(conn, req):
+    """Remove each path (recursively); missing ones are counted, not errors."""
+    paths = req.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+        raise RequestError("invalid_request", "paths must be a list of strings")
+    removed = missing = 0
+    errors = []
+    for path in paths:
+        try:
+            target = confine(path, follow=False)
+            if target == WORKSPACE:
+                raise RequestError("invalid_path", "refusing to remove /workspace itself")
+            if _remove_any(target):
+                removed += 1
+            else:
+                missing += 1
+        except RequestError as exc:
+            error = {"path": path, "kind": exc.kind, "error": str(exc)}
+        except OSError as exc:
+            error = {"path": path, "kind": "os_error", "error": str(exc)}
+        else:
+            continue
+        if len(errors) < MAX_REPORTED_ERRORS:
+            errors.append(error)
+    return {"removed": removed, "missing": missing, "errors": errors}
