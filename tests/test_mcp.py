@@ -117,6 +117,10 @@ def test_each_profile_lists_its_tools_with_descriptions(tmp_path: Path) -> None:
                 tools = (await client.session.list_tools()).tools
                 assert sorted(t.name for t in tools) == sorted(expected)
                 assert all(t.description and len(t.description) < 600 for t in tools)
+                for tool in tools:  # a model reads descriptions: each optional one says its default
+                    for name, prop in tool.input_schema["properties"].items():
+                        if name not in tool.input_schema.get("required", []):
+                            assert "default" in prop["description"], f"{tool.name}.{name}"
                 if profile == "workspace-core":
                     exec_tool = next(t for t in tools if t.name == "workspace_exec")
                     props = exec_tool.input_schema["properties"]
@@ -434,7 +438,7 @@ def test_an_unexpected_exception_becomes_a_tool_error() -> None:
     from mcp.server.mcpserver.exceptions import ToolError
 
     from pyro_loop.errors import NotFoundError
-    from pyro_loop.mcp.server import _guarded
+    from pyro_loop.mcp.calls import guarded
 
     async def broken() -> None:
         raise KeyError("state")
@@ -444,8 +448,97 @@ def test_an_unexpected_exception_becomes_a_tool_error() -> None:
 
     async def main() -> None:
         with pytest.raises(ToolError, match=r"internal error in pyro \(KeyError: 'state'\)"):
-            await _guarded("broken", broken)()
+            await guarded("broken", broken)()
         with pytest.raises(ToolError, match=r"no snapshot 'x' \(hint: snapshot_list shows them\)"):
-            await _guarded("refused", refused)()
+            await guarded("refused", refused)()
 
     run(main)
+
+
+def test_retry_is_bounded_and_says_how_to_give_a_command_longer(
+    repo: Path, pyro_home: Path
+) -> None:
+    from pyro_loop.config import load_project_config
+    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.project import find_project
+
+    slow_once_marked = "if [ -e again ]; then sleep 30; fi; echo done"
+
+    async def main() -> None:
+        async with connect(repo) as client:
+            first = await client.error("workspace_retry")
+            assert "nothing to retry yet" in first and "workspace_exec" in first
+            ran = await client.call("workspace_exec", command=slow_once_marked, timeout_seconds=1)
+            assert ran["stdout"] == "done\n"
+            (repo / "again").write_text("")
+            again = await client.call("workspace_retry")
+            assert again["timed_out"] and "timed out after 1" in again["note"]
+            assert "workspace_exec" in again["note"] and "timeout_seconds" in again["note"]
+
+    run(main)
+    # A last command given no timeout (`pyro exec -- CMD`) is retried with the default bound
+    # (30 s over MCP), not left to run for ever.
+    project = find_project(repo)
+    loop = ProjectLoop(project, load_project_config(repo).config, Workspaces(home=pyro_home))
+    loop.exec(["sh", "-c", "echo quick"])
+    (repo / "again").unlink()
+    assert loop.last_command() == {"argv": ["sh", "-c", "echo quick"], "timeout": None,
+                                   "cwd": None, "env": {}}  # fmt: skip
+    loop.exec(["sh", "-c", slow_once_marked])
+    (repo / "again").write_text("")
+    result = loop.retry(default_timeout=0.5)
+    assert result.timed_out and result.duration < 10
+
+
+def test_a_disconnect_ends_the_server_and_the_commands_it_left_running(
+    repo: Path, pyro_home: Path
+) -> None:
+    ws = Workspaces(home=pyro_home)
+    with (pyro_home.parent / "server.log").open("a") as errlog:  # the test's tmp_path
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+        )  # fmt: skip
+        assert server.stdin is not None and server.stdout is not None
+
+        def send(message: dict[str, Any]) -> None:
+            assert server.stdin is not None
+            server.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+            server.stdin.flush()
+
+        def call(request_id: int, name: str, **arguments: Any) -> None:
+            send({"id": request_id, "method": "tools/call",
+                  "params": {"name": name, "arguments": arguments}})  # fmt: skip
+
+        send({"id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                         "clientInfo": {"name": "test", "version": "1"}}})  # fmt: skip
+        send({"method": "notifications/initialized"})
+        call(2, "workspace_exec", command="true")
+        while (reply := json.loads(server.stdout.readline())).get("id") != 2:
+            pass
+        workspace_id = reply["result"]["structuredContent"]["workspace_id"]
+        call(3, "workspace_exec", command="sleep 41", timeout_seconds=120)
+        call(4, "vm_run", command="sleep 42", timeout_seconds=120)
+
+        def running(workspace: str) -> str:
+            listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
+            return ws.exec(workspace, ["sh", "-c", listing]).stdout.decode()
+
+        def started() -> bool:
+            others = [s.record.id for s in ws.list() if s.record.id != workspace_id]
+            return "sleep 41" in running(workspace_id) and any(
+                "sleep 42" in running(other) for other in others
+            )
+
+        deadline = time.monotonic() + 30
+        while not started():
+            assert time.monotonic() < deadline, "the commands did not start"
+            time.sleep(0.1)
+        disconnected = time.monotonic()
+        server.stdin.close()  # the chat host went away, both calls still running
+        assert server.wait(timeout=20) == 0
+        assert time.monotonic() - disconnected < 10, "the server waited for the commands"
+        assert "sleep 41" not in running(workspace_id)  # killed, not left to run to its timeout
+        assert [s.record.id for s in ws.list()] == [workspace_id]  # vm_run's workspace is gone
+        server.stdout.close()

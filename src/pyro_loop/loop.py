@@ -197,16 +197,30 @@ class ProjectLoop:
         return self.ws.exec(record.id, list(argv), timeout=timeout, cwd=cwd, env=env,
                             on_output=on_output)  # fmt: skip
 
-    def retry(self, *, reset: bool = False, on_output: OutputSink | None = None) -> ExecResult:
-        last = self._load_last()
+    def retry(
+        self,
+        *,
+        reset: bool = False,
+        on_output: OutputSink | None = None,
+        default_timeout: float | None = None,
+    ) -> ExecResult:
+        """The last command again, with its timeout (`default_timeout` if it had none)."""
+        last = self.last_command()
         if last is None:
             raise NotFoundError(
                 "nothing to retry yet", hint="run a command with `pyro exec -- CMD`"
             )
         if reset:
             self.reset()
-        return self.exec(last["argv"], timeout=last.get("timeout"), cwd=last.get("cwd"),
+        timeout = last.get("timeout")
+        if timeout is None:
+            timeout = default_timeout
+        return self.exec(last["argv"], timeout=timeout, cwd=last.get("cwd"),
                          env=last.get("env") or None, on_output=on_output)  # fmt: skip
+
+    def last_command(self) -> dict[str, Any] | None:
+        """What `retry` runs: the last command's argv, timeout, cwd and env; None before one."""
+        return self._load_last()
 
     def reset(self, *, snapshot: str = "baseline") -> SyncResult:
         """Back to the warm baseline (or a named snapshot) plus the host's current files."""

@@ -44,13 +44,21 @@ def serve(
     wait_seconds: float = DEFAULT_WAIT_SECONDS,
     down_on_exit: bool = False,
 ) -> None:
-    """Serve the MCP tools over stdin/stdout until the client disconnects (or SIGTERM)."""
+    """Serve the MCP tools over stdin/stdout until the client disconnects (or SIGTERM), then
+    end the process."""
     tools_for(profile)  # an unknown profile fails here, before any protocol traffic
     _configure_logging()
     session = _Session(project_dir.absolute(), profile, wait_seconds, down_on_exit)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, session.terminate)
     anyio.run(session.run)
+    # The client is gone and the session closed. A call it left running (a long command,
+    # its call abandoned when the disconnect cancelled it) must not keep the process alive
+    # until the command ends: exiting now closes pyro's connection to the workspace's agent,
+    # which kills the command's process tree.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _configure_logging() -> None:
@@ -68,6 +76,7 @@ class _Session:
     def __init__(
         self, project_dir: Path, profile: str, wait_seconds: float, down_on_exit: bool
     ) -> None:
+        from pyro_loop.mcp.calls import Calls
         from pyro_loop.mcp.server import PyroTools, build_server
         from pyro_loop.mcp.warmup import ProjectWarmup
 
@@ -77,10 +86,11 @@ class _Session:
         self.warmup: ProjectWarmup = ProjectWarmup(
             project_dir, self.workspaces, on_event=self.forward
         )
-        tools = PyroTools(
+        calls = Calls(
             self.warmup, self.workspaces, project_dir=project_dir, wait_seconds=wait_seconds
         )
-        self.server = build_server(tools, profile)
+        self.tools = PyroTools(calls)
+        self.server = build_server(self.tools, profile)
         self.server.middleware.append(self._observe)
         self._client_log = _ClientLog(self.server)
         self._closed = threading.Event()
@@ -122,6 +132,7 @@ class _Session:
         if self._closed.is_set():
             return
         self._closed.set()
+        self.tools.close()
         self.warmup.close(down=self.down_on_exit)
 
     def terminate(self, signum: int, _frame: Any) -> None:

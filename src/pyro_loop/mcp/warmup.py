@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop.errors import NotFoundError, PyroError
 
 if TYPE_CHECKING:
+    from pyro_loop.config import ConfigResult
     from pyro_loop.loop import ProjectLoop
+    from pyro_loop.project import Project
     from pyro_loop.workspace import Workspaces
 
 logger = logging.getLogger("pyro.mcp")
@@ -47,12 +49,19 @@ class Event:
         return {"time": round(self.time, 3), "level": self.level, "message": self.message}
 
 
-def not_a_project(root: Path) -> NotAProjectError:
-    return NotAProjectError(
-        f"{root} is not a pyro project (no .pyro.toml here or above)",
-        hint="run `pyro init` in the repository; the next call picks it up. Meanwhile the "
-        "tools given a workspace_id, and vm_run, still work",
-    )
+def load_project(project_dir: Path) -> tuple[Project, ConfigResult]:
+    """The project `project_dir` is in, and its `.pyro.toml`; `NotAProjectError` without one."""
+    from pyro_loop.config import load_project_config
+    from pyro_loop.project import find_project
+
+    project = find_project(project_dir)
+    if not project.config_path.is_file():
+        raise NotAProjectError(
+            f"{project.root} is not a pyro project (no .pyro.toml here or above)",
+            hint="run `pyro init` in the repository; the next call picks it up. Meanwhile the "
+            "tools given a workspace_id, and vm_run, still work",
+        )
+    return project, load_project_config(project.root)
 
 
 class ProjectWarmup:
@@ -151,14 +160,9 @@ class ProjectWarmup:
         self.follow(record.id)
 
     def _make_loop(self) -> ProjectLoop:
-        from pyro_loop.config import load_project_config
         from pyro_loop.loop import ProjectLoop
-        from pyro_loop.project import find_project
 
-        project = find_project(self.project_dir)
-        if not project.config_path.is_file():
-            raise not_a_project(project.root)
-        loaded = load_project_config(project.root)
+        project, loaded = load_project(self.project_dir)
         for warning in loaded.warnings:
             self._note("warning", f".pyro.toml: {warning}")
         return ProjectLoop(project, loaded.config, self._workspaces())

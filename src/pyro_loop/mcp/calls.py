@@ -1,0 +1,200 @@
+"""What every tool call goes through: finding the workspace it acts on, waiting for the warm-up,
+running the work on a worker thread, and turning failures into tool errors that say what to do.
+
+Without a `workspace_id`, a tool acts on the project's workspace (waiting up to `--wait`
+seconds for the background warm-up, with progress notifications); with one, on that
+workspace. Blocking work (git, the store, the workspace's agent) never runs on the event
+loop's thread, so one slow call does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+
+from pyro_loop.errors import PyroError
+from pyro_loop.mcp.output import OutputCapture
+
+if TYPE_CHECKING:
+    from pyro_loop.client import ExecResult
+    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.mcp.warmup import ProjectWarmup
+    from pyro_loop.state import WorkspaceRecord
+    from pyro_loop.workspace import Workspaces
+
+logger = logging.getLogger("pyro.mcp")
+
+T = TypeVar("T")
+Ctx = Context[Any, Any]
+
+PROGRESS_EVERY = 1.0  # seconds between progress notifications while waiting for warm-up
+LONGER = "pass a larger timeout_seconds if it needs longer"  # what a timed-out call can do
+
+
+@dataclass(frozen=True)
+class Target:
+    """The workspace a call acts on."""
+
+    id: str
+    loop: ProjectLoop | None  # set when the workspace is the project's own
+
+
+class Calls:
+    """One server's way to the workspaces: the project's warm-up and the workspaces under
+    pyro's home. Each tool group holds one and runs its work through it."""
+
+    def __init__(
+        self,
+        warmup: ProjectWarmup,
+        workspaces: Callable[[], Workspaces],
+        *,
+        project_dir: Path,
+        wait_seconds: float,
+    ) -> None:
+        self.warmup = warmup
+        self._workspaces = workspaces
+        self.project_dir = project_dir
+        self.wait_seconds = wait_seconds
+
+    @property
+    def ws(self) -> Workspaces:
+        """The workspaces (created on first use: only ever from a worker thread)."""
+        return self._workspaces()
+
+    # -- running a call's work ----------------------------------------------------------------
+
+    async def on(self, ctx: Ctx, workspace_id: str | None, work: Callable[[Target], T]) -> T:
+        """`work` on the workspace the call names (default: the project's), in a worker."""
+        loop = await self.project_loop(ctx) if workspace_id is None else None
+        return await in_worker(lambda: work(self.target(workspace_id, loop)))
+
+    async def on_project(self, ctx: Ctx, work: Callable[[ProjectLoop], T]) -> T:
+        """`work` on the project's loop, once warm, in a worker."""
+        loop = await self.project_loop(ctx)
+        return await in_worker(lambda: work(loop))
+
+    async def project_loop(self, ctx: Ctx) -> ProjectLoop:
+        """The project's loop, once warm: waits up to `wait_seconds`, reporting progress."""
+        self.warmup.start(retry=True)
+        started = time.monotonic()
+        reported = -PROGRESS_EVERY
+        while True:
+            loop = self.warmup.poll()
+            if loop is not None:
+                return loop
+            waited = time.monotonic() - started
+            if waited >= self.wait_seconds:
+                raise self.warmup.pending()
+            if waited - reported >= PROGRESS_EVERY:
+                await ctx.report_progress(waited, None, self.warmup.phase())
+                reported = waited
+            await anyio.sleep(0.02)
+
+    # -- finding the workspace (in the worker) ------------------------------------------------
+
+    def target(self, workspace_id: str | None, loop: ProjectLoop | None) -> Target:
+        """The workspace `workspace_id` names, or the project's (running, and watched)."""
+        if workspace_id is None:
+            assert loop is not None
+            return Target(self.live(loop).id, loop)
+        found = self.ws.resolve(workspace_id).root.name
+        try:
+            ready = self.warmup.poll()
+        except PyroError:
+            ready = None
+        mine = ready.find() if ready is not None else None
+        return Target(found, ready if mine is not None and mine.id == found else None)
+
+    def live(self, loop: ProjectLoop) -> WorkspaceRecord:
+        """The project's workspace, running (made again if deleted), with the watcher on it."""
+        record = loop.live()
+        self.warmup.follow(record.id)
+        return record
+
+    def outputs(self, workspace_id: str) -> Path:
+        """Where a workspace's long command output is kept."""
+        return self.ws.resolve(workspace_id).root / "outputs"
+
+    def host_path(self, path: str) -> Path:
+        """A host path a tool was given: relative ones are to the project."""
+        return (self.project_dir / Path(path).expanduser()).absolute()
+
+
+class ToolGroup:
+    """Some tools, as async methods: each method's name is the tool's, its docstring and
+    parameter annotations are what a model reads, and its work goes through `calls`."""
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+
+async def in_worker(work: Callable[[], T]) -> T:
+    """`work()` on a worker thread.
+
+    A call cancelled meanwhile (the client gave up on it, or disconnected) is answered at
+    once: its work is abandoned to run its course, a command at most until its timeout, or
+    until the server ends (the workspace's agent then kills it, see `serve`).
+    """
+    return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+
+def run_command(
+    workspace_id: str,
+    outputs: Path | None,
+    run: Callable[[OutputCapture], ExecResult],
+    *,
+    timeout: float | None,
+    longer: str = LONGER,
+) -> dict[str, Any]:
+    """`run` a command, its output captured for a model (long output kept in `outputs`, or
+    only cut when None): the result workspace_exec, workspace_retry and vm_run give.
+    `longer` tells a model what to do when the command timed out."""
+    capture = OutputCapture(outputs)
+    try:
+        result = run(capture)
+    finally:
+        capture.close()
+    data: dict[str, Any] = {
+        "workspace_id": workspace_id,
+        "exit_code": result.exit_code,
+        **capture.to_json(),
+        "duration_ms": round(result.duration * 1000, 1),
+        "timed_out": result.timed_out,
+        "signal": result.signal,
+    }
+    if result.timed_out:
+        data["note"] = (
+            f"timed out after {timeout} s: the command's process tree was killed; {longer}"
+        )
+    return data
+
+
+def guarded(name: str, tool: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """The tool, with pyro's errors turned into tool errors that say what to do."""
+
+    @functools.wraps(tool)
+    async def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await tool(*args, **kwargs)
+        except PyroError as exc:
+            text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+            raise ToolError(text) from exc
+        except Exception as exc:
+            # A bug: the model is told plainly, the traceback goes to the server's log, and
+            # the server goes on serving.
+            logger.exception("tool %s failed", name)
+            raise ToolError(
+                f"internal error in pyro ({type(exc).__name__}: {exc}); the server is still "
+                "running and its log (stderr) has the details"
+            ) from exc
+
+    return call

@@ -1,0 +1,209 @@
+"""Workspaces as a whole: their state, reset, extra ones made and deleted, named snapshots,
+and one-shot runs in a workspace made for the purpose (vm_run)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from pyro_loop.errors import PyroError
+from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker, run_command
+from pyro_loop.mcp.params import (
+    DEFAULT_TIMEOUT,
+    Command,
+    Environment,
+    Network,
+    Timeout,
+    WorkspaceId,
+)
+
+logger = logging.getLogger("pyro.mcp")
+
+
+class LifecycleTools(ToolGroup):
+    def __init__(self, calls: Calls) -> None:
+        super().__init__(calls)
+        self._one_shots: set[str] = set()  # vm_run's workspaces, while their command runs
+
+    def close(self) -> None:
+        """The server is ending: delete the workspaces of vm_run calls still running (their
+        calls were abandoned), which would otherwise be left behind."""
+        for workspace_id in list(self._one_shots):
+            with contextlib.suppress(PyroError):  # deleted meanwhile by the call itself
+                self.calls.ws.delete(workspace_id)
+                logger.info("deleted vm_run workspace %s: the server is ending", workspace_id)
+
+    async def workspace_reset(
+        self,
+        ctx: Ctx,
+        *,
+        workspace_id: WorkspaceId = None,
+        snapshot: Annotated[
+            str, Field(description="Snapshot to return to; default the create-time baseline.")
+        ] = "baseline",
+    ) -> dict[str, Any]:
+        """Discard every change made in the workspace and return to its baseline (or a
+        snapshot) in milliseconds. For the project's workspace, your current host files
+        are synced back in; the host is never touched."""
+
+        def reset(target: Target) -> dict[str, Any]:
+            started = time.perf_counter()
+            data: dict[str, Any] = {"workspace_id": target.id, "snapshot": snapshot}
+            if target.loop is not None:
+                data["synced"] = target.loop.reset(snapshot=snapshot).to_json()
+            else:
+                self.calls.ws.reset(target.id, snapshot=snapshot)
+            data["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            return data
+
+        return await self.calls.on(ctx, workspace_id, reset)
+
+    async def workspace_status(
+        self, ctx: Ctx, *, workspace_id: WorkspaceId = None
+    ) -> dict[str, Any]:
+        """A workspace's state (running / stopped / dead), layers, snapshots, limits and
+        bytes changed."""
+
+        def status(target: Target) -> dict[str, Any]:
+            return self.calls.ws.status(target.id).to_json()
+
+        return await self.calls.on(ctx, workspace_id, status)
+
+    async def workspace_list(self, ctx: Ctx) -> dict[str, Any]:
+        """All workspaces on this machine: id, name, state, environment, labels."""
+
+        def list_all() -> dict[str, Any]:
+            return {"workspaces": [s.to_json() for s in self.calls.ws.list()]}
+
+        return await in_worker(list_all)
+
+    async def workspace_create(
+        self,
+        ctx: Ctx,
+        *,
+        environment: Environment = "host",
+        seed_path: Annotated[
+            str | None,
+            Field(
+                description="Host directory or tar archive to copy into /workspace "
+                "(relative: to the project); default none, an empty /workspace."
+            ),
+        ] = None,
+        name: Annotated[
+            str | None, Field(description="A name to use instead of the id; default none.")
+        ] = None,
+        network: Network = False,
+    ) -> dict[str, Any]:
+        """Create and start an extra workspace (the project's own needs no create). A
+        debian:* environment is built on first use (about 30 s), then cached. Delete it
+        with workspace_delete when done."""
+
+        def create() -> dict[str, Any]:
+            record = self.calls.ws.create(
+                environment=environment,
+                seed=self.calls.host_path(seed_path) if seed_path else None,
+                name=name,
+                network=network,
+                labels={"created-by": "mcp"},
+            )
+            return {**record.to_json(), "state": "running"}
+
+        return await in_worker(create)
+
+    async def workspace_delete(
+        self,
+        ctx: Ctx,
+        *,
+        workspace_id: Annotated[str, Field(description="Workspace id or name (required).")],
+    ) -> dict[str, Any]:
+        """Delete a workspace: its processes end and its changes are discarded. Deleting
+        the project's workspace is allowed: the next project tool call makes a fresh one."""
+
+        def delete() -> dict[str, Any]:
+            record = self.calls.ws.delete(workspace_id)
+            return {"workspace_id": record.id, "deleted": True}
+
+        return await in_worker(delete)
+
+    async def vm_run(
+        self,
+        ctx: Ctx,
+        *,
+        command: Command,
+        environment: Environment = "host",
+        timeout_seconds: Timeout = DEFAULT_TIMEOUT,
+        network: Network = False,
+    ) -> dict[str, Any]:
+        """One-shot: create a fresh, empty workspace, run a shell command line in it, delete
+        it. Returns exit_code, stdout, stderr (32 KiB each, head and tail), duration_ms.
+        Default timeout 30 s; network off."""
+
+        def run() -> dict[str, Any]:
+            ws = self.calls.ws
+            record = ws.create(
+                environment=environment, network=network, standby=False,
+                labels={"pyro": "vm-run"},
+            )  # fmt: skip
+            self._one_shots.add(record.id)
+            argv = ["sh", "-c", command]
+            try:
+                # The workspace goes: nowhere to keep long output (None), it is only cut.
+                data = run_command(
+                    record.id,
+                    None,
+                    lambda capture: ws.exec(
+                        record.id, argv, timeout=timeout_seconds, on_output=capture
+                    ),
+                    timeout=timeout_seconds,
+                )
+            finally:
+                self._one_shots.discard(record.id)
+                ws.delete(record.id)
+            return {**data, "environment": environment, "deleted": True}
+
+        return await in_worker(run)
+
+    async def snapshot_create(
+        self,
+        ctx: Ctx,
+        *,
+        snapshot_name: Annotated[str, Field(description="1-64 letters, digits, . _ -")],
+        workspace_id: WorkspaceId = None,
+    ) -> dict[str, Any]:
+        """Freeze the workspace's current files as a named snapshot, to return to later with
+        workspace_reset(snapshot=...)."""
+
+        def create(target: Target) -> dict[str, Any]:
+            snap = self.calls.ws.snapshot_create(target.id, snapshot_name)
+            return {"workspace_id": target.id, "snapshot": snap.name, "created": snap.created}
+
+        return await self.calls.on(ctx, workspace_id, create)
+
+    async def snapshot_list(self, ctx: Ctx, *, workspace_id: WorkspaceId = None) -> dict[str, Any]:
+        """The workspace's snapshots, `baseline` (its create-time state) first."""
+
+        def list_snapshots(target: Target) -> dict[str, Any]:
+            snaps = self.calls.ws.snapshot_list(target.id)
+            rows = [{"name": s.name, "created": s.created} for s in snaps]
+            return {"workspace_id": target.id, "snapshots": rows}
+
+        return await self.calls.on(ctx, workspace_id, list_snapshots)
+
+    async def snapshot_delete(
+        self,
+        ctx: Ctx,
+        *,
+        snapshot_name: Annotated[str, Field(description="The snapshot to forget.")],
+        workspace_id: WorkspaceId = None,
+    ) -> dict[str, Any]:
+        """Forget a named snapshot (the baseline cannot be deleted)."""
+
+        def delete(target: Target) -> dict[str, Any]:
+            self.calls.ws.snapshot_delete(target.id, snapshot_name)
+            return {"workspace_id": target.id, "deleted": snapshot_name}
+
+        return await self.calls.on(ctx, workspace_id, delete)

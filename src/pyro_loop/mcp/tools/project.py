@@ -1,0 +1,37 @@
+"""The project itself: is it warm and its workspace ready, and syncing host edits on demand."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pyro_loop.mcp.calls import Ctx, ToolGroup, in_worker
+from pyro_loop.mcp.warmup import load_project
+
+if TYPE_CHECKING:
+    from pyro_loop.loop import ProjectLoop
+
+
+class ProjectTools(ToolGroup):
+    async def project_status(self, ctx: Ctx) -> dict[str, Any]:
+        """Is this project warm, and is its workspace ready? The state of `pyro status`
+        (environment, dependency snapshot, baseline, workspace, sync, cache) plus this
+        server's background warm-up: phase, seconds so far, last events. Never waits."""
+
+        def status() -> dict[str, Any]:
+            from pyro_loop.readiness import readiness
+
+            warmup = self.calls.warmup.to_json()
+            project, loaded = load_project(self.calls.project_dir)
+            data = readiness(project, loaded.config, self.calls.ws).to_json()
+            return {"ready": warmup["state"] == "ready", "warmup": warmup, **data}
+
+        return await in_worker(status)
+
+    async def workspace_sync(self, ctx: Ctx) -> dict[str, Any]:
+        """Push the host's changed files into the project's workspace now. Rarely needed: a
+        watcher syncs each save, and workspace_exec syncs first."""
+
+        def sync(loop: ProjectLoop) -> dict[str, Any]:
+            return loop.sync().to_json()
+
+        return await self.calls.on_project(ctx, sync)
