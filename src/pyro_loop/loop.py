@@ -26,6 +26,7 @@ from pyro_loop.layerview import LayerStack, read_file
 from pyro_loop.locking import file_lock
 from pyro_loop.project import Project
 from pyro_loop.runtime import Limits
+from pyro_loop.units import duration
 
 if TYPE_CHECKING:
     from pyro_loop.client import ExecResult, OutputSink
@@ -47,6 +48,13 @@ class UpResult:
     action: str  # "reused" | "started" | "created" | "recreated"
     seconds: float
     synced: SyncResult | None
+
+    def describe(self) -> str:
+        """One line: "created app-1a2b3c4d in 31 ms (2 host changes synced)"."""
+        count = self.synced.copied + self.synced.removed if self.synced else 0
+        changes = "1 host change" if count == 1 else f"{count} host changes"
+        took = duration(self.seconds)
+        return f"{self.action} {self.record.name or self.record.id} in {took} ({changes} synced)"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -44,15 +44,7 @@ def up(
     """Reconnect to the project's workspace, or create it from the warm snapshot."""
     loop = _loop(project_dir)
     result = loop.up(prepare=not no_prepare, on_progress=_progress)
-    data = result.to_json()
-    synced = result.synced.copied + result.synced.removed if result.synced else 0
-
-    def human() -> None:
-        name = result.record.name or result.record.id
-        changes = "1 host change" if synced == 1 else f"{synced} host changes"
-        say(f"{result.action} {name} in {ms(result.seconds)} ({changes} synced)")
-
-    emit(data, as_json=as_json, human=human)
+    emit(result.to_json(), as_json=as_json, human=lambda: say(result.describe()))
     if watch:
         _watch(loop)
 

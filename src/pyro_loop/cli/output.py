@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from pyro_loop.units import duration
+
 JsonOption = typer.Option(False, "--json", help="Print one JSON document for machines.")
 
 
@@ -30,8 +32,7 @@ def note(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+ms = duration  # the name the commands use
 
 
 def stream_output(which: str, data: bytes) -> None:

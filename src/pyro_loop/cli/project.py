@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+from pyro_loop.units import size
 
 cache_app = typer.Typer(
     help="What pyro's store holds; remove what nothing uses.", no_args_is_help=True
@@ -29,14 +30,6 @@ def _load(project_dir: Path | None) -> tuple[Any, Any]:
     for warning in result.warnings:
         note(f"pyro: warning: {warning}")
     return project, result.config
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def prepare(
@@ -122,7 +115,7 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
             say("workspace     none running")
         say(f"sync          {data['sync']}")
         say(f"hooks         {_hooks_line(data['hooks'])}")
-        say(f"cache         {_human_size(data['cache_bytes'])}")
+        say(f"cache         {size(data['cache_bytes'])}")
         if state.warm:
             say("ready: warm for this project")
         elif deps.get("background"):
@@ -156,8 +149,8 @@ def cache_list(as_json: bool = JsonOption) -> None:
         for info in layers:
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.last_used))
             users = ", ".join(info.users) if info.users else "unused"
-            say(f"{info.key[:12]}  {info.kind:12} {_human_size(info.size):>9}  {used}  {users}")
-        say(f"{len(layers)} layers, {_human_size(sum(i.size for i in layers))}")
+            say(f"{info.key[:12]}  {info.kind:12} {size(info.size):>9}  {used}  {users}")
+        say(f"{len(layers)} layers, {size(sum(i.size for i in layers))}")
 
     emit({"layers": [i.to_json() for i in layers]}, as_json=as_json, human=human)
 
@@ -177,7 +170,7 @@ def cache_gc(as_json: bool = JsonOption) -> None:
     emit(
         {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
         as_json=as_json,
-        human=lambda: say(f"removed {len(removed)} unused layers, freed {_human_size(freed)}"),
+        human=lambda: say(f"removed {len(removed)} unused layers, freed {size(freed)}"),
     )
 
 
@@ -231,5 +224,5 @@ def cache_prune(
     emit(
         {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
         as_json=as_json,
-        human=lambda: say(f"removed {len(removed)} layers, freed {_human_size(freed)}"),
+        human=lambda: say(f"removed {len(removed)} layers, freed {size(freed)}"),
     )

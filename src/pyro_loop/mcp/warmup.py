@@ -151,12 +151,7 @@ class ProjectWarmup:
             self._loop, self._state = loop, "ready"
             self._seconds = time.monotonic() - (self._started or time.monotonic())
             self._phase = "ready"
-        synced = result.synced.copied + result.synced.removed if result.synced else 0
-        self._note(
-            "info",
-            f"workspace {record.name or record.id} {result.action} in {result.seconds:.1f} s "
-            f"({synced} host changes synced); watching host edits",
-        )
+        self._note("info", f"workspace {result.describe()}; watching host edits")
         self.follow(record.id)
 
     def _make_loop(self) -> ProjectLoop:
