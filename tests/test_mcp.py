@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import MCPError
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -542,3 +543,31 @@ def test_a_disconnect_ends_the_server_and_the_commands_it_left_running(
         assert "sleep 41" not in running(workspace_id)  # killed, not left to run to its timeout
         assert [s.record.id for s in ws.list()] == [workspace_id]  # vm_run's workspace is gone
         server.stdout.close()
+
+
+def test_a_cancelled_call_kills_its_command_and_the_server_goes_on(
+    repo: Path, pyro_home: Path
+) -> None:
+    ws = Workspaces(home=pyro_home)
+
+    def sleeping(workspace: str) -> bool:
+        listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
+        return "sleep 43" in ws.exec(workspace, ["sh", "-c", listing]).stdout.decode()
+
+    async def main() -> None:
+        async with connect(repo) as client:
+            workspace_id = (await client.call("workspace_exec", command="true"))["workspace_id"]
+            # The client gives up after 2 s: it sends notifications/cancelled.
+            with pytest.raises(MCPError, match="timed out"):
+                await client.session.call_tool(
+                    "workspace_exec", {"command": "sleep 43", "timeout_seconds": 120},
+                    read_timeout_seconds=2,
+                )  # fmt: skip
+            deadline = time.monotonic() + 10
+            while await anyio.to_thread.run_sync(sleeping, workspace_id):
+                assert time.monotonic() < deadline, "the cancelled command is still running"
+                await anyio.sleep(0.1)
+            again = await client.call("workspace_exec", command="echo still here")
+            assert again["stdout"] == "still here\n"
+
+    run(main)

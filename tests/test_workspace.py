@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.client import ExecResult
+from pyro_loop.client import Cancellation, ExecResult
 from pyro_loop.diff import render_patch
 from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
+    CancelledError,
     CommandNotFoundError,
     ConflictError,
     InvalidInputError,
@@ -920,3 +921,33 @@ def test_workspace_names(workspaces: Workspaces, seed_dir: Path) -> None:
             workspaces.create(seed=seed_dir, name=bad)
     assert [s.record.name for s in workspaces.list()] == ["dev-1.x_y"]
     assert workspaces.create(seed=seed_dir, name="x" * 64).name == "x" * 64
+
+
+def test_a_cancelled_exec_kills_its_process_tree(workspaces: Workspaces, ws: str) -> None:
+    cancel = Cancellation()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:  # a child that outlives its shell, too
+            workspaces.exec(ws, ["sh", "-c", "sleep 44 & sleep 45"], cancel=cancel)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
+    _wait_for(
+        lambda: "sleep 45" in workspaces.exec(ws, ["sh", "-c", listing]).stdout.decode(),
+        what="the command to start",
+    )
+    cancel.cancel()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], CancelledError), failures
+    _wait_for(
+        lambda: "sleep 4" not in workspaces.exec(ws, ["sh", "-c", listing]).stdout.decode(),
+        what="the process tree gone",
+    )
+    with pytest.raises(CancelledError):  # cancelled before it starts: it never does
+        workspaces.exec(ws, ["touch", "never"], cancel=cancel)
+    assert workspaces.exec(ws, ["test", "-e", "never"]).exit_code == 1

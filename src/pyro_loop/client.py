@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pyro_loop.agent import protocol as p
 from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
+    CancelledError,
     CommandNotFoundError,
     InvalidInputError,
     NotFoundError,
@@ -55,6 +57,39 @@ class ExecResult:
         }
 
 
+class Cancellation:
+    """Lets another thread stop a running exec (a chat host cancelled the call, say).
+
+    `cancel()` shuts the exec's connection down; the agent kills the command's process tree
+    when its connection goes, and the exec raises CancelledError. Cancelling before the exec
+    starts makes it raise at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def watching(self, sock: socket.socket) -> Iterator[None]:
+        with self._lock:
+            if self.cancelled:
+                raise CancelledError("cancelled before it started")
+            self._sock = sock
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sock = None
+
+
 class AgentClient:
     """Talks to one workspace's agent over its Unix socket."""
 
@@ -81,40 +116,58 @@ class AgentClient:
         data: bytes | Iterable[bytes] | None = None,
         on_frame: Callable[[bytes, bytes], None] | None = None,
         timeout: float | None = None,
+        cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
         """Send one request (plus data frames) and collect stream frames until the reply.
 
         `data` is sent as D frames: bytes at once, or an iterable's chunks as they come (a
         stream larger than memory), then the empty frame that ends it.
         """
-        with self._connect() as sock:
-            sock.settimeout(timeout if timeout is not None else self.connect_timeout)
+        with self._connect() as sock, cancel.watching(sock) if cancel else contextlib.nullcontext():
             try:
-                p.send_json(sock, {"v": p.VERSION, **request})
-                if data is not None:
-                    for chunk in [data] if isinstance(data, bytes) else data:
-                        p.send_data(sock, p.KIND_DATA, chunk)  # an empty chunk sends nothing
-                    p.send_frame(sock, p.KIND_DATA, b"")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the agent refused early; its reply (if any) says why
-            except TimeoutError as exc:
-                raise AgentUnavailableError("the workspace's agent stopped reading") from exc
-            try:
-                while True:
-                    kind, payload = p.recv_frame(sock)
-                    if kind == p.KIND_JSON:
-                        return _check_reply(p.decode_json(payload))
-                    if on_frame is None:
-                        raise p.ProtocolError(f"unexpected {kind!r} frame for {request['op']}")
-                    on_frame(kind, payload)
-            except (p.Closed, ConnectionResetError) as exc:
-                raise AgentUnavailableError(
-                    "the workspace's agent closed the connection (it stopped or crashed)"
-                ) from exc
-            except TimeoutError as exc:
-                raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
-            except p.ProtocolError as exc:
-                raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
+                return self._exchange(sock, request, data, on_frame, timeout)
+            except AgentError:
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError(
+                        "cancelled: the command's process tree was killed"
+                    ) from None
+                raise
+
+    def _exchange(
+        self,
+        sock: socket.socket,
+        request: dict[str, Any],
+        data: bytes | Iterable[bytes] | None,
+        on_frame: Callable[[bytes, bytes], None] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        sock.settimeout(timeout if timeout is not None else self.connect_timeout)
+        try:
+            p.send_json(sock, {"v": p.VERSION, **request})
+            if data is not None:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    p.send_data(sock, p.KIND_DATA, chunk)  # an empty chunk sends nothing
+                p.send_frame(sock, p.KIND_DATA, b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent refused early; its reply (if any) says why
+        except TimeoutError as exc:
+            raise AgentUnavailableError("the workspace's agent stopped reading") from exc
+        try:
+            while True:
+                kind, payload = p.recv_frame(sock)
+                if kind == p.KIND_JSON:
+                    return _check_reply(p.decode_json(payload))
+                if on_frame is None:
+                    raise p.ProtocolError(f"unexpected {kind!r} frame for {request['op']}")
+                on_frame(kind, payload)
+        except (p.Closed, ConnectionResetError) as exc:
+            raise AgentUnavailableError(
+                "the workspace's agent closed the connection (it stopped or crashed)"
+            ) from exc
+        except TimeoutError as exc:
+            raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
+        except p.ProtocolError as exc:
+            raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -141,6 +194,7 @@ class AgentClient:
         timeout: float | None = None,
         on_output: OutputSink | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
+        cancel: Cancellation | None = None,
     ) -> ExecResult:
         """Run `argv` in the workspace; output goes to `on_output` as it comes, or is collected.
 
@@ -163,6 +217,7 @@ class AgentClient:
             # The socket timeout bounds silence, not the command: allow the command's own
             # timeout plus a margin, or wait indefinitely when it has none.
             timeout=(timeout + 10.0) if timeout is not None else None,
+            cancel=cancel,
         )
         duration = reply.get("duration", 0.0)
         if not isinstance(duration, int | float) or isinstance(duration, bool):

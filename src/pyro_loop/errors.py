@@ -57,5 +57,11 @@ class AgentUnavailableError(AgentError):
     """The workspace's agent is not running (stopped, killed or crashed)."""
 
 
+class CancelledError(PyroError):
+    """A running command was cancelled from another thread (its process tree was killed)."""
+
+    exit_code = 130
+
+
 class ConflictError(PyroError):
     """The operation would overwrite something (a host file, a name) without --force."""

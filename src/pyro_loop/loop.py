@@ -29,7 +29,7 @@ from pyro_loop.runtime import Limits
 from pyro_loop.units import duration
 
 if TYPE_CHECKING:
-    from pyro_loop.client import ExecResult, OutputSink
+    from pyro_loop.client import Cancellation, ExecResult, OutputSink
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.watch import Stoppable
@@ -195,6 +195,7 @@ class ProjectLoop:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         on_output: OutputSink | None = None,
+        cancel: Cancellation | None = None,
     ) -> ExecResult:
         """Run a command in the project's workspace, after syncing what changed on the host."""
         if not argv:
@@ -203,7 +204,7 @@ class ProjectLoop:
         self._syncer(record).reconcile()
         self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
         return self.ws.exec(record.id, list(argv), timeout=timeout, cwd=cwd, env=env,
-                            on_output=on_output)  # fmt: skip
+                            on_output=on_output, cancel=cancel)  # fmt: skip
 
     def retry(
         self,
@@ -211,6 +212,7 @@ class ProjectLoop:
         reset: bool = False,
         on_output: OutputSink | None = None,
         default_timeout: float | None = None,
+        cancel: Cancellation | None = None,
     ) -> ExecResult:
         """The last command again, with its timeout (`default_timeout` if it had none)."""
         last = self.last_command()
@@ -224,7 +226,8 @@ class ProjectLoop:
         if timeout is None:
             timeout = default_timeout
         return self.exec(last["argv"], timeout=timeout, cwd=last.get("cwd"),
-                         env=last.get("env") or None, on_output=on_output)  # fmt: skip
+                         env=last.get("env") or None, on_output=on_output,
+                         cancel=cancel)  # fmt: skip
 
     def last_command(self) -> dict[str, Any] | None:
         """What `retry` runs: the last command's argv, timeout, cwd and env; None before one."""

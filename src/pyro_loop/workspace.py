@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_loop.client import AgentClient, ExecResult, OutputSink
+from pyro_loop.client import AgentClient, Cancellation, ExecResult, OutputSink
 from pyro_loop.diff import Change, compute_changes
 from pyro_loop.errors import (
     AgentUnavailableError,
@@ -366,12 +366,16 @@ class Workspaces:
         env: dict[str, str] | None = None,
         timeout: float | None = None,
         on_output: OutputSink | None = None,
+        cancel: Cancellation | None = None,
     ) -> ExecResult:
+        """Run `argv` in the workspace; `cancel` lets another thread stop it (see Cancellation)."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro workspace exec ID -- CMD...")
         wdir = self.resolve(ref)
         client = self._running_client(wdir)
-        result = client.exec(argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output)
+        result = client.exec(
+            argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output, cancel=cancel
+        )
         entry = {"time": time.time(), "argv": argv, "cwd": cwd, **result.to_json()}
         with wdir.history.open("a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -25,7 +25,7 @@ from pyro_loop.errors import PyroError
 from pyro_loop.mcp.output import OutputCapture
 
 if TYPE_CHECKING:
-    from pyro_loop.client import ExecResult
+    from pyro_loop.client import Cancellation, ExecResult
     from pyro_loop.loop import ProjectLoop
     from pyro_loop.mcp.warmup import ProjectWarmup
     from pyro_loop.state import WorkspaceRecord
@@ -72,15 +72,23 @@ class Calls:
 
     # -- running a call's work ----------------------------------------------------------------
 
-    async def on(self, ctx: Ctx, workspace_id: str | None, work: Callable[[Target], T]) -> T:
+    async def on(
+        self,
+        ctx: Ctx,
+        workspace_id: str | None,
+        work: Callable[[Target], T],
+        cancel: Cancellation | None = None,
+    ) -> T:
         """`work` on the workspace the call names (default: the project's), in a worker."""
         loop = await self.project_loop(ctx) if workspace_id is None else None
-        return await in_worker(lambda: work(self.target(workspace_id, loop)))
+        return await in_worker(lambda: work(self.target(workspace_id, loop)), cancel)
 
-    async def on_project(self, ctx: Ctx, work: Callable[[ProjectLoop], T]) -> T:
+    async def on_project(
+        self, ctx: Ctx, work: Callable[[ProjectLoop], T], cancel: Cancellation | None = None
+    ) -> T:
         """`work` on the project's loop, once warm, in a worker."""
         loop = await self.project_loop(ctx)
-        return await in_worker(lambda: work(loop))
+        return await in_worker(lambda: work(loop), cancel)
 
     async def project_loop(self, ctx: Ctx) -> ProjectLoop:
         """The project's loop, once warm: waits up to `wait_seconds`, reporting progress."""
@@ -137,14 +145,19 @@ class ToolGroup:
         self.calls = calls
 
 
-async def in_worker(work: Callable[[], T]) -> T:
+async def in_worker(work: Callable[[], T], cancel: Cancellation | None = None) -> T:
     """`work()` on a worker thread.
 
     A call cancelled meanwhile (the client gave up on it, or disconnected) is answered at
-    once: its work is abandoned to run its course, a command at most until its timeout, or
-    until the server ends (the workspace's agent then kills it, see `serve`).
+    once and its work abandoned; a command it runs with `cancel` is stopped (its process
+    tree killed), other work runs its course.
     """
-    return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        if cancel is not None:
+            cancel.cancel()
+        raise
 
 
 def run_command(

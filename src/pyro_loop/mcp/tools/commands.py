@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
+from pyro_loop.client import Cancellation
 from pyro_loop.errors import NotFoundError
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup, run_command
 from pyro_loop.mcp.output import read_saved
@@ -37,21 +38,23 @@ class CommandTools(ToolGroup):
         Each stream is returned up to 32 KiB (head and tail); past that, *_truncated is true
         and workspace_logs(exec_id=...) reads the full text. Default timeout 30 s."""
         argv = ["sh", "-c", command]
+        cancel = Cancellation()  # a cancelled call's command is killed, not left running
 
         def run(target: Target) -> dict[str, Any]:
             def start(capture: OutputCapture) -> ExecResult:
                 if target.loop is not None:  # the project's: host edits synced first
                     return target.loop.exec(
-                        argv, timeout=timeout_seconds, cwd=cwd, on_output=capture
+                        argv, timeout=timeout_seconds, cwd=cwd, on_output=capture, cancel=cancel
                     )
                 return self.calls.ws.exec(
-                    target.id, argv, timeout=timeout_seconds, cwd=cwd, on_output=capture
-                )
+                    target.id, argv, timeout=timeout_seconds, cwd=cwd, on_output=capture,
+                    cancel=cancel,
+                )  # fmt: skip
 
             outputs = self.calls.outputs(target.id)
             return run_command(target.id, outputs, start, timeout=timeout_seconds)
 
-        return await self.calls.on(ctx, workspace_id, run)
+        return await self.calls.on(ctx, workspace_id, run, cancel)
 
     async def workspace_retry(
         self,
@@ -65,6 +68,8 @@ class CommandTools(ToolGroup):
         its timeout (30 s if it had none), after syncing host edits: the fix-and-rerun loop
         in one call. Same result as workspace_exec."""
 
+        cancel = Cancellation()
+
         def run(loop: ProjectLoop) -> dict[str, Any]:
             last = loop.last_command()
             if last is None:
@@ -77,13 +82,13 @@ class CommandTools(ToolGroup):
                 record.id,
                 self.calls.outputs(record.id),
                 lambda capture: loop.retry(
-                    reset=reset, on_output=capture, default_timeout=DEFAULT_TIMEOUT
+                    reset=reset, on_output=capture, default_timeout=DEFAULT_TIMEOUT, cancel=cancel
                 ),
                 timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
                 longer=RETRY_LONGER,
             )
 
-        return await self.calls.on_project(ctx, run)
+        return await self.calls.on_project(ctx, run, cancel)
 
     async def workspace_logs(
         self,

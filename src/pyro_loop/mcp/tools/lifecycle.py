@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from pyro_loop.client import Cancellation
 from pyro_loop.errors import PyroError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker, run_command
 from pyro_loop.mcp.params import (
@@ -142,6 +143,8 @@ class LifecycleTools(ToolGroup):
         it. Returns exit_code, stdout, stderr (32 KiB each, head and tail), duration_ms.
         Default timeout 30 s; network off."""
 
+        cancel = Cancellation()
+
         def run() -> dict[str, Any]:
             ws = self.calls.ws
             record = ws.create(
@@ -156,7 +159,7 @@ class LifecycleTools(ToolGroup):
                     record.id,
                     None,
                     lambda capture: ws.exec(
-                        record.id, argv, timeout=timeout_seconds, on_output=capture
+                        record.id, argv, timeout=timeout_seconds, on_output=capture, cancel=cancel
                     ),
                     timeout=timeout_seconds,
                 )
@@ -165,7 +168,7 @@ class LifecycleTools(ToolGroup):
                 ws.delete(record.id)
             return {**data, "environment": environment, "deleted": True}
 
-        return await in_worker(run)
+        return await in_worker(run, cancel)
 
     async def snapshot_create(
         self,
