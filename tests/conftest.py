@@ -45,10 +45,9 @@ def workspaces(pyro_home: Path) -> Iterator[Workspaces]:
         ws.delete(status.record.id)
 
 
-@pytest.fixture
-def seed_dir(tmp_path: Path) -> Path:
-    """A small project tree: text files, a subdirectory, an executable and a relative symlink."""
-    root = tmp_path / "seed"
+def write_seed_tree(root: Path) -> Path:
+    """A small project tree at `root`: text files, a subdirectory, an executable and a
+    relative symlink."""
     (root / "src").mkdir(parents=True)
     (root / "README.md").write_text("hello\n")
     (root / "src" / "app.py").write_text("print('app')\n")
@@ -56,6 +55,12 @@ def seed_dir(tmp_path: Path) -> Path:
     (root / "run.sh").chmod(0o755)
     (root / "src" / "link").symlink_to("../README.md")
     return root
+
+
+@pytest.fixture
+def seed_dir(tmp_path: Path) -> Path:
+    """`write_seed_tree` in the test's directory."""
+    return write_seed_tree(tmp_path / "seed")
 
 
 # Pinned identity, dates and configuration: the same commits on every machine, and nothing
@@ -78,6 +83,15 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-c", "init.defaultBranch=main", *args],
         cwd=repo, env={**os.environ, **GIT_ENV}, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
+
+
+# A project whose dependency snapshot is keyed by requirements.txt and "installs" it into
+# .deps/ (ignored by git): fast, offline, and visible from inside the workspace.
+DEPS_CONFIG = """\
+[prepare]
+keys = ["requirements.txt"]
+run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
+"""
 
 
 def commit_project(root: Path, config: str, files: dict[str, str]) -> Path:

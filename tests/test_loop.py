@@ -19,20 +19,14 @@ from pyro_loop.errors import ConflictError
 from pyro_loop.loop import NotWarmError, ProjectLoop
 from pyro_loop.project import find_project
 from pyro_loop.workspace import Workspaces
-from tests.conftest import commit_project, run_pyro
-
-CONFIG = """\
-[prepare]
-keys = ["requirements.txt"]
-run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
-"""
+from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     files = {"requirements.txt": "requests==2.32.0\n", "src/app.py": "print('v1')\n",
              ".gitignore": ".deps/\n*.log\n"}  # fmt: skip
-    return commit_project(tmp_path / "repo", CONFIG, files)
+    return commit_project(tmp_path / "repo", DEPS_CONFIG, files)
 
 
 def loop_for(repo: Path, ws: Workspaces) -> ProjectLoop:

@@ -21,19 +21,13 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from pyro_loop.mcp.output import INLINE_LIMIT
 from pyro_loop.mcp.profiles import PROFILES
 from pyro_loop.workspace import Workspaces
-from tests.conftest import commit_project, git
-
-CONFIG = """\
-[prepare]
-keys = ["requirements.txt"]
-run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
-"""
+from tests.conftest import DEPS_CONFIG, commit_project, git
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     files = {"requirements.txt": "requests==2.32.0\n", "src/app.py": "print('v1')\n"}
-    return commit_project(tmp_path / "repo", CONFIG, files)
+    return commit_project(tmp_path / "repo", DEPS_CONFIG, files)
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +176,7 @@ def test_the_editing_loop(repo: Path) -> None:
 
 
 def test_status_before_and_after_warm_up(repo: Path) -> None:
-    (repo / ".pyro.toml").write_text(CONFIG.replace('run = ["', 'run = ["sleep 2 && '))
+    (repo / ".pyro.toml").write_text(DEPS_CONFIG.replace('run = ["', 'run = ["sleep 2 && '))
     git(repo, "commit", "-qam", "slow prepare")
 
     async def main() -> None:
@@ -393,7 +387,7 @@ def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None
             assert status["warmup"]["state"] == "failed" and not status["ready"]
             assert any(e["level"] == "error" for e in status["warmup"]["events"])
 
-            (repo / ".pyro.toml").write_text(CONFIG)  # fixed: the next call warms up again
+            (repo / ".pyro.toml").write_text(DEPS_CONFIG)  # fixed: the next call warms up again
             ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
             assert ran["stdout"] == "requests==2.32.0\n"
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,13 +62,16 @@ def raw(workspaces: Workspaces, ws: str, name: str, *args: int | str) -> dict[st
     return result
 
 
-def raw_on_host(name: str, *args: int | str) -> dict[str, int]:
-    """The same probe on the host, unsandboxed: the control."""
+def py_json_on_host(code: str, *args: str) -> Any:
+    """`py_json`'s probe run on the host, unsandboxed: the control."""
     out = subprocess.run(
-        [sys.executable, "-c", RAW_SYSCALL, str(nr(name)), *map(str, args)],
-        capture_output=True, text=True, check=True, timeout=30,
-    )  # fmt: skip
-    result: dict[str, int] = json.loads(out.stdout)
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, timeout=30
+    )
+    return json.loads(out.stdout)
+
+
+def raw_on_host(name: str, *args: int | str) -> dict[str, int]:
+    result: dict[str, int] = py_json_on_host(RAW_SYSCALL, str(nr(name)), *map(str, args))
     return result
 
 
@@ -179,15 +183,7 @@ print(json.dumps({"ret": ret, "errno": ctypes.get_errno() if ret == -1 else 0,
 def test_ptrace_is_refused_even_on_its_own_child(workspaces: Workspaces, ws: str) -> None:
     inside = py_json(workspaces, ws, PTRACE_CHILD, str(nr("ptrace")))
     assert inside == {"ret": -1, "errno": errno.EPERM, "tracer": 0}
-    control = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", PTRACE_CHILD, str(nr("ptrace"))],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    )
+    control = py_json_on_host(PTRACE_CHILD, str(nr("ptrace")))
     assert control["ret"] == 0 and control["tracer"] != 0, control
 
 
@@ -195,15 +191,7 @@ def test_process_vm_readv_is_refused(workspaces: Workspaces, ws: str) -> None:
     inside = py_json(workspaces, ws, VM_READ_SELF, str(nr("process_vm_readv")))
     assert inside["ret"] == -1 and inside["errno"] == errno.EPERM
     assert "secret" not in inside["copied"]
-    control = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", VM_READ_SELF, str(nr("process_vm_readv"))],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    )
+    control = py_json_on_host(VM_READ_SELF, str(nr("process_vm_readv")))
     assert control == {"ret": 6, "errno": 0, "copied": "secret"}
 
 

@@ -28,7 +28,7 @@ from pyro_loop.errors import AgentError, InvalidInputError
 from pyro_loop.project import find_project, head_tree, write_tree
 from pyro_loop.sync import ExcludeRules, Syncer, host_digest, manifest_digest
 from pyro_loop.workspace import Workspaces
-from tests.conftest import git
+from tests.conftest import git, write_seed_tree
 
 # What the workspace holds, as {path: (kind, mode, sha256) or ("link", target)}.
 WS_TREE = r"""
@@ -59,12 +59,7 @@ print(json.dumps(out))
 def make_repo(root: Path, *, lib_files: int = 50) -> Path:
     """A committed repository: text files, an executable, a relative symlink, a directory of
     modules, and ignore rules for logs, build output and a virtualenv."""
-    (root / "src").mkdir(parents=True)
-    (root / "README.md").write_text("hello\n")
-    (root / "src" / "app.py").write_text("print('app')\n")
-    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "src" / "link").symlink_to("../README.md")
+    write_seed_tree(root)
     (root / ".gitignore").write_text("*.log\nbuild/\n.venv/\n")
     (root / "lib").mkdir()
     for i in range(lib_files):
