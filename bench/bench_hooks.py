@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchrepo import GIT_ENV, compile_pyro, git, loop_arguments, make_repo, summarize
+from benchrepo import GIT_ENV, compile_pyro, git, loop_arguments, make_repo, scratch_home, summarize
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 CHECK = "test -f .deps/requirements.txt && grep -q VALUE pkg0/mod0.py"
@@ -139,11 +137,9 @@ def report(rows: list[Row], overheads: list[tuple[str, float, float | None]]) ->
 def main() -> int:
     args, files, runs = loop_arguments(__doc__)
 
-    tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-hooks-"))
-    home = tmp / "home"
-    os.environ["PYRO_HOME"] = str(home)
-    hooked, plain = tmp / "hooked", tmp / "plain"
-    try:
+    with scratch_home("pyro-bench-hooks-") as tmp:
+        home = tmp / "home"
+        hooked, plain = tmp / "hooked", tmp / "plain"
         from pyro_loop.config import load_project_config
         from pyro_loop.githooks.install import install
         from pyro_loop.prepare import prepare
@@ -196,12 +192,6 @@ def main() -> int:
             }
             args.json_path.write_text(json.dumps(data, indent=2))
         return 1 if failed and args.check else 0
-    finally:
-        from pyro_loop.workspace import Workspaces
-
-        for status in Workspaces(home=home).list():
-            Workspaces(home=home).delete(status.record.id)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchrepo import compile_pyro, git, loop_arguments, make_repo, summarize, timed
+from benchrepo import compile_pyro, git, loop_arguments, make_repo, scratch_home, summarize, timed
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 
@@ -178,10 +177,8 @@ def report(
 def main() -> int:
     args, files, runs = loop_arguments(__doc__)
 
-    tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-loop-"))
-    os.environ["PYRO_HOME"] = str(tmp / "home")
-    repo = tmp / "repo"
-    try:
+    with scratch_home("pyro-bench-loop-") as tmp:
+        repo = tmp / "repo"
         from pyro_loop.config import load_project_config
         from pyro_loop.loop import ProjectLoop
         from pyro_loop.prepare import prepare
@@ -202,12 +199,6 @@ def main() -> int:
         if args.json_path:
             args.json_path.write_text(json.dumps({n: samples for n, samples, _ in rows}, indent=2))
         return 1 if failed and args.check else 0
-    finally:
-        from pyro_loop.workspace import Workspaces
-
-        for status in Workspaces(home=tmp / "home").list():
-            Workspaces(home=tmp / "home").delete(status.record.id)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

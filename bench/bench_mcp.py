@@ -18,15 +18,13 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchrepo import compile_pyro, loop_arguments, make_repo, summarize
+from benchrepo import compile_pyro, loop_arguments, make_repo, scratch_home, summarize
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 SDK_BASELINE = "import mcp.server.mcpserver; print('{}', flush=True)"
@@ -143,10 +141,8 @@ def time_cli_exec(repo: Path) -> float:
 def main() -> int:
     args, files, runs = loop_arguments(__doc__)
 
-    tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-mcp-"))
-    os.environ["PYRO_HOME"] = str(tmp / "home")
-    repo = tmp / "repo"
-    try:
+    with scratch_home("pyro-bench-mcp-") as tmp:
+        repo = tmp / "repo"
         from pyro_loop.config import load_project_config
         from pyro_loop.loop import ProjectLoop
         from pyro_loop.project import find_project
@@ -195,12 +191,6 @@ def main() -> int:
             data["added_ms"] = [added]
             args.json_path.write_text(json.dumps(data, indent=2))
         return 1 if not ok and args.check else 0
-    finally:
-        from pyro_loop.workspace import Workspaces
-
-        for status in Workspaces(home=tmp / "home").list():
-            Workspaces(home=tmp / "home").delete(status.record.id)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

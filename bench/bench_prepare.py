@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchrepo import compile_pyro, make_repo, timed
+from benchrepo import compile_pyro, make_repo, scratch_home, timed
 
 TARGET_WARM_MS = 150.0
 INSTALL = (
@@ -45,11 +43,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the target fails")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="pyro-bench-prepare-"))
-    os.environ["PYRO_HOME"] = str(tmp / "home")
     pyro = [sys.executable, "-m", "pyro_loop"]
-    repo = tmp / "repo"
-    try:
+    with scratch_home("pyro-bench-prepare-") as tmp:
+        repo = tmp / "repo"
         compile_pyro()
         make_repo(repo, args.files, INSTALL)
         from pyro_loop.config import load_project_config
@@ -90,13 +86,6 @@ def main() -> int:
             shown = f"<= {target:.0f} ms" if target else "-"
             print(f"{name:42} {median:10.1f} {p95:8.1f}  {shown:10} {verdict}")
         return 1 if failed and args.check else 0
-    finally:
-        from pyro_loop.workspace import Workspaces
-
-        ws = Workspaces(home=tmp / "home")
-        for status in ws.list():
-            ws.delete(status.record.id)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
@@ -79,3 +82,21 @@ def loop_arguments(doc: str | None) -> tuple[argparse.Namespace, int, int]:
     args = parser.parse_args()
     files, runs = (200, 3) if args.quick else (args.files, args.runs)
     return args, files, runs
+
+
+@contextlib.contextmanager
+def scratch_home(prefix: str) -> Iterator[Path]:
+    """A temporary directory whose `home` is PYRO_HOME for this run. On the way out (a
+    failure or Ctrl-C included), every workspace in it is deleted, its processes with it,
+    and the directory removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["PYRO_HOME"] = str(tmp / "home")
+    try:
+        yield tmp
+    finally:
+        from pyro_loop.workspace import Workspaces
+
+        ws = Workspaces(home=tmp / "home")
+        for status in ws.list():
+            ws.delete(status.record.id)
+        shutil.rmtree(tmp, ignore_errors=True)

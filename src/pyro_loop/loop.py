@@ -229,10 +229,6 @@ class ProjectLoop:
                          env=last.get("env") or None, on_output=on_output,
                          cancel=cancel)  # fmt: skip
 
-    def last_command(self) -> dict[str, Any] | None:
-        """What `retry` runs: the last command's argv, timeout, cwd and env; None before one."""
-        return self._load_last()
-
     def reset(self, *, snapshot: str = "baseline") -> SyncResult:
         """Back to the warm baseline (or a named snapshot) plus the host's current files."""
         record = self.require()
@@ -321,10 +317,11 @@ class ProjectLoop:
     # -- the last command, for retry ------------------------------------------------------------
 
     def _save_last(self, command: dict[str, Any]) -> None:
-        if command != self._load_last():  # a read costs less than a rename
+        if command != self.last_command():  # a read costs less than a rename
             write_json_atomic(self.state_dir / "last-command.json", command, durable=False)
 
-    def _load_last(self) -> dict[str, Any] | None:
+    def last_command(self) -> dict[str, Any] | None:
+        """What `retry` runs: the last command's argv, timeout, cwd and env; None before one."""
         with contextlib.suppress(OSError, ValueError):
             data: dict[str, Any] = json.loads((self.state_dir / "last-command.json").read_text())
             return data
