@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,49 @@ async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
             await session.initialize()
             client = Client(session)
             yield client
+
+
+class RawServer:
+    """`pyro mcp serve` spoken to line by line, for what the SDK's client hides: a signal,
+    stdin closed under a call still running."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process, self.stdin, self.stdout = process, process.stdin, process.stdout
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+        self.stdin.flush()
+
+    def call(self, request_id: int, name: str, **arguments: Any) -> None:
+        self.send({"id": request_id, "method": "tools/call",
+                   "params": {"name": name, "arguments": arguments}})  # fmt: skip
+
+    def reply(self, request_id: int) -> dict[str, Any]:
+        """The result of request `request_id`, skipping notifications and other replies."""
+        while (message := json.loads(self.stdout.readline())).get("id") != request_id:
+            pass
+        result: dict[str, Any] = message["result"]
+        return result
+
+
+@contextlib.contextmanager
+def raw_server(repo: Path) -> Iterator[RawServer]:
+    """A server, initialized; killed (if still running) and its pipes closed afterwards."""
+    server_log = Path(os.environ["PYRO_HOME"]).parent / "server.log"  # the test's tmp_path
+    with server_log.open("a") as errlog, subprocess.Popen(
+        [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+    ) as process:  # fmt: skip
+        raw = RawServer(process)
+        try:
+            raw.send({"id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "test", "version": "1"}}})  # fmt: skip
+            raw.send({"method": "notifications/initialized"})
+            yield raw
+        finally:
+            process.kill()
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -395,38 +438,18 @@ def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None
 
 
 def test_sigterm_stops_the_watcher_and_keeps_the_workspace(repo: Path, pyro_home: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert server.stdin is not None and server.stdout is not None
-    messages = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                    "clientInfo": {"name": "test", "version": "1"}}},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-         "params": {"name": "workspace_exec", "arguments": {"command": "true"}}},
-    ]  # fmt: skip
-    for message in messages:
-        server.stdin.write(json.dumps(message).encode() + b"\n")
-    server.stdin.flush()
-    while True:
-        reply = json.loads(server.stdout.readline())
-        if reply.get("id") == 2:
-            break
-    workspace_id = reply["result"]["structuredContent"]["workspace_id"]
-    status_file = next((pyro_home / "projects").glob("*/watch.json"))
-    deadline = time.monotonic() + 30
-    while json.loads(status_file.read_text())["state"] != "watching":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    server.terminate()
-    assert server.wait(timeout=10) == 0
+    with raw_server(repo) as server:
+        server.call(2, "workspace_exec", command="true")
+        workspace_id = server.reply(2)["structuredContent"]["workspace_id"]
+        status_file = next((pyro_home / "projects").glob("*/watch.json"))
+        deadline = time.monotonic() + 30
+        while json.loads(status_file.read_text())["state"] != "watching":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.process.terminate()
+        assert server.process.wait(timeout=10) == 0
     assert json.loads(status_file.read_text())["state"] == "stopped"
     assert Workspaces(home=pyro_home).status(workspace_id).state == "running"
-    server.stdin.close()
-    server.stdout.close()
 
 
 def test_an_unexpected_exception_becomes_a_tool_error() -> None:
@@ -489,36 +512,16 @@ def test_a_disconnect_ends_the_server_and_the_commands_it_left_running(
     repo: Path, pyro_home: Path
 ) -> None:
     ws = Workspaces(home=pyro_home)
-    with (pyro_home.parent / "server.log").open("a") as errlog:  # the test's tmp_path
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pyro_loop", "mcp", "serve"], cwd=repo,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
-        )  # fmt: skip
-        assert server.stdin is not None and server.stdout is not None
 
-        def send(message: dict[str, Any]) -> None:
-            assert server.stdin is not None
-            server.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
-            server.stdin.flush()
+    def running(workspace: str) -> str:
+        listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
+        return ws.exec(workspace, ["sh", "-c", listing]).stdout.decode()
 
-        def call(request_id: int, name: str, **arguments: Any) -> None:
-            send({"id": request_id, "method": "tools/call",
-                  "params": {"name": name, "arguments": arguments}})  # fmt: skip
-
-        send({"id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                         "clientInfo": {"name": "test", "version": "1"}}})  # fmt: skip
-        send({"method": "notifications/initialized"})
-        call(2, "workspace_exec", command="true")
-        while (reply := json.loads(server.stdout.readline())).get("id") != 2:
-            pass
-        workspace_id = reply["result"]["structuredContent"]["workspace_id"]
-        call(3, "workspace_exec", command="sleep 41", timeout_seconds=120)
-        call(4, "vm_run", command="sleep 42", timeout_seconds=120)
-
-        def running(workspace: str) -> str:
-            listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
-            return ws.exec(workspace, ["sh", "-c", listing]).stdout.decode()
+    with raw_server(repo) as server:
+        server.call(2, "workspace_exec", command="true")
+        workspace_id = server.reply(2)["structuredContent"]["workspace_id"]
+        server.call(3, "workspace_exec", command="sleep 41", timeout_seconds=120)
+        server.call(4, "vm_run", command="sleep 42", timeout_seconds=120)
 
         def started() -> bool:
             others = [s.record.id for s in ws.list() if s.record.id != workspace_id]
@@ -532,11 +535,10 @@ def test_a_disconnect_ends_the_server_and_the_commands_it_left_running(
             time.sleep(0.1)
         disconnected = time.monotonic()
         server.stdin.close()  # the chat host went away, both calls still running
-        assert server.wait(timeout=20) == 0
+        assert server.process.wait(timeout=20) == 0
         assert time.monotonic() - disconnected < 10, "the server waited for the commands"
-        assert "sleep 41" not in running(workspace_id)  # killed, not left to run to its timeout
-        assert [s.record.id for s in ws.list()] == [workspace_id]  # vm_run's workspace is gone
-        server.stdout.close()
+    assert "sleep 41" not in running(workspace_id)  # killed, not left to run to its timeout
+    assert [s.record.id for s in ws.list()] == [workspace_id]  # vm_run's workspace is gone
 
 
 def test_a_cancelled_call_kills_its_command_and_the_server_goes_on(

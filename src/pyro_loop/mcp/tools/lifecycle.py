@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Annotated, Any
 
@@ -28,15 +29,25 @@ logger = logging.getLogger("pyro.mcp")
 class LifecycleTools(ToolGroup):
     def __init__(self, calls: Calls) -> None:
         super().__init__(calls)
-        self._one_shots: set[str] = set()  # vm_run's workspaces, while their command runs
+        self._one_shots: set[str] = set()  # vm_run's workspaces, until they are deleted
+        # Held while one is deleted: the server's exit waits for a delete under way (its
+        # call's own, after a disconnect cancelled the command) instead of cutting it short.
+        self._one_shots_lock = threading.Lock()
 
     def close(self) -> None:
         """The server is ending: delete the workspaces of vm_run calls still running (their
         calls were abandoned), which would otherwise be left behind."""
         for workspace_id in list(self._one_shots):
-            with contextlib.suppress(PyroError):  # deleted meanwhile by the call itself
-                self.calls.ws.delete(workspace_id)
-                logger.info("deleted vm_run workspace %s: the server is ending", workspace_id)
+            self._delete_one_shot(workspace_id)
+            logger.info("deleted vm_run workspace %s: the server is ending", workspace_id)
+
+    def _delete_one_shot(self, workspace_id: str) -> None:
+        """Delete a vm_run workspace once, whether its call or the server's exit comes first."""
+        with self._one_shots_lock:
+            if workspace_id in self._one_shots:
+                with contextlib.suppress(PyroError):  # already gone
+                    self.calls.ws.delete(workspace_id)
+                self._one_shots.discard(workspace_id)
 
     async def workspace_reset(
         self,
@@ -151,7 +162,8 @@ class LifecycleTools(ToolGroup):
                 environment=environment, network=network, standby=False,
                 labels={"pyro": "vm-run"},
             )  # fmt: skip
-            self._one_shots.add(record.id)
+            with self._one_shots_lock:
+                self._one_shots.add(record.id)
             argv = ["sh", "-c", command]
             try:
                 # The workspace goes: nowhere to keep long output (None), it is only cut.
@@ -164,8 +176,7 @@ class LifecycleTools(ToolGroup):
                     timeout=timeout_seconds,
                 )
             finally:
-                self._one_shots.discard(record.id)
-                ws.delete(record.id)
+                self._delete_one_shot(record.id)
             return {**data, "environment": environment, "deleted": True}
 
         return await in_worker(run, cancel)
