@@ -206,6 +206,15 @@ def test_patch_diff_export_snapshot_reset_delete(
     assert out.is_dir(), "the refused export left the output alone"
     _ok("workspace", "export", "x", "README.md", "-o", str(out), "--force")
     assert out.read_text() == "hello\npatched\n"
+    small = run_pyro(
+        "workspace", "export", "x", "src", "-o", str(tmp_path / "s"), "--max-size", "1K"
+    )
+    assert "is larger than 1.0 KB; nothing was written" in _assert_error(small)
+    typo = run_pyro(
+        "workspace", "export", "x", "src", "-o", str(tmp_path / "s"), "--max-size", "lots"
+    )
+    assert typo.returncode == 2 and "not a size: 'lots'" in typo.stderr
+    assert not (tmp_path / "s").exists()
 
     snap = _json("workspace", "snapshot", "create", "x", "patched")
     assert snap["name"] == "patched"

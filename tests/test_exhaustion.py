@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.errors import PyroError
+from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import MAX_TREE_DEPTH
 from pyro_loop.runtime import Limits
 from pyro_loop.workspace import Workspaces
@@ -198,6 +198,42 @@ def test_a_deep_but_reasonable_tree_is_diffed_snapshotted_and_exported(
     assert (tmp_path / "out" / ("d/" * 200) / "leaf").read_text() == "bottom\n"
     workspaces.reset(ws, snapshot="deep")
     assert sh(workspaces, ws, f"cat /workspace/{leaf}").stdout == b"bottom\n"
+
+
+def test_an_export_larger_than_its_bound_is_refused_and_writes_nothing(
+    workspaces: Workspaces, ws: str, tmp_path: Path, host_unchanged: None
+) -> None:
+    """The workspace decides how much export sends: the host stops at the bound."""
+    made = sh(
+        workspaces, ws, "mkdir big && for i in 1 2 3 4; do head -c 1000000 /dev/zero > big/$i; done"
+    )
+    assert made.exit_code == 0, made.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InvalidInputError, match=r"larger than 2\.0 MB; nothing was written"):
+        workspaces.export(ws, "big", out / "big", max_bytes=2_000_000)
+    assert list(out.iterdir()) == []  # no partial export, no spool left behind
+    workspaces.export(ws, "big", out / "big", max_bytes=5_000_000)  # the control
+    assert sorted(p.stat().st_size for p in (out / "big").iterdir()) == [1_000_000] * 4
+
+
+def test_an_export_stops_before_it_would_fill_the_host_disk(
+    workspaces: Workspaces, ws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free-space guard (the disk's free space faked at 3 MB over what is kept free)."""
+    import shutil
+
+    from pyro_loop import transfer
+
+    sh(workspaces, ws, "head -c 2000000 /dev/zero > big")
+    usage = shutil.disk_usage(tmp_path)
+    fake = usage._replace(free=transfer.FREE_SPACE_KEPT + 3_000_000)
+    monkeypatch.setattr(transfer.shutil, "disk_usage", lambda _path: fake)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InvalidInputError, match="does not fit in the free space"):
+        workspaces.export(ws, "big", out / "big")
+    assert list(out.iterdir()) == []
 
 
 def test_symlink_loops_give_clean_errors_everywhere(

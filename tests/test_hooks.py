@@ -473,3 +473,33 @@ def test_pre_commit_framework_runs_both_shipped_hooks(
     assert "pyro prepare (in the background, when a lockfile changed)" in switched.stderr
     record = wait_for_background_prepare(repo, pyro_home)
     assert workspaces.store.get(str(record["key"])) is not None
+
+
+def test_the_documented_local_config_declares_the_shipped_hooks_and_runs(
+    repo: Path, workspaces: Workspaces, tmp_path: Path
+) -> None:
+    """docs/hooks.md's `repo: local` block is the shipped manifest's hooks, and it works."""
+    import yaml  # pre-commit's own dependency
+
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    local_block = next(
+        block.split("```", 1)[0] for block in docs.split("```yaml\n")[1:] if "repo: local" in block
+    )
+    shipped = {
+        hook["id"]: hook for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    }
+    local = {hook["id"]: hook for hook in yaml.safe_load(local_block)["repos"][0]["hooks"]}
+    assert local.keys() == shipped.keys()
+    for hook_id, hook in local.items():
+        for key in ("entry", "language", "pass_filenames", "always_run", "stages"):
+            assert hook[key] == shipped[hook_id][key], (hook_id, key)
+
+    warm_up(repo, workspaces)
+    (repo / ".pre-commit-config.yaml").write_text(local_block)
+    (repo / "app.txt").write_text("broken\n")
+    git(repo, "add", "app.txt", ".pre-commit-config.yaml")
+    failed = subprocess.run(
+        [sys.executable, "-m", "pre_commit", "run", "pyro-check"], cwd=repo,
+        env=pre_commit_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 1 and "FAILED on staged" in failed.stdout, failed.stdout

@@ -11,23 +11,34 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
+from pyro_loop.units import size
 
 MAX_PATCHED_FILE = 64 * 1024 * 1024
+DEFAULT_MAX_EXPORT = 8 * 1000**3  # bytes of archive; `--max-size` allows more
+FREE_SPACE_KEPT = 512 * 1000**2  # an export never leaves the host's disk with less than this
 
 
 def export_path(
-    client: AgentClient, path: str, output: Path, *, force: bool = False
+    client: AgentClient,
+    path: str,
+    output: Path,
+    *,
+    force: bool = False,
+    max_bytes: int = DEFAULT_MAX_EXPORT,
 ) -> dict[str, Any]:
     """Copy `path` (a file or directory in the workspace) to `output` on the host.
 
     The archive is unpacked with tarfile's "data" filter (no absolute paths, no `..`, no
     links out of the tree, no device files) into a temporary directory beside `output`, then
-    renamed into place: `output` is either the complete export or untouched.
+    renamed into place: `output` is either the complete export or untouched. The workspace
+    decides how much it sends, so the archive is cut off at `max_bytes`, or earlier where
+    the archive and its unpacked copy would fill the host's disk.
     """
     output = output.absolute()
     if (output.exists() or output.is_symlink()) and not force:
@@ -35,8 +46,8 @@ def export_path(
     if not output.parent.is_dir():
         raise InvalidInputError(f"output directory does not exist: {output.parent}")
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".pyro-export-") as tmp, \
-            tempfile.TemporaryFile() as spool:  # fmt: skip
-        reply = client.tar(path, spool.write)
+            (Path(tmp) / ".archive").open("w+b") as spool:  # fmt: skip
+        reply = client.tar(path, _bounded_writer(spool, path, output.parent, max_bytes))
         arcname = reply.get("arcname")
         if not isinstance(arcname, str) or arcname in ("", ".", "..") or "/" in arcname:
             raise PyroError(f"the workspace's agent sent an invalid archive name: {arcname!r}")
@@ -57,6 +68,34 @@ def export_path(
             os.rename(output, Path(tmp) / ".replaced")  # removed with the temporary directory
         os.rename(extracted, output)
     return {"path": reply.get("path"), "output": str(output)}
+
+
+def _bounded_writer(
+    spool: BinaryIO, path: str, where: Path, max_bytes: int
+) -> Callable[[bytes], None]:
+    """`spool.write`, refusing to go past `max_bytes`, or past half the free space on
+    `where` less FREE_SPACE_KEPT (the archive, then as much again unpacked)."""
+    room = (shutil.disk_usage(where).free - FREE_SPACE_KEPT) // 2
+    limit = min(max_bytes, max(room, 0))
+    written = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal written
+        written += len(chunk)
+        if written > limit:
+            if limit == max_bytes:
+                raise InvalidInputError(
+                    f"the export of {path} is larger than {size(max_bytes)}; nothing was written",
+                    hint="pass a larger --max-size (max_bytes) if you want all of it",
+                )
+            raise InvalidInputError(
+                f"the export of {path} does not fit in the free space on {where} "
+                f"({size(room)} usable); nothing was written",
+                hint="free some space there or export elsewhere",
+            )
+        spool.write(chunk)
+
+    return write
 
 
 def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str, Any]:

@@ -15,3 +15,16 @@ def size(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
     return f"{nbytes:.1f} GB"
+
+
+_SIZE_SUFFIXES = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """ "500M", "8G", "1024": a size in bytes, in the decimal units `size` prints (a trailing
+    "B" is allowed: "8GB"). Raises ValueError with what was expected."""
+    raw = text.strip().lower().removesuffix("b")
+    number, suffix = (raw[:-1], raw[-1]) if raw[-1:].isalpha() else (raw, "")
+    if suffix not in _SIZE_SUFFIXES or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"not a size: {text!r} (expected a number with K, M, G or T, like 8G)")
+    return int(float(number) * _SIZE_SUFFIXES[suffix])

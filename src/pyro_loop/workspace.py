@@ -49,7 +49,7 @@ from pyro_loop.runtime import Limits, Runtime, SandboxSpec
 from pyro_loop.seed import import_seed
 from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
-from pyro_loop.transfer import apply_patch, export_path
+from pyro_loop.transfer import DEFAULT_MAX_EXPORT, apply_patch, export_path
 
 if TYPE_CHECKING:
     from pyro_loop.environments import Progress
@@ -400,8 +400,16 @@ class Workspaces:
         above = [wdir.upper(record.generation)] + [self.store.require(k).tree for k in extra]
         return compute_changes([self.store.require(k).tree for k in base], above)
 
-    def export(self, ref: str, path: str, output: Path, *, force: bool = False) -> dict[str, Any]:
-        return export_path(self.client(ref), path, output, force=force)
+    def export(
+        self,
+        ref: str,
+        path: str,
+        output: Path,
+        *,
+        force: bool = False,
+        max_bytes: int = DEFAULT_MAX_EXPORT,
+    ) -> dict[str, Any]:
+        return export_path(self.client(ref), path, output, force=force, max_bytes=max_bytes)
 
     def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
         return apply_patch(self.client(ref), patch)

@@ -11,6 +11,7 @@ import typer
 
 from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.units import parse_size
 
 workspace_app = typer.Typer(
     help="Create, run commands in, reset, snapshot and inspect workspaces.",
@@ -241,10 +242,17 @@ def export(
     path: str = typer.Argument(..., help="File or directory in the workspace."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write it on the host."),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    max_size: str = typer.Option(
+        "8G", "--max-size", help="Refuse an export larger than this (K, M, G, T)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Copy a file or directory out of a workspace to the host."""
-    data = _workspaces().export(ref, path, output, force=force)
+    try:
+        max_bytes = parse_size(max_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-size") from None
+    data = _workspaces().export(ref, path, output, force=force, max_bytes=max_bytes)
     emit(data, as_json=as_json, human=lambda: say(f"exported {data['path']} to {data['output']}"))
 
 
