@@ -26,7 +26,7 @@ import pytest
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import AgentError, InvalidInputError
 from pyro_loop.project import find_project, head_tree, write_tree
-from pyro_loop.sync import ExcludeRules, Syncer, host_digest, manifest_digest
+from pyro_loop.sync import ExcludeRules, PathFilter, Syncer, host_digest, manifest_digest
 from pyro_loop.workspace import Workspaces
 from tests.conftest import git, write_seed_tree
 
@@ -194,6 +194,41 @@ def test_reconcile_pushes_dirty_and_untracked_files_but_not_ignored_ones_or_git(
 
     again = live.syncer.reconcile()
     assert (again.copied, again.removed, again.bytes) == (0, 0, 0), "nothing changed since"
+
+
+def test_ignore_rules_treat_symlinks_as_git_does(tmp_path: Path) -> None:
+    """A directory-only pattern (`build/`) does not match a symlink named `build`, even one
+    pointing at a directory (libgit2 alone would say it does); a plain pattern does. Each
+    verdict is checked against git's own list of untracked files."""
+    root = tmp_path / "links"
+    root.mkdir()
+    git(root, "init", "-q")
+    (root / ".gitignore").write_text("build/\ncache\n")
+    (root / "real").mkdir()
+    (root / "real" / "f.txt").write_text("x\n")
+    for name in ("build", "cache"):
+        (root / name).symlink_to("real")
+    (root / "dist").symlink_to("real/f.txt")
+    listed = git(root, "status", "--porcelain", "--untracked-files=all").split("\n")
+    untracked = {line[3:] for line in listed if line.startswith("?? ")}
+    wanted = PathFilter.for_root(root)
+    for name in ("build", "cache", "dist", "real/f.txt"):
+        assert wanted(root / name) == (name in untracked), name
+    assert untracked >= {"build", "dist"} and "cache" not in untracked
+
+
+def test_reconcile_syncs_a_link_named_like_an_ignored_directory(
+    make_live: Callable[..., Live], repo: Path
+) -> None:
+    """The repository ignores `build/`; a symlink named `build` is not ignored by git, and
+    the reconcile (which starts from git's status, not the watcher) pushes it, as a link."""
+    live = make_live(repo)
+    (repo / "out").mkdir()
+    (repo / "out" / "a.txt").write_text("a\n")
+    (repo / "build").symlink_to("out")
+    result = live.syncer.reconcile()
+    assert sorted(result.copied_paths) == ["build", "out/a.txt"]
+    assert live.sh("readlink /workspace/build; cat /workspace/build/a.txt") == "out\na\n"
 
 
 def test_create_modify_delete_and_rename_files(make_live: Callable[..., Live], repo: Path) -> None:

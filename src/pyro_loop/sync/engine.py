@@ -173,10 +173,13 @@ class Syncer:
         what differs between the baseline and HEAD (after a commit or a branch switch)."""
         import pygit2
 
+        # Ignored entries are listed too (their directories unopened) for one case: libgit2
+        # calls a symlink to a directory ignored by a directory-only pattern (`build/`),
+        # where git does not; the path filter gives git's answer for those.
         paths = {
             path
-            for path, flags in self.repo.status(untracked_files="all").items()
-            if not flags & pygit2.GIT_STATUS_IGNORED
+            for path, flags in self.repo.status(untracked_files="all", ignored=True).items()
+            if not flags & pygit2.GIT_STATUS_IGNORED or os.path.islink(self._abs(path))
         }
         head = None if self.repo.head_is_unborn else self.repo.head.peel(pygit2.Tree)
         if baseline.tree is None or head is None:

@@ -133,6 +133,7 @@ class PathFilter:
         self.repo = repo
         self._ignored_dirs: dict[str, bool] = {}
         self._links: dict[str, bool] = {}
+        self._links_ignored: dict[str, bool] = {}
 
     @classmethod
     def for_root(cls, root: Path, exclude: Sequence[str] = ()) -> PathFilter:
@@ -145,6 +146,7 @@ class PathFilter:
         """Forget cached answers: .gitignore files or the index may have changed."""
         self._ignored_dirs.clear()
         self._links.clear()
+        self._links_ignored.clear()
         if self.repo is not None:
             with contextlib.suppress(Exception):
                 self.repo.index.read(False)  # re-read only if it changed on disk
@@ -191,7 +193,24 @@ class PathFilter:
                 return self._tracked(rel)
         if is_dir:
             return not self._dir_ignored(rel)
-        return not self._ignored(rel) or self._tracked(rel)
+        return not self._file_ignored(rel) or self._tracked(rel)
+
+    def _file_ignored(self, rel: str) -> bool:
+        """Is `rel` (not a directory: a file or a symlink) ignored?
+
+        libgit2 stats the path, following a symlink, so a link to a directory matches a
+        directory-only pattern (`build/` for a link named `build`); git itself looks at the
+        link and does not. For such a link, git's own answer is asked for (rare enough that
+        a process per link, cached, costs nothing in the loop).
+        """
+        if not self._ignored(rel):
+            return False
+        if not os.path.islink(self._prefix + rel) or not os.path.isdir(self._prefix + rel):
+            return True
+        cached = self._links_ignored.get(rel)
+        if cached is None:
+            cached = self._links_ignored[rel] = _git_check_ignore(self.root, rel)
+        return cached
 
     def _dir_ignored(self, rel: str) -> bool:
         cached = self._ignored_dirs.get(rel)
@@ -210,3 +229,19 @@ class PathFilter:
             return rel in self.repo.index
         except Exception:
             return False
+
+
+def _git_check_ignore(root: Path, rel: str) -> bool:
+    """git's own verdict on `rel`; True (ignored, libgit2's answer) if git cannot tell."""
+    import subprocess
+
+    from pyro_loop.githooks.gitenv import without_git_env
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "-q", "--", rel],
+            env=without_git_env(os.environ), capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.returncode != 1  # 0: ignored, 1: not ignored, 128: an error
