@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -119,3 +120,15 @@ def run_pyro(*args: str, env: dict[str, str] | None = None, input: str | None = 
         timeout=timeout,
         check=False,
     )
+
+
+def owners_below(root: Path) -> set[int]:
+    """The uids owning `root` and everything below it, links not followed. Deleted
+    workspaces' trees may still be going (pyro removes them in the background): what
+    vanishes during the walk is skipped."""
+    owners = {root.lstat().st_uid}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                owners.add(os.lstat(os.path.join(directory, name)).st_uid)
+    return owners

@@ -41,7 +41,7 @@ from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
 from pyro_loop.identity import sandbox_owner
 from pyro_loop.store import LayerStore, check_key
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import owners_below, run_pyro
 
 NOBODY = 65534
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pyro_loop"
@@ -575,10 +575,4 @@ def test_nobody_builds_and_uses_debian(debian: Built) -> None:
     version, uid, answer, hi = out.split()
     assert version.startswith("12.") and uid == str(NOBODY) and answer == "42" and hi == "hi"
     nobody_home = debian.home.parent / "nobody-home"
-    strangers = [
-        os.path.join(d, n)
-        for d, ds, fs in os.walk(nobody_home)
-        for n in ds + fs
-        if os.lstat(os.path.join(d, n)).st_uid != NOBODY
-    ]
-    assert strangers == []
+    assert owners_below(nobody_home) == {NOBODY}

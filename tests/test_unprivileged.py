@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pyro_loop.workspace import Workspaces
+from tests.conftest import owners_below
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -286,10 +287,7 @@ def lifecycle(request: pytest.FixtureRequest) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
-    report["host_owners"] = sorted(
-        {Path(d, n).lstat().st_uid for d, ds, fs in os.walk(nobody_env["home"]) for n in ds + fs}
-        | {nobody_env["home"].stat().st_uid}
-    )
+    report["host_owners"] = sorted(owners_below(nobody_env["home"]))
     report["mark"] = mark
     return report
 
