@@ -234,6 +234,9 @@ def test_cli_status_and_if_changed(repo: Path) -> None:
     warm = run_pyro("status", "-C", str(repo))
     assert warm.returncode == 0, warm.stdout + warm.stderr
     assert "dependencies  warm" in warm.stdout
+    assert (
+        "sync          not watching (exec syncs first; `pyro watch` keeps it live)" in warm.stdout
+    )
     again = run_pyro("prepare", "--if-changed", "--json", "-C", str(repo))
     assert again.returncode == 0 and json.loads(again.stdout)["warm"] is True
 

@@ -113,7 +113,10 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
                 say(f"workspace     {w['name'] or w['id']}: {w['state']}")
         else:
             say("workspace     none running")
-        say(f"sync          {data['sync']}")
+        sync = data["sync"]
+        if sync.startswith("not watching"):  # how host edits reach the workspace then
+            sync += " (exec syncs first; `pyro watch` keeps it live)"
+        say(f"sync          {sync}")
         say(f"hooks         {_hooks_line(data['hooks'])}")
         say(f"cache         {size(data['cache_bytes'])}")
         if state.warm:
