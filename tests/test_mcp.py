@@ -207,6 +207,21 @@ def test_the_editing_loop(repo: Path) -> None:
             assert [c["path"] for c in diff["changes"]] == ["junk.txt"]
             assert "+junk" in diff["patch"]
 
+            # Export: the one way back to the host, only where asked, bounded in size.
+            out = repo.parent / "exported"
+            out.mkdir()
+            exported = await client.call(
+                "workspace_export", path="junk.txt", output_path=str(out / "junk.txt")
+            )
+            assert exported["output"] == str(out / "junk.txt")
+            assert (out / "junk.txt").read_text() == "junk\n"
+            refused = await client.error(
+                "workspace_export", path="/workspace", output_path=str(out / "all"),
+                max_bytes=1000,
+            )  # fmt: skip
+            assert "larger than 1.0 KB; nothing was written" in refused and "max_bytes" in refused
+            assert os.listdir(out) == ["junk.txt"]
+
             reset = await client.call("workspace_reset")
             assert reset["snapshot"] == "baseline"
             after = await client.call("workspace_exec", command="ls; cat src/app.py")

@@ -30,16 +30,21 @@ def export_path(
     output: Path,
     *,
     force: bool = False,
-    max_bytes: int = DEFAULT_MAX_EXPORT,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Copy `path` (a file or directory in the workspace) to `output` on the host.
 
     The archive is unpacked with tarfile's "data" filter (no absolute paths, no `..`, no
     links out of the tree, no device files) into a temporary directory beside `output`, then
     renamed into place: `output` is either the complete export or untouched. The workspace
-    decides how much it sends, so the archive is cut off at `max_bytes`, or earlier where
-    the archive and its unpacked copy would fill the host's disk.
+    decides how much it sends, so the archive is cut off at `max_bytes` (default
+    DEFAULT_MAX_EXPORT), or earlier where the archive and its unpacked copy would fill the
+    host's disk.
     """
+    if max_bytes is None:
+        max_bytes = DEFAULT_MAX_EXPORT
+    if max_bytes <= 0:
+        raise InvalidInputError(f"the export size limit must be positive, not {max_bytes}")
     output = output.absolute()
     if (output.exists() or output.is_symlink()) and not force:
         raise ConflictError(f"{output} exists already", hint="pass --force to replace it")
@@ -86,7 +91,7 @@ def _bounded_writer(
             if limit == max_bytes:
                 raise InvalidInputError(
                     f"the export of {path} is larger than {size(max_bytes)}; nothing was written",
-                    hint="pass a larger --max-size (max_bytes) if you want all of it",
+                    hint="export a part of it, or allow more (--max-size; max_bytes in MCP)",
                 )
             raise InvalidInputError(
                 f"the export of {path} does not fit in the free space on {where} "

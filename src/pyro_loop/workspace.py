@@ -49,7 +49,7 @@ from pyro_loop.runtime import Limits, Runtime, SandboxSpec
 from pyro_loop.seed import import_seed
 from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
-from pyro_loop.transfer import DEFAULT_MAX_EXPORT, apply_patch, export_path
+from pyro_loop.transfer import apply_patch, export_path
 
 if TYPE_CHECKING:
     from pyro_loop.environments import Progress
@@ -407,7 +407,7 @@ class Workspaces:
         output: Path,
         *,
         force: bool = False,
-        max_bytes: int = DEFAULT_MAX_EXPORT,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
         return export_path(self.client(ref), path, output, force=force, max_bytes=max_bytes)
 

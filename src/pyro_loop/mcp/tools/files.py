@@ -145,13 +145,17 @@ class FileTools(ToolGroup):
         force: Annotated[
             bool, Field(description="Replace output_path if it exists; default false.")
         ] = False,
+        max_bytes: Annotated[
+            int | None,
+            Field(description="Refuse an export larger than this many bytes; default 8 GB."),
+        ] = None,
     ) -> dict[str, Any]:
         """Copy a file or directory out of the workspace to the host: the only tool that
         writes to the host. Refuses to replace an existing output_path unless force."""
 
         def export(target: Target) -> dict[str, Any]:
             output = self.calls.host_path(output_path)
-            data = self.calls.ws.export(target.id, path, output, force=force)
+            data = self.calls.ws.export(target.id, path, output, force=force, max_bytes=max_bytes)
             return {"workspace_id": target.id, **data}
 
         return await self.calls.on(ctx, workspace_id, export)
