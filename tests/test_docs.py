@@ -37,3 +37,34 @@ def test_the_readme_python_examples_run(tmp_path: Path, workspaces: Workspaces) 
         not (project / ".pyro").exists()
         and project.joinpath("calc.py").read_text() == "ANSWER = 42\n"
     )
+
+
+ROOT = README.parent
+DOCUMENTED = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
+              ROOT / "templates" / "pyro.toml"]  # fmt: skip
+
+
+def test_every_pyro_command_line_in_the_docs_uses_options_that_exist() -> None:
+    """Each `pyro SUBCOMMAND ... --option` written in the docs names an option that
+    subcommand has (what follows a bare `--` is the user's command's)."""
+    from typer.main import get_command
+
+    from pyro_loop.cli.app import app
+
+    root = get_command(app)
+    checked, unknown = 0, []
+    for doc in DOCUMENTED:
+        for line in re.findall(r"pyro((?: [a-z][a-z-]*)+[^`\n|]*)", doc.read_text()):
+            command, words = root, line.split()
+            while words and words[0] in getattr(command, "commands", {}):
+                command = command.commands[words.pop(0)]
+            if command is root:
+                continue  # prose ("pyro gives ..."), not a command line
+            checked += 1
+            known = {name for param in command.params for name in param.opts + param.secondary_opts}
+            for word in words[: words.index("--") if "--" in words else None]:
+                option = re.match(r"--?[a-zA-Z][\w-]*", word.strip("[]()`,."))
+                if option and option[0] not in known | {"-h", "--help"}:
+                    unknown.append(f"{doc.name}: pyro {line.strip()}: {option[0]}")
+    assert checked > 100, checked
+    assert unknown == []
