@@ -68,3 +68,23 @@ def test_every_pyro_command_line_in_the_docs_uses_options_that_exist() -> None:
                     unknown.append(f"{doc.name}: pyro {line.strip()}: {option[0]}")
     assert checked > 100, checked
     assert unknown == []
+
+
+def test_the_chat_host_docs_list_every_tool_with_its_profiles() -> None:
+    """docs/chat-hosts.md's tool table against the server's profiles."""
+    from pyro_loop.mcp.profiles import PROFILES
+
+    short = {"core": "workspace-core", "full": "workspace-full", "vm-run": "vm-run"}
+    documented: dict[str, set[str]] = {}
+    for tools, profiles in re.findall(
+        r"^\| (`\w+.*?) \| ([a-z, -]+) \|", (ROOT / "docs" / "chat-hosts.md").read_text(), re.M
+    ):
+        names = re.findall(r"`(\w+)", tools)
+        wanted = {short[p.strip()] for p in profiles.split(",") if p.strip() != "all"}
+        for name in names:
+            documented[name] = set(PROFILES) if profiles.strip() == "all" else wanted
+    actual = {
+        tool: {profile for profile, tools in PROFILES.items() if tool in tools}
+        for tool in set().union(*PROFILES.values())
+    }
+    assert documented == actual
