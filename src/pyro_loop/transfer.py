@@ -88,7 +88,7 @@ def _bounded_writer(
         nonlocal written
         written += len(chunk)
         if written > limit:
-            if limit == max_bytes:
+            if max_bytes <= room:
                 raise InvalidInputError(
                     f"the export of {path} is larger than {size(max_bytes)}; nothing was written",
                     hint="export a part of it, or allow more (--max-size; max_bytes in MCP)",

@@ -38,16 +38,19 @@ class LifecycleTools(ToolGroup):
         """The server is ending: delete the workspaces of vm_run calls still running (their
         calls were abandoned), which would otherwise be left behind."""
         for workspace_id in list(self._one_shots):
-            self._delete_one_shot(workspace_id)
-            logger.info("deleted vm_run workspace %s: the server is ending", workspace_id)
+            if self._delete_one_shot(workspace_id):
+                logger.info("deleted vm_run workspace %s: the server is ending", workspace_id)
 
-    def _delete_one_shot(self, workspace_id: str) -> None:
-        """Delete a vm_run workspace once, whether its call or the server's exit comes first."""
+    def _delete_one_shot(self, workspace_id: str) -> bool:
+        """Delete a vm_run workspace once, whether its call or the server's exit comes
+        first; False if the other one did."""
         with self._one_shots_lock:
-            if workspace_id in self._one_shots:
-                with contextlib.suppress(PyroError):  # already gone
-                    self.calls.ws.delete(workspace_id)
-                self._one_shots.discard(workspace_id)
+            if workspace_id not in self._one_shots:
+                return False
+            with contextlib.suppress(PyroError):  # already gone
+                self.calls.ws.delete(workspace_id)
+            self._one_shots.discard(workspace_id)
+            return True
 
     async def workspace_reset(
         self,
