@@ -815,12 +815,16 @@ print(json.dumps({"forked": len(children), "failed": failures}))
 """
 
 
-def test_process_limit_is_enforced(workspaces: Workspaces, seed_dir: Path) -> None:
-    ws = workspaces.create(seed=seed_dir, limits=Limits(processes=64)).id
-    outcome = py_json(workspaces, ws, FORK_MANY, "200", marker())
+def assert_forks_capped_at_64(outcome: dict[str, Any]) -> None:
+    """FORK_MANY's outcome under Limits(processes=64): forks past the limit fail, EAGAIN."""
     assert outcome["failed"], f"all {outcome['forked']} forks succeeded under processes=64"
     assert set(outcome["failed"]) == {errno.EAGAIN}
     assert outcome["forked"] < 64
+
+
+def test_process_limit_is_enforced(workspaces: Workspaces, seed_dir: Path) -> None:
+    ws = workspaces.create(seed=seed_dir, limits=Limits(processes=64)).id
+    assert_forks_capped_at_64(py_json(workspaces, ws, FORK_MANY, "200", marker()))
 
 
 def test_fork_storm_is_contained_and_the_workspace_recovers(
