@@ -37,6 +37,7 @@ from pyro_loop.config import ProjectConfig
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.githooks.gitenv import without_git_env
 from pyro_loop.prepare import (
+    PrepareInputs,
     compute_inputs,
     delete_abandoned,
     describe_changes,
@@ -182,8 +183,9 @@ def run_check(
     """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails."""
     started = time.perf_counter()
     progress = on_progress or (lambda phase, message: None)
-    layers, deleted, prepared = _layers(project, config, tree, ws, progress)
-    warnings = _key_file_warnings(project, config, tree) if source != "working tree" else []
+    inputs = compute_inputs(project, config)
+    layers, deleted, prepared = _layers(project, config, inputs, tree, ws=ws, progress=progress)
+    warnings = _key_file_warnings(project, inputs, tree) if source != "working tree" else []
     for warning in warnings:
         progress("warning", warning)
     delete_abandoned(ws, "check")
@@ -229,12 +231,17 @@ def delta_key(base: str, tree: str) -> str:
 
 
 def _layers(
-    project: Project, config: ProjectConfig, tree: str, ws: Workspaces, progress: Progress
+    project: Project,
+    config: ProjectConfig,
+    inputs: PrepareInputs,
+    tree: str,
+    *,
+    ws: Workspaces,
+    progress: Progress,
 ) -> tuple[list[str], list[str], bool]:
     """The workspace's layers for `tree` (topmost first), the paths to remove on top of them,
-    and whether the dependencies had to be prepared first."""
+    and whether the dependencies (`inputs`) had to be prepared first."""
     store = ws.store
-    inputs = compute_inputs(project, config)
     prepared = False
     if inputs.run and store.get(inputs.key) is None:
         state = load_state(ws.home, project)
@@ -278,10 +285,9 @@ def _layers(
     return [delta.key, base.key, *deps], list(changes.deleted), prepared
 
 
-def _key_file_warnings(project: Project, config: ProjectConfig, tree: str) -> list[str]:
+def _key_file_warnings(project: Project, inputs: PrepareInputs, tree: str) -> list[str]:
     """Key files (and .pyro.toml) that differ between the checked tree and the working tree:
     the dependencies and commands used are the working tree's."""
-    inputs = compute_inputs(project, config)
     prefix = os.path.relpath(project.root, project.repo_root or project.root)
     prefix = "" if prefix == "." else prefix + "/"
     differ = []
