@@ -159,6 +159,16 @@ def test_cli_loop(repo: Path) -> None:
     assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
 
 
+@pytest.mark.slow
+def test_cli_exec_of_a_command_silent_for_eleven_seconds(repo: Path) -> None:
+    # The agent client's default silence bound is 10 s: a command quiet for longer (a slow
+    # test, a compiler, an install) must still run to its end.
+    assert run_pyro("up", "-C", str(repo)).returncode == 0
+    ran = run_pyro("exec", "-C", str(repo), "--", "sh", "-c", "sleep 11; echo done")
+    assert (ran.returncode, ran.stdout) == (0, "done\n"), ran.stderr
+    assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
+
+
 def test_up_in_a_plain_directory_with_nothing_to_install(
     tmp_path: Path, workspaces: Workspaces
 ) -> None:

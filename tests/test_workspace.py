@@ -288,6 +288,22 @@ def test_exec_of_a_missing_binary(workspaces: Workspaces, ws: str) -> None:
     assert workspaces.exec(ws, ["true"]).exit_code == 0, "the agent is still serving"
 
 
+def test_a_command_silent_longer_than_the_connect_timeout_runs_to_its_end(
+    workspaces: Workspaces, ws: str
+) -> None:
+    # The connect timeout bounds how long the agent may take to answer a request, not how
+    # long a command may run quietly: without --timeout a command runs until it finishes.
+    client = workspaces.client(ws)
+    client.connect_timeout = 0.3
+    result = client.exec(["sh", "-c", "sleep 1; echo done"])
+    assert (result.exit_code, result.stdout) == (0, b"done\n")
+    streamed: list[bytes] = []
+    result = client.exec(
+        ["sh", "-c", "sleep 1; echo streamed"], on_output=lambda _, d: streamed.append(d)
+    )
+    assert result.exit_code == 0 and b"".join(streamed) == b"streamed\n"
+
+
 def test_timeout_kills_the_whole_process_tree(workspaces: Workspaces, ws: str) -> None:
     marker = _marker()
     script = (

@@ -26,6 +26,14 @@ from pyro_loop.errors import (
 OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 
+
+class _Unset:
+    """The default of a request's silence bound: the client's `connect_timeout`. A request
+    passes None instead to wait as long as it takes (an exec without a timeout)."""
+
+
+_CONNECT_TIMEOUT = _Unset()
+
 # How the agent's error kinds map onto pyro's errors (anything else is an AgentError).
 _ERRORS_BY_KIND: dict[str, type[PyroError]] = {
     "not_found": NotFoundError,
@@ -115,17 +123,19 @@ class AgentClient:
         *,
         data: bytes | Iterable[bytes] | None = None,
         on_frame: Callable[[bytes, bytes], None] | None = None,
-        timeout: float | None = None,
+        timeout: float | _Unset | None = _CONNECT_TIMEOUT,
         cancel: Cancellation | None = None,
     ) -> dict[str, Any]:
         """Send one request (plus data frames) and collect stream frames until the reply.
 
         `data` is sent as D frames: bytes at once, or an iterable's chunks as they come (a
-        stream larger than memory), then the empty frame that ends it.
+        stream larger than memory), then the empty frame that ends it. `timeout` bounds the
+        agent's silence (the client's `connect_timeout` unless given; None: no bound).
         """
+        silence = self.connect_timeout if isinstance(timeout, _Unset) else timeout
         with self._connect() as sock, cancel.watching(sock) if cancel else contextlib.nullcontext():
             try:
-                return self._exchange(sock, request, data, on_frame, timeout)
+                return self._exchange(sock, request, data, on_frame, silence)
             except AgentError:
                 if cancel is not None and cancel.cancelled:
                     raise CancelledError(
@@ -141,7 +151,7 @@ class AgentClient:
         on_frame: Callable[[bytes, bytes], None] | None,
         timeout: float | None,
     ) -> dict[str, Any]:
-        sock.settimeout(timeout if timeout is not None else self.connect_timeout)
+        sock.settimeout(timeout)
         try:
             p.send_json(sock, {"v": p.VERSION, **request})
             if data is not None:
@@ -172,7 +182,9 @@ class AgentClient:
     # -- operations ---------------------------------------------------------------------------
 
     def ping(self, *, timeout: float | None = None) -> dict[str, Any]:
-        return self._request({"op": "ping"}, timeout=timeout)
+        return self._request(
+            {"op": "ping"}, timeout=self.connect_timeout if timeout is None else timeout
+        )
 
     def wait_ready(self, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for a just-started agent: connections queue until it accepts."""

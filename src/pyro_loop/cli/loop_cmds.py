@@ -53,7 +53,7 @@ def exec_(
     command: list[str] = typer.Argument(..., metavar="-- CMD...", help="The command to run."),
     project_dir: Path | None = ProjectOption,
     timeout: float | None = typer.Option(
-        None, "--timeout", help="Kill the process tree after S s."
+        None, "--timeout", help="Kill the process tree after S s (default: no limit)."
     ),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),

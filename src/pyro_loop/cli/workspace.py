@@ -197,7 +197,9 @@ def exec(
         ..., metavar="-- CMD...", help="The command and its arguments."
     ),
     timeout: float | None = typer.Option(
-        None, "--timeout", help="Kill the command's whole process tree after S seconds."
+        None,
+        "--timeout",
+        help="Kill the command's whole process tree after S seconds (default: no limit).",
     ),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
