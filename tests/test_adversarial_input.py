@@ -7,7 +7,9 @@ path or a mount, and that nothing on the host changed: no workspace made, no fil
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from pyro_loop.errors import InvalidInputError
 from pyro_loop.overlay import overlay_options
 from pyro_loop.store import check_key
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
 
 
@@ -126,3 +128,78 @@ def test_argv_that_looks_like_options_reaches_the_workspace_verbatim(
     bad_label = run_pyro("workspace", "create", "--label", "=x", "--seed-path", str(seed_dir))
     assert bad_label.returncode == 1 and "invalid label" in bad_label.stderr
     assert _no_workspaces()
+
+
+# -- a repository's symlinks (keying files) ----------------------------------------------------
+
+
+def _repo_with_links(tmp_path: Path, config: str, links: dict[str, str]) -> Path:
+    """A committed project whose files in `links` are symlinks (path -> target)."""
+    repo = commit_project(tmp_path / "repo", config, {"app.py": "print('hello')\n"})
+    for rel, target in links.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).symlink_to(target)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "links")
+    return repo
+
+
+def _files_holding(root: Path, needle: bytes) -> list[str]:
+    """Every regular file below `root` (links not followed) whose content has `needle`."""
+    found = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        if needle in f.read():
+                            found.append(path)
+    return found
+
+
+SECRET = b"aws_secret_access_key = pyro-test-not-a-real-key-7f3a\n"
+COPY_KEYS = 'run = ["mkdir -p .deps && cat {key} > .deps/seen"]\n'
+
+
+@pytest.mark.parametrize(
+    ("key", "declared", "target"),
+    [
+        ("requirements.txt", True, "../secret/credentials"),  # relative, climbing out
+        ("package-lock.json", False, "{secret}"),  # absolute, found by npm's detection
+        ("requirements.txt", True, ".git/config"),  # inside, but git's own (remote tokens)
+    ],
+)
+def test_a_keying_file_linked_out_of_the_repository_is_never_read(
+    tmp_path: Path, pyro_home: Path, key: str, declared: bool, target: str
+) -> None:
+    (tmp_path / "secret").mkdir()
+    secret = tmp_path / "secret" / "credentials"
+    secret.write_bytes(SECRET)
+    config = "[prepare]\n" + (f'keys = ["{key}"]\n' if declared else "")
+    config += COPY_KEYS.format(key=key)
+    repo = _repo_with_links(tmp_path, config, {key: target.format(secret=secret)})
+    if target.startswith(".git"):
+        git(repo, "config", "remote.origin.url", "https://u:" + SECRET.decode().strip() + "@x")
+    result = run_pyro("prepare", "-C", str(repo))
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"pyro: error: {key} is a symbolic link to "), lines
+    assert lines[0].endswith(": pyro never reads through it"), lines
+    assert "Traceback" not in result.stderr
+    assert _files_holding(pyro_home, SECRET.strip()) == []
+
+
+def test_a_keying_file_linked_inside_the_repository_is_read_from_its_target(
+    tmp_path: Path,
+) -> None:
+    config = '[prepare]\nkeys = ["requirements.txt"]\n' + COPY_KEYS.format(key="requirements.txt")
+    repo = _repo_with_links(tmp_path, config, {"requirements.txt": "reqs/base.txt"})
+    (repo / "reqs").mkdir()
+    (repo / "reqs" / "base.txt").write_text("requests==2.32.0\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    result = run_pyro("prepare", "-C", str(repo))
+    assert result.returncode == 0, result.stderr
+    up = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/seen")
+    assert up.returncode == 0 and up.stdout == "requests==2.32.0\n", up

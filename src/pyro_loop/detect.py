@@ -2,7 +2,9 @@
 
 Detection only reads file names: a lock file (or manifest) names the ecosystem, the files that
 key the dependency snapshot, and the command that installs exactly what they pin. The commands
-run from /workspace, so those of a subdirectory start with `cd <dir> && `.
+run from /workspace, so those of a subdirectory start with `cd <dir> && `. A symlink counts by
+its name too, never followed here: whether its target may be read is decided when the keying
+files are read (prepare.py, through `Beneath.open_following`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+from pyro_loop.beneath import Beneath
 
 if TYPE_CHECKING:
     from pyro_loop.config import ProjectConfig
@@ -130,27 +134,28 @@ def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
     """
     out: list[tuple[PurePosixPath, set[str]]] = []
     queue = [PurePosixPath(".")]
-    while queue:
-        rel = queue.pop(0)
-        try:
-            entries = list(os.scandir(root / rel))
-        except OSError:
-            continue  # unreadable: nothing to detect there
-        files = {e.name for e in entries if _is_file(e)}
-        out.append((rel, files))
-        if len(rel.parts) < MAX_DEPTH:
-            queue.extend(
-                rel / e.name
-                for e in sorted(entries, key=lambda e: e.name)
-                if _is_real_dir(e) and e.name not in SKIP_DIRS and not e.name.startswith(".")
-            )
+    with Beneath(root) as tree:
+        while queue:
+            rel = queue.pop(0)
+            try:
+                entries = tree.scandir(str(rel))
+            except OSError:
+                continue  # unreadable, or swapped for a link: nothing to detect there
+            files = {e.name for e in entries if _is_file_or_link(e)}
+            out.append((rel, files))
+            if len(rel.parts) < MAX_DEPTH:
+                queue.extend(
+                    rel / e.name
+                    for e in sorted(entries, key=lambda e: e.name)
+                    if _is_real_dir(e) and e.name not in SKIP_DIRS and not e.name.startswith(".")
+                )
     return out
 
 
-def _is_file(entry: os.DirEntry[str]) -> bool:
+def _is_file_or_link(entry: os.DirEntry[str]) -> bool:
     try:
-        return entry.is_file()
-    except OSError:  # a link that cannot be followed (/proc/*/cwd): not a lockfile
+        return entry.is_symlink() or entry.is_file(follow_symlinks=False)
+    except OSError:
         return False
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pyro_loop.beneath import Beneath, LinkEscapeError
 from pyro_loop.config import ProjectConfig
 from pyro_loop.detect import keying_files
 from pyro_loop.errors import InvalidInputError, PyroError
@@ -73,20 +74,10 @@ class PrepareInputs:
 
 def compute_inputs(project: Project, config: ProjectConfig) -> PrepareInputs:
     keys: dict[str, str] = {}
-    for rel in keying_files(project.root, config):
-        path = project.root / rel
-        try:
-            with path.open("rb") as f:
+    with Beneath(project.root) as tree:
+        for rel in keying_files(project.root, config):
+            with os.fdopen(open_key_file(tree, project, rel), "rb") as f:
                 keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
-        except FileNotFoundError:
-            raise InvalidInputError(
-                f"{project.config_path.name}: [prepare] keys: {rel} does not exist",
-                hint="fix the path, or remove `keys` to detect the lockfiles automatically",
-            ) from None
-        except IsADirectoryError:
-            raise InvalidInputError(
-                f"{project.config_path.name}: [prepare] keys: {rel} is a directory, not a file"
-            ) from None
     return PrepareInputs(
         environment=config.environment,
         packages=sorted(set(config.packages)),
@@ -94,6 +85,32 @@ def compute_inputs(project: Project, config: ProjectConfig) -> PrepareInputs:
         run=list(config.prepare_run),
         env=sorted(set(config.prepare_env)),
     )
+
+
+def open_key_file(tree: Beneath, project: Project, rel: str) -> int:
+    """A read descriptor of keying file `rel`: never through a link that leaves the
+    repository or enters `.git` (those would hand a host file to the prepare sandbox)."""
+    name = project.config_path.name
+    try:
+        return tree.open_following(rel)
+    except LinkEscapeError as exc:
+        raise InvalidInputError(
+            f"{exc.strerror}: pyro never reads through it",
+            hint=f"commit {rel} itself, or a link to a file inside the repository",
+        ) from None
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"{name}: [prepare] keys: {rel} does not exist",
+            hint="fix the path, or remove `keys` to detect the lockfiles automatically",
+        ) from None
+    except IsADirectoryError:
+        raise InvalidInputError(
+            f"{name}: [prepare] keys: {rel} is a directory, not a file"
+        ) from None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"{name}: [prepare] keys: cannot read {rel}: {exc.strerror or exc}"
+        ) from None
 
 
 def describe_changes(old: dict[str, Any], new: PrepareInputs) -> list[str]:
@@ -352,9 +369,11 @@ class _DependencyBuild:
         with store.staging() as staging:  # the keying files alone: the sandbox's only layer
             tree = staging / "tree"
             tree.mkdir()
-            for rel in self.inputs.keys:
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tree / rel).write_bytes((self.project.root / rel).read_bytes())
+            with Beneath(self.project.root) as repo:
+                for rel in self.inputs.keys:
+                    (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with os.fdopen(open_key_file(repo, self.project, rel), "rb") as f:
+                        (tree / rel).write_bytes(f.read())
             keys_layer = store.publish(
                 tree, kind="keys", inputs={"project": str(self.project.root)}
             )
