@@ -19,6 +19,7 @@ import pytest
 from pyro_loop.sync import SyncResult
 from pyro_loop.watch import FULL_RECONCILE_AT, run_watcher
 from pyro_loop.workspace import Workspaces
+from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
 from tests.test_sync import Live, assert_in_sync, host_tree, live_factory, make_repo
 
@@ -190,3 +191,43 @@ def test_ignored_trees_never_reach_the_workspace(
     assert watching.live.sh("ls -a /workspace").split() == sorted(
         [".", "..", ".gitignore", "README.md", "lib", "run.sh", "src"]
     )
+
+
+# -- a repository's symlinks ----------------------------------------------------------------
+
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY----- pyro-test-not-a-real-key\n"
+
+
+def test_a_directory_turned_into_a_link_to_the_host_is_never_read_through(
+    tmp_path: Path,
+) -> None:
+    """A commit turns directory `a/` into a link to a host directory; `[sync] exclude` keeps
+    the link itself from being pushed. Paths below it are no paths of the repository: the
+    next `pyro exec` must not read them through the link (only the ordinary CLI is used)."""
+    config = '[sync]\nexclude = ["a", "!a/"]\n'
+    repo = commit_project(tmp_path / "repo", config, {"a/id_ed25519": "a public test fixture\n",
+                                                      "a/notes.txt": "notes\n"})  # fmt: skip
+    first = run_pyro("exec", "-C", str(repo), "--", "cat", "a/id_ed25519")
+    assert first.returncode == 0 and first.stdout == "a public test fixture\n", first
+    host_ssh = tmp_path / "host-ssh"
+    host_ssh.mkdir()
+    (host_ssh / "id_ed25519").write_text(PRIVATE_KEY)
+    (host_ssh / "new-secret").write_text(PRIVATE_KEY)
+    git(repo, "rm", "-rq", "a")
+    (repo / "a").symlink_to(host_ssh)
+    git(repo, "add", "a")
+    git(repo, "commit", "-qm", "a is a link now")
+    host_before = tree_state(host_ssh)
+    try:
+        seen = run_pyro("exec", "-C", str(repo), "--", "sh", "-c",
+                        "cat a/* 2>/dev/null; ls -la a/ 2>&1; true")  # fmt: skip
+        assert seen.returncode == 0, seen
+        assert "PRIVATE KEY" not in seen.stdout, seen.stdout
+        for _ in range(2):  # a sync with the manifest as the first one left it, too
+            again = run_pyro("sync", "-C", str(repo), "--json")
+            assert again.returncode == 0, again
+            look = run_pyro("exec", "-C", str(repo), "--", "sh", "-c", "cat a/* 2>/dev/null; true")
+            assert "PRIVATE KEY" not in look.stdout
+    finally:
+        run_pyro("down", "--delete", "-C", str(repo))
+    assert tree_state(host_ssh) == host_before

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
 from pyro_loop.units import duration, parse_size, size
@@ -25,3 +29,88 @@ def test_parse_size_reads_what_size_prints(text: str, expected: int) -> None:
 def test_parse_size_refuses_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match="expected a number with K, M, G or T"):
         parse_size(text)
+
+
+# -- beneath: repository paths opened without following links ---------------------------------
+
+
+@pytest.fixture(params=["openat2", "per-component"])
+def beneath_tree(request: pytest.FixtureRequest, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Path:  # fmt: skip
+    """A tree with links out of it and within it, walked by openat2 or by the fallback."""
+    from pyro_loop import beneath
+
+    if request.param == "per-component":
+        monkeypatch.setattr(beneath._openat2, "call", None)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret\n")
+    root = tmp_path / "repo"
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("token\n")
+    (root / "dir" / "sub" / "file").write_text("inside\n")
+    (root / "out").symlink_to(outside)
+    (root / "abs").symlink_to(outside / "secret")
+    (root / "up").symlink_to("../outside/secret")
+    (root / "in").symlink_to("dir/sub/file")
+    (root / "indir").symlink_to("dir")
+    (root / "git").symlink_to(".git/config")
+    (root / "loop").symlink_to("loop")
+    return root
+
+
+def test_beneath_never_follows_a_link(beneath_tree: Path) -> None:
+    import errno
+
+    from pyro_loop.beneath import Beneath
+
+    with Beneath(beneath_tree) as tree:
+        assert tree.read("dir/sub/file") == b"inside\n"
+        for rel in ("out/secret", "indir/sub/file", "in", "abs"):
+            with pytest.raises(OSError) as caught:
+                tree.read(rel)
+            assert caught.value.errno == errno.ELOOP, rel
+        for rel in ("../outside/secret", "/etc/passwd", "dir/../../outside/secret"):
+            with pytest.raises(OSError) as caught:
+                tree.read(rel)
+            assert caught.value.errno == errno.EXDEV, rel
+        assert stat.S_ISLNK(tree.lstat("out").st_mode)
+        with pytest.raises(OSError):
+            tree.lstat("out/secret")
+        assert tree.readlink("up") == "../outside/secret"
+        assert sorted(e.name for e in tree.scandir("dir")) == ["sub"]
+
+
+def test_beneath_follows_only_links_that_stay_inside(beneath_tree: Path) -> None:
+    from pyro_loop.beneath import Beneath, LinkEscapeError
+
+    with Beneath(beneath_tree) as tree:
+        for rel in ("in", "indir/sub/file", "dir/sub/file"):
+            with os.fdopen(tree.open_following(rel), "rb") as f:
+                assert f.read() == b"inside\n", rel
+        for rel in ("out/secret", "abs", "up", "git", "loop"):
+            with pytest.raises(LinkEscapeError):
+                tree.open_following(rel)
+
+
+def test_beneath_writes_replace_links_instead_of_writing_through(beneath_tree: Path) -> None:
+    from pyro_loop.beneath import Beneath
+
+    outside = beneath_tree.parent / "outside"
+    before = sorted(p.name for p in outside.iterdir())
+    with Beneath(beneath_tree) as tree:
+        with pytest.raises(OSError):
+            tree.makedirs("out/new")
+        with pytest.raises(OSError):
+            tree.write("out/secret", b"owned\n")
+        tree.write("abs", b"a file now\n", 0o600)  # the link itself is replaced
+        tree.symlink("dir/sub/file", "/etc/passwd")
+        assert not tree.remove("out/secret")
+        tree.makedirs("new/deeper")
+        tree.write("new/deeper/f", b"x")
+    assert (beneath_tree / "abs").read_bytes() == b"a file now\n"
+    assert os.readlink(beneath_tree / "dir" / "sub" / "file") == "/etc/passwd"
+    assert (beneath_tree / "new" / "deeper" / "f").read_bytes() == b"x"
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert (outside / "secret").read_text() == "secret\n"

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pyro_loop.beneath import Beneath
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.sync.hoststate import HostState
+from pyro_loop.sync.hoststate import HostState, git_blob_id
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ class Baseline:
                 if filemode == self._pygit2.GIT_FILEMODE_TREE:
                     pending.append(child)
 
-    def matches(self, rel: str, path: str, state: HostState) -> bool:
-        """Does the host's `path` hold exactly what the baseline has at `rel`?"""
+    def matches(self, rel: str, tree: Beneath, state: HostState) -> bool:
+        """Does the host's `rel` (in `tree`) hold exactly what the baseline has there?"""
         base = self.entry(rel)
         if base is None:
             return state.kind == "absent"
@@ -94,8 +95,8 @@ class Baseline:
         if base.kind == "dir":
             return True
         if base.kind == "symlink":
-            return os.readlink(path) == base.target
-        return state.mode == base.mode and str(self._pygit2.hashfile(path)) == base.oid
+            return tree.readlink(rel) == base.target
+        return state.mode == base.mode and git_blob_id(tree, rel) == base.oid
 
 
 def tree_paths(tree: Any, prefix: str = "") -> Iterator[str]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.beneath import Beneath
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.locking import file_lock
@@ -84,6 +85,9 @@ class Syncer:
             raise InvalidInputError(f"not a directory: {root}")
         self.filter = PathFilter.for_root(root, exclude)
         self.root = self.filter.root
+        # Every host path is read through this (never through a symlinked directory); its
+        # descriptor of the root is dropped after each sync and taken again by the next.
+        self.tree = Beneath(self.root)
         self.repo = self.filter.repo
         self.client = client
         self.manifest_path = manifest_path
@@ -97,7 +101,7 @@ class Syncer:
     def reconcile(self) -> SyncResult:
         """Bring the workspace in line with the host: everything that differs, pushed."""
         started = time.perf_counter()
-        with file_lock(self._lock_path):
+        with file_lock(self._lock_path), contextlib.closing(self.tree):
             manifest = self._manifest.load(self._baseline_tree)
             self.filter.refresh()
             if self.repo is not None:
@@ -116,7 +120,7 @@ class Syncer:
         paths, and directories, walked: a watcher reports a directory created, moved in or
         swapped for another one by that directory's path alone, never by its contents."""
         started = time.perf_counter()
-        with file_lock(self._lock_path):
+        with file_lock(self._lock_path), contextlib.closing(self.tree):
             manifest = self._manifest.load(self._baseline_tree)
             entries: dict[str, Any] = manifest["entries"]
             self.filter.refresh()
@@ -128,7 +132,7 @@ class Syncer:
                     continue
                 candidates.add(rel)
                 prefix = rel + "/"
-                if lstat(self._abs(rel)).kind == "dir":
+                if lstat(self.tree, rel).kind == "dir":
                     # What it holds now, and what the workspace may hold there: the baseline's
                     # paths and pyro's own (the directory may be another one than before).
                     candidates.update(self._walk(rel))
@@ -179,7 +183,8 @@ class Syncer:
         paths = {
             path
             for path, flags in self.repo.status(untracked_files="all", ignored=True).items()
-            if not flags & pygit2.GIT_STATUS_IGNORED or os.path.islink(self._abs(path))
+            if not flags & pygit2.GIT_STATUS_IGNORED
+            or lstat(self.tree, path.rstrip("/")).kind == "symlink"
         }
         head = None if self.repo.head_is_unborn else self.repo.head.peel(pygit2.Tree)
         if baseline.tree is None or head is None:
@@ -198,8 +203,7 @@ class Syncer:
         while pending:
             current = pending.pop()
             try:
-                with os.scandir(self._abs(current) if current else self.root) as it:
-                    entries = list(it)
+                entries = self.tree.scandir(current)
             except OSError:
                 continue  # unreadable: its own path reports it when synced
             for entry in entries:
@@ -222,7 +226,7 @@ class Syncer:
         never show up as changed)."""
         expanded = set(candidates)
         for rel in candidates:
-            if lstat(self._abs(rel)).kind == "dir" and not self._known_dir(
+            if lstat(self.tree, rel).kind == "dir" and not self._known_dir(
                 rel, manifest["entries"], baseline
             ):
                 expanded.update(self._walk(rel))
@@ -237,9 +241,6 @@ class Syncer:
             base = baseline.entry(rel)
             return base is not None and base.kind == "dir"
         return False
-
-    def _abs(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
 
     # -- planning and pushing -------------------------------------------------------------
 
@@ -292,12 +293,11 @@ class Syncer:
         self, rel: str, entry: dict[str, Any] | None, base: Baseline | None, now: int
     ) -> str:
         """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same"."""
-        path = self._abs(rel)
-        state = lstat(path)
+        state = lstat(self.tree, rel)  # absent below a symlinked directory: no repo path
         if state.kind == "other":
             return "skip:not a regular file, directory or symlink"
         if entry is None:  # the workspace has the baseline's version
-            if base is not None and base.matches(rel, path, state):
+            if base is not None and base.matches(rel, self.tree, state):
                 return "same"
             if state.kind == "absent":
                 return "same" if base is None else "remove"
@@ -309,12 +309,12 @@ class Syncer:
         if state.kind == "dir":
             return "same" if state.mode == entry.get("mode") else "push"
         if state.kind == "symlink":
-            return "same" if os.readlink(path) == entry.get("target") else "push"
+            return "same" if self.tree.readlink(rel) == entry.get("target") else "push"
         if state.mode != entry.get("mode") or state.size != entry.get("size"):
             return "push"
         if trusted(entry, state):
             return "same"
-        if sha256_file(path) != entry.get("sha256"):
+        if sha256_file(self.tree, rel) != entry.get("sha256"):
             return "push"
         # Same content: vouch for the current stat from now on (racy until it settles).
         entry.update(stat_fields(state), recorded_ns=now)
@@ -348,7 +348,7 @@ class Syncer:
         top = rel
         for end in range(len(parts) - 1, 0, -1):
             parent = "/".join(parts[:end])
-            if lstat(self._abs(parent)).kind != "absent":
+            if lstat(self.tree, parent).kind != "absent":
                 break
             if not self.filter.wants(parent, is_dir=True):
                 break  # an excluded directory stays the workspace's business
@@ -364,7 +364,7 @@ class Syncer:
     ) -> set[str]:
         """Send `pushes` in one tar stream; returns the paths the workspace now has."""
         parents = self._missing_parents(pushes, entries, baseline)
-        stream = TarStream(self.root, sorted(set(pushes) | parents))
+        stream = TarStream(self.tree, sorted(set(pushes) | parents))
         reply = self.client.put_tar(stream.chunks())
         failed = {e["path"]: e["error"] for e in reply["errors"]}
         for rel, reason in stream.skipped.items():

@@ -1,13 +1,20 @@
 """The host side of a path, as the sync engine compares it: kind, permission bits, size,
-times, inode; and content digests."""
+times, inode; and content digests.
+
+Every path is looked at through `Beneath`: a path below a symlinked directory is no path of
+the repository (the link is what the workspace gets), so it reads as absent, and nothing is
+ever read through such a link."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from pyro_loop.beneath import Beneath
 
 
 @dataclass(frozen=True)
@@ -37,28 +44,45 @@ def host_mode(st_mode: int, kind: str) -> int:
     return stat.S_IMODE(st_mode) & (0o1777 if kind == "dir" else 0o777)
 
 
-def lstat(path: str) -> HostState:
+def lstat(tree: Beneath, rel: str) -> HostState:
+    """`rel`'s own state; absent when it is missing or one of its parents is a symlink."""
     try:
-        return HostState.of(os.lstat(path))
+        return HostState.of(tree.lstat(rel))
     except (FileNotFoundError, NotADirectoryError):
         return ABSENT
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return ABSENT
+        raise
 
 
-def sha256_file(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
+def open_file(tree: Beneath, rel: str) -> int:
+    """A read descriptor of `rel`, no link followed (ELOOP), a FIFO never waited on."""
+    return tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def sha256_file(tree: Beneath, rel: str) -> str:
+    with os.fdopen(open_file(tree, rel), "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def git_blob_id(tree: Beneath, rel: str) -> str:
+    """The id git gives `rel`'s content as a blob (what `git hash-object` prints)."""
+    fd = open_file(tree, rel)
+    with os.fdopen(fd, "rb") as f:
+        digest = hashlib.sha1(b"blob %d\0" % os.fstat(fd).st_size, usedforsecurity=False)
+        return hashlib.file_digest(f, lambda: digest).hexdigest()
 
 
 def host_digest(root: Path, rel: str) -> str | None:
     """The digest the manifest would record for the host's `rel`: the sha256 of a file's
     content or of a symlink's target; None when it is missing or something else."""
-    path = os.path.join(root, rel)
-    state = lstat(path)
-    if state.kind == "file":
-        return sha256_file(path)
-    if state.kind == "symlink":
-        return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+    with Beneath(root) as tree:
+        state = lstat(tree, rel)
+        if state.kind == "file":
+            return sha256_file(tree, rel)
+        if state.kind == "symlink":
+            return hashlib.sha256(os.fsencode(tree.readlink(rel))).hexdigest()
     return None
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pyro_loop.sync.hoststate import HostState, failure_reason, lstat
+from pyro_loop.beneath import Beneath
+from pyro_loop.sync.hoststate import HostState, failure_reason, lstat, open_file
 from pyro_loop.sync.manifest import stat_fields
 
 CHUNK = 1024 * 1024
@@ -27,8 +28,8 @@ class TarStream:
     member replaces the earlier one in the workspace), at most COPY_ATTEMPTS times.
     """
 
-    def __init__(self, root: Path, paths: list[str]) -> None:
-        self.root = root
+    def __init__(self, tree: Beneath, paths: list[str]) -> None:
+        self.tree = tree
         self.queue = [Push(rel) for rel in paths]
         self.sent: dict[str, dict[str, Any]] = {}  # manifest records of what was sent
         self.skipped: dict[str, str] = {}
@@ -45,8 +46,7 @@ class TarStream:
 
     def _member(self, item: Push) -> Iterator[bytes]:
         rel = item.rel
-        path = f"{self.root}/{rel}"
-        state = lstat(path)
+        state = lstat(self.tree, rel)
         self.skipped.pop(rel, None)
         if state.kind == "absent":
             self.sent.pop(rel, None)
@@ -63,7 +63,7 @@ class TarStream:
             self.sent[rel] = {"kind": "dir", "mode": state.mode}
         elif state.kind == "symlink":
             try:
-                target = os.readlink(path)
+                target = self.tree.readlink(rel)
             except OSError as exc:
                 self.skipped[rel] = failure_reason(exc)
                 return
@@ -73,18 +73,18 @@ class TarStream:
             digest = hashlib.sha256(os.fsencode(target)).hexdigest()
             self.sent[rel] = {"kind": "symlink", "target": target, "sha256": digest}
         elif state.kind == "file":
-            yield from self._file(item, path, info, now)
+            yield from self._file(item, info, now)
         else:
             self.skipped[rel] = "not a regular file, directory or symlink"
 
-    def _file(self, item: Push, path: str, info: tarfile.TarInfo, now: int) -> Iterator[bytes]:
+    def _file(self, item: Push, info: tarfile.TarInfo, now: int) -> Iterator[bytes]:
         rel = item.rel
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_file(self.tree, rel)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError | NotADirectoryError):
                 self.late_removals.add(rel)
-            elif exc.errno == 40:  # ELOOP: it became a symlink since it was looked at
+            elif exc.errno == errno.ELOOP:  # it, or a parent, became a symlink since
                 self.queue.append(Push(rel, item.attempts + 1))
             else:
                 self.skipped[rel] = failure_reason(exc)
@@ -112,7 +112,7 @@ class TarStream:
             after = HostState.of(os.fstat(fd))
             grew = f.read(1) != b""
         self.bytes += before.size
-        moved = lstat(path)
+        moved = lstat(self.tree, rel)
         if after != before or grew or moved.ino != before.ino or moved.kind != "file":
             self.sent.pop(rel, None)
             if item.attempts + 1 < COPY_ATTEMPTS:
