@@ -17,8 +17,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The system's python3 where there is one (Debian 12: 3.11.2), not a newer one earlier on
+# PATH: it is the interpreter users have, and the one the suite must pass on.
+python=python3
+[ -x /usr/bin/python3 ] && python=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'

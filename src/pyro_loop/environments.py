@@ -19,13 +19,12 @@ import contextlib
 import hashlib
 import json
 import os
-import posixpath
 import re
 import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -276,64 +275,23 @@ def _unpack_stream(stream: IO[bytes], tree: Path, failure: list[BaseException]) 
 def extract_root_tar(fileobj: IO[bytes], dest: Path) -> None:
     """Unpack a root filesystem tarball into the empty directory `dest`, owned by the caller.
 
-    Absolute symlinks are kept (a Debian root needs them: /etc/alternatives, ...), but no
-    member may be written through one: every member's parent must be a directory unpacked
-    before it, names are unique, hard links point at regular files already unpacked. Paths
-    that escape the tree are refused, and so are device nodes and FIFOs, except those in
-    /dev, which are skipped (the sandbox mounts its own /dev). Set-id bits and group and
-    other write permissions are dropped; the owner can always read.
+    Absolute symlinks are kept (a Debian root needs them: /etc/alternatives, ...), but every
+    member's parent must be a directory unpacked before it, so none is written through a
+    link; device nodes and FIFOs in /dev are skipped (the sandbox mounts its own /dev). The
+    other rules are `safetar`'s.
     """
     import tarfile
 
-    uid, gid = os.getuid(), os.getgid()
-    directories = {"."}
-    regular: dict[str, int] = {}  # name: mode
-    seen: set[str] = set()
+    from pyro_loop import safetar
 
-    def checked(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-        for member in tar:
-            name = _member_name(member.name)
-            if name == "." or (name.startswith("dev/") and not member.isdir()):
-                continue
-            if name in seen:
-                raise PyroError(f"refusing the root filesystem: {name!r} appears twice")
-            if (posixpath.dirname(name) or ".") not in directories:
-                raise PyroError(f"refusing the root filesystem: {name!r} is not in a directory")
-            seen.add(name)
-            if member.isdir():
-                directories.add(name)
-                member.mode = (member.mode & 0o1755) | 0o700
-            elif member.isreg():
-                member.mode = (member.mode & 0o755) | 0o400
-                regular[name] = member.mode
-            elif member.islnk():
-                target = _member_name(member.linkname)
-                if target not in regular:
-                    raise PyroError(
-                        f"refusing the root filesystem: hard link {name!r} to {target!r}"
-                    )
-                # The link shares the file's inode: its attributes are the file's.
-                member.linkname, member.mode = target, regular[target]
-            elif not member.issym():
-                raise PyroError(f"refusing the root filesystem: {name!r} is a device or FIFO")
-            member.name = name
-            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
-            yield member
-
-    # Python 3.12+ would apply its `data` filter by default (3.14), or warn that it will;
-    # that filter refuses absolute symlinks. The checks above replace it.
-    trusted: dict[str, Any] = (
-        {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    rules = safetar.Rules(
+        "the root filesystem",
+        absolute_links=True,
+        implicit_parents=False,
+        skip_devices_below="dev/",
     )
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-        tar.extractall(dest, members=checked(tar), numeric_owner=True, **trusted)
-
-
-def _member_name(name: str) -> str:
-    normal = posixpath.normpath(name) if name else ""
-    if not normal or normal.startswith("/") or ".." in normal.split("/"):
-        raise PyroError(f"refusing the root filesystem: member {name!r} escapes the tree")
-    return normal
+        safetar.extract(tar, dest, rules)
 
 
 def _finish_tree(tree: Path) -> None:

@@ -53,9 +53,10 @@ def _copy_dir(source: Path, target: Path) -> None:
 
 
 def _extract_archive(source: Path, target: Path) -> None:
+    from pyro_loop import safetar
+
     try:
         with tarfile.open(source) as tar:
-            # The "data" filter refuses absolute paths, "..", links out of the tree and devices.
-            tar.extractall(target, filter="data")
+            safetar.extract(tar, target, safetar.Rules(f"seed archive {source}"))
     except (tarfile.TarError, OSError) as exc:
         raise InvalidInputError(f"cannot extract seed archive {source}: {exc}") from exc

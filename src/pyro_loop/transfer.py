@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from pyro_loop import safetar
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
 from pyro_loop.units import size
@@ -34,8 +35,8 @@ def export_path(
 ) -> dict[str, Any]:
     """Copy `path` (a file or directory in the workspace) to `output` on the host.
 
-    The archive is unpacked with tarfile's "data" filter (no absolute paths, no `..`, no
-    links out of the tree, no device files) into a temporary directory beside `output`, then
+    The archive is unpacked by `safetar` (no absolute paths, no `..`, no links out of the
+    tree, no device files, no set-id bits) into a temporary directory beside `output`, then
     renamed into place: `output` is either the complete export or untouched. The workspace
     decides how much it sends, so the archive is cut off at `max_bytes` (default
     DEFAULT_MAX_EXPORT), or earlier where the archive and its unpacked copy would fill the
@@ -59,11 +60,7 @@ def export_path(
         spool.seek(0)
         try:
             with tarfile.open(fileobj=spool, mode="r:") as tar:
-                tar.extractall(tmp, filter="data")
-        except tarfile.FilterError as exc:
-            raise InvalidInputError(
-                f"refusing to export {path}: {exc} (it would point outside the export)"
-            ) from exc
+                safetar.extract(tar, Path(tmp), safetar.Rules(f"to export {path}"))
         except (tarfile.TarError, OSError) as exc:
             raise PyroError(f"cannot unpack the export of {path}: {exc}") from exc
         extracted = Path(tmp) / arcname

@@ -1,0 +1,137 @@
+"""Unpacking tar archives pyro does not trust, the same way on every Python it supports.
+
+tarfile's extraction filters (`filter="data"`) arrived in Python 3.11.4, and Debian 12's own
+python3 is 3.11.2, so the checks are pyro's: each member is vetted before tarfile writes it.
+No member may leave the tree (no absolute names, no `..`), none is written through a link
+or below a file (a member's parents are directories unpacked before it, or made for it),
+names are unique, hard links point at regular files already unpacked, device nodes and
+FIFOs are refused, set-id bits and group and other write permissions are dropped, and every
+file is owned by the caller whatever the archive says. Symbolic links must resolve inside
+the tree, unless the archive is a root filesystem (`absolute_links`), where links such as
+/etc/alternatives/awk -> /usr/bin/mawk are read inside the sandbox, not on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.errors import InvalidInputError
+
+
+class UnsafeArchiveError(InvalidInputError):
+    """A member of an archive would land outside its tree, or is a kind pyro never unpacks."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    what: str  # named in the error: "the root filesystem", "seed archive x.tar", ...
+    absolute_links: bool = False  # a root filesystem keeps links that point anywhere
+    implicit_parents: bool = True  # make missing parent directories (else refuse the member)
+    skip_devices_below: str | None = None  # "dev/": skip special files there, not refuse
+
+
+def extract(tar: tarfile.TarFile, dest: Path, rules: Rules) -> None:
+    """Unpack `tar` (opened for reading, as a stream or not) into the directory `dest`.
+
+    Raises UnsafeArchiveError for the first member that breaks a rule; what was unpacked
+    before it stays in `dest`, which the caller discards.
+    """
+    vetting = _Vetting(rules)
+    # Python 3.12+ applies a filter of its own by default (3.14), or warns that it will; the
+    # members are checked here instead, identically on every version.
+    trusted: dict[str, Any] = (
+        {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    )
+    tar.extractall(dest, members=vetting.members(tar), numeric_owner=True, **trusted)
+    if not rules.absolute_links:
+        vetting.check_links(dest)
+
+
+class _Vetting:
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.directories = {"."}
+        self.regular: dict[str, int] = {}  # name: mode
+        self.seen: set[str] = set()
+        self.links: list[str] = []
+
+    def refuse(self, reason: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"refusing {self.rules.what}: {reason}")
+
+    def members(self, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+        for member in tar:
+            name = self.name(member.name)
+            skip = self.rules.skip_devices_below
+            if name == "." or (skip and name.startswith(skip) and not member.isdir()):
+                continue
+            if name in self.seen:
+                raise self.refuse(f"{name!r} appears twice")
+            if name in self.directories and not member.isdir():
+                raise self.refuse(f"{name!r} is both a directory and a file")
+            self.parents(name)
+            self.seen.add(name)
+            self.attributes(member, name)
+            member.name = name
+            member.uid, member.gid, member.uname, member.gname = self.uid, self.gid, "", ""
+            yield member
+
+    def name(self, raw: str) -> str:
+        normal = posixpath.normpath(raw) if raw else ""
+        if not normal or normal.startswith("/") or ".." in normal.split("/"):
+            raise self.refuse(f"member {raw!r} escapes the tree")
+        return normal
+
+    def parents(self, name: str) -> None:
+        """Every parent of `name` is a directory of the archive (or, where allowed, one that
+        tarfile makes for it): nothing is ever written through a link or below a file."""
+        parent = posixpath.dirname(name) or "."
+        if parent in self.directories:
+            return
+        if not self.rules.implicit_parents:
+            raise self.refuse(f"{name!r} is not in a directory")
+        chain = []
+        while parent not in self.directories:
+            if parent in self.seen:
+                raise self.refuse(f"{name!r} would be written through {parent!r}, not a directory")
+            chain.append(parent)
+            parent = posixpath.dirname(parent) or "."
+        self.directories.update(chain)
+
+    def attributes(self, member: tarfile.TarInfo, name: str) -> None:
+        if member.isdir():
+            self.directories.add(name)
+            member.mode = (member.mode & 0o1755) | 0o700
+        elif member.isreg():
+            member.mode = (member.mode & 0o755) | 0o400
+            self.regular[name] = member.mode
+        elif member.islnk():
+            target = self.name(member.linkname)
+            if target not in self.regular:
+                raise self.refuse(f"hard link {name!r} to {target!r}, not a file unpacked before")
+            # The link shares the file's inode: its attributes are the file's.
+            member.linkname, member.mode = target, self.regular[target]
+        elif member.issym():
+            if not self.rules.absolute_links:
+                target = member.linkname
+                inside = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                if not target or target.startswith("/") or inside.split("/")[0] == "..":
+                    raise self.refuse(f"link {name!r} points outside the tree ({target!r})")
+                self.links.append(name)
+        else:
+            raise self.refuse(f"{name!r} is a device or FIFO")
+
+    def check_links(self, dest: Path) -> None:
+        """Each link, resolved through the links it passes (which the lexical check above
+        cannot see: `a -> b/..` with `b -> ..`), still lands inside `dest`."""
+        root = os.path.realpath(dest)
+        for name in self.links:
+            resolved = os.path.realpath(os.path.join(dest, name))
+            if resolved != root and not resolved.startswith(root + os.sep):
+                raise self.refuse(f"link {name!r} points outside the tree")
