@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -207,43 +209,54 @@ class AgentClient:
         on_output: OutputSink | None = None,
         max_output: int = DEFAULT_MAX_OUTPUT,
         cancel: Cancellation | None = None,
+        stdin: BinaryIO | None = None,
     ) -> ExecResult:
         """Run `argv` in the workspace; output goes to `on_output` as it comes, or is collected.
 
         Collected output is capped at `max_output` bytes per stream (the rest is counted as
         truncated, not kept), so a command printing without end cannot exhaust host memory.
+        `stdin`, when given, is read (in a thread) and passed to the command until its end;
+        without it the command's stdin is /dev/null.
         """
-        collected = {p.KIND_STDOUT: _Capped(max_output), p.KIND_STDERR: _Capped(max_output)}
+        with self.open_exec(
+            argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel
+        ) as channel:
+            if stdin is not None:
+                channel.feed_from(stdin)
+            return channel.wait(on_output=on_output, max_output=max_output)
 
-        def on_frame(kind: bytes, payload: bytes) -> None:
-            if kind not in collected:
-                raise p.ProtocolError(f"unexpected {kind!r} frame during exec")
-            if on_output is not None:
-                on_output("stdout" if kind == p.KIND_STDOUT else "stderr", payload)
-            else:
-                collected[kind].add(payload)
-
-        reply = self._request(
-            {"op": "exec", "argv": argv, "cwd": cwd, "env": env or {}, "timeout": timeout},
-            on_frame=on_frame,
+    @contextlib.contextmanager
+    def open_exec(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: bool = False,
+        tty: tuple[int, int] | None = None,
+        cancel: Cancellation | None = None,
+    ) -> Iterator[ExecChannel]:
+        """Start `argv` and hand back its channel: input, resizes and signals go in, output
+        and the result come out. `tty` (rows, cols) runs it on a pseudo-terminal (its
+        output then all arrives as stdout). Leaving the block ends the command if it still
+        runs (the agent kills its tree when the connection goes)."""
+        request: dict[str, Any] = {
+            "op": "exec", "argv": argv, "cwd": cwd, "env": env or {}, "timeout": timeout,
+        }  # fmt: skip
+        if stdin:
+            request["stdin"] = True
+        if tty is not None:
+            request["tty"] = [tty[0], tty[1]]
+        with self._connect() as sock, cancel.watching(sock) if cancel else contextlib.nullcontext():
             # The socket timeout bounds silence, not the command: allow the command's own
             # timeout plus a margin, or wait indefinitely when it has none.
-            timeout=(timeout + 10.0) if timeout is not None else None,
-            cancel=cancel,
-        )
-        duration = reply.get("duration", 0.0)
-        if not isinstance(duration, int | float) or isinstance(duration, bool):
-            raise AgentError("malformed reply from the workspace's agent: duration is not a number")
-        return ExecResult(
-            exit_code=_int(reply, "exit_code"),
-            duration=float(duration),
-            timed_out=bool(reply.get("timed_out", False)),
-            signal=reply.get("signal") if isinstance(reply.get("signal"), int) else None,
-            stdout=collected[p.KIND_STDOUT].value(),
-            stderr=collected[p.KIND_STDERR].value(),
-            stdout_truncated=collected[p.KIND_STDOUT].truncated,
-            stderr_truncated=collected[p.KIND_STDERR].truncated,
-        )
+            sock.settimeout((timeout + 10.0) if timeout is not None else None)
+            try:
+                p.send_json(sock, {"v": p.VERSION, **request})
+            except OSError as exc:
+                raise AgentUnavailableError("the workspace's agent stopped reading") from exc
+            yield ExecChannel(sock, cancel)
 
     def read(
         self, path: str, *, max_bytes: int = 65536, offset: int = 0
@@ -353,6 +366,119 @@ class AgentClient:
                 with contextlib.suppress(OSError, p.ProtocolError):
                     p.send_json(sock, {"thaw": True})
                     p.recv_json(sock)
+
+
+class ExecChannel:
+    """One running command's connection (see `AgentClient.open_exec`).
+
+    `write`, `close_stdin`, `resize` and `signal` may be called from any thread while
+    another reads with `next_event` or `wait`: sends are serialised by a lock.
+    """
+
+    def __init__(self, sock: socket.socket, cancel: Cancellation | None = None) -> None:
+        self.sock = sock
+        self.cancel = cancel
+        self._send_lock = threading.Lock()
+        self.result: ExecResult | None = None
+
+    def _send(self, kind: bytes, payload: bytes) -> None:
+        # Failing means the command is over or the agent gone: the reader learns which.
+        with self._send_lock, contextlib.suppress(OSError):
+            p.send_frame(self.sock, kind, payload)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), p.MAX_CHUNK):
+            self._send(p.KIND_STDIN, bytes(view[start : start + p.MAX_CHUNK]))
+
+    def close_stdin(self) -> None:
+        self._send(p.KIND_STDIN, b"")
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._send(p.KIND_JSON, p.dumps({"resize": [rows, cols]}).encode())
+
+    def signal(self, name: str) -> None:
+        self._send(p.KIND_JSON, p.dumps({"signal": name}).encode())
+
+    def feed_from(self, source: BinaryIO) -> threading.Thread:
+        """Pass `source` to the command's stdin from a daemon thread, then close it."""
+
+        # A descriptor is read directly: a thread blocked inside a buffered reader holds its
+        # lock, and the interpreter aborts at exit when a daemon thread holds stdin's.
+        try:
+            fd: int | None = source.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        read = getattr(source, "read1", source.read) if fd is None else partial(os.read, fd)
+
+        def pump() -> None:
+            while True:
+                try:
+                    data = read(65536)
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
+                    self.close_stdin()
+                    return
+                self.write(data)
+
+        thread = threading.Thread(target=pump, name="pyro-stdin", daemon=True)
+        thread.start()
+        return thread
+
+    def next_event(self) -> tuple[str, bytes] | ExecResult:
+        """The next piece of output ("stdout" | "stderr", bytes), or the command's result."""
+        try:
+            kind, payload = p.recv_frame(self.sock)
+            if kind == p.KIND_JSON:
+                self.result = _exec_result(_check_reply(p.decode_json(payload)))
+                return self.result
+            if kind == p.KIND_STDOUT:
+                return "stdout", payload
+            if kind == p.KIND_STDERR:
+                return "stderr", payload
+            raise p.ProtocolError(f"unexpected {kind!r} frame during exec")
+        except (p.Closed, ConnectionResetError, OSError, p.ProtocolError) as exc:
+            if self.cancel is not None and self.cancel.cancelled:
+                raise CancelledError("cancelled: the command's process tree was killed") from None
+            if isinstance(exc, TimeoutError):
+                raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
+            if isinstance(exc, p.Closed | ConnectionResetError | OSError):
+                raise AgentUnavailableError(
+                    "the workspace's agent closed the connection (it stopped or crashed)"
+                ) from exc
+            raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
+
+    def wait(
+        self, *, on_output: OutputSink | None = None, max_output: int = DEFAULT_MAX_OUTPUT
+    ) -> ExecResult:
+        """Read until the command ends; output to `on_output`, or collected (capped)."""
+        collected = {"stdout": _Capped(max_output), "stderr": _Capped(max_output)}
+        while True:
+            event = self.next_event()
+            if isinstance(event, ExecResult):
+                out, err = collected["stdout"], collected["stderr"]
+                return dataclasses.replace(
+                    event, stdout=out.value(), stderr=err.value(),
+                    stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+                )  # fmt: skip
+            which, data = event
+            if on_output is not None:
+                on_output(which, data)
+            else:
+                collected[which].add(data)
+
+
+def _exec_result(reply: dict[str, Any]) -> ExecResult:
+    duration = reply.get("duration", 0.0)
+    if not isinstance(duration, int | float) or isinstance(duration, bool):
+        raise AgentError("malformed reply from the workspace's agent: duration is not a number")
+    return ExecResult(
+        exit_code=_int(reply, "exit_code"),
+        duration=float(duration),
+        timed_out=bool(reply.get("timed_out", False)),
+        signal=reply.get("signal") if isinstance(reply.get("signal"), int) else None,
+    )
 
 
 class _Capped:

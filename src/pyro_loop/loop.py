@@ -13,10 +13,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyro_loop.config import ProjectConfig
 from pyro_loop.diff import Change, compare
@@ -26,10 +26,11 @@ from pyro_loop.layerview import LayerStack, read_file
 from pyro_loop.locking import file_lock
 from pyro_loop.project import Project
 from pyro_loop.runtime import Limits
+from pyro_loop.shellcmd import SHELL_ARGV
 from pyro_loop.units import duration
 
 if TYPE_CHECKING:
-    from pyro_loop.client import Cancellation, ExecResult, OutputSink
+    from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.watch import Stoppable
@@ -196,15 +197,49 @@ class ProjectLoop:
         env: dict[str, str] | None = None,
         on_output: OutputSink | None = None,
         cancel: Cancellation | None = None,
+        stdin: BinaryIO | None = None,
     ) -> ExecResult:
-        """Run a command in the project's workspace, after syncing what changed on the host."""
+        """Run a command in the project's workspace, after syncing what changed on the host.
+        `stdin` is passed to the command until its end (else its stdin is empty)."""
+        with self.open_exec(
+            argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin is not None, cancel=cancel
+        ) as channel:
+            if stdin is not None:
+                channel.feed_from(stdin)
+            return channel.wait(on_output=on_output)
+
+    @contextlib.contextmanager
+    def open_exec(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        tty: tuple[int, int] | None = None,
+        cancel: Cancellation | None = None,
+        remember: bool = True,
+    ) -> Iterator[ExecChannel]:
+        """Start a command as `exec` does (host edits synced first) and hand back its channel,
+        for input, a terminal and signals. `remember=False` keeps it out of `retry` (a shell)."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
         record = self.live()
         self._syncer(record).reconcile()
-        self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
-        return self.ws.exec(record.id, list(argv), timeout=timeout, cwd=cwd, env=env,
-                            on_output=on_output, cancel=cancel)  # fmt: skip
+        if remember:
+            self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
+        with self.ws.open_exec(
+            record.id, list(argv), timeout=timeout, cwd=cwd, env=env, stdin=stdin, tty=tty,
+            cancel=cancel,
+        ) as channel:  # fmt: skip
+            yield channel
+
+    def shell(
+        self, *, tty: tuple[int, int] | None, env: dict[str, str] | None = None
+    ) -> contextlib.AbstractContextManager[ExecChannel]:
+        """An interactive shell in the project's workspace, with the environment of `exec`."""
+        return self.open_exec(SHELL_ARGV, env=env, stdin=True, tty=tty, remember=False)
 
     def retry(
         self,

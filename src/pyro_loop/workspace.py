@@ -25,11 +25,12 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pyro_loop.client import AgentClient, Cancellation, ExecResult, OutputSink
+from pyro_loop.client import AgentClient, Cancellation, ExecChannel, ExecResult, OutputSink
 from pyro_loop.diff import Change, compute_changes
 from pyro_loop.errors import (
     AgentUnavailableError,
@@ -367,19 +368,45 @@ class Workspaces:
         timeout: float | None = None,
         on_output: OutputSink | None = None,
         cancel: Cancellation | None = None,
+        stdin: BinaryIO | None = None,
     ) -> ExecResult:
-        """Run `argv` in the workspace; `cancel` lets another thread stop it (see Cancellation)."""
+        """Run `argv` in the workspace; `cancel` lets another thread stop it (see Cancellation).
+        `stdin` is passed to the command until its end (else the command's stdin is empty)."""
+        with self.open_exec(
+            ref, argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel
+        ) as channel:
+            if stdin is not None:
+                channel.feed_from(stdin)
+            return channel.wait(on_output=on_output)
+
+    @contextlib.contextmanager
+    def open_exec(
+        self,
+        ref: str,
+        argv: builtins.list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: bool = False,
+        tty: tuple[int, int] | None = None,
+        cancel: Cancellation | None = None,
+    ) -> Iterator[ExecChannel]:
+        """Start `argv` and hand back its channel (input, terminal size, signals; output and
+        the result): for shells and piped input. The command is recorded in the history
+        when it ends within the block."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro workspace exec ID -- CMD...")
         wdir = self.resolve(ref)
         client = self._running_client(wdir)
-        result = client.exec(
-            argv, cwd=cwd, env=env, timeout=timeout, on_output=on_output, cancel=cancel
-        )
-        entry = {"time": time.time(), "argv": argv, "cwd": cwd, **result.to_json()}
-        with wdir.history.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-        return result
+        with client.open_exec(
+            argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin, tty=tty, cancel=cancel
+        ) as channel:
+            yield channel
+        if channel.result is not None:
+            entry = {"time": time.time(), "argv": argv, "cwd": cwd, **channel.result.to_json()}
+            with wdir.history.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
 
     def logs(self, ref: str, *, limit: int = 50) -> dict[str, Any]:
         wdir = self.resolve(ref)

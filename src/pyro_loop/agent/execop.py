@@ -1,10 +1,16 @@
-"""The workspace's processes: `exec` runs a command and forwards its output, `freeze` stops
-every other process until the client thaws them.
+"""The workspace's processes: `exec` runs a command and forwards its output (and its input,
+on request, through a pipe or a pseudo-terminal), `freeze` stops every other process until
+the client thaws them.
 
 Trusts nothing in the request: argv and env must be strings, the working directory goes
 through `confine`, and the environment is the sandbox's own plus what the request adds.
 A command runs in a session of its own; on a timeout, or when the client goes away, it is
 killed with every process it left behind.
+
+While a command runs, the client may send, besides `I` frames for its stdin (an empty one
+closes it), J frames that steer it: {"resize": [rows, cols]} sets the terminal's size (the
+kernel tells the foreground process with SIGWINCH) and {"signal": "INT"} signals the
+terminal's foreground process group, or the command's own group without a terminal.
 """
 
 import _signal
@@ -12,15 +18,18 @@ import os
 import select
 import time
 
+import proctree
 import protocol as p
 from confine import WORKSPACE, RequestError, confine
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DRAIN_AFTER_EXIT = 0.05  # seconds to keep reading output held open by background children
-PR_SET_CHILD_SUBREAPER = 36
+READ_SIZE = 65536
+READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def op_exec(conn, req):
+def command_spec(req):
+    """The argv, working directory and environment a request asks for, checked."""
     argv = req.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise RequestError("invalid_request", "argv must be a non-empty list of strings")
@@ -38,46 +47,116 @@ def op_exec(conn, req):
         if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
             raise RequestError("invalid_request", "env entries must be NAME=value strings")
         env[key] = value
-    timeout = req.get("timeout")
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
-    started = time.monotonic()
+    return argv, cwd, env
 
-    _become_subreaper()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+
+def _window(value):
+    """A request's terminal size [rows, cols] -> (rows, cols), or RequestError."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 10000 for n in value)
+    ):
+        raise RequestError("invalid_request", "a terminal size is [rows, cols], each 1-9999")
+    return value[0], value[1]
+
+
+def set_window(fd, rows, cols):
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def reset_signals():
+    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, and
+    commands must meet them as anywhere else (killed)."""
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
+def spawn(argv, cwd, env, fds, tty=False):
+    """Fork and exec the command in a new session; returns its pid, or raises RequestError
+    when it cannot be run (the exec's errno comes back through a close-on-exec pipe)."""
+    stdin_fd, out_fd, err_fd = fds
     fail_r, fail_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the command
         try:
+            os.close(fail_r)
             os.setsid()
-            # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across
-            # exec, and commands must meet the file size limit as anywhere else (killed).
-            _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-            _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            null = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
+            if tty:
+                import fcntl
+                import termios
+
+                fcntl.ioctl(stdin_fd, termios.TIOCSCTTY, 0)  # the controlling terminal
+            reset_signals()
+            os.dup2(stdin_fd, 0)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
             os.chdir(cwd)
             os.execvpe(argv[0], argv, env)
         except BaseException as exc:
             code = getattr(exc, "errno", None) or 0
             os.write(fail_w, str(code).encode())
         os._exit(127)
-    for fd in (out_w, err_w, fail_w):
-        os.close(fd)
+    os.close(fail_w)
     failure = os.read(fail_r, 64)
     os.close(fail_r)
     if failure:
         os.waitpid(pid, 0)
-        os.close(out_r)
-        os.close(err_r)
         errno = int(failure or b"0")
         what = "command not found" if errno == 2 else "cannot run command"
         raise RequestError("exec_failed", "%s: %s (%s)" % (what, argv[0], os.strerror(errno)))
+    return pid
 
-    status, timed_out = _pump(conn, pid, out_r, err_r, deadline)
+
+def op_exec(conn, req):
+    argv, cwd, env = command_spec(req)
+    timeout = req.get("timeout")
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    want_stdin = req.get("stdin") is True
+    tty = req.get("tty")
+    started = time.monotonic()
+
+    proctree.become_subreaper()
+    to_close = []
+    if tty is not None:
+        rows, cols = _window(tty)
+        master, slave = os.openpty()
+        set_window(master, rows, cols)
+        child_fds = (slave, slave, slave)
+        streams = {master: p.KIND_STDOUT}
+        stdin_w = master if want_stdin else None
+        to_close.append(master)
+    else:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if want_stdin:
+            in_r, stdin_w = os.pipe()
+        else:
+            in_r, stdin_w = os.open("/dev/null", os.O_RDONLY), None
+        child_fds = (in_r, out_w, err_w)
+        streams = {out_r: p.KIND_STDOUT, err_r: p.KIND_STDERR}
+        to_close += [out_r, err_r] + ([stdin_w] if stdin_w is not None else [])
+    try:
+        pid = spawn(argv, cwd, env, child_fds, tty=tty is not None)
+    except BaseException:
+        for fd in set(child_fds) | set(to_close):
+            os.close(fd)
+        raise
+    for fd in set(child_fds):
+        os.close(fd)
+
+    pump = _Pump(conn, pid, streams, stdin_w, tty_fd=to_close[0] if tty is not None else None)
+    status, timed_out = pump.run(deadline)
+    for fd in to_close:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         exit_code = 128 + sig
@@ -94,104 +173,153 @@ def op_exec(conn, req):
     }
 
 
-def _pump(conn, pid, out_r, err_r, deadline):
-    """Forward output until the command exits (or times out, or the client goes away)."""
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    streams = {out_r: p.KIND_STDOUT, err_r: p.KIND_STDERR}
-    for fd in streams:
-        poller.register(fd, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    poller.register(conn.fileno(), select.POLLIN)  # readable only when the client hung up
-    status = None
-    timed_out = False
-    drain_until = None
-    while streams:
-        now = time.monotonic()
-        limits = [t for t in (deadline, drain_until) if t is not None]
-        wait_ms = None if not limits else max(0, int((min(limits) - now) * 1000) + 1)
-        events = poller.poll(wait_ms)
-        if deadline is not None and time.monotonic() >= deadline and status is None:
-            timed_out = True
-            _kill_tree(pid)
-            status = os.waitpid(pid, 0)[1]
-            break
-        for fd, _event in events:
-            if fd == pidfd:
-                poller.unregister(pidfd)
-                status = os.waitpid(pid, 0)[1]
-                drain_until = time.monotonic() + DRAIN_AFTER_EXIT
-            elif fd == conn.fileno():
-                _kill_tree(pid)  # the client is gone: nobody will read the output
-                os.waitpid(pid, 0)
-                raise SystemExit(0)
-            elif fd in streams:
-                data = os.read(fd, 65536)
-                if data:
-                    p.send_frame(conn, streams[fd], data)
-                else:
-                    poller.unregister(fd)
-                    del streams[fd]
-        if drain_until is not None and time.monotonic() >= drain_until:
-            break
-    if status is None:
-        status = os.waitpid(pid, 0)[1]
-    for fd in (out_r, err_r):
-        os.close(fd)
-    os.close(pidfd)
-    return status, timed_out
+class _Pump:
+    """Moves bytes until the command exits (or times out, or the client goes away): its
+    output to the client, the client's input to it, the client's resizes and signals to
+    its terminal or process group."""
 
+    def __init__(self, conn, pid, streams, stdin_fd, tty_fd):
+        self.conn = conn
+        self.pid = pid
+        self.streams = dict(streams)  # fd -> frame kind, while open
+        self.stdin_fd = stdin_fd  # where input goes (None: the command has none)
+        self.tty_fd = tty_fd
+        self.pending = b""  # input received but not yet taken by the command
+        self.stdin_closing = False
+        for fd in (*self.streams, stdin_fd):
+            if fd is not None:
+                os.set_blocking(fd, False)
 
-def _become_subreaper():
-    """Orphaned descendants of the command re-parent to this handler, so a timeout finds them."""
-    try:
-        import ctypes
+    def run(self, deadline):
+        pidfd = os.pidfd_open(self.pid)
+        status = None
+        timed_out = False
+        drain_until = None
+        conn_fd = self.conn.fileno()
+        try:
+            while self.streams:
+                now = time.monotonic()
+                limits = [t for t in (deadline, drain_until) if t is not None]
+                wait_ms = None if not limits else max(0, int((min(limits) - now) * 1000) + 1)
+                poller = self._poller(pidfd if status is None else None)
+                events = poller.poll(wait_ms)
+                if deadline is not None and time.monotonic() >= deadline and status is None:
+                    timed_out = True
+                    self._kill()
+                    status = os.waitpid(self.pid, 0)[1]
+                    break
+                for fd, event in events:
+                    if fd == pidfd:
+                        status = os.waitpid(self.pid, 0)[1]
+                        drain_until = time.monotonic() + DRAIN_AFTER_EXIT
+                    elif fd == conn_fd:
+                        self._from_client(event)
+                    elif fd == self.stdin_fd and event & (select.POLLOUT | select.POLLERR):
+                        self._feed()
+                    if fd in self.streams and event & READABLE:
+                        self._forward(fd)
+                if drain_until is not None and time.monotonic() >= drain_until:
+                    break
+            if status is None:
+                status = os.waitpid(self.pid, 0)[1]
+        finally:
+            os.close(pidfd)
+        return status, timed_out
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except Exception:  # no ctypes in a minimal image: fall back to the process group only
-        pass
+    def _poller(self, pidfd):
+        wanted = {}
+        for fd in self.streams:
+            wanted[fd] = select.POLLIN
+        if self.stdin_fd is not None and self.pending:
+            wanted[self.stdin_fd] = wanted.get(self.stdin_fd, 0) | select.POLLOUT
+        # While input waits for the command, read no more from the client (its writes
+        # block: backpressure), but still notice when it hangs up.
+        wanted[self.conn.fileno()] = select.POLLRDHUP | (0 if self.pending else select.POLLIN)
+        if pidfd is not None:
+            wanted[pidfd] = select.POLLIN
+        poller = select.poll()
+        for fd, mask in wanted.items():
+            poller.register(fd, mask)
+        return poller
 
+    def _kill(self):
+        proctree.kill_tree(os.getpid())
 
-def _kill_tree(pid):
-    """SIGKILL the command and every descendant (including double-forked and setsid ones).
+    def _gone(self):
+        self._kill()  # the client is gone: nobody will read the output
+        os.waitpid(self.pid, 0)
+        raise SystemExit(0)
 
-    Orphans re-parent to this handler (a subreaper), so the tree below it is complete. Repeat
-    until nothing is left, in case a process forked while we were killing.
-    """
-    me = os.getpid()
-    for _attempt in range(100):
-        victims = _descendants(me)
-        if not victims:
-            return
-        for victim in victims:
+    def _from_client(self, event):
+        if not event & select.POLLIN or self.pending:
+            self._gone()  # hung up (POLLRDHUP/POLLHUP with nothing more to read)
+        try:
+            kind, payload = p.recv_frame(self.conn)
+        except (p.ProtocolError, OSError):
+            self._gone()
+        if kind == p.KIND_STDIN and self.stdin_fd is not None:
+            if payload:
+                self.pending = payload
+                self._feed()
+            elif self.tty_fd is None:
+                self.stdin_closing = True
+                self._feed()
+        elif kind == p.KIND_JSON:
+            self._control(p.decode_json(payload))
+        elif kind != p.KIND_STDIN:  # input for a command without stdin is dropped
+            self._gone()
+
+    def _control(self, message):
+        if "resize" in message and self.tty_fd is not None:
             try:
-                os.kill(victim, _signal.SIGKILL)
+                rows, cols = _window(message["resize"])
+                set_window(self.tty_fd, rows, cols)
+            except (RequestError, OSError):
+                pass
+        if "signal" in message:
+            sig = proctree.signal_number(message["signal"])
+            if sig is None:
+                return
+            group = self.pid
+            if self.tty_fd is not None:
+                try:
+                    group = os.tcgetpgrp(self.tty_fd)
+                except OSError:
+                    pass
+            try:
+                os.killpg(group, sig)
             except OSError:
                 pass
-        time.sleep(0.001)
 
-
-def _descendants(root):
-    children = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    def _feed(self):
+        """Write pending input without blocking; close the command's stdin once asked to."""
+        if self.stdin_fd is None:
+            return
         try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] == b"Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(name))
-    found = []
-    pending = [root]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
+            while self.pending:
+                written = os.write(self.stdin_fd, self.pending)
+                self.pending = self.pending[written:]
+        except BlockingIOError:
+            return
+        except OSError:  # the command closed its stdin (or exited): drop the rest
+            self.pending = b""
+            if self.tty_fd is None:
+                self.stdin_closing = True
+        if self.stdin_closing and self.tty_fd is None and not self.pending:
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
+
+    def _forward(self, fd):
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # a terminal whose last user closed it reads EIO: its end
+            data = b""
+        if data:
+            p.send_frame(self.conn, self.streams[fd], data)
+        else:
+            del self.streams[fd]
 
 
 def op_freeze(conn, req):

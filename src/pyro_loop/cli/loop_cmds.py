@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
+from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 
 ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
 
@@ -57,16 +58,45 @@ def exec_(
     ),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help=STDIN_HELP),
+    tty: bool = typer.Option(False, "--tty", "-t", help=TTY_HELP),
 ) -> None:
-    """Run a command in the project's workspace; its exit code is pyro's."""
+    """Run a command in the project's workspace; its exit code is pyro's.
+
+    Piped input (`echo x | pyro exec -- cat`) reaches the command's stdin; a terminal's
+    only with -i. -t gives the command a terminal (`pyro exec -t -- python3`).
+    """
     from pyro_loop.names import parse_env
 
     loop = _loop(project_dir)
-    result = loop.exec(
-        command, timeout=timeout, cwd=cwd, env=parse_env(env), on_output=stream_output
+    result = run_attached(
+        lambda stdin, size: loop.open_exec(
+            command, timeout=timeout, cwd=cwd, env=parse_env(env), stdin=stdin, tty=size
+        ),
+        interactive=interactive,
+        tty=tty,
+        on_output=stream_output,
     )
     if result.timed_out:
         note(f"pyro: command timed out after {timeout} s (process tree killed)")
+    raise typer.Exit(result.exit_code)
+
+
+def shell(
+    project_dir: Path | None = ProjectOption,
+    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+) -> None:
+    """An interactive shell in the project's workspace (bash if it has one): a real terminal
+    with job control, Ctrl-C to the foreground process, and exec's environment."""
+    from pyro_loop.names import parse_env
+
+    loop = _loop(project_dir)
+    result = run_attached(
+        lambda _stdin, size: loop.shell(tty=size, env=parse_env(env)),
+        interactive=True,
+        tty=True,
+        on_output=stream_output,
+    )
     raise typer.Exit(result.exit_code)
 
 
@@ -163,6 +193,7 @@ def down(
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command("exec")(exec_)
+    app.command()(shell)
     app.command()(retry)
     app.command()(reset)
     app.command()(diff)

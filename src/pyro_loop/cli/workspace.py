@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
+from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.units import parse_size
 
@@ -203,15 +204,27 @@ def exec(
     ),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help=STDIN_HELP),
+    tty: bool = typer.Option(False, "--tty", "-t", help=TTY_HELP),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run a command in a workspace; output streams, its exit code is pyro's."""
+    """Run a command in a workspace; output streams, its exit code is pyro's.
+
+    Piped input reaches the command's stdin; a terminal's only with -i (or -t).
+    """
     from pyro_loop.names import parse_env
 
-    result = _workspaces().exec(
-        ref, command, cwd=cwd, env=parse_env(env), timeout=timeout,
+    if tty and as_json:
+        raise InvalidInputError("-t and --json do not go together: a terminal has no JSON")
+    ws = _workspaces()
+    result = run_attached(
+        lambda stdin, size: ws.open_exec(
+            ref, command, cwd=cwd, env=parse_env(env), timeout=timeout, stdin=stdin, tty=size
+        ),
+        interactive=interactive,
+        tty=tty,
         on_output=None if as_json else stream_output,
-    )  # fmt: skip
+    )
     if as_json:
         emit(
             {
@@ -223,6 +236,28 @@ def exec(
         )
     elif result.timed_out:
         sys.stderr.write(f"pyro: command timed out after {timeout} s (process tree killed)\n")
+    raise typer.Exit(result.exit_code)
+
+
+@workspace_app.command()
+def shell(
+    ref: str = IdArg,
+    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
+) -> None:
+    """An interactive shell in a workspace (bash if it has one): a real terminal with job
+    control and Ctrl-C to the foreground process."""
+    from pyro_loop.names import parse_env
+    from pyro_loop.shellcmd import SHELL_ARGV
+
+    ws = _workspaces()
+    result = run_attached(
+        lambda _stdin, size: ws.open_exec(
+            ref, SHELL_ARGV, env=parse_env(env), stdin=True, tty=size
+        ),
+        interactive=True,
+        tty=True,
+        on_output=stream_output,
+    )
     raise typer.Exit(result.exit_code)
 
 

@@ -64,6 +64,7 @@ AGENT_FILES = (
     "tarread.py",
     "tarput.py",
     "execop.py",
+    "proctree.py",
 )
 AGENT_MOUNT = "/run/pyro/agent"
 SANDBOX_PYTHON = "/usr/bin/python3"

@@ -1,0 +1,86 @@
+"""Process trees in the workspace: find every descendant of a process, kill them all.
+
+Shared by `exec` (a command and what it left behind, on a timeout or a disconnect) and the
+services (a detached command's tree, on `service_stop`).
+"""
+
+import _signal
+import os
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    """Orphaned descendants re-parent to this process, so a kill finds double-forked ones."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:  # no ctypes in a minimal image: fall back to the process group only
+        pass
+
+
+def kill_tree(root, sig=_signal.SIGKILL):
+    """Send `sig` to every descendant of `root` (not `root` itself), repeating until none
+    is left when the signal is SIGKILL, in case a process forked meanwhile."""
+    for _attempt in range(100 if sig == _signal.SIGKILL else 1):
+        victims = descendants(root)
+        if not victims:
+            return
+        for victim in victims:
+            try:
+                os.kill(victim, sig)
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+
+def descendants(root):
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    found = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+SIGNALS = {
+    "INT": _signal.SIGINT,
+    "TERM": _signal.SIGTERM,
+    "KILL": _signal.SIGKILL,
+    "HUP": _signal.SIGHUP,
+    "QUIT": _signal.SIGQUIT,
+    "USR1": _signal.SIGUSR1,
+    "USR2": _signal.SIGUSR2,
+    "STOP": _signal.SIGSTOP,
+    "CONT": _signal.SIGCONT,
+    "TSTP": _signal.SIGTSTP,
+    "WINCH": _signal.SIGWINCH,
+}
+
+
+def signal_number(name):
+    """A signal named in a request ("INT", "SIGINT" or its number) -> its number, or None."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        return name if 0 < name < 65 else None
+    if not isinstance(name, str):
+        return None
+    name = name.upper()
+    if name.startswith("SIG"):
+        name = name[3:]
+    return SIGNALS.get(name)

@@ -1,0 +1,118 @@
+"""Attaching the host's terminal to a command in a workspace: `exec -i/-t`, `pyro shell`.
+
+Input: what `exec` passes to the command's stdin. A pipe or a file is passed through until
+its end (as ssh does); a terminal only with -i or -t, so a plain `pyro exec -- pytest` never
+waits on the keyboard. With -t the command runs on a pseudo-terminal in the workspace and
+the host terminal goes raw for the duration: every key (Ctrl-C, Ctrl-Z, arrows) reaches the
+workspace's terminal, whose line discipline signals the foreground process as a local
+terminal would, and the workspace's terminal follows the host's size (SIGWINCH).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+from pyro_loop.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from pyro_loop.client import ExecChannel, ExecResult
+
+STDIN_HELP = (
+    "Pass this terminal's input to the command. Piped or redirected input is always passed"
+    " through; without -i a terminal's is not (the command's stdin is then empty)."
+)
+TTY_HELP = "Run the command on a pseudo-terminal (colours, line editing, Ctrl-C); implies -i."
+
+
+def _stdin() -> BinaryIO | None:
+    try:
+        os.fstat(0)
+    except OSError:
+        return None  # no stdin at all
+    return sys.stdin.buffer if sys.stdin is not None else open(0, "rb", closefd=False)
+
+
+def input_mode(*, interactive: bool, tty: bool) -> tuple[BinaryIO | None, tuple[int, int] | None]:
+    """What to pass: the host's stdin (or None) and the terminal's size for -t (or None)."""
+    stdin = _stdin()
+    is_tty = stdin is not None and os.isatty(0)
+    if tty:
+        if not is_tty:
+            raise InvalidInputError(
+                "-t needs a terminal, and stdin is not one",
+                hint="drop -t: piped input is passed to the command without it",
+            )
+        return stdin, window_size()
+    if is_tty and not interactive:
+        return None, None
+    return stdin, None
+
+
+def window_size() -> tuple[int, int]:
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            cols, rows = os.get_terminal_size(fd)
+            return rows, cols
+    return 24, 80
+
+
+@contextlib.contextmanager
+def _raw_terminal(on_resize: Callable[[int, int], None]) -> Iterator[None]:
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    previous = signal.signal(signal.SIGWINCH, lambda *_: on_resize(*window_size()))
+    tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keys typed ahead are kept
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+
+
+def _write_stdout(_which: str, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def attach(
+    channel: ExecChannel,
+    stdin: BinaryIO | None,
+    *,
+    tty: bool,
+    on_output: Callable[[str, bytes], None] | None,
+) -> ExecResult:
+    """Pass input to the command and its output to ours until it ends; returns its result."""
+    if not tty:
+        if stdin is not None:
+            channel.feed_from(stdin)
+        return channel.wait(on_output=on_output)
+    with _raw_terminal(channel.resize):
+        if stdin is not None:  # read unbuffered: a key goes as soon as it is typed
+            channel.feed_from(stdin)
+        return channel.wait(on_output=_write_stdout)
+
+
+ChannelOpener = Callable[
+    [bool, tuple[int, int] | None], contextlib.AbstractContextManager["ExecChannel"]
+]
+
+
+def run_attached(
+    open_channel: ChannelOpener,
+    *,
+    interactive: bool,
+    tty: bool,
+    on_output: Callable[[str, bytes], None] | None,
+) -> ExecResult:
+    """Start a command with `open_channel(stdin?, terminal size)` and attach to it."""
+    stdin, size = input_mode(interactive=interactive, tty=tty)
+    with open_channel(stdin is not None, size) as channel:
+        return attach(channel, stdin, tty=size is not None, on_output=on_output)
