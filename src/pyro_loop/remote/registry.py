@@ -1,0 +1,293 @@
+"""The registry protocol (OCI distribution), through the ORAS Python SDK.
+
+ORAS builds the requests: repository URLs, the blob existence check before an upload, the
+upload session and its Location handling, monolithic or chunked uploads, manifest schema
+validation, the bearer-token exchange of GitHub's, GitLab's or Harbor's registries. pyro
+replaces only how a request is sent (`do_request`), for three reasons:
+- bounded time: every request has a connect and a read timeout (CONNECT_TIMEOUT,
+  READ_TIMEOUT); the SDK sets none, so an unreachable registry could hang a prepare;
+- no blind retries: the SDK retries any failure five times with growing sleeps (minutes in
+  all), while an offline registry must cost a prepare one line, not minutes;
+- authentication from pyro's credentials (credentials.py) for both the Basic scheme of a
+  plain `distribution` registry with htpasswd and the Bearer scheme, sent up front once the
+  registry has asked for it, so an upload's body is not sent twice.
+Every failure becomes a RemoteError with one line that names the registry, never the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from pyro_loop.errors import PyroError
+from pyro_loop.remote.address import Remote
+from pyro_loop.remote.credentials import Credentials, find_credentials
+
+if TYPE_CHECKING:
+    import requests
+
+CONNECT_TIMEOUT = float(os.environ.get("PYRO_CACHE_CONNECT_TIMEOUT", "5"))
+READ_TIMEOUT = float(os.environ.get("PYRO_CACHE_READ_TIMEOUT", "30"))
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+_CHUNKED_ABOVE = 64 << 20  # larger blobs go up in chunks rather than one request in memory
+_CHUNK = 1 << 20
+
+
+class RemoteError(PyroError):
+    """The registry could not be used: unreachable, refused the login, or answered wrongly."""
+
+
+class RemoteUnavailableError(RemoteError):
+    """The registry did not answer in time, or could not be connected to."""
+
+
+class BlobMismatchError(RemoteError):
+    """A downloaded blob is not what the manifest says (tampered with, or cut short)."""
+
+
+class RegistryClient:
+    """One repository of one registry."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.credentials = find_credentials(remote.registry)
+        self._registry = _make_registry(remote, self.credentials)
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    def get_manifest(self, tag: str) -> dict[str, Any] | None:
+        """The manifest tagged `tag`, or None when the repository has no such tag."""
+        url = f"{self._prefix}://{self._container(tag).manifest_url()}"
+        response = self._call(
+            "reading the manifest",
+            lambda: self._registry.do_request(url, "GET", headers={"Accept": MANIFEST_MEDIA_TYPE}),
+        )
+        if response.status_code == 404:
+            return None
+        self._check(response, "reading the manifest")
+        try:
+            manifest: dict[str, Any] = response.json()
+        except ValueError:
+            raise RemoteError(f"{self.remote}: the manifest for {tag[:12]} is not JSON") from None
+        return manifest
+
+    def put_manifest(self, manifest: dict[str, Any], tag: str) -> None:
+        container = self._container(tag)
+        response = self._call(
+            "uploading the manifest", lambda: self._registry.upload_manifest(manifest, container)
+        )
+        self._check(response, "uploading the manifest")
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        layer = {"digest": digest}
+        return bool(
+            self._call(
+                "checking a blob", lambda: self._registry.blob_exists(layer, self._container())
+            )
+        )
+
+    def push_blob(self, path: str, *, digest: str, size: int, media_type: str) -> None:
+        """Upload the file at `path` (the registry checks it against `digest`)."""
+        layer = {"digest": digest, "size": size, "mediaType": media_type}
+        response = self._call(
+            "uploading a layer",
+            lambda: self._registry.upload_blob(
+                path, self._container(), layer,
+                do_chunked=size > _CHUNKED_ABOVE, chunk_size=16 * _CHUNK,
+            ),
+        )  # fmt: skip
+        self._check(response, "uploading a layer")
+
+    def fetch_blob(
+        self,
+        digest: str,
+        size: int,
+        out: IO[bytes],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        """Download blob `digest` into `out`, checking its length and digest as it comes.
+
+        Raises BlobMismatchError when the bytes are not the ones the manifest names.
+        """
+        algorithm, _, expected = digest.partition(":")
+        if algorithm != "sha256" or len(expected) != 64:
+            raise RemoteError(f"{self.remote}: unsupported blob digest {digest[:20]!r}")
+        hasher = hashlib.sha256()
+        received = 0
+
+        def download() -> None:
+            nonlocal received
+            response = self._registry.get_blob(self._container(), digest, stream=True)
+            with response:
+                self._check(response, "downloading a layer")
+                for chunk in response.iter_content(chunk_size=_CHUNK):
+                    received += len(chunk)
+                    if received > size:
+                        break  # more than the manifest says: stop reading now
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+
+        self._call("downloading a layer", download)
+        short = digest.removeprefix("sha256:")[:12]
+        if received != size:
+            raise BlobMismatchError(
+                f"{self.remote}: layer blob {short} has {received} bytes, its manifest says "
+                f"{size}: refused (tampered with or cut short)"
+            )
+        if hasher.hexdigest() != expected:
+            raise BlobMismatchError(
+                f"{self.remote}: layer blob {short} does not match its digest: refused "
+                "(tampered with or damaged)"
+            )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def _prefix(self) -> str:
+        return self.remote.scheme
+
+    def _container(self, tag: str = "latest") -> Any:
+        import oras.container
+
+        container = oras.container.Container(f"pyro:{tag}", registry=self.remote.registry)
+        # Set the parts explicitly: the SDK's parser would take a first component that
+        # contains a dot (`my.team/cache`) for a registry name.
+        namespace, _, name = self.remote.repository.rpartition("/")
+        container.registry, container.namespace, container.repository = (
+            self.remote.registry,
+            namespace or None,
+            name,
+        )
+        return container
+
+    def _call(self, what: str, action: Callable[[], Any]) -> Any:
+        import requests
+
+        try:
+            return action()
+        except RemoteError:
+            raise
+        except requests.exceptions.SSLError as exc:
+            raise RemoteError(
+                f"{self.remote}: TLS failed while {what}: {_reason(exc)}",
+                hint="a registry without TLS must be named with http:// explicitly",
+            ) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise RemoteUnavailableError(
+                f"{self.remote}: registry unreachable while {what}: {_reason(exc)}"
+            ) from None
+        except (requests.exceptions.RequestException, ValueError) as exc:
+            raise RemoteError(f"{self.remote}: failed while {what}: {_reason(exc)}") from None
+
+    def _check(self, response: requests.Response, what: str) -> None:
+        code = response.status_code
+        if code in (200, 201, 202, 204):
+            return
+        if code in (401, 403):
+            source = self.credentials.source if self.credentials else None
+            raise RemoteError(
+                f"{self.remote}: the registry refused "
+                + (f"the login from {source}" if source else "anonymous access")
+                + f" while {what} (HTTP {code})",
+                hint="log in with `docker login` or `podman login`, or set "
+                "PYRO_CACHE_USERNAME and PYRO_CACHE_PASSWORD",
+            )
+        raise RemoteError(f"{self.remote}: HTTP {code} while {what}{_registry_error(response)}")
+
+
+def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
+    import oras.auth.utils
+    import oras.provider
+    import requests
+    import requests.adapters
+
+    class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = (CONNECT_TIMEOUT, READ_TIMEOUT)
+            return super().send(request, **kwargs)
+
+    class _Registry(oras.provider.Registry):  # type: ignore[misc]
+        authorization: dict[str, str] = {}  # noqa: RUF012 (set per instance on first use)
+
+        def do_request(  # noqa: PLR0917 (the SDK's signature)
+            self,
+            url: str,
+            method: str = "GET",
+            data: Any = None,
+            headers: dict[str, str] | None = None,
+            json: dict[str, Any] | None = None,
+            stream: bool = False,
+        ) -> requests.Response:
+            def send() -> requests.Response:
+                sent = {**(headers or {}), **self.authorization}
+                response: requests.Response = self.session.request(
+                    method, url, data=data, json=json, headers=sent, stream=stream,
+                    verify=self._tls_verify,
+                )  # fmt: skip
+                return response
+
+            response = send()
+            if response.status_code != 401:
+                return response
+            challenge = response.headers.get("Www-Authenticate", "")
+            response.close()
+            authorization = self._authorize(challenge)
+            if authorization is None:
+                return response  # 401: reported with what to do by the caller
+            self.authorization = authorization
+            return send()
+
+        def _authorize(self, challenge: str) -> dict[str, str] | None:
+            scheme = challenge.split(" ", 1)[0].lower()
+            if scheme == "basic":
+                return {"Authorization": f"Basic {credentials.basic}"} if credentials else None
+            if scheme == "bearer":
+                token = self.auth.request_token(oras.auth.utils.parse_auth_header(challenge))
+                return {"Authorization": f"Bearer {token}"} if token else None
+            return None
+
+    registry = _Registry(hostname=remote.registry, insecure=remote.plain_http)
+    registry.authorization = {}
+    adapter = _TimeoutAdapter()
+    registry.session.mount("http://", adapter)
+    registry.session.mount("https://", adapter)
+    if credentials is not None:
+        registry.auth._basic_auth = credentials.basic  # the token exchange logs in with it
+    # The SDK would read ~/.docker/config.json itself, over the order credentials.py keeps.
+    registry.auth.load_configs = lambda *args, **kwargs: None
+    _quiet_sdk_logger()
+    return registry
+
+
+def _quiet_sdk_logger() -> None:
+    """The SDK prints its log to the console; pyro's library never prints (its errors say
+    what happened), so the SDK's log handlers are taken away."""
+    import oras.logger
+
+    oras.logger.logger.log_handler = []
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    # urllib3 nests the cause in a long repr: the last part says what happened.
+    for marker in ("Caused by ", "Failed to establish a new connection: "):
+        if marker in text:
+            text = text.rsplit(marker, 1)[-1]
+    return text.strip("()'\" ")[:160] or type(exc).__name__
+
+
+def _registry_error(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        message = errors[0].get("message") if errors and isinstance(errors[0], dict) else None
+    except (ValueError, AttributeError):
+        message = None
+    return f": {str(message)[:160]}" if message else ""

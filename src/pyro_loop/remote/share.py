@@ -1,0 +1,363 @@
+"""Push and pull the layers of one snapshot key through a registry (docs/cache.md).
+
+The mapping: one manifest per snapshot key, tagged `<key>-<platform>`, whose layers are the
+environment layer (none for `host`) and the dependency layer, each one blob (archive.py)
+with pyro's media type and annotations naming its layer key, kind and tree digest. The
+manifest's config blob and annotations say what it was built from: the keying files'
+digests, the environment, the commands, pyro's version, the architecture. A workspace's own
+files (baselines, snapshots) are never pushed.
+
+Pulling trusts nothing it has not checked: the manifest must name exactly the layer keys
+this project computes; each blob is checked against its digest and length while it
+downloads, unpacked by the untrusted-archive rules into the store's staging directory, and
+only then published (atomically, marker last). A refused or interrupted pull leaves nothing
+a later run uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyro_loop import __version__
+from pyro_loop.errors import PyroError
+from pyro_loop.remote.address import Remote
+from pyro_loop.store import Layer, LayerStore, check_key
+
+ARTIFACT_TYPE = "application/vnd.pyro.snapshot.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.pyro.snapshot.config.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+A = "dev.pyro."  # annotation prefix
+SHARED_KINDS = ("environment", "dependencies")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one snapshot key needs: its layers, bottom first, and what it was built from."""
+
+    key: str
+    environment: str  # "host", "debian:12"
+    layers: list[tuple[str, str]]  # (kind, layer key), environment first
+    inputs: dict[str, Any] = field(default_factory=dict)  # the key's inputs (prepare.py)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.key}-{platform_tag(self.environment)}"
+
+
+@dataclass
+class Transfer:
+    """What a push or pull did, per layer: "sent", "present" or "pulled", with sizes."""
+
+    remote: str
+    tag: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    found: bool = True  # False: the registry has no manifest for the key (pull only)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote": self.remote, "tag": self.tag, "found": self.found, "layers": self.layers}
+
+    @property
+    def moved_bytes(self) -> int:
+        return sum(int(item["blob_size"]) for item in self.layers if item["action"] != "present")
+
+
+def platform_tag(environment: str) -> str:
+    """What else a layer depends on: the architecture, and for `host` the host's release
+    (its /usr is the layer's toolchain); a Debian environment carries its own."""
+    machine = platform.machine().lower()
+    if environment != "host":
+        return machine
+    release = _os_release()
+    name = re.sub(r"[^a-z0-9.]", "", f"{release.get('ID', 'linux')}{release.get('VERSION_ID', '')}")
+    return f"{machine}-{name or 'linux'}"
+
+
+def _os_release() -> dict[str, str]:
+    values: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep:
+                values[name.strip()] = value.strip().strip('"')
+    return values
+
+
+# -- push ------------------------------------------------------------------------------------
+
+
+def push(
+    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: Progress | None = None
+) -> Transfer:
+    """Upload the snapshot's layers (each blob once: one the registry holds is not sent
+    again), then its manifest, tagged with the key."""
+    from pyro_loop.remote.registry import RegistryClient
+
+    progress = on_progress or (lambda _line: None)
+    client = RegistryClient(remote)
+    transfer = Transfer(str(remote), snapshot.tag)
+    descriptors = []
+    for kind, key in snapshot.layers:
+        layer = store.get(key)
+        if layer is None:
+            raise PyroError(
+                f"the {kind} layer {key[:12]} is not in the store", hint="run `pyro prepare`"
+            )
+        descriptor, action = _push_layer(store, client, layer, kind, progress)
+        descriptors.append(descriptor)
+        transfer.layers.append(
+            {"kind": kind, "key": key, "action": action, "blob_size": descriptor["size"]}
+        )
+    config = json.dumps(_config(snapshot), sort_keys=True, indent=1).encode()
+    config_descriptor = _push_bytes(store, client, config, CONFIG_MEDIA_TYPE)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config_descriptor,
+        "layers": descriptors,
+        "annotations": _annotations(snapshot),
+    }
+    client.put_manifest(manifest, snapshot.tag)
+    progress(f"pushed snapshot {snapshot.key[:12]} to {remote} (tag {snapshot.tag[:20]}...)")
+    return transfer
+
+
+def _push_layer(
+    store: LayerStore, client: Any, layer: Layer, kind: str, progress: Progress
+) -> tuple[dict[str, Any], str]:
+    from pyro_loop.remote import archive
+
+    meta = layer.meta()
+    annotations = {
+        f"{A}layer.key": layer.key,
+        f"{A}layer.kind": kind,
+        f"{A}layer.digest": str(meta.get("digest") or ""),
+        f"{A}layer.size": str(meta.get("size") or 0),
+    }
+    known = _read_blob_index(store, layer.key)
+    if known is not None and client.has_blob(known["digest"]):
+        progress(f"{kind} layer {layer.key[:12]}: already in the registry")
+        descriptor = {"mediaType": archive.MEDIA_TYPE, **known, "annotations": annotations}
+        return descriptor, "present"
+    with store.staging() as staging:
+        blob = staging / "blob"
+        progress(f"{kind} layer {layer.key[:12]}: packing")
+        with blob.open("wb") as out:
+            archive.pack(layer.tree, out)
+        digest, size = _file_digest(blob), blob.stat().st_size
+        _write_blob_index(store, layer.key, digest, size)
+        if client.has_blob(digest):
+            action = "present"
+            progress(f"{kind} layer {layer.key[:12]}: already in the registry")
+        else:
+            progress(f"{kind} layer {layer.key[:12]}: uploading {_mb(size)}")
+            client.push_blob(str(blob), digest=digest, size=size, media_type=archive.MEDIA_TYPE)
+            action = "sent"
+    descriptor = {
+        "mediaType": archive.MEDIA_TYPE,
+        "digest": digest,
+        "size": size,
+        "annotations": annotations,
+    }
+    return descriptor, action
+
+
+def _push_bytes(store: LayerStore, client: Any, data: bytes, media_type: str) -> dict[str, Any]:
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    if not client.has_blob(digest):
+        with store.staging() as staging:
+            (staging / "blob").write_bytes(data)
+            client.push_blob(str(staging / "blob"), digest=digest, size=len(data),
+                             media_type=media_type)  # fmt: skip
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def _config(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "key": snapshot.key,
+        "environment": snapshot.environment,
+        "inputs": snapshot.inputs,
+        "layers": [{"kind": kind, "key": key} for kind, key in snapshot.layers],
+        "pyro_version": __version__,
+        "architecture": platform.machine(),
+        "platform": platform_tag(snapshot.environment),
+    }
+
+
+def _annotations(snapshot: Snapshot) -> dict[str, str]:
+    keys = snapshot.inputs.get("keys") or {}
+    return {
+        f"{A}snapshot.key": snapshot.key,
+        f"{A}environment": snapshot.environment,
+        f"{A}lockfiles": json.dumps(keys, sort_keys=True, separators=(",", ":")),
+        f"{A}commands": json.dumps(snapshot.inputs.get("run") or [], separators=(",", ":")),
+        f"{A}tools": json.dumps(_tool_versions(snapshot.environment), separators=(",", ":")),
+        f"{A}version": __version__,
+        f"{A}architecture": platform.machine(),
+        "org.opencontainers.image.title": f"pyro snapshot {snapshot.key[:12]}",
+    }
+
+
+def _tool_versions(environment: str) -> dict[str, str]:
+    """What built the layers besides their inputs: the host's release for `host`."""
+    release = _os_release()
+    tools = {"pyro": __version__}
+    if environment == "host":
+        tools["os"] = f"{release.get('ID', '?')} {release.get('VERSION_ID', '?')}"
+        with contextlib.suppress(OSError):
+            tools["python3"] = os.path.basename(os.path.realpath("/usr/bin/python3"))
+    return tools
+
+
+# -- pull ------------------------------------------------------------------------------------
+
+
+def pull(
+    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: Progress | None = None
+) -> Transfer:
+    """Download the snapshot's layers the store lacks and publish them under their keys.
+
+    `transfer.found` is False when the registry has no manifest for the key. Raises
+    RemoteError (unreachable, refused, a blob that does not match) and PyroError (a
+    manifest or archive pyro refuses); nothing is published from a refused layer.
+    """
+    from pyro_loop.remote.registry import RegistryClient
+
+    progress = on_progress or (lambda _line: None)
+    client = RegistryClient(remote)
+    transfer = Transfer(str(remote), snapshot.tag)
+    manifest = client.get_manifest(snapshot.tag)
+    if manifest is None:
+        transfer.found = False
+        return transfer
+    for kind, key, descriptor in _check_manifest(manifest, snapshot, remote):
+        size = int(descriptor["size"])
+        item = {"kind": kind, "key": key, "blob_size": size}
+        if store.get(key) is not None:
+            transfer.layers.append({**item, "action": "present"})
+            continue
+        progress(f"pulling the {kind} layer {key[:12]} ({_mb(size)}) from {remote}")
+        _pull_layer(
+            store, client, kind=kind, key=key, descriptor=descriptor, remote=remote,
+            progress=progress,
+        )  # fmt: skip
+        transfer.layers.append({**item, "action": "pulled"})
+    return transfer
+
+
+def _pull_layer(
+    store: LayerStore,
+    client: Any,
+    *,
+    kind: str,
+    key: str,
+    descriptor: dict[str, Any],
+    remote: Remote,
+    progress: Progress,
+) -> Layer:
+    from pyro_loop.remote import archive
+
+    size = int(descriptor["size"])
+    with store.staging() as staging:
+        blob = staging / "blob"
+        done = [0, 0]  # bytes, last reported tenth
+
+        def on_bytes(count: int) -> None:
+            done[0] += count
+            tenth = done[0] * 10 // max(size, 1)
+            if tenth > done[1] and tenth < 10:
+                done[1] = tenth
+                progress(f"{kind} layer {key[:12]}: {tenth * 10}% of {_mb(size)}")
+
+        with blob.open("wb") as out:
+            client.fetch_blob(str(descriptor["digest"]), size, out, on_bytes=on_bytes)
+        tree = staging / "tree"
+        tree.mkdir()
+        progress(f"{kind} layer {key[:12]}: verified, unpacking")
+        with blob.open("rb") as source:
+            archive.unpack(source, tree)
+        blob.unlink()
+        return store.publish(
+            tree,
+            kind=kind,
+            key=key,
+            inputs={"pulled_from": str(remote), "blob": descriptor["digest"]},
+        )
+
+
+def _check_manifest(
+    manifest: dict[str, Any], snapshot: Snapshot, remote: Remote
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The manifest's layers as (kind, key, descriptor), if they are exactly the ones this
+    snapshot needs, in pyro's format; otherwise PyroError."""
+    from pyro_loop.remote import archive
+
+    def refuse(why: str) -> PyroError:
+        return PyroError(f"{remote}: refusing the manifest for {snapshot.key[:12]}: {why}")
+
+    layers = manifest.get("layers") if isinstance(manifest, dict) else None
+    if not isinstance(layers, list):
+        raise refuse("it has no layer list")
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    for descriptor in layers:
+        if not isinstance(descriptor, dict) or descriptor.get("mediaType") != archive.MEDIA_TYPE:
+            raise refuse("a layer is not a pyro layer (unknown media type)")
+        notes = descriptor.get("annotations") or {}
+        kind, key = notes.get(f"{A}layer.kind"), notes.get(f"{A}layer.key")
+        size, digest = descriptor.get("size"), descriptor.get("digest")
+        if not isinstance(size, int) or size < 0 or not isinstance(digest, str):
+            raise refuse("a layer has no valid size or digest")
+        if kind not in SHARED_KINDS or not isinstance(key, str):
+            raise refuse("a layer does not say which layer it is")
+        found.append((kind, check_key(key), descriptor))
+    wanted = [(kind, key) for kind, key in snapshot.layers]
+    if [(kind, key) for kind, key, _d in found] != wanted:
+        raise refuse("its layers are not the ones this project's inputs name")
+    return found
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
+
+def _blob_index(store: LayerStore, key: str) -> Path:
+    return store.home / "remote" / "blobs" / f"{key}.json"
+
+
+def _read_blob_index(store: LayerStore, key: str) -> dict[str, Any] | None:
+    """The packed blob's digest and size, remembered from an earlier push of the layer (so a
+    push of a layer the registry holds does not pack it again)."""
+    try:
+        data = json.loads(_blob_index(store, key).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("digest"), str)
+    return {"digest": data["digest"], "size": int(data["size"])} if ok else None
+
+
+def _write_blob_index(store: LayerStore, key: str, digest: str, size: int) -> None:
+    from pyro_loop.fsutil import write_json_atomic
+
+    path = _blob_index(store, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"digest": digest, "size": size}, durable=False)
+
+
+def _mb(size: int) -> str:
+    from pyro_loop import units
+
+    return units.size(size)
