@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bubblewrap libseccomp2 util-linux git python3 python3-venv mmdebstrap uidmap fakechroot fakeroot)
+packages=(bubblewrap libseccomp2 util-linux git python3 python3-venv mmdebstrap uidmap fakechroot fakeroot docker-registry apache2-utils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

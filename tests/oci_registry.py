@@ -61,9 +61,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_registry(*, user: str | None = None, password: str | None = None) -> Iterator[
-    RegistryServer
-]:
+def running_registry(
+    *, user: str | None = None, password: str | None = None
+) -> Iterator[RegistryServer]:
     """A registry serving plain HTTP on 127.0.0.1; with `user`, it requires that login."""
     binary = shutil.which(BINARY)
     if binary is None:

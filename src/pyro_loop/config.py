@@ -103,6 +103,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("check", "run", "check_run", "strings", (),
             "The project's checks (tests, linters), shell command lines run in /workspace; "
             "used by retry, hooks and CI."),
+    # Only where layers come from: the login never comes from this file (docs/cache.md).
+    Setting("cache", "remote", "cache_remote", "string", None,
+            "An OCI registry repository that shares prepared layers, such as "
+            '"ghcr.io/acme/pyro-cache"; prepare pulls from it on a miss. PYRO_CACHE_REMOTE '
+            "overrides it.",
+            rule=Rule(r"(?:https?://)?[^/\s]+/[a-z0-9._/-]+", "<registry>/<repository>")),
 )  # fmt: skip
 TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
 
@@ -124,6 +130,7 @@ class ProjectConfig:
     open_files: int
     sync_exclude: tuple[str, ...]
     check_run: tuple[str, ...]
+    cache_remote: str | None
 
     @classmethod
     def default(cls) -> ProjectConfig:

@@ -181,6 +181,8 @@ class PrepareResult:
     built: list[str]  # which layers this run built ("dependencies", "baseline")
     seconds: float
     log: Path | None
+    pulled: list[str] = field(default_factory=list)  # taken from the cache remote instead
+    pushed: dict[str, Any] | None = None  # what `push=True` sent to the cache remote
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,7 +190,9 @@ class PrepareResult:
             "dependencies_layer": self.dependencies_layer,
             "baseline_layer": self.baseline_layer,
             "built": self.built,
-            "warm": not self.built,
+            "pulled": self.pulled,
+            "pushed": self.pushed,
+            "warm": not self.built and not self.pulled,
             "duration_ms": round(self.seconds * 1000, 1),
             "log": str(self.log) if self.log else None,
         }
@@ -200,8 +204,13 @@ def prepare(
     *,
     workspaces: Workspaces | None = None,
     on_progress: Progress | None = None,
+    push: bool = False,
 ) -> PrepareResult:
-    """Make the project warm: build whatever of its layers is missing, reuse the rest."""
+    """Make the project warm: build whatever of its layers is missing, reuse the rest.
+
+    With a cache remote (docs/cache.md), a missing dependency snapshot is pulled from it
+    when it has one; `push` then uploads the snapshot's layers to it.
+    """
     started = time.perf_counter()
     if workspaces is None:
         from pyro_loop.workspace import Workspaces
@@ -214,6 +223,7 @@ def prepare(
     key = inputs.key
     state = load_state(ws.home, project) or ProjectState(root=str(project.root))
     built: list[str] = []
+    pulled: list[str] = []
     log: Path | None = None
     # Held (shared) from the first lookup until the state references the layers: a
     # `pyro cache gc` (exclusive) waits, rather than remove a layer this prepare is building
@@ -222,7 +232,7 @@ def prepare(
         baseline = _ensure_baseline(project, store, state, progress, built)
         deps: Layer | None = None
         if inputs.run:
-            deps = store.get(key)
+            deps = store.get(key) or _fetch_from_remote(store, config, inputs, progress, pulled)
             if deps is None:
                 log = ws.home / "logs" / f"prepare-{key[:12]}.log"
                 build = _DependencyBuild(project, config, inputs, ws, log, progress)
@@ -238,6 +248,7 @@ def prepare(
         state.dependencies_layer = deps.key if deps else None
         state.prepared_at = time.time()
         save_state(ws.home, project, state)
+        pushed = _push_to_remote(store, config, inputs, progress) if push else None
     return PrepareResult(
         key=key,
         dependencies_layer=deps.key if deps else None,
@@ -245,7 +256,39 @@ def prepare(
         built=built,
         seconds=time.perf_counter() - started,
         log=log,
+        pulled=pulled,
+        pushed=pushed,
     )
+
+
+def _fetch_from_remote(
+    store: LayerStore,
+    config: ProjectConfig,
+    inputs: PrepareInputs,
+    progress: Progress,
+    pulled: list[str],
+) -> Layer | None:
+    """The dependency snapshot from the cache remote, if one is set and has it."""
+    if not config.cache_remote and not os.environ.get("PYRO_CACHE_REMOTE"):
+        return None  # the common case costs no import
+    from pyro_loop.remote.project import fetch_on_miss
+
+    layer = fetch_on_miss(store, config, inputs, lambda line: progress("remote", line))
+    if layer is not None:
+        pulled.append("dependencies")
+    return layer
+
+
+def _push_to_remote(
+    store: LayerStore, config: ProjectConfig, inputs: PrepareInputs, progress: Progress
+) -> dict[str, Any]:
+    from pyro_loop.remote import share
+    from pyro_loop.remote.project import describe, project_snapshot, require_remote
+
+    remote = require_remote(config)
+    snapshot = project_snapshot(config, inputs)
+    transfer = share.push(store, remote, snapshot, on_progress=lambda x: progress("push", x))
+    return describe(transfer)
 
 
 def is_warm(project: Project, config: ProjectConfig, home: Path) -> bool:

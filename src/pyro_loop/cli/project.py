@@ -14,7 +14,8 @@ from pyro_loop.cli.output import JsonOption, emit, ms, note, say
 from pyro_loop.units import size
 
 cache_app = typer.Typer(
-    help="What pyro's store holds; remove what nothing uses.", no_args_is_help=True
+    help="What pyro's store holds; remove what nothing uses; share it through a registry.",
+    no_args_is_help=True,
 )
 
 ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
@@ -35,6 +36,9 @@ def _load(project_dir: Path | None) -> tuple[Any, Any]:
 def prepare(
     project_dir: Path | None = ProjectOption,
     if_changed: bool = typer.Option(False, "--if-changed", help="Exit at once if already warm."),
+    push: bool = typer.Option(
+        False, "--push", help="Then upload the layers to the cache remote (for CI)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Build the project's environment, dependency snapshot and HEAD baseline (once per input)."""
@@ -44,7 +48,7 @@ def prepare(
 
     started = time.perf_counter()
     project, config = _load(project_dir)
-    if if_changed and is_warm(project, config, pyro_home()):
+    if if_changed and not push and is_warm(project, config, pyro_home()):
         data = {
             "warm": True,
             "built": [],
@@ -64,12 +68,15 @@ def prepare(
             note(f"prepare: {phase}: {message}")
         sys.stderr.flush()
 
-    result = run_prepare(project, config, on_progress=progress)
+    result = run_prepare(project, config, on_progress=progress, push=push)
     data = result.to_json()
 
     def human() -> None:
         what = ", ".join(result.built) if result.built else "nothing (already warm)"
-        say(f"prepared {project.root} in {ms(result.seconds)}: built {what}")
+        pulled = f"; pulled {', '.join(result.pulled)}" if result.pulled else ""
+        say(f"prepared {project.root} in {ms(result.seconds)}: built {what}{pulled}")
+        if result.pushed is not None:
+            say(_transfer_line("pushed", result.pushed))
 
     emit(data, as_json=as_json, human=human)
 
@@ -229,3 +236,54 @@ def cache_prune(
         as_json=as_json,
         human=lambda: say(f"removed {len(removed)} layers, freed {size(freed)}"),
     )
+
+
+def _transfer_line(verb: str, data: dict[str, Any]) -> str:
+    moved = [i for i in data["layers"] if i["action"] != "present"]
+    kept = len(data["layers"]) - len(moved)
+    held = f" ({kept} already there)" if kept else ""
+    return (
+        f"{verb} {len(moved)} layers, {size(data['bytes'])}{held}: {data['remote']} "
+        f"tag {data['tag'][:16]}..."
+    )
+
+
+def _remote_snapshot(project_dir: Path | None) -> tuple[Any, Any, Any]:
+    """The project's cache remote, the snapshot its inputs name, and the store."""
+    from pyro_loop.home import pyro_home
+    from pyro_loop.prepare import compute_inputs
+    from pyro_loop.remote.project import project_snapshot, require_remote
+    from pyro_loop.store import LayerStore
+
+    project, config = _load(project_dir)
+    remote = require_remote(config)
+    snapshot = project_snapshot(config, compute_inputs(project, config))
+    return remote, snapshot, LayerStore(pyro_home())
+
+
+@cache_app.command("push")
+def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+    """Upload the project's prepared layers to its cache remote (each blob once)."""
+    from pyro_loop.remote.project import describe, push_snapshot
+
+    remote, snapshot, store = _remote_snapshot(project_dir)
+    transfer = push_snapshot(store, remote, snapshot, lambda line: note(f"push: {line}"))
+    data = describe(transfer)
+    emit(data, as_json=as_json, human=lambda: say(_transfer_line("pushed", data)))
+
+
+@cache_app.command("pull")
+def cache_pull(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+    """Download the project's prepared layers from its cache remote, ahead of a prepare."""
+    from pyro_loop.errors import NotFoundError
+    from pyro_loop.remote.project import describe, pull_snapshot
+
+    remote, snapshot, store = _remote_snapshot(project_dir)
+    transfer = pull_snapshot(store, remote, snapshot, lambda line: note(f"pull: {line}"))
+    if not transfer.found:
+        raise NotFoundError(
+            f"{remote} has no snapshot {snapshot.key[:12]} for this platform ({snapshot.tag})",
+            hint="`pyro prepare --push` on a machine that builds it uploads it",
+        )
+    data = describe(transfer)
+    emit(data, as_json=as_json, human=lambda: say(_transfer_line("pulled", data)))

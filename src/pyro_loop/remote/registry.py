@@ -47,6 +47,14 @@ class BlobMismatchError(RemoteError):
     """A downloaded blob is not what the manifest says (tampered with, or cut short)."""
 
 
+class _DeniedError(Exception):
+    """The registry answered 401/403 even after the login was offered (or there was none)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class RegistryClient:
     """One repository of one registry."""
 
@@ -83,12 +91,12 @@ class RegistryClient:
     # -- blobs ----------------------------------------------------------------------------------
 
     def has_blob(self, digest: str) -> bool:
-        layer = {"digest": digest}
-        return bool(
-            self._call(
-                "checking a blob", lambda: self._registry.blob_exists(layer, self._container())
-            )
-        )
+        url = f"{self._prefix}://{self._container().get_blob_url(digest)}"
+        response = self._call("checking a blob", lambda: self._registry.do_request(url, "HEAD"))
+        if response.status_code == 404:
+            return False
+        self._check(response, "checking a blob")
+        return True
 
     def push_blob(self, path: str, *, digest: str, size: int, media_type: str) -> None:
         """Upload the file at `path` (the registry checks it against `digest`)."""
@@ -174,6 +182,8 @@ class RegistryClient:
             return action()
         except RemoteError:
             raise
+        except _DeniedError as exc:
+            raise self._denied(exc.status, what) from None
         except requests.exceptions.SSLError as exc:
             raise RemoteError(
                 f"{self.remote}: TLS failed while {what}: {_reason(exc)}",
@@ -191,15 +201,18 @@ class RegistryClient:
         if code in (200, 201, 202, 204):
             return
         if code in (401, 403):
-            source = self.credentials.source if self.credentials else None
-            raise RemoteError(
-                f"{self.remote}: the registry refused "
-                + (f"the login from {source}" if source else "anonymous access")
-                + f" while {what} (HTTP {code})",
-                hint="log in with `docker login` or `podman login`, or set "
-                "PYRO_CACHE_USERNAME and PYRO_CACHE_PASSWORD",
-            )
+            raise self._denied(code, what)
         raise RemoteError(f"{self.remote}: HTTP {code} while {what}{_registry_error(response)}")
+
+    def _denied(self, code: int, what: str) -> RemoteError:
+        source = self.credentials.source if self.credentials else None
+        return RemoteError(
+            f"{self.remote}: the registry refused "
+            + (f"the login from {source}" if source else "anonymous access")
+            + f" while {what} (HTTP {code})",
+            hint="log in with `docker login` or `podman login`, or set "
+            "PYRO_CACHE_USERNAME and PYRO_CACHE_PASSWORD",
+        )
 
 
 def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
@@ -235,15 +248,21 @@ def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
                 return response
 
             response = send()
+            if response.status_code == 403:
+                raise _DeniedError(403)
             if response.status_code != 401:
                 return response
             challenge = response.headers.get("Www-Authenticate", "")
             response.close()
             authorization = self._authorize(challenge)
             if authorization is None:
-                return response  # 401: reported with what to do by the caller
+                raise _DeniedError(401)
             self.authorization = authorization
-            return send()
+            response = send()
+            if response.status_code in (401, 403):
+                response.close()
+                raise _DeniedError(response.status_code)
+            return response
 
         def _authorize(self, challenge: str) -> dict[str, str] | None:
             scheme = challenge.split(" ", 1)[0].lower()

@@ -1,0 +1,472 @@
+"""Sharing prepared layers through a real OCI registry (Debian's docker-registry) on loopback.
+
+Two pyro homes stand for two machines: one prepares and pushes, the other pulls on its
+prepare's miss. The registry's own storage is tampered with, cut short and stopped mid-pull.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyro_loop.config import load_project_config
+from pyro_loop.errors import InvalidInputError, PyroError
+from pyro_loop.prepare import PrepareResult, compute_inputs, prepare
+from pyro_loop.project import find_project
+from pyro_loop.remote import archive, share
+from pyro_loop.remote.address import parse_remote
+from pyro_loop.remote.credentials import find_credentials
+from pyro_loop.remote.project import project_snapshot
+from pyro_loop.remote.registry import RegistryClient
+from pyro_loop.store import LayerStore
+from pyro_loop.treehash import tree_digest
+from pyro_loop.workspace import Workspaces
+from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
+from tests.oci_registry import RegistryServer, running_registry
+
+SECRET = "s3cret-Pa55"
+# More than the registry and the kernel buffer between them: a pull is still running when
+# the registry stops.
+BIG = 48 << 20
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[RegistryServer]:
+    with running_registry() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth_registry() -> Iterator[RegistryServer]:
+    with running_registry(user="ci", password=SECRET) as server:
+        yield server
+
+
+def _project(tmp_path: Path, name: str, run: str | None = None) -> Path:
+    config = DEPS_CONFIG if run is None else DEPS_CONFIG.replace(
+        'run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]', f"run = [{run!r}]"
+    )  # fmt: skip
+    return commit_project(tmp_path / name, config, {"requirements.txt": f"{name}==1.0\n"})
+
+
+def _snapshot(root: Path) -> share.Snapshot:
+    project = find_project(root)
+    config = load_project_config(project.root).config
+    return project_snapshot(config, compute_inputs(project, config))
+
+
+def _prepare(
+    root: Path, home: Path, remote: str, *, push: bool = False
+) -> tuple[PrepareResult, list[str]]:
+    """`prepare` with its own home (a machine) and the cache remote; its progress lines."""
+    lines: list[str] = []
+    project = find_project(root)
+    config = load_project_config(project.root).config
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYRO_CACHE_REMOTE", remote)
+    try:
+        ws = Workspaces(home=home)
+        result = prepare(
+            project, config, workspaces=ws,
+            on_progress=lambda phase, text: lines.append(f"{phase}: {text}"), push=push,
+        )  # fmt: skip
+        for status in ws.list():
+            ws.delete(status.record.id)
+    finally:
+        mp.undo()
+    return result, lines
+
+
+def test_push_then_a_second_machine_pulls_instead_of_building(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    root = _project(tmp_path, "shared")
+    remote = f"{registry.address}/team/cache"
+    first, _ = _prepare(root, tmp_path / "machine-a", remote, push=True)
+    assert first.built == ["baseline", "dependencies"]
+    assert first.pushed is not None
+    assert first.pushed["layers"][0]["action"] == "sent"
+
+    second, lines = _prepare(root, tmp_path / "machine-b", remote)
+    assert second.pulled == ["dependencies"]
+    assert "dependencies" not in second.built
+    assert any("pulling the dependencies layer" in line for line in lines)
+    key = second.key
+    a, b = LayerStore(tmp_path / "machine-a"), LayerStore(tmp_path / "machine-b")
+    assert tree_digest(b.require(key).tree) == tree_digest(a.require(key).tree)
+    assert b.require(key).meta()["inputs"]["pulled_from"] == remote
+    # The pulled layer is what workspaces stand on: the installed file is there.
+    ws = Workspaces(home=tmp_path / "machine-b")
+    record = ws.create(layers=[key])
+    try:
+        out = ws.exec(record.id, ["cat", "/workspace/.deps/installed.txt"])
+        assert out.stdout == b"shared==1.0\n"
+    finally:
+        ws.delete(record.id)
+
+
+def test_each_blob_is_sent_once(tmp_path: Path, registry: RegistryServer) -> None:
+    root = _project(tmp_path, "once")
+    remote = parse_remote(f"{registry.address}/team/once")
+    _prepare(root, tmp_path / "home", str(remote))
+    store, snapshot = LayerStore(tmp_path / "home"), _snapshot(root)
+    assert share.push(store, remote, snapshot).layers[0]["action"] == "sent"
+    blobs = registry.blob_files()
+    again = share.push(store, remote, snapshot)
+    assert again.layers[0]["action"] == "present"
+    assert again.moved_bytes == 0
+    assert registry.blob_files() == blobs
+    # Another repository of the same registry has its own blobs: sent there.
+    other = parse_remote(f"{registry.address}/team/other")
+    assert share.push(store, other, snapshot).layers[0]["action"] in ("sent", "present")
+
+
+def test_cli_push_pull_and_json(tmp_path: Path, registry: RegistryServer) -> None:
+    root = _project(tmp_path, "cli")
+    env = {"PYRO_CACHE_REMOTE": f"{registry.address}/team/cli"}
+    assert run_pyro("prepare", "-C", str(root), env=env).returncode == 0
+    pushed = run_pyro("cache", "push", "-C", str(root), "--json", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["layers"][0]["action"] == "sent"
+    fresh = {**env, "PYRO_HOME": str(tmp_path / "fresh")}
+    pulled = run_pyro("cache", "pull", "-C", str(root), "--json", env=fresh)
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["layers"][0]["action"] == "pulled"
+    warm = run_pyro("prepare", "-C", str(root), "--json", env=fresh)
+    data = json.loads(warm.stdout)
+    assert "dependencies" not in data["built"] and data["pulled"] == []
+    missing = run_pyro(
+        "cache",
+        "pull",
+        "-C",
+        str(root),
+        env={"PYRO_CACHE_REMOTE": f"{registry.address}/team/empty"},
+    )
+    assert missing.returncode == 1
+    assert "has no snapshot" in missing.stderr
+
+
+def test_prepare_push_with_json(tmp_path: Path, registry: RegistryServer) -> None:
+    root = _project(tmp_path, "ci")
+    env = {"PYRO_CACHE_REMOTE": f"{registry.address}/team/ci"}
+    result = run_pyro("prepare", "--push", "-C", str(root), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pushed"]["layers"][0]["kind"] == "dependencies"
+
+
+def test_remote_in_pyro_toml(tmp_path: Path, registry: RegistryServer) -> None:
+    config = DEPS_CONFIG + f'\n[cache]\nremote = "{registry.address}/team/toml"\n'
+    root = commit_project(tmp_path / "toml", config, {"requirements.txt": "toml==1\n"})
+    pushed = run_pyro("prepare", "--push", "-C", str(root))
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = run_pyro("prepare", "-C", str(root), env={"PYRO_HOME": str(tmp_path / "b")})
+    assert "pulled dependencies" in pulled.stdout
+    # An empty PYRO_CACHE_REMOTE turns the project's remote off.
+    off = run_pyro("prepare", "-C", str(root), env={"PYRO_HOME": str(tmp_path / "c"),
+                                                     "PYRO_CACHE_REMOTE": ""})  # fmt: skip
+    assert "built baseline, dependencies" in off.stdout and "remote" not in off.stderr
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+def _auth_config(path: Path, registry: str, password: str) -> Path:
+    token = base64.b64encode(f"ci:{password}".encode()).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"auths": {registry: {"auth": token}}}))
+    return path
+
+
+def test_basic_auth_from_docker_config_and_podman_auth_file(
+    tmp_path: Path, auth_registry: RegistryServer
+) -> None:
+    root = _project(tmp_path, "auth")
+    remote = f"{auth_registry.address}/team/auth"
+    docker = _auth_config(tmp_path / "docker" / "config.json", auth_registry.address, SECRET)
+    env = {"PYRO_CACHE_REMOTE": remote, "DOCKER_CONFIG": str(docker.parent)}
+    pushed = run_pyro("prepare", "--push", "-C", str(root), env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    podman = _auth_config(tmp_path / "auth.json", auth_registry.address, SECRET)
+    pulled = run_pyro("prepare", "-C", str(root), env={
+        "PYRO_CACHE_REMOTE": remote, "REGISTRY_AUTH_FILE": str(podman),
+        "PYRO_HOME": str(tmp_path / "b")})  # fmt: skip
+    assert "pulled dependencies" in pulled.stdout, pulled.stderr
+    for result in (pushed, pulled):
+        assert SECRET not in result.stdout + result.stderr
+
+
+def test_wrong_or_missing_login_is_one_line_and_a_local_build(
+    tmp_path: Path, auth_registry: RegistryServer
+) -> None:
+    root = _project(tmp_path, "denied")
+    remote = f"{auth_registry.address}/team/denied"
+    wrong = run_pyro("prepare", "-C", str(root), env={
+        "PYRO_CACHE_REMOTE": remote, "PYRO_CACHE_USERNAME": "ci",
+        "PYRO_CACHE_PASSWORD": "not-" + SECRET})  # fmt: skip
+    assert wrong.returncode == 0
+    assert "refused the login from PYRO_CACHE_USERNAME" in wrong.stderr
+    assert "built baseline, dependencies" in wrong.stdout
+    assert SECRET not in wrong.stdout + wrong.stderr
+    anonymous = run_pyro("cache", "push", "-C", str(root), env={"PYRO_CACHE_REMOTE": remote})
+    assert anonymous.returncode == 1
+    errors = [line for line in anonymous.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert "refused anonymous access" in anonymous.stderr
+
+
+def test_credentials_order_and_secrecy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docker = _auth_config(tmp_path / "docker" / "config.json", "reg.example", "from-docker")
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker.parent))
+    assert base64.b64decode(find_credentials("reg.example").basic).endswith(b"from-docker")
+    podman = _auth_config(tmp_path / "auth.json", "reg.example", "from-podman")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(podman))
+    found = find_credentials("reg.example")
+    assert found is not None and base64.b64decode(found.basic).endswith(b"from-podman")
+    assert "from-podman" not in repr(found) and found.basic not in repr(found)
+    monkeypatch.setenv("PYRO_CACHE_USERNAME", "ci")
+    monkeypatch.setenv("PYRO_CACHE_PASSWORD", "from-env")
+    assert find_credentials("reg.example").source == "PYRO_CACHE_USERNAME"
+    assert find_credentials("other.example").source == "PYRO_CACHE_USERNAME"
+    monkeypatch.delenv("PYRO_CACHE_USERNAME")
+    assert find_credentials("other.example") is None
+
+
+def test_remote_addresses() -> None:
+    assert parse_remote("127.0.0.1:5000/pyro").scheme == "http"
+    assert parse_remote("localhost:5000/a/b").scheme == "http"
+    assert parse_remote("[::1]:5000/pyro").scheme == "http"
+    assert parse_remote("ghcr.io/acme/pyro-cache").scheme == "https"
+    assert parse_remote("registry.lan:5000/pyro").scheme == "https"
+    assert parse_remote("http://registry.lan:5000/pyro").scheme == "http"
+    assert parse_remote("https://127.0.0.1:5000/pyro").scheme == "https"
+    for bad in ("ghcr.io", "ghcr.io/UPPER", "ftp://x.io/a", "x.io/a b", "/a/b"):
+        with pytest.raises(InvalidInputError):
+            parse_remote(bad)
+
+
+def test_bad_remote_in_pyro_toml_names_the_line(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / ".pyro.toml").write_text('[cache]\nremote = "no repository"\n')
+    result = run_pyro("prepare", "-C", str(root))
+    assert result.returncode == 1
+    assert ".pyro.toml:2: [cache] remote" in result.stderr
+
+
+# -- trust ---------------------------------------------------------------------------------
+
+
+def _pushed(
+    tmp_path: Path, server: RegistryServer, name: str, run: str | None = None
+) -> tuple[Path, share.Snapshot]:
+    root = _project(tmp_path, name, run)
+    _prepare(root, tmp_path / f"{name}-builder", f"{server.address}/team/{name}", push=True)
+    return root, _snapshot(root)
+
+
+def _blob_file(server: RegistryServer, snapshot: share.Snapshot, name: str) -> Path:
+    client = RegistryClient(parse_remote(f"{server.address}/team/{name}"))
+    manifest = client.get_manifest(snapshot.tag)
+    assert manifest is not None
+    digest = manifest["layers"][-1]["digest"].removeprefix("sha256:")
+    return next(p for p in server.blob_files() if p.parent.name == digest)
+
+
+def _nothing_left(home: Path, key: str) -> None:
+    store = LayerStore(home)
+    assert store.get(key) is None
+    store.clean_leftovers()
+    assert not store.tmp_dir.exists() or not any(store.tmp_dir.iterdir())
+
+
+def test_tampered_blob_is_refused_and_leaves_nothing(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    root, snapshot = _pushed(tmp_path, registry, "tamper")
+    blob = _blob_file(registry, snapshot, "tamper")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same length, one byte changed
+    blob.write_bytes(bytes(data))
+    home = tmp_path / "victim"
+    remote = parse_remote(f"{registry.address}/team/tamper")
+    with pytest.raises(PyroError, match="does not match its digest: refused"):
+        share.pull(LayerStore(home), remote, snapshot)
+    _nothing_left(home, snapshot.key)
+    # prepare says so in one line and builds the layer itself.
+    result, lines = _prepare(root, home, str(remote))
+    assert "dependencies" in result.built
+    assert any("does not match its digest" in line and "building locally" in line
+               for line in lines)  # fmt: skip
+
+
+def test_truncated_blob_is_refused(tmp_path: Path, registry: RegistryServer) -> None:
+    _root, snapshot = _pushed(tmp_path, registry, "cut")
+    blob = _blob_file(registry, snapshot, "cut")
+    blob.write_bytes(blob.read_bytes()[:-7])
+    home = tmp_path / "victim"
+    with pytest.raises(PyroError, match="refused"):
+        share.pull(LayerStore(home), parse_remote(f"{registry.address}/team/cut"), snapshot)
+    _nothing_left(home, snapshot.key)
+
+
+def _big_layer_command() -> str:
+    # Incompressible, so the blob stays big: the registry is still sending when it stops.
+    return f"mkdir -p .deps && head -c {BIG} /dev/urandom > .deps/big.bin"
+
+
+def test_registry_stopped_mid_pull(tmp_path: Path) -> None:
+    with running_registry() as server:
+        root, snapshot = _pushed(tmp_path, server, "stop", _big_layer_command())
+        home = tmp_path / "victim"
+
+        def stop_at_first_progress(line: str) -> None:
+            if "% of" in line:
+                server.process.kill()
+
+        remote = parse_remote(f"{server.address}/team/stop")
+        with pytest.raises(PyroError) as refused:
+            share.pull(LayerStore(home), remote, snapshot, on_progress=stop_at_first_progress)
+        assert server.process.poll() is not None
+        assert str(remote) in str(refused.value)
+        _nothing_left(home, snapshot.key)
+        # The registry gone: prepare says so in one line and builds locally.
+        result, lines = _prepare(root, home, str(remote))
+        assert "dependencies" in result.built
+        assert any("unreachable" in line and "building locally" in line for line in lines)
+
+
+KILLED_PULL = """
+import os, signal, sys
+from pathlib import Path
+from pyro_loop.remote import share
+from pyro_loop.remote.address import parse_remote
+from pyro_loop.store import LayerStore
+snapshot = share.Snapshot(**__import__("json").loads(sys.argv[3]))
+def die(line):
+    if "% of" in line:
+        os.kill(os.getpid(), signal.SIGKILL)
+share.pull(LayerStore(Path(sys.argv[1])), parse_remote(sys.argv[2]), snapshot, on_progress=die)
+"""
+
+
+def test_a_pull_killed_half_way_leaves_nothing_trusted(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    _root, snapshot = _pushed(tmp_path, registry, "killed", _big_layer_command())
+    home, remote = tmp_path / "victim", f"{registry.address}/team/killed"
+    spec = json.dumps(snapshot.__dict__)
+    killed = subprocess.run([sys.executable, "-c", KILLED_PULL, str(home), remote, spec],
+                            capture_output=True, timeout=120, check=False)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    store = LayerStore(home)
+    assert store.get(snapshot.key) is None
+    assert any(store.tmp_dir.iterdir())  # the dead pull's download, never published
+    # The next pull cleans up after it and succeeds.
+    store.clean_leftovers()
+    assert share.pull(store, parse_remote(remote), snapshot).layers[0]["action"] == "pulled"
+    assert (store.require(snapshot.key).tree / ".deps" / "big.bin").stat().st_size == BIG
+
+
+def test_manifest_naming_other_layers_is_refused(tmp_path: Path, registry: RegistryServer) -> None:
+    _root, snapshot = _pushed(tmp_path, registry, "swap")
+    other = share.Snapshot(key="ab" * 32, environment="host", layers=[("dependencies", "ab" * 32)])
+    remote = parse_remote(f"{registry.address}/team/swap")
+    client = RegistryClient(remote)
+    manifest = client.get_manifest(snapshot.tag)
+    assert manifest is not None
+    client.put_manifest(manifest, other.tag)  # another key's tag, pointing at these layers
+    with pytest.raises(PyroError, match="not the ones this project's inputs name"):
+        share.pull(LayerStore(tmp_path / "victim"), remote, other)
+    _nothing_left(tmp_path / "victim", "ab" * 32)
+
+
+def test_unreachable_registry_does_not_hang(tmp_path: Path) -> None:
+    root = _project(tmp_path, "offline")
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        remote = f"127.0.0.1:{silent.getsockname()[1]}/team/offline"
+        result = run_pyro("prepare", "-C", str(root), env={
+            "PYRO_CACHE_REMOTE": remote, "PYRO_CACHE_READ_TIMEOUT": "1"}, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    remote_lines = [line for line in result.stderr.splitlines() if "unreachable" in line]
+    assert len(remote_lines) == 1 and "building locally" in remote_lines[0]
+    assert "built baseline, dependencies" in result.stdout
+
+
+# -- the archive -----------------------------------------------------------------------------
+
+
+def test_archive_round_trip_keeps_whiteouts_opaque_dirs_links_and_modes(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "opaque" / "sub").mkdir(parents=True)
+    os.setxattr(tree / "opaque", "user.overlay.opaque", b"y")
+    (tree / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "run.sh").chmod(0o755)
+    (tree / "link").symlink_to("/usr/bin/python3")
+    os.mknod(tree / "deleted", 0o20600, os.makedev(0, 0))
+    blob = io.BytesIO()
+    archive.pack(tree, blob)
+    blob.seek(0)
+    out = tmp_path / "out"
+    out.mkdir()
+    archive.unpack(blob, out)
+    assert tree_digest(out) == tree_digest(tree)
+
+
+def _zstd_tar(*members: tuple[tarfile.TarInfo, bytes]) -> io.BytesIO:
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return io.BytesIO(zstandard.ZstdCompressor().compress(raw.getvalue()))
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([(_member("/etc/passwd"), b"")], "escapes the tree"),
+        ([(_member("../up"), b"")], "escapes the tree"),
+        ([(_member("dev", tarfile.DIRTYPE), b""), (_member("dev/sda", tarfile.BLKTYPE), b"")],
+         "device or FIFO"),
+        ([(_member("out", tarfile.SYMTYPE, linkname="/etc"), b""), (_member("out/x"), b"")],
+         "not in a directory"),
+        ([(_member("x"), b""), (_member(".wh.x"), b"")], "both present and whited out"),
+    ],
+)  # fmt: skip
+def test_hostile_archives_are_refused(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], reason: str
+) -> None:
+    with pytest.raises(PyroError, match=reason):
+        archive.unpack(_zstd_tar(*members), tmp_path)
+
+
+def test_set_id_bits_are_dropped(tmp_path: Path) -> None:
+    archive.unpack(_zstd_tar((_member("su", mode=0o4755, size=2), b"hi")), tmp_path)
+    assert (tmp_path / "su").stat().st_mode & 0o7777 == 0o755
+
+
+def test_damaged_stream_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PyroError, match="refusing the pulled layer"):
+        archive.unpack(io.BytesIO(b"\x28\xb5\x2f\xfd not really zstd"), tmp_path)
