@@ -7,14 +7,18 @@ prepare's miss. The registry's own storage is tampered with, cut short and stopp
 from __future__ import annotations
 
 import base64
+import importlib.metadata as md
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -470,3 +474,94 @@ def test_set_id_bits_are_dropped(tmp_path: Path) -> None:
 def test_damaged_stream_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PyroError, match="refusing the pulled layer"):
         archive.unpack(io.BytesIO(b"\x28\xb5\x2f\xfd not really zstd"), tmp_path)
+
+
+# -- a layer built by root, pulled by an ordinary user --------------------------------------
+
+NOBODY = 65534
+AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+from pyro_loop.config import load_project_config
+from pyro_loop.prepare import prepare
+from pyro_loop.project import find_project
+from pyro_loop.workspace import Workspaces
+
+project = find_project(Path(sys.argv[1]))
+ws = Workspaces()
+lines = []
+result = prepare(project, load_project_config(project.root).config, workspaces=ws,
+                 on_progress=lambda phase, text: lines.append(text))
+record = ws.create(layers=[result.dependencies_layer])
+try:
+    out = ws.exec(record.id, ["cat", "/workspace/.deps/installed.txt"]).stdout.decode()
+finally:
+    ws.delete(record.id)
+tree = ws.store.require(result.dependencies_layer).tree
+owners = {os.lstat(os.path.join(d, n)).st_uid for d, ds, fs in os.walk(tree) for n in ds + fs}
+print(json.dumps({"pulled": result.pulled, "built": result.built, "out": out,
+                  "owners": sorted(owners), "uid": os.getuid(), "lines": lines}))
+"""
+
+
+def _copy_distributions(names: list[str], dest: Path) -> None:
+    """Copy installed distributions and what they require (their RECORD's files) to `dest`,
+    for an interpreter that has none of them (the system python, as `nobody`)."""
+    todo, done = list(names), set()
+    while todo:
+        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        if name in done:
+            continue
+        done.add(name)
+        dist = md.distribution(name)
+        for file in dist.files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts:
+                continue
+            target = dest / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file.locate(), target)
+        for requirement in dist.requires or []:
+            if "extra ==" not in requirement:
+                todo.append(re.split(r"[^A-Za-z0-9_.-]", requirement, maxsplit=1)[0])
+
+
+def test_layer_built_by_root_is_pulled_by_an_ordinary_user(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("run as an ordinary user already: every other test here proves it")
+    base = Path(tempfile.mkdtemp(prefix="pyro-remote-nobody-", dir="/tmp"))
+    try:
+        lib = base / "lib"
+        shutil.copytree(Path(__file__).parent.parent / "src" / "pyro_loop", lib / "pyro_loop",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        _copy_distributions(["oras", "zstandard"], lib)
+        project = base / "project"  # no git: the baseline would need pygit2 as well
+        project.mkdir()
+        (project / "requirements.txt").write_text("rooted==1\n")
+        (project / ".pyro.toml").write_text(DEPS_CONFIG)
+        for path in [base, *base.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        remote = f"{registry.address}/team/rooted"
+        built, _ = _prepare(project, tmp_path / "root-home", remote, push=True)
+        assert built.built == ["dependencies"]
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        (base / "script.py").write_text(AS_NOBODY)
+        result = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+             "/usr/bin/python3", str(base / "script.py"), str(project)],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib), "PYRO_HOME": str(home),
+                 "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+                 "PYRO_CACHE_REMOTE": remote},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        seen = json.loads(result.stdout)
+        assert seen["uid"] == NOBODY
+        assert seen["pulled"] == ["dependencies"] and "dependencies" not in seen["built"]
+        assert seen["out"] == "rooted==1\n"
+        assert seen["owners"] == [NOBODY]
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = float(os.environ.get("PYRO_CACHE_CONNECT_TIMEOUT", "5"))
 READ_TIMEOUT = float(os.environ.get("PYRO_CACHE_READ_TIMEOUT", "30"))
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _CHUNKED_ABOVE = 64 << 20  # larger blobs go up in chunks rather than one request in memory
 _CHUNK = 1 << 20
 
@@ -273,7 +274,9 @@ def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
                 return {"Authorization": f"Bearer {token}"} if token else None
             return None
 
-    registry = _Registry(hostname=remote.registry, insecure=remote.plain_http)
+    registry = _Registry(
+        hostname=remote.registry, insecure=remote.plain_http, tls_verify=_ca_bundle()
+    )
     registry.authorization = {}
     adapter = _TimeoutAdapter()
     registry.session.mount("http://", adapter)
@@ -284,6 +287,16 @@ def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
     registry.auth.load_configs = lambda *args, **kwargs: None
     _quiet_sdk_logger()
     return registry
+
+
+def _ca_bundle() -> str | bool:
+    """The certificates a registry's TLS is checked against: the bundle REQUESTS_CA_BUNDLE or
+    SSL_CERT_FILE names, else the system's (a company CA installed there works), else the
+    one requests ships."""
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return SYSTEM_CA_BUNDLE if os.path.isfile(SYSTEM_CA_BUNDLE) else True
 
 
 def _quiet_sdk_logger() -> None:
