@@ -20,7 +20,7 @@ def repo(tmp_path: Path) -> Path:
     return commit_project(tmp_path / "repo", "", {"hello.txt": "hi\n"})
 
 
-def test_piped_input_reaches_the_command(repo: Path) -> None:
+def test_piped_input_reaches_the_command(repo: Path, workspaces: Workspaces) -> None:
     result = run_pyro("exec", "-C", str(repo), "--", "cat", input="x\nsecond line\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "x\nsecond line\n"
@@ -44,13 +44,15 @@ def test_large_input_is_passed_whole_and_an_unread_one_does_not_block(
     assert workspaces.exec(record.id, ["cat"]).stdout == b""
 
 
-def test_tty_needs_a_terminal(repo: Path) -> None:
+def test_tty_needs_a_terminal(repo: Path, workspaces: Workspaces) -> None:
     result = run_pyro("exec", "-C", str(repo), "-t", "--", "true", input="")
     assert result.returncode == 1
     assert result.stderr.startswith("pyro: error: -t needs a terminal")
 
 
-def test_exec_from_a_terminal_without_i_leaves_stdin_empty(repo: Path) -> None:
+def test_exec_from_a_terminal_without_i_leaves_stdin_empty(
+    repo: Path, workspaces: Workspaces
+) -> None:
     with terminal("exec", "-C", str(repo), "--", "sh", "-c", "cat; echo done-$?") as term:
         term.expect("done-0")  # cat read an empty stdin at once, not the keyboard
         assert term.wait() == 0
@@ -60,7 +62,7 @@ def test_exec_from_a_terminal_without_i_leaves_stdin_empty(repo: Path) -> None:
         assert term.wait() == 0
 
 
-def test_exec_t_gives_the_command_a_terminal(repo: Path) -> None:
+def test_exec_t_gives_the_command_a_terminal(repo: Path, workspaces: Workspaces) -> None:
     with terminal("exec", "-C", str(repo), "-t", "--", "sh", "-c", "tty; stty size",
                   rows=31, cols=97) as term:  # fmt: skip
         term.expect(r"/dev/pts/\d+")
@@ -68,7 +70,9 @@ def test_exec_t_gives_the_command_a_terminal(repo: Path) -> None:
         assert term.wait() == 0
 
 
-def test_shell_has_job_control_ctrl_c_and_follows_the_window(repo: Path) -> None:
+def test_shell_has_job_control_ctrl_c_and_follows_the_window(
+    repo: Path, workspaces: Workspaces
+) -> None:
     exec_path = run_pyro("exec", "-C", str(repo), "--", "sh", "-c", "echo $PATH").stdout.strip()
     with terminal("shell", "-C", str(repo)) as term:
         term.send("echo MARK-$((40+2)) $PWD $PYRO_WORKSPACE\r")

@@ -20,6 +20,7 @@ from pyro_loop.errors import (
     AgentUnavailableError,
     CancelledError,
     CommandNotFoundError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     PyroError,
@@ -42,6 +43,7 @@ _ERRORS_BY_KIND: dict[str, type[PyroError]] = {
     "outside_workspace": InvalidInputError,
     "invalid_path": InvalidInputError,
     "exec_failed": CommandNotFoundError,
+    "conflict": ConflictError,
 }
 
 

@@ -31,6 +31,7 @@ from pyro_loop.units import duration
 
 if TYPE_CHECKING:
     from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
+    from pyro_loop.services import ServiceClient
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.watch import Stoppable
@@ -240,6 +241,30 @@ class ProjectLoop:
     ) -> contextlib.AbstractContextManager[ExecChannel]:
         """An interactive shell in the project's workspace, with the environment of `exec`."""
         return self.open_exec(SHELL_ARGV, env=env, stdin=True, tty=tty, remember=False)
+
+    def services(self) -> ServiceClient:
+        """The services of the project's workspace (started again if stopped)."""
+        from pyro_loop.services import ServiceClient
+
+        return ServiceClient(self.ws.client(self.live().id))
+
+    def start_service(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Start a command detached, as a service (host edits synced first, as for exec);
+        named after its program unless `name` is given."""
+        if not argv:
+            raise InvalidInputError("no command given", hint="pyro exec --detach -- CMD...")
+        services = self.services()
+        self._syncer(self.require()).reconcile()
+        if name is None:
+            name = services.free_name(argv[0])
+        return services.service_start(name, list(argv), cwd=cwd, env=env)
 
     def retry(
         self,

@@ -10,7 +10,8 @@ to the operation `OPS` names; the operations live beside it, one job per module:
   fileops.py   stat, list, read, write, remove, mkdir, symlink, chmod; tar (export a tree)
   tarread.py   parsing a tar stream from a request's data frames
   tarput.py    put_tar and remove_many (sync into the workspace)
-  execop.py    exec (run a command, forward its output), freeze
+  execop.py    exec (run a command, forward its output and input), freeze
+  services.py  detached commands with bounded logs (service_*), ps
 
 Nothing a request holds is trusted. The sandbox around the agent is the security boundary;
 the agent keeps the file tools' behaviour predictable inside it. Start-up time is on the path
@@ -29,6 +30,7 @@ import time
 import execop
 import fileops
 import protocol as p
+import services
 import tarput
 from confine import WORKSPACE, RequestError
 
@@ -52,6 +54,12 @@ OPS = {
     "remove_many": tarput.op_remove_many,
     "freeze": execop.op_freeze,
     "exec": execop.op_exec,
+    "service_start": services.op_service_start,
+    "service_list": services.op_service_list,
+    "service_status": services.op_service_status,
+    "service_logs": services.op_service_logs,
+    "service_stop": services.op_service_stop,
+    "ps": services.op_ps,
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from pyro_loop import __version__
-from pyro_loop.cli import hooks_cmds, loop_cmds
+from pyro_loop.cli import hooks_cmds, loop_cmds, service_cmds
 from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.mcp_cmd import mcp_app
 from pyro_loop.cli.output import JsonOption, emit, say
@@ -53,6 +53,7 @@ app.command("init")(init_command)
 app.add_typer(cache_app, name="cache")
 app.add_typer(mcp_app, name="mcp")
 hooks_cmds.register(app)
+service_cmds.register(app, workspace_app)
 
 
 def _version(value: bool) -> None:

@@ -60,15 +60,36 @@ def exec_(
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help=STDIN_HELP),
     tty: bool = typer.Option(False, "--tty", "-t", help=TTY_HELP),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Start it as a service and return at once (pyro logs)."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="The service's name with --detach (default: the program's)."
+    ),
+    as_json: bool = JsonOption,
 ) -> None:
     """Run a command in the project's workspace; its exit code is pyro's.
 
     Piped input (`echo x | pyro exec -- cat`) reaches the command's stdin; a terminal's
-    only with -i. -t gives the command a terminal (`pyro exec -t -- python3`).
+    only with -i. -t gives the command a terminal (`pyro exec -t -- python3`). --detach
+    starts a service: its stdin is empty, its output goes to a bounded log (`pyro logs`).
     """
     from pyro_loop.names import parse_env
 
     loop = _loop(project_dir)
+    if detach:
+        from pyro_loop.cli.service_cmds import show_started
+        from pyro_loop.errors import InvalidInputError
+
+        if interactive or tty or timeout is not None:
+            raise InvalidInputError("--detach runs without input, terminal or --timeout")
+        info = loop.start_service(command, name=name, cwd=cwd, env=parse_env(env))
+        show_started(info, as_json=as_json, logs_hint=f"`pyro logs {info['name']} -f`")
+        return
+    if name is not None or as_json:
+        from pyro_loop.errors import InvalidInputError
+
+        raise InvalidInputError("--name and --json go with --detach")
     result = run_attached(
         lambda stdin, size: loop.open_exec(
             command, timeout=timeout, cwd=cwd, env=parse_env(env), stdin=stdin, tty=size

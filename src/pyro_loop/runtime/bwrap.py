@@ -65,8 +65,11 @@ AGENT_FILES = (
     "tarput.py",
     "execop.py",
     "proctree.py",
+    "services.py",
 )
-AGENT_MOUNT = "/run/pyro/agent"
+RUN_DIR = "/run/pyro"
+RUN_SIZE = 256 * 1024 * 1024
+AGENT_MOUNT = f"{RUN_DIR}/agent"
 SANDBOX_PYTHON = "/usr/bin/python3"
 SANDBOX_HOME = "/home/pyro"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -227,6 +230,10 @@ class BwrapRuntime:
             "--dir", "/var", "--tmpfs", "/var/tmp",
             *home,
             "--bind", overlay, "/workspace",
+            # /run/pyro: the services' state and bounded logs (see agent/services.py); the
+            # size caps what many services together can keep in memory.
+            "--size", str(RUN_SIZE), "--tmpfs", RUN_DIR,
+            "--dir", f"{RUN_DIR}/services",
             "--tmpfs", AGENT_MOUNT,
             "--dir", f"{AGENT_MOUNT}/__pycache__",
         ]  # fmt: skip
