@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -66,8 +67,13 @@ def _raw_terminal(on_resize: Callable[[int, int], None]) -> Iterator[None]:
     import termios
     import tty
 
+    def on_winch(_signum: int, _frame: object) -> None:
+        # Sent from a thread: the handler may run while this thread is inside a send (the
+        # lock that keeps frames whole is not re-entrant, and a send must not interleave).
+        threading.Thread(target=on_resize, args=window_size(), daemon=True).start()
+
     saved = termios.tcgetattr(0)
-    previous = signal.signal(signal.SIGWINCH, lambda *_: on_resize(*window_size()))
+    previous = signal.signal(signal.SIGWINCH, on_winch)
     tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keys typed ahead are kept
     try:
         yield
