@@ -41,7 +41,7 @@ from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
 from pyro_loop.identity import sandbox_owner
 from pyro_loop.store import LayerStore, check_key
 from pyro_loop.workspace import Workspaces
-from tests.conftest import owners_below, run_pyro
+from tests.conftest import commit_project, owners_below, run_pyro
 
 NOBODY = 65534
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pyro_loop"
@@ -576,3 +576,39 @@ def test_nobody_builds_and_uses_debian(debian: Built) -> None:
     assert version.startswith("12.") and uid == str(NOBODY) and answer == "42" and hi == "hi"
     nobody_home = debian.home.parent / "nobody-home"
     assert owners_below(nobody_home) == {NOBODY}
+
+
+@pytest.mark.slow
+def test_switching_the_base_and_back_moves_the_workspace_and_gc_keeps_its_layers(
+    debian_ws: Workspaces, tmp_path: Path
+) -> None:
+    from pyro_loop.cache import gc
+    from pyro_loop.config import load_project_config
+    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.project import find_project
+
+    repo = commit_project(tmp_path / "repo", '[environment]\nbase = "debian:12"\n', {})
+
+    def loop() -> ProjectLoop:
+        project = find_project(repo)
+        return ProjectLoop(project, load_project_config(repo).config, debian_ws)
+
+    # bubblewrap is on the host (it runs the sandbox), not in the Debian image.
+    where = [
+        "sh",
+        "-c",
+        "echo work >> work.txt; test -e /usr/bin/bwrap && echo host || echo debian",
+    ]
+    first = loop().up()
+    assert first.record.environment == "debian:12"
+    assert loop().exec(where).stdout == b"debian\n"
+    (repo / ".pyro.toml").write_text('[environment]\nbase = "host"\n')
+    assert loop().exec(where).stdout == b"host\n"
+    (repo / ".pyro.toml").write_text('[environment]\nbase = "debian:12"\n')
+    back = loop().up()
+    assert back.action == "moved" and back.record.id == first.record.id
+    assert loop().exec(where).stdout == b"debian\n"
+    assert _sh(debian_ws, back.record.id, "cat work.txt") == "work\n" * 3  # its changes kept
+    debian_ws.delete(back.record.id)
+    gc(debian_ws)  # no workspace uses debian:12 now, but the project's configuration does
+    assert debian_ws.store.get(environment_key(parse_environment("debian:12"))) is not None

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,19 +115,83 @@ def test_apply_refuses_where_the_host_changed_since_unless_forced(
     assert (repo / "src" / "app.py").read_text() == "print('agent')\n"
 
 
-def test_up_no_prepare_fails_fast_and_a_lockfile_change_recreates(
+def test_a_lockfile_change_moves_the_workspace_onto_the_new_dependencies(
     repo: Path, workspaces: Workspaces
 ) -> None:
     loop = loop_for(repo, workspaces)
     with pytest.raises(NotWarmError):
         loop.up(prepare=False)
-    first = loop.up()
+    first = loop.up().record
+    sh(loop, "echo work > work.txt; echo stale > .deps/written-over-the-old.txt")
     (repo / "requirements.txt").write_text("requests==2.32.3\n")
-    loop = loop_for(repo, workspaces)
-    second = loop.up()
-    assert second.action == "recreated" and second.record.id != first.record.id
-    assert "2.32.3" in sh(loop, "cat .deps/installed.txt")
+    with pytest.raises(NotWarmError, match=r"requirements.txt changed: \w+ -> \w+") as err:
+        loop.exec(["true"], prepare=False)
+    assert "\n" not in err.value.message
+    phases: list[str] = []
+    out = loop.exec(
+        ["sh", "-c", "cat .deps/installed.txt work.txt; ls .deps"],
+        on_progress=lambda phase, message: phases.append(f"{phase}: {message}"),
+    )
+    assert out.stdout == b"requests==2.32.3\nwork\ninstalled.txt\n"  # the work kept
+    assert any(p.startswith("dependencies: running:") for p in phases)  # prepared: progress
+    assert loop.find() is not None and loop.find().id == first.id  # type: ignore[union-attr]
+
+    # Back to the first lockfile: its snapshot is cached, so the move prepares nothing.
+    (repo / "requirements.txt").write_text("requests==2.32.0\n")
+    phases.clear()
+    loop.reset(on_progress=lambda phase, message: phases.append(f"{phase}: {message}"))
+    assert sh(loop, "cat .deps/installed.txt") == "requests==2.32.0\n"
+    assert not any("running:" in p for p in phases) and any("moving" in p for p in phases)
+    (repo / "requirements.txt").write_text("requests==2.32.4\n")
+    again = loop.retry()
+    assert again.stdout == b"requests==2.32.4\n"
+    sh(loop, "echo work > work.txt")  # the reset above discarded the first
+    (repo / "requirements.txt").write_text("requests==2.32.5\n")
+    moved = loop_for(repo, workspaces).up()
+    assert moved.action == "moved" and moved.record.id == first.id
+    assert sh(loop, "cat .deps/installed.txt work.txt") == "requests==2.32.5\nwork\n"
     assert len(workspaces.list()) == 1
+
+
+def test_after_a_prepare_status_names_the_outdated_workspace_and_exec_moves_it(
+    repo: Path,
+) -> None:
+    assert run_pyro("up", "-C", str(repo)).returncode == 0
+    (repo / "requirements.txt").write_text("requests==2.32.3\n")
+    refused = run_pyro("exec", "--no-prepare", "-C", str(repo), "--", "true")
+    assert refused.returncode == 1
+    assert "requirements.txt changed" in refused.stderr.splitlines()[0]
+    stale = run_pyro("status", "-C", str(repo))
+    assert stale.returncode == 1 and "dependencies  stale: requirements.txt changed" in stale.stdout
+    assert run_pyro("prepare", "-C", str(repo)).returncode == 0
+    status = run_pyro("status", "-C", str(repo))
+    assert "made for other dependencies: the next exec moves it" in status.stdout
+    ran = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/installed.txt")
+    assert ran.stdout == "requests==2.32.3\n", ran.stderr
+    assert "moving" in ran.stderr
+    assert "moves it" not in run_pyro("status", "-C", str(repo)).stdout
+    assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
+
+
+def test_cache_gc_keeps_what_the_current_lockfiles_need(repo: Path, workspaces: Workspaces) -> None:
+    from pyro_loop.cache import gc
+    from pyro_loop.prepare import prepare
+
+    first = prepare(*_project(repo), workspaces=workspaces).dependencies_layer
+    (repo / "requirements.txt").write_text("requests==2.32.3\n")
+    second = prepare(*_project(repo), workspaces=workspaces).dependencies_layer
+    (repo / "requirements.txt").write_text("requests==2.32.0\n")  # restored, not prepared
+    gc(workspaces)
+    kept = {layer.key for layer in workspaces.store.list()}
+    assert first in kept, "the snapshot of the current lockfile was removed"
+    assert second in kept  # the last prepare's, until the next one
+    loop = loop_for(repo, workspaces)
+    assert sh(loop, "cat .deps/installed.txt") == "requests==2.32.0\n"
+
+
+def _project(repo: Path) -> tuple[Any, Any]:
+    project = find_project(repo)
+    return project, load_project_config(project.root).config
 
 
 def test_two_ups_at_once_make_one_workspace(repo: Path, workspaces: Workspaces) -> None:

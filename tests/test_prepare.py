@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.config import ProjectConfig, load_project_config
-from pyro_loop.prepare import PrepareFailedError, compute_inputs, is_warm, prepare
+from pyro_loop.prepare import PrepareFailedError, compute_inputs, prepare
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
+from pyro_loop.warmth import judge
 from pyro_loop.workspace import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 
@@ -57,7 +58,7 @@ def test_first_prepare_builds_then_a_second_is_a_warm_no_op(
     second = prepare(project, config, workspaces=workspaces)
     assert second.built == []
     assert second.key == first.key
-    assert is_warm(project, config, workspaces.home)
+    assert judge(project, config, workspaces.home).warm
     assert readiness(project, config, workspaces).warm
     # No prepare sandbox is left behind.
     assert [s for s in workspaces.list() if s.record.labels.get("pyro") == "prepare"] == []
@@ -87,7 +88,7 @@ def test_changing_a_lockfile_makes_the_snapshot_stale_and_prepare_rebuilds(
     state = readiness(project, config, workspaces)
     assert state.dependencies["state"] == "stale"
     assert any(r.startswith("requirements.txt changed") for r in state.dependencies["reasons"])
-    assert not is_warm(project, config, workspaces.home)
+    assert not judge(project, config, workspaces.home).warm
     second = prepare(project, config, workspaces=workspaces)
     assert "dependencies" in second.built
     assert second.key != first.key
@@ -264,4 +265,4 @@ def test_a_gc_during_prepare_waits_and_removes_nothing_it_uses(
     removed = {layer["key"] for layer in json.loads(out)["removed"]}
     for key in (result.baseline_layer, result.dependencies_layer):  # ... and kept these
         assert key is not None and key not in removed and workspaces.store.get(key) is not None
-    assert is_warm(project, config, workspaces.home)
+    assert judge(project, config, workspaces.home).warm

@@ -1,7 +1,9 @@
 """`pyro cache`: what the store holds, and removing what nothing needs any more.
 
-A layer is *referenced* when a workspace uses it (its layers, its baseline, its snapshots)
-or when it is a project's last prepared dependency snapshot or baseline. Referenced layers
+A layer is *referenced* when a workspace uses it (its layers, its baseline, its snapshots),
+when it is a project's last prepared dependency snapshot or baseline, or when a known
+project's current configuration needs it (its environment, the snapshot of its current
+lockfiles: `warmth.judge`). Referenced layers
 are never removed; gc removes every unreferenced layer, prune only old or excess ones.
 """
 
@@ -154,7 +156,27 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
             user = f"project {state.root}"
             add(state.dependencies_layer, user)
             add(state.baseline_layer, user)
+            for key in _needed_now(Path(state.root), ws.home):
+                add(key, user)
     return refs
+
+
+def _needed_now(root: Path, home: Path) -> set[str]:
+    """What the project's current configuration needs (its environment, the snapshot of its
+    current lockfiles), which may differ from its last prepare: a base switched back, a
+    lockfile restored. A project whose configuration no longer loads keeps its last prepare's."""
+    from pyro_loop.config import load_project_config
+    from pyro_loop.errors import PyroError
+    from pyro_loop.project import find_project
+    from pyro_loop.warmth import judge
+
+    try:
+        project = find_project(root)
+        if project.root != root or not project.config_path.is_file():
+            return set()
+        return judge(project, load_project_config(root).config, home).needed_layers()
+    except (PyroError, OSError):
+        return set()
 
 
 def _meta(layer: Layer) -> dict[str, Any]:

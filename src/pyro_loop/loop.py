@@ -28,6 +28,7 @@ from pyro_loop.project import Project
 from pyro_loop.runtime import Limits
 from pyro_loop.shellcmd import SHELL_ARGV
 from pyro_loop.units import duration
+from pyro_loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 
 if TYPE_CHECKING:
     from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
@@ -100,15 +101,25 @@ class ProjectLoop:
         return record
 
     def up(self, *, prepare: bool = True, on_progress: Any = None) -> UpResult:
-        """Reuse the project's workspace if it is current, else create it from warm layers."""
+        """Reuse the project's workspace if it is current, else create it from warm layers.
+
+        A workspace made for other dependencies or another environment (the lockfiles or
+        `[environment]` changed) over the same baseline is moved onto the current ones,
+        keeping its changes; one over another HEAD is replaced.
+        """
         started = time.perf_counter()
-        with file_lock(self.ws.home / "locks" / f"project-{self.project.id}.lock"):
-            layers, tree = self._warm_layers(prepare=prepare, on_progress=on_progress)
-            wanted = {"key": ",".join(layers), "tree": tree or ""}
+        with file_lock(self._lock_path):
+            warmth = self._warmth(prepare=prepare, on_progress=on_progress, baseline=True)
             record = self.find()
             action = "created"
             if record is not None:
-                if record.labels.get("key") == wanted["key"]:
+                layers, tree = self._layers(warmth)
+                same_tree = record.labels.get("tree", "") == (tree or "")
+                if same_tree and not warmth.made_for(record):
+                    record = self._move(record, warmth, on_progress)
+                    synced = self._syncer(record).reconcile()
+                    return UpResult(record, "moved", time.perf_counter() - started, synced)
+                if record.labels.get("key") == ",".join(layers) and warmth.made_for(record):
                     running = record.handle is not None and self.ws.runtime.is_running(
                         record.handle
                     )
@@ -117,42 +128,95 @@ class ProjectLoop:
                     synced = self._syncer(record).reconcile()
                     action = "reused" if running else "started"
                     return UpResult(record, action, time.perf_counter() - started, synced)
-                self.ws.delete(record.id)  # made from outdated layers: a fresh one replaces it
+                self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
-            record = self.ws.create(
-                environment=self.config.environment,
-                packages=list(self.config.packages),
-                layers=layers,
-                name=self._workspace_name(),
-                labels={"pyro": PROJECT_LABEL, "project": self.project.id, **wanted},
-                network=self.config.network == "egress",
-                limits=Limits(processes=self.config.processes, open_files=self.config.open_files),
-            )
-            syncer = self._syncer(record)
-            syncer.forget()
-            synced = syncer.reconcile()
+            record = self._create(warmth)
+            synced = self._syncer(record).reconcile()
             return UpResult(record, action, time.perf_counter() - started, synced)
 
-    def _warm_layers(self, *, prepare: bool, on_progress: Any) -> tuple[list[str], str | None]:
-        from pyro_loop.prepare import is_warm, load_state
+    def _layers(self, warmth: Warmth) -> tuple[list[str], str | None]:
+        """A new workspace's layers, topmost first (the last prepared baseline, the
+        dependencies), and the git tree of that baseline."""
+        state = warmth.state
+        base = state.baseline_layer if state is not None else None
+        if base is not None and self.ws.store.get(base) is None:
+            base = None
+        tree = state.baseline_tree if state is not None and base else None
+        return [k for k in (base, warmth.dependencies_layer) if k], tree
+
+    def _create(self, warmth: Warmth) -> WorkspaceRecord:
+        layers, tree = self._layers(warmth)
+        labels = {"pyro": PROJECT_LABEL, "project": self.project.id, "key": ",".join(layers),
+                  "tree": tree or "", **_labels(warmth)}  # fmt: skip
+        record = self.ws.create(
+            environment=self.config.environment,
+            packages=list(self.config.packages),
+            layers=layers,
+            name=self._workspace_name(),
+            labels=labels,
+            network=self.config.network == "egress",
+            limits=Limits(processes=self.config.processes, open_files=self.config.open_files),
+        )
+        self._syncer(record).forget()
+        return record
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.ws.home / "locks" / f"project-{self.project.id}.lock"
+
+    def _warmth(self, *, prepare: bool, on_progress: Any, baseline: bool = False) -> Warmth:
+        """The project's warmth once its layers are built: prepared now when the current
+        configuration needs what the store lacks (instant when it holds it), or NotWarmError
+        naming what changed when `prepare` is off. `baseline`: HEAD's files too (`up`)."""
         from pyro_loop.prepare import prepare as run_prepare
 
-        state = load_state(self.ws.home, self.project)
-        # Without git and without commands, `is_warm` has nothing to check, yet the state
-        # that says which layers to use is written only by a prepare.
-        if state is None or not is_warm(self.project, self.config, self.ws.home):
-            if not prepare:
-                raise NotWarmError(
-                    f"{self.project.root} is not warm for its current lockfiles and HEAD",
-                    hint="run `pyro prepare` (or `pyro up` without --no-prepare)",
-                )
-            run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
-            state = load_state(self.ws.home, self.project)
-        if state is None:
-            raise PyroError(f"{self.project.root} has no prepared state; run `pyro prepare`")
-        # Topmost first: the repo's files over the installed dependencies.
-        layers = [k for k in (state.baseline_layer, state.dependencies_layer) if k]
-        return layers, state.baseline_tree if state.baseline_layer else None
+        warmth = judge(self.project, self.config, self.ws.home)
+        # Without git and without commands there is nothing to build, yet the state that
+        # says which layers to use is written only by a prepare.
+        ready = warmth.warm if baseline else warmth.runnable
+        if ready and warmth.state is not None:
+            return warmth
+        if not prepare:
+            reasons = warmth.reasons() or [
+                f"HEAD's files ({warmth.baseline.commit}) are not prepared"
+            ]
+            raise NotWarmError(
+                f"{self.project.root} is not warm: {'; '.join(reasons)}",
+                hint="run `pyro prepare` (or this command without --no-prepare)",
+            )
+        run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
+        return judge(self.project, self.config, self.ws.home)
+
+    def _move(self, record: WorkspaceRecord, warmth: Warmth, on_progress: Any) -> WorkspaceRecord:
+        """Put the workspace on the dependencies and environment `warmth` asks for."""
+        from pyro_loop.relocate import dependency_roots, drop_paths
+
+        labels = record.labels
+        if DEPS_LABEL not in labels:  # made before workspaces said which layer holds what
+            self.ws.delete(record.id)
+            return self._create(warmth)
+        old = labels[DEPS_LABEL] or None
+        base = [k for k in record.base_layers if k != old]
+        layers = base + ([warmth.dependencies_layer] if warmth.dependencies_layer else [])
+        roots: list[str] = []
+        old_layer = self.ws.store.get(old) if old else None
+        if old_layer is not None:
+            baseline = self.ws.store.get(base[0]) if base and labels.get("tree") else None
+            roots = dependency_roots(old_layer.tree, baseline.tree if baseline else None)
+        if on_progress is not None:
+            on_progress("workspace", f"moving {record.name or record.id} onto the current "
+                        "dependencies (its own changes are kept)")  # fmt: skip
+        moved = self.ws.relayer(
+            record.id,
+            layers=layers,
+            environment=self.config.environment,
+            packages=list(self.config.packages),
+            labels={**_labels(warmth), "key": ",".join(layers)},
+            keep=lambda upper: drop_paths(upper, roots),
+        )
+        syncer = self._syncer(moved)
+        syncer.forget()  # what the dropped paths held is pushed again where the host has it
+        return moved
 
     def _workspace_name(self) -> str:
         base = re.sub(r"[^A-Za-z0-9._-]", "-", self.project.name).strip(".-_")[:40] or "project"
@@ -175,14 +239,28 @@ class ProjectLoop:
             )
         return syncer
 
-    def live(self) -> WorkspaceRecord:
-        """The project's workspace, running: started again if stopped, created if missing."""
+    def live(self, *, prepare: bool = True, on_progress: Any = None) -> WorkspaceRecord:
+        """The project's workspace, running on the layers its configuration needs now:
+        started again if stopped, moved if its dependencies changed, created if missing."""
         record = self.find()
         if record is None:
-            return self.up().record
+            return self.up(prepare=prepare, on_progress=on_progress).record
+        record = self._current(record, prepare=prepare, on_progress=on_progress)
         if record.handle is None or not self.ws.runtime.is_running(record.handle):
             record = self.ws.start(record.id)
         return record
+
+    def _current(
+        self, record: WorkspaceRecord, *, prepare: bool, on_progress: Any
+    ) -> WorkspaceRecord:
+        warmth = self._warmth(prepare=prepare, on_progress=on_progress)
+        if warmth.made_for(record):
+            return record
+        with file_lock(self._lock_path):
+            record = self.find() or record
+            if warmth.made_for(record):  # another command moved it meanwhile
+                return record
+            return self._move(record, warmth, on_progress)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -199,12 +277,18 @@ class ProjectLoop:
         on_output: OutputSink | None = None,
         cancel: Cancellation | None = None,
         stdin: BinaryIO | None = None,
+        prepare: bool = True,
+        on_progress: Any = None,
     ) -> ExecResult:
         """Run a command in the project's workspace, after syncing what changed on the host.
-        `stdin` is passed to the command until its end (else its stdin is empty)."""
+        `stdin` is passed to the command until its end (else its stdin is empty).
+
+        A workspace on outdated dependencies is moved onto the current ones first (prepared
+        now if need be), or with `prepare` off NotWarmError says what changed."""
         with self.open_exec(
-            argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin is not None, cancel=cancel
-        ) as channel:
+            argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin is not None, cancel=cancel,
+            prepare=prepare, on_progress=on_progress,
+        ) as channel:  # fmt: skip
             if stdin is not None:
                 channel.feed_from(stdin)
             return channel.wait(on_output=on_output)
@@ -221,12 +305,14 @@ class ProjectLoop:
         tty: tuple[int, int] | None = None,
         cancel: Cancellation | None = None,
         remember: bool = True,
+        prepare: bool = True,
+        on_progress: Any = None,
     ) -> Iterator[ExecChannel]:
         """Start a command as `exec` does (host edits synced first) and hand back its channel,
         for input, a terminal and signals. `remember=False` keeps it out of `retry` (a shell)."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
-        record = self.live()
+        record = self.live(prepare=prepare, on_progress=on_progress)
         self._syncer(record).reconcile()
         if remember:
             self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
@@ -273,6 +359,8 @@ class ProjectLoop:
         on_output: OutputSink | None = None,
         default_timeout: float | None = None,
         cancel: Cancellation | None = None,
+        prepare: bool = True,
+        on_progress: Any = None,
     ) -> ExecResult:
         """The last command again, with its timeout (`default_timeout` if it had none)."""
         last = self.last_command()
@@ -281,17 +369,20 @@ class ProjectLoop:
                 "nothing to retry yet", hint="run a command with `pyro exec -- CMD`"
             )
         if reset:
-            self.reset()
+            self.reset(prepare=prepare, on_progress=on_progress)
         timeout = last.get("timeout")
         if timeout is None:
             timeout = default_timeout
         return self.exec(last["argv"], timeout=timeout, cwd=last.get("cwd"),
                          env=last.get("env") or None, on_output=on_output,
-                         cancel=cancel)  # fmt: skip
+                         cancel=cancel, prepare=prepare, on_progress=on_progress)  # fmt: skip
 
-    def reset(self, *, snapshot: str = "baseline") -> SyncResult:
-        """Back to the warm baseline (or a named snapshot) plus the host's current files."""
-        record = self.require()
+    def reset(
+        self, *, snapshot: str = "baseline", prepare: bool = True, on_progress: Any = None
+    ) -> SyncResult:
+        """Back to the warm baseline (or a named snapshot) plus the host's current files,
+        on the dependencies the configuration needs now."""
+        record = self._current(self.require(), prepare=prepare, on_progress=on_progress)
         self.ws.reset(record.id, snapshot=snapshot)
         syncer = self._syncer(record)
         syncer.forget()
@@ -386,6 +477,11 @@ class ProjectLoop:
             data: dict[str, Any] = json.loads((self.state_dir / "last-command.json").read_text())
             return data
         return None
+
+
+def _labels(warmth: Warmth) -> dict[str, str]:
+    """What a workspace records of the inputs it runs on (see `Warmth.made_for`)."""
+    return {INPUTS_LABEL: warmth.key, DEPS_LABEL: warmth.dependencies_layer or ""}
 
 
 def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:

@@ -35,6 +35,7 @@ from pyro_loop.project import Project, head_commit, head_tree, write_tree
 from pyro_loop.store import Layer, LayerStore
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
+    from pyro_loop.keydigests import KeyDigests
     from pyro_loop.workspace import Workspaces
 
 SNAPSHOT_FORMAT = 1
@@ -72,12 +73,21 @@ class PrepareInputs:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def compute_inputs(project: Project, config: ProjectConfig) -> PrepareInputs:
+def compute_inputs(
+    project: Project, config: ProjectConfig, *, digests: KeyDigests | None = None
+) -> PrepareInputs:
+    """The inputs of the project's dependency snapshot; `digests` remembers the keying
+    files' hashes while they are unchanged (the daily commands' check stays cheap)."""
     keys: dict[str, str] = {}
     with Beneath(project.root) as tree:
         for rel in keying_files(project.root, config):
             with os.fdopen(open_key_file(tree, project, rel), "rb") as f:
-                keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+                if digests is not None:
+                    keys[rel] = digests.digest(rel, f)
+                else:
+                    keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    if digests is not None:
+        digests.save()
     return PrepareInputs(
         environment=config.environment,
         packages=sorted(set(config.packages)),
@@ -229,6 +239,7 @@ def prepare(
     # `pyro cache gc` (exclusive) waits, rather than remove a layer this prepare is building
     # on or has just built and not yet recorded.
     with store.in_use():
+        _ensure_environment(config, store, progress)
         baseline = _ensure_baseline(project, store, state, progress, built)
         deps: Layer | None = None
         if inputs.run:
@@ -291,21 +302,19 @@ def _push_to_remote(
     return describe(transfer)
 
 
-def is_warm(project: Project, config: ProjectConfig, home: Path) -> bool:
-    """True when `prepare` would build nothing: the `--if-changed` fast path (no git library)."""
-    store = LayerStore(home)
-    inputs = compute_inputs(project, config)
-    if inputs.run and store.get(inputs.key) is None:
-        return False
-    commit = head_commit(project)
-    if commit is None:
-        return True
-    state = load_state(home, project)
-    return (
-        state is not None
-        and state.baseline_commit == commit
-        and state.baseline_layer is not None
-        and store.get(state.baseline_layer) is not None
+def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: Progress) -> None:
+    """The environment's root filesystem, built first (with its phases reported) rather than
+    inside the first sandbox's creation."""
+    if config.environment == "host":
+        return
+    from pyro_loop import environments
+
+    spec = environments.parse_environment(config.environment, config.packages)
+    if store.get(environments.environment_key(spec)) is not None:
+        progress("environment", f"{spec.name}: cached")
+        return
+    environments.ensure_environment(
+        store, spec, on_progress=lambda message: progress("environment", message)
     )
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_loop.config import ProjectConfig
-from pyro_loop.prepare import compute_inputs, describe_changes, load_state
-from pyro_loop.project import Project, head_commit
+from pyro_loop.project import Project
 from pyro_loop.store import LayerStore
+from pyro_loop.warmth import judge
 from pyro_loop.workspace import Workspaces
 
 
@@ -66,48 +66,19 @@ class Readiness:
 
 def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readiness:
     store = ws.store
-    state = load_state(ws.home, project)
-    inputs = compute_inputs(project, config)
-
-    if not inputs.run:
-        deps: dict[str, Any] = {"state": "nothing to install", "key": inputs.key}
-    elif store.get(inputs.key) is not None:
-        deps = {"state": "warm", "key": inputs.key}
-    elif state is not None and state.inputs:
-        deps = {
-            "state": "stale",
-            "key": inputs.key,
-            "reasons": describe_changes(state.inputs, inputs) or ["its layer was removed"],
-        }
-    else:
-        deps = {"state": "missing", "key": inputs.key, "reasons": ["never prepared"]}
+    warmth = judge(project, config, ws.home)
+    key = warmth.key
+    deps: dict[str, Any] = {"state": warmth.dependencies_state, "key": key}
     if deps["state"] in ("stale", "missing"):
-        background = _background_prepare(ws, project, inputs.key)
+        deps["reasons"] = warmth.dependency_reasons()
+        background = _background_prepare(ws, project, key)
         if background:
             deps["background"] = background
-
-    commit = head_commit(project)
-    if project.git_dir is None:
-        baseline: dict[str, Any] = {"state": "not a git repository"}
-    elif commit is None:
-        baseline = {"state": "no commits"}
-    elif (
-        state is not None
-        and state.baseline_commit == commit
-        and state.baseline_layer
-        and store.get(state.baseline_layer)
-    ):
-        baseline = {"state": "warm", "commit": commit}
-    else:
-        baseline = {"state": "missing", "commit": commit}
-
-    if config.environment == "host":
-        environment: dict[str, Any] = {"name": "host", "state": "host"}
-    else:
-        environment = {"name": config.environment, "state": _environment_state(config, store)}
+    baseline = warmth.baseline.to_json()
+    environment: dict[str, Any] = {"name": config.environment, "state": warmth.environment_state}
 
     mine = [
-        s.to_json()
+        {**s.to_json(), "current": warmth.made_for(s.record)}
         for s in ws.list()
         if s.record.labels.get("project") == project.id
         and s.record.labels.get("pyro") not in ("prepare", "check")
@@ -118,7 +89,10 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         environment=environment,
         dependencies=deps,
         baseline=baseline,
-        workspaces=[{"id": w["id"], "name": w["name"], "state": w["state"]} for w in mine],
+        workspaces=[
+            {"id": w["id"], "name": w["name"], "state": w["state"], "current": w["current"]}
+            for w in mine
+        ],
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
         hooks=_hooks_state(project),
@@ -158,15 +132,6 @@ def _sync_state(ws: Workspaces, project: Project) -> str:
 
     status = read_status(ws.home / "projects" / project.id / "watch.json")
     return status.describe() if status is not None else "not watching"
-
-
-def _environment_state(config: ProjectConfig, store: LayerStore) -> str:
-    from pyro_loop import environments
-
-    layer_key = environments.environment_key(
-        environments.parse_environment(config.environment, config.packages)
-    )
-    return "cached" if store.get(layer_key) is not None else "missing"
 
 
 def cache_size(store: LayerStore) -> int:

@@ -53,6 +53,8 @@ from pyro_loop.store import Layer, LayerStore
 from pyro_loop.transfer import apply_patch, export_path
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyro_loop.environments import Progress
 
 BASELINE = "baseline"
@@ -277,6 +279,47 @@ class Workspaces:
             self._start_spare(wdir, record)
         remove_in_background(trash, after=dying)
         return record
+
+    def relayer(
+        self,
+        ref: str,
+        *,
+        layers: builtins.list[str],
+        environment: str,
+        packages: builtins.list[str],
+        labels: dict[str, str],
+        keep: Callable[[Path], None] | None = None,
+        on_progress: Progress | None = None,
+    ) -> WorkspaceRecord:
+        """Put the workspace on other base layers and environment, keeping its changes.
+
+        Its sandbox (and standby) restart over `layers`; `keep(upper)` first removes from
+        its changes what belonged to the layers replaced. `labels` are updated.
+        """
+        from pyro_loop import environments
+
+        spec = environments.parse_environment(environment, packages)
+        with self.store.in_use():
+            env_layer = environments.ensure_environment(self.store, spec, on_progress=on_progress)
+            stack = [self.store.require(key).key for key in layers] or [
+                self.store.empty_layer().key
+            ]
+            wdir = self.resolve(ref)
+            with file_lock(wdir.lock_path):
+                record = wdir.load()
+                self._halt(wdir, record)
+                if keep is not None:
+                    keep(wdir.upper(record.generation))
+                # Layers above the base (a snapshot reset to) stay above the new base.
+                above = record.layers[: len(record.layers) - len(record.base_layers)]
+                record.base_layers, record.layers = stack, [*above, *stack]
+                record.environment, record.packages = spec.name, list(spec.extra_packages)
+                record.environment_layer = env_layer.key if env_layer is not None else None
+                record.labels.update(labels)
+                wdir.save(record)
+                self._launch(wdir, record)
+                self._start_spare(wdir, record)
+                return record
 
     def status(self, ref: str) -> WorkspaceStatus:
         wdir = self.resolve(ref)

@@ -13,6 +13,9 @@ from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, 
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 
 ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
+NoPrepareOption = typer.Option(
+    False, "--no-prepare", help="Stop (naming what changed) instead of preparing."
+)
 
 
 def _loop(project_dir: Path | None) -> Any:
@@ -67,6 +70,7 @@ def exec_(
         None, "--name", help="The service's name with --detach (default: the program's)."
     ),
     as_json: bool = JsonOption,
+    no_prepare: bool = NoPrepareOption,
 ) -> None:
     """Run a command in the project's workspace; its exit code is pyro's.
 
@@ -92,7 +96,14 @@ def exec_(
         raise InvalidInputError("--name and --json go with --detach")
     result = run_attached(
         lambda stdin, size: loop.open_exec(
-            command, timeout=timeout, cwd=cwd, env=parse_env(env), stdin=stdin, tty=size
+            command,
+            timeout=timeout,
+            cwd=cwd,
+            env=parse_env(env),
+            stdin=stdin,
+            tty=size,
+            prepare=not no_prepare,
+            on_progress=_progress,
         ),
         interactive=interactive,
         tty=tty,
@@ -124,16 +135,29 @@ def shell(
 def retry(
     project_dir: Path | None = ProjectOption,
     reset: bool = typer.Option(False, "--reset", help="Reset the workspace first."),
+    no_prepare: bool = NoPrepareOption,
 ) -> None:
     """Run the last command again (after syncing host edits): the repro-fix loop in one word."""
-    result = _loop(project_dir).retry(reset=reset, on_output=stream_output)
+    import shlex
+
+    loop = _loop(project_dir)
+    last = loop.last_command()
+    if last is not None:  # what runs, as a shell would echo it (stdout stays the command's)
+        note(f"pyro: retry: {shlex.join(last['argv'])}")
+    result = loop.retry(
+        reset=reset, on_output=stream_output, prepare=not no_prepare, on_progress=_progress
+    )
     raise typer.Exit(result.exit_code)
 
 
-def reset(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
+def reset(
+    project_dir: Path | None = ProjectOption,
+    no_prepare: bool = NoPrepareOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Back to the warm baseline plus the host's current files, in milliseconds."""
     started = time.perf_counter()
-    synced = _loop(project_dir).reset()
+    synced = _loop(project_dir).reset(prepare=not no_prepare, on_progress=_progress)
     elapsed = time.perf_counter() - started
     emit(
         {"duration_ms": round(elapsed * 1000, 1), "synced": synced.to_json()},

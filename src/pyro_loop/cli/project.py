@@ -43,12 +43,12 @@ def prepare(
 ) -> None:
     """Build the project's environment, dependency snapshot and HEAD baseline (once per input)."""
     from pyro_loop.home import pyro_home
-    from pyro_loop.prepare import is_warm
     from pyro_loop.prepare import prepare as run_prepare
+    from pyro_loop.warmth import judge
 
     started = time.perf_counter()
     project, config = _load(project_dir)
-    if if_changed and not push and is_warm(project, config, pyro_home()):
+    if if_changed and not push and judge(project, config, pyro_home()).warm:
         data = {
             "warm": True,
             "built": [],
@@ -117,7 +117,10 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         say(line)
         if data["workspaces"]:
             for w in data["workspaces"]:
-                say(f"workspace     {w['name'] or w['id']}: {w['state']}")
+                outdated = (
+                    "" if w["current"] else " (made for other dependencies: the next exec moves it)"
+                )
+                say(f"workspace     {w['name'] or w['id']}: {w['state']}{outdated}")
         else:
             say("workspace     none running")
         sync = data["sync"]

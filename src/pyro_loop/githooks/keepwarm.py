@@ -1,8 +1,8 @@
 """After a checkout, merge or rewrite: start `pyro prepare` in the background if it is needed.
 
 This runs inside git's post-checkout, post-merge and post-rewrite hooks, so git waits for it:
-it reads the configuration and the keying files, computes the snapshot key (the same
-`compute_inputs` that prepare uses), and looks the key up in the store. Only when the snapshot
+it reads the configuration and the keying files and asks `warmth.judge` (the judgment every
+command shares) whether the snapshot for them is in the store. Only when the snapshot
 for the checked-out lockfiles is missing does it start a detached `pyro prepare`, logged
 under the pyro home, and return. It loads no git library and no CLI framework.
 
@@ -24,10 +24,9 @@ from typing import Any
 from pyro_loop.config import load_project_config
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.githooks.gitenv import without_git_env
-from pyro_loop.prepare import compute_inputs, describe_changes, load_state
 from pyro_loop.procutil import pid_alive, spawn_detached
 from pyro_loop.project import Project, find_project
-from pyro_loop.store import LayerStore
+from pyro_loop.warmth import judge
 
 # How long a recorded background prepare may still be running: past this, a live pid is
 # taken for another process that reuses the number (after a reboot, say).
@@ -60,11 +59,11 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
     if not project.config_path.is_file():
         return KeepWarm("not a pyro project")
     config = load_project_config(project.root).config
-    inputs = compute_inputs(project, config)
-    key = inputs.key
-    if not inputs.run:
+    warmth = judge(project, config, home)
+    key = warmth.key
+    if not warmth.inputs.run:
         return KeepWarm("nothing to install", key=key)
-    if LayerStore(home).get(key) is not None:
+    if warmth.dependencies_cached:
         return KeepWarm("warm", key=key)
 
     record_file = record_path(home, project)
@@ -83,9 +82,8 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
             log=log,
         )
 
-    state = load_state(home, project)
-    reasons = describe_changes(state.inputs, inputs) if state and state.inputs else []
-    why = "; ".join(reasons[:2]) if reasons else "not prepared yet"
+    reasons = warmth.dependency_reasons()
+    why = "; ".join(reasons[:2]) if reasons != ["never prepared"] else "not prepared yet"
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"background-prepare-{project.id}.log"
