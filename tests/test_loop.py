@@ -101,6 +101,22 @@ def test_diff_shows_only_workspace_changes_and_apply_brings_them_back(
     assert loop.changes() == []
 
 
+def test_diff_leaves_out_what_gitignore_files_written_in_the_workspace_exclude(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    # As pytest, ruff and build tools do: a cache directory that ignores itself entirely,
+    # and an output directory that ignores part of its files.
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    sh(loop, "mkdir -p .pytest_cache/v/cache build"
+             " && printf '# Created by pytest automatically.\\n*\\n' > .pytest_cache/.gitignore"
+             " && echo '{}' > .pytest_cache/v/cache/lastfailed"
+             " && printf '*.o\\n' > build/.gitignore && echo o > build/a.o"
+             " && echo k > build/keep.txt"
+             " && echo result > result.txt")  # fmt: skip
+    assert [c.path for c in loop.changes()] == ["build/.gitignore", "build/keep.txt", "result.txt"]
+
+
 def test_apply_refuses_where_the_host_changed_since_unless_forced(
     repo: Path, workspaces: Workspaces
 ) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyro_loop.config import ProjectConfig
 from pyro_loop.diff import Change, compare
+from pyro_loop.diffignore import ignored_changes
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.layerview import LayerStack, read_file
@@ -420,7 +421,7 @@ class ProjectLoop:
         record = self.require()
         host = LayerStack([self.project.root])
         changed = self.ws.changes(record.id)
-        ignored = _ignored_paths(self.project, [c.path for c in changed])
+        ignored = ignored_changes(self.project, changed)
         result = []
         for change in changed:
             if change.path in ignored or change.path.split("/", 1)[0] == ".git":
@@ -520,12 +521,3 @@ def _write_host(root: Path, change: Change) -> None:
             f.write(content)
         os.chmod(tmp, new.mode & 0o777)
     os.replace(tmp, target)
-
-
-def _ignored_paths(project: Project, paths: list[str]) -> set[str]:
-    if project.git_dir is None or not paths:
-        return set()
-    import pygit2
-
-    repo = pygit2.Repository(str(project.git_dir))
-    return {p for p in paths if repo.path_is_ignored(p)}
