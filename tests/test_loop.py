@@ -250,6 +250,17 @@ def test_cli_exec_of_a_command_silent_for_eleven_seconds(repo: Path) -> None:
     assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
 
 
+def test_cli_retry_echoes_its_command_and_a_directory_exits_126(repo: Path) -> None:
+    assert run_pyro("up", "-C", str(repo)).returncode == 0
+    ran = run_pyro("exec", "-C", str(repo), "--", "./src")
+    assert ran.returncode == 126 and "cannot run command: ./src" in ran.stderr
+    assert run_pyro("exec", "-C", str(repo), "--", "echo", "two words").returncode == 0
+    again = run_pyro("retry", "-C", str(repo))
+    assert again.returncode == 0 and again.stdout == "two words\n"
+    assert again.stderr.splitlines()[0] == "pyro: retry: echo 'two words'"
+    assert run_pyro("down", "--delete", "-C", str(repo)).returncode == 0
+
+
 def test_up_in_a_plain_directory_with_nothing_to_install(
     tmp_path: Path, workspaces: Workspaces
 ) -> None:

@@ -22,6 +22,7 @@ from pyro_loop.client import AgentClient, socket_address
 from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
+    CommandNotExecutableError,
     CommandNotFoundError,
     InvalidInputError,
     NotFoundError,
@@ -374,6 +375,7 @@ def test_client_fails_cleanly_when_no_agent_listens(tmp_path: Path) -> None:
     ("kind", "error_class"),
     [
         ("exec_failed", CommandNotFoundError),
+        ("not_executable", CommandNotExecutableError),
         ("outside_workspace", InvalidInputError),
         ("invalid_path", InvalidInputError),
         ("not_found", NotFoundError),
@@ -391,6 +393,8 @@ def test_client_maps_agent_error_kinds(
         assert error.kind == kind
     if error_class is CommandNotFoundError:
         assert error.exit_code == 127
+    if error_class is CommandNotExecutableError:
+        assert error.exit_code == 126
 
 
 def test_client_accepts_a_well_formed_exec_reply(fake_agent: Callable[..., AgentClient]) -> None:

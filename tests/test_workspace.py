@@ -27,6 +27,7 @@ from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
     CancelledError,
+    CommandNotExecutableError,
     CommandNotFoundError,
     ConflictError,
     InvalidInputError,
@@ -283,6 +284,11 @@ def test_exec_of_a_missing_binary(workspaces: Workspaces, ws: str) -> None:
     assert info.value.exit_code == 127
     with pytest.raises(CommandNotFoundError):
         workspaces.exec(ws, ["/workspace/missing.sh"])
+    # A directory, or a file without execute permission, exists but cannot run: 126.
+    for path in ["/workspace/src", "/workspace/README.md", "./src"]:
+        with pytest.raises(CommandNotExecutableError, match="cannot run command") as refused:
+            workspaces.exec(ws, [path])
+        assert refused.value.exit_code == 126
     with pytest.raises(InvalidInputError):
         workspaces.exec(ws, [])
     assert workspaces.exec(ws, ["true"]).exit_code == 0, "the agent is still serving"

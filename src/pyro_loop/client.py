@@ -19,6 +19,7 @@ from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
     CancelledError,
+    CommandNotExecutableError,
     CommandNotFoundError,
     ConflictError,
     InvalidInputError,
@@ -43,6 +44,7 @@ _ERRORS_BY_KIND: dict[str, type[PyroError]] = {
     "outside_workspace": InvalidInputError,
     "invalid_path": InvalidInputError,
     "exec_failed": CommandNotFoundError,
+    "not_executable": CommandNotExecutableError,
     "conflict": ConflictError,
 }
 

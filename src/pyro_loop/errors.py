@@ -53,6 +53,13 @@ class CommandNotFoundError(AgentError):
     exit_code = 127
 
 
+class CommandNotExecutableError(AgentError):
+    """The command exists but cannot be run: a directory, a file without execute permission
+    (exit code 126, as in a shell)."""
+
+    exit_code = 126
+
+
 class AgentUnavailableError(AgentError):
     """The workspace's agent is not running (stopped, killed or crashed)."""
 

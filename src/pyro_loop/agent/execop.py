@@ -108,8 +108,15 @@ def spawn(argv, cwd, env, fds, tty=False):
     if failure:
         os.waitpid(pid, 0)
         errno = int(failure or b"0")
-        what = "command not found" if errno == 2 else "cannot run command"
-        raise RequestError("exec_failed", "%s: %s (%s)" % (what, argv[0], os.strerror(errno)))
+        # As shells do: 127 when there is no such file, 126 when it cannot be run (a
+        # directory, a file without execute permission, one the kernel cannot load).
+        if errno == 2:
+            raise RequestError(
+                "exec_failed", "command not found: %s (%s)" % (argv[0], os.strerror(errno))
+            )
+        raise RequestError(
+            "not_executable", "cannot run command: %s (%s)" % (argv[0], os.strerror(errno))
+        )
     return pid
 
 

@@ -1,7 +1,8 @@
 """`pyro`: the root command, error handling and exit codes.
 
 Exit codes: 0 success; 1 an expected failure (one line saying what to fix); 2 a usage error;
-3 a bug (a crash log is written); 127 command not found in the workspace; 130 interrupted.
+3 a bug (a crash log is written); 126 command not executable, 127 command not found in the
+workspace; 130 interrupted.
 `pyro workspace exec` passes the command's own exit code through.
 """
 
