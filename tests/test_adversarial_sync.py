@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pyro_loop.runtime import HOME_DIR
 from pyro_loop.sync import SyncResult
 from pyro_loop.watch import FULL_RECONCILE_AT, run_watcher
 from pyro_loop.workspace import Workspaces
@@ -189,7 +190,7 @@ def test_ignored_trees_never_reach_the_workspace(
     ignored = [r for r in tree if r.startswith(("build/", ".venv/")) or r.endswith(".log")]
     assert ignored == [], ignored[:5]
     assert watching.live.sh("ls -a /workspace").split() == sorted(
-        [".", "..", ".gitignore", "README.md", "lib", "run.sh", "src"]
+        [".", "..", ".gitignore", HOME_DIR, "README.md", "lib", "run.sh", "src"]
     )
 
 

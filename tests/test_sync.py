@@ -35,6 +35,8 @@ WS_TREE = r"""
 import hashlib, json, os, stat
 out = {}
 for d, dirs, files in os.walk("/workspace"):
+    if d == "/workspace":  # the home's place, an empty cover (runtime.HOME_DIR)
+        dirs[:] = [n for n in dirs if n != ".pyro-home"]
     for name in dirs + files:
         p = os.path.join(d, name)
         rel = os.path.relpath(p, "/workspace")

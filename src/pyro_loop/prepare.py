@@ -16,6 +16,7 @@ atomically), and the next prepare recovers by itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -28,17 +29,21 @@ from typing import IO, TYPE_CHECKING, Any
 from pyro_loop.beneath import Beneath, LinkEscapeError
 from pyro_loop.config import ProjectConfig
 from pyro_loop.detect import keying_files
+from pyro_loop.downloads import download_mounts, prune_mount_points
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import write_json_atomic
+from pyro_loop.hostenv import HOST_SYSTEM_DIRS, HostEnvironment, host_environment
 from pyro_loop.procutil import pid_alive
 from pyro_loop.project import Project, head_commit, head_tree, write_tree
+from pyro_loop.runtime import SANDBOX_HOME
 from pyro_loop.store import Layer, LayerStore
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
     from pyro_loop.keydigests import KeyDigests
     from pyro_loop.workspace import Workspaces
 
-SNAPSHOT_FORMAT = 1
+# 2: the sandbox's home is part of the snapshot (runtime.HOME_DIR).
+SNAPSHOT_FORMAT = 2
 BASELINE_FORMAT = 1
 Progress = Callable[[str, str], None]  # (phase, message)
 
@@ -412,6 +417,7 @@ class _DependencyBuild:
                 self.ws.stop(record.id)
                 dest.rmdir()  # capture_changes creates it
                 self.ws.capture_changes(record.id, dest)
+                prune_mount_points(dest)
             finally:
                 with contextlib.suppress(PyroError):
                     self.ws.delete(record.id)
@@ -436,11 +442,16 @@ class _DependencyBuild:
             layers=[keys_layer.key],
             network=True,
             standby=False,
+            mounts=[*self.host.mounts, *download_mounts(self.ws.home, SANDBOX_HOME)],
             labels={"pyro": "prepare", "project": self.project.id, "pid": str(os.getpid())},
         )
 
+    @functools.cached_property
+    def host(self) -> HostEnvironment:
+        return prepare_environment(self.config, self.inputs.env)
+
     def _run_commands(self, ws_id: str, log: IO[bytes]) -> None:
-        passthrough = {n: os.environ[n] for n in self.inputs.env if n in os.environ}
+        passthrough = self.host.env
 
         def to_log(_stream: str, data: bytes) -> None:
             log.write(data)
@@ -468,6 +479,20 @@ class _DependencyBuild:
                     f"prepare command failed ({why}): {command}",
                     hint=_tail(self.log_path) + f"\n  full log: {self.log_path}",
                 )
+
+
+def prepare_environment(config: ProjectConfig, names: list[str]) -> HostEnvironment:
+    """The host variables prepare's commands get: `[prepare] env` and the standard proxy,
+    certificate and index settings (see hostenv.py)."""
+    from pyro_loop.runtime.bwrap import HOST_NETWORK_FILES
+
+    # A Debian root has its own /etc: of the host's files only the network ones are there.
+    visible = HOST_SYSTEM_DIRS if config.environment == "host" else HOST_NETWORK_FILES
+    host = host_environment(names, visible=visible)
+    # The download caches are bound from another filesystem than the workspace's, where
+    # uv's default hard links fail (with a warning) before it copies.
+    host.env.setdefault("UV_LINK_MODE", "copy")
+    return host
 
 
 def _tail(log_path: Path, lines: int = 15) -> str:

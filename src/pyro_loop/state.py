@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_loop.fsutil import write_json_atomic
-from pyro_loop.runtime import Limits, SandboxHandle
+from pyro_loop.runtime import Limits, Mount, SandboxHandle
 
 RECORD_VERSION = 1
 
@@ -38,12 +38,14 @@ class WorkspaceRecord:
     spare: SandboxHandle | None = None  # that standby sandbox (generation + 1, baseline layers)
     packages: list[str] = field(default_factory=list)  # extra packages of the environment
     environment_layer: str | None = None  # the root filesystem's layer; None for host
+    mounts: list[Mount] = field(default_factory=list)  # host paths bound in (prepare's caches)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["version"] = RECORD_VERSION
         data["handle"] = self.handle.to_json() if self.handle else None
         data["spare"] = self.spare.to_json() if self.spare else None
+        data["mounts"] = [m.to_json() for m in self.mounts]
         return data
 
     @classmethod
@@ -65,6 +67,7 @@ class WorkspaceRecord:
             spare=SandboxHandle.from_json(data["spare"]) if data.get("spare") else None,
             packages=list(data.get("packages", [])),
             environment_layer=data.get("environment_layer"),
+            mounts=[Mount(**m) for m in data.get("mounts", [])],
         )
 
 

@@ -46,7 +46,7 @@ from pyro_loop.layercopy import copy_and_digest
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.procutil import remove_in_background
-from pyro_loop.runtime import Limits, Runtime, SandboxSpec
+from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.seed import import_seed
 from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
@@ -151,6 +151,7 @@ class Workspaces:
         network: bool = False,
         limits: Limits | None = None,
         standby: bool = True,
+        mounts: builtins.list[Mount] | None = None,
         on_progress: Progress | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
@@ -190,6 +191,7 @@ class Workspaces:
                 standby=standby,
                 packages=list(spec.extra_packages),
                 environment_layer=env_layer.key if env_layer is not None else None,
+                mounts=list(mounts or ()),
             )
             wdir = WorkspaceDir(self.root / ws_id)
             with file_lock(self.root / "names.lock"):
@@ -468,7 +470,9 @@ class Workspaces:
         base = record.base_layers
         extra = record.layers[: len(record.layers) - len(base)]
         above = [wdir.upper(record.generation)] + [self.store.require(k).tree for k in extra]
-        return compute_changes([self.store.require(k).tree for k in base], above)
+        changes = compute_changes([self.store.require(k).tree for k in base], above)
+        # The sandbox's home (shells' histories, tools' caches) is not the project's output.
+        return [c for c in changes if c.path.split("/", 1)[0] != HOME_DIR]
 
     def export(
         self,
@@ -508,6 +512,7 @@ class Workspaces:
             ),
             network=record.network,
             limits=record.limits,
+            mounts=tuple(record.mounts),
         )
 
     def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:

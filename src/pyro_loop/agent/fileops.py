@@ -12,6 +12,7 @@ import protocol as p
 from confine import WORKSPACE, RequestError, confine
 
 MAX_TREE_DEPTH = 256  # export walks at most this deep (fsutil.MAX_TREE_DEPTH on the host)
+HOME_COVER = WORKSPACE + "/" + p.HOME_DIR  # the empty directory over the home's place
 
 
 def _entry(path, st):
@@ -57,6 +58,8 @@ def op_list(conn, req):
         current = pending.pop()
         with os.scandir(current) as it:
             for item in sorted(it, key=lambda e: e.name):
+                if item.path == HOME_COVER:
+                    continue
                 if len(entries) >= limit:
                     truncated = True
                     break
@@ -221,6 +224,8 @@ def op_tar(conn, req):
                 "too_deep",
                 "nested more than %d directories deep: %s..." % (MAX_TREE_DEPTH, info.name[:60]),
             )
+        if info.name == "workspace/" + p.HOME_DIR:
+            return None
         return info if (info.isfile() or info.isdir() or info.issym()) else None
 
     with tarfile.open(fileobj=FrameWriter(), mode="w|", format=tarfile.PAX_FORMAT) as tar:

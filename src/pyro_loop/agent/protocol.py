@@ -82,6 +82,10 @@ MAX_CHUNK = 1024 * 1024
 # The agent writes each file beside its target under a name starting so, then renames it into
 # place; what a killed sandbox leaves behind under it is swept by the host at the next start.
 TEMP_PREFIX = ".pyro-tmp-"
+# The sandbox's home lives in the workspace's overlay under this top-level name, bound at
+# HOME and covered by an empty directory in /workspace (see runtime.HOME_DIR): listings and
+# exports of the workspace leave it out.
+HOME_DIR = ".pyro-home"
 
 
 class ProtocolError(Exception):

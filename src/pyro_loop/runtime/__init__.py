@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pyro_loop.agent.protocol import HOME_DIR as _HOME_DIR
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -32,6 +34,27 @@ class Limits:
         }
 
 
+# The sandbox's home directory lives in the workspace's overlay, under this name at the top of
+# the tree, and is bound at HOME (and hidden under /workspace): what a command installs in
+# its home (poetry's virtualenvs, cargo's registry, Go's module cache) is in the same upper
+# dir as the workspace's files, so a prepare keeps it in the layer it freezes and a reset
+# throws it away like any other change.
+HOME_DIR = _HOME_DIR
+SANDBOX_HOME = "/home/pyro"  # HOME in every sandbox
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible in the sandbox at `target` (absolute)."""
+
+    source: str
+    target: str
+    writable: bool = False  # read-only unless asked: a file is handed over as a copy
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "writable": self.writable}
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """Everything the runtime needs to start one workspace's sandbox."""
@@ -50,6 +73,7 @@ class SandboxSpec:
     network: bool = False
     hostname: str = "pyro"
     limits: Limits = field(default_factory=Limits)
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True)

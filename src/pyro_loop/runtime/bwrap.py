@@ -51,7 +51,7 @@ from pyro_loop.fsutil import remove_tree
 from pyro_loop.identity import sandbox_owner
 from pyro_loop.overlay import check_mount_path, overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
-from pyro_loop.runtime import SandboxHandle, SandboxSpec
+from pyro_loop.runtime import HOME_DIR, SANDBOX_HOME, Mount, SandboxHandle, SandboxSpec
 from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
@@ -71,7 +71,6 @@ RUN_DIR = "/run/pyro"
 RUN_SIZE = 256 * 1024 * 1024
 AGENT_MOUNT = f"{RUN_DIR}/agent"
 SANDBOX_PYTHON = "/usr/bin/python3"
-SANDBOX_HOME = "/home/pyro"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 5.0
 # With --network egress, a root filesystem of its own gets copies of these host files (the
@@ -80,15 +79,34 @@ HOST_NETWORK_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 # Runs in the new user + mount namespace, in the store directory (lower layers, upper and
 # work dirs and the root layer are given relative to it). Positional parameters: $1 overlay
-# options, $2 the root layer ("" for the host's directories), then the command (prlimit ...
-# bwrap ...). bwrap runs as a child, not exec'd: this shell is the keeper that bwrap dies with.
-KEEPER_SCRIPT = """\
+# options, $2 the root layer ("" for the host's directories), $3 directories of the store
+# to bind in the home ("downloads/uv=.cache/uv ..."), then the command (prlimit ...
+# bwrap ...). They are bound here, by paths relative to the store, because the overlay on
+# /tmp may cover the store's absolute path (a pyro home under /tmp) and bwrap binds by path;
+# bwrap's binds of the home are recursive, so they carry these along. bwrap runs as a
+# child, not exec'd: this shell is the keeper that bwrap dies with.
+# The home directory in the overlay is bound at HOME: anything but a real directory there (a
+# symlink synced from the repository, say) is replaced first, so the bind can never be
+# pointed outside the workspace. Nothing else runs in this namespace yet, so check and
+# mkdir cannot race.
+KEEPER_SCRIPT = f"""\
 if [ -z "$2" ]; then
   mount -t overlay pyro -o "$1" /tmp || exit 111
+  home=/tmp/{HOME_DIR}
 else
   mount --bind "$2" /tmp && mount -t overlay pyro -o "$1" /tmp/workspace || exit 111
+  home=/tmp/workspace/{HOME_DIR}
 fi
-shift 2
+if [ -L "$home" ] || {{ [ -e "$home" ] && [ ! -d "$home" ]; }}; then rm -f "$home" || exit 111; fi
+mkdir -p "$home" || exit 111
+real_home=$(realpath "$home") || exit 111
+for pair in $3; do
+  target="$home/${{pair#*=}}"
+  mkdir -p "$target" || exit 111
+  case $(realpath "$target") in "$real_home"/*) ;; *) exit 111 ;; esac
+  mount --bind "${{pair%%=*}}" "$target" || exit 111
+done
+shift 3
 cd / && unset OLDPWD || exit 111
 "$@"
 exit $?
@@ -124,6 +142,13 @@ class BwrapRuntime:
         agent_fds = {name: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                      for name, path in agent_files(store).items()}  # fmt: skip
         data_fds = dict(agent_fds)
+        home_binds, path_binds = _split_mounts(spec)
+        for mount in spec.mounts:
+            # A read-only file is handed over as a copy read by this process: the sandbox
+            # uid may not be able to reach it (root's home), and nothing inside can change it.
+            if not mount.writable and os.path.isfile(mount.source):
+                with contextlib.suppress(OSError):
+                    data_fds[mount.target] = os.open(mount.source, os.O_RDONLY | os.O_CLOEXEC)
         if root_layer and spec.network:
             # The network is the host's, and so are the resolver and the certificate
             # authorities it trusts (a proxy's, say): copies of both replace the root's.
@@ -139,10 +164,11 @@ class BwrapRuntime:
                 *_drop_root_prefix(store),
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
                 "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options, root_layer,
+                home_binds,
                 prlimit, *_prlimit_args(spec),
                 *self._bwrap_argv(
                     bwrap, spec, listen_fd=listener.fileno(), info_fd=info_fd,
-                    seccomp_fd=seccomp_fd, data_fds=data_fds,
+                    seccomp_fd=seccomp_fd, data_fds=data_fds, binds=path_binds,
                 ),
             ]  # fmt: skip
             with spec.log_path.open("ab") as log:
@@ -193,8 +219,10 @@ class BwrapRuntime:
         info_fd: int,
         seccomp_fd: int,
         data_fds: dict[str, int],
+        binds: list[Mount] | None = None,
     ) -> list[str]:
-        """`data_fds`: the agent's files by name, and absolute paths for other files."""
+        """`data_fds`: the agent's files by name, and absolute paths for other files;
+        `binds`: host directories bound by path."""
         uid, gid = str(os.getuid()), str(os.getgid())
         argv = [
             bwrap,
@@ -217,19 +245,20 @@ class BwrapRuntime:
         if spec.root_layer is None:
             argv += _host_root_args()
             overlay = "/tmp"  # the keeper's /tmp
-            home = ["--dir", SANDBOX_HOME]  # on the writable tmpfs root
         else:
             # The keeper's /tmp is the root layer, with the overlay on its /workspace.
             argv += ["--ro-bind", "/tmp", "/"]
             overlay = "/tmp/workspace"
-            home = ["--tmpfs", SANDBOX_HOME]  # the root is read-only
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
             "--tmpfs", "/tmp",
             "--dir", "/var", "--tmpfs", "/var/tmp",
-            *home,
             "--bind", overlay, "/workspace",
+            # HOME is the overlay's home directory (see HOME_DIR), which /workspace does not
+            # show: an empty read-only directory covers it there.
+            "--bind", f"{overlay}/{HOME_DIR}", SANDBOX_HOME,
+            "--tmpfs", f"/workspace/{HOME_DIR}", "--remount-ro", f"/workspace/{HOME_DIR}",
             # /run/pyro: the services' state and bounded logs (see agent/services.py); the
             # size caps what many services together can keep in memory.
             "--size", str(RUN_SIZE), "--tmpfs", RUN_DIR,
@@ -237,6 +266,8 @@ class BwrapRuntime:
             "--tmpfs", AGENT_MOUNT,
             "--dir", f"{AGENT_MOUNT}/__pycache__",
         ]  # fmt: skip
+        for mount in binds or ():
+            argv += ["--bind" if mount.writable else "--ro-bind", mount.source, mount.target]
         for name, fd in data_fds.items():
             target = name if name.startswith("/") else f"{AGENT_MOUNT}/{name}"
             argv += ["--ro-bind-data", str(fd), target]
@@ -248,6 +279,26 @@ class BwrapRuntime:
             SANDBOX_PYTHON, "-E", "-s", "-S", "-B", f"{AGENT_MOUNT}/boot.py", str(listen_fd),
         ]  # fmt: skip
         return argv
+
+
+def _split_mounts(spec: SandboxSpec) -> tuple[str, list[Mount]]:
+    """Writable directories of the store bound in the home (the keeper's "$3"), and the
+    directories bwrap binds by path. Files are not here: they are handed over as copies."""
+    pairs: list[str] = []
+    binds: list[Mount] = []
+    for mount in spec.mounts:
+        if not mount.writable and os.path.isfile(mount.source):
+            continue
+        source = Path(mount.source)
+        in_home = mount.target.startswith(SANDBOX_HOME + "/")
+        if mount.writable and in_home and source.is_relative_to(spec.store_root):
+            pair = f"{source.relative_to(spec.store_root)}={mount.target[len(SANDBOX_HOME) + 1 :]}"
+            if any(c.isspace() or c in "'\"" for c in pair):  # words of an unquoted "$3"
+                raise ValueError(f"mount path not usable by the keeper: {pair!r}")
+            pairs.append(pair)
+        elif os.path.isdir(source):
+            binds.append(mount)
+    return " ".join(pairs), binds
 
 
 def _relative(path: Path, base: Path) -> str:
