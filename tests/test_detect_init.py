@@ -38,10 +38,14 @@ PIP_RUN = (
 )
 CASES: dict[str, tuple[list[str], list[Ecosystem]]] = {
     "uv": (["uv.lock", "pyproject.toml"],
-           [Ecosystem("uv", ".", ("uv.lock", "pyproject.toml"), ("uv sync --frozen",))]),
+           [Ecosystem("uv", ".", ("uv.lock", "pyproject.toml"),
+                      ("uv sync --frozen --no-install-workspace",), ("uv sync --frozen",),
+                      ("pyproject.toml",))]),
     "poetry": (["poetry.lock", "pyproject.toml"],
                [Ecosystem("poetry", ".", ("poetry.lock", "pyproject.toml"),
-                          ("poetry install --no-root --no-interaction",))]),
+                          ("poetry install --no-root --no-interaction",),
+                          ("poetry install --only-root --no-interaction",),
+                          ("pyproject.toml",))]),
     "pip": (["requirements-dev.txt", "requirements.txt", "setup.py"],
             [Ecosystem("pip", ".", ("requirements.txt", "requirements-dev.txt"), (PIP_RUN,))]),
     "pipenv": (["Pipfile", "Pipfile.lock"],
@@ -83,6 +87,40 @@ def test_each_ecosystem(tmp_path: Path, case: str) -> None:
         # Nothing detected: `keys` is left out, so prepare keeps looking for new lock files.
         assert config.prepare_keys is None
     assert config.environment == "host" and config.network == "off"
+
+
+def test_requirements_naming_the_project_install_it_after_its_dependencies(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "r", {
+        "requirements.txt": "-e .[test]\nrequests==2.32.0\n",
+        "requirements-dev.txt": "-r requirements.txt\n./\npytest\n",
+        "pyproject.toml": "", "setup.cfg": "",
+    })  # fmt: skip
+    (eco,) = detect_ecosystems(repo)
+    assert eco.project == (".venv/bin/pip install -r requirements.txt -r requirements-dev.txt",)
+    assert eco.project_keys == ("pyproject.toml", "setup.cfg")
+    (run,) = eco.run
+    strip = run.split(" && python3 -m venv")[0]
+    out = tmp_path / "out"
+    subprocess.run(["sh", "-c", strip.replace("/tmp/pyro-deps", str(out))], cwd=repo, check=True)
+    assert (out / "requirements.txt").read_text() == "requests==2.32.0\n"
+    assert (out / "requirements-dev.txt").read_text() == "-r requirements.txt\npytest\n"
+    assert run.endswith(
+        ".venv/bin/pip install -r /tmp/pyro-deps/requirements.txt"
+        " -r /tmp/pyro-deps/requirements-dev.txt"
+    )
+    config = load_config(init_project(repo).path).config
+    assert config.prepare_project == eco.project and config.prepare_run == eco.run
+
+
+def test_npm_root_scripts_run_with_the_project(tmp_path: Path) -> None:
+    scripts = '{"scripts": {"prepare": "tsc", "test": "node t.js"}}'
+    repo = make_repo(tmp_path / "n", {"package.json": scripts, "package-lock.json": "{}"})
+    (eco,) = detect_ecosystems(repo)
+    assert eco.run == ("npm ci --ignore-scripts",)
+    assert eco.project == ("npm rebuild && npm run --if-present prepare",)
+    assert eco.project_keys == ("package.json",)
 
 
 def test_cargo_and_go_manifests_alone(tmp_path: Path) -> None:
@@ -133,7 +171,7 @@ def test_monorepo(tmp_path: Path) -> None:
     ]  # fmt: skip
     config = load_config(init_project(repo / "web").path).config
     assert config.prepare_run == (
-        "uv sync --frozen",
+        "uv sync --frozen --no-install-workspace",
         "cd services/api && go mod download",
         "cd web && npm ci",
     )

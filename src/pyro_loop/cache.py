@@ -155,6 +155,7 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
                 continue  # the project is gone: its layers are no longer anyone's
             user = f"project {state.root}"
             add(state.dependencies_layer, user)
+            add(state.project_layer, user)
             add(state.baseline_layer, user)
             for key in _needed_now(Path(state.root), ws.home):
                 add(key, user)

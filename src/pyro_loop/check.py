@@ -243,7 +243,7 @@ def _layers(
     and whether the dependencies (`inputs`) had to be prepared first."""
     store = ws.store
     prepared = False
-    if inputs.run and store.get(inputs.key) is None:
+    if any(store.get(k) is None for k in inputs.layers()):
         state = load_state(ws.home, project)
         reasons = (describe_changes(state.inputs, inputs) if state and state.inputs else []) or [
             "never prepared"
@@ -251,7 +251,8 @@ def _layers(
         progress("prepare", f"dependencies not warm ({'; '.join(reasons)}): preparing first")
         prepare(project, config, workspaces=ws, on_progress=progress)
         prepared = True
-    deps = [inputs.key] if inputs.run else []
+    # Topmost first: the project's own install over its dependencies.
+    deps = [k for k in inputs.layers() if store.get(k) is not None]
 
     state = load_state(ws.home, project)
     base: Layer | None = None

@@ -85,9 +85,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prepare", "run", "prepare_run", "strings", (),
             "Shell command lines that install dependencies, run in /workspace with the network "
             "on; their result is snapshotted and reused until a key file changes."),
+    Setting("prepare", "project", "prepare_project", "strings", (),
+            "Shell command lines that install the project itself (an editable install), run "
+            "in /workspace over HEAD's files and the installed dependencies, network on; "
+            "redone when the dependencies or the project's metadata (pyproject.toml, "
+            "setup.cfg, setup.py, package.json) change, never for a source edit."),
     Setting("prepare", "env", "prepare_env", "strings", (),
-            "Names of host environment variables passed through to the prepare commands, "
-            'such as "UV_INDEX_URL" or "PIP_INDEX_URL".',
+            "Names of more host environment variables passed through to the prepare "
+            "commands, such as a token; the standard proxy, certificate and index variables "
+            "are passed through without being listed (docs/prepare.md).",
             rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")),
     Setting("prepare", "timeout", "prepare_timeout", "seconds", 1800.0,
             "Seconds the prepare commands may run before they are stopped."),
@@ -123,6 +129,7 @@ class ProjectConfig:
     packages: tuple[str, ...]
     prepare_keys: tuple[str, ...] | None
     prepare_run: tuple[str, ...]
+    prepare_project: tuple[str, ...]
     prepare_env: tuple[str, ...]
     prepare_timeout: float
     network: str

@@ -33,6 +33,10 @@ class Ecosystem:
     directory: str  # relative to the root, "/"-separated; "." for the root itself
     keys: tuple[str, ...]  # files relative to the root
     run: tuple[str, ...]  # shell command lines run from /workspace
+    # Installing the project itself (see prepare.py): its commands, and the metadata files
+    # that key it (relative to the root).
+    project: tuple[str, ...] = ()
+    project_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -40,6 +44,8 @@ class Ecosystem:
             "directory": self.directory,
             "keys": list(self.keys),
             "run": list(self.run),
+            "project": list(self.project),
+            "project_keys": list(self.project_keys),
         }
 
 
@@ -49,14 +55,27 @@ class _Rule:
     triggers: tuple[str, ...]  # any of these files present: this ecosystem is used here
     keys: tuple[str, ...]  # those present key the snapshot
     run: str
+    project: str = ""  # installs the project itself, once its sources are there
 
+
+# The files a project's own install reads (its name, entry points, package layout): a change
+# to one of them redoes that install; a source edit never does.
+PYTHON_PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py")
+NODE_PROJECT_FILES = ("package.json",)
+# npm runs these scripts of the root package after installing, and they usually build the
+# project from its sources (absent while dependencies install): they run with the project.
+NPM_ROOT_SCRIPTS = ("preinstall", "install", "postinstall", "prepare")
 
 # A lock file pins exactly what to install, so it is what detection looks for; cargo and go
-# pin well enough from their manifests (and libraries often commit no lock file).
+# pin well enough from their manifests (and libraries often commit no lock file). The
+# dependency commands leave the project itself out (its build needs its sources, which the
+# dependency snapshot is not keyed on); the project commands install it, editable.
 RULES = (
-    _Rule("uv", ("uv.lock",), ("uv.lock", "pyproject.toml"), "uv sync --frozen"),
+    _Rule("uv", ("uv.lock",), ("uv.lock", "pyproject.toml"),
+          "uv sync --frozen --no-install-workspace", "uv sync --frozen"),
     _Rule("poetry", ("poetry.lock",), ("poetry.lock", "pyproject.toml"),
-          "poetry install --no-root --no-interaction"),
+          "poetry install --no-root --no-interaction",
+          "poetry install --only-root --no-interaction"),
     _Rule("pipenv", ("Pipfile.lock",), ("Pipfile", "Pipfile.lock"), "pipenv sync"),
     _Rule("npm", ("package-lock.json",), ("package.json", "package-lock.json"), "npm ci"),
     _Rule("pnpm", ("pnpm-lock.yaml",), ("package.json", "pnpm-lock.yaml"),
@@ -87,17 +106,71 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
                 here = [r for r in here if r.name != "cargo"]
         for rule in here:
             keys = [k for k in rule.keys if k in files]
-            found.append(_ecosystem(rule.name, rel, keys, [rule.run]))
+            run, project = [rule.run], [rule.project] if rule.project else []
+            if rule.name == "npm" and _has_root_scripts(root / rel / "package.json"):
+                run = ["npm ci --ignore-scripts"]
+                project = ["npm rebuild && npm run --if-present prepare"]
+            found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
         # requirements.txt first: the others (-dev, -test) usually build on it.
         requirements = sorted(
             (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
             key=lambda f: (f != "requirements.txt", f),
         )
         if requirements and not any(r.name in PYTHON_LOCKS for r in here):
-            install = " ".join(f"-r {shlex.quote(f)}" for f in requirements)
-            run = f"python3 -m venv .venv && .venv/bin/pip install {install}"
-            found.append(_ecosystem("pip", rel, requirements, [run]))
+            run, project = _pip_commands(root / rel, requirements)
+            found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
     return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+# A requirement line that names a directory of the project (`-e .`, `-e .[test]`, `./sub`):
+# pip builds the project for it, from sources the dependency install does not have.
+LOCAL_REQUIREMENT = (
+    r"^[[:space:]]*(-e|--editable)?[[:space:]]*\.\.?(/[^[:space:]]*)?(\[.*\])?[[:space:]]*$"
+)
+DEPS_COPY = "/tmp/pyro-deps"  # in the sandbox: the requirements files without those lines
+
+
+def _pip_commands(directory: Path, requirements: list[str]) -> tuple[list[str], list[str]]:
+    """The commands for requirements files: one install; or, when a file names the project
+    itself, its dependencies first (copies of the files without those lines), then all of
+    it again with the sources there (pip skips what is installed already)."""
+    venv = "python3 -m venv .venv"
+    local = any(_local_lines(directory / name) for name in requirements)
+    files = " ".join(f"-r {shlex.quote(f)}" for f in requirements)
+    if not local:
+        return [f"{venv} && .venv/bin/pip install {files}"], []
+    # The copies keep their names, so `-r requirements.txt` inside one finds its copy.
+    names = " ".join(shlex.quote(f) for f in requirements)
+    strip = (
+        f"mkdir -p {DEPS_COPY} && for f in {names}; do "
+        f'sed -E \'\\#{LOCAL_REQUIREMENT}#d\' "$f" > {DEPS_COPY}/"$f"; done'
+    )
+    copies = " ".join(f"-r {DEPS_COPY}/{shlex.quote(f)}" for f in requirements)
+    return (
+        [f"{strip} && {venv} && .venv/bin/pip install {copies}"],
+        [f".venv/bin/pip install {files}"],
+    )
+
+
+def _local_lines(path: Path) -> list[str]:
+    import re
+
+    pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if pattern.match(line)]
+
+
+def _has_root_scripts(package_json: Path) -> bool:
+    import json
+
+    try:
+        scripts = json.loads(package_json.read_text()).get("scripts") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(scripts, dict) and any(name in scripts for name in NPM_ROOT_SCRIPTS)
 
 
 def keying_files(root: Path, config: ProjectConfig) -> list[str]:
@@ -110,21 +183,47 @@ def keying_files(root: Path, config: ProjectConfig) -> list[str]:
     return sorted({key for e in detect_ecosystems(root) for key in e.keys})
 
 
-def _ecosystem(name: str, rel: PurePosixPath, keys: list[str], run: list[str]) -> Ecosystem:
+def _ecosystem(
+    name: str,
+    rel: PurePosixPath,
+    keys: list[str],
+    run: list[str],
+    *,
+    project: list[str] | None = None,
+    files: set[str] | None = None,
+) -> Ecosystem:
     directory = str(rel)
     prefix = "" if directory == "." else f"cd {shlex.quote(directory)} && "
+    metadata = NODE_PROJECT_FILES if name in ("npm", "pnpm", "yarn") else PYTHON_PROJECT_FILES
     return Ecosystem(
         name=name,
         directory=directory,
         keys=tuple(str(rel / k) for k in keys),
         run=tuple(prefix + command for command in run),
+        project=tuple(prefix + command for command in project or ()),
+        project_keys=tuple(str(rel / f) for f in metadata if f in (files or ())) if project else (),
     )
+
+
+def project_files(root: Path) -> list[str]:
+    """The metadata files that key the project's own install: those of the root and of each
+    directory where an ecosystem is detected."""
+    directories = {"."} | {e.directory for e in detect_ecosystems(root)}
+    found = set()
+    for directory in directories:
+        for name in (*PYTHON_PROJECT_FILES, *NODE_PROJECT_FILES):
+            rel = name if directory == "." else f"{directory}/{name}"
+            if (root / rel).is_file() and not (root / rel).is_symlink():
+                found.add(rel)
+    return sorted(found)
 
 
 def _with_key(eco: Ecosystem, key: str, directory: PurePosixPath) -> Ecosystem:
     if eco.name != "cargo" or eco.directory != str(directory):
         return eco
-    return Ecosystem(eco.name, eco.directory, (*eco.keys, key), eco.run)
+    return Ecosystem(
+        eco.name, eco.directory, (*eco.keys, key), eco.run, eco.project, eco.project_keys
+    )
 
 
 def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:

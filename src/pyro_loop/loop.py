@@ -143,7 +143,9 @@ class ProjectLoop:
         if base is not None and self.ws.store.get(base) is None:
             base = None
         tree = state.baseline_tree if state is not None and base else None
-        return [k for k in (base, warmth.dependencies_layer) if k], tree
+        # Topmost first: the repo's files over the project's own install over the installed
+        # dependencies (the repo's files win over anything the project install left there).
+        return [k for k in (base, *warmth.dependency_layers) if k], tree
 
     def _create(self, warmth: Warmth) -> WorkspaceRecord:
         layers, tree = self._layers(warmth)
@@ -196,14 +198,15 @@ class ProjectLoop:
         if DEPS_LABEL not in labels:  # made before workspaces said which layer holds what
             self.ws.delete(record.id)
             return self._create(warmth)
-        old = labels[DEPS_LABEL] or None
-        base = [k for k in record.base_layers if k != old]
-        layers = base + ([warmth.dependencies_layer] if warmth.dependencies_layer else [])
-        roots: list[str] = []
-        old_layer = self.ws.store.get(old) if old else None
-        if old_layer is not None:
-            baseline = self.ws.store.get(base[0]) if base and labels.get("tree") else None
-            roots = dependency_roots(old_layer.tree, baseline.tree if baseline else None)
+        old = [k for k in labels[DEPS_LABEL].split(",") if k]
+        base = [k for k in record.base_layers if k not in old]
+        layers = base + warmth.dependency_layers
+        roots: set[str] = set()
+        baseline = self.ws.store.get(base[0]) if base and labels.get("tree") else None
+        for key in old:
+            old_layer = self.ws.store.get(key)
+            if old_layer is not None:
+                roots.update(dependency_roots(old_layer.tree, baseline.tree if baseline else None))
         if on_progress is not None:
             on_progress("workspace", f"moving {record.name or record.id} onto the current "
                         "dependencies (its own changes are kept)")  # fmt: skip
@@ -213,7 +216,7 @@ class ProjectLoop:
             environment=self.config.environment,
             packages=list(self.config.packages),
             labels={**_labels(warmth), "key": ",".join(layers)},
-            keep=lambda upper: drop_paths(upper, roots),
+            keep=lambda upper: drop_paths(upper, sorted(roots)),
         )
         syncer = self._syncer(moved)
         syncer.forget()  # what the dropped paths held is pushed again where the host has it
@@ -482,7 +485,7 @@ class ProjectLoop:
 
 def _labels(warmth: Warmth) -> dict[str, str]:
     """What a workspace records of the inputs it runs on (see `Warmth.made_for`)."""
-    return {INPUTS_LABEL: warmth.key, DEPS_LABEL: warmth.dependencies_layer or ""}
+    return {INPUTS_LABEL: warmth.key, DEPS_LABEL: ",".join(warmth.dependency_layers)}
 
 
 def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.beneath import Beneath, LinkEscapeError
 from pyro_loop.config import ProjectConfig
-from pyro_loop.detect import keying_files
+from pyro_loop.detect import keying_files, project_files
 from pyro_loop.downloads import download_mounts, prune_mount_points
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import write_json_atomic
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
 
 # 2: the sandbox's home is part of the snapshot (runtime.HOME_DIR).
 SNAPSHOT_FORMAT = 2
+PROJECT_FORMAT = 1
 BASELINE_FORMAT = 1
 Progress = Callable[[str, str], None]  # (phase, message)
 
@@ -61,6 +62,10 @@ class PrepareInputs:
     keys: dict[str, str]  # keying file (relative to the project root) -> sha256 of contents
     run: list[str]
     env: list[str]  # names of passed-through variables (their values are not part of the key)
+    # The project's own install (not part of the dependency key): its commands and the
+    # metadata files that key it, hashed like `keys`.
+    project: list[str] = field(default_factory=list)
+    project_keys: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,8 +79,34 @@ class PrepareInputs:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _digest(self.to_json())
+
+    @property
+    def project_key(self) -> str | None:
+        """The project layer's key: the dependencies it was installed over, the metadata
+        files and the commands (None without project commands)."""
+        if not self.project:
+            return None
+        return _digest(
+            {
+                "format": PROJECT_FORMAT,
+                "dependencies": self.key,
+                "keys": self.project_keys,
+                "project": self.project,
+            }
+        )
+
+    def layers(self, *, with_project: bool = True) -> list[str]:
+        """The keys of the layers these inputs install, topmost first."""
+        keys = [self.key] if self.run else []
+        if with_project and self.project_key is not None:
+            keys.insert(0, self.project_key)
+        return keys
+
+
+def _digest(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def compute_inputs(
@@ -93,13 +124,27 @@ def compute_inputs(
                     keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
     if digests is not None:
         digests.save()
+    project_keys = (
+        _hash_files(project, project_files(project.root)) if config.prepare_project else {}
+    )
     return PrepareInputs(
         environment=config.environment,
         packages=sorted(set(config.packages)),
         keys=keys,
         run=list(config.prepare_run),
         env=sorted(set(config.prepare_env)),
+        project=list(config.prepare_project),
+        project_keys=project_keys,
     )
+
+
+def _hash_files(project: Project, files: list[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    with Beneath(project.root) as tree:
+        for rel in files:
+            with os.fdopen(open_key_file(tree, project, rel), "rb") as f:
+                keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return keys
 
 
 def open_key_file(tree: Beneath, project: Project, rel: str) -> int:
@@ -162,6 +207,8 @@ class ProjectState:
     key: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     dependencies_layer: str | None = None
+    project_layer: str | None = None  # the project's own install, over the dependencies
+    project_keys: dict[str, str] = field(default_factory=dict)  # what keyed it
     baseline_commit: str | None = None
     baseline_tree: str | None = None
     baseline_layer: str | None = None
@@ -193,17 +240,19 @@ class PrepareResult:
     key: str
     dependencies_layer: str | None  # None when there is nothing to install
     baseline_layer: str | None  # None outside git or before the first commit
-    built: list[str]  # which layers this run built ("dependencies", "baseline")
+    built: list[str]  # which layers this run built ("dependencies", "project", "baseline")
     seconds: float
     log: Path | None
     pulled: list[str] = field(default_factory=list)  # taken from the cache remote instead
     pushed: dict[str, Any] | None = None  # what `push=True` sent to the cache remote
+    project_layer: str | None = None  # None without project commands (or a commit)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "dependencies_layer": self.dependencies_layer,
             "baseline_layer": self.baseline_layer,
+            "project_layer": self.project_layer,
             "built": self.built,
             "pulled": self.pulled,
             "pushed": self.pushed,
@@ -259,9 +308,15 @@ def prepare(
                 progress("dependencies", f"warm ({key[:12]})")
         else:
             progress("dependencies", "nothing to install ([prepare] run is empty)")
+        own = _ensure_project(project, config, inputs, ws=ws, baseline=baseline, deps=deps,
+                              progress=progress, built=built)  # fmt: skip
+        if own is not None and own.log is not None:
+            log = own.log
         state.key = key
         state.inputs = inputs.to_json()
         state.dependencies_layer = deps.key if deps else None
+        state.project_layer = own.layer.key if own else None
+        state.project_keys = dict(inputs.project_keys)
         state.prepared_at = time.time()
         save_state(ws.home, project, state)
         pushed = _push_to_remote(store, config, inputs, progress) if push else None
@@ -274,6 +329,7 @@ def prepare(
         log=log,
         pulled=pulled,
         pushed=pushed,
+        project_layer=state.project_layer,
     )
 
 
@@ -305,6 +361,46 @@ def _push_to_remote(
     snapshot = project_snapshot(config, inputs)
     transfer = share.push(store, remote, snapshot, on_progress=lambda x: progress("push", x))
     return describe(transfer)
+
+
+@dataclass(frozen=True)
+class _ProjectInstall:
+    layer: Layer
+    log: Path | None
+
+
+def _ensure_project(
+    project: Project,
+    config: ProjectConfig,
+    inputs: PrepareInputs,
+    *,
+    ws: Workspaces,
+    baseline: Layer | None,
+    deps: Layer | None,
+    progress: Progress,
+    built: list[str],
+) -> _ProjectInstall | None:
+    """The layer of the project's own install (`[prepare] project`), built if missing: its
+    commands run over HEAD's files (the build backend wants the sources and README), the
+    working tree's keying and metadata files, and the dependencies just installed."""
+    key = inputs.project_key
+    if key is None:
+        return None
+    if baseline is None:
+        progress("project", "no git commit yet: the project is installed once there is one")
+        return None
+    layer = ws.store.get(key)
+    if layer is not None:
+        progress("project", f"warm ({key[:12]})")
+        return _ProjectInstall(layer, None)
+    log = ws.home / "logs" / f"prepare-{key[:12]}.log"
+    below = [baseline.key, *([deps.key] if deps else [])]
+    build = _DependencyBuild(project, config, inputs, ws, log, progress, phase="project",
+                             below=below)  # fmt: skip
+    layer = build.run()
+    if build.ran:
+        built.append("project")
+    return _ProjectInstall(layer, log)
 
 
 def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: Progress) -> None:
@@ -392,17 +488,35 @@ class _DependencyBuild:
     ws: Workspaces
     log_path: Path
     progress: Progress
+    # "dependencies" (the `run` commands over the keying files alone) or "project" (the
+    # `project` commands over the `below` layers: HEAD's files and the dependencies).
+    phase: str = "dependencies"
+    below: list[str] = field(default_factory=list)
     ran: bool = False  # False when another process built the same key while we waited
+
+    @property
+    def key(self) -> str:
+        key = self.inputs.key if self.phase == "dependencies" else self.inputs.project_key
+        assert key is not None
+        return key
+
+    @property
+    def commands(self) -> list[str]:
+        return self.inputs.run if self.phase == "dependencies" else self.inputs.project
 
     def run(self) -> Layer:
         delete_abandoned(self.ws, "prepare")
+        about = self.inputs.to_json()
+        if self.phase == "project":
+            about = {"dependencies": self.inputs.key, "keys": self.inputs.project_keys,
+                     "project": self.inputs.project}  # fmt: skip
         return self.ws.store.build(
-            self.inputs.key,
+            self.key,
             self._build,
-            kind="dependencies",
-            inputs={**self.inputs.to_json(), "project": str(self.project.root)},
+            kind=self.phase,
+            inputs={**about, "project_root": str(self.project.root)},
             on_wait=lambda: self.progress(
-                "dependencies", "waiting for another prepare of this snapshot"
+                self.phase, "waiting for another prepare of this snapshot"
             ),
         )
 
@@ -413,7 +527,7 @@ class _DependencyBuild:
             record = self._start_sandbox()
             try:
                 self._run_commands(record.id, log)
-                self.progress("dependencies", "freezing the installed files as a layer")
+                self.progress(self.phase, "freezing the installed files as a layer")
                 self.ws.stop(record.id)
                 dest.rmdir()  # capture_changes creates it
                 self.ws.capture_changes(record.id, dest)
@@ -427,19 +541,21 @@ class _DependencyBuild:
         with store.staging() as staging:  # the keying files alone: the sandbox's only layer
             tree = staging / "tree"
             tree.mkdir()
+            # The working tree's keying (and, for the project, metadata) files: what the key
+            # says was installed, even where they differ from HEAD's.
             with Beneath(self.project.root) as repo:
-                for rel in self.inputs.keys:
+                for rel in {**self.inputs.keys, **self.inputs.project_keys}:
                     (tree / rel).parent.mkdir(parents=True, exist_ok=True)
                     with os.fdopen(open_key_file(repo, self.project, rel), "rb") as f:
                         (tree / rel).write_bytes(f.read())
             keys_layer = store.publish(
                 tree, kind="keys", inputs={"project": str(self.project.root)}
             )
-        self.progress("dependencies", f"starting a {self.config.environment} sandbox, network on")
+        self.progress(self.phase, f"starting a {self.config.environment} sandbox, network on")
         return self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),
-            layers=[keys_layer.key],
+            layers=[keys_layer.key, *self.below],
             network=True,
             standby=False,
             mounts=[*self.host.mounts, *download_mounts(self.ws.home, SANDBOX_HOME)],
@@ -458,8 +574,8 @@ class _DependencyBuild:
             log.flush()
 
         deadline = time.monotonic() + self.config.prepare_timeout
-        for command in self.inputs.run:
-            self.progress("dependencies", f"running: {command}")
+        for command in self.commands:
+            self.progress(self.phase, f"running: {command}")
             log.write(f"$ {command}\n".encode())
             log.flush()
             result = self.ws.exec(

@@ -89,6 +89,7 @@ def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> 
     else:
         del prepare["keys"]
     prepare["run"] = _array([command for e in found for command in e.run])
+    prepare["project"] = _array([command for e in found for command in e.project])
     return tomlkit.dumps(doc)
 
 

@@ -10,7 +10,9 @@ every call.
 
 Three parts, as `pyro prepare` builds them:
   environment   the root filesystem (none for `host`)
-  dependencies  the snapshot keyed by the environment, the keying files and the commands
+  dependencies  the snapshot keyed by the environment, the keying files and the commands,
+                with the project's own install over it (`[prepare] project`, keyed by the
+                project's metadata files; only once HEAD has a commit to install it from)
   baseline      HEAD's files: a matter of speed only, never of truth (a workspace over an
                 older baseline gets the working tree's files by sync)
 """
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
     from pyro_loop.state import WorkspaceRecord
 
 # The labels a project's workspace carries: which inputs (environment, packages, keying
-# files, commands) it was made or moved for, and its dependency layer ("" for none).
+# files, commands, project metadata) it was made or moved for, and its dependency layers
+# (comma-separated, topmost first; "" for none).
 INPUTS_LABEL = "inputs"
 DEPS_LABEL = "deps"
 
@@ -66,17 +69,29 @@ class Warmth:
     state: ProjectState | None  # what the last prepare recorded
     environment_layer: str | None  # the environment's layer key; None for `host`
     environment_cached: bool
-    dependencies_cached: bool  # the snapshot of `inputs` is in the store
+    dependencies_cached: bool  # the snapshot of `inputs` (and the project's install) is stored
     store: LayerStore
+    committed: bool = True  # HEAD has a commit: the project's own install can be built
 
     @property
     def key(self) -> str:
         """The identity of the environment plus dependencies the configuration asks for."""
-        return self.inputs.key
+        project = self.project_layer
+        return self.inputs.key if project is None else f"{self.inputs.key}+{project[:16]}"
 
     @property
     def dependencies_layer(self) -> str | None:
         return self.inputs.key if self.inputs.run else None
+
+    @property
+    def project_layer(self) -> str | None:
+        """The layer of the project's own install, over the dependencies."""
+        return self.inputs.project_key if self.committed else None
+
+    @property
+    def dependency_layers(self) -> list[str]:
+        """The dependency snapshot and the project's install over it, topmost first."""
+        return self.inputs.layers(with_project=self.committed)
 
     @property
     def environment_state(self) -> str:
@@ -86,7 +101,7 @@ class Warmth:
 
     @property
     def dependencies_state(self) -> str:
-        if not self.inputs.run:
+        if not self.dependency_layers:
             return "nothing to install"
         if self.dependencies_cached:
             return "warm"
@@ -102,6 +117,9 @@ class Warmth:
         if self.dependencies_state == "stale":
             assert self.state is not None
             changes = describe_changes(self.state.inputs, self.inputs)
+            if not changes and self.inputs.project_keys != self.state.project_keys:
+                files = ", ".join(sorted(self.inputs.project_keys)) or "its metadata files"
+                changes = [f"the project's metadata changed ({files})"]
             return changes or ["the dependency snapshot was removed from the cache"]
         if self.dependencies_state == "missing":
             return ["never prepared"]
@@ -140,7 +158,7 @@ class Warmth:
 
     def needed_layers(self) -> set[str]:
         """The layers of the current configuration that the store holds: what gc keeps."""
-        keys = {self.environment_layer, self.dependencies_layer, self.baseline.layer}
+        keys = {self.environment_layer, *self.dependency_layers, self.baseline.layer}
         return {k for k in keys if k is not None and self.store.get(k) is not None}
 
     def made_for(self, record: WorkspaceRecord) -> bool:
@@ -155,6 +173,7 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
     digests = KeyDigests(home / "projects" / project.id / "key-digests.json")
     inputs = compute_inputs(project, config, digests=digests)
     environment_layer = _environment_layer(config)
+    committed = head_commit(project) is not None
     return Warmth(
         project=project,
         config=config,
@@ -162,8 +181,11 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
         state=load_state(home, project),
         environment_layer=environment_layer,
         environment_cached=environment_layer is None or store.get(environment_layer) is not None,
-        dependencies_cached=not inputs.run or store.get(inputs.key) is not None,
+        dependencies_cached=all(
+            store.get(k) is not None for k in inputs.layers(with_project=committed)
+        ),
         store=store,
+        committed=committed,
     )
 
 
