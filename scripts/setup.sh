@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 packages=(bubblewrap libseccomp2 util-linux git python3 python3-venv mmdebstrap uidmap fakechroot fakeroot docker-registry apache2-utils)
 missing=()
+# npm (for the real-project tests) only where no npm is on PATH: NodeSource's nodejs ships
+# its own, and Debian's npm package would conflict with it.
+command -v npm >/dev/null || packages+=(npm)
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done

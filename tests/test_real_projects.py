@@ -1,0 +1,223 @@
+"""Real projects made with the real tools, then used as an ordinary user would: `pyro init`,
+`pyro exec -- <the ecosystem's usual test command>` with no edit of `.pyro.toml`, the
+project's own package importable, a lockfile change seen by the next exec, nothing that
+prepare installed lost.
+
+As root (CI), pyro itself runs as `nobody` (uid 65534) through setpriv, with a copy of the
+package and its dependencies every user can read. Needs PyPI and the npm registry.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pyro_loop"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+}  # fmt: skip
+# The host's proxy, certificate and index settings, as a user's shell would have them.
+PASSED = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE",
+          "NODE_EXTRA_CA_CERTS", "PIP_INDEX_URL", "PIP_FIND_LINKS", "HTTPS_PROXY", "HTTP_PROXY",
+          "NO_PROXY", "npm_config_registry")  # fmt: skip
+
+
+def _distributions(name: str, seen: set[str]) -> None:
+    """`name` and every distribution it requires (extras left out), by normalized name."""
+    key = re.sub(r"[-_.]+", "-", name).lower()
+    if key in seen:
+        return
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return
+    seen.add(key)
+    for requirement in dist.requires or ():
+        if "extra ==" in requirement:
+            continue
+        _distributions(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0], seen)
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Where `nobody` works: a library copy of pyro and its dependencies, a pyro home, a
+    directory for projects; all under a world-searchable temporary directory."""
+    if os.getuid() != 0:
+        pytest.skip("not root: the suite runs as an ordinary user already")
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to drop to an unprivileged user")
+    base = Path(tempfile.mkdtemp(prefix="pyro-real-", dir="/tmp"))
+    base.chmod(0o755)
+    lib = base / "lib"
+    shutil.copytree(PACKAGE, lib / "pyro_loop", ignore=shutil.ignore_patterns("__pycache__"))
+    for shipped in ("templates", "hooks"):  # where a wheel has them
+        shutil.copytree(PACKAGE.parent.parent / shipped, lib / "pyro_loop" / shipped)
+    seen: set[str] = set()
+    for name in ("typer", "platformdirs", "pygit2", "tomlkit", "watchfiles"):
+        _distributions(name, seen)
+    for name in seen:
+        dist = importlib.metadata.distribution(name)
+        for file in dist.files or ():
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and not str(file).startswith(".."):
+                (lib / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, lib / file)
+    subprocess.run(["chmod", "-R", "a+rX", str(lib)], check=True)
+    home, projects, own = base / "pyro-home", base / "projects", base / "home"
+    for path in (home, projects, own):
+        path.mkdir()
+        os.chown(path, NOBODY, NOBODY)
+    try:
+        yield {"lib": lib, "home": home, "projects": projects, "user_home": own}
+    finally:
+        subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+             SYSTEM_PYTHON, "-c", "from pyro_loop.workspace import Workspaces as W\n"
+             "w = W()\n[w.delete(s.record.id) for s in w.list()]"],
+            env={"PYTHONPATH": str(lib), "PYRO_HOME": str(home), "PATH": "/usr/bin:/bin"},
+            check=False, capture_output=True, timeout=120,
+        )  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def nobody(
+    args: list[str],
+    *,
+    cwd: Path,
+    user: dict[str, Path],
+    tool: bool = False,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """`pyro ARGS` (or, with `tool`, the command ARGS itself) as uid 65534 in `cwd`."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(user["user_home"]),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYRO_HOME": str(user["home"]),
+        **GIT_ENV,
+        **{name: os.environ[name] for name in PASSED if name in os.environ},
+    }
+    if not tool:
+        env["PYTHONPATH"] = str(user["lib"])
+        args = [SYSTEM_PYTHON, "-c", "from pyro_loop.cli.app import main; main()", *args]
+    result = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def _commit(repo: Path, user: dict[str, Path]) -> None:
+    nobody(["git", "add", "-A"], cwd=repo, user=user, tool=True)
+    nobody(["git", "commit", "-qm", "change"], cwd=repo, user=user, tool=True)
+
+
+def _project(user: dict[str, Path], name: str) -> Path:
+    repo = user["projects"] / name
+    repo.mkdir()
+    os.chown(repo, NOBODY, NOBODY)
+    nobody(["git", "init", "-q"], cwd=repo, user=user, tool=True)
+    return repo
+
+
+def _write(repo: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo)], check=True)
+
+
+def _no_prepare_sandbox_left(user: dict[str, Path]) -> None:
+    listed = nobody(["workspace", "list", "--json"], cwd=user["projects"], user=user)
+    assert '"prepare"' not in listed.stdout
+
+
+def test_a_requirements_project_with_its_own_package_editable(user: dict[str, Path]) -> None:
+    repo = _project(user, "pipapp")
+    _write(repo, {
+        "pyproject.toml": "[build-system]\nrequires = ['setuptools>=61']\n"
+                          "build-backend = 'setuptools.build_meta'\n\n"
+                          "[project]\nname = 'pipapp'\nversion = '0.1'\n"
+                          "dependencies = ['iniconfig']\n\n"
+                          "[project.optional-dependencies]\ntest = ['pytest']\n\n"
+                          "[tool.pytest.ini_options]\ntestpaths = ['tests']\n",
+        "README.md": "# pipapp\n",
+        "src/pipapp/__init__.py": "def answer():\n    return 42\n",
+        "tests/test_app.py": "import iniconfig\nimport pipapp\n\n\n"
+                             "def test_answer():\n    assert pipapp.answer() == 42\n",
+        "requirements.txt": "-e .[test]\n",
+        ".gitignore": ".venv/\n*.egg-info/\n",
+    })  # fmt: skip
+    _commit(repo, user)
+    init = nobody(["init"], cwd=repo, user=user)
+    assert "pip" in init.stdout + init.stderr
+    out = nobody(["exec", "--", ".venv/bin/python", "-m", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
+    # The project's own package is importable, from the workspace's sources (editable).
+    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import pipapp; print(pipapp.__file__)"],
+                 cwd=repo, user=user)  # fmt: skip
+    assert out.stdout.strip() == "/workspace/src/pipapp/__init__.py"
+    # A source edit is seen at once, with no new install.
+    (repo / "src/pipapp/__init__.py").write_text("def answer():\n    return 43\n")
+    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import pipapp; print(pipapp.answer())"],
+                 cwd=repo, user=user)  # fmt: skip
+    assert out.stdout.strip() == "43"
+    # A new dependency in the requirements: the next exec has it.
+    (repo / "requirements.txt").write_text("-e .[test]\npluggy\nsix\n")
+    nobody(["up"], cwd=repo, user=user)
+    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import six; print(six.__name__)"],
+                 cwd=repo, user=user)  # fmt: skip
+    assert out.stdout.strip() == "six"
+    _no_prepare_sandbox_left(user)
+
+
+def test_an_npm_project_with_a_test_script(user: dict[str, Path]) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "npmapp")
+    nobody(["npm", "init", "-y"], cwd=repo, user=user, tool=True)
+    nobody(["npm", "install", "--no-audit", "--no-fund", "is-number"], cwd=repo, user=user,
+           tool=True)  # fmt: skip
+    test = "const isNumber = require('is-number');\nif (!isNumber(5)) process.exit(1);\n"
+    _write(repo, {"test.js": test, ".gitignore": "node_modules/\n"})
+    nobody(["npm", "pkg", "set", "scripts.test=node test.js"], cwd=repo, user=user, tool=True)
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    assert "npm ci" in (repo / ".pyro.toml").read_text()
+    out = nobody(["exec", "--", "npm", "test"], cwd=repo, user=user)
+    assert "node test.js" in out.stdout
+    # A lockfile change (a new dependency): the next exec sees it.
+    nobody(["npm", "install", "--no-audit", "--no-fund", "is-odd"], cwd=repo, user=user,
+           tool=True)  # fmt: skip
+    nobody(["up"], cwd=repo, user=user)
+    out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"],
+                 cwd=repo, user=user)  # fmt: skip
+    assert out.stdout.strip() == "true"
+    _no_prepare_sandbox_left(user)
+
+
+def test_what_the_projects_downloaded_is_in_the_pyro_homes_cache(user: dict[str, Path]) -> None:
+    """After the projects above: npm's downloads are in the pyro home, for the next prepare.
+    (pip keeps only what its index lets it cache, which may be nothing.)"""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    npm = user["home"] / "downloads" / "npm"
+    assert any(f.is_file() for f in (npm / "_cacache").rglob("*"))
