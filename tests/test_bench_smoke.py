@@ -64,3 +64,12 @@ def test_hooks_benchmark_measures_checkout_and_check_overheads(tmp_path: Path) -
     data = json.loads(out.read_text())
     assert len(data["samples_ms"]["git checkout, new lockfile, no hooks"]) == 3
     assert set(data["overhead_ms"]) >= {"post-checkout hook, same lockfile"}
+
+
+def test_cache_benchmark_builds_pushes_pulls_and_copies(tmp_path: Path) -> None:
+    out = tmp_path / "cache.json"
+    run_bench("bench_cache.py", "--quick", "--json", str(out),
+              rows=["prepare, cold, building", "pyro cache push", "prepare, cold, pulling",
+                    "cp -a of the layer"])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["blob_bytes"] > 0 and len(data["pulls_s"]) == 1

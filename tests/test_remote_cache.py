@@ -425,8 +425,16 @@ def test_archive_round_trip_keeps_whiteouts_opaque_dirs_links_and_modes(tmp_path
     blob.seek(0)
     out = tmp_path / "out"
     out.mkdir()
-    archive.unpack(blob, out)
-    assert tree_digest(out) == tree_digest(tree)
+    # The digest the unpacking computes as it writes is the one read back from the tree.
+    assert archive.unpack(blob, out) == tree_digest(out) == tree_digest(tree)
+    assert (out / "run.sh").stat().st_mtime == int((tree / "run.sh").stat().st_mtime)
+
+
+def test_hard_links_unpack_as_links_to_the_same_file(tmp_path: Path) -> None:
+    members = [(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="a"), b"")]
+    digest = archive.unpack(_zstd_tar(*members), tmp_path)
+    assert (tmp_path / "a").stat().st_ino == (tmp_path / "b").stat().st_ino
+    assert digest == tree_digest(tmp_path)
 
 
 def _zstd_tar(*members: tuple[tarfile.TarInfo, bytes]) -> io.BytesIO:
@@ -457,6 +465,8 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfil
         ([(_member("out", tarfile.SYMTYPE, linkname="/etc"), b""), (_member("out/x"), b"")],
          "not in a directory"),
         ([(_member("x"), b""), (_member(".wh.x"), b"")], "both present and whited out"),
+        ([(_member(".wh.x"), b""), (_member("x"), b"")], "both present and whited out"),
+        ([(_member(".wh.d", tarfile.DIRTYPE), b"")], "named like a whiteout marker"),
     ],
 )  # fmt: skip
 def test_hostile_archives_are_refused(

@@ -53,6 +53,14 @@ def extract(tar: tarfile.TarFile, dest: Path, rules: Rules) -> None:
         vetting.check_links(dest)
 
 
+def vetted(tar: tarfile.TarFile, rules: Rules) -> Iterator[tarfile.TarInfo]:
+    """The members of `tar` as `extract` would unpack them (names normalised, modes and
+    owners rewritten), for a caller that writes them itself; UnsafeArchiveError on the first
+    member that breaks a rule. Links are checked lexically only: use `absolute_links`, or
+    check the unpacked tree."""
+    return _Vetting(rules).members(tar)
+
+
 class _Vetting:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules

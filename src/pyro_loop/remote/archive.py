@@ -23,12 +23,15 @@ from pyro_loop.overlay import OPAQUE_XATTR, is_opaque_dir, is_whiteout
 
 if TYPE_CHECKING:
     import tarfile
+    from concurrent.futures import Future
 
 MEDIA_TYPE = "application/vnd.pyro.layer.v1.tar+zstd"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 _LEVEL = 3  # zstd's default: about gzip's ratio at many times its speed
 _CHUNK = 1 << 20
+_WRITERS = 4
+_PENDING_BYTES = 64 << 20  # file contents read ahead of the writing threads, at most
 
 
 def pack(tree: Path, out: IO[bytes]) -> None:
@@ -87,11 +90,14 @@ def _info(name: str, kind: bytes, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def unpack(blob: IO[bytes], dest: Path) -> None:
-    """Unpack a blob written by `pack` into the empty directory `dest`.
+def unpack(blob: IO[bytes], dest: Path) -> str:
+    """Unpack a blob written by `pack` into the empty directory `dest`; returns the tree's
+    digest (treehash), computed from what was written rather than by reading it back.
 
-    Raises PyroError naming what is wrong with a damaged or hostile archive; `dest` may then
-    hold part of it (callers unpack into the store's staging, which is removed on failure).
+    Every member is vetted by safetar's rules before it is written, and written here with
+    O_EXCL and O_NOFOLLOW below directories this call made. Raises PyroError naming what is
+    wrong with a damaged or hostile archive; `dest` may then hold part of it (callers unpack
+    into the store's staging, which is removed on failure).
     """
     import tarfile
 
@@ -105,33 +111,154 @@ def unpack(blob: IO[bytes], dest: Path) -> None:
     decompressor = zstandard.ZstdDecompressor()
     try:
         with (
+            _Writer(dest) as writer,
             decompressor.stream_reader(blob, read_size=_CHUNK, closefd=False) as stream,
             tarfile.open(fileobj=stream, mode="r|") as tar,
         ):
-            safetar.extract(tar, dest, rules)
+            for member in safetar.vetted(tar, rules):
+                writer.write(tar, member)
+            return writer.finish()
     except (zstandard.ZstdError, EOFError) as exc:
-        raise PyroError(f"refusing the pulled layer: not a whole zstd stream ({exc})") from None
+        raise _refuse(f"not a whole zstd stream ({exc})") from None
     except tarfile.TarError as exc:
-        raise PyroError(f"refusing the pulled layer: not a whole tar archive ({exc})") from None
-    _restore_overlay_metadata(dest)
+        raise _refuse(f"not a whole tar archive ({exc})") from None
 
 
-def _restore_overlay_metadata(dest: Path) -> None:
-    """Turn the `.wh.` files back into whiteouts and opaque directories."""
-    for dirpath, _dirs, files in os.walk(dest):
-        for name in files:
-            if not name.startswith(WHITEOUT_PREFIX):
-                continue
-            marker = os.path.join(dirpath, name)
-            os.unlink(marker)
-            if name == OPAQUE_MARKER:
-                os.setxattr(dirpath, OPAQUE_XATTR, b"y")
-                continue
-            hidden = name[len(WHITEOUT_PREFIX) :]
+class _Writer:
+    """Writes vetted members, turns `.wh.` markers back into overlay metadata, and keeps
+    each entry's treehash record as it goes.
+
+    Small files are written by a few threads while the next members are read: creating a
+    file is kernel time (the GIL is released), and a layer is thousands of small files.
+    Directories, links and whiteouts are made in order, before anything inside them.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.dest = dest
+        self.records: dict[str, bytes] = {}
+        self.dirs: dict[str, tuple[int, int]] = {}  # rel: (mode, mtime), set once filled
+        self.opaque: set[str] = set()
+        self.files: dict[str, tuple[int, str]] = {}  # rel: (mode, sha256), for hard links
+        self.pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="pyro-unpack")
+        self.pending: dict[str, Future[None]] = {}
+        self.pending_bytes = 0
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On a refusal too: no thread may still write into a tree the caller is removing.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _drain(self) -> None:
+        """Wait for every file being written; the first failure is raised."""
+        pending, self.pending, self.pending_bytes = self.pending, {}, 0
+        for rel, future in pending.items():
             try:
-                os.mknod(os.path.join(dirpath, hidden), stat.S_IFCHR | 0o600, os.makedev(0, 0))
+                future.result()
             except FileExistsError:
-                rel = os.path.relpath(os.path.join(dirpath, hidden), dest)
-                raise PyroError(
-                    f"refusing the pulled layer: {rel!r} is both present and whited out"
-                ) from None
+                raise _refuse(f"{rel!r} is both present and whited out") from None
+
+    def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        import tarfile
+
+        from pyro_loop import treehash
+
+        rel = member.name
+        parent, _, base = rel.rpartition("/")
+        path = self.dest / rel
+        try:
+            if base.startswith(WHITEOUT_PREFIX):
+                if not member.isreg():
+                    raise _refuse(f"{rel!r} is named like a whiteout marker but is not one")
+                self._marker(parent, base)
+            elif member.isdir():
+                path.mkdir(mode=0o700)
+                self.dirs[rel] = (member.mode, int(member.mtime))
+            elif member.issym():
+                os.symlink(member.linkname, path)
+                self.records[rel] = treehash.link_record(rel, member.linkname)
+            elif member.islnk():
+                if member.linkname in self.pending:
+                    self._drain()
+                if member.linkname not in self.files:
+                    raise _refuse(f"hard link {rel!r} to {member.linkname!r}, not a file")
+                os.link(self.dest / member.linkname, path, follow_symlinks=False)
+                self.records[rel] = treehash.file_record(rel, *self.files[member.linkname])
+            elif member.type in tarfile.REGULAR_TYPES:
+                self._file(tar, member, path)
+        except FileExistsError:
+            raise _refuse(f"{rel!r} is both present and whited out") from None
+
+    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+        source = tar.extractfile(member)
+        assert source is not None  # a regular member always has a body
+        if member.size > _CHUNK:  # large: streamed here, never held in memory whole
+            self._store(member.name, path, source, member.mode, int(member.mtime))
+            return
+        data = source.read()
+        self.pending[member.name] = self.pool.submit(
+            self._store, member.name, path, data, member.mode, int(member.mtime)
+        )
+        self.pending_bytes += len(data)
+        if self.pending_bytes > _PENDING_BYTES:
+            self._drain()
+
+    def _store(self, rel: str, path: Path, body: bytes | IO[bytes], mode: int, mtime: int) -> None:
+        import hashlib
+
+        from pyro_loop import treehash
+
+        digest = hashlib.sha256()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            chunks = [body] if isinstance(body, bytes) else iter(lambda: body.read(_CHUNK), b"")
+            for chunk in chunks:
+                digest.update(chunk)
+                _write_all(fd, chunk)
+            os.fchmod(fd, mode)  # exactly the vetted mode, whatever the umask
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        self.files[rel] = (mode, digest.hexdigest())
+        self.records[rel] = treehash.file_record(rel, mode, self.files[rel][1])
+
+    def _marker(self, parent: str, base: str) -> None:
+        from pyro_loop import treehash
+
+        where = self.dest / parent if parent else self.dest
+        if base == OPAQUE_MARKER:
+            os.setxattr(where, OPAQUE_XATTR, b"y")
+            self.opaque.add(parent)
+            return
+        hidden = base[len(WHITEOUT_PREFIX) :]
+        if not hidden or "/" in hidden:
+            raise _refuse(f"a whiteout marker {base!r} names nothing")
+        os.mknod(where / hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        rel = f"{parent}/{hidden}" if parent else hidden
+        self.records[rel] = treehash.whiteout_record(rel)
+
+    def finish(self) -> str:
+        """Directories' modes and times last (their contents changed them), then the digest."""
+        from pyro_loop import treehash
+
+        self._drain()
+        for rel in sorted(self.dirs, key=lambda p: p.count("/"), reverse=True):
+            mode, mtime = self.dirs[rel]
+            os.chmod(self.dest / rel, mode)
+            os.utime(self.dest / rel, (mtime, mtime))
+            self.records[rel] = treehash.dir_record(rel, stat.S_IMODE(mode), rel in self.opaque)
+        return treehash.digest_of_records(self.records)
+
+
+def _refuse(why: str) -> PyroError:
+    return PyroError(f"refusing the pulled layer: {why}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

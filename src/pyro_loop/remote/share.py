@@ -285,12 +285,13 @@ def _pull_layer(
         tree.mkdir()
         progress(f"{kind} layer {key[:12]}: verified, unpacking")
         with blob.open("rb") as source:
-            archive.unpack(source, tree)
+            digest = archive.unpack(source, tree)
         blob.unlink()
         return store.publish(
             tree,
             kind=kind,
             key=key,
+            digest=digest,
             inputs={"pulled_from": str(remote), "blob": descriptor["digest"]},
         )
 
