@@ -575,3 +575,37 @@ def test_layer_built_by_root_is_pulled_by_an_ordinary_user(
         assert seen["owners"] == [NOBODY]
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_a_debian_project_pulls_its_environment_and_dependencies(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    """Both layers under the keys this project computes, environment first; the layers are
+    stand-ins published under those keys (building debian:12 takes a minute)."""
+    config = DEPS_CONFIG + '\n[environment]\nbase = "debian:12"\n'
+    root = commit_project(tmp_path / "deb", config, {"requirements.txt": "deb==1\n"})
+    snapshot = _snapshot(root)
+    assert [kind for kind, _key in snapshot.layers] == ["environment", "dependencies"]
+    store = LayerStore(tmp_path / "builder")
+    for kind, key in snapshot.layers:
+        with store.staging() as staging:
+            (staging / "tree").mkdir()
+            (staging / "tree" / f"{kind}.txt").write_text(kind)
+            store.publish(staging / "tree", kind=kind, key=key)
+    remote = parse_remote(f"{registry.address}/team/deb")
+    share.push(store, remote, snapshot)
+    manifest = RegistryClient(remote).get_manifest(snapshot.tag)
+    assert manifest is not None
+    assert snapshot.tag.endswith("-" + os.uname().machine)  # no host release: self-contained
+    assert json.loads(manifest["annotations"]["dev.pyro.lockfiles"]) == {
+        "requirements.txt": snapshot.inputs["keys"]["requirements.txt"]
+    }
+    assert manifest["annotations"]["dev.pyro.environment"] == "debian:12"
+
+    result, _lines = _prepare(root, tmp_path / "puller", str(remote))
+    assert result.pulled == ["dependencies"] and "dependencies" not in result.built
+    pulled = LayerStore(tmp_path / "puller")
+    for kind, key in snapshot.layers:
+        layer = pulled.require(key)
+        assert (layer.tree / f"{kind}.txt").read_text() == kind
+        assert layer.meta()["kind"] == kind

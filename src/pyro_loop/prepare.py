@@ -293,11 +293,14 @@ def prepare(
     # `pyro cache gc` (exclusive) waits, rather than remove a layer this prepare is building
     # on or has just built and not yet recorded.
     with store.in_use():
+        # A remote that has the snapshot has its environment too: asked before building it.
+        missing = inputs.run and store.get(key) is None
+        fetched = _fetch_from_remote(store, config, inputs, progress, pulled) if missing else None
         _ensure_environment(config, store, progress)
         baseline = _ensure_baseline(project, store, state, progress, built)
         deps: Layer | None = None
         if inputs.run:
-            deps = store.get(key) or _fetch_from_remote(store, config, inputs, progress, pulled)
+            deps = fetched or store.get(key)
             if deps is None:
                 log = ws.home / "logs" / f"prepare-{key[:12]}.log"
                 build = _DependencyBuild(project, config, inputs, ws, log, progress)
