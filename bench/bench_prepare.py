@@ -4,8 +4,11 @@
 Measures, in one run: a cold prepare (baseline layer written from the git tree plus a
 dependency snapshot built in a sandbox), the warm no-op (the library call, and the whole
 `pyro prepare` / `pyro prepare --if-changed` / `pyro status` processes as a user runs them),
-next to baselines measured in the same run: a bare Python start and `git status`.
-Target: the warm no-op <= 150 ms (median), the whole CLI process included.
+next to baselines measured in the same run: a bare Python start and `git status`; and a
+cold prepare of a real npm project with a warm download cache against `npm ci` run natively
+with a warm npm cache (coldinstall.py).
+Targets: the warm no-op <= 150 ms (median), the whole CLI process included; the cold
+prepare <= 1.2x the native install.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchrepo import compile_pyro, make_repo, scratch_home, timed
+from coldinstall import TARGET_RATIO, measure
 
 TARGET_WARM_MS = 150.0
 INSTALL = (
@@ -41,6 +45,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--check", action="store_true", help="exit 1 if the target fails")
+    parser.add_argument("--install-runs", type=int, default=5,
+                        help="runs of the cold install comparison (0: skip it)")  # fmt: skip
     args = parser.parse_args()
 
     pyro = [sys.executable, "-m", "pyro_loop"]
@@ -85,7 +91,27 @@ def main() -> int:
             failed |= verdict == "FAIL"
             shown = f"<= {target:.0f} ms" if target else "-"
             print(f"{name:42} {median:10.1f} {p95:8.1f}  {shown:10} {verdict}")
+        if args.install_runs > 0:
+            failed |= _cold_install(tmp, args.install_runs)
         return 1 if failed and args.check else 0
+
+
+def _cold_install(tmp: Path, runs: int) -> bool:
+    """Print the cold-install rows; True when the ratio misses its target."""
+    result = measure(tmp, runs)
+    if isinstance(result, str):
+        print(f"{'prepare vs native install':42} skipped: {result}")
+        return False
+    for name, samples in (
+        ("npm ci, native (warm npm cache)", result.native_ms),
+        ("pyro prepare, cold (warm download cache)", result.prepare_ms),
+    ):
+        p95 = sorted(samples)[max(0, round(0.95 * len(samples)) - 1)]
+        print(f"{name:42} {statistics.median(samples):10.1f} {p95:8.1f}  -          -")
+    verdict = "PASS" if result.ratio <= TARGET_RATIO else "FAIL"
+    shown = f"<= {TARGET_RATIO}x"
+    print(f"{'cold prepare / native install':42} {result.ratio:9.2f}x {'':8}  {shown:10} {verdict}")
+    return verdict == "FAIL"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -35,8 +36,15 @@ def test_benchmark_quick_run_measures_every_operation(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_prepare_benchmark_runs_and_reports_the_warm_no_op() -> None:
-    rows = ["prepare, cold", "pyro prepare, warm", "--if-changed", "git status"]
-    run_bench("bench_prepare.py", "--files", "50", "--runs", "2", rows=rows)
+    rows = [
+        "prepare, cold",
+        "pyro prepare, warm",
+        "--if-changed",
+        "git status",
+        "prepare vs native install" if shutil.which("npm") is None else "npm ci, native",
+    ]
+    run_bench("bench_prepare.py", "--files", "50", "--runs", "2", "--install-runs", "1",
+              rows=rows)  # fmt: skip
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ installers would (no network needed)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from pyro_loop.config import load_project_config
 from pyro_loop.downloads import CACHES, cache_root
 from pyro_loop.hostenv import COPIES_DIR, host_environment
+from pyro_loop.layercopy import adopt_upper
+from pyro_loop.overlay import is_whiteout
 from pyro_loop.prepare import prepare
 from pyro_loop.project import find_project
 from pyro_loop.runtime import HOME_DIR
@@ -149,3 +153,32 @@ def test_download_caches_outlive_a_prepare_and_stay_out_of_layers(
     layers = workspaces.store.list()
     assert not any((layer.tree / HOME_DIR / CACHES["pip"] / "iniconfig.whl").exists()
                    for layer in layers)  # fmt: skip
+
+
+def test_adopting_an_upper_dir_keeps_overlay_marks_and_drops_what_a_layer_must_not_hold(
+    tmp_path: Path,
+) -> None:
+    upper = tmp_path / "upper"
+    (upper / "bin").mkdir(parents=True)
+    (upper / "bin" / "tool").write_text("#!/bin/sh\n")
+    (upper / "bin" / "tool").chmod(0o4755)
+    (upper / "gone").mkdir()
+    os.mkfifo(upper / "pipe")
+    marks = True
+    try:
+        os.setxattr(upper / "gone", "user.overlay.opaque", b"y")
+        os.setxattr(upper / "bin", "user.overlay.origin", b"x")
+    except OSError:
+        marks = False  # no user xattrs on this filesystem: the rest still holds
+    if os.getuid() == 0:
+        os.mknod(upper / "deleted", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    layer = tmp_path / "layer"
+    assert adopt_upper(upper, layer)
+    assert not upper.exists()
+    assert stat.S_IMODE((layer / "bin" / "tool").stat().st_mode) == 0o755
+    assert not (layer / "pipe").exists()
+    if os.getuid() == 0:
+        assert is_whiteout((layer / "deleted").lstat())
+    if marks:
+        assert os.getxattr(layer / "gone", "user.overlay.opaque") == b"y"
+        assert "user.overlay.origin" not in os.listxattr(layer / "bin")

@@ -182,7 +182,6 @@ def test_a_requirements_project_with_its_own_package_editable(user: dict[str, Pa
     assert out.stdout.strip() == "43"
     # A new dependency in the requirements: the next exec has it.
     (repo / "requirements.txt").write_text("-e .[test]\npluggy\nsix\n")
-    nobody(["up"], cwd=repo, user=user)
     out = nobody(["exec", "--", ".venv/bin/python", "-c", "import six; print(six.__name__)"],
                  cwd=repo, user=user)  # fmt: skip
     assert out.stdout.strip() == "six"
@@ -207,7 +206,6 @@ def test_an_npm_project_with_a_test_script(user: dict[str, Path]) -> None:
     # A lockfile change (a new dependency): the next exec sees it.
     nobody(["npm", "install", "--no-audit", "--no-fund", "is-odd"], cwd=repo, user=user,
            tool=True)  # fmt: skip
-    nobody(["up"], cwd=repo, user=user)
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"],
                  cwd=repo, user=user)  # fmt: skip
     assert out.stdout.strip() == "true"

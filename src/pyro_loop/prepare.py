@@ -532,8 +532,8 @@ class _DependencyBuild:
                 self._run_commands(record.id, log)
                 self.progress(self.phase, "freezing the installed files as a layer")
                 self.ws.stop(record.id)
-                dest.rmdir()  # capture_changes creates it
-                self.ws.capture_changes(record.id, dest)
+                dest.rmdir()  # take_changes creates it
+                self.ws.take_changes(record.id, dest)
                 prune_mount_points(dest)
             finally:
                 with contextlib.suppress(PyroError):

@@ -42,7 +42,7 @@ from pyro_loop.errors import (
 from pyro_loop.fsutil import move_to_trash
 from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
-from pyro_loop.layercopy import copy_and_digest
+from pyro_loop.layercopy import adopt_upper, copy_and_digest
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.procutil import remove_in_background
@@ -359,19 +359,18 @@ class Workspaces:
                     wdir.save(record)
             return snap
 
-    def capture_changes(self, ref: str, dest: Path) -> str:
-        """Copy what the workspace changed (its upper dir) to `dest`, a new layer tree.
-
-        Returns the copy's content digest. Used by prepare, which publishes the result under
-        the key of its inputs rather than of its content.
-        """
+    def take_changes(self, ref: str, dest: Path) -> None:
+        """Move what a stopped workspace changed (its upper dir) to `dest`, a new layer tree,
+        leaving the workspace with none: for prepare, which deletes its sandbox next and
+        would otherwise copy every installed file once more."""
         wdir = self.resolve(ref)
         with file_lock(wdir.lock_path):
             record = wdir.load()
-            running = record.handle is not None and self.runtime.is_running(record.handle)
-            freeze = self._client(wdir).frozen() if running else contextlib.nullcontext()
-            with freeze:
-                return copy_and_digest(wdir.upper(record.generation), dest)
+            if record.handle is not None and self.runtime.is_running(record.handle):
+                raise ConflictError(f"workspace {record.id} is running: stop it first")
+            upper = wdir.upper(record.generation)
+            if not adopt_upper(upper, dest):
+                copy_and_digest(upper, dest)
 
     def snapshot_list(self, ref: str) -> builtins.list[Snapshot]:
         record = self.resolve(ref).load()
