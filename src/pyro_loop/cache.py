@@ -18,7 +18,7 @@ from typing import Any
 
 from pyro_loop.locking import file_lock
 from pyro_loop.prepare import ProjectState
-from pyro_loop.store import COMPLETE_MARKER, Layer
+from pyro_loop.store import COMPLETE_MARKER, Layer, layer_of
 from pyro_loop.workspace import Workspaces
 
 
@@ -144,6 +144,8 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
             for key in snap.layers:
                 add(key, user)
         add(getattr(record, "environment_layer", None), user)
+        for mount in record.mounts:
+            add(layer_of(mount.source), user)
     projects = ws.home / "projects"
     if projects.is_dir():
         for path in projects.glob("*.json"):
@@ -158,6 +160,8 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
             add(state.project_layer, user)
             add(state.baseline_layer, user)
             for key in _needed_now(Path(state.root), ws.home):
+                add(key, user)
+            for key in state.tool_layers.values():
                 add(key, user)
     return refs
 

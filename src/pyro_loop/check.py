@@ -189,6 +189,9 @@ def run_check(
     for warning in warnings:
         progress("warning", warning)
     delete_abandoned(ws, "check")
+    from pyro_loop.activation import activation
+
+    active = activation(project.root, config, ws.store)
     record = ws.create(
         environment=config.environment,
         packages=list(config.packages),
@@ -197,6 +200,8 @@ def run_check(
         network=config.network == "egress",
         limits=Limits(processes=config.processes, open_files=config.open_files),
         standby=False,  # used once: no sandbox booted ahead for a reset
+        mounts=list(active.mounts),
+        env=active.env,
     )
     runs: list[CommandRun] = []
     command_seconds = 0.0

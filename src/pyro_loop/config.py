@@ -65,6 +65,18 @@ class Setting:
 # Paths stay inside the project: relative, with no `..` component.
 RELATIVE_PATH = Rule(r"(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\n]+", "a path relative to the project root")
 SINGLE_LINE = Rule(r"[^\n]+", "a single-line pattern")
+TOOL_VERSION = Rule(
+    r"latest|\d+(?:\.\d+)*(?:\.x|[a-z0-9.+-]*)",
+    'a version: exact ("1.8.3"), a line ("1.8.x") or "latest"',
+)
+# A host directory, by absolute path or below the user's home; never through `..`.
+HOST_DIRECTORY = Rule(
+    r"(?:/|~/)(?!(?:.*/)?\.\.(?:/|$))[^\n]*", 'an absolute path or one below "~/"'
+)
+# PATH entries: below /workspace when relative, never through `..`; no ":" (PATH's separator).
+PATH_ENTRY = Rule(r"(?!(?:.*/)?\.\.(?:/|$))[^\n:]+", 'a directory without ":" or ".."')
+# The tools pyro can build from the package registries (see tools.py), in the order they show.
+TOOL_NAMES = ("uv", "poetry", "pipenv", "pdm", "pnpm", "yarn")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("", "min_version", "min_version", "string", None,
@@ -97,6 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
             rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")),
     Setting("prepare", "timeout", "prepare_timeout", "seconds", 1800.0,
             "Seconds the prepare commands may run before they are stopped."),
+    Setting("workspace", "path", "workspace_path", "strings", None,
+            "Directories put first on PATH in workspaces and prepare, relative to /workspace "
+            "or absolute, as activating an environment would. When omitted: the detected "
+            "virtualenvs' bin and node_modules/.bin directories.",
+            rule=PATH_ENTRY),
     Setting("workspace", "network", "network", "string", "off",
             "Network access inside workspaces: none, or outbound connections.",
             choices=("off", "egress")),
@@ -115,6 +132,16 @@ SETTINGS: tuple[Setting, ...] = (
             '"ghcr.io/acme/pyro-cache"; prepare pulls from it on a miss. PYRO_CACHE_REMOTE '
             "overrides it.",
             rule=Rule(r"(?:https?://)?[^/\s]+/[a-z0-9._/-]+", "<registry>/<repository>")),
+    *(Setting("tools", name, f"tool_{name}", "string", None,
+              f"The {name} version pyro installs from the package registry into a shared, "
+              "cached tools layer, on PATH in prepare and workspaces.",
+              rule=TOOL_VERSION) for name in TOOL_NAMES),
+    Setting("tools", "host", "host_tools", "strings", (),
+            "Host directories exposed read-only in prepare and workspaces, such as rustup's "
+            '"~/.cargo" and "~/.rustup" or a Go root: "~/" paths appear below the sandbox\'s '
+            "home, others at the same path; a bin directory inside goes on PATH. "
+            "They widen the sandbox: list only toolchains you trust.",
+            rule=HOST_DIRECTORY),
 )  # fmt: skip
 TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
 
@@ -138,10 +165,24 @@ class ProjectConfig:
     sync_exclude: tuple[str, ...]
     check_run: tuple[str, ...]
     cache_remote: str | None
+    workspace_path: tuple[str, ...] | None
+    tool_uv: str | None
+    tool_poetry: str | None
+    tool_pipenv: str | None
+    tool_pdm: str | None
+    tool_pnpm: str | None
+    tool_yarn: str | None
+    host_tools: tuple[str, ...]
 
     @classmethod
     def default(cls) -> ProjectConfig:
         return cls(path=None, **{s.field: s.default for s in SETTINGS})
+
+    @property
+    def tools(self) -> dict[str, str]:
+        """The declared tools: name -> version, in TOOL_NAMES order."""
+        versions = {name: getattr(self, f"tool_{name}") for name in TOOL_NAMES}
+        return {name: version for name, version in versions.items() if version is not None}
 
 
 @dataclass(frozen=True)

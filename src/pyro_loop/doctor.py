@@ -49,6 +49,21 @@ def run_checks() -> list[Check]:
     return checks
 
 
+def tool_checks(tools: list[dict[str, Any]]) -> list[Check]:
+    """The project's declared tools (tools.tool_states): a missing one is named with how to
+    get it, before a prepare fails on it. Not required: `pyro prepare` builds them."""
+    return [
+        Check(
+            f"tool {t['name']} {t['version']}",
+            t["state"] == "cached",
+            "cached" if t["state"] == "cached" else "not built yet",
+            fix=t.get("fix"),
+            required=False,
+        )
+        for t in tools
+    ]
+
+
 def _run(argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, check=False,

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from pyro_loop.config import ProjectConfig
 from pyro_loop.diff import Change, compare
 from pyro_loop.diffignore import ignored_changes
-from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
+from pyro_loop.errors import (
+    CommandNotFoundError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PyroError,
+)
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.layerview import LayerStack, read_file
 from pyro_loop.locking import file_lock
@@ -32,6 +38,7 @@ from pyro_loop.units import duration
 from pyro_loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 
 if TYPE_CHECKING:
+    from pyro_loop.activation import Activation
     from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
     from pyro_loop.services import ServiceClient
     from pyro_loop.state import WorkspaceRecord
@@ -151,6 +158,7 @@ class ProjectLoop:
         layers, tree = self._layers(warmth)
         labels = {"pyro": PROJECT_LABEL, "project": self.project.id, "key": ",".join(layers),
                   "tree": tree or "", **_labels(warmth)}  # fmt: skip
+        active = self._activation()
         record = self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),
@@ -159,9 +167,19 @@ class ProjectLoop:
             labels=labels,
             network=self.config.network == "egress",
             limits=Limits(processes=self.config.processes, open_files=self.config.open_files),
+            mounts=list(active.mounts),
+            env=active.env,
         )
         self._syncer(record).forget()
         return record
+
+    def _activation(self) -> Activation:
+        """The tools, host toolchains and PATH of the project's workspace. What it depends on
+        is in the inputs' key (the declared tools, `[workspace] path`, the keying files that
+        name the ecosystems), so a workspace made for other inputs is also moved onto these."""
+        from pyro_loop.activation import activation
+
+        return activation(self.project.root, self.config, self.ws.store)
 
     @property
     def _lock_path(self) -> Path:
@@ -210,6 +228,7 @@ class ProjectLoop:
         if on_progress is not None:
             on_progress("workspace", f"moving {record.name or record.id} onto the current "
                         "dependencies (its own changes are kept)")  # fmt: skip
+        active = self._activation()
         moved = self.ws.relayer(
             record.id,
             layers=layers,
@@ -217,6 +236,8 @@ class ProjectLoop:
             packages=list(self.config.packages),
             labels={**_labels(warmth), "key": ",".join(layers)},
             keep=lambda upper: drop_paths(upper, sorted(roots)),
+            mounts=list(active.mounts),
+            env=active.env,
         )
         syncer = self._syncer(moved)
         syncer.forget()  # what the dropped paths held is pushed again where the host has it
@@ -320,11 +341,16 @@ class ProjectLoop:
         self._syncer(record).reconcile()
         if remember:
             self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
-        with self.ws.open_exec(
-            record.id, list(argv), timeout=timeout, cwd=cwd, env=env, stdin=stdin, tty=tty,
-            cancel=cancel,
-        ) as channel:  # fmt: skip
-            yield channel
+        try:
+            opened = self.ws.open_exec(
+                record.id, list(argv), timeout=timeout, cwd=cwd, env=env, stdin=stdin, tty=tty,
+                cancel=cancel,
+            )  # fmt: skip
+            with opened as channel:
+                yield channel
+        except CommandNotFoundError as exc:
+            exc.hint = self.not_found_hint(list(argv), b"", record)
+            raise
 
     def shell(
         self, *, tty: tuple[int, int] | None, env: dict[str, str] | None = None
@@ -355,6 +381,15 @@ class ProjectLoop:
         if name is None:
             name = services.free_name(argv[0])
         return services.service_start(name, list(argv), cwd=cwd, env=env)
+
+    def not_found_hint(
+        self, argv: list[str], stderr: bytes, record: WorkspaceRecord | None = None
+    ) -> str:
+        """For an exit 127: the PATH the workspace searched and the likely fix."""
+        from pyro_loop.notfound import missing_command, not_found_hint
+
+        env = (record or self.require()).env
+        return not_found_hint(missing_command(argv, stderr), env, self.config)
 
     def retry(
         self,

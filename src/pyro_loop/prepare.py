@@ -66,9 +66,12 @@ class PrepareInputs:
     # metadata files that key it, hashed like `keys`.
     project: list[str] = field(default_factory=list)
     project_keys: dict[str, str] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)  # declared tools: name -> version
+    host_tools: list[str] = field(default_factory=list)  # exposed host toolchain directories
+    path: list[str] | None = None  # `[workspace] path`, when set (else detected)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT,
             "environment": self.environment,
             "packages": self.packages,
@@ -76,6 +79,14 @@ class PrepareInputs:
             "run": self.run,
             "env": self.env,
         }
+        # Only when declared: the keys of projects without tools stay what they were.
+        if self.tools:
+            data["tools"] = self.tools
+        if self.host_tools:
+            data["host_tools"] = self.host_tools
+        if self.path is not None:
+            data["path"] = self.path
+        return data
 
     @property
     def key(self) -> str:
@@ -135,6 +146,9 @@ def compute_inputs(
         env=sorted(set(config.prepare_env)),
         project=list(config.prepare_project),
         project_keys=project_keys,
+        tools=dict(config.tools),
+        host_tools=list(config.host_tools),
+        path=None if config.workspace_path is None else list(config.workspace_path),
     )
 
 
@@ -189,6 +203,15 @@ def describe_changes(old: dict[str, Any], new: PrepareInputs) -> list[str]:
             reasons.append(f"{rel} removed")
         elif before != after:
             reasons.append(f"{rel} changed: {before[:6]} -> {after[:6]}")
+    old_tools: dict[str, str] = old.get("tools") or {}
+    for name in sorted(set(old_tools) | set(new.tools)):
+        before, after = old_tools.get(name), new.tools.get(name)
+        if before != after:
+            reasons.append(f"[tools] {name}: {before or 'none'} -> {after or 'none'}")
+    if (old.get("host_tools") or []) != new.host_tools:
+        reasons.append("[tools] host changed")
+    if old.get("path") != new.path:
+        reasons.append("[workspace] path changed")
     if old.get("run") != new.run:
         reasons.append("prepare commands changed")
     if old.get("env") != new.env:
@@ -213,6 +236,7 @@ class ProjectState:
     baseline_tree: str | None = None
     baseline_layer: str | None = None
     prepared_at: float | None = None
+    tool_layers: dict[str, str] = field(default_factory=dict)  # tool name -> its layer's key
 
 
 def state_path(home: Path, project: Project) -> Path:
@@ -298,6 +322,7 @@ def prepare(
         fetched = _fetch_from_remote(store, config, inputs, progress, pulled) if missing else None
         _ensure_environment(config, store, progress)
         baseline = _ensure_baseline(project, store, state, progress, built)
+        tools = _ensure_tools(ws, config, progress, built)
         deps: Layer | None = None
         if inputs.run:
             deps = fetched or store.get(key)
@@ -320,6 +345,7 @@ def prepare(
         state.dependencies_layer = deps.key if deps else None
         state.project_layer = own.layer.key if own else None
         state.project_keys = dict(inputs.project_keys)
+        state.tool_layers = tools
         state.prepared_at = time.time()
         save_state(ws.home, project, state)
         pushed = _push_to_remote(store, config, inputs, progress) if push else None
@@ -420,6 +446,22 @@ def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: Prog
     environments.ensure_environment(
         store, spec, on_progress=lambda message: progress("environment", message)
     )
+
+
+def _ensure_tools(
+    ws: Workspaces, config: ProjectConfig, progress: Progress, built: list[str]
+) -> dict[str, str]:
+    """The declared tools' layers, built if missing: tool name -> layer key."""
+    from pyro_loop.activation import tool_requests
+    from pyro_loop.tools import ensure_tools, missing
+
+    requests = tool_requests(config)
+    if not requests:
+        return {}
+    if missing(ws.store, requests):
+        built.append("tools")
+    layers = ensure_tools(ws, requests, on_progress=lambda text: progress("tools", text))
+    return {name: layer.key for name, layer in layers.items()}
 
 
 def baseline_key(tree: str) -> str:
@@ -555,19 +597,27 @@ class _DependencyBuild:
                 tree, kind="keys", inputs={"project": str(self.project.root)}
             )
         self.progress(self.phase, f"starting a {self.config.environment} sandbox, network on")
+        from pyro_loop.activation import activation
+
+        active = activation(self.project.root, self.config, self.ws.store)
         return self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),
             layers=[keys_layer.key, *self.below],
             network=True,
             standby=False,
-            mounts=[*self.host.mounts, *download_mounts(self.ws.home, SANDBOX_HOME)],
+            mounts=[
+                *self.host.mounts,
+                *download_mounts(self.ws.home, SANDBOX_HOME),
+                *active.mounts,
+            ],
+            env=active.env,
             labels={"pyro": "prepare", "project": self.project.id, "pid": str(os.getpid())},
         )
 
     @functools.cached_property
     def host(self) -> HostEnvironment:
-        return prepare_environment(self.config, self.inputs.env)
+        return prepare_environment(self.config.environment, self.inputs.env)
 
     def _run_commands(self, ws_id: str, log: IO[bytes]) -> None:
         passthrough = self.host.env
@@ -596,17 +646,17 @@ class _DependencyBuild:
                 )
                 raise PrepareFailedError(
                     f"prepare command failed ({why}): {command}",
-                    hint=_tail(self.log_path) + f"\n  full log: {self.log_path}",
+                    hint=log_tail(self.log_path) + f"\n  full log: {self.log_path}",
                 )
 
 
-def prepare_environment(config: ProjectConfig, names: list[str]) -> HostEnvironment:
+def prepare_environment(environment: str, names: list[str]) -> HostEnvironment:
     """The host variables prepare's commands get: `[prepare] env` and the standard proxy,
     certificate and index settings (see hostenv.py)."""
     from pyro_loop.runtime.bwrap import HOST_NETWORK_FILES
 
     # A Debian root has its own /etc: of the host's files only the network ones are there.
-    visible = HOST_SYSTEM_DIRS if config.environment == "host" else HOST_NETWORK_FILES
+    visible = HOST_SYSTEM_DIRS if environment == "host" else HOST_NETWORK_FILES
     host = host_environment(names, visible=visible)
     # The download caches are bound from another filesystem than the workspace's, where
     # uv's default hard links fail (with a warning) before it copies.
@@ -614,7 +664,7 @@ def prepare_environment(config: ProjectConfig, names: list[str]) -> HostEnvironm
     return host
 
 
-def _tail(log_path: Path, lines: int = 15) -> str:
+def log_tail(log_path: Path, lines: int = 15) -> str:
     try:
         text = log_path.read_text(errors="replace").rstrip().splitlines()[-lines:]
     except OSError:

@@ -6,9 +6,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyro_loop.activation import tool_requests
 from pyro_loop.config import ProjectConfig
 from pyro_loop.project import Project
 from pyro_loop.store import LayerStore
+from pyro_loop.tools import tool_states
 from pyro_loop.warmth import judge
 from pyro_loop.workspace import Workspaces
 
@@ -24,11 +26,13 @@ class Readiness:
     sync: str  # "watching, last sync 2 s ago" | "not watching"
     cache_bytes: int
     hooks: dict[str, Any] = field(default_factory=dict)  # pyro's git hooks: installed, broken
+    tools: list[dict[str, Any]] = field(default_factory=list)  # declared: cached or missing
 
     @property
     def warm(self) -> bool:
         return (
             self.environment["state"] in ("host", "cached")
+            and all(t["state"] == "cached" for t in self.tools)
             and self.dependencies["state"] in ("warm", "nothing to install")
             and self.baseline["state"] in ("warm", "no commits", "not a git repository")
         )
@@ -42,6 +46,7 @@ class Readiness:
                 for name, part in (("dependencies", self.dependencies), ("baseline", self.baseline))
                 if part["state"] in ("stale", "missing")
             ]
+            missing += [f"tool {t['name']} missing" for t in self.tools if t["state"] != "cached"]
             if self.environment["state"] not in ("host", "cached"):
                 missing.insert(0, f"environment {self.environment['state']}")
             return f"{self.project.root}: not warm ({', '.join(missing)}): `pyro up` prepares it"
@@ -61,6 +66,7 @@ class Readiness:
             "sync": self.sync,
             "cache_bytes": self.cache_bytes,
             "hooks": self.hooks,
+            "tools": self.tools,
         }
 
 
@@ -96,6 +102,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
         hooks=_hooks_state(project),
+        tools=tool_states(store, tool_requests(config)),
     )
 
 

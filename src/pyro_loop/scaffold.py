@@ -71,13 +71,16 @@ def template_text(name: str = "pyro.toml") -> str:
 
 
 def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> str:
-    """The template with [prepare] keys and run filled in from the ecosystems found at `root`.
+    """The template with [prepare] keys and run, [tools] and [check] run filled in from the
+    ecosystems found at `root` and what their files pin (see conventions.py).
 
     The environment stays the template's "host": a Debian base is a choice, not a detection.
     With nothing detected, `keys` is left out so that `pyro prepare` keeps detecting them.
     """
     import tomlkit
     from tomlkit.items import Table
+
+    from pyro_loop.conventions import detect_checks, detect_tools
 
     found = detect_ecosystems(root) if ecosystems is None else ecosystems
     doc = tomlkit.parse(template_text())
@@ -90,6 +93,15 @@ def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> 
         del prepare["keys"]
     prepare["run"] = _array([command for e in found for command in e.run])
     prepare["project"] = _array([command for e in found for command in e.project])
+    tools = doc["tools"]
+    assert isinstance(tools, Table)
+    for name, version in detect_tools(root, list(found)).items():
+        tools.add(name, version)
+    check = doc["check"]
+    assert isinstance(check, Table)
+    checks = detect_checks(root, list(found))
+    if checks:
+        check["run"] = _array(checks)
     return tomlkit.dumps(doc)
 
 

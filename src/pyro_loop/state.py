@@ -38,7 +38,8 @@ class WorkspaceRecord:
     spare: SandboxHandle | None = None  # that standby sandbox (generation + 1, baseline layers)
     packages: list[str] = field(default_factory=list)  # extra packages of the environment
     environment_layer: str | None = None  # the root filesystem's layer; None for host
-    mounts: list[Mount] = field(default_factory=list)  # host paths bound in (prepare's caches)
+    mounts: list[Mount] = field(default_factory=list)  # tool layers, host toolchains, caches
+    env: dict[str, str] = field(default_factory=dict)  # over the sandbox's defaults (PATH)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -67,7 +68,8 @@ class WorkspaceRecord:
             spare=SandboxHandle.from_json(data["spare"]) if data.get("spare") else None,
             packages=list(data.get("packages", [])),
             environment_layer=data.get("environment_layer"),
-            mounts=[Mount(**m) for m in data.get("mounts", [])],
+            mounts=[Mount.from_json(m) for m in data.get("mounts", [])],
+            env={str(k): str(v) for k, v in data.get("env", {}).items()},
         )
 
 

@@ -47,6 +47,17 @@ class Layer:
         return data
 
 
+def layer_path(key: str) -> str:
+    """A layer's tree relative to the store: how mounts and overlay options name it."""
+    return f"layers/{check_key(key)}/tree"
+
+
+def layer_of(path: str) -> str | None:
+    """The key of the layer whose tree `path` (relative to the store) is, or None."""
+    match = re.fullmatch(r"layers/([0-9a-f]{16,64})/tree", path)
+    return match[1] if match else None
+
+
 def check_key(key: str) -> str:
     if not _KEY_RE.fullmatch(key):  # fullmatch: `$` would allow a final newline
         raise InvalidInputError(f"not a layer key: {key!r} (expected 16-64 lowercase hex digits)")

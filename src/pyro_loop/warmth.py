@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro_loop.activation import tool_requests
 from pyro_loop.config import ProjectConfig
 from pyro_loop.keydigests import KeyDigests
 from pyro_loop.prepare import (
@@ -35,6 +36,7 @@ from pyro_loop.prepare import (
 )
 from pyro_loop.project import Project, head_commit
 from pyro_loop.store import LayerStore
+from pyro_loop.tools import ToolRequest, missing
 
 if TYPE_CHECKING:
     from pyro_loop.state import WorkspaceRecord
@@ -72,6 +74,11 @@ class Warmth:
     dependencies_cached: bool  # the snapshot of `inputs` (and the project's install) is stored
     store: LayerStore
     committed: bool = True  # HEAD has a commit: the project's own install can be built
+    tools: tuple[ToolRequest, ...] = ()  # the declared tools (see tools.py)
+
+    @functools.cached_property
+    def tools_missing(self) -> list[ToolRequest]:
+        return missing(self.store, list(self.tools))
 
     @property
     def key(self) -> str:
@@ -111,6 +118,7 @@ class Warmth:
         """Why the environment or dependencies are not warm: "uv.lock changed: a1b2 -> c3d4"."""
         missing = self.environment_state == "missing"
         built = [f"the {self.inputs.environment} environment is not built"] if missing else []
+        built += [f"tool {t.describe()} is not built" for t in self.tools_missing]
         return built + self.dependency_reasons()
 
     def dependency_reasons(self) -> list[str]:
@@ -129,9 +137,10 @@ class Warmth:
     def runnable(self) -> bool:
         """A workspace can run on what the configuration asks for: environment and
         dependencies are in the store (the baseline only saves copying)."""
-        return self.environment_state != "missing" and self.dependencies_state in (
-            "warm",
-            "nothing to install",
+        return (
+            self.environment_state != "missing"
+            and not self.tools_missing
+            and self.dependencies_state in ("warm", "nothing to install")
         )
 
     @functools.cached_property
@@ -159,6 +168,7 @@ class Warmth:
     def needed_layers(self) -> set[str]:
         """The layers of the current configuration that the store holds: what gc keeps."""
         keys = {self.environment_layer, *self.dependency_layers, self.baseline.layer}
+        keys |= {t.key for t in self.tools}
         return {k for k in keys if k is not None and self.store.get(k) is not None}
 
     def made_for(self, record: WorkspaceRecord) -> bool:
@@ -186,6 +196,7 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
         ),
         store=store,
         committed=committed,
+        tools=tuple(tool_requests(config)),
     )
 
 

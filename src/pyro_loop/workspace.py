@@ -83,6 +83,7 @@ class WorkspaceStatus:
             "labels": r.labels,
             "created": r.created,
             "layers": r.layers,
+            "mounts": [m.to_json() for m in r.mounts],
             "base_layers": r.base_layers,
             "snapshots": sorted(r.snapshots),
             "limits": r.limits.describe(),
@@ -152,13 +153,15 @@ class Workspaces:
         limits: Limits | None = None,
         standby: bool = True,
         mounts: builtins.list[Mount] | None = None,
+        env: dict[str, str] | None = None,
         on_progress: Progress | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
 
         `environment` is `host` or `debian:<release>` (with extra `packages`); a Debian
         environment is built into the store the first time it is asked for (tens of seconds,
-        reported through `on_progress`), and reused from then on.
+        reported through `on_progress`), and reused from then on. `mounts` (tool layers,
+        host toolchains) and `env` (PATH) hold for every sandbox of the workspace's life.
         """
         from pyro_loop import environments  # imported here: only create needs it
 
@@ -192,6 +195,7 @@ class Workspaces:
                 packages=list(spec.extra_packages),
                 environment_layer=env_layer.key if env_layer is not None else None,
                 mounts=list(mounts or ()),
+                env=dict(env or {}),
             )
             wdir = WorkspaceDir(self.root / ws_id)
             with file_lock(self.root / "names.lock"):
@@ -292,11 +296,14 @@ class Workspaces:
         labels: dict[str, str],
         keep: Callable[[Path], None] | None = None,
         on_progress: Progress | None = None,
+        mounts: builtins.list[Mount] | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkspaceRecord:
         """Put the workspace on other base layers and environment, keeping its changes.
 
         Its sandbox (and standby) restart over `layers`; `keep(upper)` first removes from
-        its changes what belonged to the layers replaced. `labels` are updated.
+        its changes what belonged to the layers replaced. `labels` are updated, and so are
+        `mounts` and `env` when given.
         """
         from pyro_loop import environments
 
@@ -318,6 +325,10 @@ class Workspaces:
                 record.environment, record.packages = spec.name, list(spec.extra_packages)
                 record.environment_layer = env_layer.key if env_layer is not None else None
                 record.labels.update(labels)
+                if mounts is not None:
+                    record.mounts = list(mounts)
+                if env is not None:
+                    record.env = dict(env)
                 wdir.save(record)
                 self._launch(wdir, record)
                 self._start_spare(wdir, record)
@@ -512,6 +523,7 @@ class Workspaces:
             network=record.network,
             limits=record.limits,
             mounts=tuple(record.mounts),
+            env=tuple(sorted(record.env.items())),
         )
 
     def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:

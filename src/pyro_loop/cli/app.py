@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -75,9 +76,9 @@ def root(
 @app.command()
 def doctor(as_json: bool = JsonOption) -> None:
     """Check what this host supports (namespaces, overlayfs, bubblewrap) and how to fix gaps."""
-    from pyro_loop.doctor import run_checks
+    from pyro_loop.doctor import run_checks, tool_checks
 
-    checks = run_checks()
+    checks = run_checks() + tool_checks(_project_tools())
     ready = all(c.ok for c in checks if c.required)
 
     def human() -> None:
@@ -91,6 +92,23 @@ def doctor(as_json: bool = JsonOption) -> None:
     emit({"ready": ready, "checks": [c.to_json() for c in checks]}, as_json=as_json, human=human)
     if not ready:
         raise typer.Exit(1)
+
+
+def _project_tools() -> list[dict[str, Any]]:
+    """The tools declared by the project around the working directory, if any."""
+    from pyro_loop.activation import tool_requests
+    from pyro_loop.config import load_project_config
+    from pyro_loop.errors import PyroError
+    from pyro_loop.home import pyro_home
+    from pyro_loop.project import find_project
+    from pyro_loop.store import LayerStore
+    from pyro_loop.tools import tool_states
+
+    try:
+        config = load_project_config(find_project(Path.cwd()).root).config
+    except PyroError:
+        return []  # no project here, or a broken .pyro.toml: `pyro status` says which
+    return tool_states(LayerStore(pyro_home()), tool_requests(config))
 
 
 @app.command()

@@ -94,6 +94,7 @@ def exec_(
         from pyro_loop.errors import InvalidInputError
 
         raise InvalidInputError("--name and --json go with --detach")
+    output = _StderrTail()
     result = run_attached(
         lambda stdin, size: loop.open_exec(
             command,
@@ -107,10 +108,11 @@ def exec_(
         ),
         interactive=interactive,
         tty=tty,
-        on_output=stream_output,
+        on_output=output,
     )
     if result.timed_out:
         note(f"pyro: command timed out after {timeout} s (process tree killed)")
+    output.explain_127(loop, command, result)
     raise typer.Exit(result.exit_code)
 
 
@@ -132,6 +134,24 @@ def shell(
     raise typer.Exit(result.exit_code)
 
 
+class _StderrTail:
+    """Streams a command's output, keeping the end of its stderr: a 127 is explained from
+    the shell's "not found" line."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        stream_output(stream, data)
+        if stream == "stderr":
+            self.tail = (self.tail + data)[-2048:]
+
+    def explain_127(self, loop: Any, argv: list[str], result: Any) -> None:
+        if result.exit_code == 127 and not result.timed_out:
+            hint = loop.not_found_hint(argv, self.tail)
+            note(f"pyro: exit 127 (command not found): {hint}")
+
+
 def retry(
     project_dir: Path | None = ProjectOption,
     reset: bool = typer.Option(False, "--reset", help="Reset the workspace first."),
@@ -144,9 +164,11 @@ def retry(
     last = loop.last_command()
     if last is not None:  # what runs, as a shell would echo it (stdout stays the command's)
         note(f"pyro: retry: {shlex.join(last['argv'])}")
+    output = _StderrTail()
     result = loop.retry(
-        reset=reset, on_output=stream_output, prepare=not no_prepare, on_progress=_progress
+        reset=reset, on_output=output, prepare=not no_prepare, on_progress=_progress
     )
+    output.explain_127(loop, last["argv"] if last else [], result)
     raise typer.Exit(result.exit_code)
 
 

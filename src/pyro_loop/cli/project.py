@@ -110,6 +110,9 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         elif deps.get("reasons"):
             line += ": " + "; ".join(deps["reasons"]) + " (run: pyro prepare)"
         say(line)
+        for tool in data["tools"]:
+            line = f"tool          {tool['name']} {tool['version']}: {tool['state']}"
+            say(line + (f" ({tool['fix']})" if tool.get("fix") else ""))
         base = data["baseline"]
         line = f"baseline      {base['state']}"
         if base.get("commit"):

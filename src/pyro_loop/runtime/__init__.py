@@ -41,18 +41,30 @@ class Limits:
 # throws it away like any other change.
 HOME_DIR = _HOME_DIR
 SANDBOX_HOME = "/home/pyro"  # HOME in every sandbox
+# The system PATH every runtime gives commands (activation.py puts the project's
+# environments and tools before it).
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
 class Mount:
-    """A host path made visible in the sandbox at `target` (absolute)."""
+    """A host path made visible in the sandbox at `target` (absolute): a tool layer, a
+    toolchain the user exposed, a download cache, a certificate bundle.
+
+    `source` is absolute, or relative to the store (a layer's tree). Read-only unless asked;
+    a file is handed over as a copy.
+    """
 
     source: str
     target: str
-    writable: bool = False  # read-only unless asked: a file is handed over as a copy
+    writable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target, "writable": self.writable}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Mount:
+        return cls(str(data["source"]), str(data["target"]), bool(data.get("writable", False)))
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class SandboxSpec:
     hostname: str = "pyro"
     limits: Limits = field(default_factory=Limits)
     mounts: tuple[Mount, ...] = ()
+    # Variables every process in the sandbox starts with, over the defaults (PATH, HOME, ...).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,14 @@ from pyro_loop.fsutil import remove_tree
 from pyro_loop.identity import sandbox_owner
 from pyro_loop.overlay import check_mount_path, overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
-from pyro_loop.runtime import HOME_DIR, SANDBOX_HOME, Mount, SandboxHandle, SandboxSpec
+from pyro_loop.runtime import (
+    HOME_DIR,
+    SANDBOX_HOME,
+    SANDBOX_PATH,
+    Mount,
+    SandboxHandle,
+    SandboxSpec,
+)
 from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
@@ -71,7 +78,6 @@ RUN_DIR = "/run/pyro"
 RUN_SIZE = 256 * 1024 * 1024
 AGENT_MOUNT = f"{RUN_DIR}/agent"
 SANDBOX_PYTHON = "/usr/bin/python3"
-SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 5.0
 # With --network egress, a root filesystem of its own gets copies of these host files (the
 # layer provides the files they are mounted on).
@@ -80,37 +86,52 @@ HOST_NETWORK_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 # Runs in the new user + mount namespace, in the store directory (lower layers, upper and
 # work dirs and the root layer are given relative to it). Positional parameters: $1 overlay
 # options, $2 the root layer ("" for the host's directories), $3 directories of the store
-# to bind in the home ("downloads/uv=.cache/uv ..."), then the command (prlimit ...
-# bwrap ...). They are bound here, by paths relative to the store, because the overlay on
-# /tmp may cover the store's absolute path (a pyro home under /tmp) and bwrap binds by path;
-# bwrap's binds of the home are recursive, so they carry these along. bwrap runs as a
-# child, not exec'd: this shell is the keeper that bwrap dies with.
+# to bind in the home ("downloads/uv=.cache/uv ..."), $4 the number of other directories to
+# bind and that many sources, then the command (prlimit ... bwrap ...).
+# All sources are given relative to the store (this shell's working directory): the overlay
+# on /tmp may cover their absolute paths (a pyro home under /tmp), and the sandbox uid may
+# not be able to reach them from / (a root's home). The other directories are bound first,
+# each at /var/tmp/<n> on a tmpfs of this namespace, where bubblewrap binds them from (its
+# sandbox gets a /var/tmp of its own); the home's are bound into the overlay's home, which
+# bwrap's recursive bind of the home carries along. bwrap runs as a child, not exec'd: this
+# shell is the keeper that bwrap dies with.
 # The home directory in the overlay is bound at HOME: anything but a real directory there (a
 # symlink synced from the repository, say) is replaced first, so the bind can never be
 # pointed outside the workspace. Nothing else runs in this namespace yet, so check and
 # mkdir cannot race.
 KEEPER_SCRIPT = f"""\
-if [ -z "$2" ]; then
-  mount -t overlay pyro -o "$1" /tmp || exit 111
+options=$1 root=$2 home_binds=$3 mounts=$4
+shift 4
+if [ "$mounts" -gt 0 ]; then
+  mount -t tmpfs -o mode=0755 pyro /var/tmp || exit 111
+fi
+n=0
+while [ "$n" -lt "$mounts" ]; do
+  mkdir "/var/tmp/$n" && mount --no-canonicalize --bind "$1" "/var/tmp/$n" || exit 111
+  n=$((n + 1))
+  shift
+done
+if [ -z "$root" ]; then
+  mount -t overlay pyro -o "$options" /tmp || exit 111
   home=/tmp/{HOME_DIR}
 else
-  mount --bind "$2" /tmp && mount -t overlay pyro -o "$1" /tmp/workspace || exit 111
+  mount --bind "$root" /tmp && mount -t overlay pyro -o "$options" /tmp/workspace || exit 111
   home=/tmp/workspace/{HOME_DIR}
 fi
 if [ -L "$home" ] || {{ [ -e "$home" ] && [ ! -d "$home" ]; }}; then rm -f "$home" || exit 111; fi
 mkdir -p "$home" || exit 111
 real_home=$(realpath "$home") || exit 111
-for pair in $3; do
+for pair in $home_binds; do
   target="$home/${{pair#*=}}"
   mkdir -p "$target" || exit 111
   case $(realpath "$target") in "$real_home"/*) ;; *) exit 111 ;; esac
   mount --bind "${{pair%%=*}}" "$target" || exit 111
 done
-shift 3
 cd / && unset OLDPWD || exit 111
 "$@"
 exit $?
 """
+MOUNTS_DIR = "/var/tmp"
 EXIT_SETUP_FAILED = 111
 
 
@@ -146,9 +167,10 @@ class BwrapRuntime:
         for mount in spec.mounts:
             # A read-only file is handed over as a copy read by this process: the sandbox
             # uid may not be able to reach it (root's home), and nothing inside can change it.
-            if not mount.writable and os.path.isfile(mount.source):
+            source = store / mount.source  # an absolute source replaces the base
+            if not mount.writable and source.is_file():
                 with contextlib.suppress(OSError):
-                    data_fds[mount.target] = os.open(mount.source, os.O_RDONLY | os.O_CLOEXEC)
+                    data_fds[mount.target] = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         if root_layer and spec.network:
             # The network is the host's, and so are the resolver and the certificate
             # authorities it trusts (a proxy's, say): copies of both replace the root's.
@@ -164,7 +186,8 @@ class BwrapRuntime:
                 *_drop_root_prefix(store),
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
                 "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options, root_layer,
-                home_binds,
+                home_binds, str(len(path_binds)),
+                *(_mount_source(m.source, store) for m in path_binds),
                 prlimit, *_prlimit_args(spec),
                 *self._bwrap_argv(
                     bwrap, spec, listen_fd=listener.fileno(), info_fd=info_fd,
@@ -222,7 +245,7 @@ class BwrapRuntime:
         binds: list[Mount] | None = None,
     ) -> list[str]:
         """`data_fds`: the agent's files by name, and absolute paths for other files;
-        `binds`: host directories bound by path."""
+        `binds`: host directories, bound by the keeper (see KEEPER_SCRIPT)."""
         uid, gid = str(os.getuid()), str(os.getgid())
         argv = [
             bwrap,
@@ -240,6 +263,8 @@ class BwrapRuntime:
             "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYRO_WORKSPACE", "1",
         ]  # fmt: skip
+        for name, value in spec.env:  # after the defaults: a later --setenv wins
+            argv += ["--setenv", name, value]
         if not spec.network:
             argv.append("--unshare-net")
         if spec.root_layer is None:
@@ -266,8 +291,8 @@ class BwrapRuntime:
             "--tmpfs", AGENT_MOUNT,
             "--dir", f"{AGENT_MOUNT}/__pycache__",
         ]  # fmt: skip
-        for mount in binds or ():
-            argv += ["--bind" if mount.writable else "--ro-bind", mount.source, mount.target]
+        for n, mount in enumerate(binds or ()):  # bound at MOUNTS_DIR/<n> by the keeper
+            argv += ["--bind" if mount.writable else "--ro-bind", f"{MOUNTS_DIR}/{n}", mount.target]
         for name, fd in data_fds.items():
             target = name if name.startswith("/") else f"{AGENT_MOUNT}/{name}"
             argv += ["--ro-bind-data", str(fd), target]
@@ -283,13 +308,14 @@ class BwrapRuntime:
 
 def _split_mounts(spec: SandboxSpec) -> tuple[str, list[Mount]]:
     """Writable directories of the store bound in the home (the keeper's "$3"), and the
-    directories bwrap binds by path. Files are not here: they are handed over as copies."""
+    other directories (bound by the keeper, see KEEPER_SCRIPT). Files are not here: they
+    are handed over as copies."""
     pairs: list[str] = []
     binds: list[Mount] = []
     for mount in spec.mounts:
-        if not mount.writable and os.path.isfile(mount.source):
+        source = spec.store_root / mount.source  # an absolute source replaces the base
+        if not mount.writable and source.is_file():
             continue
-        source = Path(mount.source)
         in_home = mount.target.startswith(SANDBOX_HOME + "/")
         if mount.writable and in_home and source.is_relative_to(spec.store_root):
             pair = f"{source.relative_to(spec.store_root)}={mount.target[len(SANDBOX_HOME) + 1 :]}"
@@ -299,6 +325,13 @@ def _split_mounts(spec: SandboxSpec) -> tuple[str, list[Mount]]:
         elif os.path.isdir(source):
             binds.append(mount)
     return " ".join(pairs), binds
+
+
+def _mount_source(source: str, store: Path) -> str:
+    """A mount's source as the keeper reaches it: relative to the store, its working
+    directory (see KEEPER_SCRIPT); "./" or "../" first, so it never reads as an option."""
+    relative = os.path.relpath(store / source, store)
+    return relative if relative.startswith(("./", "../")) else f"./{relative}"
 
 
 def _relative(path: Path, base: Path) -> str:
