@@ -320,7 +320,9 @@ run = ["mkdir -p .deps && uv --version > .deps/uv.txt"]
     (layer,) = [layer for layer in workspaces.store.list() if layer.meta()["kind"] == "tool"]
     assert layer.meta()["inputs"]["tool"] == "uv"
     loop = loop_for(second, workspaces)
-    result = loop.exec(["sh", "-c", "cat .deps/uv.txt; uv --version; command -v uv; command -v python3"])
+    result = loop.exec(
+        ["sh", "-c", "cat .deps/uv.txt; uv --version; command -v uv; command -v python3"]
+    )
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith("uv ") and lines[1] == lines[0], result.stderr
     # The tool's virtualenv python is not on PATH: only its own commands are.
