@@ -259,6 +259,26 @@ def test_remote_addresses() -> None:
             parse_remote(bad)
 
 
+def test_https_is_required_unless_the_address_says_http(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    """The registry speaks plain HTTP: named with https:// (as any non-loopback registry is
+    by default), pyro does not fall back to plain HTTP; it says what to do."""
+    root = _project(tmp_path, "tls")
+    with pytest.raises(PyroError, match="TLS failed") as refused:
+        share.pull(LayerStore(tmp_path / "h"), parse_remote(f"https://{registry.address}/t/x"),
+                   _snapshot(root))  # fmt: skip
+    assert "http://" in (refused.value.hint or "")
+
+
+def test_push_without_a_remote_fails_before_building(tmp_path: Path) -> None:
+    root = _project(tmp_path, "noremote")
+    result = run_pyro("prepare", "--push", "-C", str(root), env={"PYRO_CACHE_REMOTE": ""})
+    assert result.returncode == 1
+    assert "no cache remote is set" in result.stderr
+    assert "running:" not in result.stderr  # nothing was built
+
+
 def test_bad_remote_in_pyro_toml_names_the_line(tmp_path: Path) -> None:
     root = tmp_path / "p"
     root.mkdir()

@@ -307,6 +307,10 @@ def prepare(
     ws = workspaces
     store = ws.store
     progress = on_progress or (lambda phase, message: None)
+    if push:  # before minutes of building, not after
+        from pyro_loop.remote.project import require_remote
+
+        require_remote(config)
     inputs = compute_inputs(project, config)
     key = inputs.key
     state = load_state(ws.home, project) or ProjectState(root=str(project.root))
