@@ -265,6 +265,25 @@ def test_status_before_and_after_warm_up(repo: Path) -> None:
     run(main)
 
 
+def test_status_right_after_initialize_on_a_warm_project_is_the_reused_workspace(
+    repo: Path,
+) -> None:
+    up = subprocess.run([sys.executable, "-m", "pyro_loop", "up", "-C", str(repo)],
+                        capture_output=True, text=True, check=False)  # fmt: skip
+    assert up.returncode == 0, up.stderr
+
+    async def main() -> None:
+        async with connect(repo) as client:
+            status = await client.call("project_status")  # the first call, at once
+            assert status["ready"] is True, status["warmup"]
+            assert status["warmup"]["state"] == "ready"
+            assert status["warmup"]["phase"] == "ready"
+            assert [w["state"] for w in status["workspaces"]] == ["running"]
+            assert any("reused" in e["message"] for e in status["warmup"]["events"])
+
+    run(main)
+
+
 def test_bad_calls_are_tool_errors_and_the_server_goes_on(repo: Path) -> None:
     async def main() -> None:
         async with connect(repo) as client:

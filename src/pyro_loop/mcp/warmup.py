@@ -89,6 +89,7 @@ class ProjectWarmup:
         self._events: deque[Event] = deque(maxlen=40)
         self._watcher: tuple[str, threading.Event, threading.Thread] | None = None
         self._closed = False
+        self._settled = threading.Event()  # set when a warm-up ends, ready or failed
 
     # -- starting and waiting -------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class ProjectWarmup:
             if self._state == "failed" and not retry:
                 return
             self._state, self._phase = "running", "finding the project"
+            self._settled.clear()
             self._started, self._error = time.monotonic(), None
             self._thread = threading.Thread(target=self._run, name="pyro-warmup", daemon=True)
             # Daemon: a prepare still running when the host disconnects must not keep the
@@ -119,6 +121,13 @@ class ProjectWarmup:
                 assert self._error is not None
                 raise self._error
             return None
+
+    def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a warm-up in progress to end."""
+        with self._lock:
+            if self._state != "running":
+                return
+        self._settled.wait(timeout)
 
     def pending(self) -> WarmupPendingError:
         """The error a tool gives when its wait for the workspace ran out."""
@@ -151,6 +160,7 @@ class ProjectWarmup:
             self._loop, self._state = loop, "ready"
             self._seconds = time.monotonic() - (self._started or time.monotonic())
             self._phase = "ready"
+            self._settled.set()
         self._note("info", f"workspace {result.describe()}; watching host edits")
         self.follow(record.id)
 
@@ -175,6 +185,7 @@ class ProjectWarmup:
             self._state, self._error = "failed", error
             self._phase = f"failed: {error.message}"
             self._seconds = time.monotonic() - (self._started or time.monotonic())
+            self._settled.set()
         self._note("error", f"the workspace could not be made ready: {error.message}")
 
     # -- keeping it synced --------------------------------------------------------------------

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop.mcp.calls import Ctx, ToolGroup, in_worker
 from pyro_loop.mcp.warmup import load_project
 
+REUSE_WAIT = 5.0  # seconds: a reuse takes milliseconds; this only bounds a stuck one
+
 if TYPE_CHECKING:
     from pyro_loop.loop import ProjectLoop
 
@@ -15,14 +17,21 @@ class ProjectTools(ToolGroup):
     async def project_status(self, ctx: Ctx) -> dict[str, Any]:
         """Is this project warm, and is its workspace ready? The state of `pyro status`
         (environment, dependency snapshot, baseline, workspace, sync, cache) plus this
-        server's background warm-up: phase, seconds so far, last events. Never waits."""
+        server's background warm-up: phase, seconds so far, last events. Waits only for a
+        warm-up that is reusing a warm workspace (milliseconds), never for a prepare."""
 
         def status() -> dict[str, Any]:
             from pyro_loop.readiness import readiness
 
-            warmup = self.calls.warmup.to_json()
             project, loaded = load_project(self.calls.project_dir)
             data = readiness(project, loaded.config, self.calls.ws).to_json()
+            if data["warm"] and any(
+                w["state"] == "running" and w["current"] for w in data["workspaces"]
+            ):
+                # The warm-up has only the running workspace to reuse: report its outcome
+                # rather than the moment before it ("finding the project").
+                self.calls.warmup.settle(REUSE_WAIT)
+            warmup = self.calls.warmup.to_json()
             return {"ready": warmup["state"] == "ready", "warmup": warmup, **data}
 
         return await in_worker(status)
