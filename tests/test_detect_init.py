@@ -363,3 +363,21 @@ def test_detection_skips_entries_it_cannot_stat(tmp_path: Path) -> None:
     (tmp_path / "loop").symlink_to("loop")  # ELOOP when followed
     found = detect_ecosystems(tmp_path)
     assert [e.name for e in found] == ["uv"]
+
+
+def test_init_on_a_debian_base_adds_python3_venv_where_a_venv_is_made(tmp_path: Path) -> None:
+    # Debian's python3 leaves out the venv module's ensurepip (python3-venv): the pip
+    # commands init writes (`python3 -m venv .venv && ...`) need it in the environment.
+    pip = make_repo(tmp_path / "pip", {"requirements.txt": "x\n"})
+    ran = run_pyro("init", "--base", "debian:bookworm", str(pip))
+    assert ran.returncode == 0, ran.stderr
+    config = load_config(pip / ".pyro.toml").config
+    assert (config.environment, config.packages) == ("debian:12", ("python3-venv",))
+    npm = make_repo(tmp_path / "npm", {"package.json": "{}\n", "package-lock.json": "{}\n"})
+    config = load_config(init_project(npm, base="debian:12").path).config
+    assert (config.environment, config.packages) == ("debian:12", ())
+    assert load_config(init_project(make_repo(tmp_path / "host", {})).path).config.environment == (
+        "host"
+    )
+    refused = run_pyro("init", "--base", "ubuntu:24.04", str(make_repo(tmp_path / "bad", {})))
+    assert refused.returncode == 1 and "unknown environment 'ubuntu:24.04'" in refused.stderr

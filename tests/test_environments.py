@@ -612,3 +612,58 @@ def test_switching_the_base_and_back_moves_the_workspace_and_gc_keeps_its_layers
     debian_ws.delete(back.record.id)
     gc(debian_ws)  # no workspace uses debian:12 now, but the project's configuration does
     assert debian_ws.store.get(environment_key(parse_environment("debian:12"))) is not None
+
+
+def _debian_project(root: Path, packages: str = "[]", run: str = "[]") -> Path:
+    config = f'[environment]\nbase = "debian:12"\npackages = {packages}\n[prepare]\nrun = {run}\n'
+    return commit_project(root, config, {"requirements.txt": "x==1\n"})
+
+
+def test_prepare_on_a_debian_base_shows_the_environment_phases(
+    tmp_path: Path, fake_mmdebstrap: Path
+) -> None:
+    repo = _debian_project(tmp_path / "repo")
+    path = f"{fake_mmdebstrap.parent}:{os.environ['PATH']}"
+    done = run_pyro("prepare", "-C", str(repo), env={"PATH": path})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "prepare: environment: debian:12: updating package lists" in lines
+    assert any(line.startswith("prepare: environment: building debian:12") for line in lines)
+    assert "\r" not in done.stderr  # piped: plain lines, no redrawing
+    again = run_pyro("prepare", "-C", str(repo), env={"PATH": path})
+    assert "prepare: environment: debian:12: cached" in again.stderr.splitlines()
+
+    # On a terminal, the current phase is one line redrawn with its time so far.
+    repo = _debian_project(tmp_path / "slow", packages='["fake-slow"]')
+    primary, secondary = os.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "pyro_loop", "prepare", "-C", str(repo)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary,
+        env={**os.environ, "PATH": path},
+    ) as proc:  # fmt: skip
+        os.close(secondary)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the process closed the terminal
+            while chunk := os.read(primary, 4096):
+                shown += chunk
+        assert proc.wait(timeout=60) == 0, shown
+    os.close(primary)
+    text = shown.decode()
+    assert "\r\x1b[Kprepare: environment: debian:12: updating package lists (" in text
+    assert " s)\r\n" in text or " s)\n" in text
+
+
+@pytest.mark.slow
+def test_a_venv_on_a_debian_base_without_python3_venv_says_what_to_add(
+    debian_ws: Workspaces, tmp_path: Path
+) -> None:
+    from pyro_loop.config import load_project_config
+    from pyro_loop.prepare import PrepareFailedError, prepare
+    from pyro_loop.project import find_project
+
+    repo = _debian_project(tmp_path / "repo", run='["python3 -m venv .venv"]')
+    project = find_project(repo)
+    with pytest.raises(PrepareFailedError) as failed:
+        prepare(project, load_project_config(repo).config, workspaces=debian_ws)
+    assert failed.value.hint is not None
+    assert 'add packages = ["python3-venv"] under [environment]' in failed.value.hint

@@ -650,8 +650,9 @@ class _DependencyBuild:
                 )
                 raise PrepareFailedError(
                     f"prepare command failed ({why}): {command}",
-                    hint=log_tail(self.log_path) + f"\n  full log: {self.log_path}",
-                )
+                    hint=log_tail(self.log_path) + _advice(self.log_path)
+                    + f"\n  full log: {self.log_path}",
+                )  # fmt: skip
 
 
 def prepare_environment(environment: str, names: list[str]) -> HostEnvironment:
@@ -666,6 +667,23 @@ def prepare_environment(environment: str, names: list[str]) -> HostEnvironment:
     # uv's default hard links fail (with a warning) before it copies.
     host.env.setdefault("UV_LINK_MODE", "copy")
     return host
+
+
+# What a failed command's output says, and what fixes it in a workspace (the installers'
+# own advice, `apt install ...`, does not apply there: the environment is declared).
+_ADVICE = {
+    b"ensurepip is not": 'the environment has no python3-venv: add packages = ["python3-venv"]'
+    " under [environment] in .pyro.toml",
+}
+
+
+def _advice(log_path: Path) -> str:
+    try:
+        text = log_path.read_bytes()[-65536:]
+    except OSError:
+        return ""
+    found = [advice for marker, advice in _ADVICE.items() if marker in text]
+    return "".join(f"\n  fix: {advice}" for advice in found)
 
 
 def log_tail(log_path: Path, lines: int = 15) -> str:

@@ -70,12 +70,16 @@ def template_text(name: str = "pyro.toml") -> str:
     return shipped_text("templates", name)
 
 
-def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> str:
+def render_config(
+    root: Path, ecosystems: Sequence[Ecosystem] | None = None, *, base: str | None = None
+) -> str:
     """The template with [prepare] keys and run, [tools] and [check] run filled in from the
     ecosystems found at `root` and what their files pin (see conventions.py).
 
-    The environment stays the template's "host": a Debian base is a choice, not a detection.
-    With nothing detected, `keys` is left out so that `pyro prepare` keeps detecting them.
+    The environment stays the template's "host" unless `base` names another: a Debian base
+    is a choice, not a detection. With it, a project whose commands make a Python venv gets
+    the package that makes one (Debian's python3 leaves out python3-venv). With nothing
+    detected, `keys` is left out so that `pyro prepare` keeps detecting them.
     """
     import tomlkit
     from tomlkit.items import Table
@@ -84,6 +88,15 @@ def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> 
 
     found = detect_ecosystems(root) if ecosystems is None else ecosystems
     doc = tomlkit.parse(template_text())
+    if base is not None and base != "host":
+        from pyro_loop.environments import parse_environment
+
+        environment = doc["environment"]
+        assert isinstance(environment, Table)
+        environment["base"] = parse_environment(base).name
+        commands = [c for e in found for c in (*e.run, *e.project)]
+        if any("-m venv" in command for command in commands):
+            environment["packages"] = _array(["python3-venv"])
     prepare = doc["prepare"]
     assert isinstance(prepare, Table)  # the template's own structure
     keys = sorted({key for e in found for key in e.keys})
@@ -105,7 +118,9 @@ def render_config(root: Path, ecosystems: Sequence[Ecosystem] | None = None) -> 
     return tomlkit.dumps(doc)
 
 
-def init_project(root: Path, *, force: bool = False, dry_run: bool = False) -> InitResult:
+def init_project(
+    root: Path, *, force: bool = False, dry_run: bool = False, base: str | None = None
+) -> InitResult:
     """Write `.pyro.toml` at the root of the repository containing `root` (any directory in it).
 
     An existing file is never touched without `force`; with it, the old one is kept as
@@ -115,7 +130,7 @@ def init_project(root: Path, *, force: bool = False, dry_run: bool = False) -> I
     root = find_project_root(root)
     target = root / FILENAME
     ecosystems = tuple(detect_ecosystems(root))
-    content = render_config(root, ecosystems)
+    content = render_config(root, ecosystems, base=base)
     existed = os.path.lexists(target)
     result = InitResult(root, target, ecosystems, content, existed=existed, written=False)
     if dry_run:

@@ -22,12 +22,15 @@ def init_command(
     print_only: bool = typer.Option(
         False, "--print", help="Print the file it would write, and write nothing."
     ),
+    base: str | None = typer.Option(
+        None, "--base", help="The environment, e.g. debian:12 (default: host)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Write .pyro.toml at the repository root, with the install commands it detects."""
     from pyro_loop.scaffold import init_project
 
-    result = init_project(path, force=force, dry_run=print_only)
+    result = init_project(path, force=force, dry_run=print_only, base=base)
     found = ", ".join(
         e.name if e.directory == "." else f"{e.name} in {e.directory}" for e in result.ecosystems
     )

@@ -46,8 +46,11 @@ def up(
     as_json: bool = JsonOption,
 ) -> None:
     """Reconnect to the project's workspace, or create it from the warm snapshot."""
+    from pyro_loop.cli.phases import phases
+
     loop = _loop(project_dir)
-    result = loop.up(prepare=not no_prepare, on_progress=_progress)
+    with phases() as display:
+        result = loop.up(prepare=not no_prepare, on_progress=display)
     emit(result.to_json(), as_json=as_json, human=lambda: say(result.describe()))
     if watch:
         _watch(loop)

@@ -62,13 +62,15 @@ def prepare(
         return
 
     def progress(phase: str, message: str) -> None:
-        if as_json:
-            sys.stderr.write(json.dumps({"phase": phase, "message": message}) + "\n")
-        else:
-            note(f"prepare: {phase}: {message}")
+        sys.stderr.write(json.dumps({"phase": phase, "message": message}) + "\n")
         sys.stderr.flush()
 
-    result = run_prepare(project, config, on_progress=progress, push=push)
+    from pyro_loop.cli.phases import phases
+
+    with phases() as display:
+        result = run_prepare(
+            project, config, on_progress=progress if as_json else display, push=push
+        )
     data = result.to_json()
 
     def human() -> None:
