@@ -88,3 +88,28 @@ def test_the_chat_host_docs_list_every_tool_with_its_profiles() -> None:
         for tool in set().union(*PROFILES.values())
     }
     assert documented == actual
+
+
+def test_the_uid_a_workspace_process_sees_is_the_one_the_docs_give(
+    workspaces: Workspaces, seed_dir: Path
+) -> None:
+    from pyro_loop.identity import sandbox_owner
+
+    security = " ".join((ROOT / "docs" / "security.md").read_text().split())
+    guide = " ".join((ROOT / "docs" / "workspaces.md").read_text().split())
+    assert "workspace processes are that user, with the same uid inside" in security
+    assert (
+        "dedicated unprivileged uid (`0x70000000`, or `PYRO_SANDBOX_UID`), shown as uid 0 inside"
+        in security
+    )
+    assert "uid 0 inside when pyro runs as root, your own uid otherwise" in guide
+    record = workspaces.create(seed=seed_dir)
+    inside = workspaces.exec(record.id, ["sh", "-c", "id -u; touch /workspace/probe"])
+    owner = sandbox_owner()
+    if owner is not None:  # root: a dedicated uid on the host, 0 inside
+        assert owner == int(os.environ.get("PYRO_SANDBOX_UID", str(0x70000000)))
+        assert inside.stdout == b"0\n"
+    else:  # an ordinary user: the same uid on both sides (tests/test_unprivileged.py too)
+        assert inside.stdout == f"{os.getuid()}\n".encode()
+    upper = workspaces.resolve(record.id).upper(record.generation)
+    assert (upper / "probe").lstat().st_uid == (owner if owner is not None else os.getuid())
