@@ -20,7 +20,7 @@ from pyro_loop.errors import ConflictError
 from pyro_loop.loop import NotWarmError, ProjectLoop
 from pyro_loop.project import find_project
 from pyro_loop.workspace import Workspaces
-from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
+from tests.conftest import DEPS_CONFIG, commit_project, git, run_pyro
 
 
 @pytest.fixture
@@ -309,3 +309,28 @@ def test_a_workspace_killed_while_syncing_recovers_on_the_next_up(
     out = sh(loop, "sha256sum big.bin; cat src/app.py; ls -a | grep -c pyro-tmp || true")
     assert out.splitlines() == [f"{want}  big.bin", "print('after the crash')", "0"], out
     assert failure or loop.sync().copied == 0  # killed before the end, or it had finished
+
+
+def test_a_submodule_checkout_is_synced_into_the_workspace(
+    repo: Path, tmp_path: Path, workspaces: Workspaces
+) -> None:
+    library = commit_project(tmp_path / "library", "", {"lib.txt": "v1\n", "pkg/mod.py": "x\n"})
+    git(
+        repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        str(library),
+        "vendor/lib",
+    )
+    git(repo, "commit", "-qm", "add the library as a submodule")
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    assert sh(loop, "cat vendor/lib/lib.txt vendor/lib/pkg/mod.py") == "v1\nx\n"
+    assert sh(loop, "test -e vendor/lib/.git || echo no-git") == "no-git\n"
+    (repo / "vendor" / "lib" / "lib.txt").write_text("edited in the submodule\n")
+    (repo / "vendor" / "lib" / "pkg" / "mod.py").unlink()
+    assert sh(loop, "cat vendor/lib/lib.txt; ls vendor/lib/pkg") == "edited in the submodule\n"
+    assert loop.changes() == []  # synced from the host: nothing for review

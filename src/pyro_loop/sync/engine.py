@@ -106,7 +106,7 @@ class Syncer:
             self.filter.refresh()
             if self.repo is not None:
                 baseline = self._baseline(manifest)
-                dirty = self._git_candidates(baseline)
+                dirty = self._git_candidates(baseline) | self._submodule_files()
                 candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
                 result = self._sync(candidates, manifest, baseline, clean=candidates - dirty)
             else:
@@ -196,6 +196,24 @@ class Syncer:
                 paths.add(delta.old_file.path)
                 paths.add(delta.new_file.path)
         return {p.rstrip("/") for p in paths if p}
+
+    def _submodule_files(self) -> set[str]:
+        """The files of checked-out submodules: part of the checkout, though git status
+        lists a submodule as one entry and the baseline holds it as an empty directory
+        (its files live in another repository). Walked at each reconcile, like untracked
+        files; what is unchanged since the last push is not sent again."""
+        import pygit2
+
+        found: set[str] = set()
+        for entry in self.repo.index:
+            if entry.mode != pygit2.GIT_FILEMODE_COMMIT:
+                continue
+            if lstat(self.tree, f"{entry.path}/.git").kind == "absent" or not self.filter.wants(
+                entry.path, is_dir=True
+            ):
+                continue  # not checked out (`git submodule update` never ran), or excluded
+            found.update(self._walk(entry.path))
+        return found
 
     def _walk(self, rel: str) -> Iterator[str]:
         """Every path below `rel` ("" for the root) that takes part, directories included."""
