@@ -113,3 +113,17 @@ def test_the_uid_a_workspace_process_sees_is_the_one_the_docs_give(
         assert inside.stdout == f"{os.getuid()}\n".encode()
     upper = workspaces.resolve(record.id).upper(record.generation)
     assert (upper / "probe").lstat().st_uid == (owner if owner is not None else os.getuid())
+
+
+def test_figures_in_the_docs_name_the_benchmark_row_that_measures_them() -> None:
+    """A speed figure in the docs cites its source as `the "ROW" row of `bench/X.py``: the
+    script must still print that row, so a figure never outlives its measurement."""
+    cited = []
+    for doc in DOCUMENTED:
+        text = " ".join(doc.read_text().split())
+        for row, script in re.findall(r'the "([^"]+)" row of `(bench/[a-z_]+\.py)`', text):
+            assert f'"{row}"' in (ROOT / script).read_text(), f"{doc.name}: {script}: {row}"
+            cited.append(row)
+    # The figures a newcomer checks first: a warm prepare, and a chat host's first answer.
+    assert "pyro prepare, warm (whole process)" in cited
+    assert "pyro mcp serve: start -> initialize answered" in cited
