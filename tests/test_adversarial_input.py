@@ -8,14 +8,21 @@ path or a mount, and that nothing on the host changed: no workspace made, no fil
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import stat
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.overlay import overlay_options
+from pyro_loop.project import find_project, tree_changes, write_changes, write_tree
+from pyro_loop.safetar import Rules, UnsafeArchiveError, extract
 from pyro_loop.store import check_key
 from pyro_loop.workspace import Workspaces
 from tests.conftest import commit_project, git, run_pyro
@@ -203,3 +210,208 @@ def test_a_keying_file_linked_inside_the_repository_is_read_from_its_target(
     assert result.returncode == 0, result.stderr
     up = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/seen")
     assert up.returncode == 0 and up.stdout == "requests==2.32.0\n", up
+
+
+# -- what a workspace hands back: never a link the host writes through ------------------------
+
+HOOK_LINK = (
+    "mkdir -p .git/hooks && printf '#!/bin/sh\\necho owned\\n' > .git/hooks/pre-commit"
+    " && chmod 755 .git/hooks/pre-commit && ln -s /proc/self/cwd/.git/hooks lib"
+)
+HOOK_PATCH = """\
+diff --git a/lib b/lib
+deleted file mode 120000
+--- a/lib
++++ /dev/null
+@@ -1 +0,0 @@
+-/proc/self/cwd/.git/hooks
+\\ No newline at end of file
+diff --git a/lib/pre-commit b/lib/pre-commit
+--- a/lib/pre-commit
++++ b/lib/pre-commit
+@@ -1,2 +1,2 @@
+ #!/bin/sh
+-echo owned
++echo owned twice
+"""
+
+
+# The same in one patch: it creates the link and a file below it.
+LINK_AND_FILE_PATCH = """\
+diff --git a/lib2 b/lib2
+new file mode 120000
+--- /dev/null
++++ b/lib2
+@@ -0,0 +1 @@
++/proc/self/cwd/.git/hooks
+\\ No newline at end of file
+diff --git a/lib2/pre-commit b/lib2/pre-commit
+new file mode 100755
+--- /dev/null
++++ b/lib2/pre-commit
+@@ -0,0 +1,2 @@
++#!/bin/sh
++echo owned
+"""
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """The caller's own git repository: the directory pyro is run from."""
+    repo = commit_project(tmp_path / "victim", "", {"README.md": "mine\n"})
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    return repo
+
+
+def _pyro_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyro_loop", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=120, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("patch", "refusal"),
+    [(HOOK_PATCH, "the patch touches lib/pre-commit, below the symbolic link lib"),
+     (LINK_AND_FILE_PATCH, "patch does not apply")],
+)  # fmt: skip
+def test_a_patch_through_a_workspace_link_never_writes_the_host(
+    victim: Path, seed_dir: Path, tmp_path: Path, patch: str, refusal: str
+) -> None:
+    ws_id = run_pyro("workspace", "create", "--seed-path", str(seed_dir), "--id-only")
+    assert ws_id.returncode == 0, ws_id.stderr
+    ws = ws_id.stdout.strip()
+    try:
+        made = run_pyro("workspace", "exec", ws, "--", "sh", "-c", HOOK_LINK)
+        assert made.returncode == 0, made.stderr
+        (tmp_path / "hook.patch").write_text(patch)
+        before = tree_state(victim)
+        applied = _pyro_in(victim, "workspace", "patch", "apply", ws,
+                           "--patch-file", str(tmp_path / "hook.patch"))  # fmt: skip
+        assert not (victim / ".git" / "hooks" / "pre-commit").exists()
+        assert tree_state(victim) == before
+        assert applied.returncode == 1, applied
+        assert applied.stderr.startswith(f"pyro: error: {refusal}"), applied.stderr
+        assert "Traceback" not in applied.stderr
+    finally:
+        run_pyro("workspace", "delete", ws)
+
+
+def test_apply_never_writes_through_a_link_nor_brings_back_one_that_leaves(
+    tmp_path: Path,
+) -> None:
+    """The repository holds `docs -> ../outside` (committed); the workspace puts a real
+    directory there, and a link out of the tree. `pyro apply` writes neither through the
+    host's link nor a link that leaves the repository."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = _repo_with_links(tmp_path, "", {"docs": "../outside"})
+    try:
+        made = run_pyro("exec", "-C", str(repo), "--", "sh", "-c",
+                        "rm docs && mkdir docs && echo planted > docs/notes.md")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        before = tree_state(repo)
+        one = run_pyro("apply", "-C", str(repo), "docs/notes.md")
+        assert one.returncode == 1, one
+        assert one.stderr.startswith("pyro: error: docs/notes.md: docs is a symbolic link on ")
+        assert list(outside.iterdir()) == []
+        assert tree_state(repo) == before
+        # All changes at once: the link goes first, and the file lands in the repository.
+        everything = run_pyro("apply", "-C", str(repo))
+        assert everything.returncode == 0, everything.stderr
+        assert (repo / "docs" / "notes.md").read_text() == "planted\n"
+        assert list(outside.iterdir()) == []
+        made = run_pyro("exec", "-C", str(repo), "--", "ln", "-s", "../../outside", "away")
+        assert made.returncode == 0, made.stderr
+        away = run_pyro("apply", "-C", str(repo), "away")
+        assert away.returncode == 1, away
+        assert away.stderr.startswith("pyro: error: away is a symbolic link to ../../outside,")
+        assert not (repo / "away").is_symlink()
+    finally:
+        run_pyro("down", "--delete", "-C", str(repo))
+
+
+def _archive(members: list[tuple[str, bytes, str]]) -> io.BytesIO:
+    """A tar of (name, type flag, link name or content) members, as a workspace could send."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, kind, extra in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.mode = 0o6777 if kind == tarfile.REGTYPE else 0o755
+            data = extra.encode() if kind == tarfile.REGTYPE else b""
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = extra
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("t", tarfile.DIRTYPE, ""), ("t/lib", tarfile.SYMTYPE, "{outside}")],
+        [("t", tarfile.DIRTYPE, ""), ("t/up", tarfile.SYMTYPE, "../../outside")],
+        [("t", tarfile.DIRTYPE, ""), ("t/lib", tarfile.SYMTYPE, "."),
+         ("t/lib/pre-commit", tarfile.REGTYPE, "planted")],
+        [("t", tarfile.DIRTYPE, ""), ("t/f", tarfile.REGTYPE, "x"), ("t/f/g", tarfile.REGTYPE, "")],
+        [("t", tarfile.DIRTYPE, ""), ("t/h", tarfile.LNKTYPE, "{outside}/keep")],
+        [("t", tarfile.DIRTYPE, ""), ("t/h", tarfile.LNKTYPE, "../outside/keep")],
+        [("t", tarfile.DIRTYPE, ""), ("t/dev", tarfile.CHRTYPE, "")],
+        [("../outside/planted", tarfile.REGTYPE, "planted")],
+        [("/tmp/planted", tarfile.REGTYPE, "planted")],
+        [("t", tarfile.DIRTYPE, ""), ("t/sib", tarfile.SYMTYPE, "../t2")],  # beside the output
+    ],
+)  # fmt: skip
+def test_a_hostile_export_archive_writes_nothing_outside_its_directory(
+    tmp_path: Path, members: list[tuple[str, bytes, str]]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    filled = [(n, k, e.format(outside=outside)) for n, k, e in members]
+    before = tree_state(tmp_path / "outside")
+    with pytest.raises(UnsafeArchiveError), tarfile.open(fileobj=_archive(filled)) as tar:
+        extract(tar, dest, Rules("to export t", links_within="t"))
+    assert tree_state(outside) == before
+    assert not (tmp_path / "planted").exists() and not Path("/tmp/planted").exists()
+
+
+def test_an_export_archive_unpacks_links_inside_and_hard_links_as_copies(tmp_path: Path) -> None:
+    members = [("t", tarfile.DIRTYPE, ""), ("t/f", tarfile.REGTYPE, "content"),
+               ("t/h", tarfile.LNKTYPE, "t/f"), ("t/l", tarfile.SYMTYPE, "f")]  # fmt: skip
+    with tarfile.open(fileobj=_archive(members)) as tar:
+        extract(tar, tmp_path, Rules("to export t", links_within="t"))
+    assert (tmp_path / "t" / "h").read_text() == "content"
+    assert os.readlink(tmp_path / "t" / "l") == "f"
+    assert stat.S_IMODE((tmp_path / "t" / "f").stat().st_mode) == 0o755  # no set-id bits
+
+
+def test_a_crafted_tree_with_a_link_and_a_directory_of_one_name_writes_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    """git refuses such a tree (fsck: duplicateEntries) but fetch does not check by
+    default: `lib` is a symlink out of the tree and also a directory holding a file."""
+    import pygit2
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo_dir = commit_project(tmp_path / "repo", "", {"README.md": "hi\n"})
+    repo = pygit2.Repository(str(repo_dir))
+    blob = repo.create_blob(b"planted\n")
+    inner = repo.TreeBuilder()
+    inner.insert("authorized_keys", blob, pygit2.GIT_FILEMODE_BLOB)
+    link = repo.create_blob(os.fsencode(outside))
+    raw = b"120000 lib\0" + link.raw + b"40000 lib\0" + inner.write().raw
+    crafted = repo.odb.write(pygit2.GIT_OBJECT_TREE, raw)
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    write_tree(find_project(repo_dir), str(crafted), dest)
+    changes = tree_changes(find_project(repo_dir), str(repo.head.peel(pygit2.Tree).id),
+                           str(crafted))  # fmt: skip
+    later = tmp_path / "later"
+    later.mkdir()
+    write_changes(find_project(repo_dir), changes, later)
+    assert list(outside.iterdir()) == []
+    assert os.readlink(dest / "lib") == str(outside)

@@ -197,10 +197,12 @@ def test_patch_diff_export_snapshot_reset_delete(
     assert [c["path"] for c in diff_json["changes"]] == ["README.md"]
 
     out = tmp_path / "exported"
-    exported = _json("workspace", "export", "x", "src", "--output", str(out))
+    outward = run_pyro("workspace", "export", "x", "src", "--output", str(out))
+    assert "link 'src/link' points outside the tree ('../README.md')" in _assert_error(outward)
+    exported = _json("workspace", "export", "x", "/workspace", "--output", str(out))
     assert exported["output"] == str(out)
-    assert (out / "app.py").read_text() == "print('app')\n"
-    assert os.readlink(out / "link") == "../README.md"
+    assert (out / "src" / "app.py").read_text() == "print('app')\n"
+    assert os.readlink(out / "src" / "link") == "../README.md"
     again = run_pyro("workspace", "export", "x", "README.md", "-o", str(out))
     assert "exists already" in _assert_error(again)
     assert out.is_dir(), "the refused export left the output alone"

@@ -25,9 +25,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import posixpath
+import shutil
 import stat
 import uuid
 from types import TracebackType
+from typing import IO
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
@@ -92,6 +95,18 @@ def split(rel: str) -> list[str]:
     return parts
 
 
+def link_stays_inside(rel: str, target: str, within: str = "") -> bool:
+    """Does symlink `rel` (relative to a tree's root) with `target` point inside the tree,
+    or inside its directory `within` when one is named? (By its text: the links on the way
+    are never followed by this module, so the text is what counts.)"""
+    if not target or target.startswith("/"):
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    if within:
+        return resolved == within or resolved.startswith(within + "/")
+    return resolved != ".." and not resolved.startswith("../")
+
+
 def _open_walk(dir_fd: int, parts: list[str], flags: int, mode: int) -> int:
     """openat2's answer without it: each directory opened with O_NOFOLLOW from its parent."""
     fd = dir_fd
@@ -123,9 +138,11 @@ class Beneath:
     descriptor of it is taken on first use and held until `close()`.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = os.fspath(root)
         self._fd: int | None = None
+        if create:
+            os.mkdir(self.root, 0o700)
 
     def __enter__(self) -> Beneath:
         return self
@@ -263,9 +280,9 @@ class Beneath:
             finally:
                 os.close(dir_fd)
 
-    def write(self, rel: str, data: bytes, mode: int = 0o644) -> None:
-        """Replace root/rel with a regular file holding `data` (never writing through a
-        link at rel: the link itself is replaced)."""
+    def write(self, rel: str, data: bytes | IO[bytes], mode: int = 0o644) -> None:
+        """Replace root/rel with a regular file holding `data` (bytes, or a file read to its
+        end), never writing through a link at rel: the link itself is replaced."""
         dir_fd, name = self._parent(rel)
         tmp = f".{name[:180]}.{uuid.uuid4().hex[:12]}.pyro-tmp"
         try:
@@ -273,8 +290,14 @@ class Beneath:
                          0o600, dir_fd=dir_fd)  # fmt: skip
             try:
                 with os.fdopen(fd, "wb", closefd=False) as f:
-                    f.write(data)
+                    if isinstance(data, bytes):
+                        f.write(data)
+                    else:
+                        shutil.copyfileobj(data, f, 1024 * 1024)
                 os.fchmod(fd, mode & 0o777)
+            except BaseException:
+                os.unlink(tmp, dir_fd=dir_fd)
+                raise
             finally:
                 os.close(fd)
             self._replace(dir_fd, tmp, name)
@@ -298,6 +321,18 @@ class Beneath:
         except BaseException:
             os.unlink(tmp, dir_fd=dir_fd)
             raise
+
+    def link_above(self, rel: str) -> str | None:
+        """The first of `rel`'s parent directories that is a symlink here, if one is."""
+        parts = split(rel)
+        for end in range(1, len(parts)):
+            parent = "/".join(parts[:end])
+            try:
+                if stat.S_ISLNK(self.lstat(parent).st_mode):
+                    return parent
+            except OSError:
+                return None  # missing (or not a directory): nothing above is a link
+        return None
 
     def remove(self, rel: str) -> bool:
         """Remove file or link root/rel (an empty directory too); False if it was not there

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pyro_loop.beneath import Beneath, link_stays_inside
 from pyro_loop.config import ProjectConfig
 from pyro_loop.diff import Change, compare
 from pyro_loop.diffignore import ignored_changes
@@ -494,8 +495,7 @@ class ProjectLoop:
                     f"the host changed since the workspace saw it: {', '.join(conflicts[:5])}",
                     hint="review with `pyro diff`; pass --force to overwrite the host's version",
                 )
-        for change in changes:
-            _write_host(self.project.root, change)
+        _write_host(self.project.root, changes)
         if changes:
             syncer.reconcile()
         return [c.path for c in changes]
@@ -541,21 +541,45 @@ def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:
     return current == (hashlib.sha256(content).hexdigest() if content is not None else None)
 
 
-def _write_host(root: Path, change: Change) -> None:
-    target = root / change.path
-    new = change.new
-    if new is None:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.pyro-apply")
-    if new.kind == "symlink":
-        os.symlink(new.target or "", tmp)
-    else:
-        content = read_file(new.layer, change.path) or b""
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, new.mode & 0o777)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, new.mode & 0o777)
-    os.replace(tmp, target)
+def _write_host(root: Path, changes: list[Change]) -> None:
+    """Write `changes` into the host's repository, each file replaced atomically.
+
+    Nothing is written through a symlink (the repository's own or one the workspace made):
+    every path is created relative to its parent's descriptor, and a change below a link
+    that stays a link is refused before anything is written. A symlink whose target leaves
+    the repository is not brought back. Removals go first (deepest first), so a link the
+    workspace replaced by a directory is gone before the directory's files are written.
+    """
+    removed = {c.path for c in changes if c.new is None}
+    with Beneath(root) as tree:
+        for change in changes:
+            new = change.new
+            if new is not None and new.kind == "symlink":
+                target = new.target or ""
+                if not link_stays_inside(change.path, target):
+                    raise InvalidInputError(
+                        f"{change.path} is a symbolic link to {target}, outside the "
+                        "repository: pyro apply does not bring it back",
+                        hint="apply the other paths by name, or make the link relative",
+                    )
+            link = tree.link_above(change.path)
+            if new is not None and link is not None and link not in removed:
+                raise InvalidInputError(
+                    f"{change.path}: {link} is a symbolic link on the host: "
+                    "pyro apply never writes through one",
+                    hint=f"apply {link} too (the workspace replaced it), or remove it first",
+                )
+        for change in sorted(changes, key=lambda c: c.path.count("/"), reverse=True):
+            if change.new is None:
+                tree.remove(change.path)
+        for change in changes:
+            new = change.new
+            if new is None:
+                continue
+            parent = change.path.rpartition("/")[0]
+            if parent:
+                tree.makedirs(parent)
+            if new.kind == "symlink":
+                tree.symlink(change.path, new.target or "")
+            else:
+                tree.write(change.path, read_file(new.layer, change.path) or b"", new.mode)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.beneath import Beneath
 from pyro_loop.errors import InvalidInputError
 
 CONFIG_NAME = ".pyro.toml"
@@ -134,20 +135,24 @@ def write_tree(project: Project, tree_id: str, dest: Path) -> int:
     import pygit2
 
     repo = _repository(project)
-    return _write_tree(repo, repo[tree_id], dest, pygit2)
+    with Beneath(dest) as out:
+        return _write_tree(repo, repo[tree_id], out, "", pygit2)
 
 
-def _write_tree(repo: Any, tree: Any, dest: Path, pygit2: Any) -> int:
+def _write_tree(repo: Any, tree: Any, out: Beneath, prefix: str, pygit2: Any) -> int:
     count = 0
+    seen: set[str] = set()
     for entry in tree:
-        if not _safe_name(entry.name):
+        # A crafted tree may repeat a name (a link, then a directory below it): first wins.
+        if not _safe_name(entry.name) or entry.name in seen:
             continue
-        path = dest / entry.name
+        seen.add(entry.name)
+        rel = prefix + entry.name
         if entry.filemode == pygit2.GIT_FILEMODE_TREE:
-            path.mkdir()
-            count += _write_tree(repo, repo[entry.id], path, pygit2)
+            out.makedirs(rel)
+            count += _write_tree(repo, repo[entry.id], out, rel + "/", pygit2)
         else:
-            count += _write_entry(repo, path, entry.filemode, entry.id, pygit2)
+            count += _write_entry(repo, out, rel, entry.filemode, entry.id)
     return count
 
 
@@ -156,17 +161,20 @@ def _safe_name(name: str) -> bool:
     return name not in ("", ".", "..", ".git") and "/" not in name and "\0" not in name
 
 
-def _write_entry(repo: Any, path: Path, mode: int, oid: Any, pygit2: Any) -> int:
-    """Write one non-tree entry (file, executable, symlink, submodule): 1 if it is a file."""
+def _write_entry(repo: Any, out: Beneath, rel: str, mode: int, oid: Any) -> int:
+    """Write one non-tree entry (file, executable, symlink, submodule): 1 if it is a file.
+    Through `out`, so an entry is never written through a link an earlier one made."""
+    import pygit2
+
     if mode == pygit2.GIT_FILEMODE_LINK:
-        os.symlink(repo[oid].data, path)
+        out.symlink(rel, os.fsdecode(repo[oid].data))
         return 1
     if mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
-        path.write_bytes(repo[oid].data)
-        path.chmod(0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644)
+        out.write(rel, repo[oid].data, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE
+                  else 0o644)  # fmt: skip
         return 1
     if mode == pygit2.GIT_FILEMODE_COMMIT:
-        path.mkdir()  # a submodule: its own repository, not part of this tree
+        out.makedirs(rel)  # a submodule: its own repository, not part of this tree
     return 0
 
 
@@ -216,17 +224,20 @@ def _parents(path: str) -> list[str]:
 
 def write_changes(project: Project, changes: TreeChanges, dest: Path) -> int:
     """Write the added and changed entries of `changes` under `dest`: file count."""
-    import pygit2
 
     repo = _repository(project)
     count = 0
-    for rel, mode, oid in changes.written:
-        parts = rel.split("/")
-        if not all(_safe_name(part) for part in parts):
-            continue
-        path = dest.joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        count += _write_entry(repo, path, mode, oid, pygit2)
+    with Beneath(dest) as tree:
+        for rel, mode, oid in changes.written:
+            parts = rel.split("/")
+            if not all(_safe_name(part) for part in parts):
+                continue
+            # A crafted tree may list a symlink and a path below it: never write through one.
+            if len(parts) > 1 and tree.link_above(rel) is not None:
+                continue
+            if len(parts) > 1:
+                tree.makedirs("/".join(parts[:-1]))
+            count += _write_entry(repo, tree, "/".join(parts), mode, oid)
     return count
 
 

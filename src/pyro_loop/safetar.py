@@ -34,6 +34,9 @@ class Rules:
     absolute_links: bool = False  # a root filesystem keeps links that point anywhere
     implicit_parents: bool = True  # make missing parent directories (else refuse the member)
     skip_devices_below: str | None = None  # "dev/": skip special files there, not refuse
+    # Links must stay inside this top directory of the archive: an export's, which leaves
+    # the temporary directory (a link out of it would name whatever sits beside the output).
+    links_within: str | None = None
 
 
 def extract(tar: tarfile.TarFile, dest: Path, rules: Rules) -> None:
@@ -129,7 +132,13 @@ class _Vetting:
             if not self.rules.absolute_links:
                 target = member.linkname
                 inside = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-                if not target or target.startswith("/") or inside.split("/")[0] == "..":
+                top = self.rules.links_within
+                if (
+                    not target
+                    or target.startswith("/")
+                    or inside.split("/")[0] == ".."
+                    or (top and inside != top and not inside.startswith(top + "/"))
+                ):
                     raise self.refuse(f"link {name!r} points outside the tree ({target!r})")
                 self.links.append(name)
         else:
@@ -138,7 +147,7 @@ class _Vetting:
     def check_links(self, dest: Path) -> None:
         """Each link, resolved through the links it passes (which the lexical check above
         cannot see: `a -> b/..` with `b -> ..`), still lands inside `dest`."""
-        root = os.path.realpath(dest)
+        root = os.path.realpath(dest / (self.rules.links_within or ""))
         for name in self.links:
             resolved = os.path.realpath(os.path.join(dest, name))
             if resolved != root and not resolved.startswith(root + os.sep):

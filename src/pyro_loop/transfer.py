@@ -16,8 +16,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from pyro_loop import safetar
+from pyro_loop.beneath import Beneath
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
+from pyro_loop.sync.hoststate import lstat
 from pyro_loop.units import size
 
 MAX_PATCHED_FILE = 64 * 1024 * 1024
@@ -60,7 +62,8 @@ def export_path(
         spool.seek(0)
         try:
             with tarfile.open(fileobj=spool, mode="r:") as tar:
-                safetar.extract(tar, Path(tmp), safetar.Rules(f"to export {path}"))
+                rules = safetar.Rules(f"to export {path}", links_within=arcname)
+                safetar.extract(tar, Path(tmp), rules)
         except (tarfile.TarError, OSError) as exc:
             raise PyroError(f"cannot unpack the export of {path}: {exc}") from exc
         extracted = Path(tmp) / arcname
@@ -106,33 +109,40 @@ def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str,
     The touched files are read from the workspace into a scratch directory, `git apply`
     patches them there (it checks every hunk before writing any), and only a fully applied
     result is written back. A patch that does not apply leaves the workspace unchanged.
+    What the workspace reports is hostile: its symlinks are recreated in the scratch
+    directory as links, never followed, and a touched path below one is refused.
     """
     git = shutil.which("git")
     if git is None:
         raise PyroError("applying patches needs git on the host", hint="apt-get install git")
-    with tempfile.TemporaryDirectory(prefix="pyro-patch-") as tmp:
-        scratch = Path(tmp) / "tree"
-        scratch.mkdir()
+    with tempfile.TemporaryDirectory(prefix="pyro-patch-") as tmp, \
+            Beneath(Path(tmp) / "tree", create=True) as scratch:  # fmt: skip
         patch_file = Path(tmp) / "change.patch"
         patch_file.write_text(patch)
-        paths = _touched_paths(git, patch_file, scratch, strip)
+        paths = _touched_paths(git, patch_file, Path(scratch.root), strip)
         if not paths:
             raise InvalidInputError("the patch changes no files (is it a unified diff?)")
         for rel in paths:
-            _fetch(client, rel, scratch / rel)
-        result = _git(git, ["apply", f"-p{strip}", "--whitespace=nowarn", str(patch_file)], scratch)
+            _fetch(client, rel, scratch)
+        for rel in paths:  # also those the workspace does not have: git would create them
+            _refuse_below_link(scratch, rel)
+        result = _git(git, ["apply", f"-p{strip}", "--whitespace=nowarn", str(patch_file)],
+                      Path(scratch.root))  # fmt: skip
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["rejected"])[0]
             raise InvalidInputError(f"patch does not apply (nothing was changed): {reason}")
         changed = []
         for rel in paths:
-            local = scratch / rel
-            if local.is_symlink():
-                client.symlink(rel, os.readlink(local))
-            elif local.exists():
-                client.write(rel, local.read_bytes(), mode=local.stat().st_mode & 0o7777)
-            else:
+            _refuse_below_link(scratch, rel)
+            kind = lstat(scratch, rel)
+            if kind.kind == "symlink":
+                client.symlink(rel, scratch.readlink(rel))
+            elif kind.kind == "file":
+                client.write(rel, scratch.read(rel), mode=kind.mode)
+            elif kind.kind == "absent":
                 client.remove(rel, missing_ok=True)
+            else:
+                raise InvalidInputError(f"the patch made {rel} something other than a file")
             changed.append(rel)
     return {"files": changed}
 
@@ -160,22 +170,34 @@ def _touched_paths(git: str, patch_file: Path, scratch: Path, strip: int) -> lis
     return sorted(set(paths))
 
 
-def _fetch(client: AgentClient, rel: str, local: Path) -> None:
+def _fetch(client: AgentClient, rel: str, scratch: Beneath) -> None:
     try:
         entry = client.stat(rel)["entry"]
     except NotFoundError:
         return  # a file the patch creates
-    local.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_below_link(scratch, rel)
+    parent = rel.rpartition("/")[0]
+    if parent:
+        scratch.makedirs(parent)
     if entry["type"] == "symlink":
-        local.symlink_to(entry["target"])
+        scratch.symlink(rel, str(entry["target"]))
         return
     if entry["type"] != "file":
         raise InvalidInputError(f"patch touches {rel}, which is a {entry['type']} in the workspace")
     content, reply = client.read(rel, max_bytes=MAX_PATCHED_FILE)
     if reply.get("truncated"):
         raise InvalidInputError(f"{rel} is too large to patch (over {MAX_PATCHED_FILE} bytes)")
-    local.write_bytes(content)
-    local.chmod(int(entry["mode"]) & 0o7777)
+    scratch.write(rel, content, int(entry["mode"]) & 0o777)
+
+
+def _refuse_below_link(scratch: Beneath, rel: str) -> None:
+    """A path below a symlink is the link's business, never the host's to write through."""
+    link = scratch.link_above(rel)
+    if link is not None:
+        raise InvalidInputError(
+            f"the patch touches {rel}, below the symbolic link {link}: nothing was changed",
+            hint="patch the link's target by its own path instead",
+        )
 
 
 def _git(git: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
