@@ -18,7 +18,7 @@ import pytest
 
 from pyro_loop.runtime import HOME_DIR
 from pyro_loop.sync import SyncResult
-from pyro_loop.watch import FULL_RECONCILE_AT, run_watcher
+from pyro_loop.watch import FULL_RECONCILE_AT, run_watcher, watch
 from pyro_loop.workspace import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
@@ -232,3 +232,54 @@ def test_a_directory_turned_into_a_link_to_the_host_is_never_read_through(
     finally:
         run_pyro("down", "--delete", "-C", str(repo))
     assert tree_state(host_ssh) == host_before
+
+
+# -- ignored trees hold no watches -------------------------------------------------------------
+
+
+def _inotify_watches() -> int:
+    """inotify watches this process holds now, from each inotify descriptor's fdinfo."""
+    total = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                total += sum(1 for line in info if line.startswith("inotify wd:"))
+        except OSError:
+            continue  # closed meanwhile
+    return total
+
+
+def test_an_ignored_node_modules_of_20k_files_holds_no_watches(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    with (repo / ".gitignore").open("a") as f:
+        f.write("node_modules/\n")
+    git(repo, "commit", "-qam", "ignore node_modules")
+    for package in range(400):  # 800 directories, 20,000 files: a small real node_modules
+        lib = repo / "node_modules" / f"pkg{package}" / "lib"
+        lib.mkdir(parents=True)
+        for i in range(50):
+            (lib.parent if i % 2 else lib).joinpath(f"f{i}.js").write_text("x\n")
+    batches: list[set[Path]] = []
+    stop, ready = threading.Event(), threading.Event()
+    before = _inotify_watches()
+    thread = threading.Thread(target=lambda: watch(repo, batches.append, stop_event=stop,
+                                                   on_ready=ready.set))  # fmt: skip
+    thread.start()
+    try:
+        assert ready.wait(DEADLINE)
+        watches = _inotify_watches() - before
+        print(f"\ninotify watches with a 20k-file ignored node_modules: {watches}")
+        assert watches <= 4, watches  # the root, src, lib (and nothing of .git or node_modules)
+        (repo / "node_modules" / "pkg1" / "f1.js").write_text("ignored edit\n")
+        (repo / "pkg").mkdir()  # a new directory: watched from now on
+        (repo / "pkg" / "first.py").write_text("first\n")
+        _until(lambda: any(repo / "pkg" in b for b in batches), "the new directory")
+        _until(lambda: _inotify_watches() - before == watches + 1, "the new directory's watch")
+        (repo / "pkg" / "later.py").write_text("later\n")
+        _until(lambda: any(repo / "pkg" / "later.py" in b for b in batches), "the edit in it")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not any(p.is_relative_to(repo / "node_modules") for b in batches for p in b)

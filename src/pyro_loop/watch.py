@@ -92,12 +92,7 @@ def watch(
     identity = _identity(root)
     keep = path_filter or PathFilter.for_root(root)
     refresh = getattr(keep, "refresh", None)
-    say = on_event or (lambda _text: None)
-    polling = force_polling
-    # watchfiles' ignore_permission_denied swallows every error of adding a watch, the
-    # limits' too: it is set only once an unreadable directory has been met.
-    ignore_denied = False
-    failures = 0
+    recovery = _Recovery(root, on_event or (lambda _text: None), poll_delay_ms, force_polling)
 
     def wanted(_change: Any, path: str) -> bool:
         if "/.git/" in path or path.endswith("/.git"):
@@ -105,8 +100,14 @@ def watch(
         return bool(keep(Path(path)))
 
     while True:
+        # Only the directories that take part are watched, each without recursion: inotify
+        # has no way to leave a subtree out, and a recursive watch of the root would hold a
+        # watch for every directory of an ignored node_modules or build tree (thousands, up
+        # to the user's limit, after which everything falls back to polling). A directory
+        # that appears later is watched after a restart, which reconciles (`on_ready`).
+        watched = _watched_dirs(root, keep)
         changes_iter = watchfiles.watch(
-            root,
+            *watched,
             watch_filter=wanted,
             debounce=debounce_ms,
             step=step_ms,
@@ -115,9 +116,10 @@ def watch(
             yield_on_timeout=True,
             debug=False,
             raise_interrupt=True,
-            force_polling=polling,
+            force_polling=recovery.polling,
             poll_delay_ms=poll_delay_ms,
-            ignore_permission_denied=ignore_denied,
+            recursive=False,
+            ignore_permission_denied=recovery.ignore_denied,
         )
         ready = False
         try:
@@ -125,39 +127,90 @@ def watch(
                 # The first yield (changes, or a tick without any) comes from a watcher
                 # whose watches are all in place.
                 _check_root(root, identity)
-                failures = 0
+                recovery.failures = 0
                 if not ready:
                     ready = True
                     if on_ready is not None:
                         on_ready()
                 if changes:
-                    on_batch({Path(path) for _change, path in changes})
+                    paths = {Path(path) for _change, path in changes}
+                    on_batch(paths)
+                    if _new_dirs(paths, watched):
+                        break  # watch them too: restart (events in them meanwhile: reconciled)
                 elif on_idle is not None:
                     on_idle()
                 if refresh is not None:
                     refresh()
-            return  # stopped
+            else:
+                return  # stopped
+            changes_iter.close()
         except _WatcherFailed as failed:
             _check_root(root, identity)
-            failures += 1
-            error = failed.error
-            if isinstance(error, PermissionError) and not ignore_denied:
-                ignore_denied = True
-                say(f"some directories cannot be watched ({_first_line(error)}): skipping them")
-            elif not polling and (_is_limit(error) or failures >= 3):
-                polling = True
-                say(
-                    f"inotify cannot watch {root} ({_first_line(error)}): "
-                    f"falling back to polling every {poll_delay_ms} ms"
-                )
-            else:
-                say(f"the file watcher failed ({_first_line(error)}): restarting it")
-                if failures >= 5:
-                    raise PyroError(
-                        f"the file watcher keeps failing: {_first_line(error)}",
-                        hint="`pyro sync` still brings the workspace up to date by hand",
-                    ) from error
-                time.sleep(min(0.05 * 2**failures, 2.0))
+            if not isinstance(failed.error, FileNotFoundError):
+                recovery.failed(failed.error)  # (else a directory went before it was watched)
+
+
+@dataclass
+class _Recovery:
+    """How the watcher recovers from watchfiles' failures: skip unreadable directories,
+    poll when inotify's limits are reached (or it keeps failing), else restart, up to 5."""
+
+    root: Path
+    say: Callable[[str], None]
+    poll_delay_ms: int
+    polling: bool | None
+    # watchfiles' ignore_permission_denied swallows every error of adding a watch, the
+    # limits' too: it is set only once an unreadable directory has been met.
+    ignore_denied: bool = False
+    failures: int = 0
+
+    def failed(self, error: BaseException) -> None:
+        self.failures += 1
+        if isinstance(error, PermissionError) and not self.ignore_denied:
+            self.ignore_denied = True
+            self.say(f"some directories cannot be watched ({_first_line(error)}): skipping them")
+        elif not self.polling and (_is_limit(error) or self.failures >= 3):
+            self.polling = True
+            self.say(
+                f"inotify cannot watch {self.root} ({_first_line(error)}): "
+                f"falling back to polling every {self.poll_delay_ms} ms"
+            )
+        else:
+            self.say(f"the file watcher failed ({_first_line(error)}): restarting it")
+            if self.failures >= 5:
+                raise PyroError(
+                    f"the file watcher keeps failing: {_first_line(error)}",
+                    hint="`pyro sync` still brings the workspace up to date by hand",
+                ) from error
+            time.sleep(min(0.05 * 2**self.failures, 2.0))
+
+
+def _watched_dirs(root: Path, keep: Callable[[Path], bool]) -> list[str]:
+    """`root` and every directory below it that takes part in sync (`keep` says which), by
+    path; never `.git`, never through a symlink."""
+    found = [str(root)]
+    pending = [str(root)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue  # gone or unreadable: its parent's events still report it
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir and entry.name != ".git" and keep(Path(entry.path)):
+                found.append(entry.path)
+                pending.append(entry.path)
+    return found
+
+
+def _new_dirs(paths: set[Path], watched: list[str]) -> bool:
+    """Is one of the reported (wanted) paths a directory that is not watched yet?"""
+    known = set(watched)
+    return any(str(p) not in known and p.is_dir() and not p.is_symlink() for p in paths)
 
 
 def _guarded(changes_iter: Any) -> Any:
