@@ -415,3 +415,22 @@ def test_a_crafted_tree_with_a_link_and_a_directory_of_one_name_writes_nothing_o
     write_changes(find_project(repo_dir), changes, later)
     assert list(outside.iterdir()) == []
     assert os.readlink(dest / "lib") == str(outside)
+
+
+def test_detection_reads_no_file_through_a_link_out_of_the_repository(tmp_path: Path) -> None:
+    """package.json linked to a host file with install scripts: detection must not read it
+    (it would choose `npm ci --ignore-scripts` from the host file's content)."""
+    from pyro_loop.detect import detect_ecosystems
+
+    host = tmp_path / "host-package.json"
+    host.write_text('{"scripts": {"postinstall": "echo from the host"}}\n')
+    repo = _repo_with_links(tmp_path, "", {"package.json": str(host)})
+    (repo / "package-lock.json").write_text("{}\n")
+    (repo / "inside.json").write_text('{"scripts": {"postinstall": "echo inside"}}\n')
+    found = [e for e in detect_ecosystems(repo) if e.name == "npm"]
+    assert found and found[0].run == ("npm ci",), found
+    (repo / "package.json").unlink()
+    (repo / "package.json").symlink_to("inside.json")  # a link inside is followed
+    assert [e.run for e in detect_ecosystems(repo) if e.name == "npm"] == [
+        ("npm ci --ignore-scripts",)
+    ]

@@ -1,10 +1,11 @@
 """Which package managers a project uses, and how to install its dependencies.
 
-Detection only reads file names: a lock file (or manifest) names the ecosystem, the files that
+Detection goes by file names: a lock file (or manifest) names the ecosystem, the files that
 key the dependency snapshot, and the command that installs exactly what they pin. The commands
 run from /workspace, so those of a subdirectory start with `cd <dir> && `. A symlink counts by
-its name too, never followed here: whether its target may be read is decided when the keying
-files are read (prepare.py, through `Beneath.open_following`).
+its name too; the few files whose text shapes a command (requirements' lines naming the
+project, package.json's install scripts) are read beneath the root, never through a link that
+leaves it (`Beneath.open_following`), as the keying files are in prepare.py.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
         for rule in here:
             keys = [k for k in rule.keys if k in files]
             run, project = [rule.run], [rule.project] if rule.project else []
-            if rule.name == "npm" and _has_root_scripts(root / rel / "package.json"):
+            if rule.name == "npm" and _has_root_scripts(root, str(rel / "package.json")):
                 run = ["npm ci --ignore-scripts"]
                 project = ["npm rebuild && npm run --if-present prepare"]
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
@@ -117,7 +118,7 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
             key=lambda f: (f != "requirements.txt", f),
         )
         if requirements and not any(r.name in PYTHON_LOCKS for r in here):
-            run, project = _pip_commands(root / rel, requirements)
+            run, project = _pip_commands(root, rel, requirements)
             found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
     return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
 
@@ -130,12 +131,14 @@ LOCAL_REQUIREMENT = (
 DEPS_COPY = "/tmp/pyro-deps"  # in the sandbox: the requirements files without those lines
 
 
-def _pip_commands(directory: Path, requirements: list[str]) -> tuple[list[str], list[str]]:
+def _pip_commands(
+    root: Path, rel: PurePosixPath, requirements: list[str]
+) -> tuple[list[str], list[str]]:
     """The commands for requirements files: one install; or, when a file names the project
     itself, its dependencies first (copies of the files without those lines), then all of
     it again with the sources there (pip skips what is installed already)."""
     venv = "python3 -m venv .venv"
-    local = any(_local_lines(directory / name) for name in requirements)
+    local = any(_local_lines(root, str(rel / name)) for name in requirements)
     files = " ".join(f"-r {shlex.quote(f)}" for f in requirements)
     if not local:
         return [f"{venv} && .venv/bin/pip install {files}"], []
@@ -152,23 +155,29 @@ def _pip_commands(directory: Path, requirements: list[str]) -> tuple[list[str], 
     )
 
 
-def _local_lines(path: Path) -> list[str]:
+def _read(root: Path, rel: str) -> str:
+    """A repository file's text, read beneath the root (a link that leaves it reads as
+    empty here; reading the keying files refuses it in one line)."""
+    try:
+        with Beneath(root) as tree, os.fdopen(tree.open_following(rel), "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _local_lines(root: Path, rel: str) -> list[str]:
     import re
 
     pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if pattern.match(line)]
+    return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
 
 
-def _has_root_scripts(package_json: Path) -> bool:
+def _has_root_scripts(root: Path, rel: str) -> bool:
     import json
 
     try:
-        scripts = json.loads(package_json.read_text()).get("scripts") or {}
-    except (OSError, ValueError, AttributeError):
+        scripts = json.loads(_read(root, rel)).get("scripts") or {}
+    except (ValueError, AttributeError):
         return False
     return isinstance(scripts, dict) and any(name in scripts for name in NPM_ROOT_SCRIPTS)
 
