@@ -597,33 +597,44 @@ def test_layer_built_by_root_is_pulled_by_an_ordinary_user(
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def test_a_debian_project_pulls_its_environment_and_dependencies(
-    tmp_path: Path, registry: RegistryServer
-) -> None:
-    """Both layers under the keys this project computes, environment first; the layers are
-    stand-ins published under those keys (building debian:12 takes a minute)."""
-    config = DEPS_CONFIG + '\n[environment]\nbase = "debian:12"\n'
-    root = commit_project(tmp_path / "deb", config, {"requirements.txt": "deb==1\n"})
-    snapshot = _snapshot(root)
-    assert [kind for kind, _key in snapshot.layers] == ["environment", "dependencies"]
-    store = LayerStore(tmp_path / "builder")
+def _stand_ins(store: LayerStore, snapshot: share.Snapshot) -> None:
+    """A small layer under each key the snapshot names (building debian:12 takes a minute,
+    and a tool comes from PyPI)."""
     for kind, key in snapshot.layers:
         with store.staging() as staging:
             (staging / "tree").mkdir()
             (staging / "tree" / f"{kind}.txt").write_text(kind)
             store.publish(staging / "tree", kind=kind, key=key)
-    remote = parse_remote(f"{registry.address}/team/deb")
-    share.push(store, remote, snapshot)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kinds"),
+    [
+        ('[environment]\nbase = "debian:12"\n', ["environment", "dependencies"]),
+        ('[tools]\nuv = "0.4.30"\n', ["tool", "dependencies"]),
+    ],
+)
+def test_environment_and_tool_layers_are_shared_with_the_snapshot(
+    tmp_path: Path, registry: RegistryServer, extra: str, kinds: list[str]
+) -> None:
+    root = commit_project(tmp_path / "p", DEPS_CONFIG + "\n" + extra, {"requirements.txt": "x\n"})
+    snapshot = _snapshot(root)
+    assert [kind for kind, _key in snapshot.layers] == kinds
+    _stand_ins(LayerStore(tmp_path / "builder"), snapshot)
+    remote = parse_remote(f"{registry.address}/team/{kinds[0]}")
+    share.push(LayerStore(tmp_path / "builder"), remote, snapshot)
     manifest = RegistryClient(remote).get_manifest(snapshot.tag)
     assert manifest is not None
-    assert snapshot.tag.endswith("-" + os.uname().machine)  # no host release: self-contained
     assert json.loads(manifest["annotations"]["dev.pyro.lockfiles"]) == {
         "requirements.txt": snapshot.inputs["keys"]["requirements.txt"]
     }
-    assert manifest["annotations"]["dev.pyro.environment"] == "debian:12"
+    if kinds[0] == "environment":
+        assert snapshot.tag.endswith("-" + os.uname().machine)  # self-contained: no host
+        assert manifest["annotations"]["dev.pyro.environment"] == "debian:12"
 
+    # prepare pulls them all: it builds neither the environment nor the tool.
     result, _lines = _prepare(root, tmp_path / "puller", str(remote))
-    assert result.pulled == ["dependencies"] and "dependencies" not in result.built
+    assert result.pulled == ["dependencies"] and result.built == ["baseline"]
     pulled = LayerStore(tmp_path / "puller")
     for kind, key in snapshot.layers:
         layer = pulled.require(key)

@@ -34,6 +34,7 @@ def require_remote(config: ProjectConfig) -> Remote:
 
 def project_snapshot(config: ProjectConfig, inputs: PrepareInputs) -> Snapshot:
     """The layers a workspace of this project stands on, below its own files."""
+    from pyro_loop.activation import tool_requests
     from pyro_loop.environments import HOST, environment_key, parse_environment
 
     if not inputs.run:
@@ -42,6 +43,9 @@ def project_snapshot(config: ProjectConfig, inputs: PrepareInputs) -> Snapshot:
         )
     spec = parse_environment(config.environment, config.packages)
     layers = [] if spec.base == HOST else [("environment", environment_key(spec))]
+    # Declared tools (uv, poetry, pnpm, ...): their keys name the environment, architecture
+    # and interpreter they were built for.
+    layers += [("tool", request.key) for request in tool_requests(config)]
     layers.append(("dependencies", inputs.key))
     return Snapshot(key=inputs.key, environment=spec.name, layers=layers, inputs=inputs.to_json())
 

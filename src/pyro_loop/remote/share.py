@@ -1,8 +1,9 @@
 """Push and pull the layers of one snapshot key through a registry (docs/cache.md).
 
 The mapping: one manifest per snapshot key, tagged `<key>-<platform>`, whose layers are the
-environment layer (none for `host`) and the dependency layer, each one blob (archive.py)
-with pyro's media type and annotations naming its layer key, kind and tree digest. The
+environment layer (none for `host`), the declared tools' layers and the dependency layer,
+each one blob (archive.py) with pyro's media type and annotations naming its layer key, kind
+and tree digest. The
 manifest's config blob and annotations say what it was built from: the keying files'
 digests, the environment, the commands, pyro's version, the architecture. A workspace's own
 files (baselines, snapshots) are never pushed.
@@ -36,7 +37,7 @@ ARTIFACT_TYPE = "application/vnd.pyro.snapshot.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.pyro.snapshot.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 A = "dev.pyro."  # annotation prefix
-SHARED_KINDS = ("environment", "dependencies")
+SHARED_KINDS = ("environment", "tool", "dependencies")
 Progress = Callable[[str], None]
 
 
