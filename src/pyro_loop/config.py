@@ -22,12 +22,13 @@ from pyro_loop.errors import PyroError
 
 FILENAME = ".pyro.toml"
 
-Kind = Literal["string", "strings", "integer", "seconds"]
+Kind = Literal["string", "strings", "integer", "seconds", "ports"]
 TYPE_NAMES = {
     "string": "string",
     "strings": "list of strings",
     "integer": "integer",
     "seconds": "number (seconds)",
+    "ports": "list of ports",
 }
 
 
@@ -117,6 +118,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspace", "network", "network", "string", "off",
             "Network access inside workspaces: none, or outbound connections.",
             choices=("off", "egress")),
+    Setting("workspace", "ports", "ports", "ports", (),
+            "Ports of the workspace published at 127.0.0.1 on the host while it runs: 5173, "
+            'or "8080:80" for host port 8080 to port 80 inside.'),
     Setting("workspace", "processes", "processes", "integer", 4096,
             "The most processes a workspace may run at once."),
     Setting("workspace", "open_files", "open_files", "integer", 65536,
@@ -160,6 +164,7 @@ class ProjectConfig:
     prepare_env: tuple[str, ...]
     prepare_timeout: float
     network: str
+    ports: tuple[str, ...]
     processes: int
     open_files: int
     sync_exclude: tuple[str, ...]
@@ -300,6 +305,8 @@ class _Bad(Exception):
 
 
 def _convert(setting: Setting, value: Any) -> Any:
+    if setting.kind == "ports":
+        return _ports(value)
     if setting.kind == "strings":
         if not isinstance(value, list):
             raise _Bad("a list of strings", value)
@@ -315,6 +322,22 @@ def _convert(setting: Setting, value: Any) -> Any:
     if not numeric or not 0 < value < float("inf"):
         raise _Bad("a positive number of seconds", value)
     return float(value)
+
+
+def _ports(value: Any) -> tuple[str, ...]:
+    from pyro_loop.ports import parse_publish
+
+    if not isinstance(value, list):
+        raise _Bad('a list of ports such as [5173, "8080:80"]', value)
+    ports = []
+    for i, item in enumerate(value, 1):
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise _Bad('a port (5173) or "HOST_PORT:PORT"', item, item=i)
+        try:
+            ports.append(str(parse_publish(item)))
+        except PyroError as exc:
+            raise _Bad(f"a port 1-65535 ({exc.message})", item, item=i) from None
+    return tuple(ports)
 
 
 def _string(setting: Setting, value: Any, *, item: int | None = None) -> str:

@@ -41,6 +41,7 @@ from pyro_loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 if TYPE_CHECKING:
     from pyro_loop.activation import Activation
     from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
+    from pyro_loop.ports import Mapping
     from pyro_loop.services import ServiceClient
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
@@ -127,6 +128,7 @@ class ProjectLoop:
                 if same_tree and not warmth.made_for(record):
                     record = self._move(record, warmth, on_progress)
                     synced = self._syncer(record).reconcile()
+                    self._publish_configured(record)
                     return UpResult(record, "moved", time.perf_counter() - started, synced)
                 if record.labels.get("key") == ",".join(layers) and warmth.made_for(record):
                     running = record.handle is not None and self.ws.runtime.is_running(
@@ -135,12 +137,14 @@ class ProjectLoop:
                     if not running:
                         record = self.ws.start(record.id)
                     synced = self._syncer(record).reconcile()
+                    self._publish_configured(record)
                     action = "reused" if running else "started"
                     return UpResult(record, action, time.perf_counter() - started, synced)
                 self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
             record = self._create(warmth)
             synced = self._syncer(record).reconcile()
+            self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
 
     def _layers(self, warmth: Warmth) -> tuple[list[str], str | None]:
@@ -274,6 +278,7 @@ class ProjectLoop:
         record = self._current(record, prepare=prepare, on_progress=on_progress)
         if record.handle is None or not self.ws.runtime.is_running(record.handle):
             record = self.ws.start(record.id)
+        self._publish_configured(record)  # after a start or a move, which closed them
         return record
 
     def _current(
@@ -287,6 +292,17 @@ class ProjectLoop:
             if warmth.made_for(record):  # another command moved it meanwhile
                 return record
             return self._move(record, warmth, on_progress)
+
+    def _publish_configured(self, record: WorkspaceRecord) -> None:
+        """`[workspace] ports`: published whenever the workspace runs."""
+        if self.config.ports:
+            from pyro_loop.ports import parse_publish
+
+            self.ws.publish(record.id, [parse_publish(p) for p in self.config.ports])
+
+    def publish(self, mappings: Sequence[Mapping]) -> list[Mapping]:
+        """Publish ports of the project's workspace at 127.0.0.1 until it stops."""
+        return self.ws.publish(self.live().id, list(mappings))
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -96,8 +96,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         dependencies=deps,
         baseline=baseline,
         workspaces=[
-            {"id": w["id"], "name": w["name"], "state": w["state"], "current": w["current"]}
-            for w in mine
+            {k: w[k] for k in ("id", "name", "state", "current", "ports")} for w in mine
         ],
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyro_loop.environments import Progress
+    from pyro_loop.ports import Mapping
 
 BASELINE = "baseline"
 READY_TIMEOUT = 15.0
@@ -68,6 +69,7 @@ class WorkspaceStatus:
     detail: str
     changed_bytes: int | None = None
     standby: str = "off"  # "ready" | "down" | "off": the pre-booted sandbox a reset switches to
+    ports: tuple[Mapping, ...] = ()  # published at 127.0.0.1 on the host
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
@@ -89,6 +91,7 @@ class WorkspaceStatus:
             "limits": r.limits.describe(),
             "changed_bytes": self.changed_bytes,
             "standby": self.standby,
+            "ports": [m.to_json() for m in self.ports],
         }
 
 
@@ -463,6 +466,21 @@ class Workspaces:
             with wdir.history.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    def publish(self, ref: str, mappings: builtins.list[Mapping]) -> builtins.list[Mapping]:
+        """Make each port of the workspace reachable at 127.0.0.1 on the host (ports.py)
+        until the workspace stops; returns every port it publishes now."""
+        from pyro_loop import ports
+
+        wdir = self.resolve(ref)
+        with file_lock(wdir.lock_path):
+            self._running_client(wdir)
+            return ports.publish(wdir.root, wdir.socket, mappings)
+
+    def published(self, ref: str) -> builtins.list[Mapping]:
+        from pyro_loop import ports
+
+        return ports.published(self.resolve(ref).root)
+
     def logs(self, ref: str, *, limit: int = 50) -> dict[str, Any]:
         wdir = self.resolve(ref)
         history: list[dict[str, Any]] = []
@@ -603,6 +621,9 @@ class Workspaces:
         raise sandbox_failure(wdir.log)
 
     def _halt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        from pyro_loop import ports
+
+        ports.close_all(wdir.root)  # published ports live as long as the sandbox
         self._stop_spare(wdir, record)
         if record.handle is not None:
             self.runtime.stop(record.handle, self._spec(wdir, record))
@@ -636,7 +657,10 @@ class Workspaces:
                     detail = "agent answering"
                 except AgentUnavailableError:
                     state, detail = "unresponsive", "sandbox running, agent not answering"
-        return WorkspaceStatus(record, state, detail, changed, standby)
+        from pyro_loop import ports
+
+        published = tuple(ports.published(wdir.root)) if state != "stopped" else ()
+        return WorkspaceStatus(record, state, detail, changed, standby, published)
 
 
 # What unshare, mount and bwrap print when the kernel refuses unprivileged namespaces.

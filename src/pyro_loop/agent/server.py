@@ -12,6 +12,7 @@ to the operation `OPS` names; the operations live beside it, one job per module:
   tarput.py    put_tar and remove_many (sync into the workspace)
   execop.py    exec (run a command, forward its output and input), freeze
   services.py  detached commands with bounded logs (service_*), ps
+  portfwd.py   connect: a TCP connection to a port in the workspace, relayed
 
 Nothing a request holds is trusted. The sandbox around the agent is the security boundary;
 the agent keeps the file tools' behaviour predictable inside it. Start-up time is on the path
@@ -29,6 +30,7 @@ import time
 
 import execop
 import fileops
+import portfwd
 import protocol as p
 import services
 import tarput
@@ -60,6 +62,7 @@ OPS = {
     "service_logs": services.op_service_logs,
     "service_stop": services.op_service_stop,
     "ps": services.op_ps,
+    "connect": portfwd.op_connect,
 }
 
 

@@ -16,6 +16,10 @@ ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (d
 NoPrepareOption = typer.Option(
     False, "--no-prepare", help="Stop (naming what changed) instead of preparing."
 )
+PUBLISH_HELP = (
+    "Make a port the workspace listens on reachable at 127.0.0.1 on the host (PORT, or "
+    "HOST_PORT:PORT), until `pyro down`; repeatable. The workspace gets no network from it."
+)
 
 
 def _loop(project_dir: Path | None) -> Any:
@@ -72,6 +76,7 @@ def exec_(
     name: str | None = typer.Option(
         None, "--name", help="The service's name with --detach (default: the program's)."
     ),
+    publish: list[str] = typer.Option([], "--publish", "-p", help=PUBLISH_HELP),
     as_json: bool = JsonOption,
     no_prepare: bool = NoPrepareOption,
 ) -> None:
@@ -84,6 +89,13 @@ def exec_(
     from pyro_loop.names import parse_env
 
     loop = _loop(project_dir)
+    if publish:
+        from pyro_loop.ports import parse_publish
+
+        mappings = [parse_publish(value) for value in publish]
+        for mapping in loop.publish(mappings):
+            if mapping in mappings:
+                note(f"pyro: {mapping.url} -> port {mapping.port} of the workspace")
     if detach:
         from pyro_loop.cli.service_cmds import show_started
         from pyro_loop.errors import InvalidInputError
@@ -251,8 +263,13 @@ def down(
     as_json: bool = JsonOption,
 ) -> None:
     """Stop (or delete) the project's workspace."""
-    record = _loop(project_dir).down(delete=delete)
+    loop = _loop(project_dir)
+    record = loop.require()
+    closed = loop.ws.published(record.id)
+    record = loop.down(delete=delete)
     verb = "deleted" if delete else "stopped"
+    if closed:
+        verb += f" (closed {', '.join(m.url for m in closed)})"
     emit(
         {"id": record.id, "action": verb},
         as_json=as_json,

@@ -126,6 +126,8 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
                     "" if w["current"] else " (made for other dependencies: the next exec moves it)"
                 )
                 say(f"workspace     {w['name'] or w['id']}: {w['state']}{outdated}")
+                for port in w.get("ports") or []:
+                    say(f"port          {port['url']} -> {port['port']} in the workspace")
         else:
             say("workspace     none running")
         sync = data["sync"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from pyro_loop.cli.loop_cmds import PUBLISH_HELP
 from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
@@ -206,6 +207,7 @@ def exec(
     env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help=STDIN_HELP),
     tty: bool = typer.Option(False, "--tty", "-t", help=TTY_HELP),
+    publish: list[str] = typer.Option([], "--publish", "-p", help=PUBLISH_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Run a command in a workspace; output streams, its exit code is pyro's.
@@ -213,10 +215,16 @@ def exec(
     Piped input reaches the command's stdin; a terminal's only with -i (or -t).
     """
     from pyro_loop.names import parse_env
+    from pyro_loop.ports import parse_publish
 
     if tty and as_json:
         raise InvalidInputError("-t and --json do not go together: a terminal has no JSON")
     ws = _workspaces()
+    if publish:
+        mappings = [parse_publish(value) for value in publish]
+        for mapping in ws.publish(ref, mappings):
+            if mapping in mappings:
+                note(f"pyro: {mapping.url} -> port {mapping.port} of the workspace")
     result = run_attached(
         lambda stdin, size: ws.open_exec(
             ref, command, cwd=cwd, env=parse_env(env), timeout=timeout, stdin=stdin, tty=size

@@ -73,6 +73,7 @@ AGENT_FILES = (
     "execop.py",
     "proctree.py",
     "services.py",
+    "portfwd.py",
 )
 RUN_DIR = "/run/pyro"
 RUN_SIZE = 256 * 1024 * 1024
