@@ -81,3 +81,12 @@ def test_cache_benchmark_builds_pushes_pulls_and_copies(tmp_path: Path) -> None:
                     "cp -a of the layer"])  # fmt: skip
     data = json.loads(out.read_text())
     assert data["blob_bytes"] > 0 and len(data["pulls_s"]) == 1
+
+
+@pytest.mark.slow
+def test_published_port_benchmark_runs_both_rows(tmp_path: Path) -> None:
+    out = tmp_path / "ports.json"
+    run_bench("bench_ports.py", "--quick", "--json", str(out),
+              rows=["published port, small request", "published port, 1 MiB response"])  # fmt: skip
+    samples = json.loads(out.read_text())
+    assert len(samples["small_native"]) == len(samples["small_published"]) == 20

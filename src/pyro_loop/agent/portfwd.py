@@ -6,18 +6,31 @@ After the J reply {"ok": true, "connected": true} the connection carries the TCP
 bytes as they are, in both directions, with no framing: either side's end of data is passed
 on as a half-close (shutdown SHUT_WR), and the request ends when both directions have. Any
 reliable byte stream (a Unix socket, vsock) carries it the same way.
+
+Over a Unix socket the host may instead send the client's TCP connection with the request
+(SCM_RIGHTS): the agent then relays between that socket and the port, and replies nothing.
+Each process a request passes through is a wait for the CPU on a busy machine; this takes
+the host's relay off the path.
 """
 
 import _socket
+import os
 import select
 
 import protocol as p
 from confine import RequestError
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
+BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it
 
 
-def op_connect(conn, req):
+def op_connect(conn, req, fds=()):
+    """With a descriptor passed along (over a Unix socket), that connected socket is the
+    client: no reply, the relay starts at once. Without one, the reply says `connected`
+    and the request's own connection carries the stream."""
+    client = _socket.socket(fileno=fds[0]) if len(fds) == 1 else None
+    for fd in fds[1:] if client is not None else fds:
+        os.close(fd)
     port = req.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise RequestError("invalid_request", "port must be 1-65535")
@@ -33,12 +46,15 @@ def op_connect(conn, req):
         upstream = sock
         break
     if upstream is None:
+        if client is not None:
+            raise SystemExit(0)  # the client sees its connection closed
         raise RequestError(
             "connection_refused", "nothing listens on port %d in the workspace" % port
         )
     upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-    p.send_json(conn, {"ok": True, "connected": True})
-    relay(conn, upstream)
+    if client is None:
+        p.send_json(conn, {"ok": True, "connected": True})
+    relay(client or conn, upstream)
     raise SystemExit(0)  # the stream was the answer: no reply follows
 
 

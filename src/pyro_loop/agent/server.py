@@ -23,6 +23,7 @@ the operation that needs it.
 
 import _signal
 import _socket
+import array
 import os
 import posix
 import sys
@@ -66,10 +67,28 @@ OPS = {
 }
 
 
+def _recv_request(conn):
+    """The request's J frame, and the descriptors sent with it (SCM_RIGHTS, over a Unix
+    socket only: `connect` may be handed the client's connection itself)."""
+    fds = array.array("i")
+    header, ancillary, _flags, _addr = conn.recvmsg(p.HEADER_SIZE, _socket.CMSG_SPACE(4 * 4))
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if len(header) < p.HEADER_SIZE:
+        header += p.recv_exact(conn, p.HEADER_SIZE - len(header)) if header else b""
+    if len(header) < p.HEADER_SIZE or header[:1] != p.KIND_JSON:
+        raise p.ProtocolError("expected a JSON frame")
+    size = int.from_bytes(header[1:], "big")
+    if size > p.MAX_JSON:
+        raise p.ProtocolError("frame too large: %d bytes" % size)
+    return p.decode_json(p.recv_exact(conn, size)), list(fds)
+
+
 def handle(conn):
     try:
-        req = p.recv_json(conn)
-    except p.ProtocolError:
+        req, fds = _recv_request(conn)
+    except (p.ProtocolError, OSError):
         return
     try:
         if req.get("v") != p.VERSION:
@@ -80,7 +99,12 @@ def handle(conn):
         op = OPS.get(req.get("op"))
         if op is None:
             raise RequestError("unknown_op", "unknown operation: %r" % (req.get("op"),))
-        reply = op(conn, req)
+        if op is portfwd.op_connect:
+            reply = op(conn, req, fds)
+        else:
+            for fd in fds:  # only `connect` takes a descriptor
+                os.close(fd)
+            reply = op(conn, req)
         reply["ok"] = True
     except RequestError as exc:
         reply = {"ok": False, "kind": exc.kind, "error": str(exc)}
