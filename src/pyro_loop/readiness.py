@@ -95,9 +95,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         environment=environment,
         dependencies=deps,
         baseline=baseline,
-        workspaces=[
-            {k: w[k] for k in ("id", "name", "state", "current", "ports")} for w in mine
-        ],
+        workspaces=[{k: w[k] for k in ("id", "name", "state", "current", "ports")} for w in mine],
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
         hooks=_hooks_state(project),
