@@ -122,12 +122,7 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         say(line)
         if data["workspaces"]:
             for w in data["workspaces"]:
-                outdated = (
-                    "" if w["current"] else " (made for other dependencies: the next exec moves it)"
-                )
-                say(f"workspace     {w['name'] or w['id']}: {w['state']}{outdated}")
-                for port in w.get("ports") or []:
-                    say(f"port          {port['url']} -> {port['port']} in the workspace")
+                _say_workspace(w)
         else:
             say("workspace     none running")
         sync = data["sync"]
@@ -146,6 +141,14 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
     emit(data, as_json=as_json, human=human)
     if not state.warm:
         raise typer.Exit(1)
+
+
+def _say_workspace(w: dict[str, Any]) -> None:
+    """A workspace's status line, then one per port it publishes."""
+    outdated = "" if w["current"] else " (made for other dependencies: the next exec moves it)"
+    say(f"workspace     {w['name'] or w['id']}: {w['state']}{outdated}")
+    for port in w.get("ports") or []:
+        say(f"port          {port['url']} -> {port['port']} in the workspace")
 
 
 def _hooks_line(hooks: dict[str, Any]) -> str:
