@@ -27,6 +27,9 @@ from pyro_loop.store import check_key
 from pyro_loop.workspace import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
+from tests.test_real_projects import NOBODY, _commit, _project, _write, nobody, user
+
+__all__ = ["user"]  # a fixture, used by name
 
 
 @pytest.fixture
@@ -434,3 +437,58 @@ def test_detection_reads_no_file_through_a_link_out_of_the_repository(tmp_path: 
     assert [e.run for e in detect_ecosystems(repo) if e.name == "npm"] == [
         ("npm ci --ignore-scripts",)
     ]
+
+
+# -- the same, as an ordinary user -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_as_an_ordinary_user_no_repository_link_or_workspace_link_reaches_the_host(
+    user: dict[str, Path],
+) -> None:
+    """uid 65534 owns the secret, the repositories and the store, so no permission stands
+    in the way: what stops each attack is how pyro resolves paths. A keying file linked to
+    the user's credentials, a directory turned into a link to their ~/.ssh, and a workspace
+    link to the calling repository's .git/hooks handed to `patch apply`."""
+    projects = user["projects"]
+    secret = user["user_home"] / "credentials"
+    secret.write_bytes(SECRET)
+    os.chown(secret, NOBODY, NOBODY)
+
+    keyed = _project(user, "keyed")
+    _write(keyed, {".pyro.toml": '[prepare]\nkeys = ["requirements.txt"]\n'
+                   + COPY_KEYS.format(key="requirements.txt")})  # fmt: skip
+    nobody(["ln", "-s", str(secret), "requirements.txt"], cwd=keyed, user=user, tool=True)
+    _commit(keyed, user)
+    refused = nobody(["prepare"], cwd=keyed, user=user, check=False)
+    assert refused.returncode == 1, refused
+    assert refused.stderr.startswith("pyro: error: requirements.txt is a symbolic link to ")
+
+    synced = _project(user, "synced")
+    _write(synced, {".pyro.toml": '[sync]\nexclude = ["a", "!a/"]\n', "a/credentials": "x\n"})
+    _commit(synced, user)
+    nobody(["exec", "--", "true"], cwd=synced, user=user)
+    nobody(["git", "rm", "-rq", "a"], cwd=synced, user=user, tool=True)
+    nobody(["ln", "-s", str(secret.parent), "a"], cwd=synced, user=user, tool=True)
+    _commit(synced, user)
+    seen = nobody(["exec", "--", "sh", "-c", "cat a/* 2>/dev/null; true"], cwd=synced, user=user)
+    assert SECRET.decode().strip() not in seen.stdout
+
+    victim = _project(user, "victim")
+    _write(victim, {"README.md": "mine\n"})
+    _commit(victim, user)
+    seed = _project(user, "seed")
+    ws = nobody(["workspace", "create", "--seed-path", str(seed), "--id-only"],
+                cwd=projects, user=user).stdout.strip()  # fmt: skip
+    nobody(["workspace", "exec", ws, "--", "sh", "-c", HOOK_LINK], cwd=projects, user=user)
+    patch = user["user_home"] / "hook.patch"
+    patch.write_text(HOOK_PATCH)
+    os.chown(patch, NOBODY, NOBODY)
+    applied = nobody(["workspace", "patch", "apply", ws, "--patch-file", str(patch)],
+                     cwd=victim, user=user, check=False)  # fmt: skip
+    assert applied.returncode == 1, applied
+    assert not (victim / ".git" / "hooks" / "pre-commit").exists()
+    for done in ("synced",):
+        nobody(["down", "--delete"], cwd=projects / done, user=user, check=False)
+    nobody(["workspace", "delete", ws], cwd=projects, user=user, check=False)
+    assert _files_holding(user["home"], SECRET.strip()) == []
