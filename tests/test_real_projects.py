@@ -81,7 +81,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         path.mkdir()
         os.chown(path, NOBODY, NOBODY)
     try:
-        yield {"lib": lib, "home": home, "projects": projects, "user_home": own}
+        yield {"lib": lib, "home": home, "projects": projects, "user_home": own, "base": base}
     finally:
         subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
@@ -101,10 +101,12 @@ def nobody(
     tool: bool = False,
     check: bool = True,
     timeout: float = 600,
+    path: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    """`pyro ARGS` (or, with `tool`, the command ARGS itself) as uid 65534 in `cwd`."""
+    """`pyro ARGS` (or, with `tool`, the command ARGS itself) as uid 65534 in `cwd`; `path`:
+    directories before the system's on PATH (where the test installed uv, poetry, pnpm)."""
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"{path}:/usr/local/bin:/usr/bin:/bin" if path else "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(user["user_home"]),
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -219,3 +221,132 @@ def test_what_the_projects_downloaded_is_in_the_pyro_homes_cache(user: dict[str,
         pytest.skip("npm is not installed on this host")
     npm = user["home"] / "downloads" / "npm"
     assert any(f.is_file() for f in (npm / "_cacache").rglob("*"))
+
+
+# -- projects made with uv, poetry and pnpm ---------------------------------------------------
+# The tools that create the projects come from the registries into a directory of the test's
+# (as a user's pipx or npm -g would put them); the ones pyro runs inside come from its own
+# tools layer, declared by `pyro init` from what the project pins.
+
+
+@pytest.fixture(scope="module")
+def registry_tools(user: dict[str, Path]) -> str:
+    """uv and poetry from PyPI, pnpm 9 from npm, readable by every user: their bin dirs."""
+    base = user["base"]
+    venv = base / "pytools"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "uv", "poetry"], check=True, timeout=600)
+    dirs = [str(venv / "bin")]
+    if shutil.which("npm") is not None:
+        node = base / "nodetools"
+        subprocess.run(
+            ["npm", "install", "--global", "--no-fund", "--no-audit", "--prefix", str(node),
+             "pnpm@9"],
+            check=True, timeout=600, capture_output=True,
+        )  # fmt: skip
+        dirs.append(str(node / "bin"))
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    return ":".join(dirs)
+
+
+def _tools_of(repo: Path) -> dict[str, str]:
+    import tomllib
+
+    config = tomllib.loads((repo / ".pyro.toml").read_text())
+    return {k: v for k, v in config.get("tools", {}).items() if k != "host"}
+
+
+def _check_run(repo: Path) -> list[str]:
+    import tomllib
+
+    run: list[str] = tomllib.loads((repo / ".pyro.toml").read_text())["check"]["run"]
+    return run
+
+
+TEST_PY = "import six\nimport {package}\n\n\ndef test_it():\n    assert six.PY3\n"
+
+
+def test_a_uv_project(user: dict[str, Path], registry_tools: str) -> None:
+    repo = _project(user, "uvapp")
+
+    def uv(*args: str) -> None:
+        nobody(["uv", *args], cwd=repo, user=user, tool=True, path=registry_tools)
+
+    uv("init", "-q", "--name", "uvapp", "--package", ".")
+    uv("add", "-q", "six")
+    uv("add", "-q", "--dev", "pytest")
+    _write(repo, {"tests/test_app.py": TEST_PY.format(package="uvapp")})
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    # uv.lock names no uv version: the latest goes into pyro's tools layer (the user's own
+    # uv is not on the workspace's PATH). pytest is locked, so it is the check.
+    assert _tools_of(repo) == {"uv": "latest"}
+    assert _check_run(repo) == ["pytest"]
+    out = nobody(["exec", "--", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
+    out = nobody(["exec", "--", "sh", "-c", "command -v uv; command -v pytest"], cwd=repo,
+                 user=user)  # fmt: skip
+    assert out.stdout.split() == ["/run/pyro/tools/uv/bin/uv", "/workspace/.venv/bin/pytest"]
+    # A new dependency in the lockfile: the next exec has it.
+    uv("add", "-q", "iniconfig")
+    out = nobody(["exec", "--", "python", "-c", "import iniconfig; print('ok')"], cwd=repo,
+                 user=user)  # fmt: skip
+    assert out.stdout.strip() == "ok"
+    _no_prepare_sandbox_left(user)
+
+
+def test_a_poetry_project(user: dict[str, Path], registry_tools: str) -> None:
+    repo = user["projects"] / "poetryapp"
+
+    def poetry(*args: str) -> None:
+        where = repo if repo.is_dir() else user["projects"]
+        nobody(["poetry", *args], cwd=where, user=user, tool=True, path=registry_tools)
+
+    poetry("new", "-q", "poetryapp")
+    nobody(["git", "init", "-q"], cwd=repo, user=user, tool=True)
+    poetry("add", "-q", "six")
+    poetry("add", "-q", "--group", "dev", "pytest")
+    _write(repo, {"tests/test_app.py": TEST_PY.format(package="poetryapp")})
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    # poetry.lock's header names the poetry that wrote it: the same one runs in the sandbox.
+    header = (repo / "poetry.lock").read_text().splitlines()[0]
+    assert _tools_of(repo) == {"poetry": header.split("Poetry ")[1].split()[0]}
+    assert _check_run(repo) == ["pytest"]
+    out = nobody(["exec", "--", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
+    # The project's own package, editable: its sources in the workspace.
+    out = nobody(["exec", "--", "python", "-c", "import poetryapp; print(poetryapp.__file__)"],
+                 cwd=repo, user=user)  # fmt: skip
+    assert out.stdout.strip() == "/workspace/src/poetryapp/__init__.py"
+    poetry("add", "-q", "iniconfig")
+    out = nobody(["exec", "--", "python", "-c", "import iniconfig; print('ok')"], cwd=repo,
+                 user=user)  # fmt: skip
+    assert out.stdout.strip() == "ok"
+
+
+def test_a_pnpm_project(user: dict[str, Path], registry_tools: str) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "pnpmapp")
+
+    def tool(*args: str) -> None:
+        nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
+
+    tool("pnpm", "init")
+    tool("pnpm", "add", "is-number")
+    test = "const isNumber = require('is-number');\nif (!isNumber(5)) process.exit(1);\n"
+    _write(repo, {"test.js": test, ".gitignore": "node_modules/\n"})
+    tool("npm", "pkg", "set", "scripts.test=node test.js")
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    # pnpm 9 writes lockfile format 9.0 and no packageManager field: the 9.x line.
+    assert _tools_of(repo) == {"pnpm": "9.x"}
+    assert _check_run(repo) == ["pnpm test"]
+    out = nobody(["exec", "--", "pnpm", "test"], cwd=repo, user=user)
+    assert "node test.js" in out.stdout
+    tool("pnpm", "add", "is-odd")
+    out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
+                 user=user)  # fmt: skip
+    assert out.stdout.strip() == "true"
