@@ -32,7 +32,25 @@ WORKSPACE_CORE = (
     *VM_RUN,
 )
 
-WORKSPACE_FULL = (*WORKSPACE_CORE, "snapshot_create", "snapshot_list", "snapshot_delete")
+WORKSPACE_FULL = (
+    *WORKSPACE_CORE,
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_delete",
+    # A terminal that stays open between calls.
+    "workspace_shell_open",
+    "workspace_shell_read",
+    "workspace_shell_write",
+    "workspace_shell_signal",
+    "workspace_shell_close",
+    # Long-running commands, and calling their servers from the host.
+    "workspace_service_start",
+    "workspace_service_list",
+    "workspace_service_status",
+    "workspace_service_logs",
+    "workspace_service_stop",
+    "workspace_port_request",
+)
 
 PROFILES: dict[str, tuple[str, ...]] = {
     "vm-run": VM_RUN,

@@ -19,6 +19,7 @@ from pyro_loop.mcp.calls import Calls, guarded
 from pyro_loop.mcp.profiles import tools_for
 from pyro_loop.mcp.tools.commands import CommandTools
 from pyro_loop.mcp.tools.files import FileTools
+from pyro_loop.mcp.tools.interactive import InteractiveTools
 from pyro_loop.mcp.tools.lifecycle import LifecycleTools
 from pyro_loop.mcp.tools.project import ProjectTools
 
@@ -41,7 +42,9 @@ class PyroTools:
 
     def __init__(self, calls: Calls) -> None:
         self.lifecycle = LifecycleTools(calls)
-        self.groups = (ProjectTools(calls), CommandTools(calls), FileTools(calls), self.lifecycle)
+        self.interactive = InteractiveTools(calls)
+        self.groups = (ProjectTools(calls), CommandTools(calls), FileTools(calls), self.lifecycle,
+                       self.interactive)  # fmt: skip
 
     def tool(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         for group in self.groups:
@@ -52,6 +55,7 @@ class PyroTools:
 
     def close(self) -> None:
         """The server is ending: remove what only a running call would have removed."""
+        self.interactive.close()
         self.lifecycle.close()
 
 

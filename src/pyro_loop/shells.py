@@ -1,0 +1,134 @@
+"""Shell sessions that outlive one call: for a chat host, which cannot hold a terminal, the
+MCP tools `workspace_shell_open/read/write/signal/close` drive a shell through these.
+
+A session is an exec on a pseudo-terminal (shellcmd.py) whose connection stays open: a
+thread reads its output into a bounded buffer that `read` takes from by cursor, `write`
+sends keys, `signal` signals the terminal's foreground process, `close` ends it (the agent
+kills the shell's whole process tree when the connection goes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyro_loop.errors import NotFoundError, PyroError
+
+if TYPE_CHECKING:
+    from pyro_loop.client import ExecChannel, ExecResult
+
+KEEP = 1024 * 1024  # bytes of a shell's output kept for `read`; older output is dropped
+TERMINAL = (30, 120)  # rows, cols
+
+
+@dataclass
+class ShellSession:
+    id: str
+    workspace_id: str
+    channel: ExecChannel
+    stack: contextlib.ExitStack
+    output: bytearray = field(default_factory=bytearray)
+    start: int = 0  # the cursor of output[0]: bytes dropped before it
+    result: ExecResult | None = None
+    error: str | None = None
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                event = self.channel.next_event()
+                if not isinstance(event, tuple):
+                    with self.lock:
+                        self.result = event
+                        self.lock.notify_all()
+                    return
+                with self.lock:
+                    self.output += event[1]
+                    if len(self.output) > KEEP:
+                        cut = len(self.output) - KEEP
+                        del self.output[:cut]
+                        self.start += cut
+                    self.lock.notify_all()
+        except PyroError as exc:
+            with self.lock:
+                self.error = exc.message
+                self.lock.notify_all()
+
+    def read(self, cursor: int, max_bytes: int, wait: float) -> dict[str, Any]:
+        """Output from `cursor` on (at most `max_bytes`), waiting up to `wait` s for some."""
+        with self.lock:
+            end = self.start + len(self.output)
+            if cursor >= end and self.result is None and self.error is None and wait > 0:
+                self.lock.wait(wait)
+                end = self.start + len(self.output)
+            begin = max(cursor, self.start)
+            data = bytes(self.output[begin - self.start : begin - self.start + max_bytes])
+            return {
+                "shell_id": self.id,
+                "output": data.decode("utf-8", "replace"),
+                "cursor": begin,
+                "next_cursor": begin + len(data),
+                "dropped_bytes": begin - cursor if cursor < begin else 0,
+                "more": begin + len(data) < end,
+                **self.state(),
+            }
+
+    def state(self) -> dict[str, Any]:
+        if self.result is not None:
+            return {"state": "exited", "exit_code": self.result.exit_code}
+        if self.error is not None:
+            return {"state": "lost", "exit_code": None, "error": self.error}
+        return {"state": "running", "exit_code": None}
+
+
+class Shells:
+    """The open shell sessions of one process (an MCP server)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, ShellSession] = {}
+        self._lock = threading.Lock()
+
+    def open(
+        self,
+        workspace_id: str,
+        opener: Callable[[tuple[int, int]], contextlib.AbstractContextManager[ExecChannel]],
+    ) -> ShellSession:
+        """Start a shell with `opener(terminal size)` (an `open_exec` of SHELL_ARGV)."""
+        stack = contextlib.ExitStack()
+        channel = stack.enter_context(opener(TERMINAL))
+        session = ShellSession(secrets.token_hex(6), workspace_id, channel, stack)
+        threading.Thread(target=session._pump, name="pyro-shell", daemon=True).start()
+        with self._lock:
+            self._sessions[session.id] = session
+        return session
+
+    def get(self, shell_id: str) -> ShellSession:
+        with self._lock:
+            session = self._sessions.get(shell_id)
+        if session is None:
+            raise NotFoundError(
+                f"no open shell {shell_id!r}", hint="workspace_shell_open starts one"
+            )
+        return session
+
+    def close(self, shell_id: str) -> ShellSession:
+        session = self.get(shell_id)
+        with self._lock:
+            self._sessions.pop(shell_id, None)
+        with contextlib.suppress(OSError):  # wakes the reader thread (a close would not)
+            session.channel.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(PyroError, OSError):
+            session.stack.close()
+        return session
+
+    def close_all(self) -> None:
+        with self._lock:
+            ids = list(self._sessions)
+        for shell_id in ids:
+            with contextlib.suppress(PyroError):
+                self.close(shell_id)
