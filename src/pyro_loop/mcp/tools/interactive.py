@@ -221,9 +221,9 @@ class InteractiveTools(ToolGroup):
         path: Annotated[str, Field(description="The request's path; default /.")] = "/",
         method: Annotated[
             Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            Field(description="Default GET."),
+            Field(description="The HTTP method; default GET."),
         ] = "GET",
-        body: Annotated[str | None, Field(description="The request's body, if any.")] = None,
+        body: Annotated[str | None, Field(description="The request's body; default none.")] = None,
         workspace_id: WorkspaceId = None,
         max_bytes: MaxBytes = MAX_BYTES,
         timeout_seconds: Annotated[
