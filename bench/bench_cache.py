@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchrepo import git, scratch_home
+from benchrepo import make_repo, scratch_home
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.oci_registry
 from tests.oci_registry import running_registry
@@ -52,19 +52,6 @@ SYNTHETIC = (
 )
 TARGET_SPEEDUP = 5.0
 TARGET_VS_COPY = 1.5
-
-
-def make_project(root: Path, install: str, requirements: str) -> None:
-    root.mkdir()
-    (root / "app.py").write_text("print('app')\n")
-    (root / "requirements.txt").write_text(requirements)
-    (root / ".gitignore").write_text(".venv/\n")
-    (root / ".pyro.toml").write_text(
-        f'[prepare]\nkeys = ["requirements.txt"]\nrun = [{json.dumps(install)}]\n'
-    )
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "main")
 
 
 def timed_prepare(root: Path, home: Path) -> tuple[float, object]:
@@ -105,7 +92,7 @@ def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[s
     os.environ.pop("PYRO_CACHE_REMOTE", None)
     with scratch_home("pyro-bench-cache-") as tmp, running_registry() as registry:
         root = tmp / "project"
-        make_project(root, install, requirements)
+        make_repo(root, 20, install, requirements)
         build_s, built = timed_prepare(root, tmp / "machine-a")
         if "dependencies" not in built.built:  # type: ignore[attr-defined]
             raise SystemExit("the first prepare did not build the dependency snapshot")

@@ -22,15 +22,17 @@ def git(repo: Path, *args: str) -> None:
                    capture_output=True)  # fmt: skip
 
 
-def make_repo(root: Path, files: int, install: str) -> None:
+def make_repo(
+    root: Path, files: int, install: str, requirements: str = "requests==2.32.3\n"
+) -> None:
     """A committed repository on `main`: `files` Python modules in 50 packages, a
-    requirements.txt keying a dependency snapshot that `install` builds into .deps/."""
+    requirements.txt (`requirements`) keying a dependency snapshot that `install` builds."""
     root.mkdir()
     for i in range(files):
         path = root / f"pkg{i % 50}" / f"mod{i}.py"
         path.parent.mkdir(exist_ok=True)
         path.write_text(f"VALUE = {i}\n" * 20)
-    (root / "requirements.txt").write_text("requests==2.32.3\n")
+    (root / "requirements.txt").write_text(requirements)
     (root / ".gitignore").write_text(".deps/\n")
     (root / ".pyro.toml").write_text(
         f'[prepare]\nkeys = ["requirements.txt"]\nrun = ["{install}"]\n'
