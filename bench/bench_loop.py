@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The daily-loop benchmark: the repeat loop a coding agent runs, timed end to end.
 
-On a generated git repository (2,000 files by default) it measures, in one run: the warm
-`pyro prepare` no-op, `pyro up` creating the workspace and reconnecting to it, an exec round
-trip (library and whole `pyro exec -- true` process), `pyro retry`, `pyro reset`, the
-latency from a host edit to its visibility in the workspace with the watcher running, a
-one-file incremental sync and a 1,000-file branch switch; beside baselines measured in the
-same run: a full copy of the repository (what re-seeding or a full sync push costs) and the
-same command run natively. Medians (and p95 where it matters), ratios, PASS/FAIL against
-the targets; `--check` exits 1 when one fails, `--json` writes the samples.
+On a generated git repository (2,000 files by default) it measures the daily commands as a
+user starts them (whole `pyro prepare`, `pyro up`, `pyro status`, `pyro exec -- true` and
+`pyro retry` processes) and as library calls (up cold and warm, exec, reset with the host's
+files synced, edit-to-visible latency with the watcher, a one-file sync and a 1,000-file
+branch switch), and a repository ten times larger beside it for exec, status and reset, so
+that what grows with the repository shows. Every target is a ratio to a floor measured in
+the same run, interleaved with the operation it is compared with: a bare `python -c pass`
+(the interpreter the `pyro` script runs), a cold bubblewrap sandbox running `true`, a native
+`true`, a full copy of the repository. Medians; `--check` exits 1 when a target fails,
+`--json` writes the samples.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +43,77 @@ def make_branching_repo(root: Path, files: int) -> None:
     git(root, "checkout", "-q", "main")
 
 
+def pyro_command() -> list[str]:
+    """How a user starts pyro: the installed `pyro` script beside this interpreter."""
+    script = Path(sys.executable).parent / "pyro"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "pyro_loop"]
+
+
 def cli(repo: Path, *args: str) -> Callable[[], object]:
-    argv = [sys.executable, "-m", "pyro_loop", *args, "-C", str(repo)]
-    if "--" in args:  # options must come before the command
-        split = args.index("--")
-        argv = [sys.executable, "-m", "pyro_loop", *args[:split], "-C", str(repo), *args[split:]]
+    head, tail = (args, ()) if "--" not in args else (args[: args.index("--")],
+                                                       args[args.index("--"):])  # fmt: skip
+    argv = [*pyro_command(), *head, "-C", str(repo), *tail]
 
     def call() -> object:
         result = subprocess.run(argv, capture_output=True, check=False)
-        if result.returncode not in (0,):
-            raise SystemExit(f"{' '.join(args)} failed: {result.stderr.decode()}")
+        if result.returncode != 0:
+            raise SystemExit(
+                f"{' '.join(args)} failed: {result.stdout.decode()}{result.stderr.decode()}"
+            )
         return result
 
     return call
+
+
+def bare_python() -> object:
+    return subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def native_true() -> object:
+    return subprocess.run(["true"], check=True)
+
+
+def bwrap_argv() -> list[str]:
+    """A cold bubblewrap sandbox running `true`, with the namespaces a workspace has."""
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-user", "--unshare-pid",
+            "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
+            "--new-session"]  # fmt: skip
+    for name in ("usr", "etc", "bin", "sbin", "lib", "lib32", "lib64"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), f"/{name}"]
+    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+
+
+def bwrap_true() -> object:
+    return subprocess.run(bwrap_argv(), check=True, capture_output=True)
+
+
+def paired(
+    fn: Callable[[], object],
+    floor: Callable[[], object],
+    runs: int,
+    setup: Callable[[], object] | None = None,
+) -> tuple[list[float], list[float]]:
+    """`fn` and its floor timed alternately, so both see the same load."""
+    samples: list[float] = []
+    floors: list[float] = []
+    for _ in range(runs):
+        floors += timed(floor, 1)
+        samples += timed(fn, 1, setup)
+    return samples, floors
+
+
+@dataclass
+class Row:
+    name: str
+    samples: list[float]
+    floor: str | None = None  # the name of the floor its ratio is taken to
+    target: float | None = None  # the ratio's limit (or ms for an absolute one)
+    stat: str = "median"  # "median" | "p95"
+    overhead: bool = False  # ratio of (median - floor) to the floor
 
 
 def edit_latency(loop: Any, repo: Path, runs: int) -> list[float]:
@@ -85,100 +147,165 @@ def edit_latency(loop: Any, repo: Path, runs: int) -> list[float]:
     return samples
 
 
-Row = tuple[str, list[float], float | None]
+def discard_work(loop: Any) -> Callable[[], None]:
+    def work() -> None:
+        # What comes before a reset in the loop: a command that changed files. Its run time
+        # (here a pause of 0.1 s) is when the standby sandbox of the last reset boots.
+        loop.exec(["sh", "-c", "echo scratch > scratch.txt; rm pkg3/mod3.py"])
+        time.sleep(0.1)
+
+    return work
 
 
-def measure(
-    loop: Any, repo: Path, tmp: Path, runs: int
-) -> tuple[list[Row], dict[str, list[float]]]:
+class Bench:
+    """The samples of one run, by row, and the floors they are compared with."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.floors: dict[str, list[float]] = {"python": [], "bwrap": [], "native": [],
+                                               "copy": []}  # fmt: skip
+
+    def whole(self, name: str, fn: Callable[[], object], runs: int, target: float) -> list[float]:
+        samples, floors = paired(fn, bare_python, runs)
+        self.floors["python"] += floors
+        self.rows.append(Row(name, samples, "python", target))
+        return samples
+
+    def sandboxed(
+        self, name: str, fn: Callable[[], object], runs: int, target: float,
+        setup: Callable[[], object] | None = None,
+    ) -> list[float]:  # fmt: skip
+        samples, floors = paired(fn, bwrap_true, runs, setup)
+        self.floors["bwrap"] += floors
+        self.rows.append(Row(name, samples, "bwrap", target))
+        return samples
+
+
+def measure(loops: list[Any], tmp: Path, runs: int) -> Bench:
     """Every timing of the loop, in the order a day of work would hit them."""
+    loop, big = loops
+    repo, big_repo = loop.project.root, big.project.root
     ws = loop.ws
-    rows: list[Row] = []
+    bench = Bench()
 
     def delete_workspace() -> None:
         record = loop.find()
         if record is not None:
             ws.delete(record.id)
 
-    rows.append(("pyro prepare, warm (whole process)", timed(cli(repo, "prepare"), runs), 150))
-    rows.append(("up, cold (create from warm layers)", timed(loop.up, runs, delete_workspace), 50))
+    bench.whole("pyro prepare, warm (whole process)", cli(repo, "prepare"), runs, 4)
+    bench.sandboxed("up, cold (create from warm layers)", loop.up, runs, 2, delete_workspace)
     loop.up()
-    rows.append(("up, warm (reconnect)", timed(loop.up, runs), 50))
-    native = timed(lambda: subprocess.run(["true"], check=True), runs)
-    exec_samples = timed(lambda: loop.exec(["true"]), runs)
-    rows.append(("exec true (library, sync first)", exec_samples, None))
-    rows.append(
-        ("pyro exec -- true (whole process)", timed(cli(repo, "exec", "--", "true"), runs), 150)
-    )
-    rows.append(("pyro retry (whole process)", timed(cli(repo, "retry"), runs), None))
-
-    def work_to_discard() -> None:
-        # What comes before a reset in the loop: a command that changed files. Its run time
-        # (here a pause of 0.1 s) is when the standby sandbox of the last reset boots.
-        loop.exec(["sh", "-c", "echo scratch > scratch.txt; rm pkg3/mod3.py"])
-        time.sleep(0.1)
-
-    rows.append(
-        ("reset (library, + host files synced)", timed(loop.reset, runs, work_to_discard), 20)
-    )
-    rows.append(
-        ("edit -> visible, watcher (p95 target)", edit_latency(loop, repo, max(runs, 10)), 100)
-    )
+    bench.rows.append(Row("up, warm (reconnect, library)", timed(loop.up, runs)))
+    bench.whole("pyro up, warm (whole process)", cli(repo, "up"), runs, 3)
+    bench.whole("pyro status (whole process)", cli(repo, "status"), runs, 4)
+    exec_lib, native = paired(lambda: loop.exec(["true"]), native_true, runs)
+    bench.floors["native"] += native
+    bench.rows.append(Row("exec true (library, sync first)", exec_lib, "native", 5,
+                          overhead=True))  # fmt: skip
+    bench.whole("pyro exec -- true (whole process)", cli(repo, "exec", "--", "true"), runs, 3)
+    bench.whole("pyro retry (whole process)", cli(repo, "retry"), runs, 3)
+    bench.sandboxed("reset (library, + host files synced)", loop.reset, runs, 1,
+                    discard_work(loop))  # fmt: skip
+    bench.rows.append(Row("edit -> visible, watcher (p95)", edit_latency(loop, repo, max(runs, 10)),
+                          target=100, stat="p95"))  # fmt: skip
     counter = iter(range(10**6))
     edit_one = repo / "pkg1" / "mod1.py"
     one_file = timed(loop.sync, runs, lambda: edit_one.write_text(f"V = {next(counter)}\n"))
-    rows.append(("sync of one changed file", one_file, None))
+    bench.rows.append(Row("sync of one changed file", one_file))
     branches = iter(["other", "main"] * runs)
 
     def switch() -> None:
         git(repo, "checkout", "-q", "-f", next(branches))
 
-    rows.append(("branch switch sync (1,000 files)", timed(loop.sync, min(runs, 6), switch), 1000))
+    switches = max(2, min(runs, 6) // 2 * 2)  # even: the repository ends on `main` again
+    bench.rows.append(Row("branch switch sync (1,000 files)", timed(loop.sync, switches, switch),
+                          "copy", 0.25))  # fmt: skip
     copies = iter(range(10**6))
-    copy = timed(
+    bench.floors["copy"] = timed(
         lambda: shutil.copytree(repo, tmp / f"copy{next(copies)}", symlinks=True), min(runs, 5)
     )
-    rows.append(("baseline: full copy of the repository", copy, None))
-    rows.append(("baseline: native true", native, None))
-
-    extras = {"exec": exec_samples, "native": native, "one_file": one_file, "copy": copy}
-    return rows, extras
+    bench.floors["bwrap"] += timed(bwrap_true, runs)
+    scale(bench, (loop, repo), (big, big_repo), max(3, runs // 2))
+    return bench
 
 
-def report(
-    rows: list[Row],
-    exec_samples: list[float],
-    native: list[float],
-    one_file: list[float],
-    copy: list[float],
-) -> bool:
-    """Print the table and the ratio checks; True if a target failed."""
-    print(f"{'operation':42} {'median ms':>10} {'p95 ms':>8}  {'target':10} result")
+def scale(bench: Bench, small: tuple[Any, Path], large: tuple[Any, Path], runs: int) -> None:
+    """Exec, status and reset at both sizes, alternating which goes first."""
+    ops: dict[str, Callable[[Any, Path], tuple[Callable[[], object], Callable[[], object]]]] = {
+        "pyro exec -- true (whole process)": lambda lp, r: (cli(r, "exec", "--", "true"),
+                                                            lambda: None),
+        "pyro status (whole process)": lambda lp, r: (cli(r, "status"), lambda: None),
+        "reset (library, + host files synced)": lambda lp, r: (lp.reset, discard_work(lp)),
+    }  # fmt: skip
+    samples: dict[tuple[str, int], list[float]] = {}
+    for i in range(runs):
+        for name, make in ops.items():
+            order = [0, 1] if i % 2 == 0 else [1, 0]
+            for size in order:
+                fn, setup = make(*(small, large)[size])
+                samples.setdefault((name, size), []).extend(timed(fn, 1, setup))
+    for name in ops:
+        ratio_row = Row(f"{name}: 10x files / 1x", samples[(name, 1)], f"1x {name}", 1.2)
+        bench.floors[f"1x {name}"] = samples[(name, 0)]
+        bench.rows.append(ratio_row)
+
+
+def judge(bench: Bench, row: Row) -> tuple[float, float | None, str]:
+    """(the row's measured value, its ratio, PASS/FAIL/-)."""
+    median, p95 = summarize(row.samples)
+    value = p95 if row.stat == "p95" else median
+    if row.floor is None:
+        ok = row.target is None or value <= row.target
+        return value, None, "-" if row.target is None else ("PASS" if ok else "FAIL")
+    floor = statistics.median(bench.floors[row.floor])
+    ratio = (value - floor) / floor if row.overhead else value / floor
+    verdict = "-" if row.target is None else ("PASS" if ratio <= row.target else "FAIL")
+    return value, ratio, verdict
+
+
+def report(bench: Bench) -> bool:
+    """Print the table; True if a target failed."""
+    print(f"{'operation':52} {'median ms':>9} {'p95 ms':>8} {'floor':>14} {'ratio':>7}"
+          f"  {'target':9} result")  # fmt: skip
     failed = False
-    for name, samples, target in rows:
-        median, p95 = summarize(samples)
-        measured = p95 if "p95" in name else median
-        verdict = "-" if target is None else ("PASS" if measured <= target else "FAIL")
+    for row in bench.rows:
+        _, ratio, verdict = judge(bench, row)
+        median, p95 = summarize(row.samples)
+        floor = "-"
+        if row.floor is not None:
+            label = "1x" if row.floor.startswith("1x ") else row.floor
+            floor = f"{label} {statistics.median(bench.floors[row.floor]):.1f}"
+        shown_ratio = "-" if ratio is None else f"{ratio:.2f}x"
+        if row.target is None:
+            target = "-"
+        elif row.floor is None:
+            target = f"<= {row.target:.0f} ms"
+        else:
+            target = f"<= {row.target:g}x"
         failed |= verdict == "FAIL"
-        shown = f"<= {target:.0f} ms" if target else "-"
-        print(f"{name:42} {median:10.1f} {p95:8.1f}  {shown:10} {verdict}")
-    exec_overhead = summarize(exec_samples)[0] - summarize(native)[0]
-    sync_ratio = summarize(copy)[0] / max(summarize(one_file)[0], 0.001)
-    checks = [
-        (f"exec overhead over native: {exec_overhead:.1f} ms", exec_overhead <= 10),
-        (f"one-file sync vs full copy: {sync_ratio:.0f}x cheaper", sync_ratio >= 20),
-    ]
-    for text, ok in checks:
-        print(f"{text:64} {'PASS' if ok else 'FAIL'}")
-        failed |= not ok
-    return failed
+        print(f"{row.name:52} {median:9.1f} {p95:8.1f} {floor:>14} {shown_ratio:>7}"
+              f"  {target:9} {verdict}")  # fmt: skip
+    print("floors (medians, measured interleaved with the rows above):")
+    names = {"python": "python -c pass", "bwrap": "cold bwrap true", "native": "native true",
+             "copy": "full copy of the repository"}  # fmt: skip
+    for key, label in names.items():
+        samples = bench.floors[key]
+        if samples:
+            median, p95 = summarize(samples)
+            print(f"  {label:50} {median:9.1f} {p95:8.1f}")
+    one = statistics.median(next(r.samples for r in bench.rows if r.name.startswith("sync of one")))
+    ratio = statistics.median(bench.floors["copy"]) / max(one, 0.001)
+    text = f"one-file sync vs full copy: {ratio:.0f}x cheaper (target >= 20x)"
+    print(f"{text:90} {'PASS' if ratio >= 20 else 'FAIL'}")
+    return failed or ratio < 20
 
 
 def main() -> int:
     args, files, runs = loop_arguments(__doc__)
+    big_files = files * 5 if args.quick else files * 10
 
     with scratch_home("pyro-bench-loop-") as tmp:
-        repo = tmp / "repo"
         from pyro_loop.config import load_project_config
         from pyro_loop.loop import ProjectLoop
         from pyro_loop.prepare import prepare
@@ -186,18 +313,25 @@ def main() -> int:
         from pyro_loop.workspace import Workspaces
 
         compile_pyro()
-        make_branching_repo(repo, files)
-        project = find_project(repo)
-        config = load_project_config(project.root).config
         ws = Workspaces()
-        loop = ProjectLoop(project, config, ws)
-        prepare(project, config, workspaces=ws)
-        rows, extras = measure(loop, repo, tmp, runs)
-        print(f"pyro daily-loop benchmark: {files:,} files, {runs} runs; "
-              f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-        failed = report(rows, extras["exec"], extras["native"], extras["one_file"], extras["copy"])
+        loops = []
+        for name, count, branching in (("repo", files, True), ("big", big_files, False)):
+            repo = tmp / name
+            (make_branching_repo if branching else make_repo)(
+                repo, count, *(() if branching else (INSTALL,))
+            )
+            project = find_project(repo)
+            config = load_project_config(project.root).config
+            prepare(project, config, workspaces=ws)
+            loops.append(ProjectLoop(project, config, ws))
+        loops[1].up()
+        bench = measure(loops, tmp, runs)
+        print(f"pyro daily-loop benchmark: {files:,} files ({big_files:,} for the 10x rows), "
+              f"{runs} runs; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+        failed = report(bench)
         if args.json_path:
-            args.json_path.write_text(json.dumps({n: samples for n, samples, _ in rows}, indent=2))
+            data = {"rows": {r.name: r.samples for r in bench.rows}, "floors": bench.floors}
+            args.json_path.write_text(json.dumps(data, indent=2))
         return 1 if failed and args.check else 0
 
 
