@@ -185,13 +185,11 @@ def measure(loops: list[Any], tmp: Path, runs: int) -> Bench:
     """Every timing of the loop, in the order a day of work would hit them."""
     loop, big = loops
     repo, big_repo = loop.project.root, big.project.root
-    ws = loop.ws
     bench = Bench()
 
     def delete_workspace() -> None:
-        record = loop.find()
-        if record is not None:
-            ws.delete(record.id)
+        if loop.find() is not None:
+            loop.down(delete=True)  # `pyro down --delete`: its standby serves the next up
 
     bench.whole("pyro prepare, warm (whole process)", cli(repo, "prepare"), runs, 4)
     bench.sandboxed("up, cold (create from warm layers)", loop.up, runs, 2, delete_workspace)

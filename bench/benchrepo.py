@@ -101,4 +101,5 @@ def scratch_home(prefix: str) -> Iterator[Path]:
         ws = Workspaces(home=tmp / "home")
         for status in ws.list():
             ws.delete(status.record.id)
+        ws.pool.drain()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -44,6 +44,7 @@ def workspaces(pyro_home: Path) -> Iterator[Workspaces]:
     yield ws
     for status in ws.list():
         ws.delete(status.record.id)
+    ws.pool.drain()
 
 
 def write_seed_tree(root: Path) -> Path:

@@ -503,3 +503,22 @@ def test_the_documented_local_config_declares_the_shipped_hooks_and_runs(
         env=pre_commit_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert failed.returncode == 1 and "FAILED on staged" in failed.stdout, failed.stdout
+
+
+def test_core_hooks_path_from_the_global_config_or_an_include_is_seen(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pyro status` reads git's config files before it starts git: a hooksPath set where
+    # the repository's own config does not say so must still be found.
+    included = tmp_path / "included.cfg"
+    included.write_text("[core]\n\thooksPath = /elsewhere\n")
+    global_config = tmp_path / "global.cfg"
+    global_config.write_text(f"[include]\n\tpath = {included}\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    project = find_project(repo)
+    assert "core.hooksPath is set to /elsewhere" in (hooks.status(project).problem or "")
+    global_config.write_text("[core]\n\tHooksPath = /other\n")
+    assert "core.hooksPath is set to /other" in (hooks.status(project).problem or "")
+    global_config.write_text("[user]\n\tname = someone\n")
+    assert hooks.status(project).problem is None

@@ -1,3 +1,3 @@
-from pyro_loop.cli.app import main
+from pyro_loop.cli.entry import main
 
 main()

@@ -103,6 +103,7 @@ def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
     """
     damaged = []
     with file_lock(gc_lock(ws.home), on_wait=on_wait):
+        ws.pool.drain()
         users = _references(ws)
         for layer in ws.store.list():
             problem = ws.store.verify(layer.key)
@@ -119,6 +120,7 @@ def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
 
 def _remove(ws: Workspaces, choose: Any, on_wait: OnWait) -> list[LayerInfo]:
     with file_lock(gc_lock(ws.home), on_wait=on_wait):
+        ws.pool.drain()  # pooled sandboxes hold their layers mounted; they are only a cache
         unused = [i for i in list_layers(ws) if not i.users]
         removed = choose(unused)
         for info in removed:

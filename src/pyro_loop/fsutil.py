@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
 
     `durable` also flushes it to disk before the rename, so it survives a power loss.
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -61,13 +59,15 @@ def remove_tree(path: Path) -> None:
             if not os.path.islink(child):
                 with contextlib.suppress(OSError):
                     os.chmod(child, stat.S_IRWXU)
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
 
 
 def move_to_trash(path: Path, trash_dir: Path) -> Path:
     """Rename `path` into `trash_dir` (O(1)); delete it later with `empty_trash`."""
     trash_dir.mkdir(parents=True, exist_ok=True)
-    target = trash_dir / f"{path.name}.{uuid.uuid4().hex[:12]}"
+    target = trash_dir / f"{path.name}.{os.urandom(6).hex()}"
     os.rename(path, target)
     return target
 

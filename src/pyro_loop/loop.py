@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyro_loop.beneath import Beneath, link_stays_inside
 from pyro_loop.config import ProjectConfig
-from pyro_loop.diff import Change, compare
-from pyro_loop.diffignore import ignored_changes
 from pyro_loop.errors import (
     CommandNotFoundError,
     ConflictError,
@@ -30,7 +28,6 @@ from pyro_loop.errors import (
     PyroError,
 )
 from pyro_loop.fsutil import write_json_atomic
-from pyro_loop.layerview import LayerStack, read_file
 from pyro_loop.locking import file_lock
 from pyro_loop.project import Project
 from pyro_loop.runtime import Limits
@@ -41,14 +38,18 @@ from pyro_loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 if TYPE_CHECKING:
     from pyro_loop.activation import Activation
     from pyro_loop.client import Cancellation, ExecChannel, ExecResult, OutputSink
+    from pyro_loop.diff import Change
+    from pyro_loop.layerview import LayerStack
     from pyro_loop.ports import Mapping
     from pyro_loop.services import ServiceClient
     from pyro_loop.state import WorkspaceRecord
     from pyro_loop.sync import Syncer, SyncResult
+    from pyro_loop.sync.hostscan import HostScan
     from pyro_loop.watch import Stoppable
     from pyro_loop.workspace import Workspaces
 
 PROJECT_LABEL = "project"
+MANIFEST_NAME = "sync-manifest.json"
 
 
 class NotWarmError(PyroError):
@@ -127,7 +128,7 @@ class ProjectLoop:
                 same_tree = record.labels.get("tree", "") == (tree or "")
                 if same_tree and not warmth.made_for(record):
                     record = self._move(record, warmth, on_progress)
-                    synced = self._syncer(record).reconcile()
+                    synced = self._sync_full(record)
                     self._publish_configured(record)
                     return UpResult(record, "moved", time.perf_counter() - started, synced)
                 if record.labels.get("key") == ",".join(layers) and warmth.made_for(record):
@@ -136,14 +137,14 @@ class ProjectLoop:
                     )
                     if not running:
                         record = self.ws.start(record.id)
-                    synced = self._syncer(record).reconcile()
+                    synced = self._sync_current(record)
                     self._publish_configured(record)
                     action = "reused" if running else "started"
                     return UpResult(record, action, time.perf_counter() - started, synced)
                 self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
-            record = self._create(warmth)
-            synced = self._syncer(record).reconcile()
+            record = self._create(warmth, forget=False)
+            synced = self._sync_new(record)
             self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
 
@@ -159,7 +160,9 @@ class ProjectLoop:
         # dependencies (the repo's files win over anything the project install left there).
         return [k for k in (base, *warmth.dependency_layers) if k], tree
 
-    def _create(self, warmth: Warmth) -> WorkspaceRecord:
+    def _create(self, warmth: Warmth, *, forget: bool = True) -> WorkspaceRecord:
+        """A new workspace on the warm layers; `forget`: start its sync manifest afresh (else
+        the caller does, see _sync_new)."""
         layers, tree = self._layers(warmth)
         labels = {"pyro": PROJECT_LABEL, "project": self.project.id, "key": ",".join(layers),
                   "tree": tree or "", **_labels(warmth)}  # fmt: skip
@@ -175,7 +178,8 @@ class ProjectLoop:
             mounts=list(active.mounts),
             env=active.env,
         )
-        self._syncer(record).forget()
+        if forget:
+            self._syncer(record).forget()
         return record
 
     def _activation(self) -> Activation:
@@ -246,6 +250,7 @@ class ProjectLoop:
         )
         syncer = self._syncer(moved)
         syncer.forget()  # what the dropped paths held is pushed again where the host has it
+        self._scan(moved).forget()
         return moved
 
     def _workspace_name(self) -> str:
@@ -263,11 +268,55 @@ class ProjectLoop:
             syncer = self._syncers[(record.id, tree)] = Syncer(
                 self.project.root,
                 self.ws.client(record.id),
-                self.state_dir / "sync-manifest.json",
+                self.state_dir / MANIFEST_NAME,
                 list(self.config.sync_exclude),
                 baseline_tree=tree,
             )
         return syncer
+
+    def _scan(self, record: WorkspaceRecord) -> HostScan:
+        from pyro_loop.sync.hostscan import HostScan
+
+        root = (self.project.repo_root or self.project.root).resolve()
+        rules = (record.labels.get("tree") or None, tuple(self.config.sync_exclude))
+        return HostScan(self.state_dir / "host-scan", root, self.project.git_dir,
+                        workspace=(record.id, record.generation), rules=rules)  # fmt: skip
+
+    def _sync_current(self, record: WorkspaceRecord) -> SyncResult:
+        """Sync what changed on the host, after a look at the host scan record: when it
+        vouches that nothing did, no git, no directory listing, nothing pushed."""
+        if self._scan(record).current(_read_bytes(self.state_dir / MANIFEST_NAME)):
+            from pyro_loop.sync.result import SyncResult
+
+            return SyncResult()
+        return self._sync_full(record)
+
+    def _sync_new(self, record: WorkspaceRecord) -> SyncResult:
+        """A new workspace gets the host's files: when the host has not changed since pyro
+        last synced this project (to a workspace from the same baseline), what that sync
+        pushed is put back, without a look at the rest of the tree; else a full sync."""
+        syncer = self._syncer(record)
+        before = _read_bytes(syncer.manifest_path)
+        if self._scan(record).current(before, any_workspace=True):
+            paths = syncer.synced_paths()
+            syncer.forget()
+            return self._replay(record, paths, before)
+        syncer.forget()
+        return self._sync_full(record)
+
+    def _sync_full(self, record: WorkspaceRecord) -> SyncResult:
+        """A full reconcile, with the host's stat data recorded just before it reads."""
+        syncer = self._syncer(record)
+        scan = self._scan(record)
+        syncer.filter.refresh()
+        taken = scan.take(*syncer.filter.scan_rules())
+        result = syncer.reconcile()
+        if result.skipped:
+            scan.forget()  # what could not be synced is tried again next time
+        else:
+            manifest = _read_bytes(syncer.manifest_path)
+            scan.save(taken, manifest, _manifest_digests(manifest))
+        return result
 
     def live(self, *, prepare: bool = True, on_progress: Any = None) -> WorkspaceRecord:
         """The project's workspace, running on the layers its configuration needs now:
@@ -307,7 +356,7 @@ class ProjectLoop:
     # -- the loop ---------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
-        return self._syncer(self.live()).reconcile()
+        return self._sync_full(self.live())
 
     def exec(
         self,
@@ -355,7 +404,7 @@ class ProjectLoop:
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
         record = self.live(prepare=prepare, on_progress=on_progress)
-        self._syncer(record).reconcile()
+        self._sync_current(record)
         if remember:
             self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
         try:
@@ -394,7 +443,7 @@ class ProjectLoop:
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec --detach -- CMD...")
         services = self.services()
-        self._syncer(self.require()).reconcile()
+        self._sync_current(self.require())
         if name is None:
             name = services.free_name(argv[0])
         return services.service_start(name, list(argv), cwd=cwd, env=env)
@@ -436,13 +485,40 @@ class ProjectLoop:
     def reset(
         self, *, snapshot: str = "baseline", prepare: bool = True, on_progress: Any = None
     ) -> SyncResult:
-        """Back to the warm baseline (or a named snapshot) plus the host's current files,
-        on the dependencies the configuration needs now."""
+        """Back to the warm baseline (or a named snapshot) plus the host's files, on the
+        dependencies the configuration needs now.
+
+        To the baseline, what pyro had synced from the host is put back (the manifest's
+        paths, O(changed files) whatever the repository's size) when the host scan record
+        vouched for that manifest; host edits made since the last sync arrive with the next
+        command, as they would have without the reset. Otherwise (and to a snapshot) the
+        host's files are synced in full.
+        """
         record = self._current(self.require(), prepare=prepare, on_progress=on_progress)
-        self.ws.reset(record.id, snapshot=snapshot)
         syncer = self._syncer(record)
+        before = _read_bytes(syncer.manifest_path)
+        replay = snapshot == "baseline" and self._scan(record).bound_to(before)
+        synced = syncer.synced_paths()
+        self.ws.reset(record.id, snapshot=snapshot)
+        record = self.require()
         syncer.forget()
-        return syncer.reconcile()
+        if not replay:
+            return self._sync_full(record)
+        return self._replay(record, synced, before)
+
+    def _replay(
+        self, record: WorkspaceRecord, paths: list[str], before: bytes | None
+    ) -> SyncResult:
+        """Put back what the last sync had pushed (`paths`, under the manifest `before`) into
+        a workspace at its baseline; the host scan record follows."""
+        syncer = self._syncer(record)
+        result = syncer.replay(paths)
+        scan = self._scan(record)
+        if result.skipped:
+            scan.forget()
+        else:
+            scan.rebind(before, _read_bytes(syncer.manifest_path))
+        return result
 
     def watch(
         self,
@@ -463,16 +539,23 @@ class ProjectLoop:
             stop_event=stop_event,
             status_path=self.state_dir / "watch.json",
             on_event=on_event,
+            on_quiet=lambda: self._sync_full(record),
         )
 
     def down(self, *, delete: bool = False) -> WorkspaceRecord:
         record = self.require()
-        return self.ws.delete(record.id) if delete else self.ws.stop(record.id)
+        if delete:  # its standby serves the next `up`, which then boots nothing
+            return self.ws.delete(record.id, keep_standby=True)
+        return self.ws.stop(record.id)
 
     # -- reviewing and bringing changes back --------------------------------------------------
 
     def changes(self) -> list[Change]:
         """What the workspace changed relative to the host's files (synced paths drop out)."""
+        from pyro_loop.diff import compare
+        from pyro_loop.diffignore import ignored_changes
+        from pyro_loop.layerview import LayerStack
+
         record = self.require()
         host = LayerStack([self.project.root])
         changed = self.ws.changes(record.id)
@@ -518,6 +601,8 @@ class ProjectLoop:
 
     def _base_stack(self, record: WorkspaceRecord) -> LayerStack:
         """What the workspace started from: its lower layers (the synced files are upper)."""
+        from pyro_loop.layerview import LayerStack
+
         return LayerStack([self.ws.store.require(k).tree for k in record.layers])
 
     # -- the last command, for retry ------------------------------------------------------------
@@ -539,9 +624,32 @@ def _labels(warmth: Warmth) -> dict[str, str]:
     return {INPUTS_LABEL: warmth.key, DEPS_LABEL: ",".join(warmth.dependency_layers)}
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _manifest_digests(manifest: bytes | None) -> Callable[[str], str | None]:
+    """What the manifest says the workspace holds at a path (a digest), None if unknown."""
+    try:
+        entries = json.loads(manifest or b"{}").get("entries", {})
+    except ValueError:
+        entries = {}
+
+    def digest(rel: str) -> str | None:
+        entry = entries.get(rel)
+        value = entry.get("sha256") if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else None
+
+    return digest
+
+
 def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:
     """Is the host's file still what the workspace last saw: what pyro synced, or else what
     its lower layers hold?"""
+    from pyro_loop.layerview import read_file
     from pyro_loop.sync import host_digest
 
     current = host_digest(syncer.root, rel)
@@ -566,6 +674,8 @@ def _write_host(root: Path, changes: list[Change]) -> None:
     the repository is not brought back. Removals go first (deepest first), so a link the
     workspace replaced by a directory is gone before the directory's files are written.
     """
+    from pyro_loop.layerview import read_file
+
     removed = {c.path for c in changes if c.new is None}
     with Beneath(root) as tree:
         for change in changes:

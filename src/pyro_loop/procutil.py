@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a process is started: not on every command's path
+    import subprocess
 
 _DETACHED: list[subprocess.Popen[bytes]] = []
 
@@ -25,6 +27,8 @@ def spawn_detached(
     server, the tests) keeps the Popen objects and reaps finished ones on each later call,
     so no zombies pile up and no SIGCHLD handler is imposed on the host application.
     """
+    import subprocess
+
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,

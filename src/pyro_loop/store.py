@@ -16,7 +16,6 @@ import json
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +153,7 @@ class LayerStore:
     def staging(self) -> Iterator[Path]:
         """A fresh, empty directory inside the store to build a tree in; removed on failure."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        path = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        path = self.tmp_dir / f"{os.getpid()}-{os.urandom(6).hex()}"
         path.mkdir()
         try:
             yield path
@@ -237,7 +236,7 @@ class LayerStore:
             # A publish that was killed before writing its marker: never trusted, cleared away.
             remove_in_background([move_to_trash(root, self.trash_dir)])
         self.layers_dir.mkdir(parents=True, exist_ok=True)
-        incoming = self.tmp_dir / f"{os.getpid()}-incoming-{uuid.uuid4().hex[:12]}"
+        incoming = self.tmp_dir / f"{os.getpid()}-incoming-{os.urandom(6).hex()}"
         incoming.mkdir(parents=True)
         os.rename(staged_tree, incoming / "tree")
         # Overlayfs reads lower layers with the sandbox user's credentials.

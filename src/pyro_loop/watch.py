@@ -274,6 +274,7 @@ def run_watcher(
     retry_max: float = 2.0,
     on_event: Callable[[str], None] | None = None,
     on_sync: Callable[[SyncResult], None] | None = None,
+    on_quiet: Callable[[], SyncResult] | None = None,
 ) -> None:
     """Keep the workspace in sync with the host until `stop_event` is set (or Ctrl-C).
 
@@ -283,17 +284,20 @@ def run_watcher(
     reconciles once it is back; after a watcher failure, for a very large batch, and every
     `rescan_every` seconds of quiet, it reconciles fully. `root` (what is watched) defaults
     to the syncer's root, the whole work tree. The watcher's pid, state and last sync time
-    go to `status_path` (see `read_status`).
+    go to `status_path` (see `read_status`). `on_quiet` runs at the first quiet moment
+    after syncs (a full sync that records the host's state, say).
     """
     root = (root or syncer.root).resolve()
     say = on_event or (lambda _text: None)
     status = _StatusFile(status_path, root)
     stopped = stop_event or threading.Event()
     last_full = [0.0]
+    unsettled = [False]  # synced since the last quiet moment
 
     def synced(result: SyncResult | None, full: bool) -> None:
         if result is None:
             return
+        unsettled[0] = True
         if full:
             last_full[0] = time.monotonic()
         status.update(state="watching", last_sync=time.time(), last_result=result.to_json(),
@@ -323,6 +327,9 @@ def run_watcher(
     def on_idle() -> None:
         if rescan_every is not None and time.monotonic() - last_full[0] >= rescan_every:
             full_reconcile()
+        if on_quiet is not None and unsettled[0]:
+            unsettled[0] = False
+            _retrying(on_quiet, say, status, stopped, retry_max)
 
     def on_watch_event(text: str) -> None:
         if "polling" in text:

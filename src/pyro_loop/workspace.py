@@ -23,7 +23,6 @@ import builtins  # `list` is also a method of Workspaces
 import contextlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyro_loop.client import AgentClient, Cancellation, ExecChannel, ExecResult, OutputSink
-from pyro_loop.diff import Change, compute_changes
 from pyro_loop.errors import (
     AgentUnavailableError,
     ConflictError,
@@ -42,19 +40,18 @@ from pyro_loop.errors import (
 from pyro_loop.fsutil import move_to_trash
 from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
-from pyro_loop.layercopy import adopt_upper, copy_and_digest
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
+from pyro_loop.pool import Pool, pool_key
 from pyro_loop.procutil import remove_in_background
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
-from pyro_loop.seed import import_seed
 from pyro_loop.state import Snapshot, WorkspaceDir, WorkspaceRecord
 from pyro_loop.store import Layer, LayerStore
-from pyro_loop.transfer import apply_patch, export_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pyro_loop.diff import Change
     from pyro_loop.environments import Progress
     from pyro_loop.ports import Mapping
 
@@ -107,6 +104,7 @@ class Workspaces:
             runtime = BwrapRuntime()
         self.runtime = runtime
         self.root = self.home / "workspaces"
+        self.pool = Pool(self.home, runtime)
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -178,12 +176,14 @@ class Workspaces:
             self.store.clean_leftovers()
             env_layer = environments.ensure_environment(self.store, spec, on_progress=on_progress)
             if seed is not None:
+                from pyro_loop.seed import import_seed
+
                 stack = [import_seed(self.store, seed).key]
             elif layers:
                 stack = [self.store.require(key).key for key in layers]
             else:
                 stack = [self.store.empty_layer().key]
-            ws_id = secrets.token_hex(6)
+            ws_id = os.urandom(6).hex()
             record = WorkspaceRecord(
                 id=ws_id,
                 name=name,
@@ -201,16 +201,25 @@ class Workspaces:
                 env=dict(env or {}),
             )
             wdir = WorkspaceDir(self.root / ws_id)
+            key = pool_key(record)
+            self.root.mkdir(parents=True, exist_ok=True)
             with file_lock(self.root / "names.lock"):
                 if name is not None and any(d.load().name == name for d in self._all()):
                     raise ConflictError(f"a workspace named {name!r} exists already")
-                wdir.root.mkdir(parents=True, mode=0o700)
+                pooled = self.pool.take(key, wdir.root)  # a sandbox booted for these layers
+                if pooled is None:
+                    wdir.root.mkdir(parents=True, mode=0o700)
+                else:
+                    record.handle, record.generation = pooled
                 if sandbox_owner() is not None:
                     wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
                 wdir.save(record)
         try:
             with file_lock(wdir.lock_path):
-                self._launch(wdir, record)
+                if pooled is None:
+                    self._launch(wdir, record)
+                else:
+                    self._adopt(wdir, record)
                 self._start_spare(wdir, record)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -239,12 +248,16 @@ class Workspaces:
             self._halt(wdir, record)
             return record
 
-    def delete(self, ref: str) -> WorkspaceRecord:
-        """Stop the workspace and remove all it owns (shared layers stay in the store)."""
+    def delete(self, ref: str, *, keep_standby: bool = False) -> WorkspaceRecord:
+        """Stop the workspace and remove all it owns (shared layers stay in the store).
+
+        `keep_standby` keeps its standby sandbox in the pool (pool.py) for the next create
+        from the same layers, which then takes it instead of booting one.
+        """
         wdir = self.resolve(ref)
         with file_lock(wdir.lock_path):
             record = wdir.load()
-            self._remove(wdir, record)
+            self._remove(wdir, record, pool=keep_standby)
             return record
 
     def reset(self, ref: str, *, snapshot: str = BASELINE) -> WorkspaceRecord:
@@ -357,6 +370,8 @@ class Workspaces:
             # Overlayfs forbids changing an upper dir behind the mount's back, but reading it
             # while every process in the workspace is stopped gives a consistent copy.
             freeze = self._client(wdir).frozen() if running else contextlib.nullcontext()
+            from pyro_loop.layercopy import copy_and_digest
+
             with freeze, self.store.staging() as staging:
                 tree = staging / "tree"
                 digest = copy_and_digest(wdir.upper(record.generation), tree)
@@ -383,6 +398,8 @@ class Workspaces:
             if record.handle is not None and self.runtime.is_running(record.handle):
                 raise ConflictError(f"workspace {record.id} is running: stop it first")
             upper = wdir.upper(record.generation)
+            from pyro_loop.layercopy import adopt_upper, copy_and_digest
+
             if not adopt_upper(upper, dest):
                 copy_and_digest(upper, dest)
 
@@ -498,6 +515,8 @@ class Workspaces:
         base = record.base_layers
         extra = record.layers[: len(record.layers) - len(base)]
         above = [wdir.upper(record.generation)] + [self.store.require(k).tree for k in extra]
+        from pyro_loop.diff import compute_changes
+
         changes = compute_changes([self.store.require(k).tree for k in base], above)
         # The sandbox's home (shells' histories, tools' caches) is not the project's output.
         return [c for c in changes if c.path.split("/", 1)[0] != HOME_DIR]
@@ -511,9 +530,13 @@ class Workspaces:
         force: bool = False,
         max_bytes: int | None = None,
     ) -> dict[str, Any]:
+        from pyro_loop.transfer import export_path
+
         return export_path(self.client(ref), path, output, force=force, max_bytes=max_bytes)
 
     def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
+        from pyro_loop.transfer import apply_patch
+
         return apply_patch(self.client(ref), patch)
 
     # -- internals ----------------------------------------------------------------------------
@@ -581,6 +604,13 @@ class Workspaces:
             )
         return layer
 
+    def _adopt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        """Take over a pooled sandbox (see pool.py); boot one if it does not answer."""
+        try:
+            self._wait_ready(wdir, record)
+        except (AgentUnavailableError, HostUnsupportedError):
+            self._launch(wdir, record)
+
     def _launch(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
         """Start the workspace's sandbox and wait for its agent to answer."""
         self._boot(wdir, record, spare=False)
@@ -630,7 +660,10 @@ class Workspaces:
             record.handle = None
             wdir.save(record)
 
-    def _remove(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+    def _remove(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, pool: bool = False) -> None:
+        if pool:  # its standby serves the next create from the same layers
+            with contextlib.suppress(OSError):
+                self.pool.keep(wdir, record)
         self._halt(wdir, record)
         gone = move_to_trash(wdir.root, self.store.trash_dir)
         remove_in_background([gone])

@@ -9,7 +9,6 @@ workspace; 130 interrupted.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ import typer
 
 from pyro_loop import __version__
 from pyro_loop.cli import hooks_cmds, loop_cmds, service_cmds
+from pyro_loop.cli.guard import guarded
 from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.mcp_cmd import mcp_app
-from pyro_loop.cli.output import JsonOption, emit, say
+from pyro_loop.cli.options import JsonOption
+from pyro_loop.cli.output import emit, say
 from pyro_loop.cli.project import cache_app, prepare, status
 from pyro_loop.cli.workspace import workspace_app
-from pyro_loop.errors import PyroError
 
 HELP = """\
 pyro: fast, isolated, disposable workspaces for coding agents.
@@ -139,7 +139,7 @@ def _here() -> None:
     """After the root help: is this machine warm for the repository here? Best effort: the
     help must show whatever state the directory is in."""
     try:
-        from pyro_loop.cli.project import _load
+        from pyro_loop.cli.daily import load_project as _load
         from pyro_loop.readiness import readiness
         from pyro_loop.workspace import Workspaces
 
@@ -159,50 +159,19 @@ def main() -> None:
             app(args=["--help"], standalone_mode=False)
         _here()
         sys.exit(0)
-    try:
-        rv = app(standalone_mode=False)
-    except KeyboardInterrupt:
-        sys.stderr.write("pyro: interrupted\n")
-        sys.exit(130)
-    except typer.Abort:
-        sys.stderr.write("pyro: interrupted\n")
-        sys.exit(130)
-    except typer.TyperException as exc:  # usage errors: typer shows them with the usage line
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            sys.stderr.write(f"pyro: {exc}\n")
-        sys.exit(int(getattr(exc, "exit_code", 2)))
-    except PyroError as exc:
-        sys.stderr.write(f"pyro: error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"  hint: {exc.hint}\n")
-        sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        sys.exit(0)
-    except Exception:
-        log = _write_crash_log()
-        sys.stderr.write(f"pyro: internal error (a bug): the details are in {log}\n")
-        sys.exit(3)
-    sys.exit(rv if isinstance(rv, int) else 0)
 
+    def call() -> int:
+        try:
+            rv = app(standalone_mode=False)
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        except typer.TyperException as exc:  # usage errors: typer shows them with the usage line
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                sys.stderr.write(f"pyro: {exc}\n")
+            return int(getattr(exc, "exit_code", 2))
+        return rv if isinstance(rv, int) else 0
 
-def _write_crash_log() -> Path:
-    import platform
-    import time
-    import traceback
-
-    from pyro_loop.home import pyro_home
-
-    try:
-        logs = pyro_home() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        path = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    except OSError:
-        path = Path(f"/tmp/pyro-crash-{os.getpid()}.log")
-    path.write_text(
-        f"pyro {__version__}\npython {sys.version}\nplatform {platform.platform()}\n"
-        f"argv {sys.argv}\n\n{traceback.format_exc()}"
-    )
-    return path
+    sys.exit(guarded(call))

@@ -9,13 +9,13 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, ms, note, say
+from pyro_loop.cli.options import JsonOption, ProjectOption
+from pyro_loop.cli.output import emit, ms, note, say
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
     no_args_is_help=True,
 )
-ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
 
 
 def check(
@@ -29,7 +29,7 @@ def check(
     """Run the [check] commands in a fresh isolated workspace on exactly one git tree: the
     working tree's files (default), the staged ones (--staged) or a commit's (--rev)."""
     from pyro_loop import check as lib
-    from pyro_loop.cli.project import _load
+    from pyro_loop.cli.daily import load_project as _load
     from pyro_loop.errors import InvalidInputError
     from pyro_loop.workspace import Workspaces
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, note, say
+from pyro_loop.cli.options import JsonOption
+from pyro_loop.cli.output import emit, note, say
 
 
 def init_command(

@@ -9,10 +9,11 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
+from pyro_loop.cli import daily
+from pyro_loop.cli.options import JsonOption, ProjectOption
+from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 
-ProjectOption = typer.Option(None, "--project", "-C", help="Project directory (default: here).")
 NoPrepareOption = typer.Option(
     False, "--no-prepare", help="Stop (naming what changed) instead of preparing."
 )
@@ -23,22 +24,10 @@ PUBLISH_HELP = (
 
 
 def _loop(project_dir: Path | None) -> Any:
-    from pyro_loop.cli.project import _load
-    from pyro_loop.errors import NotFoundError
-    from pyro_loop.loop import ProjectLoop
-    from pyro_loop.workspace import Workspaces
-
-    project, config = _load(project_dir)
-    if not project.config_path.is_file():
-        raise NotFoundError(
-            f"{project.root} is not a pyro project (no .pyro.toml here or above)",
-            hint="run `pyro init` in the repository",
-        )
-    return ProjectLoop(project, config, Workspaces())
+    return daily.project_loop(project_dir)
 
 
-def _progress(phase: str, message: str) -> None:
-    note(f"prepare: {phase}: {message}")
+_progress = daily.progress
 
 
 def up(
@@ -50,14 +39,7 @@ def up(
     as_json: bool = JsonOption,
 ) -> None:
     """Reconnect to the project's workspace, or create it from the warm snapshot."""
-    from pyro_loop.cli.phases import phases
-
-    loop = _loop(project_dir)
-    with phases() as display:
-        result = loop.up(prepare=not no_prepare, on_progress=display)
-    emit(result.to_json(), as_json=as_json, human=lambda: say(result.describe()))
-    if watch:
-        _watch(loop)
+    daily.up(project_dir, no_prepare=no_prepare, watch=watch, as_json=as_json)
 
 
 def exec_(
@@ -109,26 +91,10 @@ def exec_(
         from pyro_loop.errors import InvalidInputError
 
         raise InvalidInputError("--name and --json go with --detach")
-    output = _StderrTail()
-    result = run_attached(
-        lambda stdin, size: loop.open_exec(
-            command,
-            timeout=timeout,
-            cwd=cwd,
-            env=parse_env(env),
-            stdin=stdin,
-            tty=size,
-            prepare=not no_prepare,
-            on_progress=_progress,
-        ),
-        interactive=interactive,
-        tty=tty,
-        on_output=output,
-    )
-    if result.timed_out:
-        note(f"pyro: command timed out after {timeout} s (process tree killed)")
-    output.explain_127(loop, command, result)
-    raise typer.Exit(result.exit_code)
+    code = daily.exec_(command, project_dir, timeout=timeout, cwd=cwd, env=env,
+                       interactive=interactive, tty=tty, no_prepare=no_prepare,
+                       loop=loop)  # fmt: skip
+    raise typer.Exit(code)
 
 
 def shell(
@@ -149,42 +115,13 @@ def shell(
     raise typer.Exit(result.exit_code)
 
 
-class _StderrTail:
-    """Streams a command's output, keeping the end of its stderr: a 127 is explained from
-    the shell's "not found" line."""
-
-    def __init__(self) -> None:
-        self.tail = b""
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        stream_output(stream, data)
-        if stream == "stderr":
-            self.tail = (self.tail + data)[-2048:]
-
-    def explain_127(self, loop: Any, argv: list[str], result: Any) -> None:
-        if result.exit_code == 127 and not result.timed_out:
-            hint = loop.not_found_hint(argv, self.tail)
-            note(f"pyro: exit 127 (command not found): {hint}")
-
-
 def retry(
     project_dir: Path | None = ProjectOption,
     reset: bool = typer.Option(False, "--reset", help="Reset the workspace first."),
     no_prepare: bool = NoPrepareOption,
 ) -> None:
     """Run the last command again (after syncing host edits): the repro-fix loop in one word."""
-    import shlex
-
-    loop = _loop(project_dir)
-    last = loop.last_command()
-    if last is not None:  # what runs, as a shell would echo it (stdout stays the command's)
-        note(f"pyro: retry: {shlex.join(last['argv'])}")
-    output = _StderrTail()
-    result = loop.retry(
-        reset=reset, on_output=output, prepare=not no_prepare, on_progress=_progress
-    )
-    output.explain_127(loop, last["argv"] if last else [], result)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(daily.retry(project_dir, reset=reset, no_prepare=no_prepare))
 
 
 def reset(
@@ -245,16 +182,7 @@ def sync(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -
 
 def watch(project_dir: Path | None = ProjectOption) -> None:
     """Keep the project's workspace in sync with host edits until Ctrl-C."""
-    _watch(_loop(project_dir))
-
-
-def _watch(loop: Any) -> None:
-    record = loop.require()
-    note(f"pyro: watching {loop.project.root} -> {record.name or record.id} (Ctrl-C stops)")
-    try:
-        loop.watch(on_event=lambda text: note(f"pyro: {text}"))
-    except KeyboardInterrupt:
-        note("pyro: watcher stopped")
+    daily.watch_project(_loop(project_dir))
 
 
 def down(

@@ -1,4 +1,6 @@
-"""How the CLI speaks: human text by default, one JSON document with --json."""
+"""How the CLI speaks: human text by default, one JSON document with --json.
+
+No typer here: the lean entry of the daily commands speaks through it too."""
 
 from __future__ import annotations
 
@@ -7,11 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import typer
-
 from pyro_loop.units import duration
-
-JsonOption = typer.Option(False, "--json", help="Print one JSON document for machines.")
 
 
 def emit(data: Any, *, as_json: bool, human: Callable[[], None] | None = None) -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pyro_loop.cli.output import JsonOption, emit, say
+from pyro_loop.cli.options import JsonOption
+from pyro_loop.cli.output import emit, say
 
 if TYPE_CHECKING:
     from pyro_loop.services import ServiceClient

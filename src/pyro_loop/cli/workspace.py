@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from pyro_loop.cli.loop_cmds import PUBLISH_HELP
-from pyro_loop.cli.output import JsonOption, emit, emit_changes, ms, note, say, stream_output
+from pyro_loop.cli.options import JsonOption
+from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.units import parse_size

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,8 @@ def hooks_dir(project: Project) -> tuple[Path, bool]:
 def hooks_path_problem(project: Project, directory: Path) -> str | None:
     """Why git would not run hooks from `directory`: `core.hooksPath` names another one."""
     assert project.repo_root is not None
+    if not _may_set_hooks_path(project):
+        return None
     result = subprocess.run(
         ["git", "config", "--get", "core.hooksPath"],
         cwd=project.repo_root,
@@ -111,6 +114,37 @@ def hooks_path_problem(project: Project, directory: Path) -> str | None:
     if target.resolve() == directory.resolve():
         return None
     return f"core.hooksPath is set to {configured}: git runs the hooks there, not in {directory}"
+
+
+def _may_set_hooks_path(project: Project) -> bool:
+    """Could a configuration git reads set core.hooksPath? Reading its files costs far less
+    than starting git (`pyro status` asks every time), and they rarely mention it; whatever
+    cannot be read, includes another file or comes from the environment, git is asked."""
+    if "GIT_CONFIG_COUNT" in os.environ:
+        return True
+    assert project.git_dir is not None
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = [os.environ.get("GIT_CONFIG_GLOBAL") or os.path.join(home, ".gitconfig"),
+             os.path.join(xdg, "git", "config"),
+             str(common_dir(project.git_dir) / "config"),
+             str(project.git_dir / "config.worktree")]  # fmt: skip
+    if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
+        git = shutil.which("git")
+        prefix = os.path.dirname(os.path.dirname(git)) if git else "/usr"
+        files += [os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
+                  os.path.join(prefix, "etc", "gitconfig")]  # fmt: skip
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().lower()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if b"hookspath" in text or b"include" in text:
+            return True
+    return False
 
 
 def status(project: Project) -> HooksReport:

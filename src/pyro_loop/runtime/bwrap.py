@@ -36,13 +36,8 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
-import shutil
-import signal
 import socket
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 from pyro_loop.client import socket_address
@@ -59,7 +54,6 @@ from pyro_loop.runtime import (
     SandboxHandle,
     SandboxSpec,
 )
-from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = (
@@ -140,6 +134,8 @@ class BwrapRuntime:
     name = "bwrap"
 
     def start(self, spec: SandboxSpec) -> SandboxHandle:
+        import shutil
+
         bwrap = shutil.which("bwrap")
         unshare = shutil.which("unshare")
         prlimit = shutil.which("prlimit")
@@ -154,6 +150,8 @@ class BwrapRuntime:
             )
         store = spec.store_root
         # Compiled first: without a filter nothing starts (fail closed, with the fix named).
+        from pyro_loop.runtime.seccomp import compiled_filter, filter_fd
+
         compiled_filter()
         options = overlay_options(
             spec.lowers, _relative(spec.upper, store), _relative(spec.work, store)
@@ -211,6 +209,8 @@ class BwrapRuntime:
     def stop(self, handle: SandboxHandle, spec: SandboxSpec, *, wait: bool = True) -> list[int]:
         init = _sandbox_init(spec.info_path, handle.keeper_pid)
         reap_finished()
+        import signal  # here: finding and checking a workspace must not pay for it
+
         if self.is_running(handle):
             # The keeper leads its own process group; killing the group takes bwrap too, and
             # bwrap's init dies with bwrap (--die-with-parent), taking the pid namespace with it.
@@ -353,6 +353,8 @@ def _drop_root_prefix(store: Path) -> list[str]:
     if owner is None:
         return []
     store.chmod(0o711)
+    import shutil
+
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise HostUnsupportedError(
@@ -383,6 +385,10 @@ def agent_files(home: Path) -> dict[str, Path]:
 
 
 def _install_agent(target: Path) -> None:
+    import shutil
+    import subprocess
+    import uuid
+
     staging = target.parent / f".{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     for name in AGENT_FILES:
@@ -415,6 +421,8 @@ def _host_root_args() -> list[str]:
 
 
 def _prlimit_args(spec: SandboxSpec) -> list[str]:
+    import resource
+
     limits = spec.limits
     args = [
         f"--nproc={_within_hard_limit(resource.RLIMIT_NPROC, limits.processes)}",
@@ -429,6 +437,8 @@ def _prlimit_args(spec: SandboxSpec) -> list[str]:
 
 def _within_hard_limit(which: int, wanted: int) -> int:
     """An unprivileged process may lower its limits but never raise them past the hard one."""
+    import resource
+
     hard = resource.getrlimit(which)[1]
     return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 

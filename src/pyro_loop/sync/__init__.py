@@ -23,13 +23,33 @@ touched, whatever the workspace did to them.
 
 Modules: `paths` (which paths take part), `hoststate` (a host path's state and digests),
 `manifest` (what pyro pushed), `baseline` (the git tree the workspace started from),
-`tarstream` (the push), `engine` (the `Syncer` that plans and pushes).
+`tarstream` (the push), `engine` (the `Syncer` that plans and pushes), `result` (what a
+sync did), `hostscan` (has anything changed since the last sync? one pass of lstat calls).
 """
 
-from pyro_loop.sync.engine import Skipped, Syncer, SyncResult
-from pyro_loop.sync.hoststate import host_digest
-from pyro_loop.sync.manifest import manifest_digest
-from pyro_loop.sync.paths import ExcludeRules, PathFilter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyro_loop.sync.engine import Syncer
+    from pyro_loop.sync.hoststate import host_digest
+    from pyro_loop.sync.manifest import manifest_digest
+    from pyro_loop.sync.paths import ExcludeRules, PathFilter
+    from pyro_loop.sync.result import Skipped, SyncResult
 
 __all__ = ["ExcludeRules", "PathFilter", "Skipped", "SyncResult", "Syncer", "host_digest",
            "manifest_digest"]  # fmt: skip
+
+# Loaded on first use: `pyro_loop.sync.hostscan`, on the path of every daily command, must
+# not pull in the engine (and what it imports) to answer "nothing changed".
+_HOMES = {"Syncer": "engine", "host_digest": "hoststate", "manifest_digest": "manifest",
+          "ExcludeRules": "paths", "PathFilter": "paths", "Skipped": "result",
+          "SyncResult": "result"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

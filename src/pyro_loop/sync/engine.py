@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,44 +22,8 @@ from pyro_loop.sync.manifest import (
     trusted,
 )
 from pyro_loop.sync.paths import PathFilter
+from pyro_loop.sync.result import Skipped, SyncResult
 from pyro_loop.sync.tarstream import TarStream
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
-
-
-@dataclass
-class SyncResult:
-    """What one sync did: counts, the paths behind them, and what it could not sync."""
-
-    copied: int = 0  # files, symlinks and directories written into the workspace
-    removed: int = 0  # host deletions carried over
-    bytes: int = 0  # file content sent
-    skipped: list[Skipped] = field(default_factory=list)
-    seconds: float = 0.0
-    copied_paths: list[str] = field(default_factory=list)
-    removed_paths: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.copied or self.removed)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "copied": self.copied,
-            "removed": self.removed,
-            "bytes": self.bytes,
-            "skipped": [s.to_json() for s in self.skipped],
-            "duration_ms": round(self.seconds * 1000, 1),
-            "copied_paths": self.copied_paths,
-            "removed_paths": self.removed_paths,
-        }
 
 
 class Syncer:
@@ -140,6 +103,24 @@ class Syncer:
                         candidates.update(baseline.paths_under(rel))
                 candidates.update(p for p in entries if p.startswith(prefix))
             result = self._sync(candidates, manifest, baseline, clean=set())
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def synced_paths(self) -> list[str]:
+        """The paths where the workspace holds what pyro synced (the manifest's records)."""
+        with file_lock(self._lock_path):
+            return sorted(self._manifest.load(self._baseline_tree)["entries"])
+
+    def replay(self, paths: Iterable[str]) -> SyncResult:
+        """Sync exactly these paths (relative to the root): after a reset to the baseline,
+        what `synced_paths` listed before it, so the workspace gets the host's files back
+        without a look at the rest of the tree."""
+        started = time.perf_counter()
+        with file_lock(self._lock_path):
+            manifest = self._manifest.load(self._baseline_tree)
+            self.filter.refresh()
+            baseline = self._baseline(manifest) if self.repo is not None else None
+            result = self._sync(set(paths), manifest, baseline, clean=set())
         result.seconds = time.perf_counter() - started
         return result
 

@@ -3,10 +3,11 @@ paths git ignores (unless git tracks them anyway)."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,31 @@ class PathFilter:
         if self.repo is not None:
             with contextlib.suppress(Exception):
                 self.repo.index.read(False)  # re-read only if it changed on disk
+
+    def scan_rules(self) -> tuple[Callable[[str], bool], Callable[[str], list[str]],
+                                  Callable[[str], bool]]:  # fmt: skip
+        """What a host scan (hostscan.HostScan.take) needs to know: is a directory synced,
+        which files does git track below an ignored one, is a file excluded."""
+        tracked: list[str] | None = None
+
+        def tracked_under(rel: str) -> list[str]:
+            nonlocal tracked
+            if self.repo is None:
+                return []
+            if tracked is None:
+                tracked = sorted(entry.path for entry in self.repo.index)
+            prefix = rel + "/"
+            start = bisect.bisect_left(tracked, prefix)
+            end = bisect.bisect_left(tracked, rel + "0")  # "0" sorts right after "/"
+            return tracked[start:end]
+
+        def wants_dir(rel: str) -> bool:
+            return self.wants(rel, is_dir=True)
+
+        def excluded(rel: str) -> bool:
+            return self.exclude.excluded(rel, is_dir=False)
+
+        return wants_dir, tracked_under, excluded
 
     def rel(self, path: Path | str) -> str | None:
         """`path` relative to the root as a POSIX string; None for the root or outside it."""

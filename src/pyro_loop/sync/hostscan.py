@@ -1,0 +1,261 @@
+"""The host scan: has anything in the host's tree changed since the last sync? One pass of
+lstat calls over a stored record, without git and without listing a directory.
+
+A record holds the stat data (mode, size, mtime, ctime, inode) of every directory that takes
+part in sync and every file and symlink in them (ignored directories are not entered; the
+files git tracks inside them are recorded one by one), taken right BEFORE a full sync read
+the host. It is bound to the sync manifest that sync left (its digest) and to the workspace
+(id, generation, baseline tree, exclude rules): anything else that syncs or resets changes one
+of those, and the record no longer vouches for anything.
+
+Why equal stat data means nothing to sync: creating, deleting or renaming an entry changes its
+directory's mtime; writing a file changes its mtime and ctime, and ctime cannot be set from
+user space; so a path whose stat data all equal the record holds what the sync read, unless
+it was written in the same timestamp tick right after its lstat (git's "racy" case). Entries
+that recent are marked racy when the record is taken: their content (files) or their listing
+(directories) is compared again on every check, so they vouch only for what they hold.
+
+What the check cannot see, it does not vouch for: git's own control files (the index, info
+exclude files, the repository's and the user's config and ignore files) are recorded too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import marshal
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+# A write in the same timestamp tick as a record's lstat keeps its mtime: files whose times are
+# this close to the record are compared by content. Timestamps in whole seconds come from a
+# filesystem that keeps no finer ones (FAT keeps 2 s): then the window is 2 s. Otherwise the
+# tick is the kernel's coarse clock, one jiffy (at most 10 ms): 50 ms leaves a wide margin.
+FINE_RACY_NS = 50_000_000
+COARSE_RACY_NS = 2_000_000_000
+
+Stat = tuple[int, int, int, int, int]  # mode, size, mtime_ns, ctime_ns, inode
+
+
+def stat_of(path: str) -> Stat | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def file_digest(path: str) -> str | None:
+    """sha256 of a file's content, or of a symlink's target (as the manifest records them)."""
+    try:
+        if os.path.islink(path):
+            return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def control_files(git_dir: Path | None) -> list[str]:
+    """Files outside the tree that change which paths take part in sync."""
+    paths: list[str] = []
+    if git_dir is not None:
+        common = git_dir
+        with contextlib.suppress(OSError):
+            text = (git_dir / "commondir").read_text().strip()
+            common = (git_dir / text).resolve()
+        for base in dict.fromkeys((git_dir, common)):
+            paths += [str(base / "index"), str(base / "info" / "exclude"), str(base / "config")]
+    home = os.path.expanduser("~")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    paths += [os.path.join(home, ".gitconfig"), os.path.join(config_home, "git", "config"),
+              os.path.join(config_home, "git", "ignore")]  # fmt: skip
+    return paths
+
+
+class HostScan:
+    """The stored record of one project workspace's host tree (see the module doc)."""
+
+    def __init__(self, path: Path, root: Path, git_dir: Path | None, *, workspace: Any,
+                 rules: Any) -> None:  # fmt: skip
+        self.path = path
+        self.root = str(root).rstrip("/")
+        self.controls = control_files(git_dir)
+        # The workspace the record vouches for (id, generation), and what decides which
+        # paths take part and against what (baseline tree, exclude rules).
+        self.workspace = workspace
+        self.identity = (RECORD_VERSION, self.root, rules)
+
+    # -- checking ---------------------------------------------------------------------------
+
+    def current(self, manifest: bytes | None, *, any_workspace: bool = False) -> bool:
+        """Does the record vouch that the host holds what the workspace got from it?
+
+        `manifest` is the sync manifest's text as it is now (None when there is none).
+        `any_workspace`: is the host unchanged since that manifest's sync, whichever
+        workspace (of the same baseline) it was for? A new one then needs only its paths.
+        """
+        record = self._load()
+        if record is None or manifest is None:
+            return False
+        if record["identity"] != self.identity or record["manifest"] != _digest(manifest):
+            return False
+        if not any_workspace and record["workspace"] != self.workspace:
+            return False
+        for path, known in record["controls"].items():
+            if stat_of(path) != known:
+                return False
+        prefix = self.root + "/"
+        for rel, known in record["entries"].items():
+            if stat_of(prefix + rel if rel else self.root) != known:
+                return False
+        for rel, digest in record["racy_files"].items():
+            if file_digest(prefix + rel) != digest:
+                return False
+        for rel, names in record["racy_dirs"].items():
+            try:
+                listing = sorted(os.listdir(prefix + rel if rel else self.root))
+            except OSError:
+                return False
+            if listing != names:
+                return False
+        return True
+
+    def bound_to(self, manifest: bytes | None) -> bool:
+        """Was the record taken for this manifest (under the same rules)? Then the manifest
+        lists every path where the host differed from the baseline at that sync."""
+        record = self._load()
+        return (record is not None and manifest is not None
+                and record["identity"] == self.identity
+                and record["manifest"] == _digest(manifest))  # fmt: skip
+
+    def _load(self) -> dict[str, Any] | None:
+        try:
+            data = marshal.loads(self.path.read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
+        keys = {"identity", "workspace", "manifest", "controls", "entries", "racy_files",
+                "racy_dirs"}  # fmt: skip
+        if not isinstance(data, dict) or set(data) != keys:
+            return None
+        return data
+
+    # -- recording --------------------------------------------------------------------------
+
+    def take(self, wants_dir: Callable[[str], bool], tracked_under: Callable[[str], list[str]],
+             excluded: Callable[[str], bool]) -> dict[str, Any]:  # fmt: skip
+        """Stat the tree now, before a sync reads it. `wants_dir(rel)`: is a directory synced
+        (not ignored, not excluded)? `tracked_under(rel)`: the files git tracks below an
+        ignored directory. `excluded(rel)`: is a file excluded by the [sync] rules?"""
+        rules = (wants_dir, tracked_under, excluded)
+        recorded = _now_ns()
+        controls = {path: stat_of(path) for path in self.controls}
+        entries: dict[str, Stat | None] = {}
+        racy_dirs: dict[str, list[str]] = {}
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            path = f"{self.root}/{rel}" if rel else self.root
+            known = stat_of(path)
+            if known is None:
+                continue
+            entries[rel] = known
+            try:
+                with os.scandir(path) as it:
+                    listing = list(it)
+            except OSError:
+                continue  # unreadable: its stat is recorded, the sync reports what it cannot read
+            if _racy(known, recorded):
+                racy_dirs[rel] = sorted(e.name for e in listing)
+            for entry in listing:
+                if entry.name != ".git":
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    self._visit(entry, child, entries, pending, rules)
+        return {"recorded": recorded, "controls": controls, "entries": entries,
+                "racy_dirs": racy_dirs}  # fmt: skip
+
+    def _visit(self, entry: os.DirEntry[str], rel: str, entries: dict[str, Stat | None],
+               pending: list[str], rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
+        wants_dir, tracked_under, excluded = rules
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir and wants_dir(rel):
+            pending.append(rel)
+        elif is_dir:  # ignored or excluded: only what git tracks in it takes part
+            for tracked in tracked_under(rel):
+                entries[tracked] = stat_of(f"{self.root}/{tracked}")
+        elif not excluded(rel):
+            found = stat_of(entry.path)
+            if found is not None:
+                entries[rel] = found
+
+    def save(self, taken: dict[str, Any], manifest: bytes | None,
+             digests: Callable[[str], str | None]) -> None:  # fmt: skip
+        """Keep what `take` found, bound to the manifest the sync left. `digests(rel)`: what
+        the workspace holds at a racy file (the manifest's digest), None if unknown."""
+        if manifest is None:
+            return
+        recorded = taken["recorded"]
+        racy_files: dict[str, str] = {}
+        for rel, known in taken["entries"].items():
+            if known is None:
+                self.forget()  # a tracked file vanished while being recorded
+                return
+            if rel in taken["racy_dirs"] or not _racy(known, recorded):
+                continue
+            digest = digests(rel)
+            if digest is None or digest != file_digest(f"{self.root}/{rel}"):
+                self.forget()  # recent, and not known to match: nothing to vouch with
+                return
+            racy_files[rel] = digest
+        data = {"identity": self.identity, "workspace": self.workspace,
+                "manifest": _digest(manifest),
+                "controls": taken["controls"], "entries": taken["entries"],
+                "racy_files": racy_files, "racy_dirs": taken["racy_dirs"]}  # fmt: skip
+        self._write(data)
+
+    def rebind(self, old_manifest: bytes | None, new_manifest: bytes | None) -> None:
+        """The workspace was reset (or made anew) and pyro's synced files put back: a record
+        that vouched for the old manifest vouches for the new one, for this workspace."""
+        record = self._load()
+        if (record is None or old_manifest is None or new_manifest is None
+                or record["manifest"] != _digest(old_manifest)
+                or record["identity"] != self.identity):  # fmt: skip
+            self.forget()
+            return
+        record["workspace"] = self.workspace
+        record["manifest"] = _digest(new_manifest)
+        self._write(record)
+
+    def forget(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        # Not fsynced: a record lost in a crash only costs one full sync.
+        tmp.write_bytes(marshal.dumps(data))
+        os.replace(tmp, self.path)
+
+
+def _racy(known: Stat, recorded: int) -> bool:
+    _mode, _size, mtime, ctime, _ino = known
+    whole = mtime % 1_000_000_000 == 0 and ctime % 1_000_000_000 == 0
+    window = COARSE_RACY_NS if whole else FINE_RACY_NS
+    return max(mtime, ctime) >= recorded - window
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def _digest(manifest: bytes) -> str:
+    return hashlib.sha256(manifest).hexdigest()

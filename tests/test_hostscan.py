@@ -1,0 +1,223 @@
+"""The host scan: exec, retry and up skip the full sync only when nothing on the host changed.
+
+The proof that the fast path gives the full one's result: whenever the scan record says
+"current", a full reconcile right after finds nothing to push; every kind of host change makes
+it say "not current" (so the full sync runs); and a watcher-synced exec sees the same files
+as a walked one.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pyro_loop.loop import ProjectLoop
+from pyro_loop.workspace import Workspaces
+from tests.conftest import DEPS_CONFIG, commit_project, git
+from tests.test_loop import loop_for, sh
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    files = {"requirements.txt": "requests==2.32.0\n", "src/app.py": "print('v1')\n",
+             "src/util.py": "X = 1\n", "docs/guide.md": "guide\n",
+             "build/keep.txt": "tracked in an ignored dir\n",
+             ".gitignore": ".deps/\n*.log\nbuild/\n"}  # fmt: skip
+    root = commit_project(tmp_path / "repo", DEPS_CONFIG, {k: v for k, v in files.items()
+                                                            if k != "build/keep.txt"})  # fmt: skip
+    (root / "build").mkdir()
+    (root / "build" / "keep.txt").write_text(files["build/keep.txt"])
+    git(root, "add", "-f", "build/keep.txt")
+    git(root, "commit", "-qm", "tracked despite the ignore")
+    (root / "empty").mkdir()  # git does not list empty directories
+    return root
+
+
+def current(loop: ProjectLoop) -> bool:
+    record = loop.require()
+    manifest = (loop.state_dir / "sync-manifest.json").read_bytes()
+    return loop._scan(record).current(manifest)
+
+
+def full_sync_finds_nothing(loop: ProjectLoop) -> None:
+    result = loop._syncer(loop.require()).reconcile()
+    assert (result.copied, result.removed, result.skipped) == (0, 0, []), result.to_json()
+
+
+def settle() -> None:
+    # Past the racy window: the record then vouches by stat data alone, as it does for
+    # anything not edited in the last moment.
+    time.sleep(0.1)
+
+
+def _same_size_rewrite(repo: Path) -> None:
+    path = repo / "src" / "app.py"
+    st = path.stat()
+    path.write_text("print('v2')\n")  # same size, and the old times put back
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+CHANGES: dict[str, Callable[[Path], object]] = {
+    "content, same size and mtime": _same_size_rewrite,
+    "new file in a known directory": lambda r: (r / "src" / "new.py").write_text("new\n"),
+    "new file in a new directory": lambda r: (
+        (r / "pkg" / "deep").mkdir(parents=True) or (r / "pkg" / "deep" / "m.py").write_text("m\n")
+    ),
+    "new file in an empty directory": lambda r: (r / "empty" / "f.txt").write_text("f\n"),
+    "deleted file": lambda r: (r / "docs" / "guide.md").unlink(),
+    "renamed file": lambda r: (r / "src" / "util.py").rename(r / "src" / "util2.py"),
+    "mode change": lambda r: (r / "src" / "util.py").chmod(0o755),
+    "file replaced by a symlink": lambda r: (
+        (r / "docs" / "guide.md").unlink() or os.symlink("../src/app.py", r / "docs" / "guide.md")
+    ),
+    "tracked file inside an ignored directory": lambda r: (r / "build" / "keep.txt").write_text(
+        "changed\n"
+    ),
+    "ignore rule removed": lambda r: (
+        (r / "debug.log").write_text("log\n") or (r / ".gitignore").write_text(".deps/\nbuild/\n")
+    ),
+    "ignored file added to the index": lambda r: (
+        (r / "trace.log").write_text("t\n") or git(r, "add", "-f", "trace.log")
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_every_host_change_ends_the_fast_path_and_the_full_sync_catches_it(
+    repo: Path, workspaces: Workspaces, change: str
+) -> None:
+    (repo / "debug.log").write_text("ignored\n")
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()  # records the host's state, past the racy window
+    assert current(loop)
+    CHANGES[change](repo)
+    assert not current(loop)
+    loop.exec(["true"])  # the full sync runs, and records the new state
+    full_sync_finds_nothing(loop)
+    settle()
+    loop.sync()
+    assert current(loop)
+
+
+def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "src" / "app.py").write_text("print('v2')\n")
+    loop.exec(["true"])  # synced right after the write: app.py is recorded as racy
+    record_path = loop.state_dir / "host-scan"
+    record = marshal.loads(record_path.read_bytes())
+    assert "src/app.py" in record["racy_files"]
+    assert current(loop)  # the content still matches what the workspace holds
+    # A rewrite in the same timestamp tick keeps every stat field: simulated by recording
+    # the file's new stat data, as if it had not changed.
+    (repo / "src" / "app.py").write_text("print('v3')\n")
+    st = os.lstat(repo / "src" / "app.py")
+    record["entries"]["src/app.py"] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                       st.st_ino)  # fmt: skip
+    record_path.write_bytes(marshal.dumps(record))
+    assert not current(loop)
+    assert sh(loop, "cat src/app.py") == "print('v3')\n"
+
+
+def test_no_change_keeps_the_fast_path_without_git(repo: Path, workspaces: Workspaces) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    calls = []
+    syncer = loop._syncer(loop.require())
+    original = syncer.reconcile
+    syncer.reconcile = lambda: calls.append(1) or original()  # type: ignore[method-assign]
+    for _ in range(3):
+        assert sh(loop, "cat src/app.py") == "print('v1')\n"
+    assert calls == []
+    (repo / "src" / "app.py").write_text("print('v9')\n")
+    assert sh(loop, "cat src/app.py") == "print('v9')\n"
+    assert calls == [1]
+
+
+def test_another_sync_or_a_reset_elsewhere_ends_the_fast_path(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    assert current(loop)
+    # The workspace reset behind this loop's back (another process): another generation.
+    workspaces.reset(loop.require().id)
+    assert not current(loop)
+    loop.sync()
+    # Another syncer wrote the manifest (a watcher, the MCP server).
+    settle()
+    loop.sync()
+    other = loop_for(repo, workspaces)
+    (repo / "src" / "new.py").write_text("n\n")
+    other._syncer(other.require()).reconcile()
+    assert not current(loop)
+
+
+def test_reset_puts_back_the_synced_host_files_in_o_changed(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "src" / "app.py").write_text("print('host')\n")
+    (repo / "docs" / "guide.md").unlink()
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "m.py").write_text("m\n")
+    settle()
+    loop.sync()
+    sh(loop, "echo junk > junk.txt; echo ws > src/util.py")
+    result = loop.reset()
+    assert sorted(result.copied_paths) == ["pkg", "pkg/m.py", "src/app.py"]
+    assert result.removed_paths == ["docs/guide.md"]
+    out = sh(loop, "cat src/app.py src/util.py pkg/m.py; ls . docs")
+    assert out.startswith("print('host')\nX = 1\nm\n")
+    assert "junk.txt" not in out and "guide.md" not in out
+    assert current(loop)
+    full_sync_finds_nothing(loop)
+
+
+def test_watcher_synced_exec_sees_the_same_files_as_a_walked_one(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.watch, kwargs={"stop_event": stop}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # watching
+        (repo / "src" / "app.py").write_text("print('watched')\n")
+        (repo / "pkg").mkdir()
+        (repo / "pkg" / "m.py").write_text("m\n")
+        (repo / "docs" / "guide.md").unlink()
+        deadline = time.monotonic() + 20
+        while not current(loop):  # the watcher synced, then recorded the host at rest
+            assert time.monotonic() < deadline, "the watcher never recorded the host"
+            time.sleep(0.05)
+        calls = []
+        syncer = loop._syncer(loop.require())
+        original = syncer.reconcile
+        syncer.reconcile = lambda: calls.append(1) or original()  # type: ignore[method-assign]
+        watched = sh(loop, "cat src/app.py pkg/m.py; ls docs; find . -path ./.git -prune -o "
+                     "-path ./.deps -prune -o -type f -print | sort")  # fmt: skip
+        assert calls == []  # the exec trusted the watcher's record: no walk, no git
+        syncer.reconcile = original  # type: ignore[method-assign]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    full_sync_finds_nothing(loop)
+    (loop.state_dir / "host-scan").unlink()  # the same exec, after a full walk
+    assert sh(loop, "cat src/app.py pkg/m.py; ls docs; find . -path ./.git -prune -o "
+              "-path ./.deps -prune -o -type f -print | sort") == watched  # fmt: skip
+    assert "print('watched')" in watched and "guide.md" not in watched
