@@ -99,35 +99,31 @@ class HostScan:
         workspace (of the same baseline) it was for? A new one then needs only its paths.
         """
         record = self._load()
-        if record is None or manifest is None:
-            return False
-        if record["identity"] != self.identity or record["manifest"] != _digest(manifest):
+        if record is None or not self.bound_to(manifest, record):
             return False
         if not any_workspace and record["workspace"] != self.workspace:
             return False
-        for path, known in record["controls"].items():
-            if stat_of(path) != known:
-                return False
+        if any(stat_of(path) != known for path, known in record["controls"].items()):
+            return False
         prefix = self.root + "/"
-        for rel, known in record["entries"].items():
-            if stat_of(prefix + rel if rel else self.root) != known:
-                return False
-        for rel, digest in record["racy_files"].items():
-            if file_digest(prefix + rel) != digest:
-                return False
-        for rel, names in record["racy_dirs"].items():
-            try:
-                listing = sorted(os.listdir(prefix + rel if rel else self.root))
-            except OSError:
-                return False
-            if listing != names:
-                return False
-        return True
+        lstat = os.lstat  # the loop runs once per path in the tree: kept lean
+        try:
+            for rel, known in record["entries"].items():
+                st = lstat(prefix + rel)  # "" names the root ("root/")
+                if (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != known:
+                    return False
+            for rel, names in record["racy_dirs"].items():
+                if sorted(os.listdir(prefix + rel)) != names:
+                    return False
+        except OSError:
+            return False
+        return all(file_digest(prefix + rel) == digest
+                   for rel, digest in record["racy_files"].items())  # fmt: skip
 
-    def bound_to(self, manifest: bytes | None) -> bool:
+    def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
         lists every path where the host differed from the baseline at that sync."""
-        record = self._load()
+        record = record or self._load()
         return (record is not None and manifest is not None
                 and record["identity"] == self.identity
                 and record["manifest"] == _digest(manifest))  # fmt: skip
