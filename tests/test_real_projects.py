@@ -231,7 +231,8 @@ def test_what_the_projects_downloaded_is_in_the_pyro_homes_cache(user: dict[str,
 
 @pytest.fixture(scope="module")
 def registry_tools(user: dict[str, Path]) -> str:
-    """uv and poetry from PyPI, pnpm 9 from npm, readable by every user: their bin dirs."""
+    """uv and poetry from PyPI, pnpm 9 and yarn 1 from npm, readable by every user: their
+    bin dirs."""
     base = user["base"]
     venv = base / "pytools"
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
@@ -242,7 +243,7 @@ def registry_tools(user: dict[str, Path]) -> str:
         node = base / "nodetools"
         subprocess.run(
             ["npm", "install", "--global", "--no-fund", "--no-audit", "--prefix", str(node),
-             "pnpm@9"],
+             "pnpm@9", "yarn@1"],
             check=True, timeout=600, capture_output=True,
         )  # fmt: skip
         dirs.append(str(node / "bin"))
@@ -347,6 +348,31 @@ def test_a_pnpm_project(user: dict[str, Path], registry_tools: str) -> None:
     out = nobody(["exec", "--", "pnpm", "test"], cwd=repo, user=user)
     assert "node test.js" in out.stdout
     tool("pnpm", "add", "is-odd")
+    out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
+                 user=user)  # fmt: skip
+    assert out.stdout.strip() == "true"
+
+
+def test_a_yarn_project(user: dict[str, Path], registry_tools: str) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "yarnapp")
+
+    def tool(*args: str) -> None:
+        nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
+
+    tool("yarn", "init", "-y")
+    tool("yarn", "add", "is-number")
+    test = "const isNumber = require('is-number');\nif (!isNumber(5)) process.exit(1);\n"
+    _write(repo, {"test.js": test, ".gitignore": "node_modules/\n"})
+    tool("npm", "pkg", "set", "scripts.test=node test.js")
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    assert _tools_of(repo) == {"yarn": "1.x"}  # a yarn 1 lockfile
+    assert _check_run(repo) == ["yarn test"]
+    out = nobody(["exec", "--", "yarn", "test"], cwd=repo, user=user)
+    assert "node test.js" in out.stdout
+    tool("yarn", "add", "is-odd")
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
                  user=user)  # fmt: skip
     assert out.stdout.strip() == "true"
