@@ -185,6 +185,11 @@ def test_the_editing_loop(repo: Path) -> None:
             assert ran["exit_code"] == 0 and ran["stdout"] == "print('v1')\n/workspace\n"
             assert ran["stderr"] == "" and not ran["stdout_truncated"] and not ran["timed_out"]
             assert ran["duration_ms"] >= 0 and ran["exec_id"] is None
+            # A command not found says where it was looked for and what to do.
+            missing = await client.call("workspace_exec", command="uv --version")
+            assert missing["exit_code"] == 127
+            assert "the workspace's PATH is" in missing["note"]
+            assert '[tools] uv = "latest"' in missing["note"]
 
             # A host edit reaches the workspace through the watcher, with no exec to sync.
             (repo / "src" / "app.py").write_text("print('v2')\n")

@@ -34,7 +34,8 @@ class CommandTools(ToolGroup):
         cwd: Cwd = None,
     ) -> dict[str, Any]:
         """Run a shell command line in the workspace (default: the project's, with your
-        host edits synced first). Returns exit_code, stdout, stderr, duration_ms, timed_out.
+        host edits synced first). Returns exit_code, stdout, stderr, duration_ms, timed_out
+        (and a note with the PATH searched when a command is not found, exit 127).
         Each stream is returned up to 32 KiB (head and tail); past that, *_truncated is true
         and workspace_logs(exec_id=...) reads the full text. Default timeout 30 s."""
         argv = ["sh", "-c", command]
@@ -52,7 +53,13 @@ class CommandTools(ToolGroup):
                 )  # fmt: skip
 
             outputs = self.calls.outputs(target.id)
-            return run_command(target.id, outputs, start, timeout=timeout_seconds)
+            data = run_command(target.id, outputs, start, timeout=timeout_seconds)
+            if data["exit_code"] == 127 and target.loop is not None:
+                # The PATH searched and the likely fix, as `pyro exec` prints them.
+                stderr = str(data.get("stderr") or "").encode()
+                hint = target.loop.not_found_hint(argv, stderr)
+                data.setdefault("note", f"command not found: {hint}")
+            return data
 
         return await self.calls.on(ctx, workspace_id, run, cancel)
 
