@@ -284,6 +284,21 @@ def subprocess_in(cwd: Path, *args: str) -> str:
     ).stdout  # fmt: skip
 
 
+def test_a_tool_the_environment_cannot_build_is_named_before_any_build(
+    workspaces: Workspaces,
+) -> None:
+    from pyro_loop.tools import ToolBuildError, ensure_tools, unmet_need
+
+    request = ToolRequest("pnpm", "9.x", "debian:12")
+    assert unmet_need(request) == (
+        'pnpm needs npm in the debian:12 environment (add "npm" to [environment] packages)'
+    )
+    assert unmet_need(ToolRequest("pnpm", "9.x", "debian:12", ("npm",))) is None
+    with pytest.raises(ToolBuildError, match=r"cannot install pnpm 9\.x: pnpm needs npm"):
+        ensure_tools(workspaces, [request])
+    assert workspaces.store.list() == []  # nothing built, not even the environment
+
+
 def test_install_scripts_pin_the_declared_version() -> None:
     uv = install_script(ToolRequest("uv", "0.5.x", "host"))
     assert "'uv==0.5.*'" in uv and "ln -s ../venv/bin/uvx /run/pyro/tools/uv/bin/uvx" in uv

@@ -197,6 +197,9 @@ def _build(ws: Workspaces, request: ToolRequest, progress: Callable[[str], None]
     from pyro_loop.prepare import delete_abandoned, log_tail, prepare_environment
     from pyro_loop.runtime import SANDBOX_HOME
 
+    need = unmet_need(request)
+    if need is not None:  # say so now, not as the installer's failure deep in a log
+        raise ToolBuildError(f"cannot install {request.describe()}: {need}")
     spec: EnvironmentSpec = parse_environment(request.environment, request.packages)
     log_path = ws.home / "logs" / f"tool-{request.name}-{request.key[:12]}.log"
 
