@@ -171,20 +171,21 @@ def test_a_requirements_project_with_its_own_package_editable(user: dict[str, Pa
     _commit(repo, user)
     init = nobody(["init"], cwd=repo, user=user)
     assert "pip" in init.stdout + init.stderr
-    out = nobody(["exec", "--", ".venv/bin/python", "-m", "pytest", "-q"], cwd=repo, user=user)
+    assert '"pytest' in (repo / ".pyro.toml").read_text()  # [check] run: the usual command
+    out = nobody(["exec", "--", "pytest", "-q"], cwd=repo, user=user)
     assert "1 passed" in out.stdout
     # The project's own package is importable, from the workspace's sources (editable).
-    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import pipapp; print(pipapp.__file__)"],
+    out = nobody(["exec", "--", "python", "-c", "import pipapp; print(pipapp.__file__)"],
                  cwd=repo, user=user)  # fmt: skip
     assert out.stdout.strip() == "/workspace/src/pipapp/__init__.py"
     # A source edit is seen at once, with no new install.
     (repo / "src/pipapp/__init__.py").write_text("def answer():\n    return 43\n")
-    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import pipapp; print(pipapp.answer())"],
+    out = nobody(["exec", "--", "python", "-c", "import pipapp; print(pipapp.answer())"],
                  cwd=repo, user=user)  # fmt: skip
     assert out.stdout.strip() == "43"
     # A new dependency in the requirements: the next exec has it.
     (repo / "requirements.txt").write_text("-e .[test]\npluggy\nsix\n")
-    out = nobody(["exec", "--", ".venv/bin/python", "-c", "import six; print(six.__name__)"],
+    out = nobody(["exec", "--", "python", "-c", "import six; print(six.__name__)"],
                  cwd=repo, user=user)  # fmt: skip
     assert out.stdout.strip() == "six"
     _no_prepare_sandbox_left(user)
