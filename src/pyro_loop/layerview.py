@@ -1,9 +1,9 @@
 """Read a stack of overlay layers on the host, the way overlayfs would present it.
 
 Used for diffs, without entering the workspace. Upper dirs are written by the workspace, so
-nothing here follows a symlink: every path is opened one component at a time relative to its
-parent directory with O_NOFOLLOW (the openat-style in-root resolution), and a swapped-in
-symlink or a FIFO makes the lookup fail instead of escaping or blocking.
+nothing here follows a symlink: every path is opened beneath the layer's root by `Beneath`
+(no symlink in any component), and a swapped-in symlink or a FIFO makes the lookup fail
+instead of escaping or blocking.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyro_loop.beneath import Beneath
 from pyro_loop.fsutil import check_tree_depth
 from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
 
@@ -32,20 +33,13 @@ class Entry:
 
 def _open_dir(root: Path, parts: list[str]) -> int | None:
     """An O_PATH descriptor of root/parts... (no symlinks followed), or None if it is not a dir."""
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for part in parts:
+    with Beneath(root) as tree:
         try:
-            child = os.open(
-                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-            )
+            return tree.open_dir("/".join(parts))
         except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
                 return None
             raise
-        os.close(fd)
-        fd = child
-    return fd
 
 
 def _list_dir(root: Path, rel: str) -> list[str]:
