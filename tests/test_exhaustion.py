@@ -264,6 +264,10 @@ def test_symlink_loops_give_clean_errors_everywhere(
     with pytest.raises(PyroError):  # the data filter refuses links out of the export
         workspaces.export(ws, "/workspace", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # dir/up -> .. names the exported directory's parent: beside the output on the host.
+    with pytest.raises(PyroError, match="'dir/up' points outside"):
+        workspaces.export(ws, "/workspace/dir", tmp_path / "dir-out")
+    assert sh(workspaces, ws, "rm /workspace/dir/up").exit_code == 0
     workspaces.export(ws, "/workspace/dir", tmp_path / "dir-out")
     assert os.readlink(tmp_path / "dir-out" / "again") == "../dir"
     assert sh(workspaces, ws, "echo fine").stdout == b"fine\n"
