@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyro_loop.agent import protocol as p
 from pyro_loop.errors import (
@@ -26,6 +26,9 @@ from pyro_loop.errors import (
     NotFoundError,
     PyroError,
 )
+
+if TYPE_CHECKING:
+    from pyro_loop.secretenv import Redactor
 
 OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
@@ -384,6 +387,16 @@ class ExecChannel:
         self.cancel = cancel
         self._send_lock = threading.Lock()
         self.result: ExecResult | None = None
+        self._redactors: dict[str, Redactor] = {}
+        self._queued: list[tuple[str, bytes] | ExecResult] = []
+
+    def redact(self, values: Iterable[str]) -> None:
+        """Mask these values (secrets) in the command's output from now on."""
+        from pyro_loop.secretenv import Redactor
+
+        values = list(values)
+        if values:
+            self._redactors = {"stdout": Redactor(values), "stderr": Redactor(values)}
 
     def _send(self, kind: bytes, payload: bytes) -> None:
         # Failing means the command is over or the agent gone: the reader learns which.
@@ -432,6 +445,19 @@ class ExecChannel:
 
     def next_event(self) -> tuple[str, bytes] | ExecResult:
         """The next piece of output ("stdout" | "stderr", bytes), or the command's result."""
+        if self._queued:
+            return self._queued.pop(0)
+        event = self._next_frame()
+        if not self._redactors:
+            return event
+        if isinstance(event, ExecResult):  # what was held back for a possible secret
+            held = [(which, r.flush()) for which, r in self._redactors.items()]
+            self._queued = [*[(w, data) for w, data in held if data], event]
+            return self._queued.pop(0)
+        which, data = event
+        return which, self._redactors[which].feed(data)
+
+    def _next_frame(self) -> tuple[str, bytes] | ExecResult:
         try:
             kind, payload = p.recv_frame(self.sock)
             if kind == p.KIND_JSON:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pyro_loop import secretenv
 from pyro_loop.beneath import Beneath, link_stays_inside
 from pyro_loop.config import ProjectConfig
 from pyro_loop.errors import (
@@ -370,15 +371,17 @@ class ProjectLoop:
         stdin: BinaryIO | None = None,
         prepare: bool = True,
         on_progress: Any = None,
+        secret_env: Sequence[str] = (),
     ) -> ExecResult:
         """Run a command in the project's workspace, after syncing what changed on the host.
         `stdin` is passed to the command until its end (else its stdin is empty).
+        `secret_env` names host variables passed as secrets (secretenv.py).
 
         A workspace on outdated dependencies is moved onto the current ones first (prepared
         now if need be), or with `prepare` off NotWarmError says what changed."""
         with self.open_exec(
             argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin is not None, cancel=cancel,
-            prepare=prepare, on_progress=on_progress,
+            prepare=prepare, on_progress=on_progress, secret_env=secret_env,
         ) as channel:  # fmt: skip
             if stdin is not None:
                 channel.feed_from(stdin)
@@ -398,19 +401,22 @@ class ProjectLoop:
         remember: bool = True,
         prepare: bool = True,
         on_progress: Any = None,
+        secret_env: Sequence[str] = (),
     ) -> Iterator[ExecChannel]:
         """Start a command as `exec` does (host edits synced first) and hand back its channel,
         for input, a terminal and signals. `remember=False` keeps it out of `retry` (a shell)."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec -- CMD...")
+        hidden = secretenv.from_host(secret_env)  # before anything runs: a missing one stops
         record = self.live(prepare=prepare, on_progress=on_progress)
         self._sync_current(record)
-        if remember:
-            self._save_last({"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}})
+        if remember:  # the secrets' names, never their values
+            last = {"argv": list(argv), "timeout": timeout, "cwd": cwd, "env": env or {}}
+            self._save_last({**last, "secret_env": list(secret_env)} if secret_env else last)
         try:
             opened = self.ws.open_exec(
                 record.id, list(argv), timeout=timeout, cwd=cwd, env=env, stdin=stdin, tty=tty,
-                cancel=cancel,
+                cancel=cancel, secrets=hidden,
             )  # fmt: skip
             with opened as channel:
                 yield channel
@@ -426,9 +432,7 @@ class ProjectLoop:
 
     def services(self) -> ServiceClient:
         """The services of the project's workspace (started again if stopped)."""
-        from pyro_loop.services import ServiceClient
-
-        return ServiceClient(self.ws.client(self.live().id))
+        return self.ws.services(self.live().id)
 
     def start_service(
         self,
@@ -437,12 +441,14 @@ class ProjectLoop:
         name: str | None = None,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        secret_env: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a command detached, as a service (host edits synced first, as for exec);
         named after its program unless `name` is given."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro exec --detach -- CMD...")
-        services = self.services()
+        hidden = secretenv.from_host(secret_env)
+        services = self.ws.services(self.live().id, secrets=hidden)
         self._sync_current(self.require())
         if name is None:
             name = services.free_name(argv[0])
@@ -480,7 +486,8 @@ class ProjectLoop:
             timeout = default_timeout
         return self.exec(last["argv"], timeout=timeout, cwd=last.get("cwd"),
                          env=last.get("env") or None, on_output=on_output,
-                         cancel=cancel, prepare=prepare, on_progress=on_progress)  # fmt: skip
+                         cancel=cancel, prepare=prepare, on_progress=on_progress,
+                         secret_env=last.get("secret_env") or ())  # fmt: skip
 
     def reset(
         self, *, snapshot: str = "baseline", prepare: bool = True, on_progress: Any = None

@@ -17,6 +17,7 @@ from pyro_loop.client import (
     _Capped,
 )
 from pyro_loop.errors import AgentError
+from pyro_loop.secretenv import Redactor
 
 builtins_list = list
 
@@ -24,8 +25,10 @@ builtins_list = list
 class ServiceClient:
     """The service operations of one workspace's agent."""
 
-    def __init__(self, client: AgentClient) -> None:
+    def __init__(self, client: AgentClient, *, secrets: dict[str, str] | None = None) -> None:
         self.client = client
+        # Secrets reach a service's environment, and are masked in what its log shows.
+        self.secrets = dict(secrets or {})
 
     def free_name(self, program: str) -> str:
         """A service name after `program` ("npm" for /usr/bin/npm) that no running service
@@ -48,9 +51,10 @@ class ServiceClient:
         env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Start `argv` as the service `name`, detached: returns once it runs."""
-        reply = self.client._request(
-            {"op": "service_start", "name": name, "argv": argv, "cwd": cwd, "env": env or {}}
-        )
+        env = {**self.secrets, **(env or {})}
+        mask = sorted(set(self.secrets.values()))  # the agent writes the log masked
+        request = {"op": "service_start", "name": name, "argv": argv, "cwd": cwd, "env": env}
+        reply = self.client._request({**request, "mask": mask})
         return _service(reply)
 
     def service_list(self) -> builtins_list[dict[str, Any]]:
@@ -82,10 +86,13 @@ class ServiceClient:
         """The service's kept output (its last `tail` lines), to `on_output` as it comes or
         collected up to `max_bytes`; `follow` goes on until the service ends (or `cancel`)."""
         collected = _Capped(max_bytes)
+        redactor = Redactor(self.secrets.values())
 
         def on_frame(kind: bytes, payload: bytes) -> None:
             if kind != p.KIND_STDOUT:
                 raise p.ProtocolError(f"unexpected {kind!r} frame in a service's log")
+            if redactor:
+                payload = redactor.feed(payload)
             if on_output is not None:
                 on_output(payload)
             else:
@@ -97,6 +104,11 @@ class ServiceClient:
             timeout=None if follow else _CONNECT_TIMEOUT,
             cancel=cancel,
         )
+        if redactor and (rest := redactor.flush()):
+            if on_output is not None:
+                on_output(rest)
+            else:
+                collected.add(rest)
         info = _service(reply)
         dropped = reply.get("dropped_bytes")
         info["dropped_bytes"] = dropped if isinstance(dropped, int) else 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pyro_loop import secretenv
 from pyro_loop.client import AgentClient, Cancellation, ExecChannel, ExecResult, OutputSink
 from pyro_loop.errors import (
     AgentUnavailableError,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from pyro_loop.diff import Change
     from pyro_loop.environments import Progress
     from pyro_loop.ports import Mapping
+    from pyro_loop.services import ServiceClient
 
 BASELINE = "baseline"
 READY_TIMEOUT = 15.0
@@ -156,6 +158,7 @@ class Workspaces:
         mounts: builtins.list[Mount] | None = None,
         env: dict[str, str] | None = None,
         on_progress: Progress | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
 
@@ -213,6 +216,7 @@ class Workspaces:
                     record.handle, record.generation = pooled
                 if sandbox_owner() is not None:
                     wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
+                secretenv.save(wdir.root, secrets or {})  # beside the record, never in it
                 wdir.save(record)
         try:
             with file_lock(wdir.lock_path):
@@ -444,12 +448,15 @@ class Workspaces:
         on_output: OutputSink | None = None,
         cancel: Cancellation | None = None,
         stdin: BinaryIO | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> ExecResult:
         """Run `argv` in the workspace; `cancel` lets another thread stop it (see Cancellation).
-        `stdin` is passed to the command until its end (else the command's stdin is empty)."""
+        `stdin` is passed to the command until its end (else the command's stdin is empty).
+        `secrets` join the workspace's own (secretenv.py)."""
         with self.open_exec(
-            ref, argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel
-        ) as channel:
+            ref, argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel,
+            secrets=secrets,
+        ) as channel:  # fmt: skip
             if stdin is not None:
                 channel.feed_from(stdin)
             return channel.wait(on_output=on_output)
@@ -466,22 +473,36 @@ class Workspaces:
         stdin: bool = False,
         tty: tuple[int, int] | None = None,
         cancel: Cancellation | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> Iterator[ExecChannel]:
         """Start `argv` and hand back its channel (input, terminal size, signals; output and
         the result): for shells and piped input. The command is recorded in the history
-        when it ends within the block."""
+        when it ends within the block (its argv, never its environment). The workspace's
+        secrets and `secrets` reach its environment, and are masked in its output."""
         if not argv:
             raise InvalidInputError("no command given", hint="pyro workspace exec ID -- CMD...")
         wdir = self.resolve(ref)
         client = self._running_client(wdir)
+        hidden = {**secretenv.load(wdir.root), **(secrets or {})}
         with client.open_exec(
-            argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin, tty=tty, cancel=cancel
-        ) as channel:
+            argv, cwd=cwd, env={**hidden, **(env or {})}, timeout=timeout, stdin=stdin, tty=tty,
+            cancel=cancel,
+        ) as channel:  # fmt: skip
+            channel.redact(hidden.values())
             yield channel
         if channel.result is not None:
             entry = {"time": time.time(), "argv": argv, "cwd": cwd, **channel.result.to_json()}
             with wdir.history.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    def services(self, ref: str, *, secrets: dict[str, str] | None = None) -> ServiceClient:
+        """The workspace's services: started with its secrets (and `secrets`) in their
+        environment, which their logs show masked."""
+        from pyro_loop.services import ServiceClient
+
+        wdir = self.resolve(ref)
+        hidden = {**secretenv.load(wdir.root), **(secrets or {})}
+        return ServiceClient(self._running_client(wdir), secrets=hidden)
 
     def publish(self, ref: str, mappings: builtins.list[Mapping]) -> builtins.list[Mapping]:
         """Make each port of the workspace reachable at 127.0.0.1 on the host (ports.py)

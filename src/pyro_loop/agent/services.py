@@ -24,6 +24,7 @@ import execop
 import proctree
 import protocol as p
 from confine import RequestError
+from redact import Redactor
 
 SERVICES = "/run/pyro/services"
 LOG_PART = 4 * 1024 * 1024
@@ -94,6 +95,9 @@ def describe(name, path):
 def op_service_start(conn, req):
     name, path = _dir(req)
     argv, cwd, env = execop.command_spec(req)
+    mask = req.get("mask") or []
+    if not isinstance(mask, list) or not all(isinstance(v, str) for v in mask):
+        raise RequestError("invalid_request", "mask must be a list of strings")
     old = describe(name, path)
     if old is not None and old["state"] == "running":
         raise RequestError("conflict", "a service named %s is running already" % name)
@@ -111,7 +115,7 @@ def op_service_start(conn, req):
             os.close(ready_r)
             conn.close()
             os.setsid()
-            _supervise(path, argv, cwd, env, ready_w)
+            _supervise(path, (argv, cwd, env), ready_w, mask)
         except BaseException as exc:
             status = 1
             try:
@@ -133,7 +137,8 @@ def op_service_start(conn, req):
     return {"service": describe(name, path)}
 
 
-def _supervise(path, argv, cwd, env, ready_w):
+def _supervise(path, command, ready_w, mask):
+    argv, cwd, env = command
     proctree.become_subreaper()
     out_r, out_w = os.pipe()
     null = os.open("/dev/null", os.O_RDONLY)
@@ -144,7 +149,7 @@ def _supervise(path, argv, cwd, env, ready_w):
         os._exit(0)
     os.close(null)
     os.close(out_w)
-    log = _Log(path + "/log")
+    log = _Log(path + "/log", Redactor(mask))
     _write_json(
         path + "/meta.json",
         {"argv": argv, "cwd": cwd, "pid": pid, "supervisor": os.getpid(), "started": time.time()},
@@ -196,13 +201,16 @@ def _ended(path, status):
 class _Log:
     """Appends to `path`, moving it to `path.1` at LOG_PART bytes: at most two parts kept."""
 
-    def __init__(self, path):
+    def __init__(self, path, redactor):
         self.path = path
+        self.redactor = redactor  # the secrets the service was given: never written
         self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across writes
         self.size = 0
         self.dropped = 0
 
     def write(self, data):
+        if self.redactor:
+            data = self.redactor.feed(data)
         try:
             self.file.write(data)
         except OSError:  # the tmpfs is full: this output is lost, the service goes on
@@ -220,6 +228,13 @@ class _Log:
             self.size = 0
 
     def close(self):
+        if self.redactor:
+            rest = self.redactor.flush()
+            if rest:
+                try:
+                    self.file.write(rest)
+                except OSError:
+                    pass
         self.file.close()
 
 

@@ -198,9 +198,11 @@ def exec_(
     tty: bool = False,
     no_prepare: bool = False,
     loop: Any = None,
+    secret_env: list[str] | None = None,
 ) -> int:
     """The command's exit code is pyro's. Piped input reaches its stdin; a terminal's only
-    with `interactive`; `tty` runs it on a pseudo-terminal."""
+    with `interactive`; `tty` runs it on a pseudo-terminal. `secret_env` names host
+    variables passed as secrets."""
     from pyro_loop.cli.terminal import run_attached
     from pyro_loop.names import parse_env
 
@@ -216,6 +218,7 @@ def exec_(
             tty=size,
             prepare=not no_prepare,
             on_progress=progress,
+            secret_env=secret_env or (),
         ),
         interactive=interactive,
         tty=tty,

@@ -32,6 +32,17 @@ def guarded(call: Callable[[], int]) -> int:
         return 3
 
 
+def masked_argv(argv: list[str]) -> list[str]:
+    """The command line without the values of `--secret NAME=VALUE` (a crash log is kept)."""
+    masked = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--secret="):
+            masked[i] = "--secret=" + arg[len("--secret=") :].split("=", 1)[0] + "=[REDACTED]"
+        elif i and argv[i - 1] == "--secret":
+            masked[i] = arg.split("=", 1)[0] + "=[REDACTED]"
+    return masked
+
+
 def write_crash_log() -> Path:
     import platform
     import time
@@ -47,6 +58,6 @@ def write_crash_log() -> Path:
         path = Path(f"/tmp/pyro-crash-{os.getpid()}.log")
     path.write_text(
         f"pyro {__version__}\npython {sys.version}\nplatform {platform.platform()}\n"
-        f"argv {sys.argv}\n\n{traceback.format_exc()}"
+        f"argv {masked_argv(sys.argv)}\n\n{traceback.format_exc()}"
     )
     return path

@@ -17,6 +17,10 @@ from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 NoPrepareOption = typer.Option(
     False, "--no-prepare", help="Stop (naming what changed) instead of preparing."
 )
+SECRET_ENV_HELP = (
+    "NAME of a variable of this environment whose value the command gets as a secret: in its "
+    "environment only, masked in its output, never recorded; repeatable."
+)
 PUBLISH_HELP = (
     "Make a port the workspace listens on reachable at 127.0.0.1 on the host (PORT, or "
     "HOST_PORT:PORT), until `pyro down`; repeatable. The workspace gets no network from it."
@@ -59,6 +63,7 @@ def exec_(
         None, "--name", help="The service's name with --detach (default: the program's)."
     ),
     publish: list[str] = typer.Option([], "--publish", "-p", help=PUBLISH_HELP),
+    secret_env: list[str] = typer.Option([], "--secret-env", help=SECRET_ENV_HELP),
     as_json: bool = JsonOption,
     no_prepare: bool = NoPrepareOption,
 ) -> None:
@@ -84,7 +89,9 @@ def exec_(
 
         if interactive or tty or timeout is not None:
             raise InvalidInputError("--detach runs without input, terminal or --timeout")
-        info = loop.start_service(command, name=name, cwd=cwd, env=parse_env(env))
+        info = loop.start_service(
+            command, name=name, cwd=cwd, env=parse_env(env), secret_env=secret_env
+        )
         show_started(info, as_json=as_json, logs_hint=f"`pyro logs {info['name']} -f`")
         return
     if name is not None or as_json:
@@ -93,7 +100,7 @@ def exec_(
         raise InvalidInputError("--name and --json go with --detach")
     code = daily.exec_(command, project_dir, timeout=timeout, cwd=cwd, env=env,
                        interactive=interactive, tty=tty, no_prepare=no_prepare,
-                       loop=loop)  # fmt: skip
+                       secret_env=secret_env, loop=loop)  # fmt: skip
     raise typer.Exit(code)
 
 

@@ -38,10 +38,10 @@ project_service_app = typer.Typer(
 
 
 def _by_id(ref: str) -> ServiceClient:
-    from pyro_loop.services import ServiceClient
     from pyro_loop.workspace import Workspaces
 
-    return ServiceClient(Workspaces().client(ref))
+    services: ServiceClient = Workspaces().services(ref)
+    return services
 
 
 def _project(project_dir: Path | None) -> ServiceClient:

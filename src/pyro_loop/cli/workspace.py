@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from pyro_loop.cli.loop_cmds import PUBLISH_HELP
+from pyro_loop.cli.loop_cmds import PUBLISH_HELP, SECRET_ENV_HELP
 from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
@@ -60,10 +60,14 @@ def create(
     name: str | None = typer.Option(None, "--name", help="A name to use instead of the id."),
     label: list[str] = typer.Option([], "--label", help="key=value, repeatable."),
     network: str = typer.Option("off", "--network", help="off (default) or egress."),
+    secret: list[str] = typer.Option(
+        [], "--secret", help="NAME=VALUE: in every command's environment, masked in output."
+    ),
     id_only: bool = typer.Option(False, "--id-only", help="Print only the new id."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a workspace and start it (from cached layers: milliseconds)."""
+    from pyro_loop import secretenv
     from pyro_loop.names import parse_labels
 
     if network not in ("off", "egress"):
@@ -77,6 +81,7 @@ def create(
         name=name,
         labels=parse_labels(label),
         network=network == "egress",
+        secrets=secretenv.parse(secret),
     )
     elapsed = time.perf_counter() - started
     if id_only:
@@ -209,6 +214,7 @@ def exec(
     interactive: bool = typer.Option(False, "--interactive", "-i", help=STDIN_HELP),
     tty: bool = typer.Option(False, "--tty", "-t", help=TTY_HELP),
     publish: list[str] = typer.Option([], "--publish", "-p", help=PUBLISH_HELP),
+    secret_env: list[str] = typer.Option([], "--secret-env", help=SECRET_ENV_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Run a command in a workspace; output streams, its exit code is pyro's.
@@ -220,6 +226,9 @@ def exec(
 
     if tty and as_json:
         raise InvalidInputError("-t and --json do not go together: a terminal has no JSON")
+    from pyro_loop.secretenv import from_host
+
+    hidden = from_host(secret_env)
     ws = _workspaces()
     if publish:
         mappings = [parse_publish(value) for value in publish]
@@ -228,7 +237,14 @@ def exec(
                 note(f"pyro: {mapping.url} -> port {mapping.port} of the workspace")
     result = run_attached(
         lambda stdin, size: ws.open_exec(
-            ref, command, cwd=cwd, env=parse_env(env), timeout=timeout, stdin=stdin, tty=size
+            ref,
+            command,
+            cwd=cwd,
+            env=parse_env(env),
+            timeout=timeout,
+            stdin=stdin,
+            tty=size,
+            secrets=hidden,
         ),
         interactive=interactive,
         tty=tty,

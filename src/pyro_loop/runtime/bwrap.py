@@ -68,6 +68,7 @@ AGENT_FILES = (
     "proctree.py",
     "services.py",
     "portfwd.py",
+    "redact.py",
 )
 RUN_DIR = "/run/pyro"
 RUN_SIZE = 256 * 1024 * 1024

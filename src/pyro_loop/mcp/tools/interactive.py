@@ -121,9 +121,7 @@ class InteractiveTools(ToolGroup):
     def _services(self, target: Target) -> Any:
         if target.loop is not None:
             return target.loop.services()
-        from pyro_loop.services import ServiceClient
-
-        return ServiceClient(self.calls.ws.client(target.id))
+        return self.calls.ws.services(target.id)
 
     async def workspace_service_start(
         self,
