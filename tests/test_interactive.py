@@ -3,6 +3,7 @@ through a real pseudo-terminal (keys in, screen out) against a real workspace.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -107,8 +108,15 @@ def test_shell_has_job_control_ctrl_c_and_follows_the_window(
         term.send("stty size\r")
         term.expect("24 80")
         term.resize(40, 132)
-        term.send("stty size\r")
-        term.expect("40 132")
+        # The new size travels apart from the keys (SIGWINCH, then a control frame): a key
+        # typed at once may overtake it, as in any terminal, so ask until it has arrived.
+        for _ in range(30):
+            term.send("stty size\r")
+            with contextlib.suppress(AssertionError):
+                term.expect("40 132", timeout=1)
+                break
+        else:
+            raise AssertionError(f"the size never followed; the terminal showed:\n{term.tail()}")
 
         term.send("exit 7\r")
         assert term.wait() == 7
