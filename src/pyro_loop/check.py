@@ -38,9 +38,7 @@ from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.githooks.gitenv import without_git_env
 from pyro_loop.prepare import (
     PrepareInputs,
-    compute_inputs,
     delete_abandoned,
-    describe_changes,
     load_state,
     prepare,
     tree_layer,
@@ -51,6 +49,7 @@ from pyro_loop.runtime import Limits
 if TYPE_CHECKING:
     from pyro_loop.client import OutputSink
     from pyro_loop.store import Layer
+    from pyro_loop.warmth import Warmth
     from pyro_loop.workspace import Workspaces
 
 DELTA_FORMAT = 1
@@ -183,8 +182,11 @@ def run_check(
     """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails."""
     started = time.perf_counter()
     progress = on_progress or (lambda phase, message: None)
-    inputs = compute_inputs(project, config)
-    layers, deleted, prepared = _layers(project, config, inputs, tree, ws=ws, progress=progress)
+    from pyro_loop.warmth import judge
+
+    warmth = judge(project, config, ws.home)
+    inputs = warmth.inputs
+    layers, deleted, prepared = _layers(project, config, warmth, tree, ws=ws, progress=progress)
     warnings = _key_file_warnings(project, inputs, tree) if source != "working tree" else []
     for warning in warnings:
         progress("warning", warning)
@@ -238,22 +240,20 @@ def delta_key(base: str, tree: str) -> str:
 def _layers(
     project: Project,
     config: ProjectConfig,
-    inputs: PrepareInputs,
+    warmth: Warmth,
     tree: str,
     *,
     ws: Workspaces,
     progress: Progress,
 ) -> tuple[list[str], list[str], bool]:
     """The workspace's layers for `tree` (topmost first), the paths to remove on top of them,
-    and whether the dependencies (`inputs`) had to be prepared first."""
+    and whether the environment or dependencies had to be prepared first."""
     store = ws.store
     prepared = False
-    if any(store.get(k) is None for k in inputs.layers()):
-        state = load_state(ws.home, project)
-        reasons = (describe_changes(state.inputs, inputs) if state and state.inputs else []) or [
-            "never prepared"
-        ]
-        progress("prepare", f"dependencies not warm ({'; '.join(reasons)}): preparing first")
+    inputs = warmth.inputs
+    if not warmth.runnable:
+        reasons = "; ".join(warmth.reasons() or ["never prepared"])
+        progress("prepare", f"dependencies not warm ({reasons}): preparing first")
         prepare(project, config, workspaces=ws, on_progress=progress)
         prepared = True
     # Topmost first: the project's own install over its dependencies.
