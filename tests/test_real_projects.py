@@ -328,52 +328,34 @@ def test_a_poetry_project(user: dict[str, Path], registry_tools: str) -> None:
     assert out.stdout.strip() == "ok"
 
 
-def test_a_pnpm_project(user: dict[str, Path], registry_tools: str) -> None:
+# pnpm 9 writes lockfile format 9.0 and no packageManager field: the 9.x line; yarn 1 a
+# "yarn lockfile v1".
+@pytest.mark.parametrize(
+    ("manager", "init", "declared"),
+    [("pnpm", ["init"], "9.x"), ("yarn", ["init", "-y"], "1.x")],
+)
+def test_a_node_project(
+    user: dict[str, Path], registry_tools: str, manager: str, init: list[str], declared: str
+) -> None:
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed on this host")
-    repo = _project(user, "pnpmapp")
+    repo = _project(user, f"{manager}app")
 
     def tool(*args: str) -> None:
         nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
 
-    tool("pnpm", "init")
-    tool("pnpm", "add", "is-number")
+    tool(manager, *init)
+    tool(manager, "add", "is-number")
     test = "const isNumber = require('is-number');\nif (!isNumber(5)) process.exit(1);\n"
     _write(repo, {"test.js": test, ".gitignore": "node_modules/\n"})
     tool("npm", "pkg", "set", "scripts.test=node test.js")
     _commit(repo, user)
     nobody(["init"], cwd=repo, user=user)
-    # pnpm 9 writes lockfile format 9.0 and no packageManager field: the 9.x line.
-    assert _tools_of(repo) == {"pnpm": "9.x"}
-    assert _check_run(repo) == ["pnpm test"]
-    out = nobody(["exec", "--", "pnpm", "test"], cwd=repo, user=user)
+    assert _tools_of(repo) == {manager: declared}
+    assert _check_run(repo) == [f"{manager} test"]
+    out = nobody(["exec", "--", manager, "test"], cwd=repo, user=user)
     assert "node test.js" in out.stdout
-    tool("pnpm", "add", "is-odd")
-    out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
-                 user=user)  # fmt: skip
-    assert out.stdout.strip() == "true"
-
-
-def test_a_yarn_project(user: dict[str, Path], registry_tools: str) -> None:
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed on this host")
-    repo = _project(user, "yarnapp")
-
-    def tool(*args: str) -> None:
-        nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
-
-    tool("yarn", "init", "-y")
-    tool("yarn", "add", "is-number")
-    test = "const isNumber = require('is-number');\nif (!isNumber(5)) process.exit(1);\n"
-    _write(repo, {"test.js": test, ".gitignore": "node_modules/\n"})
-    tool("npm", "pkg", "set", "scripts.test=node test.js")
-    _commit(repo, user)
-    nobody(["init"], cwd=repo, user=user)
-    assert _tools_of(repo) == {"yarn": "1.x"}  # a yarn 1 lockfile
-    assert _check_run(repo) == ["yarn test"]
-    out = nobody(["exec", "--", "yarn", "test"], cwd=repo, user=user)
-    assert "node test.js" in out.stdout
-    tool("yarn", "add", "is-odd")
+    tool(manager, "add", "is-odd")
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
                  user=user)  # fmt: skip
     assert out.stdout.strip() == "true"
