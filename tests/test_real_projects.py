@@ -290,6 +290,9 @@ def test_a_uv_project(user: dict[str, Path], registry_tools: str) -> None:
     out = nobody(["exec", "--", "sh", "-c", "command -v uv; command -v pytest"], cwd=repo,
                  user=user)  # fmt: skip
     assert out.stdout.split() == ["/run/pyro/tools/uv/bin/uv", "/workspace/.venv/bin/pytest"]
+    # As natively: `uv run` runs in the environment prepare synced, with no network.
+    out = nobody(["exec", "--", "uv", "run", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
     # A new dependency in the lockfile: the next exec has it.
     uv("add", "-q", "iniconfig")
     out = nobody(["exec", "--", "python", "-c", "import iniconfig; print('ok')"], cwd=repo,

@@ -82,9 +82,12 @@ def host_tool_mount(entry: str) -> Mount:
     return Mount(os.path.normpath(source), os.path.normpath(target))
 
 
-def activation(root: Path, config: ProjectConfig, store: LayerStore) -> Activation:
-    """The mounts and environment of the project's sandboxes. Declared tools whose layer is
-    not in the store (not prepared yet) are left out: `pyro status` names them."""
+def activation(
+    root: Path, config: ProjectConfig, store: LayerStore, *, workspace: bool = True
+) -> Activation:
+    """The mounts and environment of the project's workspaces (or, not `workspace`, of its
+    prepare sandboxes). Declared tools whose layer is not in the store (not prepared yet)
+    are left out: `pyro status` names them."""
     requests = [r for r in tool_requests(config) if store.get(r.key) is not None]
     mounts = [mount_for(r, r.key) for r in requests]
     path = project_path(root, config) + [r.bin_dir for r in requests]
@@ -93,5 +96,6 @@ def activation(root: Path, config: ProjectConfig, store: LayerStore) -> Activati
         mounts.append(mount)
         if os.path.isdir(os.path.join(mount.source, "bin")):
             path.append(f"{mount.target}/bin")
-    env = {**tool_env(requests), "PATH": ":".join([*dict.fromkeys(path), SYSTEM_PATH])}
+    env = tool_env(requests, workspace=workspace)
+    env["PATH"] = ":".join([*dict.fromkeys(path), SYSTEM_PATH])
     return Activation(tuple(mounts), env)

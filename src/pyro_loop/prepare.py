@@ -603,7 +603,7 @@ class _DependencyBuild:
         self.progress(self.phase, f"starting a {self.config.environment} sandbox, network on")
         from pyro_loop.activation import activation
 
-        active = activation(self.project.root, self.config, self.ws.store)
+        active = activation(self.project.root, self.config, self.ws.store, workspace=False)
         return self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),

@@ -58,6 +58,10 @@ class Tool:
     # Set wherever the tool is on PATH: each keeps the environment it makes inside the
     # project, where the dependency snapshot captures it and PATH activation finds it.
     env: tuple[tuple[str, str], ...] = ()
+    # Set in workspaces only: prepare has made the environment match the lockfile, and a
+    # workspace has no network, so `uv run` must not sync it again (it would rebuild the
+    # project's own package, whose build backend is not installed, and fail offline).
+    workspace_env: tuple[tuple[str, str], ...] = ()
 
     def package_for(self, version: str) -> str:
         # Yarn 2 and later are published as @yarnpkg/cli-dist; `yarn` on npm is yarn 1.
@@ -73,7 +77,7 @@ class Tool:
 
 
 CATALOG: dict[str, Tool] = {
-    "uv": Tool("uv", "pypi", "uv", ("uv", "uvx")),
+    "uv": Tool("uv", "pypi", "uv", ("uv", "uvx"), workspace_env=(("UV_NO_SYNC", "1"),)),
     "poetry": Tool("poetry", "pypi", "poetry", ("poetry",),
                    (("POETRY_VIRTUALENVS_IN_PROJECT", "true"),)),
     "pipenv": Tool("pipenv", "pypi", "pipenv", ("pipenv",), (("PIPENV_VENV_IN_PROJECT", "1"),)),
@@ -140,8 +144,12 @@ def mount_for(request: ToolRequest, layer_key: str) -> Mount:
     return Mount(layer_path(layer_key), request.target)
 
 
-def tool_env(requests: list[ToolRequest]) -> dict[str, str]:
-    return {name: value for r in requests for name, value in r.tool.env}
+def tool_env(requests: list[ToolRequest], *, workspace: bool) -> dict[str, str]:
+    """The variables the tools set: in prepare's sandbox, or (`workspace`) in workspaces."""
+    pairs = [pair for r in requests for pair in r.tool.env]
+    if workspace:
+        pairs += [pair for r in requests for pair in r.tool.workspace_env]
+    return dict(pairs)
 
 
 def missing(store: LayerStore, requests: list[ToolRequest]) -> list[ToolRequest]:
