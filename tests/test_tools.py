@@ -299,6 +299,18 @@ def test_a_tool_the_environment_cannot_build_is_named_before_any_build(
     assert workspaces.store.list() == []  # nothing built, not even the environment
 
 
+def test_tool_variables_in_prepare_and_in_workspaces() -> None:
+    from pyro_loop.tools import tool_env
+
+    requests = [ToolRequest("uv", "latest", "host"), ToolRequest("poetry", "2.1.0", "host")]
+    # poetry's virtualenv in the project everywhere; uv never syncs again in a workspace.
+    assert tool_env(requests, workspace=False) == {"POETRY_VIRTUALENVS_IN_PROJECT": "true"}
+    assert tool_env(requests, workspace=True) == {
+        "POETRY_VIRTUALENVS_IN_PROJECT": "true",
+        "UV_NO_SYNC": "1",
+    }
+
+
 def test_install_scripts_pin_the_declared_version() -> None:
     uv = install_script(ToolRequest("uv", "0.5.x", "host"))
     assert "'uv==0.5.*'" in uv and "ln -s ../venv/bin/uvx /run/pyro/tools/uv/bin/uvx" in uv
