@@ -19,6 +19,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 @pytest.fixture(autouse=True)
 def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private PYRO_HOME, and a HOME that is not the user's, so no test touches `~`."""
+    # A deleted workspace's standby is not kept for the next create (pool.py): the tests
+    # that delete expect nothing left running. tests/test_pool.py turns it back on.
+    monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
     home = tmp_path / "pyro-home"
     monkeypatch.setenv("PYRO_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path / "user-home"))

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from pyro_loop.cache import gc
 from pyro_loop.pool import POOL_LIMIT
 from pyro_loop.workspace import Workspaces
@@ -14,6 +16,11 @@ from tests.test_hostscan import full_sync_finds_nothing, repo, settle
 from tests.test_loop import loop_for, sh
 
 __all__ = ["repo"]  # the fixture, shared
+
+
+@pytest.fixture(autouse=True)
+def _pool_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYRO_POOL_SECONDS", "600")
 
 
 def test_up_after_delete_takes_over_the_deleted_workspaces_standby(
@@ -80,4 +87,33 @@ def test_plain_delete_leaves_nothing_running(repo: Path, workspaces: Workspaces)
     spare = workspaces.resolve(record.id).load().spare
     assert spare is not None
     workspaces.delete(record.id)
+    assert not workspaces.runtime.is_running(spare)
+
+
+def test_a_pooled_sandbox_no_create_takes_stops_by_itself(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYRO_POOL_SECONDS", "1")
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    spare = loop.require().spare
+    assert spare is not None
+    loop.down(delete=True)
+    assert workspaces.runtime.is_running(spare)
+    deadline = time.monotonic() + 30
+    while workspaces.runtime.is_running(spare):
+        assert time.monotonic() < deadline, "the pooled sandbox outlived its time"
+        time.sleep(0.1)
+    assert list((workspaces.home / "pool").iterdir()) == []
+
+
+def test_no_pool_when_its_time_is_zero(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    spare = loop.require().spare
+    assert spare is not None
+    loop.down(delete=True)
     assert not workspaces.runtime.is_running(spare)

@@ -5,8 +5,10 @@ empty upper dir, an agent answering. When the workspace is deleted, that sandbox
 what the next workspace created from the same layers (and environment, network and limits)
 needs, so instead of being killed it moves to `<home>/pool/<key>.<nonce>/` (renames, O(1));
 a create with the same key takes it (one rename: two creates never get the same one) rather
-than boot one and wait for its agent. At most POOL_LIMIT are kept, the oldest stopped first;
-`pyro cache gc` and `prune` stop them all (they hold layers mounted).
+than boot one and wait for its agent. At most POOL_LIMIT are kept, the oldest stopped first,
+and each for KEEP_SECONDS (`PYRO_POOL_SECONDS`; 0 keeps none): a small process started with
+it stops it then unless a create took it first. `pyro cache gc` and `prune` stop them all
+(they hold layers mounted).
 
 The sandbox does not mind the moves: its overlay and its listening socket were bound before,
 and its files are reached through descriptors.
@@ -18,11 +20,12 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop.fsutil import move_to_trash
-from pyro_loop.procutil import remove_in_background
+from pyro_loop.procutil import remove_in_background, spawn_detached
 from pyro_loop.runtime import Runtime, SandboxHandle, SandboxSpec
 from pyro_loop.state import WorkspaceDir
 
@@ -30,7 +33,16 @@ if TYPE_CHECKING:
     from pyro_loop.state import WorkspaceRecord
 
 POOL_LIMIT = 2
+KEEP_SECONDS = 600.0
 ENTRY_FILE = "pool.json"
+
+
+def keep_seconds() -> float:
+    """How long a pooled sandbox waits for a create: `PYRO_POOL_SECONDS`, else KEEP_SECONDS."""
+    try:
+        return max(0.0, float(os.environ.get("PYRO_POOL_SECONDS", KEEP_SECONDS)))
+    except ValueError:
+        return KEEP_SECONDS
 
 
 def pool_key(record: WorkspaceRecord) -> str:
@@ -51,7 +63,8 @@ class Pool:
         """Move the standby of a workspace being deleted into the pool; False if it has none
         running (the caller's lock on the workspace keeps it from changing meanwhile)."""
         spare = record.spare
-        if spare is None or not self.runtime.is_running(spare):
+        seconds = keep_seconds()
+        if spare is None or seconds <= 0 or not self.runtime.is_running(spare):
             return False
         generation = record.generation + 1
         key = pool_key(record)
@@ -69,10 +82,16 @@ class Pool:
             os.rename(old, new)  # fmt: skip
         data = {"key": key, "handle": spare.to_json(), "generation": generation}
         (entry.root / ENTRY_FILE).write_text(json.dumps(data))
-        os.rename(entry.root, self.root / entry.root.name[1:])
+        kept = self.root / entry.root.name[1:]
+        os.rename(entry.root, kept)
         record.spare = None
         wdir.save(record)
         self._trim()
+        # Its end, unless a create takes it first (then the rename that claims it fails): a
+        # shell sleeps (no Python held in memory meanwhile), then Python stops it.
+        spawn_detached(["/bin/sh", "-c", 'sleep "$1" && exec "$2" -m pyro_loop.pool "$3" "$4"',
+                        "pyro-pool", f"{seconds:.3f}", sys.executable, str(self.home),
+                        kept.name], env={**os.environ})  # fmt: skip
         return True
 
     def take(self, key: str, dest: Path) -> tuple[SandboxHandle, int] | None:
@@ -139,3 +158,17 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _expire(home: Path, name: str) -> None:
+    """Stop the pooled sandbox `name`, if no create took it meanwhile."""
+    from pyro_loop.runtime.bwrap import BwrapRuntime
+
+    pool = Pool(home, BwrapRuntime())
+    entry = pool.root / name
+    if entry.exists():
+        pool._stop(entry)
+
+
+if __name__ == "__main__":
+    _expire(Path(sys.argv[1]), sys.argv[2])
