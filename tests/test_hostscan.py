@@ -63,28 +63,39 @@ def _same_size_rewrite(repo: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _unignore(repo: Path) -> None:
+    (repo / ".gitignore").write_text(".deps/\nbuild/\n")  # debug.log takes part now
+
+
+def _track_ignored(repo: Path) -> None:
+    (repo / "trace.log").write_text("t\n")
+    git(repo, "add", "-f", "trace.log")
+
+
+def _new_dir(repo: Path) -> None:
+    (repo / "pkg" / "deep").mkdir(parents=True)
+    (repo / "pkg" / "deep" / "m.py").write_text("m\n")
+
+
+def _file_to_link(repo: Path) -> None:
+    (repo / "docs" / "guide.md").unlink()
+    os.symlink("../src/app.py", repo / "docs" / "guide.md")
+
+
 CHANGES: dict[str, Callable[[Path], object]] = {
     "content, same size and mtime": _same_size_rewrite,
     "new file in a known directory": lambda r: (r / "src" / "new.py").write_text("new\n"),
-    "new file in a new directory": lambda r: (
-        (r / "pkg" / "deep").mkdir(parents=True) or (r / "pkg" / "deep" / "m.py").write_text("m\n")
-    ),
+    "new file in a new directory": _new_dir,
     "new file in an empty directory": lambda r: (r / "empty" / "f.txt").write_text("f\n"),
     "deleted file": lambda r: (r / "docs" / "guide.md").unlink(),
     "renamed file": lambda r: (r / "src" / "util.py").rename(r / "src" / "util2.py"),
     "mode change": lambda r: (r / "src" / "util.py").chmod(0o755),
-    "file replaced by a symlink": lambda r: (
-        (r / "docs" / "guide.md").unlink() or os.symlink("../src/app.py", r / "docs" / "guide.md")
-    ),
+    "file replaced by a symlink": _file_to_link,
     "tracked file inside an ignored directory": lambda r: (r / "build" / "keep.txt").write_text(
         "changed\n"
     ),
-    "ignore rule removed": lambda r: (
-        (r / "debug.log").write_text("log\n") or (r / ".gitignore").write_text(".deps/\nbuild/\n")
-    ),
-    "ignored file added to the index": lambda r: (
-        (r / "trace.log").write_text("t\n") or git(r, "add", "-f", "trace.log")
-    ),
+    "ignore rule removed": _unignore,
+    "ignored file added to the index": _track_ignored,
 }
 
 
@@ -100,7 +111,8 @@ def test_every_host_change_ends_the_fast_path_and_the_full_sync_catches_it(
     assert current(loop)
     CHANGES[change](repo)
     assert not current(loop)
-    loop.exec(["true"])  # the full sync runs, and records the new state
+    loop.exec(["true"])  # syncs (the changed paths, or in full), and records the new state
+    assert current(loop)
     full_sync_finds_nothing(loop)
     settle()
     loop.sync()
@@ -127,7 +139,7 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     assert sh(loop, "cat src/app.py") == "print('v3')\n"
 
 
-def test_no_change_keeps_the_fast_path_without_git(repo: Path, workspaces: Workspaces) -> None:
+def test_no_change_or_an_edit_needs_no_git(repo: Path, workspaces: Workspaces) -> None:
     loop = loop_for(repo, workspaces)
     loop.up()
     settle()
@@ -138,9 +150,17 @@ def test_no_change_keeps_the_fast_path_without_git(repo: Path, workspaces: Works
     syncer.reconcile = lambda: calls.append(1) or original()  # type: ignore[method-assign]
     for _ in range(3):
         assert sh(loop, "cat src/app.py") == "print('v1')\n"
-    assert calls == []
-    (repo / "src" / "app.py").write_text("print('v9')\n")
-    assert sh(loop, "cat src/app.py") == "print('v9')\n"
+    (repo / "src" / "app.py").write_text("print('v9')\n")  # an agent's edit
+    (repo / "src" / "extra.py").write_text("extra\n")
+    (repo / "docs" / "guide.md").unlink()
+    assert sh(loop, "cat src/app.py src/extra.py; ls docs") == "print('v9')\nextra\n"
+    assert calls == []  # just the changed paths: no git status, no walk of the tree
+    assert current(loop)
+    syncer.reconcile = original  # type: ignore[method-assign]
+    full_sync_finds_nothing(loop)
+    (repo / ".gitignore").write_text(".deps/\n")  # what takes part changed: the full sync
+    syncer.reconcile = lambda: calls.append(1) or original()  # type: ignore[method-assign]
+    sh(loop, "true")
     assert calls == [1]
 
 
@@ -221,3 +241,17 @@ def test_watcher_synced_exec_sees_the_same_files_as_a_walked_one(
     assert sh(loop, "cat src/app.py pkg/m.py; ls docs; find . -path ./.git -prune -o "
               "-path ./.deps -prune -o -type f -print | sort") == watched  # fmt: skip
     assert "print('watched')" in watched and "guide.md" not in watched
+
+
+def test_an_ignored_file_that_keeps_changing_keeps_the_fast_path(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    (repo / "debug.log").write_text("1\n")
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    (repo / "debug.log").write_text("22\n")  # a log the host keeps writing
+    assert "debug.log" not in sh(loop, "ls")
+    assert current(loop)  # no longer recorded: its changes never matter
+    full_sync_finds_nothing(loop)

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 PROJECT_LABEL = "project"
 MANIFEST_NAME = "sync-manifest.json"
+# More changed paths than this since the last sync: a full sync (git's view of the tree) costs
+# less than syncing them one by one (as the watcher's own limit for a batch).
+INCREMENTAL_LIMIT = 5000
 
 
 class NotWarmError(PyroError):
@@ -284,13 +287,31 @@ class ProjectLoop:
                         workspace=(record.id, record.generation), rules=rules)  # fmt: skip
 
     def _sync_current(self, record: WorkspaceRecord) -> SyncResult:
-        """Sync what changed on the host, after a look at the host scan record: when it
-        vouches that nothing did, no git, no directory listing, nothing pushed."""
-        if self._scan(record).current(_read_bytes(self.state_dir / MANIFEST_NAME)):
-            from pyro_loop.sync.result import SyncResult
+        """Sync what changed on the host, after a look at the host scan record (one pass of
+        lstat calls): when nothing changed, nothing more; when a few paths did, just those
+        (no git, no walk of the tree); else (no record, git's own files or a .gitignore
+        changed) a full sync."""
+        from pyro_loop.sync.result import SyncResult
 
+        scan = self._scan(record)
+        changed = scan.changes(_read_bytes(self.state_dir / MANIFEST_NAME))
+        if changed == []:
             return SyncResult()
-        return self._sync_full(record)
+        if (changed is None or len(changed) > INCREMENTAL_LIMIT
+                or any(p.rpartition("/")[2] == ".gitignore" for p in changed)):  # fmt: skip
+            return self._sync_full(record)
+        syncer = self._syncer(record)
+        syncer.filter.refresh()
+        delta = scan.delta(changed, *syncer.filter.scan_rules())
+        if delta is None:
+            return self._sync_full(record)
+        result = syncer.sync_paths([f"{syncer.root}/{rel}" for rel in delta["paths"]])
+        if result.skipped:
+            scan.forget()  # what could not be synced is tried again next time
+        else:
+            manifest = _read_bytes(syncer.manifest_path)
+            scan.apply(delta, manifest, _manifest_digests(manifest), syncer.filter.wants)
+        return result
 
     def _sync_new(self, record: WorkspaceRecord) -> SyncResult:
         """A new workspace gets the host's files: when the host has not changed since pyro
@@ -316,7 +337,7 @@ class ProjectLoop:
             scan.forget()  # what could not be synced is tried again next time
         else:
             manifest = _read_bytes(syncer.manifest_path)
-            scan.save(taken, manifest, _manifest_digests(manifest))
+            scan.save(taken, manifest, _manifest_digests(manifest), syncer.filter.wants)
         return result
 
     def live(self, *, prepare: bool = True, on_progress: Any = None) -> WorkspaceRecord:

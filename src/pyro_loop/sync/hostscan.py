@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import marshal
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,27 +99,38 @@ class HostScan:
         `any_workspace`: is the host unchanged since that manifest's sync, whichever
         workspace (of the same baseline) it was for? A new one then needs only its paths.
         """
+        return self.changes(manifest, any_workspace=any_workspace) == []
+
+    def changes(self, manifest: bytes | None, *, any_workspace: bool = False) -> list[str] | None:
+        """The recorded paths that changed since the record (their stat data, or a racy
+        entry's content or listing); None when the record cannot tell (none was kept for
+        this manifest and workspace, or git's control files changed)."""
         record = self._load()
         if record is None or not self.bound_to(manifest, record):
-            return False
+            return None
         if not any_workspace and record["workspace"] != self.workspace:
-            return False
+            return None
         if any(stat_of(path) != known for path, known in record["controls"].items()):
-            return False
+            return None
         prefix = self.root + "/"
         lstat = os.lstat  # the loop runs once per path in the tree: kept lean
-        try:
-            for rel, known in record["entries"].items():
+        changed = []
+        for rel, known in record["entries"].items():
+            try:
                 st = lstat(prefix + rel)  # "" names the root ("root/")
-                if (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != known:
-                    return False
-            for rel, names in record["racy_dirs"].items():
-                if sorted(os.listdir(prefix + rel)) != names:
-                    return False
-        except OSError:
-            return False
-        return all(file_digest(prefix + rel) == digest
-                   for rel, digest in record["racy_files"].items())  # fmt: skip
+            except OSError:
+                changed.append(rel)
+                continue
+            if (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != known:
+                changed.append(rel)
+        seen = set(changed)
+        for rel, names in record["racy_dirs"].items():
+            if rel not in seen and _listing(prefix + rel) != names:
+                changed.append(rel)
+        for rel, digest in record["racy_files"].items():
+            if rel not in seen and file_digest(prefix + rel) != digest:
+                changed.append(rel)
+        return changed
 
     def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
@@ -151,7 +163,14 @@ class HostScan:
         controls = {path: stat_of(path) for path in self.controls}
         entries: dict[str, Stat | None] = {}
         racy_dirs: dict[str, list[str]] = {}
-        pending = [""]
+        self._walk([""], entries, racy_dirs, recorded, rules)
+        return {"recorded": recorded, "controls": controls, "entries": entries,
+                "racy_dirs": racy_dirs}  # fmt: skip
+
+    def _walk(self, pending: list[str], entries: dict[str, Stat | None],
+              racy_dirs: dict[str, list[str]], recorded: int,
+              rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
+        """Record the directories in `pending` and everything that takes part below them."""
         while pending:
             rel = pending.pop()
             path = f"{self.root}/{rel}" if rel else self.root
@@ -170,8 +189,6 @@ class HostScan:
                 if entry.name != ".git":
                     child = f"{rel}/{entry.name}" if rel else entry.name
                     self._visit(entry, child, entries, pending, rules)
-        return {"recorded": recorded, "controls": controls, "entries": entries,
-                "racy_dirs": racy_dirs}  # fmt: skip
 
     def _visit(self, entry: os.DirEntry[str], rel: str, entries: dict[str, Stat | None],
                pending: list[str], rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
@@ -190,10 +207,126 @@ class HostScan:
             if found is not None:
                 entries[rel] = found
 
+    # -- a few paths changed ----------------------------------------------------------------
+
+    def delta(self, changed: list[str], wants_dir: Callable[[str], bool],
+              tracked_under: Callable[[str], list[str]],
+              excluded: Callable[[str], bool]) -> dict[str, Any] | None:  # fmt: skip
+        """Stat what `changes` reported, now, before a sync reads it: a file's new state; a
+        directory's, and its entries added (walked) or gone since the record. Returns the
+        paths to sync and the record's new entries, or None when only a full sync will do
+        (a directory's permissions changed)."""
+        rules = (wants_dir, tracked_under, excluded)
+        record = self._load()
+        if record is None:
+            return None
+        entries: dict[str, Stat] = record["entries"]
+        recorded = _now_ns()
+        updates: dict[str, Stat | None] = {}
+        racy_dirs: dict[str, list[str]] = {}
+        drop: set[str] = set()
+        paths: set[str] = set()
+        children: dict[str, set[str]] | None = None
+        for rel in changed:
+            known = entries.get(rel)
+            now = stat_of(f"{self.root}/{rel}" if rel else self.root)
+            was_dir = known is not None and stat.S_ISDIR(known[0])
+            is_dir = now is not None and stat.S_ISDIR(now[0])
+            if was_dir and is_dir:
+                assert known is not None and now is not None
+                if stat.S_IMODE(known[0]) != stat.S_IMODE(now[0]):
+                    return None
+                if children is None:
+                    children = _children(entries)
+                updates[rel] = now
+                names = _listing(f"{self.root}/{rel}" if rel else self.root)
+                if names is None:
+                    return None
+                if _racy(now, recorded):
+                    racy_dirs[rel] = names
+                current = {n for n in names if n != ".git"}
+                before = children.get(rel, set())
+                for name in sorted(current - before):
+                    child = f"{rel}/{name}" if rel else name
+                    self._add(child, updates, racy_dirs, paths, recorded=recorded, rules=rules)
+                for name in before - current:
+                    child = f"{rel}/{name}" if rel else name
+                    drop.add(child)
+                    paths.add(child)
+                continue
+            drop.add(rel)
+            paths.add(rel)
+            if is_dir:  # was a file or link: what is there now
+                self._add(rel, updates, racy_dirs, paths, recorded=recorded, rules=rules)
+            elif now is not None:
+                updates[rel] = now
+        return {"recorded": recorded, "updates": updates, "drop": drop,
+                "paths": sorted(paths), "racy_dirs": racy_dirs}  # fmt: skip
+
+    def _add(self, rel: str, updates: dict[str, Stat | None], racy_dirs: dict[str, list[str]],
+             paths: set[str], *, recorded: int,
+             rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
+        """A path new to the record: recorded (a directory walked) if it takes part."""
+        wants_dir, _tracked_under, excluded = rules
+        now = stat_of(f"{self.root}/{rel}")
+        if now is None:
+            return
+        if stat.S_ISDIR(now[0]):
+            if wants_dir(rel):
+                self._walk([rel], updates, racy_dirs, recorded, rules)
+                paths.add(rel)
+        elif not excluded(rel):
+            updates[rel] = now
+            paths.add(rel)
+
+    def apply(self, delta: dict[str, Any], manifest: bytes | None,
+              digests: Callable[[str], str | None],
+              wanted: Callable[[str], bool]) -> None:  # fmt: skip
+        """Fold a delta into the record once its paths are synced; bound to the manifest
+        that sync left."""
+        record = self._load()
+        if record is None or manifest is None:
+            return
+        drop: set[str] = delta["drop"]
+        if drop:
+            prefixes = tuple(f"{rel}/" for rel in drop)
+            for table in ("entries", "racy_files", "racy_dirs"):
+                record[table] = {rel: value for rel, value in record[table].items()
+                                 if rel not in drop and not rel.startswith(prefixes)}  # fmt: skip
+        recorded = delta["recorded"]
+        for rel, known in delta["updates"].items():
+            if known is None:
+                self.forget()  # a tracked file vanished while being recorded
+                return
+            record["entries"][rel] = known
+            record["racy_files"].pop(rel, None)
+            record["racy_dirs"].pop(rel, None)
+            if not _racy(known, recorded):
+                continue
+            if stat.S_ISDIR(known[0]):
+                if rel not in delta["racy_dirs"]:
+                    self.forget()
+                    return
+                record["racy_dirs"][rel] = delta["racy_dirs"][rel]
+                continue
+            digest = self._racy_digest(rel, digests, wanted)
+            if digest is None:
+                self.forget()  # recent, and not known to match: nothing to vouch with
+                return
+            if digest:
+                record["racy_files"][rel] = digest
+            else:
+                del record["entries"][rel]
+        record["manifest"] = _digest(manifest)
+        self._write(record)
+
     def save(self, taken: dict[str, Any], manifest: bytes | None,
-             digests: Callable[[str], str | None]) -> None:  # fmt: skip
+             digests: Callable[[str], str | None],
+             wanted: Callable[[str], bool]) -> None:  # fmt: skip
         """Keep what `take` found, bound to the manifest the sync left. `digests(rel)`: what
-        the workspace holds at a racy file (the manifest's digest), None if unknown."""
+        the workspace holds at a racy file (the manifest's digest), None if unknown;
+        `wanted(rel)`: does the file take part in sync (a racy file that does not is simply
+        not recorded: its changes never matter, and the directory notices it go or come)."""
         if manifest is None:
             return
         recorded = taken["recorded"]
@@ -204,16 +337,29 @@ class HostScan:
                 return
             if rel in taken["racy_dirs"] or not _racy(known, recorded):
                 continue
-            digest = digests(rel)
-            if digest is None or digest != file_digest(f"{self.root}/{rel}"):
+            digest = self._racy_digest(rel, digests, wanted)
+            if digest is None:
                 self.forget()  # recent, and not known to match: nothing to vouch with
                 return
             racy_files[rel] = digest
+        for rel in [r for r, d in racy_files.items() if not d]:
+            del racy_files[rel], taken["entries"][rel]
         data = {"identity": self.identity, "workspace": self.workspace,
                 "manifest": _digest(manifest),
                 "controls": taken["controls"], "entries": taken["entries"],
                 "racy_files": racy_files, "racy_dirs": taken["racy_dirs"]}  # fmt: skip
         self._write(data)
+
+    def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
+                     wanted: Callable[[str], bool]) -> str | None:  # fmt: skip
+        """What a racy file is compared with: the manifest's digest if it matches the host's
+        content; "" for a file that takes no part (not to be recorded); None: no way to tell."""
+        digest = digests(rel)
+        if digest is not None and digest == file_digest(f"{self.root}/{rel}"):
+            return digest
+        if digest is None and not wanted(rel):
+            return ""
+        return None
 
     def rebind(self, old_manifest: bytes | None, new_manifest: bytes | None) -> None:
         """The workspace was reset (or made anew) and pyro's synced files put back: a record
@@ -238,6 +384,23 @@ class HostScan:
         # Not fsynced: a record lost in a crash only costs one full sync.
         tmp.write_bytes(marshal.dumps(data))
         os.replace(tmp, self.path)
+
+
+def _listing(path: str) -> list[str] | None:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return None
+
+
+def _children(entries: dict[str, Stat]) -> dict[str, set[str]]:
+    """Each recorded directory's recorded entries, by name."""
+    found: dict[str, set[str]] = {}
+    for rel in entries:
+        if rel:
+            parent, _, name = rel.rpartition("/")
+            found.setdefault(parent, set()).add(name)
+    return found
 
 
 def _racy(known: Stat, recorded: int) -> bool:
