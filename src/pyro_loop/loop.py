@@ -378,7 +378,7 @@ class ProjectLoop:
     # -- the loop ---------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
-        return self._sync_full(self.live())
+        return self._sync_current(self.live())
 
     def exec(
         self,
