@@ -12,7 +12,7 @@ import pytest
 from pyro_loop.config import InvalidConfigError, load_config, load_project_config
 from pyro_loop.conventions import detect_checks, detect_tools
 from pyro_loop.detect import detect_ecosystems
-from pyro_loop.errors import CommandNotFoundError
+from pyro_loop.errors import CommandNotFoundError, InvalidInputError
 from pyro_loop.loop import ProjectLoop
 from pyro_loop.prepare import prepare
 from pyro_loop.project import find_project
@@ -237,6 +237,13 @@ def test_host_toolchain_is_exposed_read_only_with_its_bin_on_path(
     result = loop.exec(["sh", "-c", "fakec; touch ~/.fakechain/new || echo refused"])
     assert result.stdout.decode().splitlines() == ["c", "refused"], result.stderr
     assert "/home/pyro/.fakechain/bin" in loop.require().env["PATH"]
+
+
+def test_a_missing_host_toolchain_is_named(tmp_path: Path, workspaces: Workspaces) -> None:
+    repo = commit_project(tmp_path / "repo", '[tools]\nhost = ["~/.nochain"]\n', {"a": "b\n"})
+    with pytest.raises(InvalidInputError) as info:
+        loop_for(repo, workspaces).exec(["true"])
+    assert str(info.value).startswith(".pyro.toml: [tools] host: ~/.nochain is not a directory")
 
 
 def test_not_found_names_the_path_and_the_fix(tmp_path: Path, workspaces: Workspaces) -> None:

@@ -15,8 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyro_loop.config import ProjectConfig
+from pyro_loop.config import FILENAME, ProjectConfig
 from pyro_loop.detect import Ecosystem, detect_ecosystems
+from pyro_loop.errors import InvalidInputError
 from pyro_loop.runtime import SANDBOX_HOME, Mount
 from pyro_loop.runtime import SANDBOX_PATH as SYSTEM_PATH
 from pyro_loop.store import LayerStore
@@ -93,6 +94,12 @@ def activation(
     path = project_path(root, config) + [r.bin_dir for r in requests]
     for entry in config.host_tools:
         mount = host_tool_mount(entry)
+        if not os.path.isdir(mount.source):
+            raise InvalidInputError(
+                f"{FILENAME}: [tools] host: {entry} is not a directory on this machine "
+                f"({mount.source})",
+                hint="fix the path, or remove it from [tools] host",
+            )
         mounts.append(mount)
         if os.path.isdir(os.path.join(mount.source, "bin")):
             path.append(f"{mount.target}/bin")
