@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 PROJECT_LABEL = "project"
 MANIFEST_NAME = "sync-manifest.json"
 # More changed paths than this since the last sync: a full sync (git's view of the tree) costs
-# less than syncing them one by one (as the watcher's own limit for a batch).
-INCREMENTAL_LIMIT = 5000
+# less than syncing them one by one. Measured on a 2,000-file repository, a branch switch
+# changing 1,000 files: 3.8 s path by path, 2.8 s in full (a loaded 2-core VM); one edit:
+# a few ms path by path, against a git status and a walk of the tree in full.
+INCREMENTAL_LIMIT = 200
 
 
 class NotWarmError(PyroError):
