@@ -373,7 +373,6 @@ print(json.dumps(out))
 class Built:
     home: Path
     key: str
-    seconds: float
     progress: list[str]
     failure: concurrent.futures.Future[Any]
     nobody: subprocess.Popen[str] | None
@@ -430,14 +429,12 @@ def debian() -> Iterator[Built]:
     progress: list[str] = []
     built = None
     try:
-        started = time.monotonic()
         layer = ensure_environment(
             LayerStore(home), parse_environment("debian:12"), on_progress=progress.append
         )
         assert layer is not None
         built = Built(
-            home, layer.key, time.monotonic() - started, progress, failure, nobody, nobody_skip,
-            failed_home,
+            home, layer.key, progress, failure, nobody, nobody_skip, failed_home,
         )  # fmt: skip
         yield built
     finally:
@@ -473,7 +470,6 @@ def test_debian_build_is_in_the_store(debian: Built) -> None:
     assert meta["kind"] == "environment" and meta["inputs"]["release"] == "bookworm"
     assert meta["size"] > 100_000_000
     assert "debian:12: installing packages" in debian.progress
-    assert debian.seconds < 180, debian.seconds
     assert (layer.tree / "usr" / "bin" / "python3").exists()
     owner = sandbox_owner() or os.getuid()
     strangers = [
@@ -487,13 +483,10 @@ def test_debian_build_is_in_the_store(debian: Built) -> None:
 
 @pytest.mark.slow
 def test_workspace_on_debian(debian_ws: Workspaces, seed_dir: Path) -> None:
-    started = time.monotonic()
     progress: list[str] = []
     record = debian_ws.create(environment="debian:bookworm", seed=seed_dir,
                               on_progress=progress.append)  # fmt: skip
-    create_seconds = time.monotonic() - started
-    assert progress == []  # reused, not rebuilt
-    assert create_seconds < 5, create_seconds
+    assert progress == []  # reused, not rebuilt: no phase was reported
     assert record.environment == "debian:12"
     debian_ws.store.require(record.environment_layer or "")
     out = _sh(debian_ws, record.id, "cat /etc/debian_version; python3 -c 'print(6*7)'; hostname")
