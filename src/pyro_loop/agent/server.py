@@ -23,7 +23,6 @@ the operation that needs it.
 
 import _signal
 import _socket
-import array
 import os
 import posix
 import sys
@@ -31,9 +30,7 @@ import time
 
 import execop
 import fileops
-import portfwd
 import protocol as p
-import services
 import tarput
 from confine import WORKSPACE, RequestError
 
@@ -57,24 +54,36 @@ OPS = {
     "remove_many": tarput.op_remove_many,
     "freeze": execop.op_freeze,
     "exec": execop.op_exec,
-    "service_start": services.op_service_start,
-    "service_list": services.op_service_list,
-    "service_status": services.op_service_status,
-    "service_logs": services.op_service_logs,
-    "service_stop": services.op_service_stop,
-    "ps": services.op_ps,
-    "connect": portfwd.op_connect,
 }
+# Imported by the handler that needs them, not at the agent's start (on every create and
+# reset): the operation's module, its function is `op_<name>`.
+LAZY_OPS = {
+    "service_start": "services",
+    "service_list": "services",
+    "service_status": "services",
+    "service_logs": "services",
+    "service_stop": "services",
+    "ps": "services",
+    "connect": "portfwd",
+}
+
+
+def _op(name):
+    op = OPS.get(name)
+    if op is None and name in LAZY_OPS:
+        op = getattr(__import__(LAZY_OPS[name]), "op_" + name)
+    return op
 
 
 def _recv_request(conn):
     """The request's J frame, and the descriptors sent with it (SCM_RIGHTS, over a Unix
     socket only: `connect` may be handed the client's connection itself)."""
-    fds = array.array("i")
+    fds = []
     header, ancillary, _flags, _addr = conn.recvmsg(p.HEADER_SIZE, _socket.CMSG_SPACE(4 * 4))
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for start in range(0, len(data) - len(data) % 4, 4):
+                fds.append(int.from_bytes(data[start : start + 4], sys.byteorder))
     if len(header) < p.HEADER_SIZE:
         header += p.recv_exact(conn, p.HEADER_SIZE - len(header)) if header else b""
     if len(header) < p.HEADER_SIZE or header[:1] != p.KIND_JSON:
@@ -82,7 +91,7 @@ def _recv_request(conn):
     size = int.from_bytes(header[1:], "big")
     if size > p.MAX_JSON:
         raise p.ProtocolError("frame too large: %d bytes" % size)
-    return p.decode_json(p.recv_exact(conn, size)), list(fds)
+    return p.decode_json(p.recv_exact(conn, size)), fds
 
 
 def handle(conn):
@@ -96,10 +105,10 @@ def handle(conn):
                 "unsupported_version",
                 "agent speaks protocol %d, request has %r" % (p.VERSION, req.get("v")),
             )
-        op = OPS.get(req.get("op"))
+        op = _op(req.get("op"))
         if op is None:
             raise RequestError("unknown_op", "unknown operation: %r" % (req.get("op"),))
-        if op is portfwd.op_connect:
+        if req.get("op") == "connect":
             reply = op(conn, req, fds)
         else:
             for fd in fds:  # only `connect` takes a descriptor
