@@ -21,7 +21,6 @@ import protocol as p
 from confine import RequestError
 
 CHUNK = 1024 * 1024
-BUFFER = 4 * 1024 * 1024  # asked for; the kernel caps it
 
 
 def op_connect(conn, req, fds=()):
