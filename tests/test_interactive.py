@@ -49,6 +49,9 @@ def test_tty_needs_a_terminal(repo: Path, workspaces: Workspaces) -> None:
     result = run_pyro("exec", "-C", str(repo), "-t", "--", "true", input="")
     assert result.returncode == 1
     assert result.stderr.startswith("pyro: error: -t needs a terminal")
+    shell = run_pyro("shell", "-C", str(repo), input="exit\n")
+    assert shell.returncode == 1
+    assert shell.stderr.startswith("pyro: error: a shell needs a terminal, and stdin is not one")
 
 
 def test_exec_from_a_terminal_without_i_leaves_stdin_empty(

@@ -118,6 +118,7 @@ def shell(
         interactive=True,
         tty=True,
         on_output=stream_output,
+        shell=True,
     )
     raise typer.Exit(result.exit_code)
 

@@ -38,11 +38,18 @@ def _stdin() -> BinaryIO | None:
     return sys.stdin.buffer if sys.stdin is not None else open(0, "rb", closefd=False)
 
 
-def input_mode(*, interactive: bool, tty: bool) -> tuple[BinaryIO | None, tuple[int, int] | None]:
+def input_mode(
+    *, interactive: bool, tty: bool, shell: bool = False
+) -> tuple[BinaryIO | None, tuple[int, int] | None]:
     """What to pass: the host's stdin (or None) and the terminal's size for -t (or None)."""
     stdin = _stdin()
     is_tty = stdin is not None and os.isatty(0)
     if tty:
+        if not is_tty and shell:
+            raise InvalidInputError(
+                "a shell needs a terminal, and stdin is not one",
+                hint="run it from a terminal; for a script, `pyro exec -- sh -c '...'`",
+            )
         if not is_tty:
             raise InvalidInputError(
                 "-t needs a terminal, and stdin is not one",
@@ -117,8 +124,10 @@ def run_attached(
     interactive: bool,
     tty: bool,
     on_output: Callable[[str, bytes], None] | None,
+    shell: bool = False,
 ) -> ExecResult:
-    """Start a command with `open_channel(stdin?, terminal size)` and attach to it."""
-    stdin, size = input_mode(interactive=interactive, tty=tty)
+    """Start a command with `open_channel(stdin?, terminal size)` and attach to it (`shell`:
+    an interactive shell, which says so when there is no terminal)."""
+    stdin, size = input_mode(interactive=interactive, tty=tty, shell=shell)
     with open_channel(stdin is not None, size) as channel:
         return attach(channel, stdin, tty=size is not None, on_output=on_output)
