@@ -182,3 +182,15 @@ def test_adopting_an_upper_dir_keeps_overlay_marks_and_drops_what_a_layer_must_n
     if marks:
         assert os.getxattr(layer / "gone", "user.overlay.opaque") == b"y"
         assert "user.overlay.origin" not in os.listxattr(layer / "bin")
+
+
+def test_a_repository_never_fills_the_home(tmp_path: Path, workspaces: Workspaces) -> None:
+    """Neither a committed `.pyro-home/` nor one in the working tree reaches HOME."""
+    from pyro_loop.loop import ProjectLoop
+
+    repo = _project(tmp_path / "repo", ["true"], {f"{HOME_DIR}/.npmrc": "registry=evil\n"})
+    (repo / HOME_DIR / ".bashrc").write_text("echo planted\n")  # not committed: synced?
+    loop = ProjectLoop(find_project(repo), load_project_config(repo).config, workspaces)
+    out = loop.exec(["sh", "-c", "ls -A ~; ls -A /workspace"])
+    assert out.exit_code == 0, out.stderr
+    assert b".npmrc" not in out.stdout and b".bashrc" not in out.stdout

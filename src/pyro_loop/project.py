@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.agent.protocol import HOME_DIR
 from pyro_loop.beneath import Beneath
 from pyro_loop.errors import InvalidInputError
 
@@ -146,6 +147,8 @@ def _write_tree(repo: Any, tree: Any, out: Beneath, prefix: str, pygit2: Any) ->
         # A crafted tree may repeat a name (a link, then a directory below it): first wins.
         if not _safe_name(entry.name) or entry.name in seen:
             continue
+        if not prefix and entry.name == HOME_DIR:
+            continue  # the sandbox's home (runtime.HOME_DIR) never comes from a repository
         seen.add(entry.name)
         rel = prefix + entry.name
         if entry.filemode == pygit2.GIT_FILEMODE_TREE:

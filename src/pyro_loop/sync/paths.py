@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.agent.protocol import HOME_DIR
+
 # -- gitignore-style patterns ----------------------------------------------------------------
 
 
@@ -205,7 +207,7 @@ class PathFilter:
 
     def wants(self, rel: str, *, is_dir: bool | None = None) -> bool:
         parts = rel.split("/")
-        if ".git" in parts:
+        if ".git" in parts or parts[0] == HOME_DIR:  # the sandbox's home is no project file
             return False
         if is_dir is None:
             is_dir = os.path.isdir(self._prefix + rel) and not os.path.islink(self._prefix + rel)
