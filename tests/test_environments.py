@@ -651,7 +651,8 @@ def test_a_venv_on_a_debian_base_without_python3_venv_says_what_to_add(
     debian_ws: Workspaces, tmp_path: Path
 ) -> None:
     from pyro_loop.config import load_project_config
-    from pyro_loop.prepare import PrepareFailedError, prepare
+    from pyro_loop.errors import PrepareFailedError
+    from pyro_loop.prepare import prepare
     from pyro_loop.project import find_project
 
     repo = _debian_project(tmp_path / "repo", run='["python3 -m venv .venv"]')

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.config import ProjectConfig, load_project_config
-from pyro_loop.prepare import PrepareFailedError, compute_inputs, prepare
+from pyro_loop.errors import PrepareFailedError
+from pyro_loop.prepare import compute_inputs, prepare
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.warmth import judge

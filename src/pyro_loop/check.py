@@ -38,13 +38,13 @@ from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.githooks.gitenv import without_git_env
 from pyro_loop.prepare import (
     PrepareInputs,
-    delete_abandoned,
     load_state,
     prepare,
     tree_layer,
 )
 from pyro_loop.project import Project, tree_changes, tree_file, write_changes
 from pyro_loop.runtime import Limits
+from pyro_loop.snapshotbuild import delete_abandoned
 
 if TYPE_CHECKING:
     from pyro_loop.client import OutputSink

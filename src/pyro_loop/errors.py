@@ -72,3 +72,7 @@ class CancelledError(PyroError):
 
 class ConflictError(PyroError):
     """The operation would overwrite something (a host file, a name) without --force."""
+
+
+class PrepareFailedError(PyroError):
+    """A prepare command failed or timed out; the message names it, the hint the log."""

@@ -202,8 +202,8 @@ def ensure_tools(
 def _build(ws: Workspaces, request: ToolRequest, progress: Callable[[str], None]) -> Layer:
     from pyro_loop.downloads import download_mounts
     from pyro_loop.environments import parse_environment
-    from pyro_loop.prepare import delete_abandoned, log_tail, prepare_environment
     from pyro_loop.runtime import SANDBOX_HOME
+    from pyro_loop.snapshotbuild import delete_abandoned, log_tail, prepare_environment
 
     need = unmet_need(request)
     if need is not None:  # say so now, not as the installer's failure deep in a log
