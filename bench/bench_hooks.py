@@ -20,7 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchrepo import GIT_ENV, compile_pyro, git, loop_arguments, make_repo, scratch_home, summarize
+from benchrepo import (
+    GIT_ENV,
+    compile_pyro,
+    git,
+    loop_arguments,
+    make_repo,
+    scratch_home,
+    summarize,
+    trust_config,
+)
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/"
 CHECK = "test -f .deps/requirements.txt && grep -q VALUE pkg0/mod0.py"
@@ -33,6 +42,7 @@ def make_project(root: Path, files: int, runs: int) -> None:
     make_repo(root, files, INSTALL)
     with (root / ".pyro.toml").open("a") as f:
         f.write(f'\n[check]\nrun = ["{CHECK}"]\n')
+    trust_config(root)
     git(root, "commit", "-qam", "check")
     git(root, "checkout", "-q", "-b", "same")
     (root / "pkg0" / "mod0.py").write_text("VALUE = 'same lockfile'\n")

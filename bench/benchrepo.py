@@ -40,6 +40,16 @@ def make_repo(
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "main")
+    trust_config(root)
+
+
+def trust_config(root: Path) -> None:
+    """Approve the repository's .pyro.toml in the run's PYRO_HOME, as `pyro trust` does."""
+    from pyro_loop.home import pyro_home
+    from pyro_loop.trust import allow_content
+
+    path = root / ".pyro.toml"
+    allow_content(pyro_home(), path, path.read_bytes())
 
 
 def compile_pyro() -> None:

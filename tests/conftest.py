@@ -99,9 +99,26 @@ run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 """
 
 
-def commit_project(root: Path, config: str, files: dict[str, str]) -> Path:
+def trust_config(root: Path) -> None:
+    """Approve `root`'s `.pyro.toml` as it is now, in the test's pyro home, as the user does
+    with `pyro trust` after reviewing it."""
+    from pyro_loop.trust import allow_content
+
+    path = root / ".pyro.toml"
+    allow_content(Path(os.environ["PYRO_HOME"]), path, path.read_bytes())
+
+
+def write_config(root: Path, text: str) -> Path:
+    """Write `root`'s `.pyro.toml` and trust it (tests of other things than trust)."""
+    (root / ".pyro.toml").write_text(text)
+    trust_config(root)
+    return root / ".pyro.toml"
+
+
+def commit_project(root: Path, config: str, files: dict[str, str], *, trusted: bool = True) -> Path:
     """A git repository at `root` on `main` whose first commit holds `files` (relative path
-    -> text), a `.gitignore` for `.deps/` and `.pyro.toml` = `config`."""
+    -> text), a `.gitignore` for `.deps/` and `.pyro.toml` = `config`, trusted unless
+    `trusted` is False."""
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")
     for rel, text in {".gitignore": ".deps/\n", **files, ".pyro.toml": config}.items():
@@ -109,6 +126,8 @@ def commit_project(root: Path, config: str, files: dict[str, str]) -> Path:
         (root / rel).write_text(text)
     git(root, "add", "-A")
     git(root, "commit", "-qm", "initial")
+    if trusted:
+        trust_config(root)
     return root
 
 

@@ -28,7 +28,7 @@ from pyro_loop.procutil import pid_alive
 from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.workspace import Workspaces
-from tests.conftest import GIT_ENV, commit_project, git, run_pyro
+from tests.conftest import GIT_ENV, commit_project, git, run_pyro, trust_config, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -159,7 +159,7 @@ def test_a_merge_that_changes_the_lockfile_prepares_and_a_running_one_is_not_dou
 def test_a_broken_config_never_fails_git_and_says_so_in_one_line(repo: Path) -> None:
     hooks.install(project_of(repo))
     git(repo, "checkout", "-q", "-b", "broken")
-    (repo / ".pyro.toml").write_text('[prepare]\nrun = "not a list"\n')
+    write_config(repo, '[prepare]\nrun = "not a list"\n')
     git(repo, "commit", "-qam", "broken config")
     switched = git_run(repo, "checkout", "-q", "main")
     assert switched.returncode == 0
@@ -268,7 +268,7 @@ def test_pyro_check_cli_on_the_working_tree_and_a_commit(
     assert "passed on commit HEAD" in head.stderr
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / ".pyro.toml").write_text(CONFIG)
+    write_config(plain, CONFIG)
     outside = run_pyro("check", "-C", str(plain))
     assert outside.returncode == 1 and "not in a git repository" in outside.stderr
 
@@ -357,6 +357,7 @@ def test_a_worktree_uses_the_repository_hooks(
 ) -> None:
     tree = tmp_path / "wt"
     git(repo, "worktree", "add", "-q", str(tree), "feature")
+    trust_config(tree)  # another path: approved on its own
     warm_up(tree, workspaces)
     report = hooks.install(project_of(tree))
     assert report.shared and report.hooks_dir == repo / ".git" / "hooks"

@@ -21,7 +21,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from pyro_loop.mcp.output import INLINE_LIMIT
 from pyro_loop.mcp.profiles import PROFILES
 from pyro_loop.workspace import Workspaces
-from tests.conftest import DEPS_CONFIG, commit_project, git
+from tests.conftest import DEPS_CONFIG, commit_project, git, write_config
 
 
 @pytest.fixture
@@ -239,7 +239,7 @@ def test_the_editing_loop(repo: Path) -> None:
 
 
 def test_status_before_and_after_warm_up(repo: Path) -> None:
-    (repo / ".pyro.toml").write_text(DEPS_CONFIG.replace('run = ["', 'run = ["sleep 2 && '))
+    write_config(repo, DEPS_CONFIG.replace('run = ["', 'run = ["sleep 2 && '))
     git(repo, "commit", "-qam", "slow prepare")
 
     async def main() -> None:
@@ -362,7 +362,7 @@ def test_outside_a_project_the_project_tools_say_how_to_fix_it(tmp_path: Path) -
             assert (await client.call("workspace_list"))["workspaces"] == []
 
             # Once the directory is made a project, the next project call picks it up.
-            (plain / ".pyro.toml").write_text("")
+            write_config(plain, "")
             (plain / "notes.txt").write_text("plain dir\n")
             ran = await client.call("workspace_exec", command="cat notes.txt")
             assert ran["stdout"] == "plain dir\n"
@@ -455,8 +455,8 @@ def test_output_capture_keeps_head_and_tail_whatever_the_chunking(
 
 
 def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None:
-    (repo / ".pyro.toml").write_text(
-        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo no such package >&2; exit 7"]\n'
+    write_config(
+        repo, '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo no such package >&2; exit 7"]\n'
     )
     git(repo, "commit", "-qam", "broken prepare")
 
@@ -469,7 +469,7 @@ def test_a_failed_prepare_is_reported_and_retried_once_fixed(repo: Path) -> None
             assert status["warmup"]["state"] == "failed" and not status["ready"]
             assert any(e["level"] == "error" for e in status["warmup"]["events"])
 
-            (repo / ".pyro.toml").write_text(DEPS_CONFIG)  # fixed: the next call warms up again
+            write_config(repo, DEPS_CONFIG)  # fixed: the next call warms up again
             ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
             assert ran["stdout"] == "requests==2.32.0\n"
 

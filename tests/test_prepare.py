@@ -23,7 +23,7 @@ from pyro_loop.project import Project, find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.warmth import judge
 from pyro_loop.workspace import Workspaces
-from tests.conftest import commit_project, git, run_pyro
+from tests.conftest import commit_project, git, run_pyro, write_config
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/installed.txt && date +%s%N > .deps/stamp"
 CONFIG = f"""\
@@ -117,8 +117,9 @@ def test_editing_source_files_never_invalidates_the_dependency_snapshot(
 def test_a_failing_prepare_command_names_it_and_its_log_and_leaves_nothing(
     repo: Path, workspaces: Workspaces
 ) -> None:
-    (repo / ".pyro.toml").write_text(
-        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo resolving; echo boom >&2; exit 7"]\n'
+    write_config(
+        repo,
+        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["echo resolving; echo boom >&2; exit 7"]\n',
     )
     project = find_project(repo)
     config = _config(project)
@@ -133,9 +134,7 @@ def test_a_failing_prepare_command_names_it_and_its_log_and_leaves_nothing(
 
 
 def test_a_hanging_prepare_command_times_out(repo: Path, workspaces: Workspaces) -> None:
-    (repo / ".pyro.toml").write_text(
-        '[prepare]\nkeys = ["requirements.txt"]\nrun = ["sleep 30"]\ntimeout = 1\n'
-    )
+    write_config(repo, '[prepare]\nkeys = ["requirements.txt"]\nrun = ["sleep 30"]\ntimeout = 1\n')
     project = find_project(repo)
     started = time.monotonic()
     with pytest.raises(PrepareFailedError, match="timed out"):
@@ -147,7 +146,7 @@ def test_a_hanging_prepare_command_times_out(repo: Path, workspaces: Workspaces)
 def test_a_declared_keying_file_that_does_not_exist_is_a_clear_error(
     repo: Path, workspaces: Workspaces
 ) -> None:
-    (repo / ".pyro.toml").write_text('[prepare]\nkeys = ["uv.lock"]\nrun = ["true"]\n')
+    write_config(repo, '[prepare]\nkeys = ["uv.lock"]\nrun = ["true"]\n')
     result = run_pyro("prepare", "-C", str(repo))
     assert result.returncode == 1
     assert result.stderr.startswith(
@@ -159,7 +158,7 @@ def test_plain_directory_and_empty_repository(tmp_path: Path, workspaces: Worksp
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "requirements.txt").write_text("x\n")
-    (plain / ".pyro.toml").write_text(CONFIG)
+    write_config(plain, CONFIG)
     project = find_project(plain)
     result = prepare(project, _config(project), workspaces=workspaces)
     assert result.baseline_layer is None and result.dependencies_layer is not None
@@ -171,7 +170,7 @@ def test_plain_directory_and_empty_repository(tmp_path: Path, workspaces: Worksp
     empty.mkdir()
     git(empty, "init", "-q")
     (empty / "requirements.txt").write_text("x\n")
-    (empty / ".pyro.toml").write_text(CONFIG)
+    write_config(empty, CONFIG)
     project = find_project(empty)
     result = prepare(project, _config(project), workspaces=workspaces)
     assert result.baseline_layer is None
@@ -181,7 +180,7 @@ def test_plain_directory_and_empty_repository(tmp_path: Path, workspaces: Worksp
 
 def _prepare_process(repo: Path, config_text: str | None = None) -> subprocess.Popen[str]:
     if config_text is not None:
-        (repo / ".pyro.toml").write_text(config_text)
+        write_config(repo, config_text)
     return subprocess.Popen(
         [sys.executable, "-m", "pyro_loop", "prepare", "--json", "-C", str(repo)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
@@ -222,7 +221,7 @@ def test_a_prepare_killed_mid_build_leaves_nothing_trusted(
     key = compute_inputs(project, _config(project)).key
     assert workspaces.store.get(key) is None, "a killed build is never trusted"
     # The next prepare recovers by itself: it removes the abandoned sandbox and builds.
-    (repo / ".pyro.toml").write_text(CONFIG)
+    write_config(repo, CONFIG)
     result = prepare(project, _config(project), workspaces=workspaces)
     assert "dependencies" in result.built
     assert [s for s in workspaces.list() if s.record.labels.get("pyro") == "prepare"] == []

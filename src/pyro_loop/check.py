@@ -45,6 +45,7 @@ from pyro_loop.prepare import (
 from pyro_loop.project import Project, tree_changes, tree_file, write_changes
 from pyro_loop.runtime import Limits
 from pyro_loop.snapshotbuild import delete_abandoned
+from pyro_loop.trust import require_trust
 
 if TYPE_CHECKING:
     from pyro_loop.client import OutputSink
@@ -179,7 +180,11 @@ def run_check(
     on_output: OutputSink | None = None,
     on_progress: Progress | None = None,
 ) -> CheckResult:
-    """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails."""
+    """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails.
+
+    Raises UntrustedConfigError when the project's `.pyro.toml` is not trusted (`pyro trust`).
+    """
+    require_trust(ws.home, config)
     started = time.perf_counter()
     progress = on_progress or (lambda phase, message: None)
     from pyro_loop.warmth import judge

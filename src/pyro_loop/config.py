@@ -8,7 +8,9 @@ project says it really needs that newer pyro.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -57,10 +59,22 @@ class Setting:
     description: str
     choices: tuple[str, ...] = ()
     rule: Rule | None = None
+    # Whether a value widens the sandbox or runs commands, so that it takes effect only once
+    # the user trusts the file (trust.py): "set" (any value but the default), "raised" (a
+    # limit above its default), or "" (never: the setting only narrows or selects).
+    widens: Literal["", "set", "raised"] = ""
 
     @property
     def label(self) -> str:
         return f"[{self.table}] {self.name}" if self.table else self.name
+
+    def widened(self, value: Any) -> bool:
+        """True when `value` needs the user's trust (see `widens`)."""
+        if self.widens == "set":
+            return bool(value != self.default)
+        if self.widens == "raised":
+            return value is not None and (self.default is None or value > self.default)
+        return False
 
 
 # Paths stay inside the project: relative, with no `..` component.
@@ -97,19 +111,21 @@ SETTINGS: tuple[Setting, ...] = (
             rule=RELATIVE_PATH),
     Setting("prepare", "run", "prepare_run", "strings", (),
             "Shell command lines that install dependencies, run in /workspace with the network "
-            "on; their result is snapshotted and reused until a key file changes."),
+            "on; their result is snapshotted and reused until a key file changes.",
+            widens="set"),
     Setting("prepare", "project", "prepare_project", "strings", (),
             "Shell command lines that install the project itself (an editable install), run "
             "in /workspace over HEAD's files and the installed dependencies, network on; "
             "redone when the dependencies or the project's metadata (pyproject.toml, "
-            "setup.cfg, setup.py, package.json) change, never for a source edit."),
+            "setup.cfg, setup.py, package.json) change, never for a source edit.",
+            widens="set"),
     Setting("prepare", "env", "prepare_env", "strings", (),
             "Names of more host environment variables passed through to the prepare "
             "commands, such as a token; the standard proxy, certificate and index variables "
             "are passed through without being listed (docs/prepare.md).",
-            rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")),
+            rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name"), widens="set"),
     Setting("prepare", "timeout", "prepare_timeout", "seconds", 1800.0,
-            "Seconds the prepare commands may run before they are stopped."),
+            "Seconds the prepare commands may run before they are stopped.", widens="raised"),
     Setting("workspace", "path", "workspace_path", "strings", None,
             "Directories put first on PATH in workspaces and prepare, relative to /workspace "
             "or absolute, as activating an environment would. When omitted: the detected "
@@ -117,25 +133,28 @@ SETTINGS: tuple[Setting, ...] = (
             rule=PATH_ENTRY),
     Setting("workspace", "network", "network", "string", "off",
             "Network access inside workspaces: none, or outbound connections.",
-            choices=("off", "egress")),
+            choices=("off", "egress"), widens="set"),
+    # Listeners on the host's loopback, reachable by every local program and browser tab.
     Setting("workspace", "ports", "ports", "ports", (),
             "Ports of the workspace published at 127.0.0.1 on the host while it runs: 5173, "
-            'or "8080:80" for host port 8080 to port 80 inside.'),
+            'or "8080:80" for host port 8080 to port 80 inside.', widens="set"),
     Setting("workspace", "processes", "processes", "integer", 4096,
-            "The most processes a workspace may run at once."),
+            "The most processes a workspace may run at once.", widens="raised"),
     Setting("workspace", "open_files", "open_files", "integer", 65536,
-            "The most files a process in a workspace may have open."),
+            "The most files a process in a workspace may have open.", widens="raised"),
     Setting("sync", "exclude", "sync_exclude", "strings", (),
             "gitignore-style patterns of files not synced into workspaces.", rule=SINGLE_LINE),
     Setting("check", "run", "check_run", "strings", (),
             "The project's checks (tests, linters), shell command lines run in /workspace; "
-            "used by retry, hooks and CI."),
+            "used by retry, hooks and CI.", widens="set"),
     # Only where layers come from: the login never comes from this file (docs/cache.md).
+    # Layers pulled from it become workspaces' files and run there: it needs trust.
     Setting("cache", "remote", "cache_remote", "string", None,
             "An OCI registry repository that shares prepared layers, such as "
             '"ghcr.io/acme/pyro-cache"; prepare pulls from it on a miss. PYRO_CACHE_REMOTE '
             "overrides it.",
-            rule=Rule(r"(?:https?://)?[^/\s]+/[a-z0-9._/-]+", "<registry>/<repository>")),
+            rule=Rule(r"(?:https?://)?[^/\s]+/[a-z0-9._/-]+", "<registry>/<repository>"),
+            widens="set"),
     *(Setting("tools", name, f"tool_{name}", "string", None,
               f"The {name} version pyro installs from the package registry into a shared, "
               "cached tools layer, on PATH in prepare and workspaces.",
@@ -145,7 +164,7 @@ SETTINGS: tuple[Setting, ...] = (
             '"~/.cargo" and "~/.rustup" or a Go root: "~/" paths appear below the sandbox\'s '
             "home, others at the same path; a bin directory inside goes on PATH. "
             "They widen the sandbox: list only toolchains you trust.",
-            rule=HOST_DIRECTORY),
+            rule=HOST_DIRECTORY, widens="set"),
 )  # fmt: skip
 TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
 
@@ -178,6 +197,10 @@ class ProjectConfig:
     tool_pnpm: str | None
     tool_yarn: str | None
     host_tools: tuple[str, ...]
+    # The sha256 of the bytes these settings were parsed from: what `pyro trust` approves
+    # (None for the defaults, and for a configuration built in code). Not part of equality:
+    # two files with the same settings configure the same thing.
+    digest: str | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def default(cls) -> ProjectConfig:
@@ -188,6 +211,10 @@ class ProjectConfig:
         """The declared tools: name -> version, in TOOL_NAMES order."""
         versions = {name: getattr(self, f"tool_{name}") for name in TOOL_NAMES}
         return {name: version for name, version in versions.items() if version is not None}
+
+    def widening(self) -> list[str]:
+        """The settings that widen the sandbox or run commands, as written: what needs trust."""
+        return [s.label for s in SETTINGS if s.widened(getattr(self, s.field))]
 
 
 @dataclass(frozen=True)
@@ -208,14 +235,16 @@ def load_config(path: Path) -> ConfigResult:
     # in a fraction of tomlkit's time. tomlkit is used where files are written (pyro init).
     import tomllib
 
-    where = _display(path)
+    where = display_path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InvalidConfigError(f"{where}:{line}: not UTF-8 text") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise InvalidConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidConfigError(f"{where}:{line}: not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -228,7 +257,10 @@ def load_config(path: Path) -> ConfigResult:
         raise InvalidConfigError(
             f"{where}:{position[1]}: not valid TOML: {reason} (column {position[2]})"
         ) from None
-    return _Loader(path, where, _key_lines(text)[0]).load(data)
+    result = _Loader(path, where, _key_lines(text)[0]).load(data)
+    # The digest of exactly the bytes parsed: trust is checked against what is in effect.
+    config = dataclasses.replace(result.config, digest=hashlib.sha256(raw).hexdigest())
+    return dataclasses.replace(result, config=config)
 
 
 class _Loader:
@@ -397,7 +429,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts + [0] * (8 - len(parts)))
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     """The path as the user most likely typed it: relative when it is below the cwd."""
     try:
         rel = os.path.relpath(path)
@@ -485,6 +517,10 @@ and the key, such as `.pyro.toml:7: [workspace] network: expected "off" or "egre
 Unknown keys and tables are warnings with a suggestion, never errors, so that a file written
 for a newer pyro still loads; set `min_version` when the project really needs that newer pyro.
 Strings are never empty and never contain NUL; `true` and `false` are not numbers.
+
+Settings that run commands or widen the sandbox (marked below) take effect only once you have
+reviewed the file and run `pyro trust` in the project: a cloned repository's `.pyro.toml` is
+someone else's code. A change to the file asks again. See [security](security.md#trust).
 """
 
 
@@ -501,6 +537,10 @@ def render_markdown() -> str:
                 text += f" {'Each value' if s.kind == 'strings' else 'Allowed'}: {s.rule.expected}."
             # Quoted values as code, which also keeps "debian:<release>" from reading as HTML.
             text = re.sub(r'"[^"]*"', lambda m: f"`{m.group()}`", text)
+            if s.widens == "set":
+                text += " Takes effect once the file is trusted (`pyro trust`)."
+            elif s.widens == "raised":
+                text += " A value above the default takes effect once the file is trusted."
             default = "unset" if s.default is None else f"`{_toml(s.default)}`"
             out.append(f"| `{s.name}` | {TYPE_NAMES[s.kind]} | {default} | {text} |\n")
     return "".join(out)

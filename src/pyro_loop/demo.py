@@ -76,6 +76,7 @@ def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = Non
         repo = _sample_repository(Path(tmp) / "calc")
         project = find_project(repo)
         loop = ProjectLoop(project, load_project_config(repo).config, ws)
+        loop.trust()  # the demo wrote this .pyro.toml itself
         try:
             started = time.perf_counter()
             up = loop.up()

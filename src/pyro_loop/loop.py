@@ -33,6 +33,7 @@ from pyro_loop.locking import file_lock
 from pyro_loop.project import Project
 from pyro_loop.runtime import Limits
 from pyro_loop.shellcmd import SHELL_ARGV
+from pyro_loop.trust import TrustState, allow, require_trust, trust_state
 from pyro_loop.units import duration
 from pyro_loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 
@@ -123,7 +124,11 @@ class ProjectLoop:
         A workspace made for other dependencies or another environment (the lockfiles or
         `[environment]` changed) over the same baseline is moved onto the current ones,
         keeping its changes; one over another HEAD is replaced.
+
+        Raises UntrustedConfigError when the project's `.pyro.toml` sets commands or wider
+        access that the user has not approved: see `trust()`.
         """
+        require_trust(self.ws.home, self.config)
         started = time.perf_counter()
         with file_lock(self._lock_path):
             warmth = self._warmth(prepare=prepare, on_progress=on_progress, baseline=True)
@@ -153,6 +158,15 @@ class ProjectLoop:
             synced = self._sync_new(record)
             self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
+
+    def trust_state(self) -> TrustState:
+        """Whether this project's `.pyro.toml` may take effect (see trust.py)."""
+        return trust_state(self.ws.home, self.config)
+
+    def trust(self) -> TrustState:
+        """Approve the `.pyro.toml` this loop was loaded from, as `pyro trust` does: call it
+        only after reviewing the file. A later change to the file needs approval again."""
+        return allow(self.ws.home, self.config)
 
     def _layers(self, warmth: Warmth) -> tuple[list[str], str | None]:
         """A new workspace's layers, topmost first (the last prepared baseline, the

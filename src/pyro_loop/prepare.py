@@ -38,6 +38,7 @@ from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.project import Project, head_commit, head_tree, write_tree
 from pyro_loop.snapshotbuild import SnapshotBuild
 from pyro_loop.store import Layer, LayerStore
+from pyro_loop.trust import require_trust
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
     from pyro_loop.keydigests import KeyDigests
@@ -295,6 +296,9 @@ def prepare(
 
     With a cache remote (docs/cache.md), a missing dependency snapshot is pulled from it
     when it has one; `push` then uploads the snapshot's layers to it.
+
+    Raises UntrustedConfigError, before anything runs, when the project's `.pyro.toml` sets
+    commands or wider access the user has not approved (`pyro trust`).
     """
     started = time.perf_counter()
     if workspaces is None:
@@ -302,6 +306,7 @@ def prepare(
 
         workspaces = Workspaces()
     ws = workspaces
+    require_trust(ws.home, config)
     store = ws.store
     progress = on_progress or (lambda phase, message: None)
     if push:  # before minutes of building, not after

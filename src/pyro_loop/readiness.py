@@ -11,6 +11,7 @@ from pyro_loop.config import ProjectConfig
 from pyro_loop.project import Project
 from pyro_loop.store import LayerStore
 from pyro_loop.tools import tool_states
+from pyro_loop.trust import TrustState, trust_state
 from pyro_loop.warmth import judge
 from pyro_loop.workspace import Workspaces
 
@@ -27,6 +28,7 @@ class Readiness:
     cache_bytes: int
     hooks: dict[str, Any] = field(default_factory=dict)  # pyro's git hooks: installed, broken
     tools: list[dict[str, Any]] = field(default_factory=list)  # declared: cached or missing
+    trust: TrustState | None = None  # may the .pyro.toml's commands and wider access apply?
 
     @property
     def warm(self) -> bool:
@@ -40,6 +42,8 @@ class Readiness:
     def summary(self) -> str:
         """One line for the help screen: warm or not here, and what to run next."""
         running = [w for w in self.workspaces if w["state"] == "running"]
+        if self.trust is not None and not self.trust.ok:
+            return f"{self.project.root}: {self.trust.message()}"
         if not self.warm:
             missing = [
                 f"{name} {part['state']}"
@@ -67,6 +71,7 @@ class Readiness:
             "cache_bytes": self.cache_bytes,
             "hooks": self.hooks,
             "tools": self.tools,
+            "trust": self.trust.to_json() if self.trust is not None else None,
         }
 
 
@@ -100,6 +105,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         cache_bytes=cache_size(store),
         hooks=_hooks_state(project),
         tools=tool_states(store, tool_requests(config)),
+        trust=trust_state(ws.home, config),
     )
 
 

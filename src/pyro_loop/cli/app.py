@@ -22,7 +22,7 @@ from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.mcp_cmd import mcp_app
 from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, say
-from pyro_loop.cli.project import cache_app, prepare, status
+from pyro_loop.cli.project import cache_app, prepare, status, trust
 from pyro_loop.cli.workspace import workspace_app
 
 HELP = """\
@@ -49,6 +49,7 @@ app = typer.Typer(
 )
 app.command()(prepare)
 app.command()(status)
+app.command()(trust)
 loop_cmds.register(app)
 app.add_typer(workspace_app, name="workspace")
 app.command("init")(init_command)

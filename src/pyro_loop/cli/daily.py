@@ -142,16 +142,25 @@ def status(project_dir: Path | None, *, as_json: bool) -> int:
             sync += " (exec syncs first; `pyro watch` keeps it live)"
         say(f"sync          {sync}")
         say(f"hooks         {_hooks_line(data['hooks'])}")
+        if state.trust is not None:
+            say(f"trust         {state.trust.describe()}")
         say(f"cache         {size(data['cache_bytes'])}")
-        if state.warm:
-            say("ready: warm for this project")
-        elif deps.get("background"):
-            say("not warm yet: a prepare runs in the background (`pyro prepare` waits for it)")
-        else:
-            say("not warm: run `pyro prepare` (or `pyro up`)")
+        say(_verdict(state))
 
     emit(data, as_json=as_json, human=human)
-    return 0 if state.warm else 1
+    trusted = state.trust is None or state.trust.ok
+    return 0 if state.warm and trusted else 1
+
+
+def _verdict(state: Any) -> str:
+    """The last line of `pyro status`: ready, or the one thing to do next."""
+    if state.trust is not None and not state.trust.ok:
+        return f"not ready: {state.trust.message()}"
+    if state.warm:
+        return "ready: warm for this project"
+    if state.dependencies.get("background"):
+        return "not warm yet: a prepare runs in the background (`pyro prepare` waits for it)"
+    return "not warm: run `pyro prepare` (or `pyro up`)"
 
 
 def _say_workspace(w: dict[str, Any]) -> None:

@@ -32,6 +32,13 @@ def init_command(
     from pyro_loop.scaffold import init_project
 
     result = init_project(path, force=force, dry_run=print_only, base=base)
+    if result.written:
+        # The user ran init: the file it wrote is theirs, trusted as written (an edit, or a
+        # version someone else commits, asks again).
+        from pyro_loop.home import pyro_home
+        from pyro_loop.trust import allow_content
+
+        allow_content(pyro_home(), result.path, result.content.encode())
     found = ", ".join(
         e.name if e.directory == "." else f"{e.name} in {e.directory}" for e in result.ecosystems
     )

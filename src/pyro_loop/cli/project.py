@@ -41,6 +41,48 @@ def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption)
         raise typer.Exit(code)
 
 
+def trust(
+    project_dir: Path | None = ProjectOption,
+    revoke: bool = typer.Option(False, "--revoke", help="Withdraw the approval."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Approve this project's .pyro.toml as it is now (review it first): its commands, passed
+    variables, network and raised limits take effect. A change to the file asks again."""
+    from pyro_loop.home import pyro_home
+    from pyro_loop.trust import allow, trust_state
+    from pyro_loop.trust import revoke as withdraw
+
+    project, config = _load(project_dir)
+    home = pyro_home()
+    if config.path is None:
+        from pyro_loop.errors import NotFoundError
+
+        raise NotFoundError(
+            f"{project.root} has no .pyro.toml to trust", hint="`pyro init` writes one"
+        )
+    if revoke:
+        withdrawn = withdraw(home, config.path)
+        state = trust_state(home, config)
+        emit(
+            {"revoked": withdrawn, **state.to_json()},
+            as_json=as_json,
+            human=lambda: say(
+                f"revoked trust in {config.path}" if withdrawn else f"{config.path} was not trusted"
+            ),
+        )
+        return
+    state = allow(home, config)
+
+    def human() -> None:
+        if state.state == "not needed":
+            say(f"trusted {config.path}: nothing in it needs trust today")
+        else:
+            say(f"trusted {config.path} (sha256 {(config.digest or '')[:12]}): "
+                f"{', '.join(state.widening)} take effect")  # fmt: skip
+
+    emit({**state.to_json(), "sha256": config.digest}, as_json=as_json, human=human)
+
+
 @cache_app.command("list")
 def cache_list(as_json: bool = JsonOption) -> None:
     """List layers: kind, size, last use and who uses them."""

@@ -6,6 +6,9 @@ command shares) whether the snapshot for them is in the store. Only when the sna
 for the checked-out lockfiles is missing does it start a detached `pyro prepare`, logged
 under the pyro home, and return. It loads no git library and no CLI framework.
 
+A project whose `.pyro.toml` needs approval the user has not given (trust.py) is never
+prepared: the hook says so once per version of the file.
+
 A background prepare that is still running for the same key is not started twice; one that
 failed is not retried on every checkout (the note says how to retry) until the key changes.
 """
@@ -26,6 +29,7 @@ from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.githooks.gitenv import without_git_env
 from pyro_loop.procutil import pid_alive, spawn_detached
 from pyro_loop.project import Project, find_project
+from pyro_loop.trust import TrustState, trust_state
 from pyro_loop.warmth import judge
 
 # How long a recorded background prepare may still be running: past this, a live pid is
@@ -59,6 +63,9 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
     if not project.config_path.is_file():
         return KeepWarm("not a pyro project")
     config = load_project_config(project.root).config
+    trust = trust_state(home, config)
+    if not trust.ok:
+        return _untrusted(home, project, trust, config.digest)
     warmth = judge(project, config, home)
     key = warmth.key
     if not warmth.inputs.run:
@@ -109,6 +116,17 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
         pid=proc.pid,
         log=log,
     )
+
+
+def _untrusted(home: Path, project: Project, trust: TrustState, digest: str | None) -> KeepWarm:
+    """A hook never prompts and never runs what the user has not approved: it says what is
+    waiting, once per version of the file (checkouts are frequent), and does nothing."""
+    told = home / "projects" / project.id / "untrusted-noted.json"
+    if _read_record(told).get("sha256") == digest:
+        return KeepWarm("untrusted")
+    told.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(told, {"sha256": digest}, durable=False)
+    return KeepWarm("untrusted", note=f"pyro: {trust.message()} (not preparing)")
 
 
 def _read_record(path: Path) -> dict[str, Any]:

@@ -36,6 +36,8 @@ def main(argv: Sequence[str]) -> int:
 def run_hook(hook: str, project_dir: Path, *, stdin: IO[str] | None = None) -> int:
     if hook in KEEP_WARM:
         return _keep_warm(hook, project_dir)
+    if hook in ("pre-commit", "pre-push") and _untrusted(hook, project_dir):
+        return 0
     if hook == "pre-commit":
         return _pyro(["check", "--staged", "-C", str(project_dir)])
     if hook == "pre-push":
@@ -72,6 +74,27 @@ def _keep_warm(hook: str, project_dir: Path) -> int:
     except (Exception, KeyboardInterrupt) as exc:  # never fail git, whatever happens
         _note(f"pyro: {hook} hook: internal error, not preparing: {type(exc).__name__}: {exc}")
     return 0
+
+
+def _untrusted(hook: str, project_dir: Path) -> bool:
+    """True (after one line saying so) when the checks are not the user's to run yet: a
+    hook never prompts, and never runs commands from a `.pyro.toml` that is not trusted.
+    Said on every commit, unlike keep-warm's note: checks that were skipped must not look
+    as if they had passed."""
+    from pyro_loop.config import load_project_config
+    from pyro_loop.home import pyro_home
+    from pyro_loop.project import find_project
+    from pyro_loop.trust import trust_state
+
+    try:
+        config = load_project_config(find_project(project_dir).root).config
+    except PyroError:
+        return False  # `pyro check` reports the broken file itself
+    state = trust_state(pyro_home(), config)
+    if state.ok:
+        return False
+    _note(f"pyro: {hook} hook: {state.message()} (checks not run)")
+    return True
 
 
 def _note(text: str) -> None:
