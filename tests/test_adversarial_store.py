@@ -14,14 +14,16 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from pyro_loop.cache import gc_lock
+from pyro_loop.locking import file_lock
 from pyro_loop.store import COMPLETE_MARKER, LayerStore
 from pyro_loop.treehash import tree_digest
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
 from tests.test_isolation import sh, tree_state
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
@@ -169,18 +171,96 @@ def test_a_damaged_marker_or_metadata_is_never_trusted(
     assert workspaces.store.verify(key) == "its metadata is missing or damaged"
 
 
-def test_a_damaged_layer_in_use_is_reported_not_deleted(
-    workspaces: Workspaces, seed_dir: Path
-) -> None:
-    record = workspaces.create(seed=seed_dir)
-    key = record.base_layers[0]
-    _flip_byte(workspaces.store.require(key).tree / "src" / "app.py")
+def test_a_damaged_dependency_layer_in_use_is_quarantined_and_rebuilt(tmp_path: Path) -> None:
+    """A byte flipped in a project's dependency snapshot: verify takes it out, stops the
+    workspace running on it, and the next prepare rebuilds it (never "warm" on it again)."""
+    files = {"requirements.txt": "requests==2.32.0\n"}
+    repo = commit_project(tmp_path / "repo", DEPS_CONFIG, files)
+    assert run_pyro("up", "-C", str(repo), timeout=120).returncode == 0
+    state = json.loads(run_pyro("status", "-C", str(repo), "--json").stdout)
+    key = state["dependencies"]["key"]
+    home = Path(os.environ["PYRO_HOME"])
+    _flip_byte(home / "layers" / key / "tree" / ".deps" / "installed.txt")  # r -> s
+
     report = run_pyro("cache", "verify", "--json")
     assert report.returncode == 1
     [item] = json.loads(report.stdout)["damaged"]
-    assert item["deleted"] is False and item["users"] == [f"workspace {record.id}"]
-    assert workspaces.store.get(key) is not None  # the live workspace keeps its layer
-    assert sh(workspaces, record.id, "echo alive").stdout == b"alive\n"
+    assert item["key"] == key and item["quarantined"] is True and item["deleted"] is False
+    assert len(item["stopped"]) == 1  # the project's workspace ran on it
+    human = run_pyro("cache", "verify")  # nothing damaged is left to report
+    assert human.returncode == 0, human.stdout
+
+    state = json.loads(run_pyro("status", "-C", str(repo), "--json").stdout)
+    assert state["dependencies"]["state"] != "warm"
+    prepared = run_pyro("prepare", "-C", str(repo), "--json", timeout=120)
+    assert prepared.returncode == 0, prepared.stderr
+    assert "dependencies" in json.loads(prepared.stdout)["built"]
+    shown = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/installed.txt", timeout=120)
+    assert shown.stdout == "requests==2.32.0\n", shown
+    # The quarantined copy is kept for a look until gc.
+    assert list((home / "quarantine").iterdir())
+    assert run_pyro("cache", "gc").returncode == 0
+    assert not list((home / "quarantine").iterdir())
+
+
+def test_a_waiter_never_holds_the_lock_of_a_deleted_lock_file(tmp_path: Path) -> None:
+    """A holds the lock, B waits; the file is deleted and C locks the new one. When A lets
+    go, B must wait for C, not walk in beside it."""
+    path = tmp_path / "locks" / "k.lock"
+    b_has_it, c_done = threading.Event(), threading.Event()
+    overlap: list[bool] = []
+
+    def waiter() -> None:
+        with file_lock(path):
+            overlap.append(not c_done.is_set())
+            b_has_it.set()
+
+    with file_lock(path):  # A
+        b = threading.Thread(target=waiter)
+        b.start()
+        time.sleep(0.2)  # B is blocked in flock on A's file
+        path.unlink()
+        c_lock = file_lock(path)
+        c_lock.__enter__()  # C: a new file at the path, locked at once
+    # A released: B's flock returns on the deleted file, and B must go round again.
+    assert not b_has_it.wait(0.5), "B holds a lock while C holds the one at the path"
+    c_done.set()
+    c_lock.__exit__(None, None, None)
+    b.join(10)
+    assert overlap == [False]
+
+
+def test_a_publish_never_replaces_a_complete_layer(workspaces: Workspaces) -> None:
+    """Two builders of one key at once (the lock file was deleted under the first): the
+    first publishes and a workspace starts on it; the second's publish must leave it be."""
+    store, key = workspaces.store, "ab" * 16
+    first_building, second_building, second_go = (threading.Event() for _ in range(3))
+
+    def build_first(tree: Path) -> None:
+        (tree / "who").write_text("first\n")
+        first_building.set()
+        second_building.wait(10)
+
+    def build_second(tree: Path) -> None:
+        (tree / "who").write_text("second\n")
+        second_building.set()
+        second_go.wait(10)
+
+    first = threading.Thread(target=lambda: store.build(key, build_first, kind="test"))
+    first.start()
+    assert first_building.wait(10)
+    (store.locks_dir / f"{key}.lock").unlink()
+    second = threading.Thread(target=lambda: store.build(key, build_second, kind="test"))
+    second.start()
+    first.join(10)  # published while the second still builds
+    record = workspaces.create(layers=[key])
+    assert sh(workspaces, record.id, "cat who").stdout == b"first\n"
+    second_go.set()
+    second.join(10)
+    store.empty_trash()
+    assert (store.require(key).tree / "who").read_text() == "first\n"
+    assert sh(workspaces, record.id, "cat who").stdout == b"first\n"
+    assert store.verify(key) is None
 
 
 # Runs gc back to back until told to stop (argv: the stop file), counting its passes.

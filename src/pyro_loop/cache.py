@@ -95,11 +95,12 @@ def prune(
 
 
 def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
-    """Check every layer's content against its recorded digest; delete the damaged ones.
+    """Check every layer's content against its recorded digest; take the damaged ones out.
 
-    A damaged layer that a workspace or project still uses is reported, not deleted (gc's
-    rule: nothing in use is removed); recreate what uses it and verify again. Returns one
-    entry per damaged layer.
+    A damaged layer nothing uses is deleted. One in use is quarantined (moved out of the
+    store, kept for a look until `gc`), so that every warm judgment sees it missing and the
+    next prepare rebuilds it, and the running workspaces on it are stopped: their next start
+    mounts the rebuilt layer, never the damaged one. Returns one entry per damaged layer.
     """
     damaged = []
     with file_lock(gc_lock(ws.home), on_wait=on_wait):
@@ -110,12 +111,33 @@ def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
             if problem is None:
                 continue
             used_by = sorted(users.get(layer.key, []))
-            if not used_by:
+            stopped: list[str] = []
+            if used_by:
+                stopped = _stop_users(ws, layer.key)
+                ws.store.quarantine(layer.key, problem)
+            else:
                 ws.store.delete(layer.key)
-            damaged.append(
-                {"key": layer.key, "problem": problem, "users": used_by, "deleted": not used_by}
-            )
+            damaged.append({
+                "key": layer.key, "problem": problem, "users": used_by,
+                "deleted": not used_by, "quarantined": bool(used_by), "stopped": stopped,
+            })  # fmt: skip
     return damaged
+
+
+def _stop_users(ws: Workspaces, key: str) -> list[str]:
+    """Stop the running workspaces whose mounts include layer `key`; their names."""
+    stopped = []
+    for status in ws.list():
+        record = status.record
+        if status.state not in ("running", "unresponsive") or key not in {
+            *record.layers,
+            *record.base_layers,
+            getattr(record, "environment_layer", None),
+        }:
+            continue
+        ws.stop(record.id)
+        stopped.append(record.name or record.id)
+    return stopped
 
 
 def _remove(ws: Workspaces, choose: Any, on_wait: OnWait) -> list[LayerInfo]:
@@ -126,6 +148,7 @@ def _remove(ws: Workspaces, choose: Any, on_wait: OnWait) -> list[LayerInfo]:
         for info in removed:
             ws.store.delete(info.key)
         ws.store.clean_leftovers()
+        ws.store.empty_quarantine()
         ws.store.empty_trash()
     return list(removed)
 

@@ -1,17 +1,19 @@
 """The layer store: read-only directory trees, published atomically, shared by workspaces.
 
 A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPLETE` exists
-and holds the key; that marker is written last, after the tree and its metadata are in place,
-so a build that is killed at any point leaves nothing a later run trusts. `meta.json` records
-the tree's content digest, so `verify` detects a corrupted tree (a flipped byte); once it is
-deleted, the next build or publish of that key makes it again. Keys are either the content digest
-of the tree (seeds, workspace snapshots) or a digest of the inputs that produced it
-(environments, dependency snapshots), chosen by the caller.
+and holds the key; the marker is written after the tree and its metadata, in a staging
+directory that one atomic rename moves into place, so a build that is killed at any point
+leaves nothing a later run trusts, and a complete layer is never replaced by another.
+`meta.json` records the tree's content digest, so `verify` detects a corrupted tree (a flipped
+byte); once it is deleted or quarantined, the next build or publish of that key makes it
+again. Keys are either the content digest of the tree (seeds, workspace snapshots) or a digest
+of the inputs that produced it (environments, dependency snapshots), chosen by the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -70,6 +72,7 @@ class LayerStore:
         self.tmp_dir = home / "tmp"
         self.locks_dir = home / "locks"
         self.trash_dir = home / "trash"
+        self.quarantine_dir = home / "quarantine"
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -232,9 +235,6 @@ class LayerStore:
         inputs: dict[str, Any],
     ) -> Layer:
         root = self.layers_dir / key
-        if root.exists():
-            # A publish that was killed before writing its marker: never trusted, cleared away.
-            remove_in_background([move_to_trash(root, self.trash_dir)])
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         incoming = self.tmp_dir / f"{os.getpid()}-incoming-{os.urandom(6).hex()}"
         incoming.mkdir(parents=True)
@@ -252,14 +252,31 @@ class LayerStore:
                 "created": time.time(),
             },
         )
-        os.rename(incoming, root)
-        # The marker is written last: a layer without it is never used.
-        marker = root / COMPLETE_MARKER
-        with marker.open("w") as f:
+        # The marker is written before the directory is renamed into place, and the rename
+        # is atomic: a layer appears complete or not at all, and a publish killed before the
+        # rename leaves only staging, which `clean_leftovers` removes.
+        with (incoming / COMPLETE_MARKER).open("w") as f:
             f.write(key + "\n")
             f.flush()
             os.fsync(f.fileno())
-        return Layer(key, root)
+        while True:
+            try:
+                os.rename(incoming, root)
+                return Layer(key, root)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            existing = self.get(key)
+            if existing is not None:
+                # Someone else's complete layer (a builder that held the lock file before it
+                # was deleted, say): workspaces may have it mounted, so it stays, and this
+                # copy goes.
+                remove_in_background([move_to_trash(incoming, self.trash_dir)])
+                return existing
+            # No marker: an incomplete directory of an older pyro, or one damaged: never
+            # trusted, cleared away.
+            with contextlib.suppress(FileNotFoundError):
+                remove_in_background([move_to_trash(root, self.trash_dir)])
 
     # -- removal ------------------------------------------------------------------------------
 
@@ -270,6 +287,31 @@ class LayerStore:
                 (root / COMPLETE_MARKER).unlink(missing_ok=True)
                 move_to_trash(root, self.trash_dir)
         empty_trash(self.trash_dir)
+
+    def quarantine(self, key: str, problem: str) -> Path | None:
+        """Take a damaged layer out of the store, keeping its files for a look.
+
+        From then on the key is missing: every warm judgment (prepare, up, status, the
+        hooks) sees it as not built, and the next prepare or publish makes it again. Nothing
+        mounts a quarantined tree: workspaces name layers by their place in the store.
+        Returns where it went (None if it was gone already); `cache gc` removes it.
+        """
+        root = self.layers_dir / check_key(key)
+        with file_lock(self.locks_dir / f"{key}.lock"):
+            if not root.exists():
+                return None
+            (root / COMPLETE_MARKER).unlink(missing_ok=True)
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            target = self.quarantine_dir / f"{key}.{int(time.time())}.{uuid.uuid4().hex[:6]}"
+            os.rename(root, target)
+            with contextlib.suppress(OSError):
+                (target / "DAMAGED").write_text(problem + "\n")
+            return target
+
+    def empty_quarantine(self) -> None:
+        if self.quarantine_dir.is_dir():
+            for entry in self.quarantine_dir.iterdir():
+                remove_tree(entry)
 
     def empty_trash(self) -> None:
         """Delete what earlier operations moved aside (synchronously: for gc and tests)."""

@@ -122,7 +122,7 @@ def cache_gc(as_json: bool = JsonOption) -> None:
 
 @cache_app.command("verify")
 def cache_verify(as_json: bool = JsonOption) -> None:
-    """Check every layer against its recorded digest; delete damaged unused ones."""
+    """Check every layer against its recorded digest; take damaged ones out to be rebuilt."""
     from pyro_loop.cache import verify
     from pyro_loop.workspace import Workspaces
 
@@ -130,13 +130,12 @@ def cache_verify(as_json: bool = JsonOption) -> None:
 
     def human() -> None:
         for item in damaged:
-            fate = (
-                "deleted: rebuilt on next use"
-                if item["deleted"]
-                else (
-                    "in use by " + ", ".join(item["users"]) + ": recreate those, then verify again"
-                )
-            )
+            if item["deleted"]:
+                fate = "deleted: rebuilt on next use"
+            else:
+                fate = "quarantined: the next prepare rebuilds it"
+                if item["stopped"]:
+                    fate += "; stopped " + ", ".join(item["stopped"]) + " (the next start uses it)"
             say(f"{item['key'][:12]}  {item['problem']}  ({fate})")
         say(f"{len(damaged)} damaged layers" if damaged else "every layer checks out")
 
