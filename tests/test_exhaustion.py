@@ -9,6 +9,7 @@ unchanged. tests/test_isolation.py holds the fork-storm and output-timeout cases
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -18,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.errors import InvalidInputError, PyroError
-from pyro_loop.fsutil import MAX_TREE_DEPTH
+from pyro_loop.fsutil import MAX_TREE_DEPTH, remove_tree
 from pyro_loop.runtime import Limits
 from pyro_loop.workspace import Workspaces
+from tests.conftest import run_pyro
 from tests.test_isolation import host_pids_with, marker, py_json, sh, tree_state, wait_for
 
 
@@ -183,6 +185,45 @@ def test_directories_nested_without_end_are_refused_cleanly_by_host_walks(
     # tree is gone everything works again.
     assert sh(workspaces, ws, "rm -rf /workspace/deep && echo gone").stdout == b"gone\n"
     assert workspaces.changes(ws) == []
+
+
+def test_a_tree_10000_levels_deep_leaves_status_start_stop_and_delete_working(
+    workspaces: Workspaces, seed_dir: Path, pyro_home: Path,
+    host_unchanged: None, request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """Deeper than the recursion limit and PATH_MAX: the walks that must finish (measuring
+    the changes, sweeping temp files, removing the tree) go iteratively, by descriptor."""
+    # Whatever happens, no such tree is left for pytest's own clean-up (which recurses).
+    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(pyro_home)], check=False))
+    assert run_pyro("workspace", "create", "--seed-path", str(seed_dir), "--name", "deep",
+                    timeout=120).returncode == 0  # fmt: skip
+    made = run_pyro("workspace", "exec", "deep", "--", "python3", "-c", NEST, "deep", "10000",
+                    timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    # (`status` of a stopped workspace exits 1 by design; a crash exits 3.)
+    steps = [(["status"], 0), (["stop"], 0), (["status"], 1), (["start"], 0),
+             (["status", "--json"], 0)]  # fmt: skip
+    for args, code in steps:
+        result = run_pyro("workspace", *args[:1], "deep", *args[1:], timeout=120)
+        assert result.returncode == code, (args, result.stderr)
+    assert json.loads(result.stdout)["changed_bytes"] >= len("bottom\n")
+    assert run_pyro("workspace", "delete", "deep", timeout=120).returncode == 0
+    assert run_pyro("workspace", "list", "--json").stdout.count('"id"') == 0
+    trash = pyro_home / "trash"  # removed in the background: by rm, which goes by fts
+    assert wait_for(lambda: not any(trash.iterdir()), timeout=240)
+    # The store's own removal (trash, staging) finishes at that depth too.
+    deep = pyro_home / "trash" / "by-hand"
+    deep.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
+    os.chdir(deep)
+    try:
+        for _ in range(10000):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(here)
+    remove_tree(pyro_home / "trash" / "by-hand")
+    assert not (pyro_home / "trash" / "by-hand").exists()
 
 
 def test_a_deep_but_reasonable_tree_is_diffed_snapshotted_and_exported(

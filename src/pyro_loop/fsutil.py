@@ -45,23 +45,20 @@ def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a directory tree, including the mode-000 dirs overlayfs leaves in its workdir."""
+    """Delete a directory tree, including the mode-000 dirs overlayfs leaves in its workdir,
+    at any depth (a workspace's upper dir may be nested without end: see treewalk.py)."""
+    from pyro_loop.treewalk import remove_contents
+
     if path.is_symlink() or not path.is_dir():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return
-    # Make every directory writable and searchable first, top down, so rmtree can descend.
     with contextlib.suppress(OSError):
         os.chmod(path, stat.S_IRWXU)
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(root, name)
-            if not os.path.islink(child):
-                with contextlib.suppress(OSError):
-                    os.chmod(child, stat.S_IRWXU)
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        remove_contents(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def move_to_trash(path: Path, trash_dir: Path) -> Path:
@@ -81,9 +78,6 @@ def empty_trash(trash_dir: Path) -> None:
 
 def dir_size(path: Path) -> int:
     """Bytes used by the regular files below `path`, without following symlinks."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+    from pyro_loop.treewalk import tree_bytes
+
+    return tree_bytes(path)

@@ -31,9 +31,11 @@ def hand_over(path: Path, *, recursive: bool = False) -> None:
         return
     os.chown(path, owner, owner, follow_symlinks=False)
     if recursive:
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                os.chown(os.path.join(root, name), owner, owner, follow_symlinks=False)
+        from pyro_loop.treewalk import walk
+
+        for here in walk(path):
+            for name in here.dirs + here.others:
+                os.chown(name, owner, owner, dir_fd=here.fd, follow_symlinks=False)
 
 
 def _in_initial_user_namespace() -> bool:

@@ -749,19 +749,18 @@ def _sweep_partial_writes(upper: Path) -> None:
     """Remove the agent's temp files from a stopped workspace's changes: a sandbox killed
     in the middle of a write or a sync leaves them, and they are no one's work."""
     from pyro_loop.agent.protocol import TEMP_PREFIX
+    from pyro_loop.treewalk import walk
 
-    for dirpath, dirs, files in os.walk(upper):  # never follows symlinks
-        for name in (*files, *dirs):  # a link to a directory is listed among the directories
-            if name.startswith(TEMP_PREFIX):  # unlink takes files and links, never a directory
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, name))
+    with contextlib.suppress(OSError):
+        for here in walk(upper):  # never follows symlinks, at any depth
+            # A link to a directory is among `others`; unlink takes files and links only.
+            for name in here.others:
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=here.fd)
 
 
 def _tree_bytes(path: Path) -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for _dir, _dirs, files, dir_fd in os.fwalk(path):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
-    return total
+    from pyro_loop.treewalk import tree_bytes
+
+    return tree_bytes(path)
