@@ -8,6 +8,7 @@ unchanged. tests/test_isolation.py holds the fork-storm and output-timeout cases
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -224,6 +225,49 @@ def test_a_tree_10000_levels_deep_leaves_status_start_stop_and_delete_working(
         os.chdir(here)
     remove_tree(pyro_home / "trash" / "by-hand")
     assert not (pyro_home / "trash" / "by-hand").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A pyro home on its own 32 MB file system (a size-limited tmpfs: needs root, as CI is),
+    unmounted after the test with whatever it holds."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited file system needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "pyro-test", str(mount)],
+                   check=True)  # fmt: skip
+    monkeypatch.setenv("PYRO_HOME", str(mount / "home"))
+    try:
+        yield mount / "home"
+    finally:
+        ws = Workspaces(home=mount / "home")
+        for status in ws.list():
+            with contextlib.suppress(PyroError, OSError):
+                ws.delete(status.record.id)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_stop_and_delete_work_with_the_store_disk_full(small_disk: Path, seed_dir: Path) -> None:
+    name = marker()
+    assert run_pyro("workspace", "create", "--seed-path", str(seed_dir), "--name", "full",
+                    timeout=120).returncode == 0  # fmt: skip
+    # Fill the disk, and leave a process running in the workspace.
+    script = (f"dd if=/dev/zero of=big bs=1M count=64; "
+              f"sh -c 'sleep 600 # {name}' >/dev/null 2>&1 &")  # fmt: skip
+    filled = run_pyro("workspace", "exec", "full", "--", "sh", "-c", script, timeout=120)
+    assert "No space left on device" in filled.stderr, filled
+    assert "Traceback" not in filled.stderr and filled.returncode != 3, filled
+    assert os.statvfs(small_disk).f_bavail == 0  # the disk is full
+    assert wait_for(lambda: host_pids_with(name) != [])
+
+    stopped = run_pyro("workspace", "stop", "full", timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_for(lambda: host_pids_with(name) == [])  # the sandbox is gone
+    deleted = run_pyro("workspace", "delete", "full", timeout=60)
+    assert deleted.returncode == 0, deleted.stderr
+    assert run_pyro("workspace", "list", "--json").stdout.count('"id"') == 0
+    assert wait_for(lambda: os.statvfs(small_disk).f_bavail > 0, timeout=60)  # space is back
 
 
 def test_a_deep_but_reasonable_tree_is_diffed_snapshotted_and_exported(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,21 @@ from pyro_loop.errors import PyroError
 # per level) or the process's descriptors (an fd-based walk holds one per level). Real
 # projects stay far below it. The agent bounds `export` the same way (agent/fileops.py).
 MAX_TREE_DEPTH = 256
+
+
+# The errors of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextlib.contextmanager
+def unless_disk_full() -> Iterator[None]:
+    """Skip the rest of the block if it fails for want of space (and only then): for the
+    writes that are bookkeeping, never the point of the operation."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
 
 
 def check_tree_depth(rel: str) -> None:

@@ -302,7 +302,7 @@ class LayerStore:
                 return None
             (root / COMPLETE_MARKER).unlink(missing_ok=True)
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            target = self.quarantine_dir / f"{key}.{int(time.time())}.{uuid.uuid4().hex[:6]}"
+            target = self.quarantine_dir / f"{key}.{int(time.time())}.{os.getpid()}"
             os.rename(root, target)
             with contextlib.suppress(OSError):
                 (target / "DAMAGED").write_text(problem + "\n")

@@ -38,7 +38,7 @@ from pyro_loop.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from pyro_loop.fsutil import move_to_trash
+from pyro_loop.fsutil import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
 from pyro_loop.locking import file_lock
@@ -492,7 +492,9 @@ class Workspaces:
             yield channel
         if channel.result is not None:
             entry = {"time": time.time(), "argv": argv, "cwd": cwd, **channel.result.to_json()}
-            with wdir.history.open("a") as f:
+            # The history is a convenience: a full disk (often the command's own doing) must
+            # not turn a finished command into a failure.
+            with unless_disk_full(), wdir.history.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
     def services(self, ref: str, *, secrets: dict[str, str] | None = None) -> ServiceClient:
@@ -647,7 +649,7 @@ class Workspaces:
             spec = self._spec(wdir, record, spare=True)
             self.runtime.stop(record.spare, spec)
             record.spare = None
-            wdir.save(record)
+            _save_if_room(wdir, record)
             for path in (spec.upper, spec.work):
                 if path.exists():
                     move_to_trash(path, wdir.trash)
@@ -675,18 +677,27 @@ class Workspaces:
         from pyro_loop import ports
 
         ports.close_all(wdir.root)  # published ports live as long as the sandbox
-        self._stop_spare(wdir, record)
+        # Every process dies before anything is written: stopping must work on a full disk
+        # (often full of this workspace's own files), where the record cannot be rewritten.
         if record.handle is not None:
             self.runtime.stop(record.handle, self._spec(wdir, record))
+        self._stop_spare(wdir, record)
+        if record.handle is not None:
             record.handle = None
-            wdir.save(record)
+            _save_if_room(wdir, record)
 
     def _remove(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, pool: bool = False) -> None:
         if pool:  # its standby serves the next create from the same layers
             with contextlib.suppress(OSError):
                 self.pool.keep(wdir, record)
         self._halt(wdir, record)
-        gone = move_to_trash(wdir.root, self.store.trash_dir)
+        try:
+            gone = move_to_trash(wdir.root, self.store.trash_dir)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            remove_tree(wdir.root)  # no room for the trash directory: free the space now
+            return
         remove_in_background([gone])
 
     def _status(
@@ -743,6 +754,13 @@ def sandbox_failure(log: Path) -> HostUnsupportedError:
     return HostUnsupportedError(
         f"the workspace's sandbox did not start: {last}", hint=f"see {log}; `pyro doctor`"
     )
+
+
+def _save_if_room(wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+    """Record a stop, unless the disk is full: a record still naming a stopped sandbox is
+    harmless (a handle is checked against the process's start time before any use)."""
+    with unless_disk_full():
+        wdir.save(record)
 
 
 def _sweep_partial_writes(upper: Path) -> None:

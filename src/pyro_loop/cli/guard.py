@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
+from pyro_loop.fsutil import DISK_FULL_ERRNOS
 
 
 def guarded(call: Callable[[], int]) -> int:
@@ -26,10 +27,34 @@ def guarded(call: Callable[[], int]) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            return _crashed()
+        # Expected on a full disk, not a bug: say where, and how to make room.
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"pyro: error: {exc.strerror}{where}\n")
+        sys.stderr.write(
+            "  hint: free space on that disk: `pyro workspace delete` or `pyro cache gc`\n"
+        )
+        return 1
     except Exception:
-        log = write_crash_log()
-        sys.stderr.write(f"pyro: internal error (a bug): the details are in {log}\n")
+        return _crashed()
+
+
+def _crashed() -> int:
+    """A bug: exit 3 with the traceback in a log (or on stderr, when no log can be written:
+    a full disk must not hide the crash)."""
+    import traceback
+
+    details = traceback.format_exc()
+    try:
+        log = write_crash_log(details)
+    except OSError:
+        sys.stderr.write(details)
+        sys.stderr.write("pyro: internal error (a bug); the crash log could not be written\n")
         return 3
+    sys.stderr.write(f"pyro: internal error (a bug): the details are in {log}\n")
+    return 3
 
 
 def masked_argv(argv: list[str]) -> list[str]:
@@ -43,10 +68,9 @@ def masked_argv(argv: list[str]) -> list[str]:
     return masked
 
 
-def write_crash_log() -> Path:
+def write_crash_log(details: str) -> Path:
     import platform
     import time
-    import traceback
 
     from pyro_loop.home import pyro_home
 
@@ -58,6 +82,6 @@ def write_crash_log() -> Path:
         path = Path(f"/tmp/pyro-crash-{os.getpid()}.log")
     path.write_text(
         f"pyro {__version__}\npython {sys.version}\nplatform {platform.platform()}\n"
-        f"argv {masked_argv(sys.argv)}\n\n{traceback.format_exc()}"
+        f"argv {masked_argv(sys.argv)}\n\n{details}"
     )
     return path
