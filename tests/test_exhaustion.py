@@ -23,7 +23,7 @@ from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fsutil import MAX_TREE_DEPTH, remove_tree
 from pyro_loop.runtime import Limits
 from pyro_loop.workspace import Workspaces
-from tests.conftest import run_pyro
+from tests.conftest import commit_project, run_pyro
 from tests.test_isolation import host_pids_with, marker, py_json, sh, tree_state, wait_for
 
 
@@ -114,6 +114,42 @@ except OSError as exc:
     for name in ("big", "big2"):
         assert (upper / name).stat().st_size <= 8 << 20
     assert sh(workspaces, ws, "rm /workspace/big /workspace/big2 && echo ok").stdout == b"ok\n"
+
+
+RLIMITS = (
+    "import resource as r; "
+    "print(r.getrlimit(r.RLIMIT_FSIZE)[0], r.getrlimit(r.RLIMIT_AS)[0], "
+    "r.getrlimit(r.RLIMIT_NPROC)[0])"
+)
+
+
+def test_limits_reach_workspaces_from_the_config_and_the_cli(
+    tmp_path: Path, seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """Memory and file size: the defaults, `.pyro.toml`'s [workspace] keys, `create`'s
+    options, all enforced in the sandbox (a write past the file size limit fails)."""
+    mib = 1024 * 1024
+    created = run_pyro("workspace", "create", "--seed-path", str(seed_dir), "--name", "dflt")
+    assert created.returncode == 0, created.stderr
+    shown = run_pyro("workspace", "exec", "dflt", "--", "python3", "-c", RLIMITS)
+    assert shown.stdout.split() == [str(16384 * mib), "-1", "4096"]
+
+    created = run_pyro("workspace", "create", "--seed-path", str(seed_dir), "--name", "cli",
+                       "--file-size-mib", "1", "--address-space-mib", "512",
+                       "--processes", "99")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    shown = run_pyro("workspace", "exec", "cli", "--", "python3", "-c", RLIMITS)
+    assert shown.stdout.split() == [str(mib), str(512 * mib), "99"]
+    big = run_pyro("workspace", "exec", "cli", "--", "sh", "-c",
+                   "dd if=/dev/zero of=big bs=1M count=2 2>&1; ls -l big")  # fmt: skip
+    assert "File size limit exceeded" in big.stdout, big  # SIGXFSZ killed dd
+    assert f" {mib} " in big.stdout  # stopped at the limit
+
+    config = "[workspace]\nfile_size_mib = 2\naddress_space_mib = 1024\n"
+    repo = commit_project(tmp_path / "repo", config, {"a.txt": "a\n"}, trusted=False)
+    shown = run_pyro("exec", "-C", str(repo), "--", "python3", "-c", RLIMITS, timeout=120)
+    assert shown.returncode == 0, shown.stderr  # lower limits need no trust
+    assert shown.stdout.split() == [str(2 * mib), str(1024 * mib), "4096"]
 
 
 def test_endless_output_is_capped_in_host_memory(workspaces: Workspaces, ws: str) -> None:

@@ -43,7 +43,6 @@ from pyro_loop.prepare import (
     tree_layer,
 )
 from pyro_loop.project import Project, tree_changes, tree_file, write_changes
-from pyro_loop.runtime import Limits
 from pyro_loop.snapshotbuild import delete_abandoned
 from pyro_loop.trust import require_trust
 
@@ -205,7 +204,7 @@ def run_check(
         layers=layers,
         labels={"pyro": "check", "project": project.id, "pid": str(os.getpid()), "tree": tree},
         network=config.network == "egress",
-        limits=Limits(processes=config.processes, open_files=config.open_files),
+        limits=config.limits(),
         standby=False,  # used once: no sandbox booted ahead for a reset
         mounts=list(active.mounts),
         env=active.env,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
+from pyro_loop.runtime import DEFAULT_LIMITS, Limits
 
 FILENAME = ".pyro.toml"
 
@@ -73,7 +74,8 @@ class Setting:
         if self.widens == "set":
             return bool(value != self.default)
         if self.widens == "raised":
-            return value is not None and (self.default is None or value > self.default)
+            # An unset default is no limit at all: any value narrows it.
+            return value is not None and self.default is not None and value > self.default
         return False
 
 
@@ -138,10 +140,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workspace", "ports", "ports", "ports", (),
             "Ports of the workspace published at 127.0.0.1 on the host while it runs: 5173, "
             'or "8080:80" for host port 8080 to port 80 inside.', widens="set"),
-    Setting("workspace", "processes", "processes", "integer", 4096,
+    Setting("workspace", "processes", "processes", "integer", DEFAULT_LIMITS.processes,
             "The most processes a workspace may run at once.", widens="raised"),
-    Setting("workspace", "open_files", "open_files", "integer", 65536,
+    Setting("workspace", "open_files", "open_files", "integer", DEFAULT_LIMITS.open_files,
             "The most files a process in a workspace may have open.", widens="raised"),
+    Setting("workspace", "file_size_mib", "file_size_mib", "integer",
+            DEFAULT_LIMITS.file_size_mib,
+            "The largest file (MiB) a process in a workspace may write; a write past it "
+            "fails (the process gets SIGXFSZ).", widens="raised"),
+    Setting("workspace", "address_space_mib", "address_space_mib", "integer",
+            DEFAULT_LIMITS.address_space_mib,
+            "The most virtual memory (MiB) each process in a workspace may map. Unset by "
+            "default: runtimes such as V8, Go and the JVM reserve far more than they use.",
+            widens="raised"),
     Setting("sync", "exclude", "sync_exclude", "strings", (),
             "gitignore-style patterns of files not synced into workspaces.", rule=SINGLE_LINE),
     Setting("check", "run", "check_run", "strings", (),
@@ -186,6 +197,8 @@ class ProjectConfig:
     ports: tuple[str, ...]
     processes: int
     open_files: int
+    file_size_mib: int
+    address_space_mib: int | None
     sync_exclude: tuple[str, ...]
     check_run: tuple[str, ...]
     cache_remote: str | None
@@ -211,6 +224,15 @@ class ProjectConfig:
         """The declared tools: name -> version, in TOOL_NAMES order."""
         versions = {name: getattr(self, f"tool_{name}") for name in TOOL_NAMES}
         return {name: version for name, version in versions.items() if version is not None}
+
+    def limits(self) -> Limits:
+        """The workspace limits these settings ask for."""
+        return Limits(
+            processes=self.processes,
+            open_files=self.open_files,
+            file_size_mib=self.file_size_mib,
+            address_space_mib=self.address_space_mib,
+        )
 
     def widening(self) -> list[str]:
         """The settings that widen the sandbox or run commands, as written: what needs trust."""
@@ -539,7 +561,7 @@ def render_markdown() -> str:
             text = re.sub(r'"[^"]*"', lambda m: f"`{m.group()}`", text)
             if s.widens == "set":
                 text += " Takes effect once the file is trusted (`pyro trust`)."
-            elif s.widens == "raised":
+            elif s.widens == "raised" and s.default is not None:
                 text += " A value above the default takes effect once the file is trusted."
             default = "unset" if s.default is None else f"`{_toml(s.default)}`"
             out.append(f"| `{s.name}` | {TYPE_NAMES[s.kind]} | {default} | {text} |\n")

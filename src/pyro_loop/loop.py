@@ -31,7 +31,6 @@ from pyro_loop.errors import (
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.locking import file_lock
 from pyro_loop.project import Project
-from pyro_loop.runtime import Limits
 from pyro_loop.shellcmd import SHELL_ARGV
 from pyro_loop.trust import TrustState, allow, require_trust, trust_state
 from pyro_loop.units import duration
@@ -194,7 +193,7 @@ class ProjectLoop:
             name=self._workspace_name(),
             labels=labels,
             network=self.config.network == "egress",
-            limits=Limits(processes=self.config.processes, open_files=self.config.open_files),
+            limits=self.config.limits(),
             mounts=list(active.mounts),
             env=active.env,
         )

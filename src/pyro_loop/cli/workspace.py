@@ -14,6 +14,7 @@ from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.runtime import DEFAULT_LIMITS, Limits
 from pyro_loop.units import parse_size
 
 workspace_app = typer.Typer(
@@ -63,6 +64,21 @@ def create(
     secret: list[str] = typer.Option(
         [], "--secret", help="NAME=VALUE: in every command's environment, masked in output."
     ),
+    processes: int = typer.Option(
+        DEFAULT_LIMITS.processes, "--processes", min=1, help="Most processes at once."
+    ),
+    open_files: int = typer.Option(
+        DEFAULT_LIMITS.open_files, "--open-files", min=1, help="Most open files per process."
+    ),
+    file_size_mib: int = typer.Option(
+        DEFAULT_LIMITS.file_size_mib or 0,
+        "--file-size-mib",
+        min=1,
+        help="Largest file a process may write, in MiB.",
+    ),
+    address_space_mib: int | None = typer.Option(
+        None, "--address-space-mib", min=1, help="Most virtual memory per process, in MiB."
+    ),
     id_only: bool = typer.Option(False, "--id-only", help="Print only the new id."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -82,6 +98,7 @@ def create(
         labels=parse_labels(label),
         network=network == "egress",
         secrets=secretenv.parse(secret),
+        limits=Limits(processes, open_files, file_size_mib, address_space_mib),
     )
     elapsed = time.perf_counter() - started
     if id_only:
@@ -124,7 +141,8 @@ def status(ref: str = IdArg, as_json: bool = JsonOption) -> None:
         limits = data["limits"]
         say(
             f"  limits ({limits['enforced_by']}): processes={limits['processes']} "
-            f"open_files={limits['open_files']}; cgroups: {limits['cgroups']}"
+            f"open_files={limits['open_files']} file_size_mib={limits['file_size_mib']} "
+            f"address_space_mib={limits['address_space_mib']}; cgroups: {limits['cgroups']}"
         )
 
     emit(data, as_json=as_json, human=human)

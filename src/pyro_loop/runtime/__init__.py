@@ -20,7 +20,9 @@ class Limits:
 
     processes: int = 4096
     open_files: int = 65536
-    file_size_mib: int | None = None  # largest single file a command may write
+    # The largest single file a command may write: far above any source tree's or build's
+    # files, low enough that one runaway write cannot fill a disk by itself.
+    file_size_mib: int | None = 16384
     address_space_mib: int | None = None  # off by default: it breaks runtimes that reserve VA
 
     def describe(self) -> dict[str, Any]:
@@ -32,6 +34,9 @@ class Limits:
             "enforced_by": "rlimit",
             "cgroups": "not used (no delegated cgroup v2 subtree required)",
         }
+
+
+DEFAULT_LIMITS = Limits()
 
 
 # The sandbox's home directory lives in the workspace's overlay, under this name at the top of
