@@ -16,6 +16,7 @@ import secrets
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -913,3 +914,100 @@ def test_upper_dir_of_a_deleted_workspace_is_gone(workspaces: Workspaces, ws: st
     assert (wdir.upper(0) / "written").read_bytes() == b"data\n"
     workspaces.delete(ws)
     assert not wdir.root.exists()
+
+
+# -- root's workspaces and the other users of the machine -----------------------------------
+
+SET_ID_ATTEMPTS = r"""
+import ctypes, json, os, shutil, stat
+libc = ctypes.CDLL(None, use_errno=True)
+shutil.copy("/bin/sh", "rootsh")
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = 0
+    except OSError as exc:
+        out[name] = exc.errno
+def raw(number, *args):
+    if libc.syscall(number, *args) == -1:
+        raise OSError(ctypes.get_errno(), name)
+attempt("chmod", lambda: os.chmod("rootsh", 0o4755))
+attempt("chmod_setgid", lambda: os.chmod("rootsh", 0o2755))
+attempt("fchmod", lambda: os.fchmod(os.open("rootsh", os.O_RDONLY), 0o6755))
+attempt("open_creat", lambda: os.close(os.open("made", os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt("mknod", lambda: os.mknod("node", stat.S_IFREG | 0o4755))
+name = "fchmodat2"
+attempt("fchmodat2", lambda: raw(452, -100, b"rootsh", 0o4755, 0))
+name = "openat2"
+how = (ctypes.c_uint64 * 3)(os.O_CREAT | os.O_WRONLY, 0o4755, 0)
+attempt("openat2", lambda: raw(437, -100, b"made2", how, 24))
+attempt("plain_chmod", lambda: os.chmod("rootsh", 0o755))
+out["set_id_files"] = sorted(
+    e.name for e in os.scandir(".") if e.stat(follow_symlinks=False).st_mode & 0o6000
+)
+print(json.dumps(out))
+"""
+
+
+def _set_id_files(root: Path) -> list[str]:
+    found = []
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(os.path.join(directory, name)).st_mode & 0o6000:
+                    found.append(os.path.join(directory, name))
+    return found
+
+
+def test_root_workspaces_make_no_set_id_file_another_user_could_run(
+    seed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root with a world-readable pyro home: a workspace copies sh and makes it set-uid,
+    then an ordinary local user runs it to act with the workspace's uid on another root
+    workspace's files. The set-id bits are refused, and the upper dirs are out of reach."""
+    if os.geteuid() != 0:
+        pytest.skip("the attack needs pyro running as root")
+    # A home every user can traverse (pytest's own temp root is private to root).
+    base = Path(tempfile.mkdtemp(prefix="pyro-world-", dir="/tmp"))
+    base.chmod(0o755)
+    home = base / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    monkeypatch.setenv("PYRO_HOME", str(home))
+    ws = Workspaces(home=home)
+    try:
+        attacker = ws.create(seed=seed_dir)
+        victim = ws.create(seed=seed_dir)
+        tried = py_json(ws, attacker.id, SET_ID_ATTEMPTS)
+        assert tried.pop("set_id_files") == []
+        assert tried.pop("plain_chmod") == 0  # ordinary modes still work
+        assert tried.pop("openat2") == errno.ENOSYS  # mode out of the filter's reach
+        assert tried == dict.fromkeys(tried, errno.EPERM), tried
+        assert _set_id_files(home / "workspaces") == []
+
+        upper = home / "workspaces" / attacker.id / f"upper.{attacker.generation}"
+        target = home / "workspaces" / victim.id / f"upper.{victim.generation}"
+        assert (upper / "rootsh").is_file()
+        # What the issue's attacker ran, as uid 65534: the copy of sh (set-uid, had the chmod
+        # worked) writing into the other workspace.
+        script = f"{upper}/rootsh -p -c 'id -u; echo pwned > {target}/pwned'; ls {home}/workspaces"
+        attack = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             "/bin/sh", "-c", script],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        assert "Permission denied" in attack.stderr, attack
+        assert attack.stdout == "", attack  # no id printed, no workspace listed
+        assert not (target / "pwned").exists()
+        for directory in (upper, upper.parent, target):
+            reach = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                 "stat", str(directory / "x")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert "Permission denied" in reach.stderr, reach
+    finally:
+        for status in ws.list():
+            ws.delete(status.record.id)
+        subprocess.run(["rm", "-rf", str(base)], check=False)

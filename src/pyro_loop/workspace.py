@@ -40,7 +40,7 @@ from pyro_loop.errors import (
 )
 from pyro_loop.fsutil import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
-from pyro_loop.identity import hand_over, sandbox_owner
+from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.pool import Pool, pool_key

@@ -353,7 +353,11 @@ def _drop_root_prefix(store: Path) -> list[str]:
     owner = sandbox_owner()
     if owner is None:
         return []
-    store.chmod(0o711)
+    # Searchable, not listable: the sandbox uid looks up paths it is given, nobody can find
+    # workspace ids or layer keys by listing (each workspace's own directory is 0700).
+    for directory in (store, store / "workspaces", store / "layers"):
+        with contextlib.suppress(FileNotFoundError):
+            directory.chmod(0o711)
     import shutil
 
     setpriv = shutil.which("setpriv")

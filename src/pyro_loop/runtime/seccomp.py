@@ -142,6 +142,37 @@ def _socket_family_rules() -> list[Rule]:
 
 EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
 
+# Set-user-ID and set-group-ID mode bits, and the calls that set a file's mode, with the index
+# of their mode argument. A workspace's files stay on the host (its upper dir): a set-id copy
+# of a shell made there would run with the workspace's uid for any local user who reaches it.
+S_ISUID, S_ISGID = 0o4000, 0o2000
+MODE_SETTERS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("creat", 1),
+                ("mknod", 1), ("mknodat", 2))  # fmt: skip
+# open and openat read their mode only when they create: O_CREAT, or O_TMPFILE (whose bits
+# include O_DIRECTORY's; all of them must be set).
+O_CREAT, O_TMPFILE = 0o100, 0o20200000
+OPENERS = (("open", 1, 2), ("openat", 2, 3))  # (name, flags argument, mode argument)
+# Calls newer than some libseccomp releases: the generic numbers, the same on x86_64 and
+# aarch64, so that an older library does not leave them out of the filter.
+NEW_SYSCALLS = {"openat2": 437, "fchmodat2": 452}
+
+
+def _set_id_rules() -> list[Rule]:
+    why = "set-id bits on a workspace's files"
+    rules = [
+        Rule(name, EPERM, why, (has_bits(arg, bit, width=32),))
+        for name, arg in MODE_SETTERS
+        for bit in (S_ISUID, S_ISGID)
+    ]
+    rules += [
+        Rule(name, EPERM, why, (has_bits(flags, how, width=32), has_bits(mode, bit, width=32)))
+        for name, flags, mode in OPENERS
+        for how in (O_CREAT, O_TMPFILE)
+        for bit in (S_ISUID, S_ISGID)
+    ]
+    return rules
+
+
 # The table. EPERM where a program should see "not allowed"; ENOSYS where programs probe for a
 # newer interface and fall back to an older one when the kernel "does not have it".
 RULES: tuple[Rule, ...] = (
@@ -172,6 +203,10 @@ RULES: tuple[Rule, ...] = (
         if flag != CLONE_NEWTIME
     ],
     *_deny("setns", EPERM, "joining other namespaces"),
+    # No set-id files: refused where a mode is set. openat2 passes its mode in memory, out
+    # of the filter's reach; programs fall back to openat, whose mode is checked.
+    *_set_id_rules(),
+    *_deny("openat2", ENOSYS, "its mode is unreadable by the filter; callers fall back"),
     # Mounting: the sandbox's mounts are fixed when it starts.
     *_deny(
         "mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount "
@@ -257,7 +292,9 @@ def compiled_filter() -> bytes:
         _check(lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, _ACT_KILL_PROCESS), "set BADARCH")
         for rule in RULES:
             number = lib.seccomp_syscall_resolve_name(rule.syscall.encode())
-            if number < 0:  # not a system call on this architecture (or this libseccomp)
+            if number < 0:
+                number = NEW_SYSCALLS.get(rule.syscall, -1)
+            if number < 0:  # not a system call on this architecture
                 continue
             cmps = (_ArgCmp * max(1, len(rule.when)))(
                 *[_ArgCmp(c.arg, c.op, c.a, c.b) for c in rule.when]
