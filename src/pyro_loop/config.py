@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
-from pyro_loop.runtime import DEFAULT_LIMITS, Limits
+from pyro_loop.limits import DEFAULT_LIMITS, Limits
 
 FILENAME = ".pyro.toml"
 

@@ -12,31 +12,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pyro_loop.agent.protocol import HOME_DIR as _HOME_DIR
+from pyro_loop.limits import DEFAULT_LIMITS, Limits
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-workspace resource limits, enforced with rlimits (available on every host)."""
-
-    processes: int = 4096
-    open_files: int = 65536
-    # The largest single file a command may write: far above any source tree's or build's
-    # files, low enough that one runaway write cannot fill a disk by itself.
-    file_size_mib: int | None = 16384
-    address_space_mib: int | None = None  # off by default: it breaks runtimes that reserve VA
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "processes": self.processes,
-            "open_files": self.open_files,
-            "file_size_mib": self.file_size_mib,
-            "address_space_mib": self.address_space_mib,
-            "enforced_by": "rlimit",
-            "cgroups": "not used (no delegated cgroup v2 subtree required)",
-        }
-
-
-DEFAULT_LIMITS = Limits()
+__all__ = [
+    "DEFAULT_LIMITS",
+    "HOME_DIR",
+    "SANDBOX_HOME",
+    "Limits",
+    "Mount",
+    "Runtime",
+    "SandboxHandle",
+    "SandboxSpec",
+]
 
 
 # The sandbox's home directory lives in the workspace's overlay, under this name at the top of
