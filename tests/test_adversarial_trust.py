@@ -259,3 +259,13 @@ def test_the_mcp_server_reports_an_untrusted_project_with_the_fix(
 
     anyio.run(main)
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") is None
+
+
+def test_a_cache_remote_named_by_the_file_needs_trust(tmp_path: Path) -> None:
+    """Layers pulled from a registry the file names would become the workspace's files."""
+    config = '[prepare]\nkeys = ["requirements.txt"]\n\n[cache]\nremote = "registry.invalid/evil"\n'
+    repo = commit_project(tmp_path / "repo", config, {"requirements.txt": "a==1\n"}, trusted=False)
+    for command in (["prepare"], ["cache", "pull"], ["cache", "push"]):
+        result = run_pyro(*command, "-C", str(repo))
+        assert result.returncode == 1, (command, result)
+        assert REFUSED in _error_line(result.stderr) and "[cache] remote" in result.stderr

@@ -35,6 +35,7 @@ from pyro_loop.remote.project import project_snapshot
 from pyro_loop.remote.registry import RegistryClient
 from pyro_loop.store import LayerStore
 from pyro_loop.treehash import tree_digest
+from pyro_loop.trust import allow
 from pyro_loop.workspace import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
 from tests.oci_registry import RegistryServer, running_registry
@@ -81,6 +82,7 @@ def _prepare(
     mp.setenv("PYRO_CACHE_REMOTE", remote)
     try:
         ws = Workspaces(home=home)
+        allow(home, config)  # each machine's user has read the file
         result = prepare(
             project, config, workspaces=ws,
             on_progress=lambda phase, text: lines.append(f"{phase}: {text}"), push=push,
@@ -144,6 +146,7 @@ def test_cli_push_pull_and_json(tmp_path: Path, registry: RegistryServer) -> Non
     assert pushed.returncode == 0, pushed.stderr
     assert json.loads(pushed.stdout)["layers"][0]["action"] == "sent"
     fresh = {**env, "PYRO_HOME": str(tmp_path / "fresh")}
+    assert run_pyro("trust", "-C", str(root), env=fresh).returncode == 0  # another machine
     pulled = run_pyro("cache", "pull", "-C", str(root), "--json", env=fresh)
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(pulled.stdout)["layers"][0]["action"] == "pulled"
@@ -174,6 +177,9 @@ def test_remote_in_pyro_toml(tmp_path: Path, registry: RegistryServer) -> None:
     root = commit_project(tmp_path / "toml", config, {"requirements.txt": "toml==1\n"})
     pushed = run_pyro("prepare", "--push", "-C", str(root))
     assert pushed.returncode == 0, pushed.stderr
+    for machine in ("b", "c"):  # each machine's user trusts the file
+        trusted = run_pyro("trust", "-C", str(root), env={"PYRO_HOME": str(tmp_path / machine)})
+        assert trusted.returncode == 0, trusted.stderr
     pulled = run_pyro("prepare", "-C", str(root), env={"PYRO_HOME": str(tmp_path / "b")})
     assert "pulled dependencies" in pulled.stdout
     # An empty PYRO_CACHE_REMOTE turns the project's remote off.
@@ -202,6 +208,9 @@ def test_basic_auth_from_docker_config_and_podman_auth_file(
     pushed = run_pyro("prepare", "--push", "-C", str(root), env=env)
     assert pushed.returncode == 0, pushed.stderr
     podman = _auth_config(tmp_path / "auth.json", auth_registry.address, SECRET)
+    assert (
+        run_pyro("trust", "-C", str(root), env={"PYRO_HOME": str(tmp_path / "b")}).returncode == 0
+    )
     pulled = run_pyro("prepare", "-C", str(root), env={
         "PYRO_CACHE_REMOTE": remote, "REGISTRY_AUTH_FILE": str(podman),
         "PYRO_HOME": str(tmp_path / "b")})  # fmt: skip
@@ -376,6 +385,7 @@ from pathlib import Path
 from pyro_loop.remote import share
 from pyro_loop.remote.address import parse_remote
 from pyro_loop.store import LayerStore
+from pyro_loop.trust import allow
 snapshot = share.Snapshot(**__import__("json").loads(sys.argv[3]))
 def die(line):
     if "% of" in line:
@@ -515,12 +525,15 @@ from pathlib import Path
 from pyro_loop.config import load_project_config
 from pyro_loop.prepare import prepare
 from pyro_loop.project import find_project
+from pyro_loop.trust import allow
 from pyro_loop.workspace import Workspaces
 
 project = find_project(Path(sys.argv[1]))
 ws = Workspaces()
 lines = []
-result = prepare(project, load_project_config(project.root).config, workspaces=ws,
+config = load_project_config(project.root).config
+allow(ws.home, config)  # this user has read the file
+result = prepare(project, config, workspaces=ws,
                  on_progress=lambda phase, text: lines.append(text))
 record = ws.create(layers=[result.dependencies_layer])
 try:

@@ -179,8 +179,11 @@ def _remote_snapshot(project_dir: Path | None) -> tuple[Any, Any, Any]:
     from pyro_loop.prepare import compute_inputs
     from pyro_loop.remote.project import project_snapshot, require_remote
     from pyro_loop.store import LayerStore
+    from pyro_loop.trust import require_trust
 
     project, config = _load(project_dir)
+    # The file names the registry layers come from (and go to): only once it is trusted.
+    require_trust(pyro_home(), config)
     remote = require_remote(config)
     snapshot = project_snapshot(config, compute_inputs(project, config))
     return remote, snapshot, LayerStore(pyro_home())
