@@ -239,6 +239,9 @@ class Workspaces:
             if record.handle is not None and self.runtime.is_running(record.handle):
                 return record
             self._halt(wdir, record)  # crashed: make sure nothing is left of it
+            # A workspace made by an older pyro had a directory others could search.
+            hand_over(wdir.root)
+            wdir.root.chmod(0o700)
             _sweep_partial_writes(wdir.upper(record.generation))
             self._launch(wdir, record)
             self._start_spare(wdir, record)
