@@ -14,7 +14,7 @@ from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.runtime import DEFAULT_LIMITS, Limits
+from pyro_loop.limits import DEFAULT_LIMITS, Limits
 from pyro_loop.units import parse_size
 
 workspace_app = typer.Typer(
