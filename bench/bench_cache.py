@@ -58,11 +58,13 @@ def timed_prepare(root: Path, home: Path) -> tuple[float, object]:
     from pyro_loop.config import load_project_config
     from pyro_loop.prepare import prepare
     from pyro_loop.project import find_project
+    from pyro_loop.trust import allow
     from pyro_loop.workspace import Workspaces
 
     project = find_project(root)
     config = load_project_config(project.root).config
     ws = Workspaces(home=home)
+    allow(home, config)  # each machine's user has read the file
     started = time.perf_counter()
     result = prepare(project, config, workspaces=ws)
     seconds = time.perf_counter() - started

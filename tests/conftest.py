@@ -99,13 +99,13 @@ run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 """
 
 
-def trust_config(root: Path) -> None:
-    """Approve `root`'s `.pyro.toml` as it is now, in the test's pyro home, as the user does
-    with `pyro trust` after reviewing it."""
+def trust_config(root: Path, home: Path | None = None) -> None:
+    """Approve `root`'s `.pyro.toml` as it is now, in `home` (default: the test's pyro home),
+    as the user does with `pyro trust` after reviewing it."""
     from pyro_loop.trust import allow_content
 
     path = root / ".pyro.toml"
-    allow_content(Path(os.environ["PYRO_HOME"]), path, path.read_bytes())
+    allow_content(home or Path(os.environ["PYRO_HOME"]), path, path.read_bytes())
 
 
 def write_config(root: Path, text: str) -> Path:

@@ -460,6 +460,7 @@ def test_as_an_ordinary_user_no_repository_link_or_workspace_link_reaches_the_ho
                    + COPY_KEYS.format(key="requirements.txt")})  # fmt: skip
     nobody(["ln", "-s", str(secret), "requirements.txt"], cwd=keyed, user=user, tool=True)
     _commit(keyed, user)
+    nobody(["trust"], cwd=keyed, user=user)  # the user approves the file: the link is the test
     refused = nobody(["prepare"], cwd=keyed, user=user, check=False)
     assert refused.returncode == 1, refused
     assert refused.stderr.startswith("pyro: error: requirements.txt is a symbolic link to ")

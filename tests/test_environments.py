@@ -41,7 +41,7 @@ from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
 from pyro_loop.identity import sandbox_owner
 from pyro_loop.store import LayerStore, check_key
 from pyro_loop.workspace import Workspaces
-from tests.conftest import commit_project, owners_below, run_pyro
+from tests.conftest import commit_project, owners_below, run_pyro, trust_config
 
 NOBODY = 65534
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pyro_loop"
@@ -656,6 +656,7 @@ def test_a_venv_on_a_debian_base_without_python3_venv_says_what_to_add(
     from pyro_loop.project import find_project
 
     repo = _debian_project(tmp_path / "repo", run='["python3 -m venv .venv"]')
+    trust_config(repo, debian_ws.home)
     project = find_project(repo)
     with pytest.raises(PrepareFailedError) as failed:
         prepare(project, load_project_config(repo).config, workspaces=debian_ws)

@@ -1000,10 +1000,10 @@ def test_root_workspaces_make_no_set_id_file_another_user_could_run(
         assert "Permission denied" in attack.stderr, attack
         assert attack.stdout == "", attack  # no id printed, no workspace listed
         assert not (target / "pwned").exists()
-        for directory in (upper, upper.parent, target):
+        for command in (["stat", str(upper / "rootsh")], ["stat", str(target / "x")],
+                        ["ls", str(upper.parent)], ["ls", str(home / "workspaces")]):  # fmt: skip
             reach = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-                 "stat", str(directory / "x")],
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *command],
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             assert "Permission denied" in reach.stderr, reach

@@ -15,7 +15,7 @@ import pytest
 from pyro_loop.cli.lean import parse
 from pyro_loop.project import find_project
 from pyro_loop.workspace import Workspaces
-from tests.conftest import DEPS_CONFIG, commit_project
+from tests.conftest import DEPS_CONFIG, commit_project, trust_config
 
 # Each started as the `pyro` script starts it (the name shows in usage errors).
 LEAN = "import sys; from pyro_loop.cli.entry import main; sys.argv[0] = 'pyro'; main()"
@@ -40,6 +40,7 @@ class Side:
         self.repo = commit_project(root / "repo", DEPS_CONFIG,
                                    {"requirements.txt": "requests==2.32.0\n",
                                     "app.py": "print(1)\n"})  # fmt: skip
+        trust_config(self.repo, self.home)
         self.id = find_project(self.repo).id
 
     def __call__(

@@ -12,7 +12,7 @@ from pyro_loop.prepare import prepare
 from pyro_loop.project import find_project
 from pyro_loop.readiness import readiness
 from pyro_loop.workspace import Workspaces
-from tests.conftest import commit_project, git
+from tests.conftest import commit_project, git, write_config
 
 DEPS = "mkdir -p .venv && cp requirements.txt .venv/deps.txt"
 # Reads README.md and the sources, as a build backend does: only there over HEAD's files.
@@ -74,7 +74,7 @@ def test_without_a_commit_the_project_waits_and_prepare_still_warms(
 ) -> None:
     repo = tmp_path / "plain"
     repo.mkdir()
-    (repo / ".pyro.toml").write_text(CONFIG)
+    write_config(repo, CONFIG)
     for rel, text in FILES.items():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_text(text)

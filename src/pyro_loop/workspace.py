@@ -40,7 +40,7 @@ from pyro_loop.errors import (
 )
 from pyro_loop.fsutil import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
-from pyro_loop.identity import hand_over
+from pyro_loop.identity import hand_over, sandbox_owner
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.pool import Pool, pool_key
@@ -239,9 +239,6 @@ class Workspaces:
             if record.handle is not None and self.runtime.is_running(record.handle):
                 return record
             self._halt(wdir, record)  # crashed: make sure nothing is left of it
-            # A workspace made by an older pyro had a directory others could search.
-            hand_over(wdir.root)
-            wdir.root.chmod(0o700)
             _sweep_partial_writes(wdir.upper(record.generation))
             self._launch(wdir, record)
             self._start_spare(wdir, record)
@@ -611,6 +608,11 @@ class Workspaces:
         spec.work.mkdir()
         hand_over(spec.upper)
         hand_over(spec.work)
+        if sandbox_owner() is not None:
+            # Under root, the sandbox uid's own: no other local user reaches anything the
+            # workspace wrote (a workspace made by an older pyro is closed on its next start).
+            spec.upper.chmod(0o700)
+            spec.work.chmod(0o700)
         handle = self.runtime.start(spec)
         if spare:
             record.spare = handle
