@@ -282,6 +282,22 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_help_read_by_a_pager_that_quits_early_is_not_an_error() -> None:
+    # `pyro --help | head -1`: the reader closes the pipe after the first line, while the
+    # root help still has its "Here:" line (the project's state) to print.
+    pyro = subprocess.Popen(
+        [sys.executable, "-m", "pyro_loop", "--help"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert pyro.stdout is not None and pyro.stderr is not None
+    assert pyro.stdout.readline().startswith(b"Usage")
+    pyro.stdout.close()
+    stderr = pyro.stderr.read().decode()
+    pyro.stderr.close()
+    assert pyro.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
 def test_doctor_reports_ready() -> None:
     data = _json("doctor")
     assert data["ready"] is True

@@ -156,10 +156,14 @@ def _here() -> None:
 
 def main() -> None:
     if sys.argv[1:] in ([], ["-h"], ["--help"]):
-        with contextlib.suppress(typer.Exit, SystemExit):
-            app(args=["--help"], standalone_mode=False)
-        _here()
-        sys.exit(0)
+
+        def root_help() -> int:
+            with contextlib.suppress(typer.Exit, SystemExit):
+                app(args=["--help"], standalone_mode=False)
+            _here()
+            return 0
+
+        sys.exit(guarded(root_help))
 
     def call() -> int:
         try:

@@ -26,6 +26,9 @@ def guarded(call: Callable[[], int]) -> int:
             sys.stderr.write(f"  hint: {exc.hint}\n")
         return exc.exit_code
     except BrokenPipeError:
+        # The reader went away (`pyro --help | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
