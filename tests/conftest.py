@@ -17,15 +17,25 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @pytest.fixture(autouse=True)
-def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private PYRO_HOME, and a HOME that is not the user's, so no test touches `~`."""
+def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private PYRO_HOME, and a HOME that is not the user's, so no test touches `~`.
+    Workspaces a test left in it (through the CLI, the loop or the MCP server) are deleted
+    after the test: their sandboxes outlive the process that made them, by design."""
     # A deleted workspace's standby is not kept for the next create (pool.py): the tests
     # that delete expect nothing left running. tests/test_pool.py turns it back on.
     monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
     home = tmp_path / "pyro-home"
     monkeypatch.setenv("PYRO_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path / "user-home"))
-    return home
+    yield home
+    if (home / "workspaces").is_dir():
+        delete_all_workspaces(Workspaces(home=home))
+
+
+def delete_all_workspaces(ws: Workspaces) -> None:
+    for status in ws.list():
+        ws.delete(status.record.id)
+    ws.pool.drain()
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +55,7 @@ def workspaces(pyro_home: Path) -> Iterator[Workspaces]:
     """The library over the test's home; every workspace is deleted (processes killed) after."""
     ws = Workspaces(home=pyro_home)
     yield ws
-    for status in ws.list():
-        ws.delete(status.record.id)
-    ws.pool.drain()
+    delete_all_workspaces(ws)
 
 
 def write_seed_tree(root: Path) -> Path:
