@@ -111,6 +111,8 @@ def nobody(
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYRO_HOME": str(user["home"]),
+        # As in every test (conftest): `down --delete` keeps no standby sandbox running.
+        "PYRO_POOL_SECONDS": "0",
         **GIT_ENV,
         **{name: os.environ[name] for name in PASSED if name in os.environ},
     }
