@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
 from pyro_loop.limits import DEFAULT_LIMITS, Limits
+from pyro_loop.names import ENV_NAME
 
 FILENAME = ".pyro.toml"
 
@@ -125,7 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Names of more host environment variables passed through to the prepare "
             "commands, such as a token; the standard proxy, certificate and index variables "
             "are passed through without being listed (docs/prepare.md).",
-            rule=Rule(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name"), widens="set"),
+            rule=Rule(ENV_NAME.pattern, "an environment variable name"), widens="set"),
     Setting("prepare", "timeout", "prepare_timeout", "seconds", 1800.0,
             "Seconds the prepare commands may run before they are stopped.", widens="raised"),
     Setting("workspace", "path", "workspace_path", "strings", None,

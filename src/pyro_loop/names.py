@@ -6,6 +6,9 @@ import re
 
 from pyro_loop.errors import InvalidInputError
 
+# An environment variable's name, as shells accept it (--env, --secret, [prepare] env).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
@@ -37,7 +40,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        if not sep or not ENV_NAME.fullmatch(key):
             raise InvalidInputError(f"invalid environment variable {item!r}: expected NAME=value")
         env[key] = value
     return env

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pyro_loop.agent.redact import MASK, Redactor
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.names import ENV_NAME
 
 __all__ = ["MASK", "Redactor", "from_host", "load", "parse", "redact_text", "save"]
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FILENAME = "secrets.json"
 
 
@@ -29,7 +28,7 @@ def parse(pairs: Iterable[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not NAME.fullmatch(name):
+        if not sep or not ENV_NAME.fullmatch(name):
             raise InvalidInputError(
                 f"--secret takes NAME=VALUE with NAME a variable name, not {name!r}"
             )
@@ -43,7 +42,7 @@ def from_host(names: Sequence[str]) -> dict[str, str]:
     """The values of `names` in pyro's own environment (--secret-env)."""
     values: dict[str, str] = {}
     for name in names:
-        if not NAME.fullmatch(name):
+        if not ENV_NAME.fullmatch(name):
             raise InvalidInputError(f"--secret-env takes a variable name, not {name!r}")
         value = os.environ.get(name)
         if not value:
