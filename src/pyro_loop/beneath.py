@@ -37,6 +37,9 @@ _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
 _SYS_OPENAT2 = 437  # the same on every architecture: it came after the tables were unified
+# What a lookup beneath the root fails with when `rel` is no path of this tree: missing, below
+# a file, or below a symbolic link (which Beneath never follows).
+NOT_A_PATH = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _MAX_LINKS = 40  # links followed by one open_following, as the kernel's own limit
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -339,10 +342,8 @@ class Beneath:
         or sits below a symlink (then it is no path of this tree)."""
         try:
             dir_fd, name = self._parent(rel)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in NOT_A_PATH:
                 return False
             raise
         try:

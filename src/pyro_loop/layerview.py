@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyro_loop.beneath import Beneath
+from pyro_loop.beneath import NOT_A_PATH, Beneath
 from pyro_loop.fsutil import check_tree_depth
 from pyro_loop.overlay import OPAQUE_XATTR, is_whiteout
 
@@ -37,7 +37,7 @@ def _open_dir(root: Path, parts: list[str]) -> int | None:
         try:
             return tree.open_dir("/".join(parts))
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+            if exc.errno in (*NOT_A_PATH, errno.EXDEV):
                 return None
             raise
 

@@ -7,14 +7,13 @@ ever read through such a link."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyro_loop.beneath import Beneath
+from pyro_loop.beneath import NOT_A_PATH, Beneath
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,8 @@ def lstat(tree: Beneath, rel: str) -> HostState:
     """`rel`'s own state; absent when it is missing or one of its parents is a symlink."""
     try:
         return HostState.of(tree.lstat(rel))
-    except (FileNotFoundError, NotADirectoryError):
-        return ABSENT
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in NOT_A_PATH:
             return ABSENT
         raise
 
