@@ -132,6 +132,38 @@ def test_mcp_results_mask_secrets(tmp_path: Path, workspaces: Workspaces, seed_d
     assert "[REDACTED]" in everything_under(saved) and VALUE not in everything_under(saved)
 
 
+def test_mcp_create_takes_secrets(tmp_path: Path, pyro_home: Path) -> None:
+    repo = commit_project(tmp_path / "repo", "", {})
+
+    async def scenario() -> list[str]:
+        async with connect(repo, "--profile", "workspace-full") as client:
+            created = await client.call("workspace_create", name="mcp-made",
+                                        secrets={"TOKEN": VALUE})  # fmt: skip
+            shown = [json.dumps(created)]
+            ran = await client.call("workspace_exec", command=SHOW, workspace_id="mcp-made")
+            assert ran["stdout"] == f"out:[REDACTED]\n{DIGEST}\n"
+            assert ran["stderr"] == "err:[REDACTED]\n"
+            shown.append(json.dumps(ran))
+            for tool in ("workspace_status", "workspace_logs"):
+                shown.append(json.dumps(await client.call(tool, workspace_id="mcp-made")))
+            shown.append(json.dumps(await client.call("workspace_list")))
+            # Mistakes name the variable, never quote a value back.
+            for bad in ({"TOKEN": [VALUE]}, {"9x": VALUE}, [VALUE], {"TOKEN": ""}, VALUE):
+                error = await client.error("workspace_create", secrets=bad)
+                assert "secrets" in error
+                shown.append(error)
+            return shown + client.logs
+
+    shown = anyio.run(scenario)
+    assert VALUE not in "\n".join(shown)
+    assert VALUE not in (tmp_path / "server.log").read_text()
+    stored = Workspaces(home=pyro_home).resolve("mcp-made").root / "secrets.json"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert json.loads(stored.read_text()) == {"TOKEN": VALUE}
+    stored.unlink()  # nothing else in the home holds it
+    assert VALUE not in everything_under(pyro_home)
+
+
 def test_the_mask_holds_across_chunks() -> None:
     redactor = Redactor([VALUE, "other"])
     pieces = [b"a ", VALUE[:5].encode(), VALUE[5:11].encode(), (VALUE[11:] + " b s3").encode(),

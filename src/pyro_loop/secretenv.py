@@ -19,7 +19,7 @@ from pyro_loop.agent.redact import MASK, Redactor
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.names import ENV_NAME
 
-__all__ = ["MASK", "Redactor", "from_host", "load", "parse", "redact_text", "save"]
+__all__ = ["MASK", "Redactor", "from_host", "from_mapping", "load", "parse", "redact_text", "save"]
 FILENAME = "secrets.json"
 
 
@@ -34,6 +34,23 @@ def parse(pairs: Iterable[str]) -> dict[str, str]:
             )
         if not value:
             raise InvalidInputError(f"--secret {name}= has no value")
+        found[name] = value
+    return found
+
+
+def from_mapping(values: object) -> dict[str, str]:
+    """Secrets given as a JSON object of NAME: VALUE (MCP's workspace_create). It is checked
+    here rather than by the tool's schema, whose errors would quote the values back."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InvalidInputError("secrets must be an object of NAME: VALUE pairs")
+    found: dict[str, str] = {}
+    for name, value in values.items():
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+            raise InvalidInputError(f"secrets: {name!r} is not a variable name")
+        if not isinstance(value, str) or not value:
+            raise InvalidInputError(f"secrets: {name}'s value must be a non-empty string")
         found[name] = value
     return found
 

@@ -3,9 +3,9 @@ default (a model reads the description, not always the schema's `default`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 DEFAULT_TIMEOUT = 30.0  # seconds, for workspace_exec and vm_run (and a retry that had none)
 
@@ -29,3 +29,15 @@ Environment = Annotated[
     str, Field(description="host (the host's tools, read-only) or debian:12; default host.")
 ]
 Network = Annotated[bool, Field(description="Allow outbound network; default false.")]
+# Typed loosely and checked by secretenv.from_mapping: a schema error would quote the value.
+Secrets = Annotated[
+    Any,
+    WithJsonSchema(
+        {"type": ["object", "null"], "additionalProperties": {"type": "string"},
+         "default": None}
+    ),
+    Field(
+        description="NAME: VALUE pairs put in every command's environment and masked as "
+        "[REDACTED] in what commands print; never shown in results. Default none."
+    ),
+]  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from pyro_loop import secretenv
 from pyro_loop.client import Cancellation
 from pyro_loop.errors import PyroError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker, run_command
@@ -19,6 +20,7 @@ from pyro_loop.mcp.params import (
     Command,
     Environment,
     Network,
+    Secrets,
     Timeout,
     WorkspaceId,
 )
@@ -112,10 +114,12 @@ class LifecycleTools(ToolGroup):
             str | None, Field(description="A name to use instead of the id; default none.")
         ] = None,
         network: Network = False,
+        secrets: Secrets = None,
     ) -> dict[str, Any]:
         """Create and start an extra workspace (the project's own needs no create). A
         debian:* environment is built on first use (about 30 s), then cached. Delete it
         with workspace_delete when done."""
+        values = secretenv.from_mapping(secrets)
 
         def create() -> dict[str, Any]:
             record = self.calls.ws.create(
@@ -124,6 +128,7 @@ class LifecycleTools(ToolGroup):
                 name=name,
                 network=network,
                 labels={"created-by": "mcp"},
+                secrets=values,
             )
             return {**record.to_json(), "state": "running"}
 
