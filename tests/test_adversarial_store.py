@@ -8,6 +8,7 @@ that the user's seed is unchanged.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -18,7 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from pyro_loop.cache import gc_lock
+import pytest
+
+from pyro_loop.cache import gc_lock, verify
 from pyro_loop.locking import file_lock
 from pyro_loop.store import COMPLETE_MARKER, LayerStore
 from pyro_loop.treehash import tree_digest
@@ -140,10 +143,16 @@ def test_a_flipped_byte_is_detected_and_the_layer_rebuilt(
     workspaces.delete(record.id)
     _flip_byte(layer.tree / "README.md")  # "hello" -> "iello"
     assert workspaces.store.verify(key) is not None
-    report = run_pyro("cache", "verify", "--json")
+    # A check alone changes nothing, and says what would.
+    report = run_pyro("cache", "verify")
+    assert report.returncode == 1
+    assert f"{key[:12]}  seed  content " in report.stdout and "unused" in report.stdout
+    assert "--repair" in report.stdout
+    assert workspaces.store.get(key) is not None
+    report = run_pyro("cache", "verify", "--repair", "--json")
     assert report.returncode == 1
     damaged = json.loads(report.stdout)["damaged"]
-    assert [(d["key"], d["deleted"]) for d in damaged] == [(key, True)]
+    assert [(d["key"], d["action"], d["deleted"]) for d in damaged] == [(key, "deleted", True)]
     assert workspaces.store.get(key) is None
     # The next create from the same seed makes the layer again, with the right content.
     again = workspaces.create(seed=seed_dir)
@@ -171,36 +180,77 @@ def test_a_damaged_marker_or_metadata_is_never_trusted(
     assert workspaces.store.verify(key) == "its metadata is missing or damaged"
 
 
+PROJECT_BUILD_CONFIG = DEPS_CONFIG + 'project = ["cp .deps/installed.txt .deps/built.txt"]\n'
+
+
+def _layer_keys(kind: str) -> list[str]:
+    listed = json.loads(run_pyro("cache", "list", "--json").stdout)["layers"]
+    return [layer["key"] for layer in listed if layer["kind"] == kind]
+
+
 def test_a_damaged_dependency_layer_in_use_is_quarantined_and_rebuilt(tmp_path: Path) -> None:
-    """A byte flipped in a project's dependency snapshot: verify takes it out, stops the
-    workspace running on it, and the next prepare rebuilds it (never "warm" on it again)."""
+    """A byte flipped in a project's dependency snapshot: verify reports it and the project
+    snapshot built on it; --repair takes both out, stops the workspace running on them, and
+    the next prepare rebuilds them (never "warm" on them again)."""
     files = {"requirements.txt": "requests==2.32.0\n"}
-    repo = commit_project(tmp_path / "repo", DEPS_CONFIG, files)
+    repo = commit_project(tmp_path / "repo", PROJECT_BUILD_CONFIG, files)
     assert run_pyro("up", "-C", str(repo), timeout=120).returncode == 0
-    state = json.loads(run_pyro("status", "-C", str(repo), "--json").stdout)
-    key = state["dependencies"]["key"]
+    [key], [project_key] = _layer_keys("dependencies"), _layer_keys("project")
     home = Path(os.environ["PYRO_HOME"])
     _flip_byte(home / "layers" / key / "tree" / ".deps" / "installed.txt")  # r -> s
 
-    report = run_pyro("cache", "verify", "--json")
-    assert report.returncode == 1
-    [item] = json.loads(report.stdout)["damaged"]
-    assert item["key"] == key and item["quarantined"] is True and item["deleted"] is False
-    assert len(item["stopped"]) == 1  # the project's workspace ran on it
-    human = run_pyro("cache", "verify")  # nothing damaged is left to report
-    assert human.returncode == 0, human.stdout
+    checked = run_pyro("cache", "verify", "--json")
+    assert checked.returncode == 1
+    found = json.loads(checked.stdout)["damaged"]
+    assert [(d["key"], d["action"]) for d in found] == [(key, None), (project_key, None)]
+    assert found[1]["built_on"] == key and found[1]["problem"].startswith("built on damaged")
+    for item in found:  # the project's last prepare, and the workspace `up` made
+        assert f"project {repo}" in item["users"] and len(item["users"]) == 2, item
+    assert run_pyro("status", "-C", str(repo)).returncode == 0  # a check changes nothing
+
+    report = run_pyro("cache", "verify", "--repair")
+    assert report.returncode == 1, report.stdout
+    lines = report.stdout.splitlines()
+    assert lines[0].startswith(f"{key[:12]}  dependencies  content ")
+    assert lines[1].startswith(f"{project_key[:12]}  project  built on damaged layer {key[:12]}")
+    assert "quarantined" in lines[0] and "stopped" in lines[0]  # the project's workspace
+    assert lines[2] == "2 of 2 damaged layers taken out"
+    again = run_pyro("cache", "verify", "--repair", "--json")  # nothing damaged is left
+    assert again.returncode == 0 and json.loads(again.stdout)["damaged"] == [], again.stdout
 
     state = json.loads(run_pyro("status", "-C", str(repo), "--json").stdout)
     assert state["dependencies"]["state"] != "warm"
     prepared = run_pyro("prepare", "-C", str(repo), "--json", timeout=120)
     assert prepared.returncode == 0, prepared.stderr
-    assert "dependencies" in json.loads(prepared.stdout)["built"]
-    shown = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/installed.txt", timeout=120)
+    assert {"dependencies", "project"} <= set(json.loads(prepared.stdout)["built"])
+    shown = run_pyro("exec", "-C", str(repo), "--", "cat", ".deps/built.txt", timeout=120)
     assert shown.stdout == "requests==2.32.0\n", shown
-    # The quarantined copy is kept for a look until gc.
-    assert list((home / "quarantine").iterdir())
+    # The quarantined copies are kept for a look until gc.
+    assert len(list((home / "quarantine").iterdir())) == 2
     assert run_pyro("cache", "gc").returncode == 0
     assert not list((home / "quarantine").iterdir())
+
+
+def test_verify_repair_says_what_it_could_not_take_out(
+    workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged layer --repair fails to remove (the store's disk gone read-only, say) is
+    reported with the reason and stays reported; the next repair that works takes it out."""
+    store = workspaces.store
+    layer = store.build("cd" * 16, _fill, kind="test")
+    _flip_byte(layer.tree / "f000")
+
+    def refuse(key: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "delete", refuse)
+        [item] = verify(workspaces, repair=True)
+    assert item.action is None and item.error == "[Errno 30] Read-only file system"
+    assert store.get(layer.key) is not None
+    [item] = verify(workspaces, repair=True)
+    assert item.action == "deleted" and item.error is None
+    assert store.get(layer.key) is None and verify(workspaces) == []
 
 
 def test_a_waiter_never_holds_the_lock_of_a_deleted_lock_file(tmp_path: Path) -> None:

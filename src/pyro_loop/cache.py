@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.errors import NotFoundError, PyroError
 from pyro_loop.locking import file_lock
 from pyro_loop.prepare import ProjectState
 from pyro_loop.store import COMPLETE_MARKER, Layer, layer_of
@@ -94,34 +95,108 @@ def prune(
     return _remove(ws, choose, on_wait)
 
 
-def verify(ws: Workspaces, *, on_wait: OnWait = None) -> list[dict[str, Any]]:
-    """Check every layer's content against its recorded digest; take the damaged ones out.
+@dataclass
+class Damage:
+    """One layer `verify` found wrong: damaged itself, or built on top of one that is."""
 
-    A damaged layer nothing uses is deleted. One in use is quarantined (moved out of the
-    store, kept for a look until `gc`), so that every warm judgment sees it missing and the
-    next prepare rebuilds it, and the running workspaces on it are stopped: their next start
-    mounts the rebuilt layer, never the damaged one. Returns one entry per damaged layer.
+    key: str
+    kind: str
+    problem: str  # what is wrong with it, or which damaged layer it was built on
+    users: list[str]
+    built_on: str | None = None  # the damaged layer below it, for a dependent
+    # What --repair did: "deleted" (nothing used it), "quarantined" (in use), or None.
+    action: str | None = None
+    stopped: list[str] = field(default_factory=list)  # running workspaces stopped for it
+    error: str | None = None  # why repairing it failed
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.__dict__.copy()
+        # The older shape, kept for scripts that read it.
+        data["deleted"] = self.action == "deleted"
+        data["quarantined"] = self.action == "quarantined"
+        return data
+
+
+def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> list[Damage]:
+    """Check every layer's content against its recorded digest; with `repair`, take the
+    damaged ones out, and every layer built on top of one of them.
+
+    Without `repair` nothing changes. With it, a layer nothing uses is deleted; one in use is
+    quarantined (moved out of the store, kept for a look until `gc`), so that every warm
+    judgment sees it missing and the next prepare rebuilds it, and the running workspaces on
+    it are stopped: their next start mounts the rebuilt layer, never the damaged one. A
+    layer built over a damaged one (a project snapshot over its dependencies, dependencies
+    over their environment) was made from what may already have been damaged, so it goes
+    the same way. Returns one entry per layer found wrong, the damaged ones first.
     """
-    damaged = []
-    with file_lock(gc_lock(ws.home), on_wait=on_wait):
-        ws.pool.drain()
-        users = _references(ws)
+    with file_lock(gc_lock(ws.home), shared=not repair, on_wait=on_wait):
+        found: list[Damage] = []
+        kinds: dict[str, str] = {}
+        below: dict[str, set[str]] = {}
         for layer in ws.store.list():
-            problem = ws.store.verify(layer.key)
-            if problem is None:
-                continue
-            used_by = sorted(users.get(layer.key, []))
-            stopped: list[str] = []
-            if used_by:
-                stopped = _stop_users(ws, layer.key)
-                ws.store.quarantine(layer.key, problem)
-            else:
-                ws.store.delete(layer.key)
-            damaged.append({
-                "key": layer.key, "problem": problem, "users": used_by,
-                "deleted": not used_by, "quarantined": bool(used_by), "stopped": stopped,
-            })  # fmt: skip
-    return damaged
+            meta = _meta(layer)
+            kinds[layer.key] = str(meta.get("kind", "?"))
+            below[layer.key] = _built_on(meta)
+            try:
+                problem = ws.store.verify(layer.key)
+            except NotFoundError:
+                continue  # removed meanwhile (a delete does not need the gc lock)
+            if problem is not None:
+                found.append(Damage(layer.key, kinds[layer.key], problem, []))
+        found += _dependents(found, kinds, below)
+        if not found:
+            return []
+        if repair:
+            ws.pool.drain()
+        users = _references(ws)
+        for item in found:
+            item.users = sorted(users.get(item.key, []))
+            if repair:
+                _take_out(ws, item)
+    return found
+
+
+def _built_on(meta: dict[str, Any]) -> set[str]:
+    """The layers a layer was built over, as its metadata names them."""
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, dict):
+        return set()
+    named = inputs.get("built_on")
+    keys = {k for k in named if isinstance(k, str)} if isinstance(named, list) else set()
+    if isinstance(inputs.get("dependencies"), str):  # a project snapshot, before built_on
+        keys.add(inputs["dependencies"])
+    return keys
+
+
+def _dependents(
+    damaged: list[Damage], kinds: dict[str, str], below: dict[str, set[str]]
+) -> list[Damage]:
+    """Every layer built, directly or not, on top of a damaged one."""
+    out: list[Damage] = []
+    bad = {d.key for d in damaged}
+    queue = [d.key for d in damaged]
+    while queue:
+        key = queue.pop(0)
+        for other, under in sorted(below.items()):
+            if key in under and other not in bad:
+                bad.add(other)
+                queue.append(other)
+                problem = f"built on damaged layer {key[:12]}"
+                out.append(Damage(other, kinds[other], problem, [], built_on=key))
+    return out
+
+
+def _take_out(ws: Workspaces, item: Damage) -> None:
+    try:
+        if item.users:
+            item.stopped = _stop_users(ws, item.key)
+            ws.store.quarantine(item.key, item.problem)
+            item.action = "quarantined"
+        else:
+            ws.store.delete(item.key)
+            item.action = "deleted"
+    except (PyroError, OSError) as exc:
+        item.error = str(exc)
 
 
 def _stop_users(ws: Workspaces, key: str) -> list[str]:
@@ -157,8 +232,8 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
     refs: dict[str, list[str]] = {}
 
     def add(key: str | None, user: str) -> None:
-        if key:
-            refs.setdefault(key, []).append(user)
+        if key and user not in (users := refs.setdefault(key, [])):
+            users.append(user)  # once: a project names its layers in several ways
 
     for status in ws.list():
         record = status.record
@@ -196,7 +271,6 @@ def _needed_now(root: Path, home: Path) -> set[str]:
     current lockfiles), which may differ from its last prepare: a base switched back, a
     lockfile restored. A project whose configuration no longer loads keeps its last prepare's."""
     from pyro_loop.config import load_project_config
-    from pyro_loop.errors import PyroError
     from pyro_loop.project import find_project
     from pyro_loop.warmth import judge
 

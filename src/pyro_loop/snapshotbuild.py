@@ -69,11 +69,20 @@ class SnapshotBuild:
             self.key,
             self._build,
             kind=self.phase,
-            inputs={**about, "project_root": str(self.project.root)},
+            inputs={**about, "project_root": str(self.project.root), "built_on": self._built_on()},
             on_wait=lambda: self.progress(
                 self.phase, "waiting for another prepare of this snapshot"
             ),
         )
+
+    def _built_on(self) -> list[str]:
+        """The layers the sandbox runs over (its environment, tools and `below`): damage
+        found in one of them later makes this layer suspect too (`pyro cache verify`)."""
+        from pyro_loop.activation import tool_requests
+        from pyro_loop.warmth import environment_layer
+
+        keys = [environment_layer(self.config), *(r.key for r in tool_requests(self.config))]
+        return [k for k in dict.fromkeys([*keys, *self.below]) if k is not None]
 
     def _build(self, dest: Path) -> None:
         self.ran = True

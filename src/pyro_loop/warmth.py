@@ -182,15 +182,15 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
     store = LayerStore(home)
     digests = KeyDigests(home / "projects" / project.id / "key-digests.json")
     inputs = compute_inputs(project, config, digests=digests)
-    environment_layer = _environment_layer(config)
+    env_layer = environment_layer(config)
     committed = head_commit(project) is not None
     return Warmth(
         project=project,
         config=config,
         inputs=inputs,
         state=load_state(home, project),
-        environment_layer=environment_layer,
-        environment_cached=environment_layer is None or store.get(environment_layer) is not None,
+        environment_layer=env_layer,
+        environment_cached=env_layer is None or store.get(env_layer) is not None,
         dependencies_cached=all(
             store.get(k) is not None for k in inputs.layers(with_project=committed)
         ),
@@ -200,7 +200,8 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
     )
 
 
-def _environment_layer(config: ProjectConfig) -> str | None:
+def environment_layer(config: ProjectConfig) -> str | None:
+    """The key of the project's environment layer (None for `host`)."""
     if config.environment == "host":
         return None
     from pyro_loop import environments

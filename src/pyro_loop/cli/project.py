@@ -121,27 +121,52 @@ def cache_gc(as_json: bool = JsonOption) -> None:
 
 
 @cache_app.command("verify")
-def cache_verify(as_json: bool = JsonOption) -> None:
-    """Check every layer against its recorded digest; take damaged ones out to be rebuilt."""
+def cache_verify(
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Take damaged layers (and those built on them) out: deleted if unused, else "
+        "quarantined and their workspaces stopped; the next prepare rebuilds them.",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check every layer against its recorded digest. Exit 0: all sound; 1: damage found
+    (taken out with --repair); 4: --repair could not take some of it out."""
     from pyro_loop.cache import verify
     from pyro_loop.workspace import Workspaces
 
-    damaged = verify(Workspaces(), on_wait=_waiting_for_users)
+    found = verify(Workspaces(), repair=repair, on_wait=_waiting_for_users)
+    failed = [item for item in found if item.error is not None]
 
     def human() -> None:
-        for item in damaged:
-            if item["deleted"]:
-                fate = "deleted: rebuilt on next use"
-            else:
-                fate = "quarantined: the next prepare rebuilds it"
-                if item["stopped"]:
-                    fate += "; stopped " + ", ".join(item["stopped"]) + " (the next start uses it)"
-            say(f"{item['key'][:12]}  {item['problem']}  ({fate})")
-        say(f"{len(damaged)} damaged layers" if damaged else "every layer checks out")
+        for item in found:
+            say(f"{item.key[:12]}  {item.kind}  {item.problem}: {_fate(item, repair)}")
+        if not found:
+            say("every layer checks out")
+        elif not repair:
+            say(f"{len(found)} damaged layers: `pyro cache verify --repair` takes them out")
+        else:
+            say(f"{len(found) - len(failed)} of {len(found)} damaged layers taken out")
 
-    emit({"damaged": damaged}, as_json=as_json, human=human)
-    if damaged:
-        raise typer.Exit(1)
+    emit({"damaged": [item.to_json() for item in found], "repaired": repair},
+         as_json=as_json, human=human)  # fmt: skip
+    if found:
+        raise typer.Exit(4 if failed else 1)
+
+
+def _fate(item: Any, repair: bool) -> str:
+    """What became of a damaged layer, in words (one line per layer)."""
+    used = f"used by {', '.join(item.users)}" if item.users else "unused"
+    if item.error is not None:
+        return f"{used}; not taken out: {item.error}"
+    if item.action == "deleted":
+        return "deleted (unused); rebuilt on next use"
+    if item.action == "quarantined":
+        fate = f"{used}; quarantined, the next prepare rebuilds it"
+        if item.stopped:
+            fate += f"; stopped {', '.join(item.stopped)} (the next start uses the rebuilt one)"
+        return fate
+    return used
 
 
 @cache_app.command("prune")
