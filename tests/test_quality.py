@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+AGENT = ROOT / "src" / "pyro_loop" / "agent"
+# mypy 2 targets Python 3.10 at the oldest; ruff checks the agent's syntax against 3.9
+# (per-file-target-version in pyproject.toml).
+AGENT_MYPY_VERSION = "3.10"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -31,6 +41,22 @@ def test_tool_is_clean(args: tuple[str, ...]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_agent_is_type_clean_at_its_own_floor() -> None:
+    # The agent's modules run under the sandbox's python3 (3.9 and later) and import each
+    # other by bare name, as top-level modules of its directory: a run of their own, with that
+    # directory as the import root (files named on the command line skip the main run's
+    # exclude), strict like the rest.
+    from pyro_loop.runtime.bwrap import AGENT_FILES
+
+    files = [str((AGENT / name).relative_to(ROOT)) for name in AGENT_FILES]
+    result = _run(
+        "mypy", "--python-version", AGENT_MYPY_VERSION, "--explicit-package-bases", *files,
+        env={"MYPYPATH": str(AGENT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"in {len(AGENT_FILES)} source files" in result.stdout
+
+
 def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:
     # The agent's directory comes first on the sandbox's sys.path: a module named like a
     # standard one would replace it for the agent and for every standard module it imports.
@@ -42,8 +68,9 @@ def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:
     modules = {path.name for path in AGENT_SOURCE.glob("*.py")} - {"__init__.py"}
     assert set(AGENT_FILES) == modules
     assert not {name.removesuffix(".py") for name in modules} & sys.stdlib_module_names
-    # mypy skips the modules that import their siblings by bare name, and only those (the two
-    # the host shares, protocol.py and redact.py, import none and are checked).
+    # The main mypy run skips the modules that import their siblings by bare name, and only
+    # those (the two the host shares, protocol.py and redact.py, import none); all of them
+    # are checked by test_agent_is_type_clean_at_its_own_floor.
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     skipped = {
         name
@@ -51,3 +78,20 @@ def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:
         if any(re.search(pattern, f"src/pyro_loop/agent/{name}") for pattern in config["exclude"])
     }
     assert skipped == modules - {"protocol.py", "redact.py"}
+
+
+@pytest.mark.slow
+def test_wheel_ships_type_information_and_the_agent(tmp_path: Path) -> None:
+    # The README offers a Python API: type checkers read its hints only with py.typed in the
+    # installed package. The agent's files reach sandboxes from the installed package too.
+    import zipfile
+
+    from pyro_loop.runtime.bwrap import AGENT_FILES
+
+    result = _run("pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("pyro_loop-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "pyro_loop/py.typed" in names
+    assert {f"pyro_loop/agent/{name}" for name in AGENT_FILES} <= names
+    assert "pyro_loop/templates/pyro.toml" in names

@@ -409,6 +409,20 @@ def test_file_list_read_write_remove(workspaces: Workspaces, ws: str) -> None:
         client.remove("/workspace", recursive=True)
 
 
+@pytest.mark.parametrize("mode", [None, "755", 1.5, True])
+def test_a_chmod_without_a_numeric_mode_is_an_invalid_request(
+    workspaces: Workspaces, ws: str, mode: object
+) -> None:
+    client = workspaces.client(ws)
+    before = client.stat("run.sh")["entry"]["mode"]
+    request = {"op": "chmod", "path": "run.sh"} | ({} if mode is None else {"mode": mode})
+    with pytest.raises(AgentError) as refused:
+        client._request(request)
+    assert refused.value.kind == "invalid_request"
+    assert "mode must be a number" in str(refused.value)
+    assert client.stat("run.sh")["entry"]["mode"] == before
+
+
 ESCAPE_LINKS = "ln -s /etc etclink; ln -s .. up; ln -s /etc/passwd pw; ln -s ../../etc src/rel"
 
 

@@ -7,6 +7,8 @@ nothing in the request; trusts only the filesystem as it resolves at the moment 
 the security boundary; this confinement keeps the file tools' behaviour predictable.
 """
 
+from __future__ import annotations
+
 import os
 
 WORKSPACE = "/workspace"
@@ -15,12 +17,12 @@ WORKSPACE = "/workspace"
 class RequestError(Exception):
     """A request refused or failed for a reason its reply names (`kind`, then the message)."""
 
-    def __init__(self, kind, message):
+    def __init__(self, kind: str, message: str) -> None:
         Exception.__init__(self, message)
         self.kind = kind
 
 
-def confine(path, follow=True):
+def confine(path: object, follow: bool = True) -> str:
     """Map a request path to an absolute path inside /workspace, or raise RequestError."""
     if not isinstance(path, str) or not path or "\0" in path:
         raise RequestError("invalid_path", "path must be a non-empty string")
@@ -40,6 +42,6 @@ def confine(path, follow=True):
     return resolved
 
 
-def inside(path):
+def inside(path: str) -> bool:
     """Whether an absolute, normalized path is /workspace or below it."""
     return path == WORKSPACE or path.startswith(WORKSPACE + "/")

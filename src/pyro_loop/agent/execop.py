@@ -13,7 +13,8 @@ kernel tells the foreground process with SIGWINCH) and {"signal": "INT"} signals
 terminal's foreground process group, or the command's own group without a terminal.
 """
 
-import _signal
+from __future__ import annotations
+
 import os
 import select
 import time
@@ -22,13 +23,21 @@ import proctree
 import protocol as p
 from confine import WORKSPACE, RequestError, confine
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
+    import signal as _signal
+    from _socket import socket
+    from typing import Any, NoReturn
+else:
+    import _signal
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DRAIN_AFTER_EXIT = 0.05  # seconds to keep reading output held open by background children
 READ_SIZE = 65536
 READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def command_spec(req):
+def command_spec(req: dict[str, Any]) -> tuple[list[str], str, dict[str, str]]:
     """The argv, working directory and environment a request asks for, checked."""
     argv = req.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
@@ -50,7 +59,7 @@ def command_spec(req):
     return argv, cwd, env
 
 
-def _window(value):
+def _window(value: object) -> tuple[int, int]:
     """A request's terminal size [rows, cols] -> (rows, cols), or RequestError."""
     if (
         not isinstance(value, list)
@@ -61,7 +70,7 @@ def _window(value):
     return value[0], value[1]
 
 
-def set_window(fd, rows, cols):
+def set_window(fd: int, rows: int, cols: int) -> None:
     import fcntl
     import struct
     import termios
@@ -69,7 +78,7 @@ def set_window(fd, rows, cols):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def reset_signals():
+def reset_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, and
     commands must meet them as anywhere else (killed)."""
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
@@ -77,7 +86,9 @@ def reset_signals():
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
 
 
-def spawn(argv, cwd, env, fds, tty=False):
+def spawn(
+    argv: list[str], cwd: str, env: dict[str, str], fds: tuple[int, int, int], tty: bool = False
+) -> int:
     """Fork and exec the command in a new session; returns its pid, or raises RequestError
     when it cannot be run (the exec's errno comes back through a close-on-exec pipe)."""
     stdin_fd, out_fd, err_fd = fds
@@ -120,7 +131,7 @@ def spawn(argv, cwd, env, fds, tty=False):
     return pid
 
 
-def op_exec(conn, req):
+def op_exec(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     argv, cwd, env = command_spec(req)
     timeout = req.get("timeout")
     deadline = None if timeout is None else time.monotonic() + float(timeout)
@@ -185,7 +196,14 @@ class _Pump:
     output to the client, the client's input to it, the client's resizes and signals to
     its terminal or process group."""
 
-    def __init__(self, conn, pid, streams, stdin_fd, tty_fd):
+    def __init__(
+        self,
+        conn: socket,
+        pid: int,
+        streams: dict[int, bytes],
+        stdin_fd: int | None,
+        tty_fd: int | None,
+    ) -> None:
         self.conn = conn
         self.pid = pid
         self.streams = dict(streams)  # fd -> frame kind, while open
@@ -197,7 +215,7 @@ class _Pump:
             if fd is not None:
                 os.set_blocking(fd, False)
 
-    def run(self, deadline):
+    def run(self, deadline: float | None) -> tuple[int, bool]:
         pidfd = os.pidfd_open(self.pid)
         status = None
         timed_out = False
@@ -233,8 +251,8 @@ class _Pump:
             os.close(pidfd)
         return status, timed_out
 
-    def _poller(self, pidfd):
-        wanted = {}
+    def _poller(self, pidfd: int | None) -> select.poll:
+        wanted: dict[int, int] = {}
         for fd in self.streams:
             wanted[fd] = select.POLLIN
         if self.stdin_fd is not None and self.pending:
@@ -249,15 +267,15 @@ class _Pump:
             poller.register(fd, mask)
         return poller
 
-    def _kill(self):
+    def _kill(self) -> None:
         proctree.kill_tree(os.getpid())
 
-    def _gone(self):
+    def _gone(self) -> NoReturn:
         self._kill()  # the client is gone: nobody will read the output
         os.waitpid(self.pid, 0)
         raise SystemExit(0)
 
-    def _from_client(self, event):
+    def _from_client(self, event: int) -> None:
         if not event & select.POLLIN or self.pending:
             self._gone()  # hung up (POLLRDHUP/POLLHUP with nothing more to read)
         try:
@@ -276,7 +294,7 @@ class _Pump:
         elif kind != p.KIND_STDIN:  # input for a command without stdin is dropped
             self._gone()
 
-    def _control(self, message):
+    def _control(self, message: dict[str, Any]) -> None:
         if "resize" in message and self.tty_fd is not None:
             try:
                 rows, cols = _window(message["resize"])
@@ -298,7 +316,7 @@ class _Pump:
             except OSError:
                 pass
 
-    def _feed(self):
+    def _feed(self) -> None:
         """Write pending input without blocking; close the command's stdin once asked to."""
         if self.stdin_fd is None:
             return
@@ -316,7 +334,7 @@ class _Pump:
             os.close(self.stdin_fd)
             self.stdin_fd = None
 
-    def _forward(self, fd):
+    def _forward(self, fd: int) -> None:
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
@@ -329,7 +347,7 @@ class _Pump:
             del self.streams[fd]
 
 
-def op_freeze(conn, req):
+def op_freeze(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Stop every other process in the workspace until the client says thaw (or goes away)."""
     os.kill(-1, _signal.SIGSTOP)
     try:

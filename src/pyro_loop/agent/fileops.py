@@ -6,16 +6,24 @@ reported, removed or exported as the link itself, never as what it points to. Fi
 written to a temporary name beside the target and renamed over it.
 """
 
+from __future__ import annotations
+
 import os
 
 import protocol as p
 from confine import WORKSPACE, RequestError, confine
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    import tarfile
+    from _socket import socket
+    from typing import Any
+
 MAX_TREE_DEPTH = 256  # export walks at most this deep (fsutil.MAX_TREE_DEPTH on the host)
 HOME_COVER = WORKSPACE + "/" + p.HOME_DIR  # the empty directory over the home's place
 
 
-def _entry(path, st):
+def _entry(path: str, st: os.stat_result) -> dict[str, Any]:
     mode = st.st_mode
     if mode & 0o170000 == 0o040000:
         kind = "dir"
@@ -25,7 +33,7 @@ def _entry(path, st):
         kind = "symlink"
     else:
         kind = "other"
-    entry = {
+    entry: dict[str, Any] = {
         "path": path,
         "type": kind,
         "size": st.st_size,
@@ -37,7 +45,7 @@ def _entry(path, st):
     return entry
 
 
-def op_stat(conn, req):
+def op_stat(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"), follow=False)
     try:
         return {"entry": _entry(path, os.lstat(path))}
@@ -45,13 +53,13 @@ def op_stat(conn, req):
         raise RequestError("not_found", "no such file in the workspace: " + path) from None
 
 
-def op_list(conn, req):
+def op_list(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     root = confine(req.get("path", WORKSPACE))
     recursive = bool(req.get("recursive", False))
     limit = int(req.get("max_entries", 10000))
     if not os.path.isdir(root):
         raise RequestError("not_a_directory", "not a directory in the workspace: " + root)
-    entries = []
+    entries: list[dict[str, Any]] = []
     pending = [root]
     truncated = False
     while pending and not truncated:
@@ -71,7 +79,7 @@ def op_list(conn, req):
     return {"path": root, "entries": entries, "truncated": truncated}
 
 
-def op_read(conn, req):
+def op_read(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"))
     max_bytes = int(req.get("max_bytes", 65536))
     offset = int(req.get("offset", 0))
@@ -104,13 +112,13 @@ def op_read(conn, req):
     }
 
 
-def temp_name(op):
+def temp_name(op: str) -> str:
     # Random, not pid-based: a sandbox killed mid-write leaves its temp file behind (the host
     # sweeps those on the next start), and a later agent with the same pid must not collide.
     return "%s%s-%s" % (p.TEMP_PREFIX, op, os.urandom(8).hex())
 
 
-def _recv_data(conn, out_fd):
+def _recv_data(conn: socket, out_fd: int | None) -> int:
     total = 0
     while True:
         kind, payload = p.recv_frame(conn)
@@ -123,7 +131,7 @@ def _recv_data(conn, out_fd):
         total += len(payload)
 
 
-def op_write(conn, req):
+def op_write(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"))
     mode = req.get("mode")
     parent = os.path.dirname(path)
@@ -151,7 +159,7 @@ def op_write(conn, req):
     return {"path": path, "written": written}
 
 
-def op_remove(conn, req):
+def op_remove(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"), follow=False)
     if path == WORKSPACE:
         raise RequestError("invalid_path", "refusing to remove /workspace itself")
@@ -172,13 +180,13 @@ def op_remove(conn, req):
     return {"path": path, "removed": True}
 
 
-def op_mkdir(conn, req):
+def op_mkdir(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"))
     os.makedirs(path, exist_ok=True)
     return {"path": path}
 
 
-def op_symlink(conn, req):
+def op_symlink(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"), follow=False)
     target = req.get("target")
     if not isinstance(target, str) or not target or "\0" in target:
@@ -190,13 +198,16 @@ def op_symlink(conn, req):
     return {"path": path}
 
 
-def op_chmod(conn, req):
+def op_chmod(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"))
-    os.chmod(path, int(req.get("mode")) & 0o7777)
+    mode = req.get("mode")
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise RequestError("invalid_request", "mode must be a number")
+    os.chmod(path, mode & 0o7777)
     return {"path": path}
 
 
-def op_tar(conn, req):
+def op_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Stream `path` as an uncompressed tar archive in D frames (symlinks stay symlinks)."""
     import tarfile
 
@@ -209,13 +220,28 @@ def op_tar(conn, req):
         confine(path, follow=True)
 
     class FrameWriter:
-        def write(self, data):
+        """The file object a streaming tarfile ("w|") writes to: it only calls `write`; the
+        rest is the file interface tarfile's type declares."""
+
+        def write(self, data: bytes, /) -> int:
             p.send_data(conn, p.KIND_DATA, data)
             return len(data)
 
+        def read(self, size: int, /) -> bytes:
+            raise OSError("the archive stream is write-only")
+
+        def seek(self, pos: int, /) -> int:
+            raise OSError("the archive stream cannot seek")
+
+        def tell(self) -> int:
+            raise OSError("the archive stream cannot seek")
+
+        def close(self) -> None:
+            pass
+
     arcname = os.path.basename(path) if path != WORKSPACE else "workspace"
 
-    def no_specials(info):
+    def no_specials(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         # tarfile recurses once per directory level: refuse a workspace's endless nesting
         # cleanly (same bound as fsutil.MAX_TREE_DEPTH on the host) before Python's
         # recursion limit ends this handler mid-archive.

@@ -13,6 +13,8 @@ Each process a request passes through is a wait for the CPU on a busy machine; t
 the host's relay off the path.
 """
 
+from __future__ import annotations
+
 import _socket
 import os
 import select
@@ -20,10 +22,16 @@ import select
 import protocol as p
 from confine import RequestError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    from typing import Any, NoReturn
+
 CHUNK = 1024 * 1024
 
 
-def op_connect(conn, req, fds=()):
+def op_connect(
+    conn: _socket.socket, req: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+) -> NoReturn:
     """With a descriptor passed along (over a Unix socket), that connected socket is the
     client: no reply, the relay starts at once. Without one, the reply says `connected`
     and the request's own connection carries the stream."""
@@ -57,7 +65,7 @@ def op_connect(conn, req, fds=()):
     raise SystemExit(0)  # the stream was the answer: no reply follows
 
 
-def relay(a, b):
+def relay(a: _socket.socket, b: _socket.socket) -> None:
     """Copy bytes both ways between two sockets until both directions have ended."""
     peer = {a.fileno(): b, b.fileno(): a}
     source = {a.fileno(): a, b.fileno(): b}

@@ -4,14 +4,21 @@ Shared by `exec` (a command and what it left behind, on a timeout or a disconnec
 services (a detached command's tree, on `service_stop`).
 """
 
-import _signal
+from __future__ import annotations
+
 import os
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
+    import signal as _signal
+else:
+    import _signal
 
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper():
+def become_subreaper() -> None:
     """Orphaned descendants re-parent to this process, so a kill finds double-forked ones."""
     try:
         import ctypes
@@ -21,7 +28,7 @@ def become_subreaper():
         pass
 
 
-def kill_tree(root, sig=_signal.SIGKILL):
+def kill_tree(root: int, sig: int = _signal.SIGKILL) -> None:
     """Send `sig` to every descendant of `root` (not `root` itself), repeating until none
     is left when the signal is SIGKILL, in case a process forked meanwhile."""
     for _attempt in range(100 if sig == _signal.SIGKILL else 1):
@@ -36,8 +43,8 @@ def kill_tree(root, sig=_signal.SIGKILL):
         time.sleep(0.001)
 
 
-def descendants(root):
-    children = {}
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -50,7 +57,7 @@ def descendants(root):
         if fields[0] == b"Z":
             continue
         children.setdefault(int(fields[1]), []).append(int(name))
-    found = []
+    found: list[int] = []
     pending = [root]
     while pending:
         for child in children.get(pending.pop(), []):
@@ -74,7 +81,7 @@ SIGNALS = {
 }
 
 
-def signal_number(name):
+def signal_number(name: object) -> int | None:
     """A signal named in a request ("INT", "SIGINT" or its number) -> its number, or None."""
     if isinstance(name, int) and not isinstance(name, bool):
         return name if 0 < name < 65 else None

@@ -21,7 +21,8 @@ of every create and reset: a module is imported at start only if it is cheap (`_
 the operation that needs it.
 """
 
-import _signal
+from __future__ import annotations
+
 import _socket
 import os
 import posix
@@ -34,12 +35,23 @@ import protocol as p
 import tarput
 from confine import WORKSPACE, RequestError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
+    import signal as _signal
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
-def op_ping(conn, req):
+    # An operation: the request's connection and its J frame in, the reply's fields out.
+    Op = Callable[..., dict[str, Any]]
+else:
+    import _signal
+
+
+def op_ping(conn: _socket.socket, req: dict[str, Any]) -> dict[str, Any]:
     return {"protocol": p.VERSION, "pid": os.getpid(), "python": "%d.%d.%d" % sys.version_info[:3]}
 
 
-OPS = {
+OPS: dict[str, Op] = {
     "ping": op_ping,
     "stat": fileops.op_stat,
     "list": fileops.op_list,
@@ -57,7 +69,7 @@ OPS = {
 }
 # Imported by the handler that needs them, not at the agent's start (on every create and
 # reset): the operation's module, its function is `op_<name>`.
-LAZY_OPS = {
+LAZY_OPS: dict[str, str] = {
     "service_start": "services",
     "service_list": "services",
     "service_status": "services",
@@ -68,17 +80,19 @@ LAZY_OPS = {
 }
 
 
-def _op(name):
+def _op(name: object) -> Op | None:
+    if not isinstance(name, str):
+        return None
     op = OPS.get(name)
     if op is None and name in LAZY_OPS:
         op = getattr(__import__(LAZY_OPS[name]), "op_" + name)
     return op
 
 
-def _recv_request(conn):
+def _recv_request(conn: _socket.socket) -> tuple[dict[str, Any], list[int]]:
     """The request's J frame, and the descriptors sent with it (SCM_RIGHTS, over a Unix
     socket only: `connect` may be handed the client's connection itself)."""
-    fds = []
+    fds: list[int] = []
     header, ancillary, _flags, _addr = conn.recvmsg(p.HEADER_SIZE, _socket.CMSG_SPACE(4 * 4))
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -94,7 +108,7 @@ def _recv_request(conn):
     return p.decode_json(p.recv_exact(conn, size)), fds
 
 
-def handle(conn):
+def handle(conn: _socket.socket) -> None:
     try:
         req, fds = _recv_request(conn)
     except (p.ProtocolError, OSError):
@@ -127,12 +141,14 @@ def handle(conn):
         pass
 
 
-def serve(listener):
+def serve(listener: _socket.socket) -> NoReturn:
     # Handlers are reaped by the kernel; each handler restores SIGCHLD for its own commands.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     while True:
         try:
-            fd, _addr = listener._accept()
+            # The raw descriptor (what `socket.accept` wraps): the child makes the socket
+            # object. typeshed leaves out this method of `_socket.socket`.
+            fd, _addr = listener._accept()  # type: ignore[attr-defined]
         except InterruptedError:
             continue
         try:
@@ -157,7 +173,7 @@ def serve(listener):
         os.close(fd)
 
 
-def main(argv):
+def main(argv: list[str]) -> NoReturn:
     listen_fd = int(argv[1])
     # Nothing but the listening socket is ours to keep: close whatever else was inherited.
     os.closerange(3, listen_fd)

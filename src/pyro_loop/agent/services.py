@@ -15,7 +15,8 @@ stop ends every service. Under SERVICES/<name>/:
               log.dropped.
 """
 
-import _signal
+from __future__ import annotations
+
 import os
 import select
 import time
@@ -26,6 +27,14 @@ import protocol as p
 from confine import RequestError
 from redact import Redactor
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
+    import signal as _signal
+    from _socket import socket
+    from typing import Any, BinaryIO
+else:
+    import _signal
+
 SERVICES = "/run/pyro/services"
 LOG_PART = 4 * 1024 * 1024
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -33,7 +42,7 @@ FOLLOW_POLL = 0.05  # seconds between looks at a followed log
 STOP_TIMEOUT = 5.0
 
 
-def _dir(req):
+def _dir(req: dict[str, Any]) -> tuple[str, str]:
     name = req.get("name")
     if (
         not isinstance(name, str)
@@ -45,7 +54,7 @@ def _dir(req):
     return name, SERVICES + "/" + name
 
 
-def _read_json(path):
+def _read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             return p.decode_json(f.read())
@@ -53,14 +62,14 @@ def _read_json(path):
         return None
 
 
-def _write_json(path, obj):
+def _write_json(path: str, obj: dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(p.dumps(obj))
     os.rename(tmp, path)
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             stat = f.read()
@@ -69,12 +78,12 @@ def _alive(pid):
     return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
-def describe(name, path):
+def describe(name: str, path: str) -> dict[str, Any] | None:
     meta = _read_json(path + "/meta.json")
     if meta is None:
         return None
     ended = _read_json(path + "/exit.json")
-    info = {
+    info: dict[str, Any] = {
         "name": name,
         "argv": meta.get("argv"),
         "cwd": meta.get("cwd"),
@@ -92,7 +101,7 @@ def describe(name, path):
     return info
 
 
-def op_service_start(conn, req):
+def op_service_start(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     name, path = _dir(req)
     argv, cwd, env = execop.command_spec(req)
     mask = req.get("mask") or []
@@ -137,7 +146,9 @@ def op_service_start(conn, req):
     return {"service": describe(name, path)}
 
 
-def _supervise(path, command, ready_w, mask):
+def _supervise(
+    path: str, command: tuple[list[str], str, dict[str, str]], ready_w: int, mask: list[str]
+) -> None:
     argv, cwd, env = command
     proctree.become_subreaper()
     out_r, out_w = os.pipe()
@@ -189,7 +200,7 @@ def _supervise(path, command, ready_w, mask):
         pass
 
 
-def _ended(path, status):
+def _ended(path: str, status: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = 128 + sig
@@ -201,14 +212,14 @@ def _ended(path, status):
 class _Log:
     """Appends to `path`, moving it to `path.1` at LOG_PART bytes: at most two parts kept."""
 
-    def __init__(self, path, redactor):
+    def __init__(self, path: str, redactor: Redactor) -> None:
         self.path = path
         self.redactor = redactor  # the secrets the service was given: never written
         self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across writes
         self.size = 0
         self.dropped = 0
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         if self.redactor:
             data = self.redactor.feed(data)
         try:
@@ -227,7 +238,7 @@ class _Log:
             self.file = open(self.path, "ab", buffering=0)  # noqa: SIM115
             self.size = 0
 
-    def close(self):
+    def close(self) -> None:
         if self.redactor:
             rest = self.redactor.flush()
             if rest:
@@ -238,7 +249,7 @@ class _Log:
         self.file.close()
 
 
-def op_service_list(conn, req):
+def op_service_list(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     services = []
     try:
         names = sorted(os.listdir(SERVICES))
@@ -251,7 +262,7 @@ def op_service_list(conn, req):
     return {"services": services}
 
 
-def _require(req):
+def _require(req: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     name, path = _dir(req)
     info = describe(name, path)
     if info is None:
@@ -259,11 +270,11 @@ def _require(req):
     return name, path, info
 
 
-def op_service_status(conn, req):
+def op_service_status(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     return {"service": _require(req)[2]}
 
 
-def op_service_stop(conn, req):
+def op_service_stop(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """SIGTERM the service's whole tree, SIGKILL what is left after `timeout` seconds."""
     name, path, info = _require(req)
     meta = _read_json(path + "/meta.json") or {}
@@ -288,7 +299,7 @@ def op_service_stop(conn, req):
     return {"service": describe(name, path), "killed": killed}
 
 
-def op_service_logs(conn, req):
+def op_service_logs(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """The last `tail` lines of the service's log (all it keeps, when None), as O frames;
     with `follow`, then what it prints until it ends or the client goes away."""
     name, path, _info = _require(req)
@@ -316,14 +327,14 @@ def op_service_logs(conn, req):
     return {"service": describe(name, path), "dropped_bytes": dropped}
 
 
-def _open(path):
+def _open(path: str) -> BinaryIO | None:
     try:
         return open(path, "rb")
     except OSError:
         return None
 
 
-def _follow(conn, path, current):
+def _follow(conn: socket, path: str, current: BinaryIO | None) -> BinaryIO | None:
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN | select.POLLRDHUP)
     while True:
@@ -352,7 +363,7 @@ def _follow(conn, path, current):
             raise SystemExit(0)  # the client went away (it sends nothing while following)
 
 
-def op_ps(conn, req):
+def op_ps(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Every process in the workspace but pyro's (init, the agent and its handlers and
     service supervisors, which all run the agent's command line): pid, ppid, state, argv."""
     with open("/proc/%d/cmdline" % os.getppid(), "rb") as f:

@@ -7,6 +7,8 @@ removed path goes through `confine`. Never follows a link at the target itself: 
 directory in the way is replaced, and set-id bits are never set.
 """
 
+from __future__ import annotations
+
 import os
 
 import protocol as p
@@ -14,10 +16,17 @@ from confine import WORKSPACE, RequestError, confine, inside
 from fileops import temp_name
 from tarread import FrameReader, TarReader
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    from _socket import socket
+    from typing import Any
+
+    from tarread import TarMember
+
 MAX_REPORTED_ERRORS = 1000  # per reply: keeps it far below the JSON frame bound
 
 
-def _member_parts(name):
+def _member_parts(name: str) -> list[str]:
     """The components of a tar member's name, or RequestError for one that may not be written."""
     if not name or "\0" in name:
         raise RequestError("invalid_path", "archive member with an empty or NUL-bearing name")
@@ -29,7 +38,7 @@ def _member_parts(name):
     return parts
 
 
-def _member_target(parts):
+def _member_target(parts: list[str]) -> tuple[str, str] | None:
     """Where a member goes: its parent resolved (symlinks followed) inside /workspace, or None."""
     parent = os.path.realpath(WORKSPACE + "".join("/" + part for part in parts[:-1]))
     if not inside(parent):
@@ -37,7 +46,7 @@ def _member_target(parts):
     return parent, parent + "/" + parts[-1]
 
 
-def _remove_any(path):
+def _remove_any(path: str) -> bool:
     """Remove whatever is at `path` (a directory with its contents); False if nothing was."""
     try:
         st = os.lstat(path)
@@ -50,7 +59,7 @@ def _remove_any(path):
     return True
 
 
-def _rmtree(path, mode):
+def _rmtree(path: str, mode: int) -> None:
     """shutil.rmtree without importing shutil (milliseconds per request); links not followed."""
     if mode & 0o700 != 0o700:  # a read-only directory is emptied all the same
         os.chmod(path, (mode & 0o7777) | 0o700)
@@ -65,7 +74,7 @@ def _rmtree(path, mode):
     os.rmdir(path)
 
 
-def _is_dir(path):
+def _is_dir(path: str) -> bool:
     try:
         return os.lstat(path).st_mode & 0o170000 == 0o040000
     except OSError:
@@ -75,16 +84,16 @@ def _is_dir(path):
 class _Putter:
     """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
-        self.errors = []
-        self.dir_modes = []
+        self.errors: list[dict[str, str]] = []
+        self.dir_modes: list[tuple[str, int]] = []
 
-    def error(self, path, kind, message):
+    def error(self, path: str, kind: str, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append({"path": path, "kind": kind, "error": message})
 
-    def put(self, tar, member):
+    def put(self, tar: TarReader, member: TarMember) -> None:
         parts = _member_parts(member.name)
         if member.kind not in ("file", "dir", "symlink"):
             raise RequestError(
@@ -111,10 +120,10 @@ class _Putter:
         except OSError as exc:
             self.error(member.name, "os_error", str(exc))
 
-    def temp_in(self, parent):
+    def temp_in(self, parent: str) -> str:
         return "%s/%s" % (parent, temp_name("put"))
 
-    def put_file(self, parent, target, member, source):
+    def put_file(self, parent: str, target: str, member: TarMember, source: TarReader) -> None:
         tmp = self.temp_in(parent)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
@@ -142,7 +151,7 @@ class _Putter:
             raise
         self.counts["files"] += 1
 
-    def put_symlink(self, parent, target, member):
+    def put_symlink(self, parent: str, target: str, member: TarMember) -> None:
         tmp = self.temp_in(parent)
         os.symlink(member.linkname, tmp)
         try:
@@ -154,14 +163,14 @@ class _Putter:
             raise
         self.counts["symlinks"] += 1
 
-    def put_dir(self, target, member):
+    def put_dir(self, target: str, member: TarMember) -> None:
         if not _is_dir(target):
             _remove_any(target)
             os.mkdir(target, 0o700)
         self.dir_modes.append((target, member.mode & 0o1777))
         self.counts["dirs"] += 1
 
-    def finish(self):
+    def finish(self) -> None:
         # Directory modes last and deepest first, so a read-only directory could be filled.
         for target, mode in reversed(self.dir_modes):
             if _is_dir(target):  # never chmod through a link that replaced it meanwhile
@@ -171,7 +180,7 @@ class _Putter:
                     pass
 
 
-def op_put_tar(conn, req):
+def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Unpack the tar stream that follows in D frames into /workspace.
 
     Written without tarfile (its extraction filters are missing from older Pythons): each
@@ -196,18 +205,18 @@ def op_put_tar(conn, req):
     finally:
         putter.finish()
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
-    reply = dict(putter.counts)
+    reply: dict[str, Any] = dict(putter.counts)
     reply["errors"] = putter.errors
     return reply
 
 
-def op_remove_many(conn, req):
+def op_remove_many(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Remove each path (recursively); missing ones are counted, not errors."""
     paths = req.get("paths")
     if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
         raise RequestError("invalid_request", "paths must be a list of strings")
     removed = missing = 0
-    errors = []
+    errors: list[dict[str, str]] = []
     for path in paths:
         try:
             target = confine(path, follow=False)

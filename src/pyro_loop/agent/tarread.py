@@ -6,20 +6,26 @@ and a stream that ends mid-member are refused, and nothing buffers more than one
 member data. Which names and types may be written is decided by tarput.py, not here.
 """
 
+from __future__ import annotations
+
 import protocol as p
 from confine import RequestError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    from _socket import socket
 
 
 class FrameReader:
     """Reads the D frames of a request as one byte stream."""
 
-    def __init__(self, conn):
+    def __init__(self, conn: socket) -> None:
         self.conn = conn
         self.chunk = b""
         self.pos = 0
         self.eof = False
 
-    def read(self, size):
+    def read(self, size: int) -> bytes:
         """Up to `size` bytes (fewer at a frame boundary); b"" once the stream has ended."""
         # Hands out slices of the current frame: no buffer grows with the stream's size.
         while self.pos >= len(self.chunk):
@@ -35,7 +41,7 @@ class FrameReader:
         self.pos += len(data)
         return data
 
-    def read_exact(self, size):
+    def read_exact(self, size: int) -> bytes:
         parts = []
         while size > 0:
             data = self.read(size)
@@ -45,7 +51,7 @@ class FrameReader:
             size -= len(data)
         return b"".join(parts)
 
-    def drain(self):
+    def drain(self) -> None:
         while not self.eof:
             self.pos = len(self.chunk)
             self.read(1)
@@ -54,8 +60,8 @@ class FrameReader:
 MAX_TAR_HEADER = 1024 * 1024  # an extended header (long names, pax records) larger is refused
 
 
-class _TarMember:
-    def __init__(self, name, kind, mode, size, linkname):
+class TarMember:
+    def __init__(self, name: str, kind: str, mode: int, size: int, linkname: str) -> None:
         self.name = name
         self.kind = kind  # "file", "dir", "symlink", or the raw type flag of anything else
         self.mode = mode
@@ -70,16 +76,17 @@ class TarReader:
     milliseconds in a freshly forked handler, which is most of a one-file sync.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream: FrameReader) -> None:
         self.stream = stream
         self.left = 0  # unread bytes of the current member's data
         self.padding = 0
 
-    def next(self):
+    def next(self) -> TarMember | None:
         """The next member, or None at the end of the archive."""
         self.skip()
-        pax = {}
-        long_name = long_link = None
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        long_link: str | None = None
         while True:
             block = self.stream.read(512)
             if block:
@@ -116,9 +123,9 @@ class TarReader:
             name = name.rstrip("/")
         if kind == "file":
             self.left, self.padding = size, -size % 512
-        return _TarMember(name, kind, _tar_number(block[100:108]), size, linkname)
+        return TarMember(name, kind, _tar_number(block[100:108]), size, linkname)
 
-    def read(self, size):
+    def read(self, size: int) -> bytes:
         """Up to `size` bytes of the current member's data; b"" at its end."""
         if self.left <= 0:
             return b""
@@ -128,7 +135,7 @@ class TarReader:
         self.left -= len(data)
         return data
 
-    def skip(self):
+    def skip(self) -> None:
         while self.left > 0:
             self.read(p.MAX_CHUNK)
         if self.padding:
@@ -136,7 +143,7 @@ class TarReader:
             self.padding = 0
 
 
-def _check_header(block):
+def _check_header(block: bytes) -> None:
     stored = _tar_number(block[148:156])
     unsigned = sum(block[:148]) + 256 + sum(block[156:])
     if stored == unsigned:
@@ -146,7 +153,7 @@ def _check_header(block):
         raise RequestError("invalid_request", "not a tar stream (bad header checksum)")
 
 
-def _tar_number(field):
+def _tar_number(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # base-256, for values beyond the octal field
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
@@ -156,13 +163,13 @@ def _tar_number(field):
         raise RequestError("invalid_request", "malformed number in a tar header") from None
 
 
-def _tar_text(raw):
+def _tar_text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _pax_records(data):
+def _pax_records(data: bytes) -> dict[str, str]:
     """The key=value records of a pax extended header ("<length> <key>=<value>\\n" each)."""
-    records = {}
+    records: dict[str, str] = {}
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
