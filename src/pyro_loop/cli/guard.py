@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyro_loop import __version__
+from pyro_loop.cli.output import note
 from pyro_loop.errors import PyroError
 from pyro_loop.fsutil import DISK_FULL_ERRNOS
 
@@ -21,9 +22,10 @@ def guarded(call: Callable[[], int]) -> int:
         sys.stderr.write("pyro: interrupted\n")
         return 130
     except PyroError as exc:
-        sys.stderr.write(f"pyro: error: {exc.message}\n")
+        # A message may quote what a workspace holds (a file name): note shows it harmless.
+        note(f"pyro: error: {exc.message}")
         if exc.hint:
-            sys.stderr.write(f"  hint: {exc.hint}\n")
+            note(f"  hint: {exc.hint}")
         return exc.exit_code
     except BrokenPipeError:
         # The reader went away (`pyro --help | head`): not an error. Point stdout at

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pyro_loop.cli.options import JsonOption
-from pyro_loop.cli.output import emit, say
+from pyro_loop.cli.output import emit, output_writer, say
 
 if TYPE_CHECKING:
     from pyro_loop.services import ServiceClient
@@ -96,11 +96,11 @@ def show_logs(
         emit({**info, "output": output.decode("utf-8", "replace")}, as_json=True)
         return
 
-    def write(data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-
-    _output, info = client.service_logs(name, tail=tail, follow=follow, on_output=write)
+    write, end = output_writer(program=True)  # a service's colours are kept
+    try:
+        _output, info = client.service_logs(name, tail=tail, follow=follow, on_output=write)
+    finally:
+        end()
     if info["dropped_bytes"]:
         sys.stderr.write(
             f"pyro: {info['dropped_bytes']} bytes of older output were dropped "

@@ -11,7 +11,16 @@ import typer
 
 from pyro_loop.cli.loop_cmds import PUBLISH_HELP, SECRET_ENV_HELP
 from pyro_loop.cli.options import JsonOption
-from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
+from pyro_loop.cli.output import (
+    emit,
+    emit_changes,
+    ms,
+    note,
+    say,
+    show_bytes,
+    show_text,
+    stream_output,
+)
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.limits import DEFAULT_LIMITS, Limits
@@ -162,7 +171,7 @@ def logs(ref: str = IdArg, as_json: bool = JsonOption) -> None:
             say(f"{when}  exit={entry['exit_code']}  {entry['duration_ms']:.0f} ms  {command}")
         if data["agent_log"].strip():
             say("agent log:")
-            sys.stdout.write(data["agent_log"])
+            show_text(data["agent_log"])
 
     emit(data, as_json=as_json, human=human)
 
@@ -372,7 +381,7 @@ def file_read(
     if as_json:
         emit({**reply, "content": content.decode("utf-8", "replace")}, as_json=True)
         return
-    sys.stdout.buffer.write(content)
+    show_bytes(content)
     if reply.get("truncated"):
         sys.stderr.write(f"pyro: output truncated at {max_bytes} bytes (use --max-bytes)\n")
 
