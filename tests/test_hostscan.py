@@ -207,6 +207,43 @@ def test_reset_puts_back_the_synced_host_files_in_o_changed(
     full_sync_finds_nothing(loop)
 
 
+def test_reset_rebinds_the_record_without_rewriting_its_stat_data(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    # The stat data hold a path per file of the tree: a reset that rewrote them would cost
+    # more the larger the repository. Only the small binding beside them moves.
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "src" / "app.py").write_text("print('host')\n")
+    settle()
+    loop.sync()
+    data = loop.state_dir / "host-scan"
+    before = os.stat(data)
+    loop.reset()
+    after = os.stat(data)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert current(loop)  # and it vouches for the reset workspace
+    assert sh(loop, "cat src/app.py") == "print('host')\n"
+    full_sync_finds_nothing(loop)
+
+
+def test_stat_data_from_another_binding_is_no_record(repo: Path, workspaces: Workspaces) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    data = loop.state_dir / "host-scan"
+    old = data.read_bytes()
+    (repo / "src" / "app.py").write_text("print('later')\n")
+    settle()
+    loop.sync()  # a new record: new stat data, a new binding
+    assert current(loop)
+    data.write_bytes(old)  # stat data of the earlier sync beside the later binding
+    assert not current(loop)
+    assert sh(loop, "cat src/app.py") == "print('later')\n"
+    assert current(loop)
+
+
 def test_watcher_synced_exec_sees_the_same_files_as_a_walked_one(
     repo: Path, workspaces: Workspaces
 ) -> None:

@@ -17,6 +17,11 @@ that recent are marked racy when the record is taken: their content (files) or t
 
 What the check cannot see, it does not vouch for: git's own control files (the index, info
 exclude files, the repository's and the user's config and ignore files) are recorded too.
+
+The record is two files: the stat data (large: a path per file of the tree) and, beside it in
+`<name>.bind`, what it is bound to (workspace, manifest digest, rules), tied to that stat
+data by a random token. A reset moves the binding to the new workspace without reading or
+writing the stat data, so it costs the same whatever the repository's size.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import marshal
 import os
 import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +89,7 @@ class HostScan:
     def __init__(self, path: Path, root: Path, git_dir: Path | None, *, workspace: Any,
                  rules: Any) -> None:  # fmt: skip
         self.path = path
+        self.bind_path = path.with_name(path.name + ".bind")
         self.root = str(root).rstrip("/")
         self.controls = control_files(git_dir)
         # The workspace the record vouches for (id, generation), and what decides which
@@ -105,10 +112,13 @@ class HostScan:
         """The recorded paths that changed since the record (their stat data, or a racy
         entry's content or listing); None when the record cannot tell (none was kept for
         this manifest and workspace, or git's control files changed)."""
-        record = self._load()
-        if record is None or not self.bound_to(manifest, record):
+        bind = self._load_bind()
+        if bind is None or not self.bound_to(manifest, bind):
             return None
-        if not any_workspace and record["workspace"] != self.workspace:
+        if not any_workspace and bind["workspace"] != self.workspace:
+            return None
+        record = self._load()  # the stat data, read only once the binding holds
+        if record is None:
             return None
         if any(stat_of(path) != known for path, known in record["controls"].items()):
             return None
@@ -134,22 +144,25 @@ class HostScan:
 
     def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
-        lists every path where the host differed from the baseline at that sync."""
-        record = record or self._load()
+        lists every path where the host differed from the baseline at that sync. (Reads
+        only the binding, not the stat data.)"""
+        record = record or self._load_bind()
         return (record is not None and manifest is not None
                 and record["identity"] == self.identity
                 and record["manifest"] == _digest(manifest))  # fmt: skip
 
     def _load(self) -> dict[str, Any] | None:
-        try:
-            data = marshal.loads(self.path.read_bytes())
-        except (OSError, ValueError, EOFError, TypeError):
+        """The stat data and its binding, as one dict; None unless both are there and agree."""
+        bind = self._load_bind()
+        if bind is None:
             return None
-        keys = {"identity", "workspace", "manifest", "controls", "entries", "racy_files",
-                "racy_dirs"}  # fmt: skip
-        if not isinstance(data, dict) or set(data) != keys:
+        data = _read_marshal(self.path, _DATA_KEYS)
+        if data is None or data["token"] != bind["token"]:
             return None
-        return data
+        return {**data, **bind}
+
+    def _load_bind(self) -> dict[str, Any] | None:
+        return _read_marshal(self.bind_path, _BIND_KEYS)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -363,27 +376,51 @@ class HostScan:
 
     def rebind(self, old_manifest: bytes | None, new_manifest: bytes | None) -> None:
         """The workspace was reset (or made anew) and pyro's synced files put back: a record
-        that vouched for the old manifest vouches for the new one, for this workspace."""
-        record = self._load()
-        if (record is None or old_manifest is None or new_manifest is None
-                or record["manifest"] != _digest(old_manifest)
-                or record["identity"] != self.identity):  # fmt: skip
+        that vouched for the old manifest vouches for the new one, for this workspace. Only
+        the binding is rewritten: the stat data stay as they are."""
+        bind = self._load_bind()
+        if (bind is None or old_manifest is None or new_manifest is None
+                or bind["manifest"] != _digest(old_manifest)
+                or bind["identity"] != self.identity):  # fmt: skip
             self.forget()
             return
-        record["workspace"] = self.workspace
-        record["manifest"] = _digest(new_manifest)
-        self._write(record)
+        bind["workspace"] = self.workspace
+        bind["manifest"] = _digest(new_manifest)
+        _write_marshal(self.bind_path, bind)
 
     def forget(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for path in (self.bind_path, self.path):  # the binding first: without it, no record
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        # Not fsynced: a record lost in a crash only costs one full sync.
-        tmp.write_bytes(marshal.dumps(data))
-        os.replace(tmp, self.path)
+        """Both files: the stat data under a new token, then the binding naming it (a reader
+        between the two sees tokens that differ, which is no record)."""
+        data = {**data, "token": uuid.uuid4().hex}
+        _write_marshal(self.path, {key: data[key] for key in _DATA_KEYS})
+        _write_marshal(self.bind_path, {key: data[key] for key in _BIND_KEYS})
+
+
+_DATA_KEYS = frozenset({"token", "controls", "entries", "racy_files", "racy_dirs"})
+_BIND_KEYS = frozenset({"token", "identity", "workspace", "manifest"})
+
+
+def _read_marshal(path: Path, keys: frozenset[str]) -> dict[str, Any] | None:
+    try:
+        data = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(data, dict) or set(data) != keys:
+        return None
+    return data
+
+
+def _write_marshal(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Not fsynced: a record lost in a crash only costs one full sync.
+    tmp.write_bytes(marshal.dumps(data))
+    os.replace(tmp, path)
 
 
 def _listing(path: str) -> list[str] | None:
