@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pyro_loop.errors import NotFoundError, PyroError
 
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 KEEP = 1024 * 1024  # bytes of a shell's output kept for `read`; older output is dropped
 TERMINAL = (30, 120)  # rows, cols
+START_WAIT = 5.0  # seconds `open` waits for a new shell's first output (or its failure)
+ENV = {"TERM": "dumb"}  # few escape sequences in what a model or a script reads back
+Signal = Literal["INT", "TERM", "KILL", "HUP", "QUIT", "TSTP", "CONT", "USR1", "USR2"]
+SIGNALS: tuple[str, ...] = get_args(Signal)
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ShellSession:
     start: int = 0  # the cursor of output[0]: bytes dropped before it
     result: ExecResult | None = None
     error: str | None = None
+    failure: PyroError | None = None  # what ended it, when that was an error
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     def _pump(self) -> None:
@@ -56,8 +61,18 @@ class ShellSession:
                     self.lock.notify_all()
         except PyroError as exc:
             with self.lock:
-                self.error = exc.message
+                self.error, self.failure = exc.message, exc
                 self.lock.notify_all()
+
+    def started(self, timeout: float) -> None:
+        """Wait until the shell shows something (its prompt) or ends, up to `timeout` s: a
+        shell that cannot start (a working directory that does not exist) fails here, not
+        at the first read."""
+        with self.lock:
+            if not self.output and self.result is None and self.error is None:
+                self.lock.wait(timeout)
+            if self.failure is not None:
+                raise self.failure
 
     def read(self, cursor: int, max_bytes: int, wait: float) -> dict[str, Any]:
         """Output from `cursor` on (at most `max_bytes`), waiting up to `wait` s for some."""
@@ -97,12 +112,20 @@ class Shells:
         self,
         workspace_id: str,
         opener: Callable[[tuple[int, int]], contextlib.AbstractContextManager[ExecChannel]],
+        *,
+        size: tuple[int, int] = TERMINAL,
     ) -> ShellSession:
         """Start a shell with `opener(terminal size)` (an `open_exec` of SHELL_ARGV)."""
         stack = contextlib.ExitStack()
-        channel = stack.enter_context(opener(TERMINAL))
+        channel = stack.enter_context(opener(size))
         session = ShellSession(secrets.token_hex(6), workspace_id, channel, stack)
         threading.Thread(target=session._pump, name="pyro-shell", daemon=True).start()
+        try:
+            session.started(START_WAIT)
+        except PyroError:
+            with contextlib.suppress(PyroError, OSError):
+                stack.close()
+            raise
         with self._lock:
             self._sessions[session.id] = session
         return session

@@ -679,9 +679,10 @@ class Workspaces:
         raise sandbox_failure(wdir.log)
 
     def _halt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
-        from pyro_loop import ports
+        from pyro_loop import ports, shellkeeper
 
         ports.close_all(wdir.root)  # published ports live as long as the sandbox
+        shellkeeper.close_all(wdir.root)  # and so do the command line's shell sessions
         # Every process dies before anything is written: stopping must work on a full disk
         # (often full of this workspace's own files), where the record cannot be rewritten.
         if record.handle is not None:

@@ -21,6 +21,7 @@ from pyro_loop.cli.output import (
     show_text,
     stream_output,
 )
+from pyro_loop.cli.shell_cmds import shell_app
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.limits import DEFAULT_LIMITS, Limits
@@ -36,6 +37,7 @@ patch_app = typer.Typer(help="Apply unified diffs inside a workspace.", no_args_
 workspace_app.add_typer(file_app, name="file")
 workspace_app.add_typer(snapshot_app, name="snapshot")
 workspace_app.add_typer(patch_app, name="patch")
+workspace_app.add_typer(shell_app, name="shell")
 
 IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
 
@@ -288,29 +290,6 @@ def exec(
         )
     elif result.timed_out:
         sys.stderr.write(f"pyro: command timed out after {timeout} s (process tree killed)\n")
-    raise typer.Exit(result.exit_code)
-
-
-@workspace_app.command()
-def shell(
-    ref: str = IdArg,
-    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
-) -> None:
-    """An interactive shell in a workspace (bash if it has one): a real terminal with job
-    control and Ctrl-C to the foreground process."""
-    from pyro_loop.names import parse_env
-    from pyro_loop.shellcmd import SHELL_ARGV
-
-    ws = _workspaces()
-    result = run_attached(
-        lambda _stdin, size: ws.open_exec(
-            ref, SHELL_ARGV, env=parse_env(env), stdin=True, tty=size
-        ),
-        interactive=True,
-        tty=True,
-        on_output=stream_output,
-        shell=True,
-    )
     raise typer.Exit(result.exit_code)
 
 

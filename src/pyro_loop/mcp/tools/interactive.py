@@ -15,7 +15,8 @@ from pyro_loop.errors import InvalidInputError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker
 from pyro_loop.mcp.params import Command, Cwd, WorkspaceId
 from pyro_loop.shellcmd import SHELL_ARGV
-from pyro_loop.shells import Shells
+from pyro_loop.shells import ENV as SHELL_ENV
+from pyro_loop.shells import Shells, Signal
 
 ShellId = Annotated[str, Field(description="The shell_id workspace_shell_open returned.")]
 ServiceName = Annotated[str, Field(description="The service's name: 1-64 letters, digits, . _ -.")]
@@ -45,7 +46,7 @@ class InteractiveTools(ToolGroup):
         workspace_shell_close."""
 
         def open_shell(target: Target) -> dict[str, Any]:
-            env = {"TERM": "dumb"}  # few escape sequences in what a model reads back
+            env = dict(SHELL_ENV)
 
             def opener(size: tuple[int, int]) -> Any:
                 if target.loop is not None:
@@ -102,8 +103,7 @@ class InteractiveTools(ToolGroup):
         *,
         shell_id: ShellId,
         signal: Annotated[
-            Literal["INT", "TERM", "KILL", "HUP", "QUIT", "TSTP", "CONT", "USR1", "USR2"],
-            Field(description="Sent to the terminal's foreground process; default INT."),
+            Signal, Field(description="Sent to the terminal's foreground process; default INT.")
         ] = "INT",
     ) -> dict[str, Any]:
         """Signal the shell's foreground process (INT: as Ctrl-C would)."""
