@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark a published port: requests to a web server in a workspace through
-`--publish` (the host's 127.0.0.1 -> the forwarder -> the agent's socket -> the server),
-against the same server run natively on the host, in the same run, interleaved.
+`--publish` (the host's 127.0.0.1 -> the forwarder, which relays over a socket of the
+workspace's network namespace -> the server), against the same server run natively on the
+host, in the same run, interleaved.
 
 Rows: a small request on a new connection (latency, median) and a 1 MiB response
 (throughput, median). Targets: the small request through the published port takes at most

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from pyro_loop.agent import protocol as p
+from pyro_loop.client import socket_address
 from pyro_loop.errors import ConflictError, InvalidInputError
+from pyro_loop.forwarder import BATCH
 from pyro_loop.ports import Mapping, parse_publish
 from pyro_loop.services import ServiceClient
 from pyro_loop.workspace import Workspaces
@@ -51,6 +56,61 @@ def serve(ws: Workspaces, ref: str, port: int, bind: str = "127.0.0.1") -> None:
         if ws.exec(ref, ["python3", "-c", probe]).exit_code == 0:
             return
     raise AssertionError(f"the server did not listen: {services.service_logs('web')}")
+
+
+# An echo server: what a connection sends comes back, and its end of data ends the reply.
+ECHO = """\
+import socket, sys, threading
+def echo(conn):
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = socket.socket(family)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(64)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+def echo_workspace(
+    ws: Workspaces, seed_dir: Path, bind: str = "127.0.0.1", *, publish: bool = True
+) -> tuple[str, int]:
+    """A workspace running ECHO on `bind`, published on the same port unless told not;
+    returns its id and the port once the server listens."""
+    (seed_dir / "echo.py").write_text(ECHO)
+    ref = ws.create(seed=seed_dir).id
+    port = free_port()
+    services = ServiceClient(ws.client(ref))
+    services.service_start("echo", ["python3", "echo.py", bind, str(port)])
+    family = "AF_INET6" if ":" in bind else "AF_INET"
+    probe = (f"import socket; s = socket.socket(socket.{family}); s.settimeout(1); "
+             f"s.connect(('{bind}', {port}))")  # fmt: skip
+    while ws.exec(ref, ["python3", "-c", probe]).exit_code != 0:
+        assert services.service_status("echo")["state"] == "running", services.service_logs("echo")
+    if publish:
+        ws.publish(ref, [Mapping(port, port)])
+    return ref, port
+
+
+def echo_through(port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send `data` and end it, reading the echo meanwhile (neither side waits on the
+    other's buffers); returns what came back before the end."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+
+        def send() -> None:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = bytearray()
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+        sender.join()
+    return bytes(got)
 
 
 def test_a_published_port_reaches_the_server_and_closes_with_the_workspace(
@@ -218,3 +278,95 @@ def test_as_an_ordinary_user(nobody_env: dict[str, Path]) -> None:  # noqa: F811
         " / publish it on a higher host port: --publish 8080:8000"
     )
     assert seen["fetched"] == "hello\n"
+
+
+def test_the_relay_carries_both_ways_with_half_close_many_clients_at_once(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    _ref, port = echo_workspace(workspaces, seed_dir)
+    # Larger than any socket buffer, from several clients at once: the relay must hold back
+    # what a slow side has not taken, and pass each end of data on as a half-close.
+    payloads = [os.urandom(6 * 1024 * 1024 + i) for i in range(4)]
+    results: dict[int, bytes] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, echo_through(port, payloads[i]))) for i in range(4)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [hashlib.sha256(results[i]).hexdigest() for i in range(4)] == [
+        hashlib.sha256(data).hexdigest() for data in payloads
+    ]
+    # More connections than one batch of the workspace's sockets, one after another.
+    for i in range(BATCH + 5):
+        assert echo_through(port, b"ping %d" % i) == b"ping %d" % i
+
+
+def test_a_server_on_the_ipv6_loopback_only_is_reached(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    _ref, port = echo_workspace(workspaces, seed_dir, "::1")
+    assert echo_through(port, b"over ::1") == b"over ::1"
+
+
+def _socket_inodes(pid: str) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(link[8:-1])
+    return found
+
+
+def test_no_socket_of_the_hosts_network_enters_the_workspace(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """The host's sockets stay on the host: a process in the workspace holding one (an
+    accepted client connection, say) could turn it into a connection anywhere on the host."""
+    ref, port = echo_workspace(workspaces, seed_dir)
+    inside = workspaces.exec(
+        ref, ["python3", "-c", "import os; print(os.readlink('/proc/self/ns/net'))"]
+    )
+    netns = inside.stdout.decode().strip()
+    assert netns.startswith("net:[") and netns != os.readlink("/proc/self/ns/net")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(b"held open")
+        assert client.recv(64) == b"held open"  # relayed: the connection is up end to end
+        host_sockets = set()
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            host_sockets |= {line.split()[9] for line in Path(table).read_text().splitlines()[1:]}
+        in_workspace = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                        and _readlink(f"/proc/{pid}/ns/net") == netns]  # fmt: skip
+        assert in_workspace  # the agent and the echo server, at least
+        leaked = {pid: _socket_inodes(pid) & host_sockets for pid in in_workspace}
+        assert not any(leaked.values()), leaked
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_the_agents_connect_carries_a_stream_over_its_own_connection(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """`connect`, for transports that cannot pass descriptors: the request's connection
+    becomes the TCP stream, half-closes passed on."""
+    ref, port = echo_workspace(workspaces, seed_dir, publish=False)
+    agent = socket.socket(socket.AF_UNIX)
+    with agent:
+        agent.settimeout(30)
+        agent.connect(socket_address(workspaces.resolve(ref).socket))
+        p.send_json(agent, {"v": p.VERSION, "op": "connect", "port": port})
+        assert p.recv_json(agent) == {"ok": True, "connected": True}
+        agent.sendall(b"through the agent")
+        agent.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := agent.recv(4096):
+            got += chunk
+    assert got == b"through the agent"

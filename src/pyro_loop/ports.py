@@ -2,9 +2,10 @@
 127.0.0.1 (and only there), while the workspace itself keeps no network.
 
 How: the host side listens on 127.0.0.1:HOST_PORT and a forwarder process (forwarder.py)
-carries each connection through the workspace's agent socket to the port inside (agent
-`connect`). Nothing is added to the workspace's network namespace, so publishing a port
-gives the workspace no way out. Who keeps it alive: the forwarder, one small process per
+relays each connection to the port inside, over a socket of the workspace's network
+namespace that the workspace's agent made for it (agent `sockets`). Nothing is added to the
+workspace's network namespace and none of the host's sockets enters it, so publishing a
+port gives the workspace no way out. Who keeps it alive: the forwarder, one small process per
 published port, detached from the command that published it, recorded in the workspace's
 `ports.json` and stopped with the workspace (`stop`, `delete`, `pyro down`).
 """

@@ -1,23 +1,27 @@
-"""`connect`: a TCP connection to a port inside the workspace, carried over the request's
-own connection (how `pyro exec --publish` reaches a server in a workspace that has no
-network of its own).
+"""Published ports from inside the workspace: `sockets` (what the host's forwarder uses) and
+`connect` (the same over any byte stream).
 
-After the J reply {"ok": true, "connected": true} the connection carries the TCP stream's
-bytes as they are, in both directions, with no framing: either side's end of data is passed
-on as a half-close (shutdown SHUT_WR), and the request ends when both directions have. Any
-reliable byte stream (a Unix socket, vsock) carries it the same way.
+`sockets` hands the host unconnected TCP sockets made here, in the workspace's own network
+namespace (SCM_RIGHTS, attached to the reply): the host's forwarder connects each to the
+port on this loopback and relays the client's bytes itself. A client connection then costs
+no request to the agent and crosses one process, and no socket of the host's network ever
+enters the workspace. The request's connection stays open: each further J frame
+{"family": ..., "count": N} is answered with N more sockets, and its end (the host closed
+it, or the sandbox ended) tells the host that the sockets it holds are of a namespace that
+is gone.
 
-Over a Unix socket the host may instead send the client's TCP connection with the request
-(SCM_RIGHTS): the agent then relays between that socket and the port, and replies nothing.
-Each process a request passes through is a wait for the CPU on a busy machine; this takes
-the host's relay off the path.
+`connect` carries the TCP stream over the request's own connection instead, for transports
+that cannot pass descriptors (vsock): after the J reply {"ok": true, "connected": true} the
+connection carries the TCP stream's bytes as they are, in both directions, with no framing;
+either side's end of data is passed on as a half-close (shutdown SHUT_WR), and the request
+ends when both directions have.
 """
 
 from __future__ import annotations
 
 import _socket
-import os
 import select
+import sys
 
 import protocol as p
 from confine import RequestError
@@ -27,17 +31,31 @@ if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
     from typing import Any, NoReturn
 
 CHUNK = 1024 * 1024
+MAX_SOCKETS = 64  # per answer: a bounded number of descriptors in flight
+FAMILIES = {"inet": _socket.AF_INET, "inet6": _socket.AF_INET6}
 
 
-def op_connect(
-    conn: _socket.socket, req: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
-) -> NoReturn:
-    """With a descriptor passed along (over a Unix socket), that connected socket is the
-    client: no reply, the relay starts at once. Without one, the reply says `connected`
-    and the request's own connection carries the stream."""
-    client = _socket.socket(fileno=fds[0]) if len(fds) == 1 else None
-    for fd in fds[1:] if client is not None else fds:
-        os.close(fd)
+def op_sockets(conn: _socket.socket, req: dict[str, Any]) -> NoReturn:
+    while True:
+        family = FAMILIES.get(str(req.get("family")))
+        count = req.get("count")
+        if family is None:
+            raise RequestError("invalid_request", "family must be inet or inet6")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_SOCKETS:
+            raise RequestError("invalid_request", "count must be 1-%d" % MAX_SOCKETS)
+        made = [_socket.socket(family, _socket.SOCK_STREAM) for _ in range(count)]
+        fds = b"".join(s.fileno().to_bytes(4, sys.byteorder) for s in made)
+        frame = p.encode_frame(p.KIND_JSON, p.dumps({"ok": True, "sockets": count}).encode())
+        conn.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        for s in made:  # the host holds them now
+            s.close()
+        try:
+            req = p.recv_json(conn)
+        except (p.ProtocolError, OSError):
+            raise SystemExit(0) from None  # the host is done with this namespace's sockets
+
+
+def op_connect(conn: _socket.socket, req: dict[str, Any]) -> NoReturn:
     port = req.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise RequestError("invalid_request", "port must be 1-65535")
@@ -53,15 +71,12 @@ def op_connect(
         upstream = sock
         break
     if upstream is None:
-        if client is not None:
-            raise SystemExit(0)  # the client sees its connection closed
         raise RequestError(
             "connection_refused", "nothing listens on port %d in the workspace" % port
         )
     upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-    if client is None:
-        p.send_json(conn, {"ok": True, "connected": True})
-    relay(client or conn, upstream)
+    p.send_json(conn, {"ok": True, "connected": True})
+    relay(conn, upstream)
     raise SystemExit(0)  # the stream was the answer: no reply follows
 
 

@@ -12,7 +12,8 @@ to the operation `OPS` names; the operations live beside it, one job per module:
   tarput.py    put_tar and remove_many (sync into the workspace)
   execop.py    exec (run a command, forward its output and input), freeze
   services.py  detached commands with bounded logs (service_*), ps
-  portfwd.py   connect: a TCP connection to a port in the workspace, relayed
+  portfwd.py   sockets, connect: published ports (the workspace's TCP sockets for the
+               host's forwarder; a relayed TCP connection)
 
 Nothing a request holds is trusted. The sandbox around the agent is the security boundary;
 the agent keeps the file tools' behaviour predictable inside it. Start-up time is on the path
@@ -77,6 +78,7 @@ LAZY_OPS: dict[str, str] = {
     "service_stop": "services",
     "ps": "services",
     "connect": "portfwd",
+    "sockets": "portfwd",
 }
 
 
@@ -89,28 +91,11 @@ def _op(name: object) -> Op | None:
     return op
 
 
-def _recv_request(conn: _socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """The request's J frame, and the descriptors sent with it (SCM_RIGHTS, over a Unix
-    socket only: `connect` may be handed the client's connection itself)."""
-    fds: list[int] = []
-    header, ancillary, _flags, _addr = conn.recvmsg(p.HEADER_SIZE, _socket.CMSG_SPACE(4 * 4))
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            for start in range(0, len(data) - len(data) % 4, 4):
-                fds.append(int.from_bytes(data[start : start + 4], sys.byteorder))
-    if len(header) < p.HEADER_SIZE:
-        header += p.recv_exact(conn, p.HEADER_SIZE - len(header)) if header else b""
-    if len(header) < p.HEADER_SIZE or header[:1] != p.KIND_JSON:
-        raise p.ProtocolError("expected a JSON frame")
-    size = int.from_bytes(header[1:], "big")
-    if size > p.MAX_JSON:
-        raise p.ProtocolError("frame too large: %d bytes" % size)
-    return p.decode_json(p.recv_exact(conn, size)), fds
-
-
 def handle(conn: _socket.socket) -> None:
     try:
-        req, fds = _recv_request(conn)
+        # Descriptors sent along with a request are dropped by the kernel: no operation
+        # takes one (plain recv has no room for them).
+        req = p.recv_json(conn)
     except (p.ProtocolError, OSError):
         return
     try:
@@ -122,12 +107,7 @@ def handle(conn: _socket.socket) -> None:
         op = _op(req.get("op"))
         if op is None:
             raise RequestError("unknown_op", "unknown operation: %r" % (req.get("op"),))
-        if req.get("op") == "connect":
-            reply = op(conn, req, fds)
-        else:
-            for fd in fds:  # only `connect` takes a descriptor
-                os.close(fd)
-            reply = op(conn, req)
+        reply = op(conn, req)
         reply["ok"] = True
     except RequestError as exc:
         reply = {"ok": False, "kind": exc.kind, "error": str(exc)}
