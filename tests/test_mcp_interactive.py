@@ -55,6 +55,9 @@ def test_shell_service_and_port_tools(repo: Path) -> None:
             await client.call("workspace_shell_signal", shell_id=sid, signal="INT")
             await client.call("workspace_shell_write", shell_id=sid, input="echo RC-$?")
             _seen, cursor = await read_until(client, sid, "RC-130", cursor)
+            plain = await client.call("workspace_shell_read", shell_id=sid, plain=True,
+                                      wait_for_idle_ms=100)  # fmt: skip
+            assert "MARK-42 /workspace\n" in plain["output"] and "\r" not in plain["output"]
             await client.call("workspace_shell_write", shell_id=sid, input="exit 3")
             for _ in range(60):
                 out = await client.call("workspace_shell_read", shell_id=sid, cursor=cursor)

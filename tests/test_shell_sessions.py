@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pyro_loop.shells import plain_text
 from pyro_loop.workspace import Workspaces
 from tests.conftest import run_pyro
 from tests.test_secrets import VALUE, everything_under
@@ -164,3 +165,33 @@ def test_a_secret_reaches_the_shell_and_nothing_else(ws: str, pyro_home: Path) -
     for what in ("cmdline", "environ"):
         assert VALUE.encode() not in Path(f"/proc/{pid}/{what}").read_bytes()
     assert VALUE not in everything_under(pyro_home)
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        ("\x1b[01;32mroot@pyro\x1b[00m:/workspace# ls\r\n", "root@pyro:/workspace# ls\n"),
+        ("50%\r100%\r\n", "100%\n"),
+        ("abc\rX\r\n", "Xbc\n"),  # a CR returns over the line, it does not erase it
+        ("ab\bc\x07\x9b\r\n", "ac\n"),
+        ("\x1b]0;title\x07a\x1b]2;t\x1b\\b\x1b(Bc\x1b[?2004hd", "abcd"),
+        ("caf\u00e9\ttab", "caf\u00e9\ttab"),
+    ],
+)
+def test_plain_text(raw: str, plain: str) -> None:
+    assert plain_text(raw) == plain
+
+
+def test_plain_reads_that_wait_for_quiet(ws: str) -> None:
+    """The predecessor's `read --plain --wait-for-idle-ms N`: one read brings the whole
+    answer of a command that prints in bursts, as plain lines."""
+    shell = pyro_ok("workspace", "shell", "open", ws, "--id-only").strip()
+    _seen, cursor = read_until(ws, shell, "# ", 0)  # the prompt
+    script = "printf '\\033[31mA-1\\033[0m\\n'; sleep 0.3; echo B-2"
+    pyro_ok("workspace", "shell", "write", ws, shell, "--input", script)
+    out = pyro_json("workspace", "shell", "read", ws, shell, "--cursor", str(cursor), "--wait",
+                    "10", "--wait-for-idle-ms", "3000", "--plain")  # fmt: skip
+    assert "\nA-1\nB-2\n" in out["output"], out
+    assert "\x1b" not in out["output"] and "\r" not in out["output"]
+    human = run_pyro("workspace", "shell", "read", ws, shell, "--cursor", str(cursor), "--plain")
+    assert "\nA-1\nB-2\n" in human.stdout

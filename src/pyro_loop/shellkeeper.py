@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop import errors
 from pyro_loop.client import socket_address
 from pyro_loop.errors import InvalidInputError, NotFoundError, PyroError
-from pyro_loop.shells import SIGNALS, TERMINAL
+from pyro_loop.shells import IDLE_CAP, SIGNALS, TERMINAL
 
 if TYPE_CHECKING:
     from pyro_loop.shells import ShellSession
@@ -129,9 +129,20 @@ class KeptShells:
             "workspace_id": self.workspace_id
         }
 
-    def read(self, shell_id: str, *, cursor: int, max_bytes: int, wait: float) -> dict[str, Any]:
-        request = {"op": "read", "cursor": cursor, "max_bytes": max_bytes, "wait": wait}
-        return self.request(shell_id, request, wait=wait)
+    def read(
+        self,
+        shell_id: str,
+        *,
+        cursor: int,
+        max_bytes: int,
+        wait: float,
+        idle: float | None = None,
+        plain: bool = False,
+    ) -> dict[str, Any]:
+        """ShellSession.read, in the keeper."""
+        request = {"op": "read", "cursor": cursor, "max_bytes": max_bytes, "wait": wait,
+                   "idle": idle, "plain": plain}  # fmt: skip
+        return self.request(shell_id, request, wait=wait + (IDLE_CAP if idle else 0))
 
     def write(self, shell_id: str, text: str) -> dict[str, Any]:
         return self.request(shell_id, {"op": "write", "input": text})
@@ -201,7 +212,12 @@ class _Keeper:
         if op == "read":
             wait = min(max(float(request.get("wait", 0)), 0.0), 30.0)
             size = min(max(int(request.get("max_bytes", 65536)), 1), 1024 * 1024)
-            return session.read(max(int(request.get("cursor", 0)), 0), size, wait)
+            idle = request.get("idle")
+            return session.read(
+                max(int(request.get("cursor", 0)), 0), size, wait,
+                idle=None if idle is None else min(max(float(idle), 0.0), 30.0),
+                plain=bool(request.get("plain")),
+            )  # fmt: skip
         if op == "write":
             data = str(request.get("input", "")).encode()
             self._live().channel.write(data)
@@ -234,7 +250,7 @@ class _Keeper:
     def serve(self, conn: socket.socket) -> None:
         with conn:
             try:
-                conn.settimeout(60.0)
+                conn.settimeout(30.0)  # to send the request; answering may take longer
                 request = json.loads(_read_line(conn))
                 if not isinstance(request, dict):
                     raise InvalidInputError("a request is a JSON object")

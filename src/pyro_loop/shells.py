@@ -10,9 +10,11 @@ kills the shell's whole process tree when the connection goes).
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -24,10 +26,37 @@ if TYPE_CHECKING:
 
 KEEP = 1024 * 1024  # bytes of a shell's output kept for `read`; older output is dropped
 TERMINAL = (30, 120)  # rows, cols
+IDLE_CAP = 30.0  # seconds a read waiting for quiet (idle) takes at most
 START_WAIT = 5.0  # seconds `open` waits for a new shell's first output (or its failure)
 ENV = {"TERM": "dumb"}  # few escape sequences in what a model or a script reads back
 Signal = Literal["INT", "TERM", "KILL", "HUP", "QUIT", "TSTP", "CONT", "USR1", "USR2"]
 SIGNALS: tuple[str, ...] = get_args(Signal)
+
+
+# An escape sequence: CSI, OSC / DCS / APC / PM / SOS strings (to BEL or ST), or a short one.
+_ESCAPE = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])?"
+)
+
+
+def plain_text(text: str) -> str:
+    """Terminal output as plain lines: escape sequences dropped, CR+LF as LF, a CR or a
+    backspace overwriting what it returns over (as the screen shows it), other control
+    characters dropped."""
+    lines = []
+    for line in _ESCAPE.sub("", text).replace("\r\n", "\n").split("\n"):
+        cells: list[str] = []
+        column = 0
+        for char in line:
+            if char == "\r":
+                column = 0
+            elif char == "\b":
+                column = max(column - 1, 0)
+            elif char == "\t" or (char >= " " and not "\x7f" <= char <= "\x9f"):
+                cells[column : column + 1] = [char]
+                column += 1
+        lines.append("".join(cells))
+    return "\n".join(lines)
 
 
 @dataclass
@@ -74,18 +103,41 @@ class ShellSession:
             if self.failure is not None:
                 raise self.failure
 
-    def read(self, cursor: int, max_bytes: int, wait: float) -> dict[str, Any]:
-        """Output from `cursor` on (at most `max_bytes`), waiting up to `wait` s for some."""
+    def read(
+        self,
+        cursor: int,
+        max_bytes: int,
+        wait: float,
+        *,
+        idle: float | None = None,
+        plain: bool = False,
+    ) -> dict[str, Any]:
+        """Output from `cursor` on (at most `max_bytes`), waiting up to `wait` s for some.
+
+        `idle`: once output has come, go on until none has come for `idle` s (IDLE_CAP s at
+        most), so a command's whole answer arrives in one read. `plain`: the output as a
+        screen would show it, without control sequences (plain_text); cursors stay bytes."""
         with self.lock:
             end = self.start + len(self.output)
             if cursor >= end and self.result is None and self.error is None and wait > 0:
                 self.lock.wait(wait)
                 end = self.start + len(self.output)
+            if idle is not None and end > cursor:
+                deadline = time.monotonic() + IDLE_CAP
+                while self.result is None and self.error is None and end - cursor < max_bytes:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.lock.wait(min(idle, left))
+                    if self.start + len(self.output) == end:
+                        break  # quiet for `idle`: the answer is complete
+                    end = self.start + len(self.output)
             begin = max(cursor, self.start)
             data = bytes(self.output[begin - self.start : begin - self.start + max_bytes])
+            text = data.decode("utf-8", "replace")
             return {
                 "shell_id": self.id,
-                "output": data.decode("utf-8", "replace"),
+                "output": plain_text(text) if plain else text,
                 "cursor": begin,
                 "next_cursor": begin + len(data),
                 "dropped_bytes": begin - cursor if cursor < begin else 0,

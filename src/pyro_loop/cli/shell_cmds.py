@@ -121,11 +121,26 @@ def read(
     wait: float = typer.Option(
         0.5, "--wait", min=0, max=30, help="Wait up to S seconds for output to come."
     ),
+    idle_ms: int | None = typer.Option(
+        None,
+        "--wait-for-idle-ms",
+        min=0,
+        max=30000,
+        help="Once output comes, go on until none has come for N ms (30 s at most): a "
+        "command's whole answer in one read.",
+    ),
+    plain: bool = typer.Option(
+        False, "--plain", help="As the screen shows it: no escape sequences, LF line ends."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Print what the shell printed from --cursor on (its latest 1 MiB is kept); the cursor
-    to go on from, and whether it still runs, follow on stderr."""
-    data = _kept(ref).read(shell_id, cursor=cursor, max_bytes=max_bytes, wait=wait)
+    to go on from, and whether it still runs, follow on stderr. Raw terminal output unless
+    --plain."""
+    idle = None if idle_ms is None else idle_ms / 1000
+    data = _kept(ref).read(
+        shell_id, cursor=cursor, max_bytes=max_bytes, wait=wait, idle=idle, plain=plain
+    )
     if as_json:
         emit(data, as_json=True)
         return

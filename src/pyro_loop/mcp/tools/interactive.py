@@ -74,11 +74,30 @@ class InteractiveTools(ToolGroup):
             float,
             Field(description="Wait up to this long for new output; default 0.5.", ge=0, le=30),
         ] = 0.5,
+        wait_for_idle_ms: Annotated[
+            int | None,
+            Field(
+                description="Once output comes, go on until none has come for this many ms "
+                "(30 s at most), so a command's whole answer comes in one read; default off.",
+                ge=0,
+                le=30000,
+            ),
+        ] = None,
+        plain: Annotated[
+            bool,
+            Field(
+                description="The output as a screen shows it, escape sequences removed "
+                "and line ends LF; default false (raw terminal output)."
+            ),
+        ] = False,
     ) -> dict[str, Any]:
         """The shell's output from `cursor` on (its latest 1 MiB is kept), with next_cursor
         to continue from, and whether it still runs (state, exit_code)."""
         session = self.shells.get(shell_id)
-        return await in_worker(lambda: session.read(cursor, max_bytes, wait_seconds))
+        idle = None if wait_for_idle_ms is None else wait_for_idle_ms / 1000
+        return await in_worker(
+            lambda: session.read(cursor, max_bytes, wait_seconds, idle=idle, plain=plain)
+        )
 
     async def workspace_shell_write(
         self,
