@@ -15,6 +15,7 @@ import pytest
 from pyro_loop.shells import plain_text
 from pyro_loop.workspace import Workspaces
 from tests.conftest import run_pyro
+from tests.test_real_projects import NOBODY, nobody, user  # noqa: F401 - user is a fixture
 from tests.test_secrets import VALUE, everything_under
 
 
@@ -195,3 +196,36 @@ def test_plain_reads_that_wait_for_quiet(ws: str) -> None:
     assert "\x1b" not in out["output"] and "\r" not in out["output"]
     human = run_pyro("workspace", "shell", "read", ws, shell, "--cursor", str(cursor), "--plain")
     assert "\nA-1\nB-2\n" in human.stdout
+
+
+@pytest.mark.slow
+def test_a_session_as_an_ordinary_user(user: dict[str, Path]) -> None:  # noqa: F811
+    """uid 65534 opens, drives and closes a shell: the keeper runs as that user, and its
+    socket is that user's."""
+    projects = user["projects"]
+
+    def as_user(*args: str) -> str:
+        return nobody(list(args), cwd=projects, user=user).stdout
+
+    seed = projects / "seed"
+    seed.mkdir()
+    (seed / "note.txt").write_text("from the seed\n")
+    ws = as_user("workspace", "create", "--seed-path", str(seed), "--id-only").strip()
+    try:
+        shell = as_user("workspace", "shell", "open", ws, "--id-only").strip()
+        (keeper,) = keepers(user["home"])
+        assert Path(f"/proc/{keeper}").stat().st_uid == NOBODY
+        sockets = list(user["home"].glob(f"workspaces/*/shells/{shell}.sock"))
+        assert [s.stat().st_uid for s in sockets] == [NOBODY]
+        as_user("workspace", "shell", "write", ws, shell, "--input", "cat note.txt; echo E-$?")
+        seen = ""
+        for _ in range(60):
+            seen += as_user("workspace", "shell", "read", ws, shell, "--cursor",
+                            str(len(seen.encode())), "--plain")  # fmt: skip
+            if "E-0" in seen:
+                break
+        assert "from the seed\nE-0" in seen
+        assert "closed shell" in as_user("workspace", "shell", "close", ws, shell)
+        assert gone(user["home"])
+    finally:
+        nobody(["workspace", "delete", ws], cwd=projects, user=user, check=False)

@@ -126,3 +126,17 @@ def test_services_and_processes_on_a_terminal(hostile: str) -> None:
     listed = screen_of("workspace", "service", "list", hostile)
     assert_harmless(listed)
     assert b"^[]0;pwned^G" in listed
+
+
+def test_the_live_prepare_line_shows_what_it_quotes() -> None:
+    from io import StringIO
+
+    from pyro_loop.cli.phases import PhaseDisplay
+
+    stream = StringIO()
+    display = PhaseDisplay(stream, live=True)
+    display("keys", f"requirements{TITLE}.txt changed")
+    display.close()
+    shown = stream.getvalue()
+    assert "prepare: keys: requirements^[]0;pwned^G.txt changed" in shown
+    assert TITLE not in shown

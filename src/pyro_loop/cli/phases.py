@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from pyro_loop.cli.safetext import visible
+
 
 class PhaseDisplay:
     """`display(phase, message)` for library progress callbacks."""
@@ -35,7 +37,8 @@ class PhaseDisplay:
             else:
                 if self._line is not None:  # the previous phase stays, with its time
                     self._draw(final=True)
-                self._line, self._since = line, time.monotonic()
+                # On a terminal: a message may quote a repository's text (a lockfile's name).
+                self._line, self._since = visible(line), time.monotonic()
                 self._draw(final=False)
                 if self._ticker is None:
                     self._ticker = threading.Thread(target=self._tick, daemon=True)
