@@ -26,6 +26,7 @@ import pytest
 
 from pyro_loop.config import load_project_config
 from pyro_loop.errors import InvalidInputError, PyroError
+from pyro_loop.fsutil import dir_size
 from pyro_loop.prepare import PrepareResult, compute_inputs, prepare
 from pyro_loop.project import find_project
 from pyro_loop.remote import archive, share
@@ -425,6 +426,147 @@ def test_manifest_naming_other_layers_is_refused(tmp_path: Path, registry: Regis
     _nothing_left(tmp_path / "victim", "ab" * 32)
 
 
+# -- what a pulled layer may take -------------------------------------------------------------
+
+
+def _push_crafted(
+    server: RegistryServer, name: str, snapshot: share.Snapshot, blob: bytes, tar_size: str | None
+) -> share.Snapshot:
+    """Push `blob` to the real registry as the snapshot's one layer, its manifest recording
+    `tar_size` as the layer's unpacked size (None: not at all), as a hostile or broken
+    pusher would."""
+    import hashlib
+
+    client = RegistryClient(parse_remote(f"{server.address}/team/{name}"))
+    descriptors = []
+    for data, media_type in ((blob, archive.MEDIA_TYPE), (b"{}", share.CONFIG_MEDIA_TYPE)):
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        staged = Path(tempfile.mkdtemp()) / "blob"
+        staged.write_bytes(data)
+        client.push_blob(str(staged), digest=digest, size=len(data), media_type=media_type)
+        shutil.rmtree(staged.parent)
+        descriptors.append({"mediaType": media_type, "digest": digest, "size": len(data)})
+    layer, config = descriptors
+    kind, key = snapshot.layers[-1]
+    layer["annotations"] = {"dev.pyro.layer.kind": kind, "dev.pyro.layer.key": key}
+    if tar_size is not None:
+        layer["annotations"][share.TAR_SIZE] = tar_size
+    client.put_manifest({"schemaVersion": 2, "mediaType": share.MANIFEST_MEDIA_TYPE,
+                         "artifactType": share.ARTIFACT_TYPE, "config": config,
+                         "layers": [layer]}, snapshot.tag)  # fmt: skip
+    return snapshot
+
+
+def _bomb(expands_to: int) -> tuple[bytes, int]:
+    """A zstd blob of a tar holding one file of `expands_to` zero bytes: a few kilobytes
+    that unpack to `expands_to`. Returns the blob and the tar's true length."""
+    import zstandard
+
+    out = io.BytesIO()
+    info = tarfile.TarInfo("bomb.bin")
+    info.size = expands_to
+    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as stream:
+        stream.write(info.tobuf(tarfile.PAX_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(expands_to >> 20):
+            stream.write(zeros)
+        stream.write(bytes(2 * tarfile.BLOCKSIZE))  # the end of the archive
+    return out.getvalue(), tarfile.BLOCKSIZE * 3 + expands_to
+
+
+def test_a_decompression_bomb_is_stopped_at_its_recorded_size(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    """A blob of a few kilobytes whose manifest says its layer is small, expanding to
+    256 MiB: the pull stops as soon as it passes the recorded size, and keeps nothing."""
+    root = _project(tmp_path, "bomb")
+    blob, real_size = _bomb(256 << 20)
+    assert len(blob) < 64 << 10 < real_size
+    snapshot = _push_crafted(registry, "bomb", _snapshot(root), blob, tar_size="10240")
+    home = tmp_path / "victim"
+    remote = parse_remote(f"{registry.address}/team/bomb")
+    written: list[int] = []
+
+    def watch(_line: str) -> None:
+        written.append(dir_size(LayerStore(home).tmp_dir))
+
+    with pytest.raises(PyroError, match="unpacks to more than the 10240 bytes its manifest "
+                       "records") as refused:  # fmt: skip
+        share.pull(LayerStore(home), remote, snapshot, on_progress=watch)
+    assert "\n" not in str(refused.value)
+    _nothing_left(home, snapshot.key)
+    # prepare says so in one line and builds the layer itself.
+    result, lines = _prepare(root, home, str(remote))
+    assert "dependencies" in result.built
+    assert any("decompression bomb" in line and "building locally" in line for line in lines)
+    # Its honest twin (the true size recorded) unpacks: the bound is the record, not a guess.
+    honest = _push_crafted(registry, "bomb-honest", _snapshot(root), blob, str(real_size))
+    fresh = LayerStore(tmp_path / "fresh")
+    share.pull(fresh, parse_remote(f"{registry.address}/team/bomb-honest"), honest)
+    assert (fresh.require(snapshot.key).tree / "bomb.bin").stat().st_size == 256 << 20
+
+
+def test_a_layer_larger_than_the_free_disk_is_not_downloaded(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    root = _project(tmp_path, "huge")
+    blob, _size = _bomb(1 << 20)
+    snapshot = _push_crafted(registry, "huge", _snapshot(root), blob, tar_size=str(1 << 60))
+    home = tmp_path / "victim"
+    lines: list[str] = []
+    with pytest.raises(PyroError, match=r"unpacks to .*, more than the .* the store's disk can "
+                       r"spare \(512\.0 MB are kept free\): not pulled"):  # fmt: skip
+        share.pull(LayerStore(home), parse_remote(f"{registry.address}/team/huge"), snapshot,
+                   on_progress=lines.append)  # fmt: skip
+    assert not any("% of" in line for line in lines)  # refused before the download
+    _nothing_left(home, snapshot.key)
+
+
+def test_a_layer_without_a_recorded_size_is_refused(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    root = _project(tmp_path, "unsized")
+    blob, _size = _bomb(1 << 20)
+    snapshot = _push_crafted(registry, "unsized", _snapshot(root), blob, tar_size=None)
+    with pytest.raises(PyroError, match="does not record its unpacked size"):
+        share.pull(LayerStore(tmp_path / "victim"),
+                   parse_remote(f"{registry.address}/team/unsized"), snapshot)  # fmt: skip
+    _nothing_left(tmp_path / "victim", snapshot.key)
+
+
+def test_many_small_files_stop_before_the_disk_is_full(
+    tmp_path: Path, registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer's tar undercounts what small files take on disk (a block each): the free
+    space is watched while unpacking, on a real 32 MB file system, with 8 MB kept free."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited file system needs root")
+    # 12,000 one-byte files: a 12 MB tar, 48 MB on disk.
+    run = "mkdir -p .deps && seq 12000 | split -a 4 -l 1 - .deps/f"
+    _root, snapshot = _pushed(tmp_path, registry, "small-files", run)
+    monkeypatch.setattr(share, "FREE_SPACE_KEPT", 8 * 1000**2)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "pyro-test", str(mount)],
+                   check=True)  # fmt: skip
+    try:
+        home = mount / "home"
+        remote = parse_remote(f"{registry.address}/team/small-files")
+        with pytest.raises(PyroError, match=r"does not fit: unpacking it would leave less than "
+                           r"8\.0 MB or 1000 files free"):  # fmt: skip
+            share.pull(LayerStore(home), remote, snapshot)
+        _nothing_left(home, snapshot.key)
+        assert shutil.disk_usage(mount).free > 8 * 1000**2
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_an_archive_shorter_than_its_recorded_size_is_refused(tmp_path: Path) -> None:
+    blob, tar_size = _zstd_tar((_member("a", size=2), b"hi"))
+    with pytest.raises(PyroError, match=f"unpacks to {tar_size} bytes, its manifest records"):
+        archive.unpack(blob, tmp_path, tar_size=tar_size + 512)
+
+
 def test_unreachable_registry_does_not_hang(tmp_path: Path) -> None:
     root = _project(tmp_path, "offline")
     with socket.socket() as silent:  # accepts connections (the backlog) and never answers
@@ -451,30 +593,37 @@ def test_archive_round_trip_keeps_whiteouts_opaque_dirs_links_and_modes(tmp_path
     (tree / "link").symlink_to("/usr/bin/python3")
     os.mknod(tree / "deleted", 0o20600, os.makedev(0, 0))
     blob = io.BytesIO()
-    archive.pack(tree, blob)
+    tar_size = archive.pack(tree, blob)
     blob.seek(0)
     out = tmp_path / "out"
     out.mkdir()
     # The digest the unpacking computes as it writes is the one read back from the tree.
-    assert archive.unpack(blob, out) == tree_digest(out) == tree_digest(tree)
+    unpacked = archive.unpack(blob, out, tar_size=tar_size)
+    assert unpacked.digest == tree_digest(out) == tree_digest(tree)
+    assert unpacked.size == dir_size(out) == len("#!/bin/sh\n")
     assert (out / "run.sh").stat().st_mtime == int((tree / "run.sh").stat().st_mtime)
 
 
 def test_hard_links_unpack_as_links_to_the_same_file(tmp_path: Path) -> None:
     members = [(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="a"), b"")]
-    digest = archive.unpack(_zstd_tar(*members), tmp_path)
+    digest = _unpack(_zstd_tar(*members), tmp_path).digest
     assert (tmp_path / "a").stat().st_ino == (tmp_path / "b").stat().st_ino
     assert digest == tree_digest(tmp_path)
 
 
-def _zstd_tar(*members: tuple[tarfile.TarInfo, bytes]) -> io.BytesIO:
+def _zstd_tar(*members: tuple[tarfile.TarInfo, bytes]) -> tuple[io.BytesIO, int]:
+    """A zstd-compressed tar of `members`, and the tar's length."""
     import zstandard
 
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data else None)
-    return io.BytesIO(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    return io.BytesIO(zstandard.ZstdCompressor().compress(raw.getvalue())), len(raw.getvalue())
+
+
+def _unpack(blob: tuple[io.BytesIO, int], dest: Path) -> archive.Unpacked:
+    return archive.unpack(blob[0], dest, tar_size=blob[1])
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
@@ -503,17 +652,17 @@ def test_hostile_archives_are_refused(
     tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]], reason: str
 ) -> None:
     with pytest.raises(PyroError, match=reason):
-        archive.unpack(_zstd_tar(*members), tmp_path)
+        _unpack(_zstd_tar(*members), tmp_path)
 
 
 def test_set_id_bits_are_dropped(tmp_path: Path) -> None:
-    archive.unpack(_zstd_tar((_member("su", mode=0o4755, size=2), b"hi")), tmp_path)
+    _unpack(_zstd_tar((_member("su", mode=0o4755, size=2), b"hi")), tmp_path)
     assert (tmp_path / "su").stat().st_mode & 0o7777 == 0o755
 
 
 def test_damaged_stream_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PyroError, match="refusing the pulled layer"):
-        archive.unpack(io.BytesIO(b"\x28\xb5\x2f\xfd not really zstd"), tmp_path)
+        archive.unpack(io.BytesIO(b"\x28\xb5\x2f\xfd not really zstd"), tmp_path, tar_size=1024)
 
 
 # -- a layer built by root, pulled by an ordinary user --------------------------------------

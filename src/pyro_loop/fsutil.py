@@ -23,6 +23,9 @@ MAX_TREE_DEPTH = 256
 
 # The errors of a full disk or an exhausted quota.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What pyro never takes of a disk's last free space: an export or a pulled layer that would
+# leave less is refused.
+FREE_SPACE_KEPT = 512 * 1000**2
 
 
 @contextlib.contextmanager

@@ -174,11 +174,15 @@ class LayerStore:
         digest: str | None = None,
         inputs: dict[str, Any] | None = None,
         on_wait: Callable[[], None] | None = None,
+        size: int | None = None,
+        handed_over: bool = False,
     ) -> Layer:
         """Move `staged_tree` (a directory from `staging()`) into the store as a layer.
 
         With no `key`, the tree's content digest is the key. `digest`: the tree's digest if
         the caller computed it already (a copy may hold files only its copier could read).
+        `size` (bytes in its regular files) and `handed_over` (every entry is the sandbox
+        owner's already) spare a writer that knew them two more walks of the tree.
         If a complete layer with that key exists already, it wins and the staged tree is
         discarded.
         """
@@ -192,8 +196,9 @@ class LayerStore:
                 remove_tree(staged_tree)
                 return existing
             return self._publish_locked(
-                staged_tree, key=key, digest=digest, kind=kind, inputs=inputs or {}
-            )
+                staged_tree, key=key, digest=digest, kind=kind, inputs=inputs or {},
+                size=size, handed_over=handed_over,
+            )  # fmt: skip
 
     def build(
         self,
@@ -233,6 +238,8 @@ class LayerStore:
         digest: str | None,
         kind: str,
         inputs: dict[str, Any],
+        size: int | None = None,
+        handed_over: bool = False,
     ) -> Layer:
         root = self.layers_dir / key
         self.layers_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +247,8 @@ class LayerStore:
         incoming.mkdir(parents=True)
         os.rename(staged_tree, incoming / "tree")
         # Overlayfs reads lower layers with the sandbox user's credentials.
-        hand_over(incoming / "tree", recursive=True)
+        if not handed_over:
+            hand_over(incoming / "tree", recursive=True)
         write_json_atomic(
             incoming / "meta.json",
             {
@@ -248,7 +256,7 @@ class LayerStore:
                 "digest": digest,  # of the tree as published: what `verify` checks
                 "kind": kind,
                 "inputs": inputs,
-                "size": dir_size(incoming / "tree"),
+                "size": dir_size(incoming / "tree") if size is None else size,
                 "created": time.time(),
             },
         )

@@ -19,12 +19,12 @@ from pyro_loop import safetar
 from pyro_loop.beneath import Beneath
 from pyro_loop.client import AgentClient
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
+from pyro_loop.fsutil import FREE_SPACE_KEPT
 from pyro_loop.sync.hoststate import lstat
 from pyro_loop.units import size
 
 MAX_PATCHED_FILE = 64 * 1024 * 1024
 DEFAULT_MAX_EXPORT = 8 * 1000**3  # bytes of archive; `--max-size` allows more
-FREE_SPACE_KEPT = 512 * 1000**2  # an export never leaves the host's disk with less than this
 
 
 def export_path(

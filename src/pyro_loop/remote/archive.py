@@ -12,13 +12,16 @@ is the path a developer waits on.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.errors import PyroError
-from pyro_loop.fsutil import check_tree_depth
+from pyro_loop.fsutil import DISK_FULL_ERRNOS, check_tree_depth
 from pyro_loop.overlay import OPAQUE_XATTR, is_opaque_dir, is_whiteout
 
 if TYPE_CHECKING:
@@ -32,20 +35,39 @@ _LEVEL = 3  # zstd's default: about gzip's ratio at many times its speed
 _CHUNK = 1 << 20
 _WRITERS = 4
 _PENDING_BYTES = 64 << 20  # file contents read ahead of the writing threads, at most
+_CHECK_EVERY = 1 << 20  # the free space is looked at after about this much is unpacked
+_ENTRY_COST = 4096  # what an entry takes on disk at least, for that count (a block)
+_INODES_KEPT = 1000  # files left free on the store's disk, at least
 
 
-def pack(tree: Path, out: IO[bytes]) -> None:
-    """Write `tree` to `out` as a zstd-compressed tar, entries in a stable order."""
+def pack(tree: Path, out: IO[bytes]) -> int:
+    """Write `tree` to `out` as a zstd-compressed tar, entries in a stable order; returns
+    the length of the tar (uncompressed), which a pull holds the blob to."""
     import tarfile
 
     import zstandard
 
     compressor = zstandard.ZstdCompressor(level=_LEVEL, threads=-1)
-    with (
-        compressor.stream_writer(out, closefd=False) as stream,
-        tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        _add_dir(tar, tree, "")
+    with compressor.stream_writer(out, closefd=False) as stream:
+        counted = _Counted(stream)
+        with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_dir(tar, tree, "")
+    return counted.count
+
+
+class _Counted(io.RawIOBase):
+    """A writable stream that counts what goes through it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        super().__init__()
+        self.out, self.count = out, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.count += len(data)
+        return self.out.write(data)
 
 
 def _add_dir(tar: tarfile.TarFile, path: Path, rel: str) -> None:
@@ -90,38 +112,69 @@ def _info(name: str, kind: bytes, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def unpack(blob: IO[bytes], dest: Path) -> str:
-    """Unpack a blob written by `pack` into the empty directory `dest`; returns the tree's
-    digest (treehash), computed from what was written rather than by reading it back.
+@dataclass(frozen=True)
+class Unpacked:
+    digest: str  # the tree's treehash, from what was written
+    size: int  # bytes in its regular files, as the store records a layer's size
 
-    Every member is vetted by safetar's rules before it is written, and written here with
-    O_EXCL and O_NOFOLLOW below directories this call made. Raises PyroError naming what is
-    wrong with a damaged or hostile archive; `dest` may then hold part of it (callers unpack
-    into the store's staging, which is removed on failure).
+
+def unpack(
+    blob: IO[bytes],
+    dest: Path,
+    *,
+    tar_size: int,
+    keep_free: int = 0,
+    owner: int | None = None,
+    on_chunk: Callable[[], None] | None = None,
+) -> Unpacked:
+    """Unpack a blob written by `pack` into the empty directory `dest`.
+
+    The decompressed stream must be exactly `tar_size` bytes (what the manifest records):
+    it is cut off as soon as it passes that. Unpacking stops too when the file system of
+    `dest` has less than `keep_free` bytes (or a few inodes) left. Every member is vetted by
+    safetar's rules before it is written, and written here with O_EXCL and O_NOFOLLOW below
+    directories this call made, given to `owner` when one is named. `on_chunk` runs after
+    each chunk of the blob (for progress). Raises PyroError naming what is wrong with a
+    damaged or hostile archive; `dest` may then hold part of it (callers unpack into the
+    store's staging, which is removed on failure).
     """
     import tarfile
 
     import zstandard
 
     from pyro_loop import safetar
+    from pyro_loop.remote.inflate import CHUNK, Inflated
 
     # Absolute links stay: a virtualenv's bin/python -> /usr/bin/python3 is read inside the
     # sandbox. Our archives list every directory before what it holds.
     rules = safetar.Rules("the pulled layer", absolute_links=True, implicit_parents=False)
-    decompressor = zstandard.ZstdDecompressor()
     try:
         with (
-            _Writer(dest) as writer,
-            decompressor.stream_reader(blob, read_size=_CHUNK, closefd=False) as stream,
+            _Writer(dest, keep_free=keep_free, owner=owner) as writer,
+            Inflated(blob, expected=tar_size, on_chunk=on_chunk) as inflated,
+            io.BufferedReader(inflated, buffer_size=CHUNK) as stream,
             tarfile.open(fileobj=stream, mode="r|") as tar,
         ):
             for member in safetar.vetted(tar, rules):
                 writer.write(tar, member)
-            return writer.finish()
+            unpacked = writer.finish()
+            inflated.finish()  # the padding after the archive: the length is checked
+            return unpacked
     except (zstandard.ZstdError, EOFError) as exc:
         raise _refuse(f"not a whole zstd stream ({exc})") from None
     except tarfile.TarError as exc:
         raise _refuse(f"not a whole tar archive ({exc})") from None
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:  # filled by something else meanwhile
+            raise _no_room("the store's disk filled up while unpacking it") from None
+        raise
+
+
+def _no_room(why: str) -> PyroError:
+    return PyroError(
+        f"the pulled layer does not fit: {why}",
+        hint="free some space there, or move PYRO_HOME to a larger disk",
+    )
 
 
 class _Writer:
@@ -131,19 +184,26 @@ class _Writer:
     Small files are written by a few threads while the next members are read: creating a
     file is kernel time (the GIL is released), and a layer is thousands of small files.
     Directories, links and whiteouts are made in order, before anything inside them.
+    Paths are strings, not Path objects: a layer is thousands of entries.
     """
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, *, keep_free: int, owner: int | None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.dest = dest
+        self.dest = str(dest)
+        self.keep_free = keep_free
+        self.owner = owner
         self.records: dict[str, bytes] = {}
         self.dirs: dict[str, tuple[int, int]] = {}  # rel: (mode, mtime), set once filled
         self.opaque: set[str] = set()
-        self.files: dict[str, tuple[int, str]] = {}  # rel: (mode, sha256), for hard links
+        self.files: dict[str, tuple[int, str, int]] = {}  # rel: (mode, sha256, size)
         self.pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="pyro-unpack")
         self.pending: dict[str, Future[None]] = {}
         self.pending_bytes = 0
+        self.linked = 0  # bytes of hard links' files
+        self.unchecked = 0  # bytes and entries since the free space was last looked at
+        if owner is not None:
+            os.chown(self.dest, owner, owner)
 
     def __enter__(self) -> _Writer:
         return self
@@ -161,6 +221,25 @@ class _Writer:
             except FileExistsError:
                 raise _refuse(f"{rel!r} is both present and whited out") from None
 
+    def _check_space(self, size: int) -> None:
+        """Every so often, and before a large file, whether the disk still has room for the
+        next `size` bytes: a layer of many small files takes more of it than its tar does
+        (a block per file), which no size check before the download can know."""
+        self.unchecked += size + _ENTRY_COST
+        if self.unchecked < _CHECK_EVERY:
+            return
+        self.unchecked = 0
+        fs = os.statvfs(self.dest)
+        if fs.f_bavail * fs.f_frsize - size < self.keep_free or (
+            fs.f_files and fs.f_favail < _INODES_KEPT
+        ):
+            from pyro_loop import units
+
+            raise _no_room(
+                f"unpacking it would leave less than {units.size(self.keep_free)} or "
+                f"{_INODES_KEPT} files free on the store's disk"
+            )
+
     def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         import tarfile
 
@@ -168,31 +247,40 @@ class _Writer:
 
         rel = member.name
         parent, _, base = rel.rpartition("/")
-        path = self.dest / rel
+        path = f"{self.dest}/{rel}"
+        self._check_space(member.size if member.isreg() else 0)
         try:
             if base.startswith(WHITEOUT_PREFIX):
                 if not member.isreg():
                     raise _refuse(f"{rel!r} is named like a whiteout marker but is not one")
                 self._marker(parent, base)
             elif member.isdir():
-                path.mkdir(mode=0o700)
+                os.mkdir(path, 0o700)
+                self._own(path)
                 self.dirs[rel] = (member.mode, int(member.mtime))
             elif member.issym():
                 os.symlink(member.linkname, path)
+                self._own(path)
                 self.records[rel] = treehash.link_record(rel, member.linkname)
             elif member.islnk():
                 if member.linkname in self.pending:
                     self._drain()
                 if member.linkname not in self.files:
                     raise _refuse(f"hard link {rel!r} to {member.linkname!r}, not a file")
-                os.link(self.dest / member.linkname, path, follow_symlinks=False)
-                self.records[rel] = treehash.file_record(rel, *self.files[member.linkname])
+                os.link(f"{self.dest}/{member.linkname}", path, follow_symlinks=False)
+                mode, sha256, size = self.files[member.linkname]
+                self.linked += size  # counted per name, as the store counts a tree
+                self.records[rel] = treehash.file_record(rel, mode, sha256)
             elif member.type in tarfile.REGULAR_TYPES:
                 self._file(tar, member, path)
         except FileExistsError:
             raise _refuse(f"{rel!r} is both present and whited out") from None
 
-    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+    def _own(self, path: str) -> None:
+        if self.owner is not None:
+            os.chown(path, self.owner, self.owner, follow_symlinks=False)
+
+    def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         source = tar.extractfile(member)
         assert source is not None  # a regular member always has a body
         if member.size > _CHUNK:  # large: streamed here, never held in memory whole
@@ -206,7 +294,7 @@ class _Writer:
         if self.pending_bytes > _PENDING_BYTES:
             self._drain()
 
-    def _store(self, rel: str, path: Path, body: bytes | IO[bytes], mode: int, mtime: int) -> None:
+    def _store(self, rel: str, path: str, body: bytes | IO[bytes], mode: int, mtime: int) -> None:
         import hashlib
 
         from pyro_loop import treehash
@@ -214,22 +302,26 @@ class _Writer:
         digest = hashlib.sha256()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
+        size = 0
         try:
             chunks = [body] if isinstance(body, bytes) else iter(lambda: body.read(_CHUNK), b"")
             for chunk in chunks:
                 digest.update(chunk)
                 _write_all(fd, chunk)
+                size += len(chunk)
             os.fchmod(fd, mode)  # exactly the vetted mode, whatever the umask
             os.utime(fd, (mtime, mtime))
+            if self.owner is not None:
+                os.fchown(fd, self.owner, self.owner)
         finally:
             os.close(fd)
-        self.files[rel] = (mode, digest.hexdigest())
+        self.files[rel] = (mode, digest.hexdigest(), size)
         self.records[rel] = treehash.file_record(rel, mode, self.files[rel][1])
 
     def _marker(self, parent: str, base: str) -> None:
         from pyro_loop import treehash
 
-        where = self.dest / parent if parent else self.dest
+        where = f"{self.dest}/{parent}" if parent else self.dest
         if base == OPAQUE_MARKER:
             os.setxattr(where, OPAQUE_XATTR, b"y")
             self.opaque.add(parent)
@@ -237,21 +329,24 @@ class _Writer:
         hidden = base[len(WHITEOUT_PREFIX) :]
         if not hidden or "/" in hidden:
             raise _refuse(f"a whiteout marker {base!r} names nothing")
-        os.mknod(where / hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        os.mknod(f"{where}/{hidden}", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        self._own(f"{where}/{hidden}")
         rel = f"{parent}/{hidden}" if parent else hidden
         self.records[rel] = treehash.whiteout_record(rel)
 
-    def finish(self) -> str:
+    def finish(self) -> Unpacked:
         """Directories' modes and times last (their contents changed them), then the digest."""
         from pyro_loop import treehash
 
         self._drain()
         for rel in sorted(self.dirs, key=lambda p: p.count("/"), reverse=True):
             mode, mtime = self.dirs[rel]
-            os.chmod(self.dest / rel, mode)
-            os.utime(self.dest / rel, (mtime, mtime))
+            path = f"{self.dest}/{rel}"
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
             self.records[rel] = treehash.dir_record(rel, stat.S_IMODE(mode), rel in self.opaque)
-        return treehash.digest_of_records(self.records)
+        size = self.linked + sum(size for _mode, _sha256, size in self.files.values())
+        return Unpacked(treehash.digest_of_records(self.records), size)
 
 
 def _refuse(why: str) -> PyroError:

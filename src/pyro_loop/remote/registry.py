@@ -16,10 +16,11 @@ Every failure becomes a RemoteError with one line that names the registry, never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import PyroError
 from pyro_loop.remote.address import Remote
@@ -111,50 +112,20 @@ class RegistryClient:
         )  # fmt: skip
         self._check(response, "uploading a layer")
 
-    def fetch_blob(
-        self,
-        digest: str,
-        size: int,
-        out: IO[bytes],
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        """Download blob `digest` into `out`, checking its length and digest as it comes.
-
-        Raises BlobMismatchError when the bytes are not the ones the manifest names.
-        """
+    @contextlib.contextmanager
+    def open_blob(self, digest: str, size: int) -> Iterator[BlobStream]:
+        """Blob `digest` as a stream read while it downloads; `BlobStream.verify` checks
+        its length and digest once it is read (the caller trusts nothing before that)."""
         algorithm, _, expected = digest.partition(":")
         if algorithm != "sha256" or len(expected) != 64:
             raise RemoteError(f"{self.remote}: unsupported blob digest {digest[:20]!r}")
-        hasher = hashlib.sha256()
-        received = 0
-
-        def download() -> None:
-            nonlocal received
-            response = self._registry.get_blob(self._container(), digest, stream=True)
-            with response:
-                self._check(response, "downloading a layer")
-                for chunk in response.iter_content(chunk_size=_CHUNK):
-                    received += len(chunk)
-                    if received > size:
-                        break  # more than the manifest says: stop reading now
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
-
-        self._call("downloading a layer", download)
-        short = digest.removeprefix("sha256:")[:12]
-        if received != size:
-            raise BlobMismatchError(
-                f"{self.remote}: layer blob {short} has {received} bytes, its manifest says "
-                f"{size}: refused (tampered with or cut short)"
-            )
-        if hasher.hexdigest() != expected:
-            raise BlobMismatchError(
-                f"{self.remote}: layer blob {short} does not match its digest: refused "
-                "(tampered with or damaged)"
-            )
+        what = "downloading a layer"
+        response = self._call(
+            what, lambda: self._registry.get_blob(self._container(), digest, stream=True)
+        )
+        with response:
+            self._check(response, what)
+            yield BlobStream(self, response, digest, size)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -183,19 +154,28 @@ class RegistryClient:
             return action()
         except RemoteError:
             raise
-        except _DeniedError as exc:
-            raise self._denied(exc.status, what) from None
-        except requests.exceptions.SSLError as exc:
-            raise RemoteError(
+        except (_DeniedError, requests.exceptions.RequestException, ValueError) as exc:
+            raise self._failure(what, exc) from None
+
+    def _failure(self, what: str, exc: Exception) -> RemoteError:
+        """The one line for a request that failed with `exc`."""
+        import requests
+
+        if isinstance(exc, _DeniedError):
+            return self._denied(exc.status, what)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return RemoteError(
                 f"{self.remote}: TLS failed while {what}: {_reason(exc)}",
                 hint="a registry without TLS must be named with http:// explicitly",
-            ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise RemoteUnavailableError(
+            )
+        # A connection that broke mid-body (ChunkedEncodingError) is the registry gone too.
+        gone = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError)  # fmt: skip
+        if isinstance(exc, gone):
+            return RemoteUnavailableError(
                 f"{self.remote}: registry unreachable while {what}: {_reason(exc)}"
-            ) from None
-        except (requests.exceptions.RequestException, ValueError) as exc:
-            raise RemoteError(f"{self.remote}: failed while {what}: {_reason(exc)}") from None
+            )
+        return RemoteError(f"{self.remote}: failed while {what}: {_reason(exc)}")
 
     def _check(self, response: requests.Response, what: str) -> None:
         code = response.status_code
@@ -214,6 +194,62 @@ class RegistryClient:
             hint="log in with `docker login` or `podman login`, or set "
             "PYRO_CACHE_USERNAME and PYRO_CACHE_PASSWORD",
         )
+
+
+class BlobStream:
+    """A blob as it downloads: `read` hashes and counts what it hands out, never more than
+    the manifest's length; `verify` reads the rest and checks length and digest."""
+
+    def __init__(
+        self, client: RegistryClient, response: requests.Response, digest: str, size: int
+    ) -> None:
+        self.client, self.digest, self.size = client, digest, size
+        self.received = 0
+        self._hasher = hashlib.sha256()
+        self._chunks = response.iter_content(chunk_size=_CHUNK)
+        self._left = b""
+
+    def read(self, count: int = -1) -> bytes:
+        if not self._left:
+            import requests
+
+            try:
+                chunk = next(self._chunks, b"")
+            except requests.exceptions.RequestException as exc:
+                raise self.client._failure("downloading a layer", exc) from None
+            self.received += len(chunk)
+            if self.received > self.size:
+                raise BlobMismatchError(
+                    f"{self.client.remote}: layer blob {self._short} is longer than the "
+                    f"{self.size} bytes its manifest says: refused (tampered with)"
+                )
+            self._hasher.update(chunk)
+            self._left = chunk
+        if count < 0 or count >= len(self._left):
+            data, self._left = self._left, b""
+        else:
+            data, self._left = self._left[:count], self._left[count:]
+        return data
+
+    def verify(self) -> None:
+        """Read what is left, then raise BlobMismatchError unless the blob is exactly the
+        one the manifest names."""
+        while self.read(_CHUNK):
+            pass
+        if self.received != self.size:
+            raise BlobMismatchError(
+                f"{self.client.remote}: layer blob {self._short} has {self.received} bytes, "
+                f"its manifest says {self.size}: refused (tampered with or cut short)"
+            )
+        if self._hasher.hexdigest() != self.digest.removeprefix("sha256:"):
+            raise BlobMismatchError(
+                f"{self.client.remote}: layer blob {self._short} does not match its digest: "
+                "refused (tampered with or damaged)"
+            )
+
+    @property
+    def _short(self) -> str:
+        return self.digest.removeprefix("sha256:")[:12]
 
 
 def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:

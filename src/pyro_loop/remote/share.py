@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
+from pyro_loop.fsutil import FREE_SPACE_KEPT
 from pyro_loop.remote.address import Remote
 from pyro_loop.store import Layer, LayerStore, check_key
 
@@ -37,6 +39,9 @@ ARTIFACT_TYPE = "application/vnd.pyro.snapshot.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.pyro.snapshot.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 A = "dev.pyro."  # annotation prefix
+# A layer's uncompressed tar length, in bytes: a pull stops decompressing past it (a small
+# blob must not expand to fill the disk) and checks the disk has room for it first.
+TAR_SIZE = f"{A}layer.tar.size"
 SHARED_KINDS = ("environment", "tool", "dependencies")
 Progress = Callable[[str], None]
 
@@ -148,15 +153,22 @@ def _push_layer(
     known = _read_blob_index(store, layer.key)
     if known is not None and client.has_blob(known["digest"]):
         progress(f"{kind} layer {layer.key[:12]}: already in the registry")
-        descriptor = {"mediaType": archive.MEDIA_TYPE, **known, "annotations": annotations}
+        annotations[TAR_SIZE] = str(known["tar_size"])
+        descriptor = {
+            "mediaType": archive.MEDIA_TYPE,
+            "digest": known["digest"],
+            "size": known["size"],
+            "annotations": annotations,
+        }
         return descriptor, "present"
     with store.staging() as staging:
         blob = staging / "blob"
         progress(f"{kind} layer {layer.key[:12]}: packing")
         with blob.open("wb") as out:
-            archive.pack(layer.tree, out)
+            tar_size = archive.pack(layer.tree, out)
+        annotations[TAR_SIZE] = str(tar_size)
         digest, size = _file_digest(blob), blob.stat().st_size
-        _write_blob_index(store, layer.key, digest, size)
+        _write_blob_index(store, layer.key, digest, size, tar_size)
         if client.has_blob(digest):
             action = "present"
             progress(f"{kind} layer {layer.key[:12]}: already in the registry")
@@ -266,34 +278,64 @@ def _pull_layer(
     remote: Remote,
     progress: Progress,
 ) -> Layer:
+    """Download, check and unpack in one stream (no copy of the blob on disk): the blob's
+    digest is known only at its end, so the tree is unpacked into staging by the rules of
+    an untrusted archive and published only once the digest checks out."""
+    from pyro_loop.identity import sandbox_owner
     from pyro_loop.remote import archive
+    from pyro_loop.remote.registry import RemoteError
 
-    size = int(descriptor["size"])
+    size, tar_size = int(descriptor["size"]), int(descriptor["annotations"][TAR_SIZE])
     with store.staging() as staging:
-        blob = staging / "blob"
-        done = [0, 0]  # bytes, last reported tenth
-
-        def on_bytes(count: int) -> None:
-            done[0] += count
-            tenth = done[0] * 10 // max(size, 1)
-            if tenth > done[1] and tenth < 10:
-                done[1] = tenth
-                progress(f"{kind} layer {key[:12]}: {tenth * 10}% of {_mb(size)}")
-
-        with blob.open("wb") as out:
-            client.fetch_blob(str(descriptor["digest"]), size, out, on_bytes=on_bytes)
+        _check_room(staging, kind, key, tar_size)
         tree = staging / "tree"
         tree.mkdir()
-        progress(f"{kind} layer {key[:12]}: verified, unpacking")
-        with blob.open("rb") as source:
-            digest = archive.unpack(source, tree)
-        blob.unlink()
+        with client.open_blob(str(descriptor["digest"]), size) as blob:
+            reported = [0]  # the last tenth reported
+
+            def on_chunk() -> None:
+                tenth = blob.received * 10 // max(size, 1)
+                if reported[0] < tenth < 10:
+                    reported[0] = tenth
+                    progress(f"{kind} layer {key[:12]}: {tenth * 10}% of {_mb(size)}")
+
+            try:
+                unpacked = archive.unpack(
+                    blob, tree, tar_size=tar_size, keep_free=FREE_SPACE_KEPT,
+                    owner=sandbox_owner(), on_chunk=on_chunk,
+                )  # fmt: skip
+            except RemoteError:
+                raise
+            except PyroError:
+                # A blob other than the one the manifest names says so, rather than
+                # what its damage broke in the archive.
+                blob.verify()
+                raise
+            blob.verify()
+        progress(f"{kind} layer {key[:12]}: verified")
         return store.publish(
             tree,
             kind=kind,
             key=key,
-            digest=digest,
+            digest=unpacked.digest,
             inputs={"pulled_from": str(remote), "blob": descriptor["digest"]},
+            size=unpacked.size,
+            handed_over=True,
+        )
+
+
+def _check_room(staging: Path, kind: str, key: str, tar_size: int) -> None:
+    """Refuse, before anything is downloaded, a layer that would not fit on the store's
+    disk with FREE_SPACE_KEPT to spare."""
+    from pyro_loop.units import size as show
+
+    room = shutil.disk_usage(staging).free - FREE_SPACE_KEPT
+    if tar_size > room:
+        raise PyroError(
+            f"the {kind} layer {key[:12]} unpacks to {show(tar_size)}, more than the "
+            f"{show(max(room, 0))} the store's disk can spare ({show(FREE_SPACE_KEPT)} "
+            "are kept free): not pulled",
+            hint="free some space there, or move PYRO_HOME to a larger disk",
         )
 
 
@@ -321,6 +363,11 @@ def _check_manifest(
             raise refuse("a layer has no valid size or digest")
         if kind not in SHARED_KINDS or not isinstance(key, str):
             raise refuse("a layer does not say which layer it is")
+        tar_size = notes.get(TAR_SIZE)
+        if not isinstance(tar_size, str) or not tar_size.isdigit():
+            raise refuse(
+                "a layer does not record its unpacked size (pushed by an older pyro: push it again)"
+            )
         found.append((kind, check_key(key), descriptor))
     wanted = [(kind, key) for kind, key in snapshot.layers]
     if [(kind, key) for kind, key, _d in found] != wanted:
@@ -347,16 +394,20 @@ def _read_blob_index(store: LayerStore, key: str) -> dict[str, Any] | None:
         data = json.loads(_blob_index(store, key).read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(data, dict) and isinstance(data.get("digest"), str)
-    return {"digest": data["digest"], "size": int(data["size"])} if ok else None
+    if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+        return None
+    if not isinstance(data.get("tar_size"), int):
+        return None  # remembered by an older pyro: packed again
+    return {"digest": data["digest"], "size": int(data["size"]), "tar_size": data["tar_size"]}
 
 
-def _write_blob_index(store: LayerStore, key: str, digest: str, size: int) -> None:
+def _write_blob_index(store: LayerStore, key: str, digest: str, size: int, tar_size: int) -> None:
     from pyro_loop.fsutil import write_json_atomic
 
     path = _blob_index(store, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"digest": digest, "size": size}, durable=False)
+    write_json_atomic(path, {"digest": digest, "size": size, "tar_size": tar_size},
+                      durable=False)  # fmt: skip
 
 
 def _mb(size: int) -> str:

@@ -1,0 +1,129 @@
+"""A zstd stream decompressed on a thread of its own, bounded, read as a file.
+
+A pull is a pipeline: the download, its digest and the decompression (C code that releases
+the GIL) run on this thread while the caller's thread parses the tar and writes files, so
+the two cores of a small machine both work. The decompressed stream must be exactly as long
+as the manifest records: a blob that expands past that (a decompression bomb) is stopped
+there, at most one chunk later, and never fills memory or disk (each read of the
+decompressor returns at most one chunk, however well the input compresses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import queue
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+from pyro_loop.errors import PyroError
+
+CHUNK = 1 << 20
+_AHEAD = 8  # chunks decompressed ahead of the reader, at most
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Inflated(io.RawIOBase):
+    """The decompressed bytes of `source`, which must come to exactly `expected` bytes.
+
+    Use as a context manager: leaving it stops the thread (a reader that fails half-way
+    leaves no thread reading `source`), so the caller may read `source` again afterwards.
+    `on_chunk` runs on the reader's thread after each chunk it takes.
+    """
+
+    def __init__(
+        self,
+        source: IO[bytes],
+        *,
+        expected: int,
+        on_chunk: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.expected = expected
+        self.on_chunk = on_chunk
+        self.total = 0  # decompressed so far (the thread's count)
+        self._queue: queue.Queue[bytes | _Failed] = queue.Queue(maxsize=_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pyro-inflate", daemon=True)
+        self._view = memoryview(b"")
+        self._eof = False
+
+    def __enter__(self) -> Inflated:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a thread waiting to hand over a chunk
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._view:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, _Failed):
+                self._eof = True
+                raise item.error
+            if not item:
+                self._eof = True
+                return 0
+            self._view = memoryview(item)
+            if self.on_chunk is not None:
+                self.on_chunk()
+        count = min(len(buffer), len(self._view))
+        buffer[:count] = self._view[:count]
+        self._view = self._view[count:]
+        return count
+
+    def finish(self) -> None:
+        """Read to the end of the stream (a tar's trailing padding), so that its length is
+        checked; raises what the thread met."""
+        while self.readinto(bytearray(CHUNK)):
+            pass
+
+    def _run(self) -> None:
+        import zstandard
+
+        try:
+            decompressor = zstandard.ZstdDecompressor()
+            with decompressor.stream_reader(self.source, read_size=CHUNK, closefd=False) as reader:
+                while not self._stop.is_set():
+                    data = reader.read(CHUNK)
+                    if not data:
+                        break
+                    self.total += len(data)
+                    if self.total > self.expected:
+                        raise PyroError(
+                            "refusing the pulled layer: it unpacks to more than the "
+                            f"{self.expected} bytes its manifest records (a decompression bomb?)"
+                        )
+                    self._put(data)
+            if not self._stop.is_set() and self.total != self.expected:
+                raise PyroError(
+                    f"refusing the pulled layer: it unpacks to {self.total} bytes, its "
+                    f"manifest records {self.expected}"
+                )
+        except BaseException as exc:  # handed to the reader's thread, which raises it
+            self._put(_Failed(exc))
+        else:
+            self._put(b"")
+
+    def _put(self, item: bytes | _Failed) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
