@@ -229,3 +229,16 @@ def test_a_session_as_an_ordinary_user(user: dict[str, Path]) -> None:  # noqa: 
         assert gone(user["home"])
     finally:
         nobody(["workspace", "delete", ws], cwd=projects, user=user, check=False)
+
+
+def test_a_whole_mebibyte_of_undecodable_output_in_one_read(ws: str) -> None:
+    shell = pyro_ok("workspace", "shell", "open", ws, "--id-only").strip()
+    pyro_ok("workspace", "shell", "write", ws, shell, "--input",
+            "head -c 1200000 /dev/zero | tr '\\0' '\\377'; echo; echo END-$((1+1))")  # fmt: skip
+    for _ in range(200):
+        out = pyro_json("workspace", "shell", "read", ws, shell, "--max-bytes", "1048576")
+        if "END-2" in out["output"]:
+            break
+    # The latest 1 MiB is kept; as JSON each byte that is not UTF-8 takes six.
+    assert out["dropped_bytes"] > 0 and out["next_cursor"] - out["cursor"] == 1048576
+    assert out["output"].count("\ufffd") > 1_000_000

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 KEEP_ENDED = 600.0  # seconds a keeper waits, after its shell ended, for someone to read it
 WATCH_INTERVAL = 1.0  # seconds between looks at whether the socket (the workspace) is there
 OPEN_TIMEOUT = 30.0  # seconds a keeper may take to open its shell
-REPLY_LIMIT = 4 * 1024 * 1024  # bytes: a reply carries at most 1 MiB of output as JSON
+REPLY_LIMIT = 16 * 1024 * 1024  # bytes: 1 MiB of output, as JSON, is at most 6 MiB
 
 
 def shells_dir(workspace_dir: Path) -> Path:
