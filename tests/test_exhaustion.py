@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.errors import InvalidInputError, PyroError
+from pyro_loop.errors import AgentError, InvalidInputError, PyroError
 from pyro_loop.fsutil import MAX_TREE_DEPTH, remove_tree
 from pyro_loop.runtime import Limits
 from pyro_loop.workspace import Workspaces
@@ -261,6 +261,72 @@ def test_a_tree_10000_levels_deep_leaves_status_start_stop_and_delete_working(
         os.chdir(here)
     remove_tree(pyro_home / "trash" / "by-hand")
     assert not (pyro_home / "trash" / "by-hand").exists()
+
+
+# A chain of `n` symlinks, l0 -> l1 -> ... -> l<n>, the last one a file.
+LINK_CHAIN = r"""
+import os, sys
+n = int(sys.argv[1])
+os.chdir("/workspace")
+for i in range(n):
+    os.symlink("l%d" % (i + 1), "l%d" % i)
+with open("l%d" % n, "w") as f:
+    f.write("end\n")
+"""
+
+
+def test_the_agent_removes_lists_and_makes_trees_deeper_than_recursion_and_path_max(
+    workspaces: Workspaces, ws: str, host_unchanged: None
+) -> None:
+    """The agent's own walks inside the sandbox: 1200 levels is beyond Python's recursion
+    limit, and the deepest paths of 3000 levels (6,000 bytes) beyond the kernel's PATH_MAX.
+    (Each level costs an rmdir of about a millisecond: the depths are no larger than that.)"""
+    for top, depth in (("one", "3000"), ("two", "1200"), ("three", "1200")):
+        made = workspaces.exec(ws, ["python3", "-c", NEST, top, depth])
+        assert made.exit_code == 0, made.stderr
+    client = workspaces.client(ws)
+    # A listing ends, cut short where its reply would outgrow one frame.
+    listing = client.list("one", recursive=True)
+    assert listing["truncated"] is True
+    paths = [entry["path"] for entry in listing["entries"]]
+    assert len(paths) > 500 and all(path.startswith("/workspace/one/d") for path in paths)
+    assert client.list("one")["entries"][0]["path"] == "/workspace/one/d"
+    # `remove` (the file tools) and `remove_many` (sync) take the whole tree.
+    assert client.remove("one", recursive=True)["removed"] is True
+    assert client.remove_many(["two", "missing"]) == {"removed": 1, "missing": 1, "errors": []}
+    # A read-only directory in the way is emptied all the same.
+    assert sh(workspaces, ws, "chmod 500 three/d/d/d && echo ok").stdout == b"ok\n"
+    assert client.remove_many(["three"])["removed"] == 1
+    assert sh(workspaces, ws, "ls /workspace").stdout.split() == [b"README.md", b"run.sh", b"src"]
+    # Directories made for a write, a mkdir, a symlink: 1200 missing levels at once.
+    deep = "made/" + "d/" * 1200
+    assert client.write(deep + "file", b"bottom\n")["written"] == 7
+    client.mkdir(deep + "dir")
+    client.symlink("other/" + "d/" * 1200 + "link", "file")
+    assert client.read(deep + "file")[0] == b"bottom\n"
+    assert client.stat("other/" + "d/" * 1200 + "link")["entry"]["type"] == "symlink"
+    assert client.remove_many(["made", "other"])["removed"] == 2
+
+
+def test_a_symlink_chain_longer_than_the_recursion_limit_is_a_clean_error(
+    workspaces: Workspaces, ws: str, tmp_path: Path, host_unchanged: None
+) -> None:
+    """Python before 3.13 follows each link of a chain by recursion; the kernel stops at 40."""
+    made = workspaces.exec(ws, ["python3", "-c", LINK_CHAIN, "1500"])
+    assert made.exit_code == 0, made.stderr
+    client = workspaces.client(ws)
+    attempts = {
+        "read": lambda: client.read("l0"),
+        "write": lambda: client.write("l0", b"x"),
+        "list": lambda: client.list("l0"),
+        "tar": lambda: client.tar("l0", lambda _data: None),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(AgentError, match="Too many levels of symbolic links"):
+            attempt()
+        assert sh(workspaces, ws, "cat l1500").stdout == b"end\n", what
+    assert client.stat("l0")["entry"]["target"] == "l1"  # the link itself needs no resolving
+    assert client.remove_many(["l0"])["removed"] == 1
 
 
 @pytest.fixture

@@ -808,6 +808,28 @@ def test_export_file_and_directory(workspaces: Workspaces, ws: str, tmp_path: Pa
     assert leftovers == []
 
 
+def test_export_archives_hard_links_modes_and_empty_dirs_and_leaves_out_specials(
+    workspaces: Workspaces, ws: str, tmp_path: Path
+) -> None:
+    script = (
+        "set -e; mkdir -p tree/empty tree/sub; chmod 750 tree/empty; echo one > tree/a;"
+        " ln tree/a tree/sub/hard; chmod 640 tree/a; mkfifo tree/fifo; ln -s a tree/link"
+    )
+    _sh(workspaces, ws, script)
+    workspaces.export(ws, "tree", tmp_path / "tree")
+    out = tmp_path / "tree"
+    assert sorted(p.name for p in out.iterdir()) == ["a", "empty", "link", "sub"]  # no FIFO
+    assert (out / "sub" / "hard").read_text() == (out / "a").read_text() == "one\n"
+    assert stat.S_IMODE((out / "a").stat().st_mode) == 0o640
+    assert stat.S_IMODE((out / "empty").stat().st_mode) == 0o750
+    assert list((out / "empty").iterdir()) == []
+    assert os.readlink(out / "link") == "a"
+    # The whole workspace: without the empty directory that covers the home's place.
+    workspaces.export(ws, "/workspace", tmp_path / "whole")
+    assert (tmp_path / "whole" / "tree" / "sub" / "hard").read_text() == "one\n"
+    assert not (tmp_path / "whole" / ".pyro-home").exists()
+
+
 def test_export_refuses_links_out_of_the_workspace(
     workspaces: Workspaces, ws: str, tmp_path: Path
 ) -> None:

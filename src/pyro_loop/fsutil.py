@@ -17,7 +17,7 @@ from pyro_loop.errors import PyroError
 # directories deep. A workspace can nest directories without end; deeper trees are refused
 # with a clear error rather than exhausting Python's recursion limit (the walks recurse once
 # per level) or the process's descriptors (an fd-based walk holds one per level). Real
-# projects stay far below it. The agent bounds `export` the same way (agent/fileops.py).
+# projects stay far below it. The agent bounds `export` the same way (agent/tarexport.py).
 MAX_TREE_DEPTH = 256
 
 

@@ -9,6 +9,7 @@ the security boundary; this confinement keeps the file tools' behaviour predicta
 
 from __future__ import annotations
 
+import errno
 import os
 
 WORKSPACE = "/workspace"
@@ -31,15 +32,24 @@ def confine(path: object, follow: bool = True) -> str:
     if not inside(lexical):
         raise RequestError("outside_workspace", "path is outside /workspace: " + path)
     resolved = (
-        os.path.realpath(lexical)
+        realpath(lexical)
         if follow
-        else os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
+        else os.path.join(realpath(os.path.dirname(lexical)), os.path.basename(lexical))
     )
     if not inside(resolved):
         raise RequestError(
             "outside_workspace", "path resolves outside /workspace through a symlink: " + path
         )
     return resolved
+
+
+def realpath(path: str) -> str:
+    """os.path.realpath, where a chain of symlinks longer than Python's recursion limit
+    (followed one call per link before Python 3.13) is the ELOOP the kernel would give."""
+    try:
+        return os.path.realpath(path)
+    except RecursionError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path) from None
 
 
 def inside(path: str) -> bool:

@@ -1,5 +1,4 @@
-"""File operations on one path each: stat, list, read, write, remove, mkdir, symlink, chmod,
-and `tar`, which streams a tree out of the workspace (what `export` unpacks on the host).
+"""File operations on one path each: stat, list, read, write, remove, mkdir, symlink, chmod.
 
 Trusts nothing in the request: every path goes through `confine` first, and a symlink is
 reported, removed or exported as the link itself, never as what it points to. Files are
@@ -10,20 +9,19 @@ from __future__ import annotations
 
 import os
 
+import deeptree
 import protocol as p
 from confine import WORKSPACE, RequestError, confine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
-    import tarfile
     from _socket import socket
     from typing import Any
 
-MAX_TREE_DEPTH = 256  # export walks at most this deep (fsutil.MAX_TREE_DEPTH on the host)
-HOME_COVER = WORKSPACE + "/" + p.HOME_DIR  # the empty directory over the home's place
 
-
-def _entry(path: str, st: os.stat_result) -> dict[str, Any]:
+def _entry(path: str, st: os.stat_result, dir_fd: int | None = None) -> dict[str, Any]:
+    """An entry of a listing; with `dir_fd`, `path` ends in the name it has in that
+    directory, by which it is read (a full path can be longer than the kernel takes)."""
     mode = st.st_mode
     if mode & 0o170000 == 0o040000:
         kind = "dir"
@@ -41,7 +39,8 @@ def _entry(path: str, st: os.stat_result) -> dict[str, Any]:
         "mtime": st.st_mtime,
     }
     if kind == "symlink":
-        entry["target"] = os.readlink(path)
+        name = path if dir_fd is None else path[path.rfind("/") + 1 :]
+        entry["target"] = os.readlink(name, dir_fd=dir_fd)
     return entry
 
 
@@ -60,21 +59,27 @@ def op_list(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     if not os.path.isdir(root):
         raise RequestError("not_a_directory", "not a directory in the workspace: " + root)
     entries: list[dict[str, Any]] = []
-    pending = [root]
+    # The reply is one JSON frame: past this many bytes of entries it is truncated, as past
+    # `max_entries` (the paths of a deep tree are long).
+    budget = p.MAX_JSON // 2
     truncated = False
-    while pending and not truncated:
-        current = pending.pop()
-        with os.scandir(current) as it:
-            for item in sorted(it, key=lambda e: e.name):
-                if item.path == HOME_COVER:
-                    continue
-                if len(entries) >= limit:
-                    truncated = True
-                    break
-                st = item.stat(follow_symlinks=False)
-                entries.append(_entry(item.path, st))
-                if recursive and item.is_dir(follow_symlinks=False):
-                    pending.append(item.path)
+    for here in deeptree.walk(root):
+        base = root + "/" + here.rel if here.rel else root
+        if base == WORKSPACE and p.HOME_DIR in here.dirs:
+            here.dirs.remove(p.HOME_DIR)
+        for name in sorted(here.dirs + here.others):
+            if len(entries) >= limit or budget <= 0:
+                truncated = True
+                break
+            try:
+                st = os.stat(name, dir_fd=here.fd, follow_symlinks=False)
+                entry = _entry(base + "/" + name, st, here.fd)
+            except FileNotFoundError:  # removed since the directory was read
+                continue
+            entries.append(entry)
+            budget -= len(p.dumps(entry)) + 1
+        if truncated or not recursive:
+            break
     entries.sort(key=lambda e: e["path"])
     return {"path": root, "entries": entries, "truncated": truncated}
 
@@ -136,7 +141,7 @@ def op_write(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     mode = req.get("mode")
     parent = os.path.dirname(path)
     if req.get("mkdirs", True):
-        os.makedirs(parent, exist_ok=True)
+        deeptree.makedirs(parent)
     if os.path.isdir(path):
         _recv_data(conn, None)
         raise RequestError("is_a_directory", "is a directory, not a file: " + path)
@@ -172,9 +177,7 @@ def op_remove(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     if st.st_mode & 0o170000 == 0o040000:
         if not req.get("recursive"):
             raise RequestError("is_a_directory", "is a directory (pass recursive): " + path)
-        import shutil
-
-        shutil.rmtree(path)
+        deeptree.remove_tree(path)
     else:
         os.unlink(path)
     return {"path": path, "removed": True}
@@ -182,7 +185,7 @@ def op_remove(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
 
 def op_mkdir(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     path = confine(req.get("path"))
-    os.makedirs(path, exist_ok=True)
+    deeptree.makedirs(path)
     return {"path": path}
 
 
@@ -193,7 +196,7 @@ def op_symlink(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("invalid_path", "symlink target must be a non-empty string")
     if os.path.lexists(path):
         os.unlink(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    deeptree.makedirs(os.path.dirname(path))
     os.symlink(target, path)
     return {"path": path}
 
@@ -205,55 +208,3 @@ def op_chmod(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("invalid_request", "mode must be a number")
     os.chmod(path, mode & 0o7777)
     return {"path": path}
-
-
-def op_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
-    """Stream `path` as an uncompressed tar archive in D frames (symlinks stay symlinks)."""
-    import tarfile
-
-    # A symlink is exported as the link itself, never as what it points to; and only if
-    # what it points to is inside the workspace.
-    path = confine(req.get("path"), follow=False)
-    if not os.path.lexists(path):
-        raise RequestError("not_found", "no such file in the workspace: " + path)
-    if os.path.islink(path):
-        confine(path, follow=True)
-
-    class FrameWriter:
-        """The file object a streaming tarfile ("w|") writes to: it only calls `write`; the
-        rest is the file interface tarfile's type declares."""
-
-        def write(self, data: bytes, /) -> int:
-            p.send_data(conn, p.KIND_DATA, data)
-            return len(data)
-
-        def read(self, size: int, /) -> bytes:
-            raise OSError("the archive stream is write-only")
-
-        def seek(self, pos: int, /) -> int:
-            raise OSError("the archive stream cannot seek")
-
-        def tell(self) -> int:
-            raise OSError("the archive stream cannot seek")
-
-        def close(self) -> None:
-            pass
-
-    arcname = os.path.basename(path) if path != WORKSPACE else "workspace"
-
-    def no_specials(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        # tarfile recurses once per directory level: refuse a workspace's endless nesting
-        # cleanly (same bound as fsutil.MAX_TREE_DEPTH on the host) before Python's
-        # recursion limit ends this handler mid-archive.
-        if info.isdir() and info.name.count("/") >= MAX_TREE_DEPTH:
-            raise RequestError(
-                "too_deep",
-                "nested more than %d directories deep: %s..." % (MAX_TREE_DEPTH, info.name[:60]),
-            )
-        if info.name == "workspace/" + p.HOME_DIR:
-            return None
-        return info if (info.isfile() or info.isdir() or info.issym()) else None
-
-    with tarfile.open(fileobj=FrameWriter(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(path, arcname=arcname, filter=no_specials)
-    return {"path": path, "arcname": arcname}

@@ -7,7 +7,9 @@ nothing else down. This module reads each request, checks its protocol version a
 to the operation `OPS` names; the operations live beside it, one job per module:
 
   confine.py   which paths a request may name (everything inside /workspace, nothing else)
-  fileops.py   stat, list, read, write, remove, mkdir, symlink, chmod; tar (export a tree)
+  deeptree.py  walking and removing trees at any depth, making directories
+  fileops.py   stat, list, read, write, remove, mkdir, symlink, chmod
+  tarexport.py tar: a tree streamed out as a tar archive (what export unpacks)
   tarread.py   parsing a tar stream from a request's data frames
   tarput.py    put_tar and remove_many (sync into the workspace)
   execop.py    exec (run a command, forward its output and input), freeze
@@ -62,7 +64,6 @@ OPS: dict[str, Op] = {
     "mkdir": fileops.op_mkdir,
     "symlink": fileops.op_symlink,
     "chmod": fileops.op_chmod,
-    "tar": fileops.op_tar,
     "put_tar": tarput.op_put_tar,
     "remove_many": tarput.op_remove_many,
     "freeze": execop.op_freeze,
@@ -79,6 +80,7 @@ LAZY_OPS: dict[str, str] = {
     "ps": "services",
     "connect": "portfwd",
     "sockets": "portfwd",
+    "tar": "tarexport",
 }
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
+import deeptree
 import protocol as p
-from confine import WORKSPACE, RequestError, confine, inside
+from confine import WORKSPACE, RequestError, confine, inside, realpath
 from fileops import temp_name
 from tarread import FrameReader, TarReader
 
@@ -40,7 +41,7 @@ def _member_parts(name: str) -> list[str]:
 
 def _member_target(parts: list[str]) -> tuple[str, str] | None:
     """Where a member goes: its parent resolved (symlinks followed) inside /workspace, or None."""
-    parent = os.path.realpath(WORKSPACE + "".join("/" + part for part in parts[:-1]))
+    parent = realpath(WORKSPACE + "".join("/" + part for part in parts[:-1]))
     if not inside(parent):
         return None
     return parent, parent + "/" + parts[-1]
@@ -53,25 +54,10 @@ def _remove_any(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     if st.st_mode & 0o170000 == 0o040000:
-        _rmtree(path, st.st_mode)
+        deeptree.remove_tree(path)
     else:
         os.unlink(path)
     return True
-
-
-def _rmtree(path: str, mode: int) -> None:
-    """shutil.rmtree without importing shutil (milliseconds per request); links not followed."""
-    if mode & 0o700 != 0o700:  # a read-only directory is emptied all the same
-        os.chmod(path, (mode & 0o7777) | 0o700)
-    with os.scandir(path) as entries:
-        children = list(entries)
-    for entry in children:
-        st = entry.stat(follow_symlinks=False)
-        if st.st_mode & 0o170000 == 0o040000:
-            _rmtree(entry.path, st.st_mode)
-        else:
-            os.unlink(entry.path)
-    os.rmdir(path)
 
 
 def _is_dir(path: str) -> bool:
@@ -110,7 +96,7 @@ class _Putter:
             return
         parent, target = placed
         try:
-            os.makedirs(parent, exist_ok=True)
+            deeptree.makedirs(parent)
             if member.kind == "file":
                 self.put_file(parent, target, member, tar)
             elif member.kind == "symlink":
