@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bubblewrap libseccomp2 util-linux git python3 python3-venv mmdebstrap uidmap fakechroot fakeroot docker-registry apache2-utils)
+packages=(bubblewrap libseccomp2 util-linux git python3 python3-venv mmdebstrap uidmap fakechroot fakeroot docker-registry apache2-utils openssl)
 missing=()
 # npm (for the real-project tests) only where no npm is on PATH: NodeSource's nodejs ships
 # its own, and Debian's npm package would conflict with it.

@@ -239,6 +239,59 @@ def test_wrong_or_missing_login_is_one_line_and_a_local_build(
     assert "refused anonymous access" in anonymous.stderr
 
 
+IDENTITY_TOKEN = "idt-0f1e2d3c4b5a"
+
+
+def test_identity_token_is_exchanged_for_access_with_oauth2(tmp_path: Path) -> None:
+    """`identitytoken` in docker's config.json (as `az acr login` writes it), and a
+    credential helper answering the user `<token>`: pyro trades the token at the registry's
+    token service with OAuth2's refresh-token grant, and never shows it."""
+    with running_registry(identity_token=IDENTITY_TOKEN) as server:
+        assert server.tokens is not None
+        root = _project(tmp_path, "idtoken")
+        remote = f"{server.address}/team/idtoken"
+        docker = tmp_path / "docker" / "config.json"
+        docker.parent.mkdir()
+        entry = {"identitytoken": IDENTITY_TOKEN}
+        docker.write_text(json.dumps({"auths": {server.address: entry}}))
+        env = {"PYRO_CACHE_REMOTE": remote, "DOCKER_CONFIG": str(docker.parent)}
+        pushed = run_pyro("prepare", "--push", "-C", str(root), env=env)
+        assert pushed.returncode == 0, pushed.stderr
+        assert server.tokens.posts and all(
+            form["grant_type"] == "refresh_token" and form["refresh_token"] == IDENTITY_TOKEN
+            for form in server.tokens.posts
+        )
+        assert "repository:team/idtoken:pull,push" in {f.get("scope") for f in server.tokens.posts}
+
+        # Another machine: the login comes from a credential helper (docker's protocol).
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        helper = bin_dir / "docker-credential-pyrotest"
+        answer = json.dumps({"Username": "<token>", "Secret": IDENTITY_TOKEN})
+        helper.write_text(f"#!/bin/sh\nread registry\necho '{answer}'\n")
+        helper.chmod(0o755)
+        (tmp_path / "helper" / "config.json").parent.mkdir()
+        (tmp_path / "helper" / "config.json").write_text(json.dumps({"credsStore": "pyrotest"}))
+        other = {"PYRO_CACHE_REMOTE": remote, "DOCKER_CONFIG": str(tmp_path / "helper"),
+                 "PYRO_HOME": str(tmp_path / "b"),
+                 "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+        assert run_pyro("trust", "-C", str(root), env=other).returncode == 0
+        pulled = run_pyro("prepare", "-C", str(root), env=other)
+        assert "pulled dependencies" in pulled.stdout, pulled.stderr
+
+        # A token the service does not know: one line naming where it came from, and a
+        # local build.
+        docker.write_text(json.dumps({"auths": {server.address: {"identitytoken": "revoked"}}}))
+        third = {**env, "PYRO_HOME": str(tmp_path / "c")}
+        assert run_pyro("trust", "-C", str(root), env=third).returncode == 0
+        refused = run_pyro("prepare", "-C", str(root), env=third)
+        assert refused.returncode == 0, refused.stderr
+        assert f"refused the login from {docker}" in refused.stderr
+        assert "built baseline, dependencies" in refused.stdout
+        for result in (pushed, pulled, refused):
+            assert IDENTITY_TOKEN not in result.stdout + result.stderr
+
+
 def test_credentials_order_and_secrecy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     docker = _auth_config(tmp_path / "docker" / "config.json", "reg.example", "from-docker")
     monkeypatch.setenv("DOCKER_CONFIG", str(docker.parent))

@@ -3,9 +3,14 @@
 In order: PYRO_CACHE_USERNAME and PYRO_CACHE_PASSWORD (for CI), the file REGISTRY_AUTH_FILE
 names, podman's ${XDG_RUNTIME_DIR}/containers/auth.json, then docker's config.json
 ($DOCKER_CONFIG, or ~/.docker). An entry may hold the login itself (`auth`, as `docker
-login` writes it) or name a credential helper (`credHelpers`, `credsStore`). Never from
-`.pyro.toml`, which a cloned repository controls. The secret is only ever put in a request
-header: no message, log or repr shows it.
+login` writes it), an identity token (`identitytoken`, as `az acr login` and other
+OAuth2 logins write it), or name a credential helper (`credHelpers`, `credsStore`; a helper
+answering the user name `<token>` hands over an identity token, as docker reads it). Never
+from `.pyro.toml`, which a cloned repository controls. The secret is only ever put in a
+request: no message, log or repr shows it.
+
+An identity token is an OAuth2 refresh token: it never goes to the registry itself, only to
+the registry's token service, in exchange for an access token (registry.py).
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ USERNAME_VAR, PASSWORD_VAR = "PYRO_CACHE_USERNAME", "PYRO_CACHE_PASSWORD"
 _HELPER_TIMEOUT = 20.0
 
 
+IDENTITY_TOKEN_USER = "<token>"  # docker's user name for a helper's identity token
+
+
 @dataclass(frozen=True)
 class Credentials:
     source: str  # where they came from, for messages: a variable's or a file's name
     basic: str = field(repr=False)  # base64 of "user:password", as the Basic scheme sends it
+    identity_token: str | None = field(default=None, repr=False)  # an OAuth2 refresh token
 
 
 def auth_files() -> list[Path]:
@@ -65,8 +74,12 @@ def _from_config(data: dict[str, Any], registry: str, path: Path) -> Credentials
     auths = data.get("auths")
     for name in names:
         entry = auths.get(name) if isinstance(auths, dict) else None
-        if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
-            return Credentials(str(path), entry["auth"])
+        if not isinstance(entry, dict):
+            continue
+        auth, token = entry.get("auth"), entry.get("identitytoken")
+        token = token if isinstance(token, str) and token else None
+        if token or (isinstance(auth, str) and auth):
+            return Credentials(str(path), auth if isinstance(auth, str) else "", token)
     helpers = data.get("credHelpers")
     helper = helpers.get(registry) if isinstance(helpers, dict) else None
     helper = helper or data.get("credsStore")
@@ -89,9 +102,12 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
         return None  # the helper has no login for this registry
     try:
         payload = json.loads(result.stdout)
-        return Credentials(program, _encode(payload["Username"], payload["Secret"]))
+        user, secret = str(payload["Username"]), str(payload["Secret"])
     except (ValueError, KeyError, TypeError):
         raise InvalidInputError(f"{program} answered something that is not a login") from None
+    if user == IDENTITY_TOKEN_USER:
+        return Credentials(program, "", identity_token=secret)
+    return Credentials(program, _encode(user, secret))
 
 
 def _encode(user: str, password: str) -> str:

@@ -10,7 +10,9 @@ replaces only how a request is sent (`do_request`), for three reasons:
   all), while an offline registry must cost a prepare one line, not minutes;
 - authentication from pyro's credentials (credentials.py) for both the Basic scheme of a
   plain `distribution` registry with htpasswd and the Bearer scheme, sent up front once the
-  registry has asked for it, so an upload's body is not sent twice.
+  registry has asked for it, so an upload's body is not sent twice; and a docker identity
+  token exchanged for an access token with OAuth2's refresh-token grant, which the SDK
+  lacks (it only asks the token service with a GET and Basic credentials).
 Every failure becomes a RemoteError with one line that names the registry, never the secret.
 """
 
@@ -21,9 +23,10 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pyro_loop.errors import PyroError
-from pyro_loop.remote.address import Remote
+from pyro_loop.remote.address import Remote, is_loopback
 from pyro_loop.remote.credentials import Credentials, find_credentials
 
 if TYPE_CHECKING:
@@ -304,11 +307,37 @@ def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
         def _authorize(self, challenge: str) -> dict[str, str] | None:
             scheme = challenge.split(" ", 1)[0].lower()
             if scheme == "basic":
-                return {"Authorization": f"Basic {credentials.basic}"} if credentials else None
+                basic = credentials.basic if credentials else None
+                return {"Authorization": f"Basic {basic}"} if basic else None
             if scheme == "bearer":
-                token = self.auth.request_token(oras.auth.utils.parse_auth_header(challenge))
+                header = oras.auth.utils.parse_auth_header(challenge)
+                if credentials is not None and credentials.identity_token:
+                    token = self._exchange(header, credentials.identity_token)
+                else:
+                    token = self.auth.request_token(header)
                 return {"Authorization": f"Bearer {token}"} if token else None
             return None
+
+        def _exchange(self, header: Any, identity_token: str) -> str | None:
+            """An access token for an identity token: the OAuth2 refresh-token grant at the
+            registry's token service (the distribution spec's `POST /token`), as docker and
+            oras-go do it; the ORAS Python SDK has no such exchange."""
+            realm = str(header.realm or "")
+            if not realm.startswith("https://") and not (
+                realm.startswith("http://") and is_loopback(urlsplit(realm).netloc)
+            ):
+                return None  # an identity token never travels in the clear, or nowhere
+            form = {"grant_type": "refresh_token", "refresh_token": identity_token,
+                    "client_id": "pyro", "service": str(header.service or "")}  # fmt: skip
+            if header.scope:
+                form["scope"] = str(header.scope)
+            response = self.session.post(realm, data=form, verify=self._tls_verify)
+            with response:
+                if response.status_code != 200:
+                    return None
+                answer = response.json()
+            token = answer.get("access_token") or answer.get("token")
+            return str(token) if token else None
 
     registry = _Registry(
         hostname=remote.registry, insecure=remote.plain_http, tls_verify=_ca_bundle()
@@ -317,7 +346,7 @@ def _make_registry(remote: Remote, credentials: Credentials | None) -> Any:
     adapter = _TimeoutAdapter()
     registry.session.mount("http://", adapter)
     registry.session.mount("https://", adapter)
-    if credentials is not None:
+    if credentials is not None and credentials.basic:
         registry.auth._basic_auth = credentials.basic  # the token exchange logs in with it
     # The SDK would read ~/.docker/config.json itself, over the order credentials.py keeps.
     registry.auth.load_configs = lambda *args, **kwargs: None
