@@ -836,3 +836,35 @@ def test_the_client_type_checks_batch_replies(
                 client.remove_many(["a"])
     finally:
         agent.stop()
+
+
+def test_tar_headers_are_the_ones_tarfile_writes() -> None:
+    # The stream builds the common header itself (a header per file of a branch switch);
+    # whatever it builds must be byte for byte what tarfile's pax format writes.
+    from pyro_loop.sync.tarstream import tar_header
+
+    cases = [
+        ("a", tarfile.REGTYPE, 0o644, 0, 0, ""),
+        ("pkg1/mod1.py", tarfile.REGTYPE, 0o755, 12345, 1_765_000_000, ""),
+        ("dir", tarfile.DIRTYPE, 0o1777, 0, 1_765_000_000, ""),
+        ("x" * 99, tarfile.DIRTYPE, 0o700, 0, 1, ""),  # 100 with its slash
+        ("x" * 100, tarfile.DIRTYPE, 0o700, 0, 1, ""),
+        ("link", tarfile.SYMTYPE, 0o777, 0, 5, "../x/y"),
+        ("link", tarfile.SYMTYPE, 0o777, 0, 5, "t" * 100),
+        ("link", tarfile.SYMTYPE, 0o777, 0, 5, "t" * 101),
+        ("n" * 100, tarfile.REGTYPE, 0o600, 8**11 - 1, 8**11 - 1, ""),
+        ("n" * 101, tarfile.REGTYPE, 0o600, 1, 1, ""),
+        ("café.txt", tarfile.REGTYPE, 0o644, 1, 1, ""),
+        ("bad\udcff", tarfile.REGTYPE, 0o644, 1, 1, ""),
+        ("big", tarfile.REGTYPE, 0o644, 8**11, 1, ""),
+    ]
+    for name, kind, mode, length, mtime, target in cases:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.size, info.mtime, info.linkname = (
+            kind,
+            mode,
+            length,
+            mtime,
+            target,
+        )
+        assert tar_header(info) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), name

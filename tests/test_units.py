@@ -60,12 +60,13 @@ def beneath_tree(request: pytest.FixtureRequest, tmp_path: Path,
     return root
 
 
-def test_beneath_never_follows_a_link(beneath_tree: Path) -> None:
+@pytest.mark.parametrize("cache_dirs", [False, True], ids=["fresh", "cached-dirs"])
+def test_beneath_never_follows_a_link(beneath_tree: Path, cache_dirs: bool) -> None:
     import errno
 
     from pyro_loop.beneath import Beneath
 
-    with Beneath(beneath_tree) as tree:
+    with Beneath(beneath_tree, cache_dirs=cache_dirs) as tree:
         assert tree.read("dir/sub/file") == b"inside\n"
         for rel in ("out/secret", "indir/sub/file", "in", "abs"):
             with pytest.raises(OSError) as caught:
@@ -80,6 +81,48 @@ def test_beneath_never_follows_a_link(beneath_tree: Path) -> None:
             tree.lstat("out/secret")
         assert tree.readlink("up") == "../outside/secret"
         assert sorted(e.name for e in tree.scandir("dir")) == ["sub"]
+
+
+def test_a_kept_directory_swapped_for_a_link_is_not_followed(beneath_tree: Path) -> None:
+    import errno
+
+    from pyro_loop.beneath import Beneath
+
+    with Beneath(beneath_tree, cache_dirs=True) as tree:
+        assert tree.read("dir/sub/file") == b"inside\n"  # keeps dir and dir/sub
+        (beneath_tree / "dir").rename(beneath_tree / "moved")
+        (beneath_tree / "dir").symlink_to(beneath_tree.parent / "outside")
+        with pytest.raises(OSError) as caught:
+            tree.read("dir/secret")
+        assert caught.value.errno in (errno.ELOOP, errno.ENOENT)
+        # A kept descriptor names the directory it opened, wherever that went: not the link.
+        assert tree.read("dir/sub/file") == b"inside\n"
+        tree.close_dirs()
+        with pytest.raises(OSError) as caught:
+            tree.read("dir/secret")
+        assert caught.value.errno == errno.ELOOP
+
+
+def test_a_caching_tree_holds_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+    from pyro_loop.beneath import Beneath
+
+    for i in range(300):
+        (tmp_path / f"d{i}" / "x").mkdir(parents=True)
+        (tmp_path / f"d{i}" / "x" / "f").write_text(str(i))
+    deep = tmp_path / "deep"
+    deep_rel = "/".join(["deep"] + ["n"] * 400)  # more levels than descriptors kept
+    (tmp_path / deep_rel).mkdir(parents=True)
+    (tmp_path / deep_rel / "f").write_text("deep")
+    before = len(os.listdir("/proc/self/fd"))
+    with Beneath(tmp_path, cache_dirs=True) as tree:
+        for i in range(300):
+            assert tree.read(f"d{i}/x/f") == str(i).encode()
+            assert len(os.listdir("/proc/self/fd")) <= before + 130
+        assert tree.read(f"{deep_rel}/f") == b"deep"
+        assert stat.S_ISDIR(tree.lstat(deep_rel).st_mode)
+        assert len(os.listdir("/proc/self/fd")) <= before + 130
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert deep.is_dir()
 
 
 def test_beneath_follows_only_links_that_stay_inside(beneath_tree: Path) -> None:

@@ -9,6 +9,14 @@ does that in one call where it has `openat2` (RESOLVE_BENEATH | RESOLVE_NO_SYMLI
 with O_NOFOLLOW relative to its parent. Paths that are absolute or climb with `..` are
 refused (EXDEV) before anything is opened.
 
+A reader that looks at many paths of one tree (the sync engine, once per sync) may keep the
+descriptors of the directories it went through (`cache_dirs=True`): each was opened the same
+way, without following a link, and the next lookup below it starts from it, one `openat` or
+`fstatat` with O_NOFOLLOW / AT_SYMLINK_NOFOLLOW for the last component, instead of resolving
+the whole path again. A directory swapped for a link after it was opened is then not followed
+either: the descriptor still names the directory that was there (what a lookup a moment
+earlier would have read). `close()` drops them; the engine closes its tree after each sync.
+
 One rule is looser, for files pyro reads by name from a repository (the lockfiles that key
 the dependency snapshot): `open_following` follows a link whose target stays inside the tree
 and out of `.git` (`requirements.txt -> requirements/base.txt`), resolving it here, one
@@ -29,8 +37,11 @@ import posixpath
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from types import TracebackType
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
@@ -42,6 +53,9 @@ _SYS_OPENAT2 = 437  # the same on every architecture: it came after the tables w
 NOT_A_PATH = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _MAX_LINKS = 40  # links followed by one open_following, as the kernel's own limit
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory descriptors a caching tree keeps at most: a sorted walk needs a few at a time, and
+# the process's descriptor limit (1,024 by default) is shared with everything else.
+_MAX_CACHED_DIRS = 128
 
 
 class LinkEscapeError(OSError):
@@ -51,6 +65,14 @@ class LinkEscapeError(OSError):
         where = "into git's own files" if into_git else "outside the repository"
         super().__init__(errno.EXDEV, f"{link} is a symbolic link to {target}, {where}", rel)
         self.rel, self.link, self.target = rel, link, target
+
+
+def _lstat_at(name: str, dir_fd: int) -> os.stat_result:
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _readlink_at(name: str, dir_fd: int) -> str:
+    return os.readlink(name, dir_fd=dir_fd)
 
 
 class _OpenHow(ctypes.Structure):
@@ -110,20 +132,20 @@ def link_stays_inside(rel: str, target: str, within: str = "") -> bool:
     return resolved != ".." and not resolved.startswith("../")
 
 
+def _open_dir_at(dir_fd: int, name: str) -> int:
+    """An O_PATH descriptor of directory `name` in `dir_fd`; ELOOP when it is a symlink."""
+    return _open_last(dir_fd, name, _DIR, 0)
+
+
 def _open_walk(dir_fd: int, parts: list[str], flags: int, mode: int) -> int:
     """openat2's answer without it: each directory opened with O_NOFOLLOW from its parent."""
     fd = dir_fd
     try:
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            try:
-                child = os.open(part, (flags | os.O_NOFOLLOW | os.O_CLOEXEC) if last else _DIR,
-                                mode, dir_fd=fd)  # fmt: skip
-            except NotADirectoryError:
-                # O_DIRECTORY on a symlink says ENOTDIR: report a link as one, as openat2 does.
-                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
-                raise
+            if i == len(parts) - 1:
+                child = _open_last(fd, part, flags, mode)
+            else:
+                child = _open_dir_at(fd, part)
             if fd != dir_fd:
                 os.close(fd)
             fd = child
@@ -134,6 +156,23 @@ def _open_walk(dir_fd: int, parts: list[str], flags: int, mode: int) -> int:
         raise
 
 
+def _open_last(dir_fd: int, name: str, flags: int, mode: int) -> int:
+    """Open `name` in `dir_fd` without following it, failing as openat2 does: ELOOP for a
+    symlink (where O_NOFOLLOW alone says ENOTDIR, or hands out the link itself to O_PATH)."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except NotADirectoryError:
+        if flags & os.O_DIRECTORY and stat.S_ISLNK(
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        ):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+        raise
+    if flags & os.O_PATH and not flags & os.O_DIRECTORY and stat.S_ISLNK(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)
+    return fd
+
+
 class Beneath:
     """The tree below `root`, reached only through real directories.
 
@@ -141,9 +180,13 @@ class Beneath:
     descriptor of it is taken on first use and held until `close()`.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, create: bool = False, cache_dirs: bool = False
+    ) -> None:
         self.root = os.fspath(root)
         self._fd: int | None = None
+        # rel dir -> O_PATH descriptor, kept until close() (see the module doc)
+        self._dirs: dict[str, int] | None = {} if cache_dirs else None
         if create:
             os.mkdir(self.root, 0o700)
 
@@ -156,6 +199,7 @@ class Beneath:
         self.close()
 
     def close(self) -> None:
+        self.close_dirs()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -173,6 +217,8 @@ class Beneath:
         parts = split(rel)
         if not parts:
             return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.fd)
+        if self._dirs is not None:
+            return _open_last(self._cached_dir(parts[:-1]), parts[-1], flags, mode)
         fd = _openat2(self.fd, "/".join(parts), flags | os.O_NOFOLLOW, mode)
         return fd if fd is not None else _open_walk(self.fd, parts, flags, mode)
 
@@ -180,26 +226,60 @@ class Beneath:
         """An O_PATH descriptor of directory root/rel (to use as a dir_fd)."""
         return self.open(rel, os.O_PATH | os.O_DIRECTORY)
 
+    def _cached_dir(self, parts: list[str]) -> int:
+        """The kept descriptor of directory `parts` (opened now if need be, each component
+        from its parent's descriptor, none followed). Not to be closed by the caller."""
+        assert self._dirs is not None
+        if not parts:
+            return self.fd
+        rel = "/".join(parts)
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            return fd
+        if len(self._dirs) >= _MAX_CACHED_DIRS:
+            self.close_dirs()
+        parent = self._dirs.get("/".join(parts[:-1])) if len(parts) > 1 else self.fd
+        if parent is not None:  # one component from the parent's descriptor
+            fd = _open_dir_at(parent, parts[-1])
+        else:  # the whole path, from the root's
+            fd = _openat2(self.fd, rel, _DIR, 0)
+            if fd is None:
+                fd = _open_walk(self.fd, parts, _DIR, 0)
+        self._dirs[rel] = fd
+        return fd
+
+    def close_dirs(self) -> None:
+        """Drop the kept directory descriptors (a caching tree keeps the root's)."""
+        if self._dirs:
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
+
     def _parent(self, rel: str) -> tuple[int, str]:
         parts = split(rel)
         if not parts:
             raise OSError(errno.EINVAL, "the tree's root has no parent here", rel)
         return self.open_dir("/".join(parts[:-1])), parts[-1]
 
-    def lstat(self, rel: str) -> os.stat_result:
-        """stat of root/rel itself; ELOOP when one of its parents is a symlink."""
+    def _at_parent(self, rel: str, call: Callable[[str, int], T]) -> T:
+        """`call(name, dir_fd)` on the last component of `rel`, in its parent directory."""
+        if self._dirs is not None:
+            parts = split(rel)
+            if not parts:
+                raise OSError(errno.EINVAL, "the tree's root has no parent here", rel)
+            return call(parts[-1], self._cached_dir(parts[:-1]))
         dir_fd, name = self._parent(rel)
         try:
-            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return call(name, dir_fd)
         finally:
             os.close(dir_fd)
 
+    def lstat(self, rel: str) -> os.stat_result:
+        """stat of root/rel itself; ELOOP when one of its parents is a symlink."""
+        return self._at_parent(rel, _lstat_at)
+
     def readlink(self, rel: str) -> str:
-        dir_fd, name = self._parent(rel)
-        try:
-            return os.readlink(name, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+        return self._at_parent(rel, _readlink_at)
 
     def scandir(self, rel: str) -> list[os.DirEntry[str]]:
         """The entries of directory root/rel (DirEntry.path is the bare name)."""

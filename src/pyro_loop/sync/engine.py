@@ -49,8 +49,9 @@ class Syncer:
         self.filter = PathFilter.for_root(root, exclude)
         self.root = self.filter.root
         # Every host path is read through this (never through a symlinked directory); its
-        # descriptor of the root is dropped after each sync and taken again by the next.
-        self.tree = Beneath(self.root)
+        # descriptors of the root and of the directories a sync went through are dropped
+        # after each sync and taken again by the next.
+        self.tree = Beneath(self.root, cache_dirs=True)
         self.repo = self.filter.repo
         self.client = client
         self.manifest_path = manifest_path
@@ -116,7 +117,7 @@ class Syncer:
         what `synced_paths` listed before it, so the workspace gets the host's files back
         without a look at the rest of the tree."""
         started = time.perf_counter()
-        with file_lock(self._lock_path):
+        with file_lock(self._lock_path), contextlib.closing(self.tree):
             manifest = self._manifest.load(self._baseline_tree)
             self.filter.refresh()
             baseline = self._baseline(manifest) if self.repo is not None else None

@@ -125,7 +125,46 @@ class TarStream:
 
 
 def tar_header(info: tarfile.TarInfo) -> bytes:
+    """The member's header block(s), as `info.tobuf` writes them in pax format. The common
+    case (a short ASCII name, no link or a short one, numbers that fit) is a lone ustar
+    block, built here in a few microseconds rather than tarfile's few tens: a branch switch
+    sends a header per file."""
+    name = (
+        info.name + "/"
+        if info.type == tarfile.DIRTYPE and not info.name.endswith("/")
+        else info.name
+    )
+    if (
+        len(name) <= 100
+        and len(info.linkname) <= 100
+        and name.isascii()
+        and info.linkname.isascii()
+        and 0 <= info.size < _OCTAL_11
+        and 0 <= info.mtime < _OCTAL_11
+        and info.uid == info.gid == 0
+        and not info.uname
+        and not info.gname
+    ):
+        return _ustar_block(name, info)
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+_OCTAL_11 = 8**11  # what an 11-digit octal field holds (size and mtime)
+
+
+def _ustar_block(name: str, info: tarfile.TarInfo) -> bytes:
+    block = bytearray(tarfile.BLOCKSIZE)
+    block[0 : len(name)] = name.encode("ascii")
+    block[100:108] = b"%07o\0" % (info.mode & 0o7777)
+    block[108:116] = block[116:124] = b"0000000\0"  # uid, gid
+    block[124:136] = b"%011o\0" % info.size
+    block[136:148] = b"%011o\0" % int(info.mtime)
+    block[148:156] = b"        "  # the checksum counts its own field as spaces
+    block[156:157] = info.type
+    block[157 : 157 + len(info.linkname)] = info.linkname.encode("ascii")
+    block[257:265] = tarfile.POSIX_MAGIC  # uname, gname, devmajor, devminor: left empty
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
 
 
 @dataclass
