@@ -30,13 +30,10 @@ there is replaced, never written through.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import posixpath
-import shutil
 import stat
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import IO, TypeVar
@@ -75,26 +72,39 @@ def _readlink_at(name: str, dir_fd: int) -> str:
     return os.readlink(name, dir_fd=dir_fd)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]  # fmt: skip
+_UNLOADED = object()
 
 
 class _Openat2:
-    """The openat2 system call through libc's syscall(), or None once it proved missing."""
+    """The openat2 system call through libc's syscall(), or None once it proved missing.
+
+    ctypes is loaded on the first call, not at import: the daily commands import this
+    module, and a repository path they open usually comes through a kept directory."""
 
     def __init__(self) -> None:
-        self.call: object | None = None
+        self.call: object | None = _UNLOADED
+
+    def _load(self) -> object | None:
+        import ctypes
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                        ("resolve", ctypes.c_uint64)]  # fmt: skip
+
+        self._ctypes, self._how = ctypes, OpenHow
         try:
-            self.call = ctypes.CDLL(None, use_errno=True).syscall
+            return ctypes.CDLL(None, use_errno=True).syscall
         except (OSError, AttributeError):
-            self.call = None
+            return None
 
     def __call__(self, dir_fd: int, rel: str, flags: int, mode: int) -> int | None:
         call = self.call
+        if call is _UNLOADED:
+            call = self.call = self._load()
         if call is None:
             return None
-        how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, _RESOLVE)
+        ctypes = self._ctypes
+        how = self._how(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, _RESOLVE)
         fd = int(call(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd),  # type: ignore[operator]
                       ctypes.c_char_p(os.fsencode(rel)), ctypes.byref(how),
                       ctypes.c_size_t(ctypes.sizeof(how))))  # fmt: skip
@@ -367,7 +377,7 @@ class Beneath:
         """Replace root/rel with a regular file holding `data` (bytes, or a file read to its
         end), never writing through a link at rel: the link itself is replaced."""
         dir_fd, name = self._parent(rel)
-        tmp = f".{name[:180]}.{uuid.uuid4().hex[:12]}.pyro-tmp"
+        tmp = f".{name[:180]}.{os.urandom(6).hex()}.pyro-tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dir_fd)  # fmt: skip
@@ -376,6 +386,8 @@ class Beneath:
                     if isinstance(data, bytes):
                         f.write(data)
                     else:
+                        import shutil  # only for a stream, not on the daily commands' path
+
                         shutil.copyfileobj(data, f, 1024 * 1024)
                 os.fchmod(fd, mode & 0o777)
             except BaseException:
@@ -390,7 +402,7 @@ class Beneath:
     def symlink(self, rel: str, target: str) -> None:
         """Replace root/rel with a symlink to `target` (made, never followed)."""
         dir_fd, name = self._parent(rel)
-        tmp = f".{name[:180]}.{uuid.uuid4().hex[:12]}.pyro-tmp"
+        tmp = f".{name[:180]}.{os.urandom(6).hex()}.pyro-tmp"
         try:
             os.symlink(target, tmp, dir_fd=dir_fd)
             self._replace(dir_fd, tmp, name)

@@ -36,7 +36,6 @@ from pyro_loop.detect import keying_files, project_files
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fsutil import write_json_atomic
 from pyro_loop.project import Project, head_commit, head_tree, write_tree
-from pyro_loop.snapshotbuild import SnapshotBuild
 from pyro_loop.store import Layer, LayerStore
 from pyro_loop.trust import require_trust
 
@@ -334,6 +333,8 @@ def prepare(
             deps = fetched or store.get(key)
             if deps is None:
                 log = ws.home / "logs" / f"prepare-{key[:12]}.log"
+                from pyro_loop.snapshotbuild import SnapshotBuild
+
                 build = SnapshotBuild(project, config, inputs, ws, log, progress)
                 deps = build.run()
                 if build.ran:
@@ -430,6 +431,8 @@ def _ensure_project(
         return _ProjectInstall(layer, None)
     log = ws.home / "logs" / f"prepare-{key[:12]}.log"
     below = [baseline.key, *([deps.key] if deps else [])]
+    from pyro_loop.snapshotbuild import SnapshotBuild
+
     build = SnapshotBuild(project, config, inputs, ws, log, progress, phase="project",
                              below=below)  # fmt: skip
     layer = build.run()

@@ -31,7 +31,6 @@ import hashlib
 import marshal
 import os
 import stat
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -396,7 +395,7 @@ class HostScan:
     def _write(self, data: dict[str, Any]) -> None:
         """Both files: the stat data under a new token, then the binding naming it (a reader
         between the two sees tokens that differ, which is no record)."""
-        data = {**data, "token": uuid.uuid4().hex}
+        data = {**data, "token": os.urandom(16).hex()}
         _write_marshal(self.path, {key: data[key] for key in _DATA_KEYS})
         _write_marshal(self.bind_path, {key: data[key] for key in _BIND_KEYS})
 
