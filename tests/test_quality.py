@@ -11,8 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "src" / "pyro_loop" / "agent"
-# mypy 2 targets Python 3.10 at the oldest; ruff checks the agent's syntax against 3.9
-# (per-file-target-version in pyproject.toml).
+# The agent's floor: Debian 11's python3. mypy 2 targets 3.10 at the oldest, so vermin checks
+# the floor itself (ruff too, for syntax: per-file-target-version in pyproject.toml).
+AGENT_FLOOR = "3.9"
 AGENT_MYPY_VERSION = "3.10"
 
 
@@ -55,6 +56,18 @@ def test_agent_is_type_clean_at_its_own_floor() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"in {len(AGENT_FILES)} source files" in result.stdout
+
+
+def test_agent_needs_nothing_newer_than_its_floor() -> None:
+    # Every standard-library module, function, argument and syntax the agent uses, by the
+    # Python version that brought it (annotations are postponed: they are not run).
+    vermin = Path(sys.executable).parent / "vermin"  # it has no `python -m` entry
+    result = subprocess.run(
+        [vermin, f"--target={AGENT_FLOOR}-", "--violations", "--no-tips", AGENT],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Minimum required versions: {AGENT_FLOOR}" in result.stdout
 
 
 def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:
