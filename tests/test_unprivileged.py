@@ -126,6 +126,17 @@ try:
         out["unreadable_snapshot"] = back.stdout.decode()
     except Exception as exc:
         out["unreadable_snapshot"] = "%s: %s" % (type(exc).__name__, exc)
+    # A tree deeper than Python's recursion limit, with a directory its owner cannot write:
+    # the agent removes it without privileges to override that.
+    nest = ("import os\nos.mkdir('deep')\nos.chdir('deep')\nfor _ in range(1200):\n"
+            "    os.mkdir('d')\n    os.chdir('d')\nos.chmod('/workspace/deep/d/d', 0o500)")
+    made = ws.exec(other.id, ["python3", "-c", nest])
+    try:
+        removed = ws.client(other.id).remove_many(["deep"])
+    except Exception as exc:
+        removed = "%s: %s" % (type(exc).__name__, exc)
+    left = ws.exec(other.id, ["test", "-e", "deep"]).exit_code
+    out["deep_tree_removed"] = [made.exit_code, removed, left]
 finally:
     ws.delete(other.id)
 deadline = time.monotonic() + 5
@@ -337,6 +348,13 @@ def test_snapshot_of_files_unreadable_to_their_owner(lifecycle: dict[str, Any]) 
     """A workspace may chmod 000 its own files; snapshotting them must still work."""
     assert lifecycle["unreadable_made"] == 0
     assert lifecycle["unreadable_snapshot"] == "key\nprecious\n"
+
+
+def test_the_agent_removes_a_deep_tree_without_privileges(lifecycle: dict[str, Any]) -> None:
+    made, removed, left = lifecycle["deep_tree_removed"]
+    assert made == 0
+    assert removed == {"removed": 1, "missing": 0, "errors": []}
+    assert left == 1  # `test -e deep` fails: it is gone
 
 
 def test_escape_attempts_still_fail(lifecycle: dict[str, Any]) -> None:
