@@ -124,9 +124,9 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     loop.up()
     (repo / "src" / "app.py").write_text("print('v2')\n")
     loop.exec(["true"])  # synced right after the write: app.py is recorded as racy
-    record_path = loop.state_dir / "host-scan"
-    record = marshal.loads(record_path.read_bytes())
-    assert "src/app.py" in record["racy_files"]
+    scan = loop._scan(loop.require())
+    record = scan._load()
+    assert record is not None and "src/app.py" in record["racy_files"]
     assert current(loop)  # the content still matches what the workspace holds
     # A rewrite in the same timestamp tick keeps every stat field: simulated by recording
     # the file's new stat data, as if it had not changed.
@@ -134,7 +134,7 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     st = os.lstat(repo / "src" / "app.py")
     record["entries"]["src/app.py"] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                        st.st_ino)  # fmt: skip
-    record_path.write_bytes(marshal.dumps(record))
+    scan._write(record)
     assert not current(loop)
     assert sh(loop, "cat src/app.py") == "print('v3')\n"
 
@@ -292,3 +292,39 @@ def test_an_ignored_file_that_keeps_changing_keeps_the_fast_path(
     assert "debug.log" not in sh(loop, "ls")
     assert current(loop)  # no longer recorded: its changes never matter
     full_sync_finds_nothing(loop)
+
+
+def test_stat_data_are_stored_packed_and_read_back_exactly(tmp_path: Path) -> None:
+    from pyro_loop.sync.hostscan import HostScan
+
+    scan = HostScan(tmp_path / "host-scan", tmp_path, None, workspace=("w", 1), rules=None)
+    entries = {
+        "": (0o40755, 4096, 1, 2, 3),  # the root's own
+        "a/b.py": (0o100644, 120, -5_000_000_000, 1_765_000_000_123_456_789, 2**64 - 1),
+        os.fsdecode(b"caf\xe9.txt"): (0o100600, 0, 7, 8, 9),  # not UTF-8
+    }
+    record = {"identity": scan.identity, "workspace": ("w", 1), "manifest": "m",
+              "controls": {}, "entries": entries, "racy_files": {}, "racy_dirs": {}}  # fmt: skip
+    scan._write(record)
+    loaded = scan._load()
+    assert loaded is not None and loaded["entries"] == entries
+    only_root = {"": (0o40755, 4096, 1, 2, 3)}
+    scan._write({**record, "entries": only_root})
+    loaded = scan._load()
+    assert loaded is not None and loaded["entries"] == only_root
+
+
+def test_damaged_stat_data_are_no_record(repo: Path, workspaces: Workspaces) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    assert current(loop)
+    data = loop.state_dir / "host-scan"
+    stored = marshal.loads(data.read_bytes())
+    stored["numbers"] = stored["numbers"][:-8]  # one number short
+    data.write_bytes(marshal.dumps(stored))
+    assert not current(loop)  # no record: the next command syncs in full
+    (repo / "src" / "app.py").write_text("print('after')\n")
+    assert sh(loop, "cat src/app.py") == "print('after')\n"
+    assert current(loop)

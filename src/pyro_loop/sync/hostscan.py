@@ -21,11 +21,15 @@ exclude files, the repository's and the user's config and ignore files) are reco
 The record is two files: the stat data (large: a path per file of the tree) and, beside it in
 `<name>.bind`, what it is bound to (workspace, manifest digest, rules), tied to that stat
 data by a random token. A reset moves the binding to the new workspace without reading or
-writing the stat data, so it costs the same whatever the repository's size.
+writing the stat data, so it costs the same whatever the repository's size. The stat data are
+kept packed (the paths as one string, the numbers as arrays of machine integers): a check
+reads 20,000 of them in a few milliseconds, where a dictionary of tuples took ten times as
+long to load.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import marshal
@@ -111,27 +115,25 @@ class HostScan:
         """The recorded paths that changed since the record (their stat data, or a racy
         entry's content or listing); None when the record cannot tell (none was kept for
         this manifest and workspace, or git's control files changed)."""
-        bind = self._load_bind()
-        if bind is None or not self.bound_to(manifest, bind):
+        loaded = self._stat_data(manifest, any_workspace=any_workspace)
+        if loaded is None:
             return None
-        if not any_workspace and bind["workspace"] != self.workspace:
-            return None
-        record = self._load()  # the stat data, read only once the binding holds
-        if record is None:
-            return None
-        if any(stat_of(path) != known for path, known in record["controls"].items()):
-            return None
+        record, (paths, numbers, inos) = loaded
         prefix = self.root + "/"
         lstat = os.lstat  # the loop runs once per path in the tree: kept lean
         changed = []
-        for rel, known in record["entries"].items():
+        i = 0
+        for rel, ino in zip(paths, inos, strict=True):
             try:
                 st = lstat(prefix + rel)  # "" names the root ("root/")
             except OSError:
                 changed.append(rel)
-                continue
-            if (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != known:
-                changed.append(rel)
+            else:
+                if (st.st_ino != ino or st.st_mtime_ns != numbers[i + 2]
+                        or st.st_ctime_ns != numbers[i + 3] or st.st_size != numbers[i + 1]
+                        or st.st_mode != numbers[i]):  # fmt: skip
+                    changed.append(rel)
+            i += 4
         seen = set(changed)
         for rel, names in record["racy_dirs"].items():
             if rel not in seen and _listing(prefix + rel) != names:
@@ -140,6 +142,23 @@ class HostScan:
             if rel not in seen and file_digest(prefix + rel) != digest:
                 changed.append(rel)
         return changed
+
+    def _stat_data(self, manifest: bytes | None, *,
+                   any_workspace: bool) -> tuple[dict[str, Any], Unpacked] | None:  # fmt: skip
+        """The stored stat data, unpacked, if the record vouches for `manifest` (and this
+        workspace) and git's control files are as recorded; else None."""
+        bind = self._load_bind()
+        if bind is None or not self.bound_to(manifest, bind):
+            return None
+        if not any_workspace and bind["workspace"] != self.workspace:
+            return None
+        record = _read_marshal(self.path, _DATA_KEYS)  # read once the binding holds
+        if record is None or record["token"] != bind["token"]:
+            return None
+        if any(stat_of(path) != known for path, known in record["controls"].items()):
+            return None
+        unpacked = _unpack(record)
+        return None if unpacked is None else (record, unpacked)
 
     def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
@@ -158,7 +177,13 @@ class HostScan:
         data = _read_marshal(self.path, _DATA_KEYS)
         if data is None or data["token"] != bind["token"]:
             return None
-        return {**data, **bind}
+        unpacked = _unpack(data)
+        if unpacked is None:
+            return None
+        paths, numbers, inos = unpacked
+        rows = zip(*[iter(numbers)] * 4, strict=True)
+        entries = {rel: (*row, ino) for rel, row, ino in zip(paths, rows, inos, strict=True)}
+        return {**data, **bind, "entries": entries}
 
     def _load_bind(self) -> dict[str, Any] | None:
         return _read_marshal(self.bind_path, _BIND_KEYS)
@@ -395,12 +420,13 @@ class HostScan:
     def _write(self, data: dict[str, Any]) -> None:
         """Both files: the stat data under a new token, then the binding naming it (a reader
         between the two sees tokens that differ, which is no record)."""
-        data = {**data, "token": os.urandom(16).hex()}
+        data = {**data, **_pack(data["entries"]), "token": os.urandom(16).hex()}
         _write_marshal(self.path, {key: data[key] for key in _DATA_KEYS})
         _write_marshal(self.bind_path, {key: data[key] for key in _BIND_KEYS})
 
 
-_DATA_KEYS = frozenset({"token", "controls", "entries", "racy_files", "racy_dirs"})
+_DATA_KEYS = frozenset({"token", "controls", "paths", "numbers", "inos", "racy_files",
+                        "racy_dirs"})  # fmt: skip
 _BIND_KEYS = frozenset({"token", "identity", "workspace", "manifest"})
 
 
@@ -420,6 +446,38 @@ def _write_marshal(path: Path, data: dict[str, Any]) -> None:
     # Not fsynced: a record lost in a crash only costs one full sync.
     tmp.write_bytes(marshal.dumps(data))
     os.replace(tmp, path)
+
+
+def _pack(entries: dict[str, Stat]) -> dict[str, bytes]:
+    """The stat data as stored: paths joined by NUL (which no path holds); mode, size,
+    mtime and ctime as signed 64-bit integers, four per path; inodes unsigned (overlayfs
+    may set their top bit)."""
+    numbers = array.array("q")
+    inos = array.array("Q")
+    for mode, length, mtime, ctime, ino in entries.values():
+        numbers.extend((mode, length, mtime, ctime))
+        inos.append(ino)
+    paths = "\0".join(entries).encode("utf-8", "surrogateescape")
+    return {"paths": paths, "numbers": numbers.tobytes(), "inos": inos.tobytes()}
+
+
+Unpacked = tuple[list[str], "array.array[int]", "array.array[int]"]
+
+
+def _unpack(data: dict[str, Any]) -> Unpacked | None:
+    """(paths, numbers, inodes) of stored stat data; None when they do not fit together."""
+    try:
+        numbers = array.array("q")
+        numbers.frombytes(data["numbers"])
+        inos = array.array("Q")
+        inos.frombytes(data["inos"])
+        text = data["paths"].decode("utf-8", "surrogateescape")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    paths = text.split("\0") if inos else []  # one path, the root's, is "": not none
+    if len(inos) != len(paths) or len(numbers) != 4 * len(paths):
+        return None
+    return paths, numbers, inos
 
 
 def _listing(path: str) -> list[str] | None:
