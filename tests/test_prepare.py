@@ -56,9 +56,13 @@ def test_first_prepare_builds_then_a_second_is_a_warm_no_op(
     assert sorted(first.built) == ["baseline", "dependencies"]
     assert first.dependencies_layer is not None and first.baseline_layer is not None
     assert any("running: mkdir" in m for m in phases)
+    state = workspaces.home / "projects" / f"{project.id}.json"
+    recorded = os.stat(state)
     second = prepare(project, config, workspaces=workspaces)
     assert second.built == []
     assert second.key == first.key
+    again = os.stat(state)  # a warm no-op leaves the project's state as it was: not rewritten
+    assert (again.st_ino, again.st_mtime_ns) == (recorded.st_ino, recorded.st_mtime_ns)
     assert judge(project, config, workspaces.home).warm
     assert readiness(project, config, workspaces).warm
     # No prepare sandbox is left behind.

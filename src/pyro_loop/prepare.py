@@ -247,6 +247,22 @@ def load_state(home: Path, project: Project) -> ProjectState | None:
     return None
 
 
+def _update_state(home: Path, project: Project, state: ProjectState, recorded: str,
+                  **fields: Any) -> None:  # fmt: skip
+    """Set `fields` and save the state, unless nothing changed since it was read as
+    `recorded`: a warm no-op writes (and fsyncs) nothing."""
+    for name, value in fields.items():
+        setattr(state, name, value)
+    if _state_text(state) != recorded:
+        state.prepared_at = time.time()
+        save_state(home, project, state)
+
+
+def _state_text(state: ProjectState) -> str:
+    """What the state says, but when: two equal ones mean nothing changed."""
+    return json.dumps({**state.__dict__, "prepared_at": None}, sort_keys=True)
+
+
 def save_state(home: Path, project: Project, state: ProjectState) -> None:
     path = state_path(home, project)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +331,7 @@ def prepare(
     inputs = compute_inputs(project, config)
     key = inputs.key
     state = load_state(ws.home, project) or ProjectState(root=str(project.root))
+    recorded = _state_text(state)
     built: list[str] = []
     pulled: list[str] = []
     log: Path | None = None
@@ -347,14 +364,10 @@ def prepare(
                               progress=progress, built=built)  # fmt: skip
         if own is not None and own.log is not None:
             log = own.log
-        state.key = key
-        state.inputs = inputs.to_json()
-        state.dependencies_layer = deps.key if deps else None
-        state.project_layer = own.layer.key if own else None
-        state.project_keys = dict(inputs.project_keys)
-        state.tool_layers = tools
-        state.prepared_at = time.time()
-        save_state(ws.home, project, state)
+        _update_state(ws.home, project, state, recorded, key=key, inputs=inputs.to_json(),
+                      dependencies_layer=deps.key if deps else None,
+                      project_layer=own.layer.key if own else None,
+                      project_keys=dict(inputs.project_keys), tool_layers=tools)  # fmt: skip
         pushed = _push_to_remote(store, config, inputs, progress) if push else None
     return PrepareResult(
         key=key,
