@@ -99,20 +99,25 @@ def test_the_uid_a_workspace_process_sees_is_the_one_the_docs_give(
     guide = " ".join((ROOT / "docs" / "workspaces.md").read_text().split())
     assert "workspace processes are that user, with the same uid inside" in security
     assert (
-        "dedicated unprivileged uid (`0x70000000`, or `PYRO_SANDBOX_UID`), shown as uid 0 inside"
-        in security
+        "When pyro runs as root, workspaces run as dedicated unprivileged uids, shown as uid 0"
+        in (security)
     )
+    assert "the layer owner (`0x70000000`, or `PYRO_SANDBOX_UID`)" in security
+    assert "each workspace runs as a uid of its own" in security
     assert "uid 0 inside when pyro runs as root, your own uid otherwise" in guide
     record = workspaces.create(seed=seed_dir)
     inside = workspaces.exec(record.id, ["sh", "-c", "id -u; touch /workspace/probe"])
     owner = sandbox_owner()
-    if owner is not None:  # root: a dedicated uid on the host, 0 inside
+    if owner is not None:  # root: dedicated uids on the host, 0 inside
         assert owner == int(os.environ.get("PYRO_SANDBOX_UID", str(0x70000000)))
         assert inside.stdout == b"0\n"
+        # The workspace's own (tests/test_isolation.py), or the layer owner's where the
+        # kernel has no idmapped mounts.
+        assert record.uid is not None and owner <= record.uid <= owner + (1 << 24)
     else:  # an ordinary user: the same uid on both sides (tests/test_unprivileged.py too)
         assert inside.stdout == f"{os.getuid()}\n".encode()
     upper = workspaces.resolve(record.id).upper(record.generation)
-    assert (upper / "probe").lstat().st_uid == (owner if owner is not None else os.getuid())
+    assert (upper / "probe").lstat().st_uid == (record.uid or os.getuid())
 
 
 def test_figures_in_the_docs_name_the_benchmark_row_that_measures_them() -> None:

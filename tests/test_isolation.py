@@ -1011,3 +1011,77 @@ def test_root_workspaces_make_no_set_id_file_another_user_could_run(
         for status in ws.list():
             ws.delete(status.record.id)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def _host_uid(pid: int) -> int:
+    """The real uid of a host process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def _as_uid(uid: int, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+         "/bin/sh", "-c", script],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+
+
+def test_root_workspaces_each_run_as_a_uid_of_their_own(
+    seed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under root, two workspaces from one layer run as two host uids, neither the layer
+    owner's: a process of one cannot write the other's upper dir nor the shared layer, even
+    where it can reach them (its own upper dir, on the same path, it writes). Each still
+    reads the layer's private files and changes them (copied up as its own uid)."""
+    from pyro_loop.identity import sandbox_owner
+    from pyro_loop.runtime.idmap import supported
+
+    owner = sandbox_owner()
+    if owner is None:
+        pytest.skip("workspaces run as the caller's uid unless pyro runs as root")
+    # A home every user can traverse, so that only the upper dirs' own modes stand in the way.
+    base = Path(tempfile.mkdtemp(prefix="pyro-world-", dir="/tmp"))
+    base.chmod(0o755)
+    home = base / "home"
+    home.mkdir(mode=0o755)
+    monkeypatch.setenv("PYRO_HOME", str(home))
+    workspaces = Workspaces(home=home)
+    if (why := supported(home, owner)) is not None:
+        pytest.skip(f"no idmapped mounts here: {why}")
+    (seed_dir / "private.txt").write_text("only the owner reads this\n")
+    (seed_dir / "private.txt").chmod(0o600)
+    try:
+        first, second = workspaces.create(seed=seed_dir), workspaces.create(seed=seed_dir)
+        assert first.base_layers == second.base_layers
+        layer = workspaces.store.require(first.base_layers[0]).tree
+        uids, uppers = [], []
+        for record in (first, second):
+            assert record.handle is not None
+            uid = _host_uid(record.handle.keeper_pid)
+            assert uid == record.uid and uid != owner, (uid, record.uid, owner)
+            ran = sh(workspaces, record.id, "id -u; cat private.txt; echo mine >> private.txt")
+            assert ran.stdout == b"0\nonly the owner reads this\n", ran
+            upper = workspaces.resolve(record.id).upper(record.generation)
+            assert {p.lstat().st_uid for p in [upper, *upper.iterdir()]} == {uid}
+            uids.append(uid)
+            uppers.append(upper)
+        assert uids[0] != uids[1]
+        assert (layer / "private.txt").read_text() == "only the owner reads this\n"
+        assert (layer / "private.txt").lstat().st_uid == owner
+
+        # The first workspace's uid on the host: its own upper dir, then the second's and
+        # the layer they share.
+        own, target = uppers
+        assert _as_uid(uids[0], f"echo mine > {own}/reach").returncode == 0
+        attack = _as_uid(uids[0], f"echo pwned > {target}/pwned; touch {layer}/planted; "
+                                  f"echo pwned >> {layer}/README.md")  # fmt: skip
+        assert attack.stderr.count("Permission denied") == 3, attack
+        assert not (target / "pwned").exists() and not (layer / "planted").exists()
+        assert sh(workspaces, second.id, "cat README.md").stdout == b"hello\n"
+    finally:
+        for status in workspaces.list():
+            workspaces.delete(status.record.id)
+        subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -46,6 +46,8 @@ def run_checks() -> list[Check]:
     ]
     checks.append(_sandbox_smoke_test(ready=all(c.ok for c in checks[:2])))
     checks += [_mmdebstrap(), _kvm(), _limits()]
+    if os.geteuid() == 0:
+        checks.append(_workspace_uids())
     return checks
 
 
@@ -211,6 +213,30 @@ def _has_subordinate_ids() -> bool:
         if not any(line.split(":", 1)[0] in names for line in lines if ":" in line):
             return False
     return True
+
+
+def _workspace_uids() -> Check:
+    """Under root: does each workspace get a uid of its own (idmapped mounts of the store)?"""
+    from pyro_loop.home import pyro_home
+    from pyro_loop.identity import sandbox_owner
+    from pyro_loop.runtime.idmap import supported
+
+    owner = sandbox_owner()
+    if owner is None:  # root only inside a container's user namespace: the caller's uid
+        return Check("workspace uids", True, "workspaces run as this user", required=False)
+    home = pyro_home()
+    home.mkdir(parents=True, exist_ok=True)
+    why = supported(home, owner)
+    if why is None:
+        return Check("workspace uids", True, "each workspace runs as a uid of its own",
+                     required=False)  # fmt: skip
+    return Check(
+        "workspace uids",
+        False,
+        f"all workspaces run as uid {owner}: no idmapped mounts of {home} ({why})",
+        fix="Linux 5.19+ with the pyro home on ext4, xfs, btrfs or tmpfs (PYRO_HOME)",
+        required=False,
+    )
 
 
 def _kvm() -> Check:

@@ -3,8 +3,12 @@
 As an ordinary user, a workspace's processes are that user (mapped to uid 0 inside, without
 capabilities). When pyro itself runs as root, they must not be the host's real root: the
 kernel grants uid 0 things no namespace takes away (writing /proc/sys, reading
-/etc/shadow, ignoring the process limit). So a root pyro runs workspaces as a dedicated,
-otherwise unused uid, and hands that uid the layers and upper dirs it needs.
+/etc/shadow, ignoring the process limit). So a root pyro runs workspaces as dedicated,
+otherwise unused uids: the layers (shared, read-only) belong to one, the layer owner, and
+each workspace runs as a uid of its own, recorded in its record and owning its upper dir,
+so no workspace's process can write another's files even if it reached them. A workspace
+sees the layers as its own through idmapped mounts (runtime/idmap.py); where the kernel or
+the store's filesystem has none, every workspace runs as the layer owner.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 
 # Far above the ranges distributions give to users and to /etc/subuid allocations.
 SANDBOX_UID_FOR_ROOT = 0x70000000
+# Workspaces' own uids: the WORKSPACE_UIDS uids right above the layer owner's.
+WORKSPACE_UIDS = 1 << 24
 
 
 def sandbox_owner() -> int | None:
@@ -24,11 +30,32 @@ def sandbox_owner() -> int | None:
     return int(configured) if configured else SANDBOX_UID_FOR_ROOT
 
 
-def hand_over(path: Path, *, recursive: bool = False) -> None:
-    """Give `path` (and, with `recursive`, everything below it) to the sandbox owner, if any."""
+def new_workspace_uid(store: Path, taken: set[int]) -> int | None:
+    """The uid a new workspace of a root pyro runs as: one of its own, not in `taken` (the
+    uids of the store's other workspaces), or the layer owner's where idmapped mounts do
+    not work; None for an ordinary user (the workspace is that user)."""
+    owner = sandbox_owner()
+    if owner is None:
+        return None
+    from pyro_loop.runtime.idmap import supported
+
+    if supported(store, owner) is not None:
+        return owner
+    import secrets
+
+    while True:  # 16 million uids: a clash is rare, and never kept
+        uid = owner + 1 + secrets.randbelow(min(WORKSPACE_UIDS, 0xFFFFFFFE - owner - 1))
+        if uid not in taken:
+            return uid
+
+
+def hand_over(path: Path, *, recursive: bool = False, uid: int | None = None) -> None:
+    """Give `path` (and, with `recursive`, everything below it) to the sandbox owner, if any
+    (or to `uid`, a workspace's own, when pyro runs as root)."""
     owner = sandbox_owner()
     if owner is None:
         return
+    owner = uid if uid is not None else owner
     os.chown(path, owner, owner, follow_symlinks=False)
     if recursive:
         from pyro_loop.treewalk import walk

@@ -80,7 +80,7 @@ class Pool:
             (wdir.spare_info, entry.info),
         ):
             os.rename(old, new)  # fmt: skip
-        data = {"key": key, "handle": spare.to_json(), "generation": generation}
+        data = {"key": key, "handle": spare.to_json(), "generation": generation, "uid": record.uid}
         (entry.root / ENTRY_FILE).write_text(json.dumps(data))
         kept = self.root / entry.root.name[1:]
         os.rename(entry.root, kept)
@@ -94,9 +94,10 @@ class Pool:
                         kept.name], env={**os.environ})  # fmt: skip
         return True
 
-    def take(self, key: str, dest: Path) -> tuple[SandboxHandle, int] | None:
+    def take(self, key: str, dest: Path) -> tuple[SandboxHandle, int, int | None] | None:
         """Move a running pooled sandbox made for `key` to `dest` (a workspace directory not
-        yet existing); its handle and generation, or None when the pool has none."""
+        yet existing); its handle, generation and uid (when pyro runs as root, see
+        identity.py), or None when the pool has none."""
         if not self.root.is_dir():
             return None
         for entry in sorted(self.root.glob(f"{key}.*")):
@@ -109,6 +110,11 @@ class Pool:
                 return data
             self._stop(dest)  # dead or damaged: gone, and try the next
         return None
+
+    def uids(self) -> set[int]:
+        """The uids of the pooled sandboxes (taken by the workspaces that adopt them)."""
+        found = (_entry(entry) for entry in self._entries())
+        return {data[2] for data in found if data is not None and data[2] is not None}
 
     def drain(self) -> int:
         """Stop every pooled sandbox; how many there were."""
@@ -135,7 +141,7 @@ class Pool:
             return
         data = _entry(gone)
         if data is not None:
-            handle, generation = data
+            handle, generation, _uid = data
             wdir = WorkspaceDir(gone)
             spec = SandboxSpec(store_root=self.home, lowers=[], upper=wdir.upper(generation),
                                work=wdir.work(generation), socket_path=wdir.socket,
@@ -145,10 +151,11 @@ class Pool:
         remove_in_background([gone])
 
 
-def _entry(root: Path) -> tuple[SandboxHandle, int] | None:
+def _entry(root: Path) -> tuple[SandboxHandle, int, int | None] | None:
     try:
         data: dict[str, Any] = json.loads((root / ENTRY_FILE).read_text())
-        return SandboxHandle.from_json(data["handle"]), int(data["generation"])
+        uid = None if data.get("uid") is None else int(data["uid"])
+        return SandboxHandle.from_json(data["handle"]), int(data["generation"]), uid
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

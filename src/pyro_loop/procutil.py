@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -20,6 +20,7 @@ def spawn_detached(
     pass_fds: Sequence[int] = (),
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session, so it outlives this process and its terminal.
 
@@ -38,6 +39,10 @@ def spawn_detached(
         start_new_session=True,
         env=env if env is not None else {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         cwd=cwd,
+        # Runs between fork and exec, where another thread's lock may be held forever: kept
+        # to system calls through ctypes (runtime/idmap.py), which take none (CPython
+        # re-initialises its own locks in the child, glibc its allocator's).
+        preexec_fn=preexec,  # noqa: PLW1509
     )
     _DETACHED.append(proc)
     reap_finished()

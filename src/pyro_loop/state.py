@@ -40,6 +40,9 @@ class WorkspaceRecord:
     environment_layer: str | None = None  # the root filesystem's layer; None for host
     mounts: list[Mount] = field(default_factory=list)  # tool layers, host toolchains, caches
     env: dict[str, str] = field(default_factory=dict)  # over the sandbox's defaults (PATH)
+    # The host uid its processes run as when pyro runs as root (identity.py); None: the
+    # layer owner's (or, for an ordinary user, that user).
+    uid: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,6 +73,7 @@ class WorkspaceRecord:
             environment_layer=data.get("environment_layer"),
             mounts=[Mount.from_json(m) for m in data.get("mounts", [])],
             env={str(k): str(v) for k, v in data.get("env", {}).items()},
+            uid=int(data["uid"]) if data.get("uid") is not None else None,
         )
 
 

@@ -40,7 +40,7 @@ from pyro_loop.errors import (
 )
 from pyro_loop.fsutil import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
-from pyro_loop.identity import hand_over, sandbox_owner
+from pyro_loop.identity import hand_over, new_workspace_uid, sandbox_owner
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.pool import Pool, pool_key
@@ -212,8 +212,9 @@ class Workspaces:
                 pooled = self.pool.take(key, wdir.root)  # a sandbox booted for these layers
                 if pooled is None:
                     wdir.root.mkdir(parents=True, mode=0o700)
+                    record.uid = new_workspace_uid(self.home, self._uids())
                 else:
-                    record.handle, record.generation = pooled
+                    record.handle, record.generation, record.uid = pooled
                 if sandbox_owner() is not None:
                     wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
                 secretenv.save(wdir.root, secrets or {})  # beside the record, never in it
@@ -230,6 +231,11 @@ class Workspaces:
                 self._remove(wdir, record)
             raise
         return record
+
+    def _uids(self) -> set[int]:
+        """The uids the store's workspaces and pooled sandboxes run as (under root)."""
+        records = (d.load().uid for d in self._all())
+        return {uid for uid in records if uid is not None} | self.pool.uids()
 
     def start(self, ref: str) -> WorkspaceRecord:
         """Start a stopped (or crashed) workspace again; its files are kept."""
@@ -588,6 +594,7 @@ class Workspaces:
             limits=record.limits,
             mounts=tuple(record.mounts),
             env=tuple(sorted(record.env.items())),
+            uid=record.uid,
         )
 
     def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:
@@ -606,11 +613,12 @@ class Workspaces:
         if spec.work.exists():  # left by a crash; overlayfs wants a clean work dir
             move_to_trash(spec.work, wdir.trash)
         spec.work.mkdir()
-        hand_over(spec.upper)
-        hand_over(spec.work)
+        hand_over(spec.upper, uid=record.uid)
+        hand_over(spec.work, uid=record.uid)
         if sandbox_owner() is not None:
-            # Under root, the sandbox uid's own: no other local user reaches anything the
-            # workspace wrote (a workspace made by an older pyro is closed on its next start).
+            # Under root, the workspace uid's own: no other local user, and no other
+            # workspace, reaches anything the workspace wrote (a workspace made by an older
+            # pyro is closed on its next start).
             spec.upper.chmod(0o700)
             spec.work.chmod(0o700)
         handle = self.runtime.start(spec)

@@ -80,6 +80,8 @@ class SandboxSpec:
     mounts: tuple[Mount, ...] = ()
     # Variables every process in the sandbox starts with, over the defaults (PATH, HOME, ...).
     env: tuple[tuple[str, str], ...] = ()
+    # When pyro runs as root: the host uid the sandbox runs as, if not the layer owner's.
+    uid: int | None = None
 
 
 @dataclass(frozen=True)

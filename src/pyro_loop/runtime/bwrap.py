@@ -37,8 +37,10 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyro_loop.client import socket_address
 from pyro_loop.errors import HostUnsupportedError
@@ -54,6 +56,9 @@ from pyro_loop.runtime import (
     SandboxHandle,
     SandboxSpec,
 )
+
+if TYPE_CHECKING:
+    from pyro_loop.runtime.idmap import Covering
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
 AGENT_FILES = (
@@ -183,9 +188,11 @@ class BwrapRuntime:
         listener = _bind_listener(spec.socket_path)
         seccomp_fd = filter_fd()
         inherited = (listener.fileno(), info_fd, seccomp_fd, *data_fds.values())
+        covering = None
         try:
+            prefix, covering = _drop_root(spec)
             argv = [
-                *_drop_root_prefix(store),
+                *prefix,
                 unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
                 "--", "/bin/sh", "-c", KEEPER_SCRIPT, "pyro-keeper", options, root_layer,
                 home_binds, str(len(path_binds)),
@@ -198,8 +205,18 @@ class BwrapRuntime:
             ]  # fmt: skip
             with spec.log_path.open("ab") as log:
                 # The keeper belongs to the workspace, not to this process: never waited for.
-                keeper = spawn_detached(argv, log=log, pass_fds=inherited, cwd=store)
+                try:
+                    keeper = spawn_detached(
+                        argv, log=log, pass_fds=inherited, cwd=store, preexec=covering
+                    )
+                except subprocess.SubprocessError as exc:  # `covering` failed
+                    raise HostUnsupportedError(
+                        "the workspace's sandbox did not start: cannot give its uid the layers",
+                        hint=f"see {spec.log_path}; `pyro doctor`",
+                    ) from exc
         finally:
+            if covering is not None:
+                covering.close()
             # The sandbox holds them now; if it dies, connects are refused.
             listener.close()
             for fd in (info_fd, seccomp_fd, *data_fds.values()):
@@ -346,15 +363,18 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _drop_root_prefix(store: Path) -> list[str]:
-    """When pyro runs as root, the keeper (and so the workspace) runs as the sandbox uid.
+def _drop_root(spec: SandboxSpec) -> tuple[list[str], Covering | None]:
+    """When pyro runs as root, the keeper (and so the workspace) runs as the workspace's
+    uid (`spec.uid`) or, without one, as the layer owner (identity.py): the command prefix
+    that drops to it, and what gives that uid the store's directories as its own.
 
     That uid must be able to look up layers and upper dirs relative to the store (its working
     directory), so a root store is made searchable, not listable, by others.
     """
     owner = sandbox_owner()
     if owner is None:
-        return []
+        return [], None
+    store = spec.store_root
     # Searchable, not listable: the sandbox uid looks up paths it is given, nobody can find
     # workspace ids or layer keys by listing (each workspace's own directory is 0700).
     for directory in (store, store / "workspaces", store / "layers"):
@@ -368,7 +388,28 @@ def _drop_root_prefix(store: Path) -> list[str]:
             "running pyro as root needs `setpriv` (util-linux) to drop to an unprivileged uid",
             hint="apt-get install util-linux",
         )
-    return [setpriv, f"--reuid={owner}", f"--regid={owner}", "--clear-groups", "--"]
+    uid = owner if spec.uid is None else spec.uid
+    covering = None
+    if uid != owner:
+        from pyro_loop.runtime.idmap import Covering
+
+        covering = Covering(owner, uid, _owned_dirs(spec))
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"], covering
+
+
+def _owned_dirs(spec: SandboxSpec) -> list[tuple[str, bool]]:
+    """The store's directories the sandbox mounts (its layers, the store's caches), relative
+    to the store, each with whether the sandbox may write it: what the layer owner owns."""
+    store = spec.store_root
+    dirs = [(lower, False) for lower in spec.lowers]
+    if spec.root_layer is not None:
+        dirs.append((spec.root_layer, False))
+    for mount in spec.mounts:
+        # An absolute source replaces the base; "../" may lead out of the store.
+        source = Path(os.path.normpath(store / mount.source))
+        if source.is_relative_to(store) and source.is_dir():
+            dirs.append((_mount_source(mount.source, store), mount.writable))
+    return dirs
 
 
 def agent_files(home: Path) -> dict[str, Path]:
