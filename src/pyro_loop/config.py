@@ -9,7 +9,6 @@ project says it really needs that newer pyro.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -421,6 +420,8 @@ def _suggest(table: str, name: str) -> str:
     here = {s.name: s.name for s in SETTINGS if s.table == table}
     if not table:
         here.update({t: f"[{t}]" for t in TABLES})
+    import difflib  # only for a misspelt key: not on every command's path
+
     close = difflib.get_close_matches(name, list(here), n=1)
     if close:
         return f" (did you mean {here[close[0]]}?)"

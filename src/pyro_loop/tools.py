@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,6 +271,8 @@ def unmet_need(request: ToolRequest) -> str | None:
     tool is built with (npm for node tools). A Debian environment must list it in packages."""
     program = request.tool.needs
     if request.environment == "host":
+        import shutil  # here: shutil loads three compression modules
+
         if shutil.which(program, path="/usr/local/bin:/usr/bin:/bin") is None:
             package = "npm" if program == "npm" else "python3-venv"
             return f"{request.name} needs {program} on the host (apt-get install {package})"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,6 +96,8 @@ def hooks_path_problem(project: Project, directory: Path) -> str | None:
     assert project.repo_root is not None
     if not _may_set_hooks_path(project):
         return None
+    import subprocess  # here, not at import: `pyro status` reads the hooks without git
+
     result = subprocess.run(
         ["git", "config", "--get", "core.hooksPath"],
         cwd=project.repo_root,
