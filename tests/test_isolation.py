@@ -1085,3 +1085,32 @@ def test_root_workspaces_each_run_as_a_uid_of_their_own(
         for status in workspaces.list():
             workspaces.delete(status.record.id)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_a_root_workspace_made_before_gets_a_uid_of_its_own_on_its_next_start(
+    workspaces: Workspaces, seed_dir: Path
+) -> None:
+    """A workspace whose record has no uid (made when all of root's workspaces ran as the
+    layer owner) runs as one of its own from its next start, with its files."""
+    from pyro_loop.identity import hand_over, sandbox_owner
+    from pyro_loop.runtime.idmap import supported
+
+    owner = sandbox_owner()
+    record = workspaces.create(seed=seed_dir)
+    if owner is None or supported(workspaces.home, owner) is not None:
+        pytest.skip("needs pyro running as root, with idmapped mounts")
+    assert sh(workspaces, record.id, "mkdir -p a/b && echo old > a/b/f").exit_code == 0
+    workspaces.stop(record.id)
+    wdir = workspaces.resolve(record.id)
+    upper = wdir.upper(record.generation)
+    hand_over(upper, recursive=True)  # as an older pyro left it: the layer owner's
+    old = wdir.load()
+    old.uid = None
+    wdir.save(old)
+
+    started = workspaces.start(record.id)
+    assert started.uid is not None and started.uid != owner
+    assert started.handle is not None and _host_uid(started.handle.keeper_pid) == started.uid
+    assert {p.lstat().st_uid for p in [upper, *upper.rglob("*")]} == {started.uid}
+    ran = sh(workspaces, record.id, "cat a/b/f; echo new >> a/b/f; cat README.md")
+    assert ran.stdout == b"old\nhello\n", ran

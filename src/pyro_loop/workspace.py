@@ -246,9 +246,24 @@ class Workspaces:
                 return record
             self._halt(wdir, record)  # crashed: make sure nothing is left of it
             _sweep_partial_writes(wdir.upper(record.generation))
+            self._give_own_uid(wdir, record)
             self._launch(wdir, record)
             self._start_spare(wdir, record)
             return record
+
+    def _give_own_uid(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
+        """Under root, a workspace made before each had a uid of its own (all ran as the
+        layer owner) gets one on its next start, and its files with it."""
+        owner = sandbox_owner()
+        if record.uid is not None or owner is None:
+            return
+        with file_lock(self.root / "names.lock"):
+            uid = new_workspace_uid(self.home, self._uids())
+        if uid is None or uid == owner:
+            return  # no idmapped mounts here: it stays the layer owner's
+        hand_over(wdir.upper(record.generation), recursive=True, uid=uid)
+        record.uid = uid
+        wdir.save(record)
 
     def stop(self, ref: str) -> WorkspaceRecord:
         """Stop every process in the workspace; its files are kept for `start`."""
