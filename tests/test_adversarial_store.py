@@ -253,6 +253,25 @@ def test_verify_repair_says_what_it_could_not_take_out(
     assert store.get(layer.key) is None and verify(workspaces) == []
 
 
+def test_a_check_runs_beside_prepares_and_waits_only_for_gc(pyro_home: Path) -> None:
+    """Without --repair, verify changes nothing, so a prepare or a create holding the store
+    does not hold it off; a gc (which removes layers) does, and it says so."""
+    LayerStore(pyro_home).build("ef" * 16, _fill, kind="test")
+    with file_lock(gc_lock(pyro_home), shared=True):  # a prepare or a create at work
+        checked = run_pyro("cache", "verify", timeout=30)
+    assert checked.returncode == 0 and checked.stderr == "", checked
+    with file_lock(gc_lock(pyro_home)):  # a gc at work
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyro_loop", "cache", "verify"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "every layer checks out" in out
+    assert err == "waiting for a cache gc to finish ...\n"
+
+
 def test_a_waiter_never_holds_the_lock_of_a_deleted_lock_file(tmp_path: Path) -> None:
     """A holds the lock, B waits; the file is deleted and C locks the new one. When A lets
     go, B must wait for C, not walk in beside it."""

@@ -135,7 +135,9 @@ def cache_verify(
     from pyro_loop.cache import verify
     from pyro_loop.workspace import Workspaces
 
-    found = verify(Workspaces(), repair=repair, on_wait=_waiting_for_users)
+    # A check shares the store with prepares and creates; only a gc or prune holds it off.
+    waiting = _waiting_for_users if repair else lambda: note("waiting for a cache gc to finish ...")
+    found = verify(Workspaces(), repair=repair, on_wait=waiting)
     failed = [item for item in found if item.error is not None]
 
     def human() -> None:
