@@ -38,6 +38,6 @@ Secrets = Annotated[
     ),
     Field(
         description="NAME: VALUE pairs put in every command's environment and masked as "
-        "[REDACTED] in what commands print; never shown in results. Default none."
+        "[REDACTED] in what commands print; never shown in results; default none."
     ),
 ]  # fmt: skip
