@@ -35,7 +35,7 @@ _LEVEL = 3  # zstd's default: about gzip's ratio at many times its speed
 _CHUNK = 1 << 20
 _WRITERS = 4
 _PENDING_BYTES = 64 << 20  # file contents read ahead of the writing threads, at most
-_CHECK_EVERY = 1 << 20  # the free space is looked at after about this much is unpacked
+_CHECK_EVERY = 4 << 20  # the free space is looked at after about this much is unpacked
 _ENTRY_COST = 4096  # what an entry takes on disk at least, for that count (a block)
 _INODES_KEPT = 1000  # files left free on the store's disk, at least
 
