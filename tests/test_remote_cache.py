@@ -38,7 +38,7 @@ from pyro_loop.store import LayerStore
 from pyro_loop.treehash import tree_digest
 from pyro_loop.trust import allow
 from pyro_loop.workspace import Workspaces
-from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
+from tests.conftest import DEPS_CONFIG, commit_project, git, run_pyro
 from tests.oci_registry import RegistryServer, running_registry
 
 SECRET = "s3cret-Pa55"
@@ -121,6 +121,31 @@ def test_push_then_a_second_machine_pulls_instead_of_building(
         assert out.stdout == b"shared==1.0\n"
     finally:
         ws.delete(record.id)
+
+
+def test_the_project_layer_is_built_by_each_machine_not_shared(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    """docs/cache.md: the project's own install is built over the sources but keyed by its
+    metadata, so a shared copy would be another checkout's build; each machine builds it over
+    the dependencies it pulled, from its own sources."""
+    config = DEPS_CONFIG + 'project = ["mkdir -p .deps && cat src.txt > .deps/project.txt"]\n'
+    files = {"requirements.txt": "p==1\n", "pyproject.toml": "", "src.txt": "a\n"}
+    root = commit_project(tmp_path / "proj", config, files)
+    remote = f"{registry.address}/team/proj"
+    first, _ = _prepare(root, tmp_path / "machine-a", remote, push=True)
+    assert first.built == ["baseline", "dependencies", "project"]
+    assert first.pushed is not None
+    assert [layer["kind"] for layer in first.pushed["layers"]] == ["dependencies"]
+    (root / "src.txt").write_text("b\n")  # another checkout: same metadata, other sources
+    git(root, "commit", "-qam", "b")
+    second, _ = _prepare(root, tmp_path / "machine-b", remote)
+    assert second.pulled == ["dependencies"]
+    assert "project" in second.built
+    project_key = compute_inputs(find_project(root), load_project_config(root).config).project_key
+    assert project_key is not None
+    tree = LayerStore(tmp_path / "machine-b").require(project_key).tree
+    assert (tree / ".deps" / "project.txt").read_text() == "b\n"
 
 
 def test_each_blob_is_sent_once(tmp_path: Path, registry: RegistryServer) -> None:
