@@ -64,8 +64,13 @@ def mapping_namespace(owner: int, uid: int) -> int:
     what an idmapped mount is made from (the owner's files become `uid`'s). A short-lived
     `unshare` holds it while its maps are written (this process may have threads, and a
     namespace of its own would need a single-threaded one)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise OSError("`unshare` (util-linux) is missing")
     proc = subprocess.Popen(
-        ["unshare", "--user", "--", "/bin/sh", "-c", "echo; read -r _"],
+        [unshare, "--user", "--", "/bin/sh", "-c", "echo; read -r _"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
@@ -141,10 +146,12 @@ def supported(store: Path, owner: int) -> str | None:
     except OSError as exc:
         return str(exc)
     try:
-        done = subprocess.run(["true"], cwd=store, preexec_fn=covering, check=False,
-                              stderr=subprocess.PIPE)  # fmt: skip
+        done = subprocess.run(["/bin/sh", "-c", ":"], cwd=store, preexec_fn=covering,
+                              check=False, stderr=subprocess.PIPE)  # fmt: skip
     except subprocess.SubprocessError:
         return "the kernel or the store's filesystem refuses idmapped mounts"
+    except OSError as exc:
+        return str(exc)
     finally:
         covering.close()
     return None if done.returncode == 0 else done.stderr.decode(errors="replace").strip()
