@@ -55,11 +55,11 @@ TARGET_VS_COPY = 1.5
 
 
 def timed_prepare(root: Path, home: Path) -> tuple[float, object]:
-    from pyro_loop.config import load_project_config
-    from pyro_loop.prepare import prepare
-    from pyro_loop.project import find_project
-    from pyro_loop.trust import allow
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.prepare import prepare
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
+    from pyro_loop.project.trust import allow
+    from pyro_loop.workspace.manager import Workspaces
 
     project = find_project(root)
     config = load_project_config(project.root).config
@@ -85,11 +85,11 @@ def arguments() -> argparse.Namespace:
 def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[str, Any]:
     """Build, push, then pull and copy in alternation; the seconds of each."""
 
-    from pyro_loop.prepare import compute_inputs
+    from pyro_loop.loop.prepare import compute_inputs
+    from pyro_loop.loop.teamcache import project_snapshot
     from pyro_loop.remote import share
     from pyro_loop.remote.address import parse_remote
-    from pyro_loop.remote.project import project_snapshot
-    from pyro_loop.store import LayerStore
+    from pyro_loop.store.layers import LayerStore
 
     os.environ.pop("PYRO_CACHE_REMOTE", None)
     with scratch_home("pyro-bench-cache-") as tmp, running_registry() as registry:
@@ -99,8 +99,8 @@ def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[s
         if "dependencies" not in built.built:  # type: ignore[attr-defined]
             raise SystemExit("the first prepare did not build the dependency snapshot")
 
-        from pyro_loop.config import load_project_config
-        from pyro_loop.project import find_project
+        from pyro_loop.project.config import load_project_config
+        from pyro_loop.project.discovery import find_project
 
         project = find_project(root)
         config = load_project_config(project.root).config

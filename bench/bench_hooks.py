@@ -68,9 +68,9 @@ def timed_git(repo: Path, *args: str) -> float:
 
 def wait_for_background_prepare(repo: Path, home: Path) -> None:
     """Untimed: the prepare a hook started finishes before the next measurement."""
-    from pyro_loop.githooks.keepwarm import record_path
+    from pyro_loop.loop.keepwarm import record_path
     from pyro_loop.procutil import pid_alive
-    from pyro_loop.project import find_project
+    from pyro_loop.project.discovery import find_project
 
     path = record_path(home, find_project(repo))
     if not path.exists():
@@ -150,11 +150,11 @@ def main() -> int:
     with scratch_home("pyro-bench-hooks-") as tmp:
         home = tmp / "home"
         hooked, plain = tmp / "hooked", tmp / "plain"
-        from pyro_loop.config import load_project_config
         from pyro_loop.githooks.install import install
-        from pyro_loop.prepare import prepare
-        from pyro_loop.project import find_project
-        from pyro_loop.workspace import Workspaces
+        from pyro_loop.loop.prepare import prepare
+        from pyro_loop.project.config import load_project_config
+        from pyro_loop.project.discovery import find_project
+        from pyro_loop.workspace.manager import Workspaces
 
         compile_pyro()
         make_project(hooked, files, runs)

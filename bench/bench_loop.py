@@ -118,7 +118,7 @@ class Row:
 
 def edit_latency(loop: Any, repo: Path, runs: int) -> list[float]:
     """Host write -> content readable in the workspace, with the watcher running."""
-    from pyro_loop.watch import run_watcher
+    from pyro_loop.sync.watcher import run_watcher
 
     record = loop.require()
     stop = threading.Event()
@@ -304,11 +304,11 @@ def main() -> int:
     big_files = files * 5 if args.quick else files * 10
 
     with scratch_home("pyro-bench-loop-") as tmp:
-        from pyro_loop.config import load_project_config
-        from pyro_loop.loop import ProjectLoop
-        from pyro_loop.prepare import prepare
-        from pyro_loop.project import find_project
-        from pyro_loop.workspace import Workspaces
+        from pyro_loop.loop.live import ProjectLoop
+        from pyro_loop.loop.prepare import prepare
+        from pyro_loop.project.config import load_project_config
+        from pyro_loop.project.discovery import find_project
+        from pyro_loop.workspace.manager import Workspaces
 
         compile_pyro()
         ws = Workspaces()

@@ -143,10 +143,10 @@ def main() -> int:
 
     with scratch_home("pyro-bench-mcp-") as tmp:
         repo = tmp / "repo"
-        from pyro_loop.config import load_project_config
-        from pyro_loop.loop import ProjectLoop
-        from pyro_loop.project import find_project
-        from pyro_loop.workspace import Workspaces
+        from pyro_loop.loop.live import ProjectLoop
+        from pyro_loop.project.config import load_project_config
+        from pyro_loop.project.discovery import find_project
+        from pyro_loop.workspace.manager import Workspaces
 
         compile_pyro()
         make_repo(repo, files, INSTALL)

@@ -91,9 +91,9 @@ def main() -> int:
     if args.quick:
         args.runs, args.big_runs = 20, 5
 
-    from pyro_loop.ports import Mapping
-    from pyro_loop.services import ServiceClient
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.workspace.manager import Workspaces
+    from pyro_loop.workspace.ports import Mapping
+    from pyro_loop.workspace.services import ServiceClient
 
     with scratch_home("pyro-bench-ports-") as tmp:
         site = tmp / "site"

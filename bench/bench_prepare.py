@@ -54,9 +54,9 @@ def main() -> int:
         repo = tmp / "repo"
         compile_pyro()
         make_repo(repo, args.files, INSTALL)
-        from pyro_loop.config import load_project_config
-        from pyro_loop.prepare import prepare
-        from pyro_loop.project import find_project
+        from pyro_loop.loop.prepare import prepare
+        from pyro_loop.project.config import load_project_config
+        from pyro_loop.project.discovery import find_project
 
         project = find_project(repo)
         config = load_project_config(project.root).config

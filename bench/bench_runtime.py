@@ -57,9 +57,9 @@ from typing import Any
 
 try:
     from pyro_loop.errors import PyroError
-    from pyro_loop.fsutil import remove_tree
-    from pyro_loop.seed import import_seed
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.fs.util import remove_tree
+    from pyro_loop.store.seed import import_seed
+    from pyro_loop.workspace.manager import Workspaces
 except ImportError as exc:  # pragma: no cover - depends on how the script is started
     sys.exit(
         f"bench_runtime: cannot import pyro_loop ({exc}).\n"

@@ -46,7 +46,7 @@ def make_repo(
 def trust_config(root: Path) -> None:
     """Approve the repository's .pyro.toml in the run's PYRO_HOME, as `pyro trust` does."""
     from pyro_loop.home import pyro_home
-    from pyro_loop.trust import allow_content
+    from pyro_loop.project.trust import allow_content
 
     path = root / ".pyro.toml"
     allow_content(pyro_home(), path, path.read_bytes())
@@ -106,7 +106,7 @@ def scratch_home(prefix: str) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        from pyro_loop.workspace import Workspaces
+        from pyro_loop.workspace.manager import Workspaces
 
         ws = Workspaces(home=tmp / "home")
         for status in ws.list():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -21,7 +21,7 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     """A private PYRO_HOME, and a HOME that is not the user's, so no test touches `~`.
     Workspaces a test left in it (through the CLI, the loop or the MCP server) are deleted
     after the test: their sandboxes outlive the process that made them, by design."""
-    # A deleted workspace's standby is not kept for the next create (pool.py): the tests
+    # A deleted workspace's standby is not kept for the next create (workspace/pool.py): the tests
     # that delete expect nothing left running. tests/test_pool.py turns it back on.
     monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
     home = tmp_path / "pyro-home"
@@ -110,7 +110,7 @@ run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
 def trust_config(root: Path, home: Path | None = None) -> None:
     """Approve `root`'s `.pyro.toml` as it is now, in `home` (default: the test's pyro home),
     as the user does with `pyro trust` after reviewing it."""
-    from pyro_loop.trust import allow_content
+    from pyro_loop.project.trust import allow_content
 
     path = root / ".pyro.toml"
     allow_content(home or Path(os.environ["PYRO_HOME"]), path, path.read_bytes())

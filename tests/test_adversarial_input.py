@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.overlay import overlay_options
-from pyro_loop.project import find_project, tree_changes, write_changes, write_tree
-from pyro_loop.safetar import Rules, UnsafeArchiveError, extract
-from pyro_loop.store import check_key
-from pyro_loop.workspace import Workspaces
+from pyro_loop.fs.safetar import Rules, UnsafeArchiveError, extract
+from pyro_loop.project.discovery import find_project, tree_changes, write_changes, write_tree
+from pyro_loop.store.layers import check_key
+from pyro_loop.store.overlay import overlay_options
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
 from tests.test_real_projects import NOBODY, _commit, _project, _write, nobody, user
@@ -423,7 +423,7 @@ def test_a_crafted_tree_with_a_link_and_a_directory_of_one_name_writes_nothing_o
 def test_detection_reads_no_file_through_a_link_out_of_the_repository(tmp_path: Path) -> None:
     """package.json linked to a host file with install scripts: detection must not read it
     (it would choose `npm ci --ignore-scripts` from the host file's content)."""
-    from pyro_loop.detect import detect_ecosystems
+    from pyro_loop.project.detect import detect_ecosystems
 
     host = tmp_path / "host-package.json"
     host.write_text('{"scripts": {"postinstall": "echo from the host"}}\n')

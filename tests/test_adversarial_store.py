@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.cache import gc_lock, verify
 from pyro_loop.locking import file_lock
-from pyro_loop.store import COMPLETE_MARKER, LayerStore
-from pyro_loop.treehash import tree_digest
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.gc import gc_lock, verify
+from pyro_loop.store.layers import COMPLETE_MARKER, LayerStore
+from pyro_loop.store.treehash import tree_digest
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, run_pyro
 from tests.test_isolation import sh, tree_state
 
@@ -36,7 +36,7 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 PUBLISHER = r"""
 import sys, time
 from pathlib import Path
-from pyro_loop.store import LayerStore
+from pyro_loop.store.layers import LayerStore
 store = LayerStore(Path(sys.argv[1]))
 start, key = float(sys.argv[2]), sys.argv[3] or None
 def build(tree):
@@ -336,8 +336,8 @@ def test_a_publish_never_replaces_a_complete_layer(workspaces: Workspaces) -> No
 GC_LOOP = r"""
 import sys
 from pathlib import Path
-from pyro_loop.cache import gc
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.gc import gc
+from pyro_loop.workspace.manager import Workspaces
 ws, stop, passes = Workspaces(), Path(sys.argv[1]), 0
 while not stop.exists():
     gc(ws)

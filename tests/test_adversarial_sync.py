@@ -18,8 +18,8 @@ import pytest
 
 from pyro_loop.runtime import HOME_DIR
 from pyro_loop.sync import SyncResult
-from pyro_loop.watch import FULL_RECONCILE_AT, run_watcher, watch
-from pyro_loop.workspace import Workspaces
+from pyro_loop.sync.watcher import FULL_RECONCILE_AT, run_watcher, watch
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 from tests.test_isolation import tree_state
 from tests.test_sync import Live, assert_in_sync, host_tree, live_factory, make_repo

@@ -18,12 +18,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pyro_loop.config import ProjectConfig, load_project_config
 from pyro_loop.githooks import install as hooks
-from pyro_loop.loop import ProjectLoop
-from pyro_loop.project import find_project
-from pyro_loop.trust import UntrustedConfigError
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.live import ProjectLoop
+from pyro_loop.project.config import ProjectConfig, load_project_config
+from pyro_loop.project.discovery import find_project
+from pyro_loop.project.trust import UntrustedConfigError
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, git, run_pyro
 from tests.test_hooks import bare_shell_env, git_run, pyro_lines, wait_for_background_prepare
 from tests.test_mcp import connect

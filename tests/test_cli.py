@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pyro_loop import __version__
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import run_pyro
 
 

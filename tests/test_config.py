@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pyro_loop import __version__
-from pyro_loop.config import (
+from pyro_loop.errors import PyroError
+from pyro_loop.project.config import (
     SETTINGS,
     ConfigResult,
     InvalidConfigError,
@@ -19,7 +20,6 @@ from pyro_loop.config import (
     load_project_config,
     render_markdown,
 )
-from pyro_loop.errors import PyroError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -293,20 +293,23 @@ def test_absolute_path_outside_cwd_is_named_in_full(
 
 def test_docs_match_the_declarations() -> None:
     docs = (ROOT / "docs" / "config.md").read_text()
-    assert docs == render_markdown(), "regenerate: python -m pyro_loop.config --markdown"
+    assert docs == render_markdown(), "regenerate: python -m pyro_loop.project.config --markdown"
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in docs
 
 
 def test_markdown_from_the_command_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pyro_loop.config", "--markdown"],
+        [sys.executable, "-m", "pyro_loop.project.config", "--markdown"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == render_markdown()
     usage = subprocess.run(
-        [sys.executable, "-m", "pyro_loop.config"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "pyro_loop.project.config"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert usage.returncode == 2
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from pyro_loop.config import ProjectConfig, load_config
-from pyro_loop.detect import Ecosystem, detect_ecosystems, keying_files
 from pyro_loop.errors import ConflictError, InvalidInputError
-from pyro_loop.scaffold import find_project_root, init_project, render_config, template_text
+from pyro_loop.project.config import ProjectConfig, load_config
+from pyro_loop.project.detect import Ecosystem, detect_ecosystems, keying_files
+from pyro_loop.project.scaffold import find_project_root, init_project, render_config, template_text
 from tests.conftest import git, run_pyro
 
 ROOT = Path(__file__).resolve().parent.parent

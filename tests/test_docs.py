@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project
 
 README = Path(__file__).resolve().parent.parent / "README.md"

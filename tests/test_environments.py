@@ -28,19 +28,19 @@ from typing import Any
 
 import pytest
 
-from pyro_loop import environments
-from pyro_loop.doctor import mmdebstrap_mode
-from pyro_loop.environments import (
+from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
+from pyro_loop.identity import sandbox_owner
+from pyro_loop.runtime.doctor import mmdebstrap_mode
+from pyro_loop.store import environments
+from pyro_loop.store.environments import (
     EnvironmentSpec,
     ensure_environment,
     environment_key,
     extract_root_tar,
     parse_environment,
 )
-from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
-from pyro_loop.identity import sandbox_owner
-from pyro_loop.store import LayerStore, check_key
-from pyro_loop.workspace import Workspaces
+from pyro_loop.store.layers import LayerStore, check_key
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, owners_below, run_pyro, trust_config
 
 NOBODY = 65534
@@ -351,8 +351,8 @@ def test_failed_builds_leave_nothing(
 # workspace on it. Prints one JSON document.
 NOBODY_BUILD = r"""
 import json, os, sys, time
-from pyro_loop.doctor import mmdebstrap_mode
-from pyro_loop.workspace import Workspaces
+from pyro_loop.runtime.doctor import mmdebstrap_mode
+from pyro_loop.workspace.manager import Workspaces
 
 out = {"mode": mmdebstrap_mode()}
 ws = Workspaces()
@@ -575,10 +575,10 @@ def test_nobody_builds_and_uses_debian(debian: Built) -> None:
 def test_switching_the_base_and_back_moves_the_workspace_and_gc_keeps_its_layers(
     debian_ws: Workspaces, tmp_path: Path
 ) -> None:
-    from pyro_loop.cache import gc
-    from pyro_loop.config import load_project_config
-    from pyro_loop.loop import ProjectLoop
-    from pyro_loop.project import find_project
+    from pyro_loop.loop.gc import gc
+    from pyro_loop.loop.live import ProjectLoop
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
 
     repo = commit_project(tmp_path / "repo", '[environment]\nbase = "debian:12"\n', {})
 
@@ -650,10 +650,10 @@ def test_prepare_on_a_debian_base_shows_the_environment_phases(
 def test_a_venv_on_a_debian_base_without_python3_venv_says_what_to_add(
     debian_ws: Workspaces, tmp_path: Path
 ) -> None:
-    from pyro_loop.config import load_project_config
     from pyro_loop.errors import PrepareFailedError
-    from pyro_loop.prepare import prepare
-    from pyro_loop.project import find_project
+    from pyro_loop.loop.prepare import prepare
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
 
     repo = _debian_project(tmp_path / "repo", run='["python3 -m venv .venv"]')
     trust_config(repo, debian_ws.home)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.errors import AgentError, InvalidInputError, PyroError
-from pyro_loop.fsutil import MAX_TREE_DEPTH, remove_tree
+from pyro_loop.fs.util import MAX_TREE_DEPTH, remove_tree
 from pyro_loop.runtime import Limits
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, run_pyro
 from tests.test_isolation import host_pids_with, marker, py_json, sh, tree_state, wait_for
 
@@ -410,7 +410,7 @@ def test_an_export_stops_before_it_would_fill_the_host_disk(
     """The free-space guard (the disk's free space faked at 3 MB over what is kept free)."""
     import shutil
 
-    from pyro_loop import transfer
+    from pyro_loop.workspace import transfer
 
     sh(workspaces, ws, "head -c 2000000 /dev/zero > big")
     usage = shutil.disk_usage(tmp_path)

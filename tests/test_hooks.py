@@ -17,17 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.check import run_check, staged_tree
-from pyro_loop.config import load_project_config
 from pyro_loop.errors import ConflictError
 from pyro_loop.githooks import install as hooks
-from pyro_loop.githooks.keepwarm import record_path
 from pyro_loop.githooks.run import pushed_commits
-from pyro_loop.prepare import compute_inputs, prepare
+from pyro_loop.loop.check import run_check, staged_tree
+from pyro_loop.loop.keepwarm import record_path
+from pyro_loop.loop.prepare import compute_inputs, prepare
+from pyro_loop.loop.status import readiness
 from pyro_loop.procutil import pid_alive
-from pyro_loop.project import Project, find_project
-from pyro_loop.readiness import readiness
-from pyro_loop.workspace import Workspaces
+from pyro_loop.project.config import load_project_config
+from pyro_loop.project.discovery import Project, find_project
+from pyro_loop.project.hooks import KEEP_WARM
+from pyro_loop.project.hooks import status as hooks_status
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import GIT_ENV, commit_project, git, run_pyro, trust_config, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +176,7 @@ def test_a_missing_interpreter_never_fails_git_and_says_how_to_fix_it(
     repo: Path, tmp_path: Path
 ) -> None:
     venv_python = tmp_path / "gone" / "bin" / "python"
-    hooks.install(project_of(repo), hooks=[*hooks.KEEP_WARM, "pre-commit"],
+    hooks.install(project_of(repo), hooks=[*KEEP_WARM, "pre-commit"],
                   python=str(venv_python))  # fmt: skip
     switched = git_run(repo, "checkout", "-q", "other")
     assert switched.returncode == 0
@@ -185,10 +187,10 @@ def test_a_missing_interpreter_never_fails_git_and_says_how_to_fix_it(
     git(repo, "add", "app.txt")
     committed = git_run(repo, "commit", "-qm", "change")
     assert committed.returncode != 0 and "pyro hooks install" in committed.stderr
-    report = hooks.status(project_of(repo))
+    report = hooks_status(project_of(repo))
     assert report.broken == ["post-checkout", "post-merge", "post-rewrite", "pre-commit"]
     hooks.install(project_of(repo))  # again, from a live interpreter: fixed
-    assert hooks.status(project_of(repo)).broken == []
+    assert hooks_status(project_of(repo)).broken == []
 
 
 # -- checking what is committed ------------------------------------------------------------------
@@ -305,7 +307,7 @@ def test_a_foreign_hook_is_kept_runs_first_and_is_restored_exactly(
     (hook_dir / "pre-commit").write_bytes(blocker)
     (hook_dir / "pre-commit").chmod(0o700)
 
-    report = hooks.install(project_of(repo), hooks=[*hooks.KEEP_WARM, "pre-commit"])
+    report = hooks.install(project_of(repo), hooks=[*KEEP_WARM, "pre-commit"])
     assert report.installed == ["post-checkout", "post-merge", "post-rewrite", "pre-commit"]
     assert (hook_dir / "post-checkout.legacy").read_bytes() == foreign
     assert git_run(repo, "checkout", "-q", "feature").returncode == 0
@@ -345,7 +347,7 @@ def test_core_hooks_path_is_refused_with_the_fix(repo: Path) -> None:
     with pytest.raises(ConflictError, match=r"core\.hooksPath is set to \.githooks") as info:
         hooks.install(project_of(repo))
     assert "git config --unset core.hooksPath" in (info.value.hint or "")
-    assert hooks.status(project_of(repo)).problem is not None
+    assert hooks_status(project_of(repo)).problem is not None
     result = run_pyro("hooks", "install", "-C", str(repo))
     assert result.returncode == 1 and "core.hooksPath" in result.stderr
     git(repo, "config", "core.hooksPath", ".git/hooks")  # the default place, spelled out
@@ -518,8 +520,8 @@ def test_core_hooks_path_from_the_global_config_or_an_include_is_seen(
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     project = find_project(repo)
-    assert "core.hooksPath is set to /elsewhere" in (hooks.status(project).problem or "")
+    assert "core.hooksPath is set to /elsewhere" in (hooks_status(project).problem or "")
     global_config.write_text("[core]\n\tHooksPath = /other\n")
-    assert "core.hooksPath is set to /other" in (hooks.status(project).problem or "")
+    assert "core.hooksPath is set to /other" in (hooks_status(project).problem or "")
     global_config.write_text("[user]\n\tname = someone\n")
-    assert hooks.status(project).problem is None
+    assert hooks_status(project).problem is None

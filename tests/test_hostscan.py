@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.loop import ProjectLoop
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.live import ProjectLoop
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, git
 from tests.test_loop import loop_for, sh
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, run_pyro
 from tests.terminal import terminal
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.client import ExecResult
 from pyro_loop.errors import AgentUnavailableError, NotFoundError
 from pyro_loop.runtime import Limits
 from pyro_loop.runtime.bwrap import AGENT_FILES, AGENT_MOUNT
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.client import ExecResult
+from pyro_loop.workspace.manager import Workspaces
 
 DEADLINE = 5.0  # seconds to wait for something that should take milliseconds
 

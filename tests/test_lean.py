@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.cli.lean import parse
-from pyro_loop.project import find_project
-from pyro_loop.workspace import Workspaces
+from pyro_loop.project.discovery import find_project
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, trust_config
 
 # Each started as the `pyro` script starts it (the name shows in usage errors).

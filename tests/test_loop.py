@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.config import load_project_config
 from pyro_loop.errors import ConflictError
-from pyro_loop.loop import NotWarmError, ProjectLoop
-from pyro_loop.project import find_project
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.live import NotWarmError, ProjectLoop
+from pyro_loop.project.config import load_project_config
+from pyro_loop.project.discovery import find_project
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, git, run_pyro
 
 
@@ -190,8 +190,8 @@ def test_after_a_prepare_status_names_the_outdated_workspace_and_exec_moves_it(
 
 
 def test_cache_gc_keeps_what_the_current_lockfiles_need(repo: Path, workspaces: Workspaces) -> None:
-    from pyro_loop.cache import gc
-    from pyro_loop.prepare import prepare
+    from pyro_loop.loop.gc import gc
+    from pyro_loop.loop.prepare import prepare
 
     first = prepare(*_project(repo), workspaces=workspaces).dependencies_layer
     (repo / "requirements.txt").write_text("requests==2.32.3\n")

@@ -20,7 +20,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from pyro_loop.mcp.output import INLINE_LIMIT
 from pyro_loop.mcp.profiles import PROFILES
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, git, write_config
 
 
@@ -421,8 +421,8 @@ def test_initialize_loads_no_workspace_machinery() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60, check=True)  # fmt: skip
     loaded = result.stdout
-    for heavy in ("pygit2", "pyro_loop.workspace", "pyro_loop.loop", "pyro_loop.sync",
-                  "pyro_loop.runtime", "pyro_loop.prepare"):  # fmt: skip
+    for heavy in ("pygit2", "pyro_loop.workspace.manager", "pyro_loop.loop.live", "pyro_loop.sync",
+                  "pyro_loop.runtime.bwrap", "pyro_loop.loop.prepare"):  # fmt: skip
         assert f"'{heavy}'" not in loaded, heavy
 
 
@@ -515,9 +515,9 @@ def test_an_unexpected_exception_becomes_a_tool_error() -> None:
 def test_retry_is_bounded_and_says_how_to_give_a_command_longer(
     repo: Path, pyro_home: Path
 ) -> None:
-    from pyro_loop.config import load_project_config
-    from pyro_loop.loop import ProjectLoop
-    from pyro_loop.project import find_project
+    from pyro_loop.loop.live import ProjectLoop
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
 
     slow_once_marked = "if [ -e again ]; then sleep 30; fi; echo done"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.cache import gc
-from pyro_loop.pool import POOL_LIMIT
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.gc import gc
+from pyro_loop.workspace.manager import Workspaces
+from pyro_loop.workspace.pool import POOL_LIMIT
 from tests.test_hostscan import full_sync_finds_nothing, repo, settle
 from tests.test_loop import loop_for, sh
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.agent import protocol as p
-from pyro_loop.client import socket_address
 from pyro_loop.errors import ConflictError, InvalidInputError
-from pyro_loop.forwarder import BATCH
-from pyro_loop.ports import Mapping, parse_publish
-from pyro_loop.services import ServiceClient
-from pyro_loop.workspace import Workspaces
+from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.workspace.forwarder import BATCH
+from pyro_loop.workspace.manager import Workspaces
+from pyro_loop.workspace.ports import Mapping, parse_publish
+from pyro_loop.workspace.services import ServiceClient
 from tests.conftest import commit_project, run_pyro
 from tests.test_unprivileged import _as_nobody, nobody_env  # noqa: F401 - a fixture
 
@@ -235,9 +235,9 @@ AS_NOBODY = """
 import json, socket, sys, urllib.request
 from pathlib import Path
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.ports import Mapping
-from pyro_loop.services import ServiceClient
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.ports import Mapping
+from pyro_loop.workspace.services import ServiceClient
+from pyro_loop.workspace.manager import Workspaces
 
 ws = Workspaces()
 record = ws.create(seed=Path(sys.argv[1]))

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.config import ProjectConfig, load_project_config
 from pyro_loop.errors import PrepareFailedError
-from pyro_loop.prepare import compute_inputs, prepare
-from pyro_loop.project import Project, find_project
-from pyro_loop.readiness import readiness
-from pyro_loop.warmth import judge
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.prepare import compute_inputs, prepare
+from pyro_loop.loop.status import readiness
+from pyro_loop.loop.warmth import judge
+from pyro_loop.project.config import ProjectConfig, load_project_config
+from pyro_loop.project.discovery import Project, find_project
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, git, run_pyro, write_config
 
 INSTALL = "mkdir -p .deps && cp requirements.txt .deps/installed.txt && date +%s%N > .deps/stamp"

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.config import load_project_config
-from pyro_loop.downloads import CACHES, cache_root
-from pyro_loop.hostenv import COPIES_DIR, host_environment
-from pyro_loop.layercopy import adopt_upper
-from pyro_loop.overlay import is_whiteout
-from pyro_loop.prepare import prepare
-from pyro_loop.project import find_project
+from pyro_loop.loop.downloads import CACHES, cache_root
+from pyro_loop.loop.hostenv import COPIES_DIR, host_environment
+from pyro_loop.loop.prepare import prepare
+from pyro_loop.project.config import load_project_config
+from pyro_loop.project.discovery import find_project
 from pyro_loop.runtime import HOME_DIR
-from pyro_loop.workspace import Workspaces
+from pyro_loop.store.layercopy import adopt_upper
+from pyro_loop.store.overlay import is_whiteout
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project
 
 # Where poetry, cargo and Go put what they install by default, relative to HOME.
@@ -186,7 +186,7 @@ def test_adopting_an_upper_dir_keeps_overlay_marks_and_drops_what_a_layer_must_n
 
 def test_a_repository_never_fills_the_home(tmp_path: Path, workspaces: Workspaces) -> None:
     """Neither a committed `.pyro-home/` nor one in the working tree reaches HOME."""
-    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.loop.live import ProjectLoop
 
     repo = _project(tmp_path / "repo", ["true"], {f"{HOME_DIR}/.npmrc": "registry=evil\n"})
     (repo / HOME_DIR / ".bashrc").write_text("echo planted\n")  # not committed: synced?

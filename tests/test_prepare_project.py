@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyro_loop.config import load_project_config
-from pyro_loop.loop import ProjectLoop
-from pyro_loop.prepare import prepare
-from pyro_loop.project import find_project
-from pyro_loop.readiness import readiness
-from pyro_loop.workspace import Workspaces
+from pyro_loop.loop.live import ProjectLoop
+from pyro_loop.loop.prepare import prepare
+from pyro_loop.loop.status import readiness
+from pyro_loop.project.config import load_project_config
+from pyro_loop.project.discovery import find_project
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, git, write_config
 
 DEPS = "mkdir -p .venv && cp requirements.txt .venv/deps.txt"

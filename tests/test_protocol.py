@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from pyro_loop.agent import protocol as p
-from pyro_loop.client import AgentClient, socket_address
 from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
@@ -28,6 +27,8 @@ from pyro_loop.errors import (
     NotFoundError,
     PyroError,
 )
+from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.workspace.client import AgentClient
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The codebase stays lint- and type-clean: ruff and mypy (strict) run as part of the suite."""
+"""The codebase stays lint- and type-clean and keeps its layers: ruff, mypy (strict) and
+import-linter run as part of the suite."""
 
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ def test_agent_needs_nothing_newer_than_its_floor() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Minimum required versions: {AGENT_FLOOR}" in result.stdout
+
+
+def test_each_subsystem_imports_only_from_the_layers_below_it() -> None:
+    """The layers declared in pyproject.toml ([tool.importlinter], docs/architecture.md)."""
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(lint_imports)], cwd=ROOT, capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
 
 
 def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:

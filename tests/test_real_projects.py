@@ -85,7 +85,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     finally:
         subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-             SYSTEM_PYTHON, "-c", "from pyro_loop.workspace import Workspaces as W\n"
+             SYSTEM_PYTHON, "-c", "from pyro_loop.workspace.manager import Workspaces as W\n"
              "w = W()\n[w.delete(s.record.id) for s in w.list()]"],
             env={"PYTHONPATH": str(lib), "PYRO_HOME": str(home), "PATH": "/usr/bin:/bin"},
             check=False, capture_output=True, timeout=120,

@@ -24,20 +24,20 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.config import load_project_config
 from pyro_loop.errors import InvalidInputError, PyroError
-from pyro_loop.fsutil import dir_size
-from pyro_loop.prepare import PrepareResult, compute_inputs, prepare
-from pyro_loop.project import find_project
+from pyro_loop.fs.util import dir_size
+from pyro_loop.loop.prepare import PrepareResult, compute_inputs, prepare
+from pyro_loop.loop.teamcache import project_snapshot
+from pyro_loop.project.config import load_project_config
+from pyro_loop.project.discovery import find_project
+from pyro_loop.project.trust import allow
 from pyro_loop.remote import archive, share
 from pyro_loop.remote.address import parse_remote
 from pyro_loop.remote.credentials import find_credentials
-from pyro_loop.remote.project import project_snapshot
 from pyro_loop.remote.registry import RegistryClient
-from pyro_loop.store import LayerStore
-from pyro_loop.treehash import tree_digest
-from pyro_loop.trust import allow
-from pyro_loop.workspace import Workspaces
+from pyro_loop.store.layers import LayerStore
+from pyro_loop.store.treehash import tree_digest
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import DEPS_CONFIG, commit_project, git, run_pyro
 from tests.oci_registry import RegistryServer, running_registry
 
@@ -463,8 +463,8 @@ import os, signal, sys
 from pathlib import Path
 from pyro_loop.remote import share
 from pyro_loop.remote.address import parse_remote
-from pyro_loop.store import LayerStore
-from pyro_loop.trust import allow
+from pyro_loop.store.layers import LayerStore
+from pyro_loop.project.trust import allow
 snapshot = share.Snapshot(**__import__("json").loads(sys.argv[3]))
 def die(line):
     if "% of" in line:
@@ -749,11 +749,11 @@ NOBODY = 65534
 AS_NOBODY = """
 import json, os, sys
 from pathlib import Path
-from pyro_loop.config import load_project_config
-from pyro_loop.prepare import prepare
-from pyro_loop.project import find_project
-from pyro_loop.trust import allow
-from pyro_loop.workspace import Workspaces
+from pyro_loop.project.config import load_project_config
+from pyro_loop.loop.prepare import prepare
+from pyro_loop.project.discovery import find_project
+from pyro_loop.project.trust import allow
+from pyro_loop.workspace.manager import Workspaces
 
 project = find_project(Path(sys.argv[1]))
 ws = Workspaces()

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.seed import import_seed
-from pyro_loop.workspace import Workspaces
+from pyro_loop.store.seed import import_seed
+from pyro_loop.workspace.manager import Workspaces
 
 
 def test_a_gnu_tar_seed_becomes_a_workspace(workspaces: Workspaces, tmp_path: Path) -> None:

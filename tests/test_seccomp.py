@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pyro_loop.runtime import seccomp
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.test_isolation import marker, py_json, run_py, sh, tree_state
 
 # -- helpers ---------------------------------------------------------------------------------

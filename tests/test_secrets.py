@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pyro_loop.cli.guard import masked_argv
-from pyro_loop.secretenv import Redactor
-from pyro_loop.workspace import Workspaces
+from pyro_loop.guard import masked_argv
+from pyro_loop.workspace.manager import Workspaces
+from pyro_loop.workspace.secrets import Redactor
 from tests.conftest import commit_project, run_pyro
 from tests.test_mcp import connect
 

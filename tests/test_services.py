@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, run_pyro
 
 LOG_PART = 4 * 1024 * 1024  # agent/services.py: a service keeps two parts of its output

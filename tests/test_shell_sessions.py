@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.shells import plain_text
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
+from pyro_loop.workspace.shells import plain_text
 from tests.conftest import run_pyro
 from tests.test_real_projects import NOBODY, nobody, user  # noqa: F401 - user is a fixture
 from tests.test_secrets import VALUE, everything_under
@@ -47,7 +47,7 @@ def keepers(home: Path) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if b"pyro_loop.shellkeeper" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"pyro_loop.workspace.shellkeeper" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
             if os.readlink(f"/proc/{pid}/fd/2").startswith(str(home)):
                 found.append(int(pid))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.errors import InvalidInputError, NotFoundError
-from pyro_loop.store import COMPLETE_MARKER, LayerStore
-from pyro_loop.treehash import tree_digest
+from pyro_loop.store.layers import COMPLETE_MARKER, LayerStore
+from pyro_loop.store.treehash import tree_digest
 
 KEY = "ab" * 32
 
@@ -98,7 +98,7 @@ def test_publish_with_an_explicit_key_and_key_validation(store: LayerStore) -> N
 _BUILD_SCRIPT = """
     import os, sys, time
     from pathlib import Path
-    from pyro_loop.store import LayerStore
+    from pyro_loop.store.layers import LayerStore
 
     home, shared, key = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
@@ -220,7 +220,7 @@ def test_failing_builder_leaves_nothing_behind(store: LayerStore) -> None:
 _KILLED_SCRIPT = """
     import os, signal, sys
     from pathlib import Path
-    from pyro_loop.store import LayerStore
+    from pyro_loop.store.layers import LayerStore
 
     store = LayerStore(Path(sys.argv[1]))
     with store.staging() as staging:

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.client import AgentClient
 from pyro_loop.errors import AgentError, InvalidInputError
-from pyro_loop.project import find_project, head_tree, write_tree
+from pyro_loop.project.discovery import find_project, head_tree, write_tree
 from pyro_loop.sync import ExcludeRules, PathFilter, Syncer, host_digest, manifest_digest
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.client import AgentClient
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import git, write_seed_tree
 
 # What the workspace holds, as {path: (kind, mode, sha256) or ("link", target)}.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.cli.safetext import TerminalText, visible
-from pyro_loop.workspace import Workspaces
+from pyro_loop.safetext import TerminalText, visible
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import run_pyro
 from tests.terminal import terminal
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.config import InvalidConfigError, load_config, load_project_config
-from pyro_loop.conventions import detect_checks, detect_tools
-from pyro_loop.detect import detect_ecosystems
 from pyro_loop.errors import CommandNotFoundError, InvalidInputError
-from pyro_loop.loop import ProjectLoop
-from pyro_loop.prepare import prepare
-from pyro_loop.project import find_project
-from pyro_loop.readiness import readiness
+from pyro_loop.loop.live import ProjectLoop
+from pyro_loop.loop.prepare import prepare
+from pyro_loop.loop.status import readiness
+from pyro_loop.loop.tools import ToolRequest, install_script
+from pyro_loop.project.config import InvalidConfigError, load_config, load_project_config
+from pyro_loop.project.conventions import detect_checks, detect_tools
+from pyro_loop.project.detect import detect_ecosystems
+from pyro_loop.project.discovery import find_project
+from pyro_loop.project.scaffold import render_config
 from pyro_loop.runtime import SANDBOX_PATH, Mount
-from pyro_loop.scaffold import render_config
-from pyro_loop.tools import ToolRequest, install_script
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import commit_project, run_pyro
 
 FAKE_VENV = (
@@ -294,7 +294,7 @@ def subprocess_in(cwd: Path, *args: str) -> str:
 def test_a_tool_the_environment_cannot_build_is_named_before_any_build(
     workspaces: Workspaces,
 ) -> None:
-    from pyro_loop.tools import ToolBuildError, ensure_tools, unmet_need
+    from pyro_loop.loop.tools import ToolBuildError, ensure_tools, unmet_need
 
     request = ToolRequest("pnpm", "9.x", "debian:12")
     assert unmet_need(request) == (
@@ -307,7 +307,7 @@ def test_a_tool_the_environment_cannot_build_is_named_before_any_build(
 
 
 def test_tool_variables_in_prepare_and_in_workspaces() -> None:
-    from pyro_loop.tools import tool_env
+    from pyro_loop.loop.tools import tool_env
 
     requests = [ToolRequest("uv", "latest", "host"), ToolRequest("poetry", "2.1.0", "host")]
     # poetry's virtualenv in the project everywhere; uv never syncs again in a workspace.

@@ -38,7 +38,7 @@ def test_parse_size_refuses_anything_else(text: str) -> None:
 def beneath_tree(request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Path:  # fmt: skip
     """A tree with links out of it and within it, walked by openat2 or by the fallback."""
-    from pyro_loop import beneath
+    from pyro_loop.fs import beneath
 
     if request.param == "per-component":
         monkeypatch.setattr(beneath._openat2, "call", None)
@@ -64,7 +64,7 @@ def beneath_tree(request: pytest.FixtureRequest, tmp_path: Path,
 def test_beneath_never_follows_a_link(beneath_tree: Path, cache_dirs: bool) -> None:
     import errno
 
-    from pyro_loop.beneath import Beneath
+    from pyro_loop.fs.beneath import Beneath
 
     with Beneath(beneath_tree, cache_dirs=cache_dirs) as tree:
         assert tree.read("dir/sub/file") == b"inside\n"
@@ -86,7 +86,7 @@ def test_beneath_never_follows_a_link(beneath_tree: Path, cache_dirs: bool) -> N
 def test_a_kept_directory_swapped_for_a_link_is_not_followed(beneath_tree: Path) -> None:
     import errno
 
-    from pyro_loop.beneath import Beneath
+    from pyro_loop.fs.beneath import Beneath
 
     with Beneath(beneath_tree, cache_dirs=True) as tree:
         assert tree.read("dir/sub/file") == b"inside\n"  # keeps dir and dir/sub
@@ -104,7 +104,7 @@ def test_a_kept_directory_swapped_for_a_link_is_not_followed(beneath_tree: Path)
 
 
 def test_a_caching_tree_holds_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
-    from pyro_loop.beneath import Beneath
+    from pyro_loop.fs.beneath import Beneath
 
     for i in range(300):
         (tmp_path / f"d{i}" / "x").mkdir(parents=True)
@@ -126,7 +126,7 @@ def test_a_caching_tree_holds_a_bounded_number_of_descriptors(tmp_path: Path) ->
 
 
 def test_beneath_follows_only_links_that_stay_inside(beneath_tree: Path) -> None:
-    from pyro_loop.beneath import Beneath, LinkEscapeError
+    from pyro_loop.fs.beneath import Beneath, LinkEscapeError
 
     with Beneath(beneath_tree) as tree:
         for rel in ("in", "indir/sub/file", "dir/sub/file"):
@@ -138,7 +138,7 @@ def test_beneath_follows_only_links_that_stay_inside(beneath_tree: Path) -> None
 
 
 def test_beneath_writes_replace_links_instead_of_writing_through(beneath_tree: Path) -> None:
-    from pyro_loop.beneath import Beneath
+    from pyro_loop.fs.beneath import Beneath
 
     outside = beneath_tree.parent / "outside"
     before = sorted(p.name for p in outside.iterdir())

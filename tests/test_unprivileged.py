@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 from tests.conftest import owners_below
 from tests.test_isolation import FORK_MANY, assert_forks_capped_at_64
 
@@ -36,7 +36,7 @@ import json, os, stat, sys, time
 from pathlib import Path
 
 from pyro_loop.runtime import Limits
-from pyro_loop.workspace import Workspaces
+from pyro_loop.workspace.manager import Workspaces
 
 seed, mark, fork_probe = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 
@@ -236,7 +236,7 @@ def nobody_env() -> Iterator[dict[str, Path]]:
     finally:
         # Whatever a failed run left running is deleted through the API, as its owner.
         _as_nobody(
-            ["-c", "from pyro_loop.workspace import Workspaces as W\n"
+            ["-c", "from pyro_loop.workspace.manager import Workspaces as W\n"
              "w = W()\n[w.delete(s.record.id) for s in w.list()]"],
             lib=base / "lib", home=base / "pyro-home", timeout=60,
         )  # fmt: skip

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.sync import SyncResult
-from pyro_loop.watch import WatchRootGoneError, read_status, run_watcher, watch
-from pyro_loop.workspace import Workspaces
+from pyro_loop.sync.watcher import WatchRootGoneError, read_status, run_watcher, watch
+from pyro_loop.workspace.manager import Workspaces
 from tests.test_sync import (
     Live,
     assert_in_sync,
@@ -289,7 +289,7 @@ def test_polling_takes_over_when_inotify_cannot_watch(limit: str, tmp_path: Path
 POLLING_CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
-from pyro_loop.watch import watch
+from pyro_loop.sync.watcher import watch
 
 root = Path(sys.argv[1])
 notices, seen, stop, edited = [], [], threading.Event(), []

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.client import Cancellation, ExecResult
-from pyro_loop.diff import render_patch
 from pyro_loop.errors import (
     AgentError,
     AgentUnavailableError,
@@ -34,8 +32,10 @@ from pyro_loop.errors import (
     NotFoundError,
     PyroError,
 )
-from pyro_loop.treehash import tree_digest
-from pyro_loop.workspace import Workspaces
+from pyro_loop.store.treehash import tree_digest
+from pyro_loop.workspace.client import Cancellation, ExecResult
+from pyro_loop.workspace.diff import render_patch
+from pyro_loop.workspace.manager import Workspaces
 
 SLEEPER = "import time; time.sleep(600)"
 

@@ -30,25 +30,6 @@ def sandbox_owner() -> int | None:
     return int(configured) if configured else SANDBOX_UID_FOR_ROOT
 
 
-def new_workspace_uid(store: Path, taken: set[int]) -> int | None:
-    """The uid a new workspace of a root pyro runs as: one of its own, not in `taken` (the
-    uids of the store's other workspaces), or the layer owner's where idmapped mounts do
-    not work; None for an ordinary user (the workspace is that user)."""
-    owner = sandbox_owner()
-    if owner is None:
-        return None
-    from pyro_loop.runtime.idmap import supported
-
-    if supported(store, owner) is not None:
-        return owner
-    import secrets
-
-    while True:  # 16 million uids: a clash is rare, and never kept
-        uid = owner + 1 + secrets.randbelow(min(WORKSPACE_UIDS, 0xFFFFFFFE - owner - 1))
-        if uid not in taken:
-            return uid
-
-
 def hand_over(path: Path, *, recursive: bool = False, uid: int | None = None) -> None:
     """Give `path` (and, with `recursive`, everything below it) to the sandbox owner, if any
     (or to `uid`, a workspace's own, when pyro runs as root)."""
@@ -58,7 +39,7 @@ def hand_over(path: Path, *, recursive: bool = False, uid: int | None = None) ->
     owner = uid if uid is not None else owner
     os.chown(path, owner, owner, follow_symlinks=False)
     if recursive:
-        from pyro_loop.treewalk import walk
+        from pyro_loop.fs.treewalk import walk
 
         for here in walk(path):
             for name in here.dirs + here.others:

@@ -17,13 +17,13 @@ import typer
 
 from pyro_loop import __version__
 from pyro_loop.cli import hooks_cmds, loop_cmds, service_cmds
-from pyro_loop.cli.guard import guarded
 from pyro_loop.cli.init_cmd import init_command
 from pyro_loop.cli.mcp_cmd import mcp_app
 from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, say
 from pyro_loop.cli.project import cache_app, prepare, status, trust
 from pyro_loop.cli.workspace import workspace_app
+from pyro_loop.guard import guarded
 
 HELP = """\
 pyro: fast, isolated, disposable workspaces for coding agents.
@@ -77,7 +77,7 @@ def root(
 @app.command()
 def doctor(as_json: bool = JsonOption) -> None:
     """Check what this host supports (namespaces, overlayfs, bubblewrap) and how to fix gaps."""
-    from pyro_loop.doctor import run_checks, tool_checks
+    from pyro_loop.runtime.doctor import run_checks, tool_checks
 
     checks = run_checks() + tool_checks(_project_tools())
     ready = all(c.ok for c in checks if c.required)
@@ -97,13 +97,13 @@ def doctor(as_json: bool = JsonOption) -> None:
 
 def _project_tools() -> list[dict[str, Any]]:
     """The tools declared by the project around the working directory, if any."""
-    from pyro_loop.activation import tool_requests
-    from pyro_loop.config import load_project_config
     from pyro_loop.errors import PyroError
     from pyro_loop.home import pyro_home
-    from pyro_loop.project import find_project
-    from pyro_loop.store import LayerStore
-    from pyro_loop.tools import tool_states
+    from pyro_loop.loop.activation import tool_requests
+    from pyro_loop.loop.tools import tool_states
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
+    from pyro_loop.store.layers import LayerStore
 
     try:
         config = load_project_config(find_project(Path.cwd()).root).config
@@ -116,7 +116,7 @@ def _project_tools() -> list[dict[str, Any]]:
 def demo(as_json: bool = JsonOption) -> None:
     """Run the daily loop on a small embedded project: create, test, break, diff, reset."""
     from pyro_loop.cli.output import ms
-    from pyro_loop.demo import Step, run_demo
+    from pyro_loop.loop.demo import Step, run_demo
 
     def report(step: Step) -> None:
         if not as_json:
@@ -141,8 +141,8 @@ def _here() -> None:
     help must show whatever state the directory is in."""
     try:
         from pyro_loop.cli.daily import load_project as _load
-        from pyro_loop.readiness import readiness
-        from pyro_loop.workspace import Workspaces
+        from pyro_loop.loop.status import readiness
+        from pyro_loop.workspace.manager import Workspaces
 
         project, config = _load(None)
         if project.config_path.is_file():

@@ -18,8 +18,8 @@ from pyro_loop.units import size
 
 def load_project(project_dir: Path | None) -> tuple[Any, Any]:
     """The project around `project_dir` (or here) and its configuration; warnings to stderr."""
-    from pyro_loop.config import load_project_config
-    from pyro_loop.project import find_project
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
 
     project = find_project(project_dir or Path.cwd())
     result = load_project_config(project.root)
@@ -30,8 +30,8 @@ def load_project(project_dir: Path | None) -> tuple[Any, Any]:
 
 def project_loop(project_dir: Path | None) -> Any:
     from pyro_loop.errors import NotFoundError
-    from pyro_loop.loop import ProjectLoop
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.live import ProjectLoop
+    from pyro_loop.workspace.manager import Workspaces
 
     project, config = load_project(project_dir)
     if not project.config_path.is_file():
@@ -45,7 +45,7 @@ def project_loop(project_dir: Path | None) -> Any:
 def prepare(project_dir: Path | None, *, if_changed: bool, as_json: bool,
             push: bool = False) -> int:  # fmt: skip
     from pyro_loop.home import pyro_home
-    from pyro_loop.warmth import judge
+    from pyro_loop.loop.warmth import judge
 
     started = time.perf_counter()
     project, config = load_project(project_dir)
@@ -62,7 +62,7 @@ def prepare(project_dir: Path | None, *, if_changed: bool, as_json: bool,
         )
         return 0
     from pyro_loop.cli.phases import phases
-    from pyro_loop.prepare import prepare as run_prepare
+    from pyro_loop.loop.prepare import prepare as run_prepare
 
     def progress(phase: str, message: str) -> None:
         sys.stderr.write(json.dumps({"phase": phase, "message": message}) + "\n")
@@ -97,8 +97,8 @@ def transfer_line(verb: str, data: dict[str, Any]) -> str:
 
 def status(project_dir: Path | None, *, as_json: bool) -> int:
     """Exit 0 when warm, 1 when something is missing."""
-    from pyro_loop.readiness import readiness
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.status import readiness
+    from pyro_loop.workspace.manager import Workspaces
 
     project, config = load_project(project_dir)
     state = readiness(project, config, Workspaces())

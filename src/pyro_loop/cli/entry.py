@@ -14,6 +14,6 @@ def main() -> None:
 
         full()
         return
-    from pyro_loop.cli.guard import guarded
+    from pyro_loop.guard import guarded
 
     sys.exit(guarded(call))

@@ -1,5 +1,5 @@
 """`pyro check` and `pyro hooks install | uninstall | status | run`: thin calls into
-pyro_loop.check and pyro_loop.githooks."""
+pyro_loop.loop.check and pyro_loop.githooks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from pyro_loop.cli.options import JsonOption, ProjectOption
-from pyro_loop.cli.output import emit, ms, note, say
+from pyro_loop.cli.output import emit, note, say
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
@@ -28,30 +28,16 @@ def check(
 ) -> None:
     """Run the [check] commands in a fresh isolated workspace on exactly one git tree: the
     working tree's files (default), the staged ones (--staged) or a commit's (--rev)."""
-    from pyro_loop import check as lib
-    from pyro_loop.cli.daily import load_project as _load
-    from pyro_loop.errors import InvalidInputError
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.cli.daily import load_project
+    from pyro_loop.loop import check as lib
+    from pyro_loop.workspace.manager import Workspaces
 
-    if staged and rev:
-        raise InvalidInputError("give --staged or --rev, not both")
-    project, config = _load(project_dir)
+    project, config = load_project(project_dir)
     if not config.check_run:
         note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
         emit({"ok": True, "results": []}, as_json=as_json, human=lambda: None)
         return
-    if staged:
-        trees = [("staged", lib.staged_tree(project))]
-    elif rev:
-        trees = [(f"commit {r}", lib.commit_tree(project, r)) for r in rev]
-    else:
-        trees = [("working tree", lib.working_tree(project))]
-
-    def progress(phase: str, message: str) -> None:
-        if phase in ("prepare", "warning"):
-            note(f"pyro check: {message}")
-        elif phase in ("dependencies", "baseline"):  # from the prepare it had to run first
-            note(f"prepare: {phase}: {message}")
+    trees = lib.trees_to_check(project, staged=staged, revs=rev)
 
     # With --json, stdout is the JSON document: the commands' output goes to stderr.
     def output(which: str, data: bytes) -> None:
@@ -59,16 +45,17 @@ def check(
         out.write(data)
         out.flush()
 
-    ws = Workspaces()
-    results = []
-    for source, tree in trees:
-        result = lib.run_check(
-            project, config, tree, ws=ws, source=source, on_output=output, on_progress=progress
-        )
-        results.append(result)
-        _summarize(result, staged=staged)
-        if result.failed is not None:
-            break
+    def progress(phase: str, message: str) -> None:
+        line = lib.progress_line(phase, message)
+        if line is not None:
+            note(line)
+
+    def summarize(result: lib.CheckResult) -> None:
+        for line in lib.summary(result, staged=staged):
+            note(line)
+
+    results = lib.run_checks(project, config, trees, ws=Workspaces(), on_output=output,
+                             on_progress=progress, on_result=summarize)  # fmt: skip
     failed = next((r for r in results if r.failed is not None), None)
     emit(
         {"ok": failed is None, "results": [r.to_json() for r in results]},
@@ -77,20 +64,6 @@ def check(
     )
     if failed is not None:
         raise typer.Exit(failed.exit_code)
-
-
-def _summarize(result: Any, *, staged: bool) -> None:
-    where = f"{result.source} (tree {result.tree[:8]})"
-    if result.failed is None:
-        note(f"pyro check: passed on {where}: {len(result.runs)} command(s) in "
-             f"{ms(result.seconds)}, isolation {ms(result.setup_seconds)}")  # fmt: skip
-        return
-    failed = result.failed
-    why = "timed out" if failed.timed_out else f"exited {failed.exit_code}"
-    note(f"pyro check: FAILED on {where}: `{failed.command}` {why}")
-    if staged:
-        note("pyro check: commit blocked; fix and `git add` it, or `git commit --no-verify` "
-             "to skip the hook once")  # fmt: skip
 
 
 @hooks_app.command("install")
@@ -107,9 +80,10 @@ def install(
     """Install pyro's git hooks: after checkout, merge and rewrite, prepare in the background
     when a lockfile changed; --pre-commit/--pre-push add the isolated checks."""
     from pyro_loop.githooks import install as lib
+    from pyro_loop.project.hooks import KEEP_WARM
 
     project = _project(project_dir)
-    wanted = [*lib.KEEP_WARM, *(["pre-commit"] if pre_commit else []),
+    wanted = [*KEEP_WARM, *(["pre-commit"] if pre_commit else []),
               *(["pre-push"] if pre_push else [])]  # fmt: skip
     report = lib.install(project, hooks=wanted)
 
@@ -132,10 +106,12 @@ def uninstall(
 ) -> None:
     """Remove pyro's git hooks, putting back the hooks they replaced, exactly."""
     from pyro_loop.githooks import install as lib
+    from pyro_loop.project.hooks import HOOKS
+    from pyro_loop.project.hooks import status as hooks_status
 
     project = _project(project_dir)
-    before = set(lib.status(project).installed)
-    report = lib.uninstall(project, hooks=hooks or lib.HOOKS)
+    before = set(hooks_status(project).installed)
+    report = lib.uninstall(project, hooks=hooks or HOOKS)
     removed = sorted(before - set(report.installed))
     emit(
         {**report.to_json(), "removed": removed},
@@ -147,9 +123,9 @@ def uninstall(
 @hooks_app.command("status")
 def status(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
     """Which of pyro's hooks are installed, and whether git will run them."""
-    from pyro_loop.githooks import install as lib
+    from pyro_loop.project.hooks import status as hooks_status
 
-    report = lib.status(_project(project_dir))
+    report = hooks_status(_project(project_dir))
 
     def human() -> None:
         shared = " (shared by worktrees)" if report.shared else ""
@@ -186,7 +162,7 @@ def run(
 
 
 def _project(project_dir: Path | None) -> Any:
-    from pyro_loop.project import find_project
+    from pyro_loop.project.discovery import find_project
 
     return find_project(project_dir or Path.cwd())
 

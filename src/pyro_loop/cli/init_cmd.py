@@ -29,14 +29,14 @@ def init_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Write .pyro.toml at the repository root, with the install commands it detects."""
-    from pyro_loop.scaffold import init_project
+    from pyro_loop.project.scaffold import init_project
 
     result = init_project(path, force=force, dry_run=print_only, base=base)
     if result.written:
         # The user ran init: the file it wrote is theirs, trusted as written (an edit, or a
         # version someone else commits, asks again).
         from pyro_loop.home import pyro_home
-        from pyro_loop.trust import allow_content
+        from pyro_loop.project.trust import allow_content
 
         allow_content(pyro_home(), result.path, result.content.encode())
     found = ", ".join(

@@ -77,7 +77,7 @@ def exec_(
 
     loop = _loop(project_dir)
     if publish:
-        from pyro_loop.ports import parse_publish
+        from pyro_loop.workspace.ports import parse_publish
 
         mappings = [parse_publish(value) for value in publish]
         for mapping in loop.publish(mappings):

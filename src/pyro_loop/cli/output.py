@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pyro_loop.cli.safetext import TerminalText, for_stream, is_terminal
+from pyro_loop.safetext import TerminalText, for_stream, is_terminal
 from pyro_loop.units import duration
 
 
@@ -84,7 +84,7 @@ def stream_output(which: str, data: bytes) -> None:
 
 def emit_changes(changes: list[Any], *, stat: bool, as_json: bool) -> None:
     """Print diff changes: a git-style patch, only the changed paths (--stat), or JSON."""
-    from pyro_loop.diff import render_patch
+    from pyro_loop.workspace.diff import render_patch
 
     if as_json:
         patch = render_patch(changes)

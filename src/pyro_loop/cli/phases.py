@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from pyro_loop.cli.safetext import visible
+from pyro_loop.safetext import visible
 
 
 class PhaseDisplay:

@@ -49,8 +49,8 @@ def trust(
     """Approve this project's .pyro.toml as it is now (review it first): its commands, passed
     variables, network and raised limits take effect. A change to the file asks again."""
     from pyro_loop.home import pyro_home
-    from pyro_loop.trust import allow, trust_state
-    from pyro_loop.trust import revoke as withdraw
+    from pyro_loop.project.trust import allow, trust_state
+    from pyro_loop.project.trust import revoke as withdraw
 
     project, config = _load(project_dir)
     home = pyro_home()
@@ -86,8 +86,8 @@ def trust(
 @cache_app.command("list")
 def cache_list(as_json: bool = JsonOption) -> None:
     """List layers: kind, size, last use and who uses them."""
-    from pyro_loop.cache import list_layers
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.gc import list_layers
+    from pyro_loop.workspace.manager import Workspaces
 
     layers = list_layers(Workspaces())
 
@@ -108,8 +108,8 @@ def _waiting_for_users() -> None:
 @cache_app.command("gc")
 def cache_gc(as_json: bool = JsonOption) -> None:
     """Remove every layer no workspace and no project's last prepare uses."""
-    from pyro_loop.cache import gc
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.gc import gc
+    from pyro_loop.workspace.manager import Workspaces
 
     removed = gc(Workspaces(), on_wait=_waiting_for_users)
     freed = sum(i.size for i in removed)
@@ -132,8 +132,8 @@ def cache_verify(
 ) -> None:
     """Check every layer against its recorded digest. Exit 0: all sound; 1: damage found
     (taken out with --repair); 4: --repair could not take some of it out."""
-    from pyro_loop.cache import verify
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.gc import verify
+    from pyro_loop.workspace.manager import Workspaces
 
     # A check shares the store with prepares and creates; only a gc or prune holds it off.
     waiting = _waiting_for_users if repair else lambda: note("waiting for a cache gc to finish ...")
@@ -180,9 +180,9 @@ def cache_prune(
     as_json: bool = JsonOption,
 ) -> None:
     """Remove unused layers by age or until the store fits a size."""
-    from pyro_loop.cache import prune
     from pyro_loop.errors import InvalidInputError
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.gc import prune
+    from pyro_loop.workspace.manager import Workspaces
 
     if older_than is None and max_size is None:
         raise InvalidInputError("say what to prune: --older-than DAYS and/or --max-size GB")
@@ -203,10 +203,10 @@ def cache_prune(
 def _remote_snapshot(project_dir: Path | None) -> tuple[Any, Any, Any]:
     """The project's cache remote, the snapshot its inputs name, and the store."""
     from pyro_loop.home import pyro_home
-    from pyro_loop.prepare import compute_inputs
-    from pyro_loop.remote.project import project_snapshot, require_remote
-    from pyro_loop.store import LayerStore
-    from pyro_loop.trust import require_trust
+    from pyro_loop.loop.prepare import compute_inputs
+    from pyro_loop.loop.teamcache import project_snapshot, require_remote
+    from pyro_loop.project.trust import require_trust
+    from pyro_loop.store.layers import LayerStore
 
     project, config = _load(project_dir)
     # The file names the registry layers come from (and go to): only once it is trusted.
@@ -219,7 +219,7 @@ def _remote_snapshot(project_dir: Path | None) -> tuple[Any, Any, Any]:
 @cache_app.command("push")
 def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
     """Upload the project's prepared layers to its cache remote (each blob once)."""
-    from pyro_loop.remote.project import describe, push_snapshot
+    from pyro_loop.loop.teamcache import describe, push_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
     transfer = push_snapshot(store, remote, snapshot, lambda line: note(f"push: {line}"))
@@ -231,7 +231,7 @@ def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOpt
 def cache_pull(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
     """Download the project's prepared layers from its cache remote, ahead of a prepare."""
     from pyro_loop.errors import NotFoundError
-    from pyro_loop.remote.project import describe, pull_snapshot
+    from pyro_loop.loop.teamcache import describe, pull_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
     transfer = pull_snapshot(store, remote, snapshot, lambda line: note(f"pull: {line}"))

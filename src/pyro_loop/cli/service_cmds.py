@@ -15,7 +15,7 @@ from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, output_writer, say
 
 if TYPE_CHECKING:
-    from pyro_loop.services import ServiceClient
+    from pyro_loop.workspace.services import ServiceClient
 
 IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
 NameArg = typer.Argument(..., metavar="NAME", help="The service's name.")
@@ -38,7 +38,7 @@ project_service_app = typer.Typer(
 
 
 def _by_id(ref: str) -> ServiceClient:
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.workspace.manager import Workspaces
 
     services: ServiceClient = Workspaces().services(ref)
     return services

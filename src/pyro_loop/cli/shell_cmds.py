@@ -1,7 +1,7 @@
 """Shells on the command line: `pyro workspace shell ID` attaches this terminal to a shell in
 the workspace; `pyro workspace shell open|read|write|signal|close` (the predecessor's names)
 drive a shell session that outlives each command, for scripts and agents without a terminal
-(shellkeeper.py holds it). Each is a thin call into the library."""
+(workspace/shellkeeper.py holds it). Each is a thin call into the library."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pyro_loop.cli.loop_cmds import SECRET_ENV_HELP
 from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, note, output_writer, say, stream_output
 from pyro_loop.cli.terminal import run_attached
-from pyro_loop.shells import SIGNALS, TERMINAL
+from pyro_loop.workspace.shells import SIGNALS, TERMINAL
 
 
 class _ShellGroup(TyperGroup):
@@ -42,8 +42,8 @@ ShellIdArg = typer.Argument(..., metavar="SHELL_ID", help="The id `shell open` p
 
 
 def _kept(ref: str) -> Any:
-    from pyro_loop.shellkeeper import KeptShells
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.workspace.manager import Workspaces
+    from pyro_loop.workspace.shellkeeper import KeptShells
 
     return KeptShells(Workspaces(), ref)
 
@@ -64,8 +64,8 @@ def attach(
     """An interactive shell in a workspace (bash if it has one): a real terminal with job
     control and Ctrl-C to the foreground process."""
     from pyro_loop.names import parse_env
-    from pyro_loop.shellcmd import SHELL_ARGV
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.workspace.manager import Workspaces
+    from pyro_loop.workspace.shellcmd import SHELL_ARGV
 
     ws = Workspaces()
     result = run_attached(
@@ -92,7 +92,7 @@ def open_(
 ) -> None:
     """Open a shell (bash, else sh) on a terminal in the workspace, with exec's environment;
     it stays open until `shell close` or until the workspace stops."""
-    from pyro_loop.secretenv import from_host
+    from pyro_loop.workspace.secrets import from_host
 
     data = _kept(ref).open(cwd=cwd, size=(rows, cols), secrets=from_host(secret_env))
     if id_only:

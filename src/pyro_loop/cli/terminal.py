@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from pyro_loop.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from pyro_loop.client import ExecChannel, ExecResult
+    from pyro_loop.workspace.client import ExecChannel, ExecResult
 
 STDIN_HELP = (
     "Pass this terminal's input to the command. Piped or redirected input is always passed"

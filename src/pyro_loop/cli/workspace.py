@@ -24,7 +24,7 @@ from pyro_loop.cli.output import (
 from pyro_loop.cli.shell_cmds import shell_app
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.limits import DEFAULT_LIMITS, Limits
+from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 from pyro_loop.units import parse_size
 
 workspace_app = typer.Typer(
@@ -43,7 +43,7 @@ IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id 
 
 
 def _workspaces() -> Any:
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.workspace.manager import Workspaces
 
     return Workspaces()
 
@@ -94,8 +94,8 @@ def create(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a workspace and start it (from cached layers: milliseconds)."""
-    from pyro_loop import secretenv
     from pyro_loop.names import parse_labels
+    from pyro_loop.workspace import secrets as secretenv
 
     if network not in ("off", "egress"):
         raise InvalidInputError(f"--network must be off or egress, not {network!r}")
@@ -251,11 +251,11 @@ def exec(
     Piped input reaches the command's stdin; a terminal's only with -i (or -t).
     """
     from pyro_loop.names import parse_env
-    from pyro_loop.ports import parse_publish
+    from pyro_loop.workspace.ports import parse_publish
 
     if tty and as_json:
         raise InvalidInputError("-t and --json do not go together: a terminal has no JSON")
-    from pyro_loop.secretenv import from_host
+    from pyro_loop.workspace.secrets import from_host
 
     hidden = from_host(secret_env)
     ws = _workspaces()

@@ -1,4 +1,4 @@
-"""`pyro hooks install | uninstall | status`: pyro's scripts in the repository's hooks directory.
+"""`pyro hooks install | uninstall`: pyro's scripts in the repository's hooks directory.
 
 Each script is rendered from hooks/pyro-hook.sh and carries a marker line, so pyro only ever
 rewrites or removes its own. A hook that was there before is renamed to `<hook>.legacy` (a
@@ -6,8 +6,7 @@ rename keeps its content, mode and symlink-ness exactly); pyro's script runs it 
 uninstall renames it back. The script records the interpreter pyro was installed with, so it
 works from any shell, activated virtualenv or not.
 
-Where the hooks go: the repository's common git dir, so one install serves every worktree;
-a submodule has hooks of its own, in its own git dir. When `core.hooksPath` points
+Where the hooks go and which are pyro's: project/hooks.py. When `core.hooksPath` points
 elsewhere, git would never run what pyro writes, so install refuses and says what to do.
 """
 
@@ -15,147 +14,25 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pyro_loop.errors import ConflictError, InvalidInputError
-from pyro_loop.githooks.gitenv import without_git_env
-from pyro_loop.project import Project, common_dir
+from pyro_loop.project.discovery import Project
+from pyro_loop.project.hooks import (
+    BLOCKING,
+    HOOKS,
+    KEEP_WARM,
+    LEGACY_SUFFIX,
+    HooksReport,
+    hook_status,
+    hooks_dir,
+    hooks_path_problem,
+    is_ours,
+    status,
+)
 from pyro_loop.resources import shipped_text
-
-MARKER = "# pyro-hook 7f3b9c2e"
-KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite")
-BLOCKING = ("pre-commit", "pre-push")
-HOOKS = KEEP_WARM + BLOCKING
-LEGACY_SUFFIX = ".legacy"
-
-
-@dataclass(frozen=True)
-class HookStatus:
-    name: str
-    state: str  # "pyro" | "absent" | "foreign" (another tool's or the user's own hook)
-    legacy: bool  # a hook that was there before pyro's, kept as <name>.legacy, runs first
-    python: str | None = None  # the interpreter pyro's script calls
-    python_ok: bool = False
-    project: str | None = None  # the project directory, relative to the working tree's top
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "legacy": self.legacy,
-            "python": self.python,
-            "python_ok": self.python_ok,
-            "project": self.project,
-        }
-
-
-@dataclass(frozen=True)
-class HooksReport:
-    hooks_dir: Path
-    shared: bool  # a worktree's hooks are its repository's, shared by all its worktrees
-    hooks: tuple[HookStatus, ...]
-    problem: str | None = None  # why git would not run pyro's hooks (core.hooksPath)
-
-    @property
-    def installed(self) -> list[str]:
-        return [h.name for h in self.hooks if h.state == "pyro"]
-
-    @property
-    def broken(self) -> list[str]:
-        return [h.name for h in self.hooks if h.state == "pyro" and not h.python_ok]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "hooks_dir": str(self.hooks_dir),
-            "shared_with_worktrees": self.shared,
-            "installed": self.installed,
-            "broken": self.broken,
-            "problem": self.problem,
-            "hooks": [h.to_json() for h in self.hooks],
-        }
-
-
-def hooks_dir(project: Project) -> tuple[Path, bool]:
-    """The directory git runs this repository's hooks from, and whether worktrees share it."""
-    if project.git_dir is None or project.repo_root is None:
-        raise InvalidInputError(
-            f"{project.root} is not in a git repository with a working tree",
-            hint="git hooks need a repository: run `git init` first",
-        )
-    common = common_dir(project.git_dir)
-    return common / "hooks", common != project.git_dir
-
-
-def hooks_path_problem(project: Project, directory: Path) -> str | None:
-    """Why git would not run hooks from `directory`: `core.hooksPath` names another one."""
-    assert project.repo_root is not None
-    if not _may_set_hooks_path(project):
-        return None
-    import subprocess  # here, not at import: `pyro status` reads the hooks without git
-
-    result = subprocess.run(
-        ["git", "config", "--get", "core.hooksPath"],
-        cwd=project.repo_root,
-        env=without_git_env(os.environ),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    configured = result.stdout.strip()
-    if result.returncode != 0 or not configured:
-        return None
-    # git reads a relative core.hooksPath from the top of the working tree.
-    path = Path(os.path.expanduser(configured))
-    target = path if path.is_absolute() else project.repo_root / path
-    if target.resolve() == directory.resolve():
-        return None
-    return f"core.hooksPath is set to {configured}: git runs the hooks there, not in {directory}"
-
-
-def _may_set_hooks_path(project: Project) -> bool:
-    """Could a configuration git reads set core.hooksPath? Reading its files costs far less
-    than starting git (`pyro status` asks every time), and they rarely mention it; whatever
-    cannot be read, includes another file or comes from the environment, git is asked."""
-    if "GIT_CONFIG_COUNT" in os.environ:
-        return True
-    assert project.git_dir is not None
-    home = os.path.expanduser("~")
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    files = [os.environ.get("GIT_CONFIG_GLOBAL") or os.path.join(home, ".gitconfig"),
-             os.path.join(xdg, "git", "config"),
-             str(common_dir(project.git_dir) / "config"),
-             str(project.git_dir / "config.worktree")]  # fmt: skip
-    if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
-        git = shutil.which("git")
-        prefix = os.path.dirname(os.path.dirname(git)) if git else "/usr"
-        files += [os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
-                  os.path.join(prefix, "etc", "gitconfig")]  # fmt: skip
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                text = f.read().lower()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True
-        if b"hookspath" in text or b"include" in text:
-            return True
-    return False
-
-
-def status(project: Project) -> HooksReport:
-    directory, shared = hooks_dir(project)
-    return HooksReport(
-        hooks_dir=directory,
-        shared=shared,
-        hooks=tuple(_hook_status(directory, name) for name in HOOKS),
-        problem=hooks_path_problem(project, directory),
-    )
 
 
 def install(
@@ -171,7 +48,7 @@ def install(
             '`pyro hooks run HOOK "$@"` from the hooks in that directory',
         )
     _check_names(hooks)
-    current = {name: _hook_status(directory, name) for name in HOOKS}
+    current = {name: hook_status(directory, name) for name in HOOKS}
     wanted = [n for n in HOOKS if n in hooks or current[n].state == "pyro"]
     # Refuse before touching anything: with both <hook> and <hook>.legacy present, moving the
     # hook aside would overwrite the older one.
@@ -200,7 +77,7 @@ def uninstall(project: Project, *, hooks: Sequence[str] = HOOKS) -> HooksReport:
     _check_names(hooks)
     for name in hooks:
         path = directory / name
-        if not _is_ours(path):
+        if not is_ours(path):
             continue  # absent, or not pyro's: never touched
         path.unlink()
         legacy = directory / (name + LEGACY_SUFFIX)
@@ -235,42 +112,3 @@ def _write_script(path: Path, text: str) -> None:
     tmp.write_text(text)
     tmp.chmod(0o755)
     os.replace(tmp, path)
-
-
-def _is_ours(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    return MARKER.encode() in head
-
-
-def _hook_status(directory: Path, name: str) -> HookStatus:
-    path = directory / name
-    legacy = os.path.lexists(directory / (name + LEGACY_SUFFIX))
-    if not os.path.lexists(path):
-        return HookStatus(name, "absent", legacy)
-    if not _is_ours(path):
-        return HookStatus(name, "foreign", legacy)
-    fields = _script_fields(path)
-    python = fields.get("python")
-    return HookStatus(
-        name,
-        "pyro",
-        legacy,
-        python=python,
-        python_ok=bool(python) and os.access(python or "", os.X_OK),
-        project=fields.get("project"),
-    )
-
-
-def _script_fields(path: Path) -> dict[str, str]:
-    """The `name=value` settings at the top of one of pyro's scripts, unquoted."""
-    fields: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines()[:12]:
-        name, sep, value = line.partition("=")
-        if sep and name in ("hook", "python", "project", "blocking"):
-            parts = shlex.split(value)
-            fields[name] = parts[0] if parts else ""
-    return fields

@@ -2,7 +2,8 @@
 
 post-checkout, post-merge, post-rewrite: keep the project warm (keepwarm.py). They never
 fail git: whatever goes wrong is one line on stderr, and the exit status is 0.
-pre-commit: `pyro check --staged`; pre-push: `pyro check --rev` for each commit being pushed.
+pre-commit: what `pyro check --staged` does; pre-push: `pyro check --rev` for each commit
+being pushed, both through the library (loop/check.py) in this process.
 A failing check exits non-zero, which stops git (`--no-verify` skips the hooks, as usual).
 
 Only the standard library and the modules the keep-warm path needs are imported up front:
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from pyro_loop.errors import PyroError
+from pyro_loop.guard import guarded
 
 # keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
@@ -39,13 +41,12 @@ def run_hook(hook: str, project_dir: Path, *, stdin: IO[str] | None = None) -> i
     if hook in ("pre-commit", "pre-push") and _untrusted(hook, project_dir):
         return 0
     if hook == "pre-commit":
-        return _pyro(["check", "--staged", "-C", str(project_dir)])
+        return guarded(lambda: _check(project_dir, staged=True, revs=[]))
     if hook == "pre-push":
         revs = pushed_commits(stdin.read() if stdin is not None else "")
         if not revs:
             return 0  # only deletions: nothing to check
-        rev_options = [option for rev in revs for option in ("--rev", rev)]
-        return _pyro(["check", *rev_options, "-C", str(project_dir)])
+        return guarded(lambda: _check(project_dir, staged=False, revs=revs))
     sys.stderr.write(f"pyro: {hook}: not a hook pyro runs\n")
     return 0 if hook.startswith("post-") else 2
 
@@ -63,8 +64,8 @@ def pushed_commits(text: str) -> list[str]:
 
 def _keep_warm(hook: str, project_dir: Path) -> int:
     try:
-        from pyro_loop.githooks.keepwarm import keep_warm
         from pyro_loop.home import pyro_home
+        from pyro_loop.loop.keepwarm import keep_warm
 
         result = keep_warm(project_dir, pyro_home())
         if result.note:
@@ -81,10 +82,10 @@ def _untrusted(hook: str, project_dir: Path) -> bool:
     hook never prompts, and never runs commands from a `.pyro.toml` that is not trusted.
     Said on every commit, unlike keep-warm's note: checks that were skipped must not look
     as if they had passed."""
-    from pyro_loop.config import load_project_config
     from pyro_loop.home import pyro_home
-    from pyro_loop.project import find_project
-    from pyro_loop.trust import trust_state
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
+    from pyro_loop.project.trust import trust_state
 
     try:
         config = load_project_config(find_project(project_dir).root).config
@@ -102,15 +103,37 @@ def _note(text: str) -> None:
     sys.stderr.write((lines[0] if lines else text) + "\n")
 
 
-def _pyro(args: list[str]) -> int:
-    """Run a pyro command in this process (no second interpreter start), with its usual
-    output, errors and exit codes."""
-    from pyro_loop.cli.app import main as cli_main
+def _check(project_dir: Path, *, staged: bool, revs: list[str]) -> int:
+    """`pyro check --staged` or `--rev ...`, with the command's output, lines and exit code."""
+    from pyro_loop.loop import check
+    from pyro_loop.project.config import load_project_config
+    from pyro_loop.project.discovery import find_project
+    from pyro_loop.workspace.manager import Workspaces
 
-    sys.argv = ["pyro", *args]
-    try:
-        cli_main()
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    project = find_project(project_dir)
+    loaded = load_project_config(project.root)
+    for warning in loaded.warnings:
+        _note(f"pyro: warning: {warning}")
+    if not loaded.config.check_run:
+        _note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
+        return 0
+
+    def output(which: str, data: bytes) -> None:
+        out = sys.stdout if which == "stdout" else sys.stderr
+        out.flush()
+        out.buffer.write(data)
+        out.buffer.flush()
+
+    def progress(phase: str, message: str) -> None:
+        line = check.progress_line(phase, message)
+        if line is not None:
+            _note(line)
+
+    def summarize(result: check.CheckResult) -> None:
+        for line in check.summary(result, staged=staged):
+            _note(line)
+
+    trees = check.trees_to_check(project, staged=staged, revs=revs)
+    results = check.run_checks(project, loaded.config, trees, ws=Workspaces(), on_output=output,
+                               on_progress=progress, on_result=summarize)  # fmt: skip
+    return next((r.exit_code for r in results if r.failed is not None), 0)

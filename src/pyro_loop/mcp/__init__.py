@@ -8,7 +8,6 @@ Modules:
   worker threads, errors a model can act on).
 - `params`: the parameters several tools share.
 - `tools/`: the tools, by what they act on (`project`, `commands`, `files`, `lifecycle`).
-- `warmup`: the project's workspace, made ready in the background and kept synced.
 - `output`: bounded command output, with the full text kept for later reads.
 
 Nothing here is imported by the other commands, and this package imports nothing heavy at

@@ -25,11 +25,11 @@ from pyro_loop.errors import PyroError
 from pyro_loop.mcp.output import OutputCapture
 
 if TYPE_CHECKING:
-    from pyro_loop.client import Cancellation, ExecResult
-    from pyro_loop.loop import ProjectLoop
-    from pyro_loop.mcp.warmup import ProjectWarmup
-    from pyro_loop.state import WorkspaceRecord
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.live import ProjectLoop
+    from pyro_loop.loop.warmup import ProjectWarmup
+    from pyro_loop.workspace.client import Cancellation, ExecResult
+    from pyro_loop.workspace.manager import Workspaces
+    from pyro_loop.workspace.record import WorkspaceRecord
 
 logger = logging.getLogger("pyro.mcp")
 

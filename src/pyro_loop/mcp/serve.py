@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from mcp.server.session import ServerSession
     from mcp_types import LoggingLevel
 
-    from pyro_loop.mcp.warmup import ProjectWarmup
-    from pyro_loop.workspace import Workspaces
+    from pyro_loop.loop.warmup import ProjectWarmup
+    from pyro_loop.workspace.manager import Workspaces
 
 DEFAULT_WAIT_SECONDS = 20.0
 
@@ -76,9 +76,9 @@ class _Session:
     def __init__(
         self, project_dir: Path, profile: str, wait_seconds: float, down_on_exit: bool
     ) -> None:
+        from pyro_loop.loop.warmup import ProjectWarmup
         from pyro_loop.mcp.calls import Calls
         from pyro_loop.mcp.server import PyroTools, build_server
-        from pyro_loop.mcp.warmup import ProjectWarmup
 
         self.down_on_exit = down_on_exit
         self._ws: Workspaces | None = None
@@ -100,7 +100,7 @@ class _Session:
         `initialize`: it loads the runtime)."""
         with self._ws_lock:
             if self._ws is None:
-                from pyro_loop.workspace import Workspaces
+                from pyro_loop.workspace.manager import Workspaces
 
                 self._ws = Workspaces()
             return self._ws

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.errors import PyroError
-from pyro_loop.fsutil import DISK_FULL_ERRNOS, check_tree_depth
-from pyro_loop.overlay import OPAQUE_XATTR, is_opaque_dir, is_whiteout
+from pyro_loop.fs.util import DISK_FULL_ERRNOS, check_tree_depth
+from pyro_loop.store.overlay import OPAQUE_XATTR, is_opaque_dir, is_whiteout
 
 if TYPE_CHECKING:
     import tarfile
@@ -142,7 +142,7 @@ def unpack(
 
     import zstandard
 
-    from pyro_loop import safetar
+    from pyro_loop.fs import safetar
     from pyro_loop.remote.inflate import CHUNK, Inflated
 
     # Absolute links stay: a virtualenv's bin/python -> /usr/bin/python3 is read inside the
@@ -243,7 +243,7 @@ class _Writer:
     def write(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         import tarfile
 
-        from pyro_loop import treehash
+        from pyro_loop.store import treehash
 
         rel = member.name
         parent, _, base = rel.rpartition("/")
@@ -297,7 +297,7 @@ class _Writer:
     def _store(self, rel: str, path: str, body: bytes | IO[bytes], mode: int, mtime: int) -> None:
         import hashlib
 
-        from pyro_loop import treehash
+        from pyro_loop.store import treehash
 
         digest = hashlib.sha256()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -319,7 +319,7 @@ class _Writer:
         self.records[rel] = treehash.file_record(rel, mode, self.files[rel][1])
 
     def _marker(self, parent: str, base: str) -> None:
-        from pyro_loop import treehash
+        from pyro_loop.store import treehash
 
         where = f"{self.dest}/{parent}" if parent else self.dest
         if base == OPAQUE_MARKER:
@@ -336,7 +336,7 @@ class _Writer:
 
     def finish(self) -> Unpacked:
         """Directories' modes and times last (their contents changed them), then the digest."""
-        from pyro_loop import treehash
+        from pyro_loop.store import treehash
 
         self._drain()
         for rel in sorted(self.dirs, key=lambda p: p.count("/"), reverse=True):

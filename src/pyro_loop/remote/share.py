@@ -31,9 +31,9 @@ from typing import Any
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
-from pyro_loop.fsutil import FREE_SPACE_KEPT
+from pyro_loop.fs.util import FREE_SPACE_KEPT
 from pyro_loop.remote.address import Remote
-from pyro_loop.store import Layer, LayerStore, check_key
+from pyro_loop.store.layers import Layer, LayerStore, check_key
 
 ARTIFACT_TYPE = "application/vnd.pyro.snapshot.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.pyro.snapshot.config.v1+json"
@@ -53,7 +53,7 @@ class Snapshot:
     key: str
     environment: str  # "host", "debian:12"
     layers: list[tuple[str, str]]  # (kind, layer key), environment first
-    inputs: dict[str, Any] = field(default_factory=dict)  # the key's inputs (prepare.py)
+    inputs: dict[str, Any] = field(default_factory=dict)  # the key's inputs (loop/prepare.py)
 
     @property
     def tag(self) -> str:
@@ -402,7 +402,7 @@ def _read_blob_index(store: LayerStore, key: str) -> dict[str, Any] | None:
 
 
 def _write_blob_index(store: LayerStore, key: str, digest: str, size: int, tar_size: int) -> None:
-    from pyro_loop.fsutil import write_json_atomic
+    from pyro_loop.fs.util import write_json_atomic
 
     path = _blob_index(store, key)
     path.parent.mkdir(parents=True, exist_ok=True)

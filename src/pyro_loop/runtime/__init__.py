@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pyro_loop.agent.protocol import HOME_DIR as _HOME_DIR
-from pyro_loop.limits import DEFAULT_LIMITS, Limits
+from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -33,7 +33,7 @@ __all__ = [
 # throws it away like any other change.
 HOME_DIR = _HOME_DIR
 SANDBOX_HOME = "/home/pyro"  # HOME in every sandbox
-# The system PATH every runtime gives commands (activation.py puts the project's
+# The system PATH every runtime gives commands (loop/activation.py puts the project's
 # environments and tools before it).
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -42,11 +42,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyro_loop.client import socket_address
 from pyro_loop.errors import HostUnsupportedError
-from pyro_loop.fsutil import remove_tree
+from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.fs.util import remove_tree
 from pyro_loop.identity import sandbox_owner
-from pyro_loop.overlay import check_mount_path, overlay_options
 from pyro_loop.procutil import reap_finished, spawn_detached
 from pyro_loop.runtime import (
     HOME_DIR,
@@ -56,6 +55,7 @@ from pyro_loop.runtime import (
     SandboxHandle,
     SandboxSpec,
 )
+from pyro_loop.store.overlay import check_mount_path, overlay_options
 
 if TYPE_CHECKING:
     from pyro_loop.runtime.idmap import Covering

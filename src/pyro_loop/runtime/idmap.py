@@ -2,7 +2,7 @@
 
 When pyro runs as root, the store's layers and download caches belong to one uid (the
 layer owner, identity.sandbox_owner) and each workspace runs as a uid of its own
-(identity.new_workspace_uid). Right before the keeper starts, its process (still root)
+(new_workspace_uid, below). Right before the keeper starts, its process (still root)
 makes a private mount namespace and covers each of those directories with an idmapped
 mount of itself in which the owner's files are the workspace uid's, read-only for layers.
 The keeper's namespaces are copies of that one: its overlay reads the shared layers as the
@@ -25,6 +25,8 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+from pyro_loop.identity import WORKSPACE_UIDS, sandbox_owner
 
 # The same numbers on every architecture (the "new" mount calls, Linux 5.2+).
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
@@ -155,3 +157,20 @@ def supported(store: Path, owner: int) -> str | None:
     finally:
         covering.close()
     return None if done.returncode == 0 else done.stderr.decode(errors="replace").strip()
+
+
+def new_workspace_uid(store: Path, taken: set[int]) -> int | None:
+    """The uid a new workspace of a root pyro runs as: one of its own, not in `taken` (the
+    uids of the store's other workspaces), or the layer owner's where idmapped mounts do
+    not work; None for an ordinary user (the workspace is that user)."""
+    owner = sandbox_owner()
+    if owner is None:
+        return None
+    if supported(store, owner) is not None:
+        return owner
+    import secrets
+
+    while True:  # 16 million uids: a clash is rare, and never kept
+        uid = owner + 1 + secrets.randbelow(min(WORKSPACE_UIDS, 0xFFFFFFFE - owner - 1))
+        if uid not in taken:
+            return uid

@@ -21,7 +21,7 @@ written files are always hashed until a later sync has seen them settle.
 Conflicts: the host wins for paths it changed; paths the host did not change are never
 touched, whatever the workspace did to them.
 
-Modules: `paths` (which paths take part), `hoststate` (a host path's state and digests),
+Modules: `paths` (which paths take part), `fs.hoststate` (a host path's state and digests),
 `manifest` (what pyro pushed), `baseline` (the git tree the workspace started from),
 `tarstream` (the push), `engine` (the `Syncer` that plans and pushes), `result` (what a
 sync did), `hostscan` (has anything changed since the last sync? one pass of lstat calls).
@@ -30,8 +30,8 @@ sync did), `hostscan` (has anything changed since the last sync? one pass of lst
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pyro_loop.fs.hoststate import host_digest
     from pyro_loop.sync.engine import Syncer
-    from pyro_loop.sync.hoststate import host_digest
     from pyro_loop.sync.manifest import manifest_digest
     from pyro_loop.sync.paths import ExcludeRules, PathFilter
     from pyro_loop.sync.result import Skipped, SyncResult
@@ -41,9 +41,10 @@ __all__ = ["ExcludeRules", "PathFilter", "Skipped", "SyncResult", "Syncer", "hos
 
 # Loaded on first use: `pyro_loop.sync.hostscan`, on the path of every daily command, must
 # not pull in the engine (and what it imports) to answer "nothing changed".
-_HOMES = {"Syncer": "engine", "host_digest": "hoststate", "manifest_digest": "manifest",
-          "ExcludeRules": "paths", "PathFilter": "paths", "Skipped": "result",
-          "SyncResult": "result"}  # fmt: skip
+_HOMES = {"Syncer": "sync.engine", "host_digest": "fs.hoststate",
+          "manifest_digest": "sync.manifest", "ExcludeRules": "sync.paths",
+          "PathFilter": "sync.paths", "Skipped": "sync.result",
+          "SyncResult": "sync.result"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -52,4 +53,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    return getattr(importlib.import_module(f"pyro_loop.{home}"), name)

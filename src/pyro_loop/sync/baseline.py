@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyro_loop.beneath import Beneath
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.sync.hoststate import HostState, git_blob_id
+from pyro_loop.fs.beneath import Beneath
+from pyro_loop.fs.hoststate import HostState, git_blob_id
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_loop.beneath import Beneath
-from pyro_loop.client import AgentClient
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.fs.beneath import Beneath
+from pyro_loop.fs.hoststate import failure_reason, lstat, sha256_file
 from pyro_loop.locking import file_lock
 from pyro_loop.sync.baseline import Baseline, tree_paths
-from pyro_loop.sync.hoststate import failure_reason, lstat, sha256_file
 from pyro_loop.sync.manifest import (
     ManifestFile,
     effective_entry,
@@ -24,6 +23,7 @@ from pyro_loop.sync.manifest import (
 from pyro_loop.sync.paths import PathFilter
 from pyro_loop.sync.result import Skipped, SyncResult
 from pyro_loop.sync.tarstream import TarStream
+from pyro_loop.workspace.client import AgentClient
 
 
 class Syncer:

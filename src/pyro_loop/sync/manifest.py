@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pyro_loop.sync.hoststate import HostState
+from pyro_loop.fs.hoststate import HostState
 
 MANIFEST_VERSION = 1
 RACY_NS = 2_000_000_000  # a record this close to a file's mtime/ctime cannot vouch for it

@@ -263,7 +263,7 @@ def _git_check_ignore(root: Path, rel: str) -> bool:
     """git's own verdict on `rel`; True (ignored, libgit2's answer) if git cannot tell."""
     import subprocess
 
-    from pyro_loop.githooks.gitenv import without_git_env
+    from pyro_loop.project.gitenv import without_git_env
 
     try:
         done = subprocess.run(

@@ -6,16 +6,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from pyro_loop.client import Cancellation
 from pyro_loop.errors import NotFoundError
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup, run_command
 from pyro_loop.mcp.output import read_saved
 from pyro_loop.mcp.params import DEFAULT_TIMEOUT, Command, Cwd, Timeout, WorkspaceId
+from pyro_loop.workspace.client import Cancellation
 
 if TYPE_CHECKING:
-    from pyro_loop.client import ExecResult
-    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.loop.live import ProjectLoop
     from pyro_loop.mcp.output import OutputCapture
+    from pyro_loop.workspace.client import ExecResult
 
 HISTORY = 20  # commands workspace_logs lists
 

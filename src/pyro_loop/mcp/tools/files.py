@@ -111,7 +111,7 @@ class FileTools(ToolGroup):
         edited on the host drops out and what commands changed remains."""
 
         def diff(target: Target) -> dict[str, Any]:
-            from pyro_loop.diff import render_patch
+            from pyro_loop.workspace.diff import render_patch
 
             if target.loop is not None:
                 changes = target.loop.changes()

@@ -14,9 +14,9 @@ from pydantic import Field
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker
 from pyro_loop.mcp.params import Command, Cwd, WorkspaceId
-from pyro_loop.shellcmd import SHELL_ARGV
-from pyro_loop.shells import ENV as SHELL_ENV
-from pyro_loop.shells import Shells, Signal
+from pyro_loop.workspace.shellcmd import SHELL_ARGV
+from pyro_loop.workspace.shells import ENV as SHELL_ENV
+from pyro_loop.workspace.shells import Shells, Signal
 
 ShellId = Annotated[str, Field(description="The shell_id workspace_shell_open returned.")]
 ServiceName = Annotated[str, Field(description="The service's name: 1-64 letters, digits, . _ -.")]
@@ -254,7 +254,7 @@ class InteractiveTools(ToolGroup):
             raise InvalidInputError(f"path must start with /, not {path!r}")
 
         def request(target: Target) -> dict[str, Any]:
-            from pyro_loop.ports import Mapping
+            from pyro_loop.workspace.ports import Mapping
 
             published = {m.port: m for m in self.calls.ws.published(target.id)}
             mapping = published.get(port)

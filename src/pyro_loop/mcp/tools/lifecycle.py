@@ -11,8 +11,6 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from pyro_loop import secretenv
-from pyro_loop.client import Cancellation
 from pyro_loop.errors import PyroError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker, run_command
 from pyro_loop.mcp.params import (
@@ -24,6 +22,8 @@ from pyro_loop.mcp.params import (
     Timeout,
     WorkspaceId,
 )
+from pyro_loop.workspace import secrets as secretenv
+from pyro_loop.workspace.client import Cancellation
 
 logger = logging.getLogger("pyro.mcp")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyro_loop.loop.warmup import load_project
 from pyro_loop.mcp.calls import Ctx, ToolGroup, in_worker
-from pyro_loop.mcp.warmup import load_project
 
 REUSE_WAIT = 5.0  # seconds: a reuse takes milliseconds; this only bounds a stuck one
 
 if TYPE_CHECKING:
-    from pyro_loop.loop import ProjectLoop
+    from pyro_loop.loop.live import ProjectLoop
 
 
 class ProjectTools(ToolGroup):
@@ -21,7 +21,7 @@ class ProjectTools(ToolGroup):
         warm-up that is reusing a warm workspace (milliseconds), never for a prepare."""
 
         def status() -> dict[str, Any]:
-            from pyro_loop.readiness import readiness
+            from pyro_loop.loop.status import readiness
 
             project, loaded = load_project(self.calls.project_dir)
             data = readiness(project, loaded.config, self.calls.ws).to_json()

@@ -1,0 +1,103 @@
+"""Small filesystem helpers shared by the store and the workspaces."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyro_loop.errors import PyroError
+
+# Host-side walks of trees a workspace wrote (diff, snapshot copy, digest) go at most this many
+# directories deep. A workspace can nest directories without end; deeper trees are refused
+# with a clear error rather than exhausting Python's recursion limit (the walks recurse once
+# per level) or the process's descriptors (an fd-based walk holds one per level). Real
+# projects stay far below it. The agent bounds `export` the same way (agent/tarexport.py).
+MAX_TREE_DEPTH = 256
+
+
+# The errors of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What pyro never takes of a disk's last free space: an export or a pulled layer that would
+# leave less is refused.
+FREE_SPACE_KEPT = 512 * 1000**2
+
+
+@contextlib.contextmanager
+def unless_disk_full() -> Iterator[None]:
+    """Skip the rest of the block if it fails for want of space (and only then): for the
+    writes that are bookkeeping, never the point of the operation."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+
+
+def check_tree_depth(rel: str) -> None:
+    """Refuse a path (relative to the root of a walk) more than MAX_TREE_DEPTH levels down."""
+    if rel not in ("", ".") and rel.count("/") >= MAX_TREE_DEPTH:
+        raise PyroError(
+            f"the tree is nested more than {MAX_TREE_DEPTH} directories deep "
+            f"(at {rel[:60]}...): pyro does not walk it",
+            hint="flatten or remove the deep directories, then try again",
+        )
+
+
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `data` as JSON so readers never see a half-written file.
+
+    `durable` also flushes it to disk before the rename, so it survives a power loss.
+    """
+    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree, including the mode-000 dirs overlayfs leaves in its workdir,
+    at any depth (a workspace's upper dir may be nested without end: see fs/treewalk.py)."""
+    from pyro_loop.fs.treewalk import remove_contents
+
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IRWXU)
+    with contextlib.suppress(OSError):
+        remove_contents(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def move_to_trash(path: Path, trash_dir: Path) -> Path:
+    """Rename `path` into `trash_dir` (O(1)); delete it later with `empty_trash`."""
+    trash_dir.mkdir(parents=True, exist_ok=True)
+    target = trash_dir / f"{path.name}.{os.urandom(6).hex()}"
+    os.rename(path, target)
+    return target
+
+
+def empty_trash(trash_dir: Path) -> None:
+    if not trash_dir.is_dir():
+        return
+    for entry in trash_dir.iterdir():
+        remove_tree(entry)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes used by the regular files below `path`, without following symlinks."""
+    from pyro_loop.fs.treewalk import tree_bytes
+
+    return tree_bytes(path)

@@ -1,0 +1,274 @@
+"""Which package managers a project uses, and how to install its dependencies.
+
+Detection goes by file names: a lock file (or manifest) names the ecosystem, the files that
+key the dependency snapshot, and the command that installs exactly what they pin. The commands
+run from /workspace, so those of a subdirectory start with `cd <dir> && `. A symlink counts by
+its name too; the few files whose text shapes a command (requirements' lines naming the
+project, package.json's install scripts) are read beneath the root, never through a link that
+leaves it (`Beneath.open_following`), as the keying files are in loop/prepare.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from pyro_loop.fs.beneath import Beneath
+
+if TYPE_CHECKING:
+    from pyro_loop.project.config import ProjectConfig
+
+# Dependencies, build output and tool state: never project roots, and often huge to walk.
+SKIP_DIRS = frozenset(
+    {".git", "node_modules", ".venv", "venv", "vendor", "target", "dist", "build"}
+)
+MAX_DEPTH = 2  # the root is depth 0: "services/api" is as deep as a monorepo scan goes
+
+
+@dataclass(frozen=True)
+class Ecosystem:
+    name: str
+    directory: str  # relative to the root, "/"-separated; "." for the root itself
+    keys: tuple[str, ...]  # files relative to the root
+    run: tuple[str, ...]  # shell command lines run from /workspace
+    # Installing the project itself (see loop/prepare.py): its commands, and the metadata files
+    # that key it (relative to the root).
+    project: tuple[str, ...] = ()
+    project_keys: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "directory": self.directory,
+            "keys": list(self.keys),
+            "run": list(self.run),
+            "project": list(self.project),
+            "project_keys": list(self.project_keys),
+        }
+
+
+@dataclass(frozen=True)
+class _Rule:
+    name: str
+    triggers: tuple[str, ...]  # any of these files present: this ecosystem is used here
+    keys: tuple[str, ...]  # those present key the snapshot
+    run: str
+    project: str = ""  # installs the project itself, once its sources are there
+
+
+# The files a project's own install reads (its name, entry points, package layout): a change
+# to one of them redoes that install; a source edit never does.
+PYTHON_PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py")
+NODE_PROJECT_FILES = ("package.json",)
+# npm runs these scripts of the root package after installing, and they usually build the
+# project from its sources (absent while dependencies install): they run with the project.
+NPM_ROOT_SCRIPTS = ("preinstall", "install", "postinstall", "prepare")
+
+# A lock file pins exactly what to install, so it is what detection looks for; cargo and go
+# pin well enough from their manifests (and libraries often commit no lock file). The
+# dependency commands leave the project itself out (its build needs its sources, which the
+# dependency snapshot is not keyed on); the project commands install it, editable.
+RULES = (
+    _Rule("uv", ("uv.lock",), ("uv.lock", "pyproject.toml"),
+          "uv sync --frozen --no-install-workspace", "uv sync --frozen"),
+    _Rule("poetry", ("poetry.lock",), ("poetry.lock", "pyproject.toml"),
+          "poetry install --no-root --no-interaction",
+          "poetry install --only-root --no-interaction"),
+    _Rule("pipenv", ("Pipfile.lock",), ("Pipfile", "Pipfile.lock"), "pipenv sync"),
+    _Rule("npm", ("package-lock.json",), ("package.json", "package-lock.json"), "npm ci"),
+    _Rule("pnpm", ("pnpm-lock.yaml",), ("package.json", "pnpm-lock.yaml"),
+          "pnpm install --frozen-lockfile"),
+    _Rule("yarn", ("yarn.lock",), ("package.json", "yarn.lock"), "yarn install --frozen-lockfile"),
+    _Rule("cargo", ("Cargo.lock", "Cargo.toml"), ("Cargo.toml", "Cargo.lock"), "cargo fetch"),
+    _Rule("go", ("go.sum", "go.mod"), ("go.mod", "go.sum"), "go mod download"),
+)  # fmt: skip
+# With one of these in the same directory, requirements files are exports or extras of the lock,
+# and installing them with pip on top would fight the lock's own environment.
+PYTHON_LOCKS = frozenset({"uv", "poetry", "pipenv"})
+
+
+def detect_ecosystems(root: Path) -> list[Ecosystem]:
+    """The ecosystems used at `root` and its subdirectories (to depth 2), by directory then name."""
+    found: list[Ecosystem] = []
+    cargo_roots: list[PurePosixPath] = []
+    for rel, files in _walk(root):
+        here = [r for r in RULES if any(t in files for t in r.triggers)]
+        if any(r.name == "cargo" for r in here):
+            # A manifest without its own lock below a cargo project is a workspace member: the
+            # root's `cargo fetch` covers it, but its manifest still keys the snapshot.
+            parent = next((c for c in cargo_roots if c in rel.parents), None)
+            if parent is None or "Cargo.lock" in files:
+                cargo_roots.append(rel)
+            else:
+                found = [_with_key(e, str(rel / "Cargo.toml"), parent) for e in found]
+                here = [r for r in here if r.name != "cargo"]
+        for rule in here:
+            keys = [k for k in rule.keys if k in files]
+            run, project = [rule.run], [rule.project] if rule.project else []
+            if rule.name == "npm" and _has_root_scripts(root, str(rel / "package.json")):
+                run = ["npm ci --ignore-scripts"]
+                project = ["npm rebuild && npm run --if-present prepare"]
+            found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
+        # requirements.txt first: the others (-dev, -test) usually build on it.
+        requirements = sorted(
+            (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
+            key=lambda f: (f != "requirements.txt", f),
+        )
+        if requirements and not any(r.name in PYTHON_LOCKS for r in here):
+            run, project = _pip_commands(root, rel, requirements)
+            found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
+    return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+# A requirement line that names a directory of the project (`-e .`, `-e .[test]`, `./sub`):
+# pip builds the project for it, from sources the dependency install does not have.
+LOCAL_REQUIREMENT = (
+    r"^[[:space:]]*(-e|--editable)?[[:space:]]*\.\.?(/[^[:space:]]*)?(\[.*\])?[[:space:]]*$"
+)
+DEPS_COPY = "/tmp/pyro-deps"  # in the sandbox: the requirements files without those lines
+
+
+def _pip_commands(
+    root: Path, rel: PurePosixPath, requirements: list[str]
+) -> tuple[list[str], list[str]]:
+    """The commands for requirements files: one install; or, when a file names the project
+    itself, its dependencies first (copies of the files without those lines), then all of
+    it again with the sources there (pip skips what is installed already)."""
+    venv = "python3 -m venv .venv"
+    local = any(_local_lines(root, str(rel / name)) for name in requirements)
+    files = " ".join(f"-r {shlex.quote(f)}" for f in requirements)
+    if not local:
+        return [f"{venv} && .venv/bin/pip install {files}"], []
+    # The copies keep their names, so `-r requirements.txt` inside one finds its copy.
+    names = " ".join(shlex.quote(f) for f in requirements)
+    strip = (
+        f"mkdir -p {DEPS_COPY} && for f in {names}; do "
+        f'sed -E \'\\#{LOCAL_REQUIREMENT}#d\' "$f" > {DEPS_COPY}/"$f"; done'
+    )
+    copies = " ".join(f"-r {DEPS_COPY}/{shlex.quote(f)}" for f in requirements)
+    return (
+        [f"{strip} && {venv} && .venv/bin/pip install {copies}"],
+        [f".venv/bin/pip install {files}"],
+    )
+
+
+def _read(root: Path, rel: str) -> str:
+    """A repository file's text, read beneath the root (a link that leaves it reads as
+    empty here; reading the keying files refuses it in one line)."""
+    try:
+        with Beneath(root) as tree, os.fdopen(tree.open_following(rel), "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _local_lines(root: Path, rel: str) -> list[str]:
+    import re
+
+    pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
+    return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
+
+
+def _has_root_scripts(root: Path, rel: str) -> bool:
+    import json
+
+    try:
+        scripts = json.loads(_read(root, rel)).get("scripts") or {}
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(scripts, dict) and any(name in scripts for name in NPM_ROOT_SCRIPTS)
+
+
+def keying_files(root: Path, config: ProjectConfig) -> list[str]:
+    """The files that key the dependency snapshot: the configured ones, else those detected.
+
+    Sorted, so that the snapshot's key never depends on the order they are listed in.
+    """
+    if config.prepare_keys is not None:
+        return sorted(set(config.prepare_keys))
+    return sorted({key for e in detect_ecosystems(root) for key in e.keys})
+
+
+def _ecosystem(
+    name: str,
+    rel: PurePosixPath,
+    keys: list[str],
+    run: list[str],
+    *,
+    project: list[str] | None = None,
+    files: set[str] | None = None,
+) -> Ecosystem:
+    directory = str(rel)
+    prefix = "" if directory == "." else f"cd {shlex.quote(directory)} && "
+    metadata = NODE_PROJECT_FILES if name in ("npm", "pnpm", "yarn") else PYTHON_PROJECT_FILES
+    return Ecosystem(
+        name=name,
+        directory=directory,
+        keys=tuple(str(rel / k) for k in keys),
+        run=tuple(prefix + command for command in run),
+        project=tuple(prefix + command for command in project or ()),
+        project_keys=tuple(str(rel / f) for f in metadata if f in (files or ())) if project else (),
+    )
+
+
+def project_files(root: Path) -> list[str]:
+    """The metadata files that key the project's own install: those of the root and of each
+    directory where an ecosystem is detected."""
+    directories = {"."} | {e.directory for e in detect_ecosystems(root)}
+    found = set()
+    for directory in directories:
+        for name in (*PYTHON_PROJECT_FILES, *NODE_PROJECT_FILES):
+            rel = name if directory == "." else f"{directory}/{name}"
+            if (root / rel).is_file() and not (root / rel).is_symlink():
+                found.add(rel)
+    return sorted(found)
+
+
+def _with_key(eco: Ecosystem, key: str, directory: PurePosixPath) -> Ecosystem:
+    if eco.name != "cargo" or eco.directory != str(directory):
+        return eco
+    return Ecosystem(
+        eco.name, eco.directory, (*eco.keys, key), eco.run, eco.project, eco.project_keys
+    )
+
+
+def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
+    """(directory relative to root, names of the regular files in it), breadth first.
+
+    Symlinked directories are not followed: they may point outside the project, or loop.
+    """
+    out: list[tuple[PurePosixPath, set[str]]] = []
+    queue = [PurePosixPath(".")]
+    with Beneath(root) as tree:
+        while queue:
+            rel = queue.pop(0)
+            try:
+                entries = tree.scandir(str(rel))
+            except OSError:
+                continue  # unreadable, or swapped for a link: nothing to detect there
+            files = {e.name for e in entries if _is_file_or_link(e)}
+            out.append((rel, files))
+            if len(rel.parts) < MAX_DEPTH:
+                queue.extend(
+                    rel / e.name
+                    for e in sorted(entries, key=lambda e: e.name)
+                    if _is_real_dir(e) and e.name not in SKIP_DIRS and not e.name.startswith(".")
+                )
+    return out
+
+
+def _is_file_or_link(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_symlink() or entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
