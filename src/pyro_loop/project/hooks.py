@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,7 @@ def _may_set_hooks_path(project: Project) -> bool:
              str(common_dir(project.git_dir) / "config"),
              str(project.git_dir / "config.worktree")]  # fmt: skip
     if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
-        git = shutil.which("git")
+        git = _which("git")
         prefix = os.path.dirname(os.path.dirname(git)) if git else "/usr"
         files += [os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
                   os.path.join(prefix, "etc", "gitconfig")]  # fmt: skip
@@ -187,3 +186,12 @@ def _script_fields(path: Path) -> dict[str, str]:
             parts = shlex.split(value)
             fields[name] = parts[0] if parts else ""
     return fields
+
+
+def _which(program: str) -> str | None:
+    """shutil.which without shutil (it loads three compression modules; `pyro status` asks)."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, program)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None

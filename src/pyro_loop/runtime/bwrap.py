@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,6 +142,7 @@ class BwrapRuntime:
 
     def start(self, spec: SandboxSpec) -> SandboxHandle:
         import shutil
+        import subprocess  # here: the daily commands load this module only to ask is_running
 
         bwrap = shutil.which("bwrap")
         unshare = shutil.which("unshare")
