@@ -59,10 +59,15 @@ def serve(ws: Workspaces, ref: str, port: int, bind: str = "127.0.0.1") -> None:
 
 
 # An echo server: what a connection sends comes back, and its end of data ends the reply.
+# With "abort" it answers the first bytes with a reset instead (SO_LINGER 0, then close).
 ECHO = """\
-import socket, sys, threading
+import socket, struct, sys, threading
 def echo(conn):
     with conn:
+        if sys.argv[3:] == ["abort"]:
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
         while data := conn.recv(65536):
             conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
@@ -76,15 +81,20 @@ while True:
 
 
 def echo_workspace(
-    ws: Workspaces, seed_dir: Path, bind: str = "127.0.0.1", *, publish: bool = True
+    ws: Workspaces,
+    seed_dir: Path,
+    bind: str = "127.0.0.1",
+    *,
+    publish: bool = True,
+    mode: tuple[str, ...] = (),
 ) -> tuple[str, int]:
-    """A workspace running ECHO on `bind`, published on the same port unless told not;
-    returns its id and the port once the server listens."""
+    """A workspace running ECHO on `bind` (in `mode`), published on the same port unless
+    told not; returns its id and the port once the server listens."""
     (seed_dir / "echo.py").write_text(ECHO)
     ref = ws.create(seed=seed_dir).id
     port = free_port()
     services = ServiceClient(ws.client(ref))
-    services.service_start("echo", ["python3", "echo.py", bind, str(port)])
+    services.service_start("echo", ["python3", "echo.py", bind, str(port), *mode])
     family = "AF_INET6" if ":" in bind else "AF_INET"
     probe = (f"import socket; s = socket.socket(socket.{family}); s.settimeout(1); "
              f"s.connect(('{bind}', {port}))")  # fmt: skip
@@ -300,6 +310,19 @@ def test_the_relay_carries_both_ways_with_half_close_many_clients_at_once(
     # More connections than one batch of the workspace's sockets, one after another.
     for i in range(BATCH + 5):
         assert echo_through(port, b"ping %d" % i) == b"ping %d" % i
+
+
+def test_a_reset_from_the_server_reaches_the_client_as_a_reset(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """As natively: a server that aborts its connection is not mistaken by the client for
+    one that ended its reply (which would make a cut-off response look whole)."""
+    _ref, port = echo_workspace(workspaces, seed_dir, mode=("abort",))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(b"anything")
+        with pytest.raises(ConnectionResetError):
+            while client.recv(65536):
+                pass
 
 
 def test_a_server_on_the_ipv6_loopback_only_is_reached(

@@ -28,6 +28,7 @@ import os
 import select
 import selectors
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -50,6 +51,7 @@ AGENT_TIMEOUT = 5.0  # for connecting to the agent's socket
 FAMILIES = ((socket.AF_INET, "inet", "127.0.0.1"), (socket.AF_INET6, "inet6", "::1"))
 _NAMES = {int(family): name for family, name, _address in FAMILIES}
 
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 Handler = Callable[[int], None]  # called with the selector's event mask
 
 
@@ -219,7 +221,8 @@ class Side:
             if mask & selectors.EVENT_READ:
                 self.conn.pump(self.out)
         except OSError:
-            self.conn.close()  # reset by either side: nothing more can be delivered
+            # Reset by either side, or gone: nothing more can be delivered either way.
+            self.conn.close(abort=True)
             return
         if not self.conn.closed:
             self.conn.a.want()
@@ -325,13 +328,19 @@ class Connection:
             return
         flow.pending = flow.pending[sent:]
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close both sockets; `abort`: with a reset (RST), as a peer's own close would
+        have been had it been connected directly, so a cut-off stream never looks ended."""
         if self.closed:
             return
         self.closed = True
         for side in (getattr(self, "a", None), getattr(self, "b", None)):
             if side is not None and side.events:
                 self.loop.selector.unregister(side.sock)
+        for sock in (self.client, self.upstream) if abort else ():
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         self.client.close()
         if self.upstream is not None:
             if self.connecting:
