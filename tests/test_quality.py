@@ -45,15 +45,17 @@ def test_tool_is_clean(args: tuple[str, ...]) -> None:
 
 def test_agent_is_type_clean_at_its_own_floor() -> None:
     # The agent's modules run under the sandbox's python3 (3.9 and later) and import each
-    # other by bare name, as top-level modules of its directory: a run of their own, with that
-    # directory as the import root (files named on the command line skip the main run's
-    # exclude), strict like the rest.
-    from pyro_loop.runtime.bwrap import AGENT_FILES
+    # other by bare name, as top-level modules of one directory: a run of their own, with the
+    # directories they come from as import roots (files named on the command line skip the
+    # main run's exclude), strict like the rest.
+    from pyro_loop.runtime.bwrap import AGENT_FILES, agent_source
 
-    files = [str((AGENT / name).relative_to(ROOT)) for name in AGENT_FILES]
+    sources = [agent_source(name) for name in AGENT_FILES]
+    roots = sorted({str(source.parent) for source in sources})
     result = _run(
-        "mypy", "--python-version", AGENT_MYPY_VERSION, "--explicit-package-bases", *files,
-        env={"MYPYPATH": str(AGENT)},
+        "mypy", "--python-version", AGENT_MYPY_VERSION, "--explicit-package-bases",
+        *(str(source.relative_to(ROOT)) for source in sources),
+        env={"MYPYPATH": os.pathsep.join(roots)},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"in {len(AGENT_FILES)} source files" in result.stdout
@@ -62,9 +64,12 @@ def test_agent_is_type_clean_at_its_own_floor() -> None:
 def test_agent_needs_nothing_newer_than_its_floor() -> None:
     # Every standard-library module, function, argument and syntax the agent uses, by the
     # Python version that brought it (annotations are postponed: they are not run).
+    from pyro_loop.runtime.bwrap import AGENT_SHARED
+
     vermin = Path(sys.executable).parent / "vermin"  # it has no `python -m` entry
     result = subprocess.run(
-        [vermin, f"--target={AGENT_FLOOR}-", "--violations", "--no-tips", AGENT],
+        [vermin, f"--target={AGENT_FLOOR}-", "--violations", "--no-tips", AGENT,
+         *AGENT_SHARED.values()],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -86,21 +91,21 @@ def test_agent_modules_are_shipped_and_shadow_no_standard_module() -> None:
     import re
     import tomllib
 
-    from pyro_loop.runtime.bwrap import AGENT_FILES, AGENT_SOURCE
+    from pyro_loop.runtime.bwrap import AGENT_FILES, AGENT_SHARED, AGENT_SOURCE
 
     modules = {path.name for path in AGENT_SOURCE.glob("*.py")} - {"__init__.py"}
-    assert set(AGENT_FILES) == modules
-    assert not {name.removesuffix(".py") for name in modules} & sys.stdlib_module_names
+    assert set(AGENT_FILES) == modules | set(AGENT_SHARED)
+    assert not {name.removesuffix(".py") for name in AGENT_FILES} & sys.stdlib_module_names
     # The main mypy run skips the modules that import their siblings by bare name, and only
-    # those (the two the host shares, protocol.py and redact.py, and deeptree.py import
-    # none); all of them are checked by test_agent_is_type_clean_at_its_own_floor.
+    # those (the two the host shares, protocol.py and redact.py, import none); all of them
+    # are checked by test_agent_is_type_clean_at_its_own_floor.
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     skipped = {
         name
         for name in modules
         if any(re.search(pattern, f"src/pyro_loop/agent/{name}") for pattern in config["exclude"])
     }
-    assert skipped == modules - {"protocol.py", "redact.py", "deeptree.py"}
+    assert skipped == modules - {"protocol.py", "redact.py"}
 
 
 @pytest.mark.slow
@@ -109,12 +114,13 @@ def test_wheel_ships_type_information_and_the_agent(tmp_path: Path) -> None:
     # installed package. The agent's files reach sandboxes from the installed package too.
     import zipfile
 
-    from pyro_loop.runtime.bwrap import AGENT_FILES
+    from pyro_loop.runtime.bwrap import AGENT_FILES, agent_source
 
     result = _run("pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ".")
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = tmp_path.glob("pyro_loop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "pyro_loop/py.typed" in names
-    assert {f"pyro_loop/agent/{name}" for name in AGENT_FILES} <= names
+    package = ROOT / "src"
+    assert {agent_source(name).relative_to(package).as_posix() for name in AGENT_FILES} <= names
     assert "pyro_loop/templates/pyro.toml" in names

@@ -11,6 +11,7 @@ import os
 
 import deeptree
 import protocol as p
+import treewalk
 from confine import WORKSPACE, RequestError, confine
 
 TYPE_CHECKING = False
@@ -63,7 +64,7 @@ def op_list(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     # `max_entries` (the paths of a deep tree are long).
     budget = p.MAX_JSON // 2
     truncated = False
-    for here in deeptree.walk(root):
+    for here in treewalk.walk(root):
         base = root + "/" + here.rel if here.rel else root
         if base == WORKSPACE and p.HOME_DIR in here.dirs:
             here.dirs.remove(p.HOME_DIR)

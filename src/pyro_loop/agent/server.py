@@ -7,7 +7,8 @@ nothing else down. This module reads each request, checks its protocol version a
 to the operation `OPS` names; the operations live beside it, one job per module:
 
   confine.py   which paths a request may name (everything inside /workspace, nothing else)
-  deeptree.py  walking and removing trees at any depth, making directories
+  deeptree.py  removing trees at any depth, making directories (treewalk.py, the host's
+               fs/treewalk.py shipped beside these modules, walks them)
   fileops.py   stat, list, read, write, remove, mkdir, symlink, chmod
   tarexport.py tar: a tree streamed out as a tar archive (what export unpacks)
   tarread.py   parsing a tar stream from a request's data frames

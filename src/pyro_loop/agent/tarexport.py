@@ -5,7 +5,7 @@ Trusts nothing in the request: the path goes through `confine`, and a symlink is
 as the link itself, never as what it points to (one the request names, only if what it
 points to is inside the workspace). Files, directories, symlinks and hard links are
 archived; devices, FIFOs and sockets are left out. The tree is walked by descriptor
-(deeptree.py), not by tarfile's recursion, and at most MAX_TREE_DEPTH levels down: the host
+(treewalk.py), not by tarfile's recursion, and at most MAX_TREE_DEPTH levels down: the host
 unpacks no deeper (fsutil.MAX_TREE_DEPTH), so a deeper tree ends the request with
 `too_deep`.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-import deeptree
 import protocol as p
+import treewalk
 from confine import WORKSPACE, RequestError, confine
 
 TYPE_CHECKING = False
@@ -44,7 +44,7 @@ def op_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
         if st.st_mode & 0o170000 == 0o040000:
             archive.add_tree(path, arcname)
         else:
-            parent = os.open(os.path.dirname(path), deeptree.DIR_FLAGS)
+            parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 archive.add(parent, os.path.basename(path), arcname)
             finally:
@@ -88,7 +88,7 @@ class _Archive:
         self.linked: dict[tuple[int, int], str] = {}  # (dev, inode) -> first member's name
 
     def add_tree(self, top: str, arcname: str) -> None:
-        for here in deeptree.walk(top):
+        for here in treewalk.walk(top):
             if here.depth >= MAX_TREE_DEPTH:
                 raise RequestError(
                     "too_deep",

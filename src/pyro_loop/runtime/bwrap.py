@@ -60,12 +60,16 @@ if TYPE_CHECKING:
     from pyro_loop.runtime.idmap import Covering
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
+# Host modules the agent imports too, shipped beside its own (standard library only, on the
+# agent's Python floor): the one deep-tree walk serves both sides of the sandbox.
+AGENT_SHARED = {"treewalk.py": AGENT_SOURCE.parent / "fs" / "treewalk.py"}
 AGENT_FILES = (
     "boot.py",
     "server.py",
     "protocol.py",
     "confine.py",
     "deeptree.py",
+    "treewalk.py",
     "fileops.py",
     "tarread.py",
     "tarput.py",
@@ -412,6 +416,11 @@ def _owned_dirs(spec: SandboxSpec) -> list[tuple[str, bool]]:
     return dirs
 
 
+def agent_source(name: str) -> Path:
+    """Where the agent's file `name` comes from in this package."""
+    return AGENT_SHARED.get(name, AGENT_SOURCE / name)
+
+
 def agent_files(home: Path) -> dict[str, Path]:
     """The agent's files, byte-compiled by the sandbox's python, in the store (once per version).
 
@@ -422,7 +431,7 @@ def agent_files(home: Path) -> dict[str, Path]:
     """
     digest = hashlib.sha256()
     for name in AGENT_FILES:
-        digest.update((AGENT_SOURCE / name).read_bytes())
+        digest.update(agent_source(name).read_bytes())
     target = home / "agent" / digest.hexdigest()[:16]
     if not (target / "COMPLETE").exists():
         _install_agent(target)
@@ -440,7 +449,7 @@ def _install_agent(target: Path) -> None:
     staging = target.parent / f".{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     for name in AGENT_FILES:
-        shutil.copyfile(AGENT_SOURCE / name, staging / name)
+        shutil.copyfile(agent_source(name), staging / name)
     # Best effort: without bytecode the agent still starts, a few ms slower.
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
