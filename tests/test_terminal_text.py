@@ -4,6 +4,7 @@ with --json the bytes stay exact."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -140,3 +141,17 @@ def test_the_live_prepare_line_shows_what_it_quotes() -> None:
     shown = stream.getvalue()
     assert "prepare: keys: requirements^[]0;pwned^G.txt changed" in shown
     assert TITLE not in shown
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_hook_note_on_git_s_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyro_loop.githooks import run
+
+    for stream, shown in ((_Tty(), "lock^[]0;pwned^G.txt"), (io.StringIO(), f"lock{TITLE}.txt")):
+        monkeypatch.setattr("sys.stderr", stream)
+        run._note(f"pyro: post-checkout hook: lock{TITLE}.txt changed\nsecond line")
+        assert stream.getvalue() == f"pyro: post-checkout hook: {shown} changed\n"

@@ -19,6 +19,7 @@ from typing import IO
 
 from pyro_loop.errors import PyroError
 from pyro_loop.guard import guarded
+from pyro_loop.safetext import for_stream
 
 # keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
@@ -69,7 +70,7 @@ def _keep_warm(hook: str, project_dir: Path) -> int:
 
         result = keep_warm(project_dir, pyro_home())
         if result.note:
-            sys.stderr.write(result.note + "\n")
+            sys.stderr.write(for_stream(result.note, sys.stderr) + "\n")
     except PyroError as exc:
         _note(f"pyro: {hook} hook: {exc.message}; not preparing")
     except (Exception, KeyboardInterrupt) as exc:  # never fail git, whatever happens
@@ -99,8 +100,10 @@ def _untrusted(hook: str, project_dir: Path) -> bool:
 
 
 def _note(text: str) -> None:
+    """One line on git's stderr (a terminal, often): what it quotes from the repository (a
+    lockfile's name) is shown harmless (safetext.py)."""
     lines = text.splitlines()
-    sys.stderr.write((lines[0] if lines else text) + "\n")
+    sys.stderr.write(for_stream(lines[0] if lines else text, sys.stderr) + "\n")
 
 
 def _check(project_dir: Path, *, staged: bool, revs: list[str]) -> int:
