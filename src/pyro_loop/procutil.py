@@ -21,8 +21,10 @@ def spawn_detached(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     preexec: Callable[[], None] | None = None,
+    pipes: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session, so it outlives this process and its terminal.
+    `pipes`: its stdin and stdout are pipes to this process (for a spec in, an answer out).
 
     A short-lived CLI simply exits and the child is re-parented. A long-lived caller (the MCP
     server, the tests) keeps the Popen objects and reaps finished ones on each later call,
@@ -32,8 +34,8 @@ def spawn_detached(
 
     proc = subprocess.Popen(
         list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=log if log is not None else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if pipes else log if log is not None else subprocess.DEVNULL,
         stderr=log if log is not None else subprocess.DEVNULL,
         pass_fds=tuple(pass_fds),
         start_new_session=True,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop import errors
 from pyro_loop.errors import InvalidInputError, NotFoundError, PyroError
 from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.procutil import spawn_detached
 from pyro_loop.workspace.shells import IDLE_CAP, SIGNALS, TERMINAL
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ class KeptShells:
         secrets: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Start a keeper holding a new shell; returns once the shell runs."""
-        import subprocess
-
         self.ws.client(self.workspace_id)  # running, or one line saying how to start it
         directory = shells_dir(self.wdir.root)
         directory.mkdir(mode=0o700, exist_ok=True)
@@ -87,11 +86,8 @@ class KeptShells:
         # The host variables named by --secret-env reach the shell through the spec only.
         env = {k: v for k, v in os.environ.items() if k not in (secrets or {})}
         with (directory / "keeper.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pyro_loop.workspace.shellkeeper"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                start_new_session=True, env=env, cwd="/",
-            )  # fmt: skip
+            proc = spawn_detached([sys.executable, "-m", "pyro_loop.workspace.shellkeeper"],
+                                  log=log, env=env, cwd=Path("/"), pipes=True)  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None
         with proc.stdin:
             proc.stdin.write(json.dumps(spec).encode() + b"\n")
