@@ -52,6 +52,7 @@ def test_tty_needs_a_terminal(repo: Path, workspaces: Workspaces) -> None:
     shell = run_pyro("shell", "-C", str(repo), input="exit\n")
     assert shell.returncode == 1
     assert shell.stderr.startswith("pyro: error: a shell needs a terminal, and stdin is not one")
+    assert "`pyro workspace shell open ID`" in shell.stderr  # what a script can use instead
 
 
 def test_exec_from_a_terminal_without_i_leaves_stdin_empty(

@@ -48,7 +48,8 @@ def input_mode(
         if not is_tty and shell:
             raise InvalidInputError(
                 "a shell needs a terminal, and stdin is not one",
-                hint="run it from a terminal; for a script, `pyro exec -- sh -c '...'`",
+                hint="run it from a terminal; for a script, `pyro exec -- sh -c '...'`, or "
+                "a shell that stays open between commands: `pyro workspace shell open ID`",
             )
         if not is_tty:
             raise InvalidInputError(
