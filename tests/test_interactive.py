@@ -134,3 +134,13 @@ def test_workspace_shell(seed_dir: Path, workspaces: Workspaces) -> None:
         term.expect("DONE")
         term.send("exit\r")
         assert term.wait() == 0
+    # Options go before the id as well as after it (`shell` is also a group of commands).
+    for args, who in (
+        (("--env", "WHO=before", "sh-test"), "before"),
+        (("sh-test", "--env", "WHO=after"), "after"),
+    ):
+        with terminal("workspace", "shell", *args) as term:
+            term.send("echo HI-$WHO\r")
+            term.expect(f"HI-{who}\r")
+            term.send("exit 5\r")
+            assert term.wait() == 5
