@@ -148,6 +148,16 @@ def test_stop_and_delete_end_the_shells(ws: str, pyro_home: Path) -> None:
     stopped = run_pyro("workspace", "shell", "open", ws)
     assert stopped.returncode == 1 and "is stopped" in stopped.stderr
     pyro_ok("workspace", "start", ws)
+    # A reset (a fresh sandbox) ends the shell: it says so, and still closes.
+    shell = pyro_ok("workspace", "shell", "open", ws, "--id-only").strip()
+    pyro_ok("workspace", "reset", ws)
+    lost = pyro_json("workspace", "shell", "read", ws, shell)
+    assert lost["state"] in ("lost", "exited"), lost  # killed with its sandbox
+    human = run_pyro("workspace", "shell", "read", ws, shell)
+    assert human.returncode == 0 and f"pyro: shell {shell} {lost['state']}" in human.stderr
+    refused = run_pyro("workspace", "shell", "write", ws, shell, "--input", "true")
+    assert refused.returncode == 1 and f"shell {shell} has ended (" in refused.stderr
+    assert "closed shell" in pyro_ok("workspace", "shell", "close", ws, shell)
     pyro_ok("workspace", "shell", "open", ws)
     pyro_ok("workspace", "delete", ws)
     assert gone(pyro_home)

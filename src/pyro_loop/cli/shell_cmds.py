@@ -52,7 +52,7 @@ def _state(data: dict[str, Any]) -> str:
     if data["state"] == "exited":
         return f"exited {data['exit_code']}"
     if data["state"] == "lost":
-        return f"lost ({data.get('error')})"
+        return f"lost: {data.get('error')}"
     return str(data["state"])
 
 

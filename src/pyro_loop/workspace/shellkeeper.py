@@ -100,7 +100,7 @@ class KeptShells:
             reply = _decode(line, what="the shell did not start (its keeper's log: "
                             f"{directory / 'keeper.log'})")  # fmt: skip
         finally:
-            if not line or b'"error"' in line:
+            if not line or b'"refused"' in line:
                 proc.wait()
         return reply | {"workspace_id": self.workspace_id}
 
@@ -184,11 +184,11 @@ def _decode(line: bytes, *, what: str) -> dict[str, Any]:
         raise PyroError(what) from None
     if not isinstance(reply, dict):
         raise PyroError(what)
-    if "error" in reply:
+    if "refused" in reply:  # ("error" is a lost shell's reason, in a reply that succeeded)
         kind = getattr(errors, str(reply.get("kind")), PyroError)
         if not (isinstance(kind, type) and issubclass(kind, PyroError)):
             kind = PyroError
-        raise kind(str(reply["error"]), hint=reply.get("hint"))
+        raise kind(str(reply["refused"]), hint=reply.get("hint"))
     return reply
 
 
@@ -241,7 +241,7 @@ class _Keeper:
         state = self.session.state()
         if state["state"] == "exited":
             return f"exit code {state['exit_code']}"
-        return str(state.get("error") or state["state"])
+        return f"{state['state']}: {state.get('error')}"
 
     def serve(self, conn: socket.socket) -> None:
         with conn:
@@ -252,9 +252,9 @@ class _Keeper:
                     raise InvalidInputError("a request is a JSON object")
                 reply = self.answer(request)
             except PyroError as exc:
-                reply = {"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
+                reply = {"refused": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
             except (OSError, ValueError, TypeError) as exc:
-                reply = {"error": f"bad request: {exc}", "kind": "InvalidInputError"}
+                reply = {"refused": f"bad request: {exc}", "kind": "InvalidInputError"}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
         if self.closing:
@@ -297,7 +297,7 @@ def main() -> int:
         shells.close_all()
         message = exc.message if isinstance(exc, PyroError) else f"cannot hold the shell: {exc}"
         hint = exc.hint if isinstance(exc, PyroError) else None
-        say({"error": message, "hint": hint, "kind": type(exc).__name__})
+        say({"refused": message, "hint": hint, "kind": type(exc).__name__})
         return 1
     keeper = _Keeper(session, path, shells.close)
     say({"shell_id": session.id, "cwd": cwd or "/workspace", "rows": spec["size"][0],
