@@ -345,7 +345,7 @@ class _Writer:
             os.chmod(path, mode)
             os.utime(path, (mtime, mtime))
             self.records[rel] = treehash.dir_record(rel, stat.S_IMODE(mode), rel in self.opaque)
-        size = self.linked + sum(size for _mode, _sha256, size in self.files.values())
+        size = self.linked + sum(file[2] for file in self.files.values())
         return Unpacked(treehash.digest_of_records(self.records), size)
 
 
