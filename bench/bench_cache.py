@@ -115,6 +115,8 @@ def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[s
         pulls, copies = [], []
         for n in range(1 if args.quick else args.runs):
             os.environ["PYRO_CACHE_REMOTE"] = str(remote)
+            # Each side starts with nothing of the other's left to write back (untimed).
+            os.sync()
             try:
                 seconds, pulled = timed_prepare(root, tmp / f"machine-b{n}")
             finally:
@@ -123,6 +125,7 @@ def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[s
                 raise SystemExit("a prepare in a fresh home did not pull the snapshot")
             pulls.append(seconds)
             shutil.rmtree(tmp / f"machine-b{n}", ignore_errors=True)
+            os.sync()
             started = time.perf_counter()
             subprocess.run(["cp", "-a", str(tree), str(tmp / "copy")], check=True)
             copies.append(time.perf_counter() - started)
