@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pyro_loop.workspace.manager import Workspaces
+from tests.helpers.project import delete_all_workspaces, write_seed_tree
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+# Fixtures several test modules use: pyro installed for uid 65534 (`user`, `nobody_env`), and
+# the host-scan repository (`repo`, for the modules that do not define a `repo` of their own).
+pytest_plugins = ("tests.helpers.nobody", "tests.helpers.scan")
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     Workspaces a test left in it (through the CLI, the loop or the MCP server) are deleted
     after the test: their sandboxes outlive the process that made them, by design."""
     # A deleted workspace's standby is not kept for the next create (workspace/pool.py): the tests
-    # that delete expect nothing left running. tests/test_pool.py turns it back on.
+    # that delete expect nothing left running. tests/sandbox/test_pool.py turns it back on.
     monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
     home = tmp_path / "pyro-home"
     monkeypatch.setenv("PYRO_HOME", str(home))
@@ -30,12 +30,6 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield home
     if (home / "workspaces").is_dir():
         delete_all_workspaces(Workspaces(home=home))
-
-
-def delete_all_workspaces(ws: Workspaces) -> None:
-    for status in ws.list():
-        ws.delete(status.record.id)
-    ws.pool.drain()
 
 
 @pytest.fixture(autouse=True)
@@ -58,18 +52,6 @@ def workspaces(pyro_home: Path) -> Iterator[Workspaces]:
     delete_all_workspaces(ws)
 
 
-def write_seed_tree(root: Path) -> Path:
-    """A small project tree at `root`: text files, a subdirectory, an executable and a
-    relative symlink."""
-    (root / "src").mkdir(parents=True)
-    (root / "README.md").write_text("hello\n")
-    (root / "src" / "app.py").write_text("print('app')\n")
-    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
-    (root / "run.sh").chmod(0o755)
-    (root / "src" / "link").symlink_to("../README.md")
-    return root
-
-
 @pytest.fixture
 def seed_dir(tmp_path: Path) -> Path:
     """`write_seed_tree` in the test's directory."""
@@ -78,88 +60,7 @@ def seed_dir(tmp_path: Path) -> Path:
 
 # Pinned identity, dates and configuration: the same commits on every machine, and nothing
 # from the user's or the system's git configuration.
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "pyro test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "pyro test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    """Run real git in `repo` (new repositories start on `main`); returns its stdout."""
-    return subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args],
-        cwd=repo, env={**os.environ, **GIT_ENV}, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
 
 
 # A project whose dependency snapshot is keyed by requirements.txt and "installs" it into
 # .deps/ (ignored by git): fast, offline, and visible from inside the workspace.
-DEPS_CONFIG = """\
-[prepare]
-keys = ["requirements.txt"]
-run = ["mkdir -p .deps && cp requirements.txt .deps/installed.txt"]
-"""
-
-
-def trust_config(root: Path, home: Path | None = None) -> None:
-    """Approve `root`'s `.pyro.toml` as it is now, in `home` (default: the test's pyro home),
-    as the user does with `pyro trust` after reviewing it."""
-    from pyro_loop.project.trust import allow_content
-
-    path = root / ".pyro.toml"
-    allow_content(home or Path(os.environ["PYRO_HOME"]), path, path.read_bytes())
-
-
-def write_config(root: Path, text: str) -> Path:
-    """Write `root`'s `.pyro.toml` and trust it (tests of other things than trust)."""
-    (root / ".pyro.toml").write_text(text)
-    trust_config(root)
-    return root / ".pyro.toml"
-
-
-def commit_project(root: Path, config: str, files: dict[str, str], *, trusted: bool = True) -> Path:
-    """A git repository at `root` on `main` whose first commit holds `files` (relative path
-    -> text), a `.gitignore` for `.deps/` and `.pyro.toml` = `config`, trusted unless
-    `trusted` is False."""
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    for rel, text in {".gitignore": ".deps/\n", **files, ".pyro.toml": config}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "initial")
-    if trusted:
-        trust_config(root)
-    return root
-
-
-def run_pyro(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Run the real `pyro` CLI in a subprocess (same interpreter, current PYRO_HOME)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pyro_loop", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        input=input,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def owners_below(root: Path) -> set[int]:
-    """The uids owning `root` and everything below it, links not followed. Deleted
-    workspaces' trees may still be going (pyro removes them in the background): what
-    vanishes during the walk is skipped."""
-    owners = {root.lstat().st_uid}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            with contextlib.suppress(FileNotFoundError):
-                owners.add(os.lstat(os.path.join(directory, name)).st_uid)
-    return owners

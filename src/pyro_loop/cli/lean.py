@@ -6,7 +6,7 @@ Python start before it parses a word. This parser accepts exactly the well-forme
 lines of those five commands and calls the same bodies (daily.py) the full CLI does; anything
 else (help, an unknown or malformed option, a value that does not convert) goes to the full
 CLI, which says what is wrong in its own words. So both give the same output, errors and exit
-codes, and tests/test_lean.py holds them to it.
+codes, and tests/sandbox/test_lean.py holds them to it.
 """
 
 from __future__ import annotations

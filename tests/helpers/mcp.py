@@ -1,0 +1,68 @@
+"""A real MCP client session with `pyro mcp serve` over stdio."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+
+class Client:
+    """One MCP session with a `pyro mcp serve` subprocess, plus what it was sent."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.logs: list[str] = []
+        self.progress: list[str] = []
+
+    async def call(self, name: str, /, **arguments: Any) -> dict[str, Any]:
+        """A tool's structured result; fails the test if the tool answered an error."""
+        result = await self.session.call_tool(name, arguments)
+        assert not result.is_error, f"{name}: {_text(result)}"
+        assert result.structured_content is not None
+        return dict(result.structured_content)
+
+    async def error(self, name: str, /, **arguments: Any) -> str:
+        """The text of a tool error; fails the test if the tool succeeded."""
+
+        async def on_progress(_done: float, _total: float | None, message: str | None) -> None:
+            self.progress.append(message or "")
+
+        result = await self.session.call_tool(name, arguments, progress_callback=on_progress)
+        assert result.is_error, f"{name} should have failed: {_text(result)}"
+        return _text(result)
+
+
+def _text(result: Any) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+@contextlib.asynccontextmanager
+async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "pyro_loop", "mcp", "serve", *options],
+        cwd=cwd,
+        env={"PYRO_HOME": os.environ["PYRO_HOME"]},
+    )
+    client: Client | None = None
+
+    async def on_log(params: Any) -> None:
+        assert client is not None
+        client.logs.append(str(params.data))
+
+    server_log = Path(os.environ["PYRO_HOME"]).parent / "server.log"  # the test's tmp_path
+    with server_log.open("a") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, logging_callback=on_log) as session,
+        ):
+            await session.initialize()
+            client = Client(session)
+            yield client
