@@ -105,13 +105,9 @@ def attach(
 ) -> ExecResult:
     """Pass input to the command and its output to ours until it ends; returns its result."""
     if not tty:
-        if stdin is not None:
-            channel.feed_from(stdin)
-        return channel.wait(on_output=on_output)
-    with _raw_terminal(channel.resize):
-        if stdin is not None:  # read unbuffered: a key goes as soon as it is typed
-            channel.feed_from(stdin)
-        return channel.wait(on_output=_write_stdout)
+        return channel.run(stdin=stdin, on_output=on_output)
+    with _raw_terminal(channel.resize):  # stdin is read unbuffered: a key goes as it is typed
+        return channel.run(stdin=stdin, on_output=_write_stdout)
 
 
 ChannelOpener = Callable[

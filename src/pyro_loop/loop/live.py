@@ -419,9 +419,7 @@ class ProjectLoop:
             argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin is not None, cancel=cancel,
             prepare=prepare, on_progress=on_progress, secret_env=secret_env,
         ) as channel:  # fmt: skip
-            if stdin is not None:
-                channel.feed_from(stdin)
-            return channel.wait(on_output=on_output)
+            return channel.run(stdin=stdin, on_output=on_output)
 
     @contextlib.contextmanager
     def open_exec(

@@ -229,9 +229,7 @@ class AgentClient:
         with self.open_exec(
             argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel
         ) as channel:
-            if stdin is not None:
-                channel.feed_from(stdin)
-            return channel.wait(on_output=on_output, max_output=max_output)
+            return channel.run(stdin=stdin, on_output=on_output, max_output=max_output)
 
     @contextlib.contextmanager
     def open_exec(
@@ -479,6 +477,19 @@ class ExecChannel:
                     "the workspace's agent closed the connection (it stopped or crashed)"
                 ) from exc
             raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
+
+    def run(
+        self,
+        *,
+        stdin: BinaryIO | None = None,
+        on_output: OutputSink | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> ExecResult:
+        """The rest of a plain exec: `stdin` passed to the command (when the channel was
+        opened with stdin), then `wait`."""
+        if stdin is not None:
+            self.feed_from(stdin)
+        return self.wait(on_output=on_output, max_output=max_output)
 
     def wait(
         self, *, on_output: OutputSink | None = None, max_output: int = DEFAULT_MAX_OUTPUT

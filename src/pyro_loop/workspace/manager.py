@@ -489,9 +489,7 @@ class Workspaces:
             ref, argv, cwd=cwd, env=env, timeout=timeout, stdin=stdin is not None, cancel=cancel,
             secrets=secrets,
         ) as channel:  # fmt: skip
-            if stdin is not None:
-                channel.feed_from(stdin)
-            return channel.wait(on_output=on_output)
+            return channel.run(stdin=stdin, on_output=on_output)
 
     @contextlib.contextmanager
     def open_exec(
