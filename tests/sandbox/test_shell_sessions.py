@@ -15,7 +15,7 @@ import pytest
 from pyro_loop.workspace.manager import Workspaces
 from pyro_loop.workspace.shells import plain_text
 from tests.helpers.nobody import NOBODY, nobody
-from tests.helpers.project import run_pyro
+from tests.helpers.project import commit_project, run_pyro
 from tests.helpers.secrets import VALUE, everything_under
 
 
@@ -252,3 +252,27 @@ def test_a_whole_mebibyte_of_undecodable_output_in_one_read(ws: str) -> None:
     # The latest 1 MiB is kept; as JSON each byte that is not UTF-8 takes six.
     assert out["dropped_bytes"] > 0 and out["next_cursor"] - out["cursor"] == 1048576
     assert out["output"].count("\ufffd") > 1_000_000
+
+
+def test_a_session_in_the_project_s_workspace(tmp_path: Path, pyro_home: Path) -> None:
+    """`pyro shell open|read|write|signal|close`: the same, in the project's workspace,
+    with host edits synced before the shell opens."""
+    repo = commit_project(tmp_path / "repo", "", {"note.txt": "committed\n"})
+    c = ("-C", str(repo))
+    none_yet = run_pyro("shell", "read", "0123456789ab", *c)
+    assert none_yet.returncode == 1 and "`pyro up` creates it" in none_yet.stderr
+    (repo / "note.txt").write_text("edited on the host\n")
+    shell = pyro_ok("shell", "open", *c, "--id-only").strip()
+    pyro_ok("shell", "write", shell, *c, "--input", "cat note.txt; sleep 60")
+    seen = ""
+    for _ in range(60):
+        out = json.loads(pyro_ok("shell", "read", shell, *c, "--json", "--plain"))
+        seen += out["output"]
+        if "edited on the host\n" in seen:
+            break
+    assert "edited on the host\n" in seen
+    assert pyro_ok("shell", "signal", shell, *c) == f"sent SIGINT to shell {shell}\n"
+    project_ws = json.loads(pyro_ok("shell", "close", shell, *c, "--json"))["workspace_id"]
+    workspaces = json.loads(pyro_ok("status", *c, "--json"))["workspaces"]
+    assert [w["id"] for w in workspaces] == [project_ws]
+    assert gone(pyro_home)

@@ -11,8 +11,8 @@ import typer
 
 from pyro_loop.cli import daily
 from pyro_loop.cli.options import JsonOption, ProjectOption
-from pyro_loop.cli.output import emit, emit_changes, ms, note, say, stream_output
-from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
+from pyro_loop.cli.output import emit, emit_changes, ms, note, say
+from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP
 
 NoPrepareOption = typer.Option(
     False, "--no-prepare", help="Stop (naming what changed) instead of preparing."
@@ -102,25 +102,6 @@ def exec_(
                        interactive=interactive, tty=tty, no_prepare=no_prepare,
                        secret_env=secret_env, loop=loop)  # fmt: skip
     raise typer.Exit(code)
-
-
-def shell(
-    project_dir: Path | None = ProjectOption,
-    env: list[str] = typer.Option([], "--env", help="NAME=value, repeatable."),
-) -> None:
-    """An interactive shell in the project's workspace (bash if it has one): a real terminal
-    with job control, Ctrl-C to the foreground process, and exec's environment."""
-    from pyro_loop.names import parse_env
-
-    loop = _loop(project_dir)
-    result = run_attached(
-        lambda _stdin, size: loop.shell(tty=size, env=parse_env(env)),
-        interactive=True,
-        tty=True,
-        on_output=stream_output,
-        shell=True,
-    )
-    raise typer.Exit(result.exit_code)
 
 
 def retry(
@@ -216,7 +197,9 @@ def down(
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command("exec")(exec_)
-    app.command()(shell)
+    from pyro_loop.cli.shell_cmds import project_shell_app  # it imports this module
+
+    app.add_typer(project_shell_app, name="shell")
     app.command()(retry)
     app.command()(reset)
     app.command()(diff)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pyro_loop.workspace.ports import Mapping
     from pyro_loop.workspace.record import WorkspaceRecord
     from pyro_loop.workspace.services import ServiceClient
+    from pyro_loop.workspace.shellkeeper import KeptShells
 
 PROJECT_LABEL = "project"
 MANIFEST_NAME = "sync-manifest.json"
@@ -463,6 +464,18 @@ class ProjectLoop:
     ) -> contextlib.AbstractContextManager[ExecChannel]:
         """An interactive shell in the project's workspace, with the environment of `exec`."""
         return self.open_exec(SHELL_ARGV, env=env, stdin=True, tty=tty, remember=False)
+
+    def shell_sessions(self, *, start: bool = False) -> KeptShells:
+        """The project workspace's shell sessions (workspace/shellkeeper.py); `start`: for a
+        new one, so the workspace runs on the current layers with host edits synced first."""
+        from pyro_loop.workspace.shellkeeper import KeptShells
+
+        if start:
+            record = self.live()
+            self._sync_current(record)
+        else:
+            record = self.require()
+        return KeptShells(self.ws, record.id)
 
     def services(self) -> ServiceClient:
         """The services of the project's workspace (started again if stopped)."""
