@@ -68,11 +68,11 @@ def timed_git(repo: Path, *args: str) -> float:
 
 def wait_for_background_prepare(repo: Path, home: Path) -> None:
     """Untimed: the prepare a hook started finishes before the next measurement."""
-    from pyro_loop.loop.keepwarm import record_path
+    from pyro_loop.loop.projecthome import ProjectHome
     from pyro_loop.procutil import pid_alive
     from pyro_loop.project.discovery import find_project
 
-    path = record_path(home, find_project(repo))
+    path = ProjectHome.of(home, find_project(repo)).background_prepare
     if not path.exists():
         raise SystemExit("the post-checkout hook started no background prepare")
     pid = int(json.loads(path.read_text())["pid"])

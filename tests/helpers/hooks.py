@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pyro_loop.loop.keepwarm import record_path
+from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.procutil import pid_alive
 from pyro_loop.project.discovery import Project, find_project
 from tests.helpers.project import GIT_ENV
@@ -17,6 +17,11 @@ from tests.helpers.project import GIT_ENV
 
 def project_of(repo: Path) -> Project:
     return find_project(repo)
+
+
+def background_record(home: Path, repo: Path) -> Path:
+    """Where the background prepare a hook started for `repo` is recorded."""
+    return ProjectHome.of(home, project_of(repo)).background_prepare
 
 
 def bare_shell_env(tmp_path: Path) -> dict[str, str]:
@@ -43,7 +48,7 @@ def pyro_lines(stderr: str) -> list[str]:
 
 
 def wait_for_background_prepare(repo: Path, home: Path) -> dict[str, object]:
-    record = json.loads(record_path(home, project_of(repo)).read_text())
+    record = json.loads(background_record(home, repo).read_text())
     deadline = time.monotonic() + 120
     while pid_alive(int(record["pid"])) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -20,7 +20,6 @@ from pyro_loop.errors import ConflictError
 from pyro_loop.githooks import install as hooks
 from pyro_loop.githooks.run import pushed_commits
 from pyro_loop.loop.check import run_check, staged_tree
-from pyro_loop.loop.keepwarm import record_path
 from pyro_loop.loop.prepare import compute_inputs, prepare
 from pyro_loop.loop.status import readiness
 from pyro_loop.project.config import load_project_config
@@ -29,6 +28,7 @@ from pyro_loop.project.hooks import KEEP_WARM
 from pyro_loop.project.hooks import status as hooks_status
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.hooks import (
+    background_record,
     bare_shell_env,
     git_run,
     project_of,
@@ -104,7 +104,7 @@ def test_branches_with_the_same_lockfile_start_nothing(
     for branch in ("feature", "main", "feature"):
         switched = git_run(repo, "checkout", "-q", branch)
         assert switched.returncode == 0 and pyro_lines(switched.stderr) == [], switched.stderr
-    assert not record_path(pyro_home, project_of(repo)).exists()
+    assert not background_record(pyro_home, repo).exists()
     merged = git_run(repo, "merge", "-q", "--no-edit", "main")
     assert merged.returncode == 0 and pyro_lines(merged.stderr) == []
 
@@ -117,11 +117,11 @@ def test_a_merge_that_changes_the_lockfile_prepares_and_a_running_one_is_not_dou
     merged = git_run(repo, "merge", "-q", "--ff-only", "other")
     assert merged.returncode == 0, merged.stderr
     assert any("preparing in the background" in line for line in pyro_lines(merged.stderr))
-    first = json.loads(record_path(pyro_home, project_of(repo)).read_text())
+    first = json.loads(background_record(pyro_home, repo).read_text())
     # Another hook for the same lockfile while it runs (or after it): no second prepare.
     again = git_run(repo, "checkout", "-q", "HEAD")  # post-checkout, same lockfile
     assert again.returncode == 0
-    assert json.loads(record_path(pyro_home, project_of(repo)).read_text())["pid"] == first["pid"]
+    assert json.loads(background_record(pyro_home, repo).read_text())["pid"] == first["pid"]
     wait_for_background_prepare(repo, pyro_home)
     assert workspaces.store.get(first["key"]) is not None
     assert first["key"] == compute_inputs(project_of(repo), load_project_config(repo).config).key

@@ -26,7 +26,7 @@ from tests.helpers.scan import full_sync_finds_nothing, settle
 
 def current(loop: ProjectLoop) -> bool:
     record = loop.require()
-    manifest = (loop.state_dir / "sync-manifest.json").read_bytes()
+    manifest = loop.files.sync_manifest.read_bytes()
     return loop._scan(record).current(manifest)
 
 
@@ -191,7 +191,7 @@ def test_reset_rebinds_the_record_without_rewriting_its_stat_data(
     (repo / "src" / "app.py").write_text("print('host')\n")
     settle()
     loop.sync()
-    data = loop.state_dir / "host-scan"
+    data = loop.files.host_scan
     before = os.stat(data)
     loop.reset()
     after = os.stat(data)
@@ -206,7 +206,7 @@ def test_stat_data_from_another_binding_is_no_record(repo: Path, workspaces: Wor
     loop.up()
     settle()
     loop.sync()
-    data = loop.state_dir / "host-scan"
+    data = loop.files.host_scan
     old = data.read_bytes()
     (repo / "src" / "app.py").write_text("print('later')\n")
     settle()
@@ -248,7 +248,7 @@ def test_watcher_synced_exec_sees_the_same_files_as_a_walked_one(
         stop.set()
         thread.join(timeout=10)
     full_sync_finds_nothing(loop)
-    (loop.state_dir / "host-scan").unlink()  # the same exec, after a full walk
+    (loop.files.host_scan).unlink()  # the same exec, after a full walk
     assert sh(loop, "cat src/app.py pkg/m.py; ls docs; find . -path ./.git -prune -o "
               "-path ./.deps -prune -o -type f -print | sort") == watched  # fmt: skip
     assert "print('watched')" in watched and "guide.md" not in watched
@@ -294,7 +294,7 @@ def test_damaged_stat_data_are_no_record(repo: Path, workspaces: Workspaces) -> 
     settle()
     loop.sync()
     assert current(loop)
-    data = loop.state_dir / "host-scan"
+    data = loop.files.host_scan
     stored = marshal.loads(data.read_bytes())
     stored["numbers"] = stored["numbers"][:-8]  # one number short
     data.write_bytes(marshal.dumps(stored))

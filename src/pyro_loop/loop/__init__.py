@@ -1,5 +1,6 @@
 """The project's daily loop: prepare, the warm-state judgment, the live workspace, checks.
 
+projecthome    a project's files in the pyro home (state, last command, manifest, locks)
 prepare        `pyro prepare`: build the layers a project's workspaces start from
 snapshotbuild  one build of a dependency snapshot in a prepare sandbox
 tools          tool layers (uv, poetry, pnpm, ...) built once per version

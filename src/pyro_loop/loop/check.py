@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,17 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro_loop import git
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.loop.prepare import (
     PrepareInputs,
-    load_state,
     prepare,
     tree_layer,
 )
+from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.snapshotbuild import delete_abandoned
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
-from pyro_loop.project.gitenv import without_git_env
 from pyro_loop.project.trust import require_trust
 from pyro_loop.units import duration
 
@@ -133,10 +132,8 @@ def staged_tree(project: Project, env: dict[str, str] | None = None) -> str:
     """
     env = dict(os.environ if env is None else env)
     index = env.get("GIT_INDEX_FILE")
-    clean = without_git_env(env)
-    if index:
-        clean["GIT_INDEX_FILE"] = os.path.abspath(index)
-    return _git(project, ["write-tree"], clean, what="read the staged files")
+    extra = {"GIT_INDEX_FILE": os.path.abspath(index)} if index else {}
+    return _git(project, ["write-tree"], env=env, extra=extra, what="read the staged files")
 
 
 def working_tree(project: Project) -> str:
@@ -147,14 +144,13 @@ def working_tree(project: Project) -> str:
         index = Path(tmp) / "index"
         with contextlib.suppress(FileNotFoundError):  # a repository with nothing staged yet
             shutil.copyfile(git_dir / "index", index)
-        env = {**without_git_env(os.environ), "GIT_INDEX_FILE": str(index)}
-        _git(project, ["add", "-A"], env, what="stage the working tree in a scratch index")
-        return _git(project, ["write-tree"], env, what="read the working tree's files")
+        extra = {"GIT_INDEX_FILE": str(index)}
+        _git(project, ["add", "-A"], extra=extra, what="stage the working tree in a scratch index")
+        return _git(project, ["write-tree"], extra=extra, what="read the working tree's files")
 
 
 def commit_tree(project: Project, rev: str) -> str:
-    env = without_git_env(os.environ)
-    return _git(project, ["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], env,
+    return _git(project, ["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"],
                 what=f"find commit {rev}")  # fmt: skip
 
 
@@ -167,16 +163,20 @@ def _git_dir(project: Project) -> Path:
     return project.git_dir
 
 
-def _git(project: Project, args: list[str], env: dict[str, str], *, what: str) -> str:
-    _git_dir(project)
-    result = subprocess.run(
-        ["git", *args], cwd=project.repo_root, env=env, capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no such revision"])[-1]
-        raise InvalidInputError(f"cannot {what}: {reason}")
-    return result.stdout.strip()
+def _git(
+    project: Project,
+    args: list[str],
+    *,
+    what: str,
+    env: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
+) -> str:
+    git_dir = _git_dir(project)
+    assert project.repo_root is not None
+    # The trees git writes are read back through pygit2: refuse a format it cannot read.
+    git.check_format(git_dir)
+    return git.git_output(args, cwd=project.repo_root, what=what, env=env, extra=extra,
+                          silent_failure="no such revision")  # fmt: skip
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def _layers(
     # Topmost first: the project's own install over its dependencies.
     deps = [k for k in inputs.layers() if store.get(k) is not None]
 
-    state = load_state(ws.home, project)
+    state = ProjectHome.of(ws.home, project).load_state()
     base: Layer | None = None
     if state is not None and state.baseline_layer and state.baseline_tree:
         base = store.get(state.baseline_layer)

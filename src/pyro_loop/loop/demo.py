@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyro_loop import git
 from pyro_loop.workspace.manager import Workspaces
 
 if TYPE_CHECKING:
@@ -60,7 +59,6 @@ class Step:
 
 def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = None) -> list[Step]:
     from pyro_loop.loop.live import ProjectLoop
-    from pyro_loop.loop.prepare import state_path
     from pyro_loop.project.config import load_project_config
     from pyro_loop.project.discovery import find_project
     from pyro_loop.workspace.diff import render_patch
@@ -115,8 +113,7 @@ def run_demo(report: Callable[[Step], None], workspaces: Workspaces | None = Non
             started = time.perf_counter()
             with contextlib.suppress(Exception):
                 loop.down(delete=True)
-            shutil.rmtree(loop.state_dir, ignore_errors=True)
-            state_path(ws.home, project).unlink(missing_ok=True)
+            loop.files.forget()
             record("pyro down --delete", started, "all processes ended")
     return steps
 
@@ -125,9 +122,8 @@ def _sample_repository(root: Path) -> Path:
     root.mkdir()
     for name, text in SAMPLE_PROJECT.items():
         (root / name).write_text(text)
-    env = {**os.environ, **GIT_IDENTITY}
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "calc"]):
-        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+        git.git_output(args, cwd=root, extra=GIT_IDENTITY, what="make the sample repository")
     return root
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pyro_loop.errors import NotFoundError, PyroError
 from pyro_loop.locking import file_lock
-from pyro_loop.loop.prepare import ProjectState
+from pyro_loop.loop.projecthome import prepared_projects
 from pyro_loop.store.layers import COMPLETE_MARKER, Layer, layer_of
 from pyro_loop.workspace.manager import Workspaces
 
@@ -246,23 +246,17 @@ def _references(ws: Workspaces) -> dict[str, list[str]]:
         add(getattr(record, "environment_layer", None), user)
         for mount in record.mounts:
             add(layer_of(mount.source), user)
-    projects = ws.home / "projects"
-    if projects.is_dir():
-        for path in projects.glob("*.json"):
-            try:
-                state = ProjectState(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
-            if not Path(state.root).is_dir():
-                continue  # the project is gone: its layers are no longer anyone's
-            user = f"project {state.root}"
-            add(state.dependencies_layer, user)
-            add(state.project_layer, user)
-            add(state.baseline_layer, user)
-            for key in _needed_now(Path(state.root), ws.home):
-                add(key, user)
-            for key in state.tool_layers.values():
-                add(key, user)
+    for state in prepared_projects(ws.home):
+        if not Path(state.root).is_dir():
+            continue  # the project is gone: its layers are no longer anyone's
+        user = f"project {state.root}"
+        add(state.dependencies_layer, user)
+        add(state.project_layer, user)
+        add(state.baseline_layer, user)
+        for key in _needed_now(Path(state.root), ws.home):
+            add(key, user)
+        for key in state.tool_layers.values():
+            add(key, user)
     return refs
 
 

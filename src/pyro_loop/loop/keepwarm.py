@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from pyro_loop.fs.util import write_json_atomic
+from pyro_loop.git import without_git_env
+from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.warmth import judge
 from pyro_loop.procutil import pid_alive, spawn_detached
 from pyro_loop.project.config import load_project_config
 from pyro_loop.project.discovery import Project, find_project
-from pyro_loop.project.gitenv import without_git_env
 from pyro_loop.project.trust import TrustState, trust_state
 
 # How long a recorded background prepare may still be running: past this, a live pid is
@@ -46,11 +47,6 @@ class KeepWarm:
     key: str | None = None
     pid: int | None = None
     log: Path | None = None
-
-
-def record_path(home: Path, project: Project) -> Path:
-    """Where the last background prepare started by a hook is recorded (key, pid, log)."""
-    return home / "projects" / project.id / "background-prepare.json"
 
 
 def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) -> KeepWarm:
@@ -73,7 +69,8 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
     if warmth.dependencies_cached:
         return KeepWarm("warm", key=key)
 
-    record_file = record_path(home, project)
+    files = ProjectHome.of(home, project)
+    record_file = files.background_prepare
     last = _read_record(record_file)
     if last.get("key") == key:
         log = Path(str(last.get("log", "")))
@@ -91,9 +88,8 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
 
     reasons = warmth.dependency_reasons()
     why = "; ".join(reasons[:2]) if reasons != ["never prepared"] else "not prepared yet"
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"background-prepare-{project.id}.log"
+    log = files.background_log
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         out.write(f"pyro: {time.strftime('%Y-%m-%d %H:%M:%S')}: {why}\n".encode())
         out.flush()
@@ -121,7 +117,7 @@ def keep_warm(project_dir: Path, home: Path, *, python: str = sys.executable) ->
 def _untrusted(home: Path, project: Project, trust: TrustState, digest: str | None) -> KeepWarm:
     """A hook never prompts and never runs what the user has not approved: it says what is
     waiting, once per version of the file (checkouts are frequent), and does nothing."""
-    told = home / "projects" / project.id / "untrusted-noted.json"
+    told = ProjectHome.of(home, project).untrusted_noted
     if _read_record(told).get("sha256") == digest:
         return KeepWarm("untrusted")
     told.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from pyro_loop.errors import (
     PyroError,
 )
 from pyro_loop.fs.beneath import Beneath, link_stays_inside
-from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.locking import file_lock
+from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from pyro_loop.workspace.shellkeeper import KeptShells
 
 PROJECT_LABEL = "project"
-MANIFEST_NAME = "sync-manifest.json"
 # More changed paths than this since the last sync: a full sync (git's view of the tree) costs
 # less than syncing them one by one. Measured on a 2,000-file repository, a branch switch
 # changing 1,000 files: 3.8 s path by path, 2.8 s in full (a loaded 2-core VM); one edit:
@@ -94,8 +93,8 @@ class ProjectLoop:
         self.project = project
         self.config = config
         self.ws = ws
-        self.state_dir = ws.home / "projects" / project.id
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.files = ProjectHome.of(ws.home, project)
+        self.files.dir.mkdir(parents=True, exist_ok=True)
         # One syncer per workspace and baseline, kept: its git repository object caches the
         # index and the baseline's listings, which makes the next reconcile several times
         # cheaper (a long-lived caller such as the MCP server or the watcher runs many).
@@ -130,7 +129,7 @@ class ProjectLoop:
         """
         require_trust(self.ws.home, self.config)
         started = time.perf_counter()
-        with file_lock(self._lock_path):
+        with file_lock(self.files.lock):
             warmth = self._warmth(prepare=prepare, on_progress=on_progress, baseline=True)
             record = self.find()
             action = "created"
@@ -210,10 +209,6 @@ class ProjectLoop:
 
         return activation(self.project.root, self.config, self.ws.store)
 
-    @property
-    def _lock_path(self) -> Path:
-        return self.ws.home / "locks" / f"project-{self.project.id}.lock"
-
     def _warmth(self, *, prepare: bool, on_progress: Any, baseline: bool = False) -> Warmth:
         """The project's warmth once its layers are built: prepared now when the current
         configuration needs what the store lacks (instant when it holds it), or NotWarmError
@@ -288,7 +283,7 @@ class ProjectLoop:
             syncer = self._syncers[(record.id, tree)] = Syncer(
                 self.project.root,
                 self.ws.client(record.id),
-                self.state_dir / MANIFEST_NAME,
+                self.files.sync_manifest,
                 list(self.config.sync_exclude),
                 baseline_tree=tree,
             )
@@ -299,7 +294,7 @@ class ProjectLoop:
 
         root = (self.project.repo_root or self.project.root).resolve()
         rules = (record.labels.get("tree") or None, tuple(self.config.sync_exclude))
-        return HostScan(self.state_dir / "host-scan", root, self.project.git_dir,
+        return HostScan(self.files.host_scan, root, self.project.git_dir,
                         workspace=(record.id, record.generation), rules=rules)  # fmt: skip
 
     def _sync_current(self, record: WorkspaceRecord) -> SyncResult:
@@ -310,7 +305,7 @@ class ProjectLoop:
         from pyro_loop.sync.result import SyncResult
 
         scan = self._scan(record)
-        changed = scan.changes(_read_bytes(self.state_dir / MANIFEST_NAME))
+        changed = scan.changes(_read_bytes(self.files.sync_manifest))
         if changed == []:
             return SyncResult()
         if (changed is None or len(changed) > INCREMENTAL_LIMIT
@@ -374,7 +369,7 @@ class ProjectLoop:
         warmth = self._warmth(prepare=prepare, on_progress=on_progress)
         if warmth.made_for(record):
             return record
-        with file_lock(self._lock_path):
+        with file_lock(self.files.lock):
             record = self.find() or record
             if warmth.made_for(record):  # another command moved it meanwhile
                 return record
@@ -591,7 +586,7 @@ class ProjectLoop:
             self._syncer(record),
             self.project.root,
             stop_event=stop_event,
-            status_path=self.state_dir / "watch.json",
+            status_path=self.files.watch_status,
             on_event=on_event,
             on_quiet=lambda: self._sync_full(record),
         )
@@ -663,14 +658,11 @@ class ProjectLoop:
 
     def _save_last(self, command: dict[str, Any]) -> None:
         if command != self.last_command():  # a read costs less than a rename
-            write_json_atomic(self.state_dir / "last-command.json", command, durable=False)
+            self.files.save_last_command(command)
 
     def last_command(self) -> dict[str, Any] | None:
         """What `retry` runs: the last command's argv, timeout, cwd and env; None before one."""
-        with contextlib.suppress(OSError, ValueError):
-            data: dict[str, Any] = json.loads((self.state_dir / "last-command.json").read_text())
-            return data
-        return None
+        return self.files.last_command()
 
 
 def _labels(warmth: Warmth) -> dict[str, str]:

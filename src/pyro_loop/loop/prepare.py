@@ -20,7 +20,6 @@ atomically), and the next prepare recovers by itself.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath, LinkEscapeError
-from pyro_loop.fs.util import write_json_atomic
+from pyro_loop.loop.projecthome import ProjectHome, ProjectState
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.detect import keying_files, project_files
 from pyro_loop.project.discovery import Project, head_commit, head_tree, write_tree
@@ -219,35 +218,7 @@ def describe_changes(old: dict[str, Any], new: PrepareInputs) -> list[str]:
 # -- project state ---------------------------------------------------------------------------
 
 
-@dataclass
-class ProjectState:
-    """What the last successful prepare of a project produced (written only on success)."""
-
-    root: str
-    key: str | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
-    dependencies_layer: str | None = None
-    project_layer: str | None = None  # the project's own install, over the dependencies
-    project_keys: dict[str, str] = field(default_factory=dict)  # what keyed it
-    baseline_commit: str | None = None
-    baseline_tree: str | None = None
-    baseline_layer: str | None = None
-    prepared_at: float | None = None
-    tool_layers: dict[str, str] = field(default_factory=dict)  # tool name -> its layer's key
-
-
-def state_path(home: Path, project: Project) -> Path:
-    return home / "projects" / f"{project.id}.json"
-
-
-def load_state(home: Path, project: Project) -> ProjectState | None:
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        data = json.loads(state_path(home, project).read_text())
-        return ProjectState(**data)
-    return None
-
-
-def _update_state(home: Path, project: Project, state: ProjectState, recorded: str,
+def _update_state(files: ProjectHome, state: ProjectState, recorded: str,
                   **fields: Any) -> None:  # fmt: skip
     """Set `fields` and save the state, unless nothing changed since it was read as
     `recorded`: a warm no-op writes (and fsyncs) nothing."""
@@ -255,18 +226,12 @@ def _update_state(home: Path, project: Project, state: ProjectState, recorded: s
         setattr(state, name, value)
     if _state_text(state) != recorded:
         state.prepared_at = time.time()
-        save_state(home, project, state)
+        files.save_state(state)
 
 
 def _state_text(state: ProjectState) -> str:
     """What the state says, but when: two equal ones mean nothing changed."""
     return json.dumps({**state.__dict__, "prepared_at": None}, sort_keys=True)
-
-
-def save_state(home: Path, project: Project, state: ProjectState) -> None:
-    path = state_path(home, project)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, state.__dict__)
 
 
 # -- preparing -------------------------------------------------------------------------------
@@ -330,7 +295,8 @@ def prepare(
         require_remote(config)
     inputs = compute_inputs(project, config)
     key = inputs.key
-    state = load_state(ws.home, project) or ProjectState(root=str(project.root))
+    files = ProjectHome.of(ws.home, project)
+    state = files.load_state() or ProjectState(root=str(project.root))
     recorded = _state_text(state)
     built: list[str] = []
     pulled: list[str] = []
@@ -364,7 +330,7 @@ def prepare(
                               progress=progress, built=built)  # fmt: skip
         if own is not None and own.log is not None:
             log = own.log
-        _update_state(ws.home, project, state, recorded, key=key, inputs=inputs.to_json(),
+        _update_state(files, state, recorded, key=key, inputs=inputs.to_json(),
                       dependencies_layer=deps.key if deps else None,
                       project_layer=own.layer.key if own else None,
                       project_keys=dict(inputs.project_keys), tool_layers=tools)  # fmt: skip

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_loop.loop.activation import tool_requests
+from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.tools import tool_states
 from pyro_loop.loop.warmth import judge
 from pyro_loop.project.config import ProjectConfig
@@ -124,11 +125,10 @@ def _hooks_state(project: Project) -> dict[str, Any]:
 
 def _background_prepare(ws: Workspaces, project: Project, key: str) -> dict[str, Any] | None:
     """The prepare a git hook started for exactly these inputs, while it runs."""
-    from pyro_loop.loop.keepwarm import record_path
     from pyro_loop.procutil import pid_alive
 
     try:
-        record = json.loads(record_path(ws.home, project).read_text())
+        record = json.loads(ProjectHome.of(ws.home, project).background_prepare.read_text())
         pid = int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -140,7 +140,7 @@ def _background_prepare(ws: Workspaces, project: Project, key: str) -> dict[str,
 def _sync_state(ws: Workspaces, project: Project) -> str:
     from pyro_loop.sync.watcher import read_status
 
-    status = read_status(ws.home / "projects" / project.id / "watch.json")
+    status = read_status(ProjectHome.of(ws.home, project).watch_status)
     return status.describe() if status is not None else "not watching"
 
 

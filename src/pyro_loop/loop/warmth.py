@@ -28,11 +28,10 @@ from pyro_loop.loop.activation import tool_requests
 from pyro_loop.loop.keydigests import KeyDigests
 from pyro_loop.loop.prepare import (
     PrepareInputs,
-    ProjectState,
     compute_inputs,
     describe_changes,
-    load_state,
 )
+from pyro_loop.loop.projecthome import ProjectHome, ProjectState
 from pyro_loop.loop.tools import ToolRequest, missing
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, head_commit
@@ -180,7 +179,8 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
     """The project's warmth under its current configuration. Raises PyroError for a broken
     configuration (a keying file that is missing, an unknown environment)."""
     store = LayerStore(home)
-    digests = KeyDigests(home / "projects" / project.id / "key-digests.json")
+    files = ProjectHome.of(home, project)
+    digests = KeyDigests(files.key_digests)
     inputs = compute_inputs(project, config, digests=digests)
     env_layer = environment_layer(config)
     committed = head_commit(project) is not None
@@ -188,7 +188,7 @@ def judge(project: Project, config: ProjectConfig, home: Path) -> Warmth:
         project=project,
         config=config,
         inputs=inputs,
-        state=load_state(home, project),
+        state=files.load_state(),
         environment_layer=env_layer,
         environment_cached=env_layer is None or store.get(env_layer) is not None,
         dependencies_cached=all(

@@ -13,7 +13,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_loop.project.discovery import Project
+from pyro_loop import git
+from pyro_loop.project.discovery import Project, repository
 from pyro_loop.store.layerview import read_file
 from pyro_loop.workspace.diff import Change
 
@@ -31,11 +32,9 @@ def ignored_changes(project: Project, changes: Sequence[Change]) -> set[str]:
     paths = [c.path for c in changes]
     if not paths:
         return set()
-    import pygit2
-
     ignored: set[str] = set()
     if project.git_dir is not None:
-        repo = pygit2.Repository(str(project.git_dir))
+        repo = repository(project)
         ignored = {p for p in paths if repo.path_is_ignored(p)}
     written = {
         c.path: c.new
@@ -45,7 +44,7 @@ def ignored_changes(project: Project, changes: Sequence[Change]) -> set[str]:
     if not written:
         return ignored
     with tempfile.TemporaryDirectory(prefix="pyro-ignore-") as tmp:
-        scratch = pygit2.init_repository(tmp)
+        scratch = git.scratch_repository(Path(tmp))
         for rel, entry in written.items():
             content = read_file(entry.layer, rel, limit=MAX_IGNORE_FILE) or b""
             target = Path(tmp, rel)

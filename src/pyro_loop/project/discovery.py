@@ -1,8 +1,9 @@
 """Which project a directory belongs to, and what git says about it.
 
 Finding the project and its HEAD commit is plain file reading (fast: it is on the path of
-every daily command). pygit2 is imported only for real git work: reading trees to build a
-baseline layer, comparing two trees and listing the working tree's changes.
+every daily command). pygit2 is loaded only for real git work: reading trees to build a
+baseline layer, comparing two trees and listing the working tree's changes. All of it goes
+through `pyro_loop.git`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pyro_loop import git
 from pyro_loop.agent.protocol import HOME_DIR
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
+
+if TYPE_CHECKING:
+    import pygit2
 
 CONFIG_NAME = ".pyro.toml"
 
@@ -45,7 +50,7 @@ def find_project(start: Path) -> Project:
     start = start.absolute()
     if not start.is_dir():
         raise InvalidInputError(f"not a directory: {start}")
-    repo_root, git_dir = _find_repo(start)
+    repo_root, git_dir = git.find_repository(start)
     boundary = repo_root or Path(start.anchor)
     root = None
     for directory in [start, *start.parents]:
@@ -57,105 +62,55 @@ def find_project(start: Path) -> Project:
     return Project(root=root or repo_root or start, repo_root=repo_root, git_dir=git_dir)
 
 
-def _find_repo(start: Path) -> tuple[Path | None, Path | None]:
-    for directory in [start, *start.parents]:
-        dot_git = directory / ".git"
-        if dot_git.is_dir():
-            return directory, dot_git
-        if dot_git.is_file():  # a worktree or submodule: "gitdir: <path>"
-            text = dot_git.read_text().strip()
-            if text.startswith("gitdir:"):
-                target = Path(text.partition(":")[2].strip())
-                return directory, (directory / target).resolve()
-    return None, None
-
-
 def head_commit(project: Project) -> str | None:
-    """HEAD's commit id, read from the git dir without loading a git library; None if unborn."""
-    if project.git_dir is None:
-        return None
-    head = _read(project.git_dir / "HEAD")
-    if head is None:
-        return None
-    if not head.startswith("ref:"):
-        return head if _is_oid(head) else None
-    ref = head.partition(":")[2].strip()
-    common = common_dir(project.git_dir)
-    for base in (project.git_dir, common):
-        value = _read(base / ref)
-        if value is not None and _is_oid(value):
-            return value
-    packed = _read(common / "packed-refs") or ""
-    for line in packed.splitlines():
-        oid, _, name = line.partition(" ")
-        if name == ref and _is_oid(oid):
-            return oid
-    return None
+    """HEAD's commit id, read without loading a git library; None if unborn or no repository.
+    A repository in a format pyro cannot read is refused (`git.check_format`)."""
+    return None if project.git_dir is None else git.head_commit(project.git_dir)
 
 
-def common_dir(git_dir: Path) -> Path:
-    """The directory a worktree shares with its main repository (refs, objects, hooks)."""
-    common = _read(git_dir / "commondir")
-    return (git_dir / common).resolve() if common else git_dir
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _is_oid(text: str) -> bool:
-    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
-
-
-# -- pygit2 ----------------------------------------------------------------------------------
-
-
-def _repository(project: Project) -> Any:
-    import pygit2
-
+def repository(project: Project) -> pygit2.Repository:
     if project.git_dir is None:
         raise InvalidInputError(f"{project.root} is not in a git repository")
-    return pygit2.Repository(str(project.git_dir))
+    return git.open_repository(project.git_dir)
 
 
 def head_tree(project: Project) -> str | None:
     """The tree id of HEAD's commit, or None for a repository with no commits yet."""
     if project.git_dir is None:
         return None
-    repo = _repository(project)
-    if repo.head_is_unborn:
-        return None
-    return str(repo.head.peel().tree_id)
+    return git.head_tree_id(repository(project))
 
 
 def write_tree(project: Project, tree_id: str, dest: Path) -> int:
     """Write the files of git tree `tree_id` under `dest` (no checkout, no index): file count."""
-    import pygit2
-
-    repo = _repository(project)
+    repo = repository(project)
+    tree = git.tree(repo, tree_id)
+    if tree is None:
+        raise InvalidInputError(f"git tree {tree_id} is not in {project.repo_root}")
     with Beneath(dest) as out:
-        return _write_tree(repo, repo[tree_id], out, "", pygit2)
+        return _write_tree(repo, tree, out, "")
 
 
-def _write_tree(repo: Any, tree: Any, out: Beneath, prefix: str, pygit2: Any) -> int:
+def _write_tree(repo: pygit2.Repository, tree: pygit2.Tree, out: Beneath, prefix: str) -> int:
     count = 0
     seen: set[str] = set()
     for entry in tree:
+        name = entry.name or ""
         # A crafted tree may repeat a name (a link, then a directory below it): first wins.
-        if not _safe_name(entry.name) or entry.name in seen:
+        if not _safe_name(name) or name in seen:
             continue
-        if not prefix and entry.name == HOME_DIR:
+        if not prefix and name == HOME_DIR:
             continue  # the sandbox's home (runtime.HOME_DIR) never comes from a repository
-        seen.add(entry.name)
-        rel = prefix + entry.name
-        if entry.filemode == pygit2.GIT_FILEMODE_TREE:
+        seen.add(name)
+        rel = prefix + name
+        if entry.filemode == git.MODE_TREE:
             out.makedirs(rel)
-            count += _write_tree(repo, repo[entry.id], out, rel + "/", pygit2)
+            subtree = git.tree(repo, str(entry.id))
+            if subtree is None:
+                raise InvalidInputError(f"the git tree of {rel} is missing from the repository")
+            count += _write_tree(repo, subtree, out, rel + "/")
         else:
-            count += _write_entry(repo, out, rel, entry.filemode, entry.id)
+            count += _write_entry(repo, out, rel, entry.filemode, str(entry.id))
     return count
 
 
@@ -164,19 +119,16 @@ def _safe_name(name: str) -> bool:
     return name not in ("", ".", "..", ".git") and "/" not in name and "\0" not in name
 
 
-def _write_entry(repo: Any, out: Beneath, rel: str, mode: int, oid: Any) -> int:
+def _write_entry(repo: pygit2.Repository, out: Beneath, rel: str, mode: int, oid: str) -> int:
     """Write one non-tree entry (file, executable, symlink, submodule): 1 if it is a file.
     Through `out`, so an entry is never written through a link an earlier one made."""
-    import pygit2
-
-    if mode == pygit2.GIT_FILEMODE_LINK:
-        out.symlink(rel, os.fsdecode(repo[oid].data))
+    if mode == git.MODE_LINK:
+        out.symlink(rel, os.fsdecode(git.blob_data(repo, oid)))
         return 1
-    if mode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE):
-        out.write(rel, repo[oid].data, 0o755 if mode == pygit2.GIT_FILEMODE_BLOB_EXECUTABLE
-                  else 0o644)  # fmt: skip
+    if mode in (git.MODE_BLOB, git.MODE_EXECUTABLE):
+        out.write(rel, git.blob_data(repo, oid), 0o755 if mode == git.MODE_EXECUTABLE else 0o644)
         return 1
-    if mode == pygit2.GIT_FILEMODE_COMMIT:
+    if mode == git.MODE_SUBMODULE:
         out.makedirs(rel)  # a submodule: its own repository, not part of this tree
     return 0
 
@@ -197,14 +149,16 @@ def tree_changes(project: Project, old: str, new: str) -> TreeChanges:
     Identical subtrees are skipped without being read, so the cost follows the size of the
     change, not of the repository.
     """
-    import pygit2
-
-    repo = _repository(project)
-    diff = repo[old].diff_to_tree(repo[new])
+    repo = repository(project)
+    old_tree, new_tree = git.tree(repo, old), git.tree(repo, new)
+    if old_tree is None or new_tree is None:
+        raise InvalidInputError(f"git tree {old if old_tree is None else new} is not in "
+                                f"{project.repo_root}")  # fmt: skip
+    diff = old_tree.diff_to_tree(new_tree)
     written: list[tuple[str, int, str]] = []
     deleted: list[str] = []
     for delta in diff.deltas:
-        if delta.status == pygit2.GIT_DELTA_DELETED:
+        if delta.status == git.DELTA_DELETED:
             deleted.append(delta.old_file.path)
         else:
             written.append((delta.new_file.path, delta.new_file.mode, str(delta.new_file.id)))
@@ -228,7 +182,7 @@ def _parents(path: str) -> list[str]:
 def write_changes(project: Project, changes: TreeChanges, dest: Path) -> int:
     """Write the added and changed entries of `changes` under `dest`: file count."""
 
-    repo = _repository(project)
+    repo = repository(project)
     count = 0
     with Beneath(dest) as tree:
         for rel, mode, oid in changes.written:
@@ -249,12 +203,10 @@ def working_changes(project: Project) -> list[str]:
     ignored). These go on top of the baseline layer."""
     if project.git_dir is None:
         return []
-    import pygit2
-
-    repo = _repository(project)
+    repo = repository(project)
     changed = []
     for path, flags in repo.status(untracked_files="all").items():
-        if flags & pygit2.GIT_STATUS_IGNORED:
+        if flags & git.STATUS_IGNORED:
             continue
         changed.append(path)
     return sorted(changed)
@@ -262,12 +214,4 @@ def working_changes(project: Project) -> list[str]:
 
 def tree_file(project: Project, tree: str, rel: str) -> bytes | None:
     """The content of file `rel` in git tree `tree`, or None if it has no such file."""
-    import pygit2
-
-    repo = _repository(project)
-    try:
-        entry = repo[tree][rel]
-    except KeyError:
-        return None
-    obj = repo[entry.id]
-    return obj.data if isinstance(obj, pygit2.Blob) else None
+    return git.tree_file(repository(project), tree, rel)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.project.discovery import Project, common_dir
-from pyro_loop.project.gitenv import without_git_env
+from pyro_loop.git import common_dir, run_git
+from pyro_loop.project.discovery import Project
 
 MARKER = "# pyro-hook 7f3b9c2e"
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite")
@@ -87,16 +87,9 @@ def hooks_path_problem(project: Project, directory: Path) -> str | None:
     assert project.repo_root is not None
     if not _may_set_hooks_path(project):
         return None
-    import subprocess  # here, not at import: `pyro status` reads the hooks without git
-
-    result = subprocess.run(
-        ["git", "config", "--get", "core.hooksPath"],
-        cwd=project.repo_root,
-        env=without_git_env(os.environ),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # git itself, not libgit2: git also reads `git -c` settings handed down in the
+    # environment (GIT_CONFIG_COUNT) and GIT_CONFIG_GLOBAL, which libgit2 ignores.
+    result = run_git(["config", "--get", "core.hooksPath"], cwd=project.repo_root)
     configured = result.stdout.strip()
     if result.returncode != 0 or not configured:
         return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_loop import git
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.project.config import FILENAME
 from pyro_loop.project.detect import Ecosystem, detect_ecosystems
@@ -48,19 +49,11 @@ class InitResult:
 def find_project_root(path: Path) -> Path:
     """The working tree of the git repository containing `path` (a worktree's own directory for
     a linked worktree), or `path` itself when it is in no repository or a bare one."""
-    import pygit2
-
     start = path.resolve()
     if not start.is_dir():
         raise InvalidInputError(f"{path} is not a directory")
-    try:
-        git_dir = pygit2.discover_repository(str(start))
-        if git_dir is None:
-            return start
-        repo = pygit2.Repository(git_dir)
-    except pygit2.GitError as exc:
-        raise InvalidInputError(f"cannot open the git repository of {start}: {exc}") from None
-    return Path(repo.workdir).resolve() if repo.workdir else start
+    repo = git.discover_repository(start)
+    return Path(repo.workdir).resolve() if repo is not None and repo.workdir else start
 
 
 def template_text(name: str = "pyro.toml") -> str:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pyro_loop import git
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, git_blob_id
+
+if TYPE_CHECKING:
+    import pygit2
 
 
 @dataclass(frozen=True)
@@ -27,20 +31,16 @@ class Baseline:
     loads the object (~100 us), a dictionary lookup in a listing ~1 us.
     """
 
-    def __init__(self, repo: Any, tree_id: str | None) -> None:
-        import pygit2
-
+    def __init__(self, repo: pygit2.Repository, tree_id: str | None) -> None:
         self.repo = repo
         self.tree_id = tree_id
         self._listings: dict[str, dict[str, tuple[int, str]] | None] = {}
-        try:
-            self.tree = repo[tree_id].peel(pygit2.Tree) if tree_id else None
-        except (KeyError, ValueError, pygit2.GitError):
+        self.tree = git.tree(repo, tree_id) if tree_id else None
+        if tree_id and self.tree is None:
             raise InvalidInputError(
                 f"the workspace's baseline tree {tree_id} is not in the repository",
                 hint="create the workspace again from the current HEAD",
-            ) from None
-        self._pygit2 = pygit2
+            )
 
     def _listing(self, rel_dir: str) -> dict[str, tuple[int, str]] | None:
         """{name: (filemode, oid)} of the baseline directory `rel_dir`; None if it has none."""
@@ -52,9 +52,11 @@ class Baseline:
         else:
             parent, _, name = rel_dir.rpartition("/")
             found = (self._listing(parent) or {}).get(name)
-            if found is not None and found[0] == self._pygit2.GIT_FILEMODE_TREE:
-                tree = self.repo[found[1]]
-        listing = None if tree is None else {o.name: (o.filemode, str(o.id)) for o in tree}
+            if found is not None and found[0] == git.MODE_TREE:
+                tree = git.tree(self.repo, found[1])
+        listing = (
+            None if tree is None else {o.name or "": (int(o.filemode), str(o.id)) for o in tree}
+        )
         self._listings[rel_dir] = listing
         return listing
 
@@ -66,12 +68,11 @@ class Baseline:
         if found is None:
             return None
         filemode, oid = found
-        g = self._pygit2
-        if filemode in (g.GIT_FILEMODE_TREE, g.GIT_FILEMODE_COMMIT):
+        if filemode in (git.MODE_TREE, git.MODE_SUBMODULE):
             return BaseEntry("dir")  # a submodule is an empty directory in the baseline
-        if filemode == g.GIT_FILEMODE_LINK:
-            return BaseEntry("symlink", target=os.fsdecode(self.repo[oid].data))
-        mode = 0o755 if filemode == g.GIT_FILEMODE_BLOB_EXECUTABLE else 0o644
+        if filemode == git.MODE_LINK:
+            return BaseEntry("symlink", target=os.fsdecode(git.blob_data(self.repo, oid)))
+        mode = 0o755 if filemode == git.MODE_EXECUTABLE else 0o644
         return BaseEntry("file", mode=mode, oid=oid)
 
     def paths_under(self, rel: str) -> Iterator[str]:
@@ -82,7 +83,7 @@ class Baseline:
             for name, (filemode, _oid) in (self._listing(current) or {}).items():
                 child = f"{current}/{name}" if current else name
                 yield child
-                if filemode == self._pygit2.GIT_FILEMODE_TREE:
+                if filemode == git.MODE_TREE:
                     pending.append(child)
 
     def matches(self, rel: str, tree: Beneath, state: HostState) -> bool:
@@ -99,9 +100,9 @@ class Baseline:
         return state.mode == base.mode and git_blob_id(tree, rel) == base.oid
 
 
-def tree_paths(tree: Any, prefix: str = "") -> Iterator[str]:
+def tree_paths(tree: pygit2.Tree, prefix: str = "") -> Iterator[str]:
     for obj in tree:
-        path = prefix + obj.name
+        path = prefix + (obj.name or "")
         yield path
-        if obj.type_str == "tree":
-            yield from tree_paths(obj, path + "/")
+        if obj.filemode == git.MODE_TREE:
+            yield from tree_paths(git.as_tree(obj), path + "/")

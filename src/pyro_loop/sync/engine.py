@@ -6,8 +6,9 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pyro_loop import git
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import failure_reason, lstat, sha256_file
@@ -24,6 +25,9 @@ from pyro_loop.sync.paths import PathFilter
 from pyro_loop.sync.result import Skipped, SyncResult
 from pyro_loop.sync.tarstream import TarStream
 from pyro_loop.workspace.client import AgentClient
+
+if TYPE_CHECKING:
+    import pygit2
 
 
 class Syncer:
@@ -142,39 +146,43 @@ class Syncer:
 
     # -- candidates -----------------------------------------------------------------------
 
+    @property
+    def _repo(self) -> pygit2.Repository:
+        """The repository, for the steps that run only in one."""
+        assert self.repo is not None
+        return self.repo
+
     def _baseline(self, manifest: dict[str, Any]) -> Baseline:
         tree = manifest.get("baseline_tree")
         if tree is None:
             tree = self._baseline_tree
         if tree is None:  # "" records an empty baseline: the repository had no commit yet
-            tree = "" if self.repo.head_is_unborn else str(self.repo.head.peel().tree_id)
+            tree = git.head_tree_id(self._repo) or ""
         manifest["baseline_tree"] = tree
         if self._base is None or self._base.tree_id != (tree or None):
-            self._base = Baseline(self.repo, tree or None)
+            self._base = Baseline(self._repo, tree or None)
         return self._base
 
     def _git_candidates(self, baseline: Baseline) -> set[str]:
         """A superset of the paths where the working tree differs from the baseline: what
         differs from HEAD (git status, index and work tree, untracked but not ignored) plus
         what differs between the baseline and HEAD (after a commit or a branch switch)."""
-        import pygit2
-
         # Ignored entries are listed too (their directories unopened) for one case: libgit2
         # calls a symlink to a directory ignored by a directory-only pattern (`build/`),
         # where git does not; the path filter gives git's answer for those.
         paths = {
             path
-            for path, flags in self.repo.status(untracked_files="all", ignored=True).items()
-            if not flags & pygit2.GIT_STATUS_IGNORED
+            for path, flags in self._repo.status(untracked_files="all", ignored=True).items()
+            if not flags & git.STATUS_IGNORED
             or lstat(self.tree, path.rstrip("/")).kind == "symlink"
         }
-        head = None if self.repo.head_is_unborn else self.repo.head.peel(pygit2.Tree)
+        head = git.head_tree(self._repo)
         if baseline.tree is None or head is None:
             for tree in (baseline.tree, head):  # one of them empty: all of the other differs
                 if tree is not None:
                     paths.update(tree_paths(tree))
         elif baseline.tree.id != head.id:
-            for delta in self.repo.diff(baseline.tree, head).deltas:
+            for delta in baseline.tree.diff_to_tree(head).deltas:
                 paths.add(delta.old_file.path)
                 paths.add(delta.new_file.path)
         return {p.rstrip("/") for p in paths if p}
@@ -184,11 +192,9 @@ class Syncer:
         lists a submodule as one entry and the baseline holds it as an empty directory
         (its files live in another repository). Walked at each reconcile, like untracked
         files; what is unchanged since the last push is not sent again."""
-        import pygit2
-
         found: set[str] = set()
-        for entry in self.repo.index:
-            if entry.mode != pygit2.GIT_FILEMODE_COMMIT:
+        for entry in self._repo.index:
+            if entry.mode != git.MODE_SUBMODULE:
                 continue
             if lstat(self.tree, f"{entry.path}/.git").kind == "absent" or not self.filter.wants(
                 entry.path, is_dir=True

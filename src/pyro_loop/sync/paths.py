@@ -9,9 +9,13 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pyro_loop import git
 from pyro_loop.agent.protocol import HOME_DIR
+
+if TYPE_CHECKING:
+    import pygit2
 
 # -- gitignore-style patterns ----------------------------------------------------------------
 
@@ -108,18 +112,10 @@ def translate_glob(pattern: str) -> str:
 # -- which host paths take part ---------------------------------------------------------------
 
 
-def open_repository(root: Path) -> Any | None:
+def open_repository(root: Path) -> pygit2.Repository | None:
     """The git repository whose work tree contains `root`, or None."""
-    import pygit2
-
-    try:
-        found = pygit2.discover_repository(str(root))
-    except pygit2.GitError:
-        return None
-    if not found:
-        return None
-    repo = pygit2.Repository(found)
-    return repo if repo.workdir else None
+    repo = git.discover_repository(root)
+    return repo if repo is not None and repo.workdir else None
 
 
 class PathFilter:
@@ -129,7 +125,9 @@ class PathFilter:
     `root` is the directory mirrored at /workspace: the work tree's top in a git repository.
     """
 
-    def __init__(self, root: Path, exclude: Sequence[str] = (), *, repo: Any = None) -> None:
+    def __init__(
+        self, root: Path, exclude: Sequence[str] = (), *, repo: pygit2.Repository | None = None
+    ) -> None:
         self.root = root
         self._prefix = str(root).rstrip("/") + "/"
         self.exclude = ExcludeRules(exclude)
@@ -247,12 +245,16 @@ class PathFilter:
         return cached
 
     def _ignored(self, rel: str) -> bool:
+        if self.repo is None:
+            return False
         try:
             return bool(self.repo.path_is_ignored(rel))
         except Exception:  # a path libgit2 cannot represent: not ignored, so it is seen
             return False
 
     def _tracked(self, rel: str) -> bool:
+        if self.repo is None:
+            return False
         try:
             return rel in self.repo.index
         except Exception:
@@ -263,13 +265,8 @@ def _git_check_ignore(root: Path, rel: str) -> bool:
     """git's own verdict on `rel`; True (ignored, libgit2's answer) if git cannot tell."""
     import subprocess
 
-    from pyro_loop.project.gitenv import without_git_env
-
     try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "check-ignore", "-q", "--", rel],
-            env=without_git_env(os.environ), capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
+        done = git.run_git(["check-ignore", "-q", "--", rel], cwd=root, timeout=30)
+    except (OSError, subprocess.TimeoutExpired, git.GitMissingError):
         return True
     return done.returncode != 1  # 0: ignored, 1: not ignored, 128: an error

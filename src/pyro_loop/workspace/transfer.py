@@ -20,6 +20,7 @@ from pyro_loop.fs import safetar
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import lstat
 from pyro_loop.fs.util import FREE_SPACE_KEPT
+from pyro_loop.git import run_git
 from pyro_loop.units import size
 from pyro_loop.workspace.client import AgentClient
 
@@ -112,21 +113,20 @@ def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str,
     What the workspace reports is hostile: its symlinks are recreated in the scratch
     directory as links, never followed, and a touched path below one is refused.
     """
-    git = shutil.which("git")
-    if git is None:
+    if shutil.which("git") is None:
         raise PyroError("applying patches needs git on the host", hint="apt-get install git")
     with tempfile.TemporaryDirectory(prefix="pyro-patch-") as tmp, \
             Beneath(Path(tmp) / "tree", create=True) as scratch:  # fmt: skip
         patch_file = Path(tmp) / "change.patch"
         patch_file.write_text(patch)
-        paths = _touched_paths(git, patch_file, Path(scratch.root), strip)
+        paths = _touched_paths(patch_file, Path(scratch.root), strip)
         if not paths:
             raise InvalidInputError("the patch changes no files (is it a unified diff?)")
         for rel in paths:
             _fetch(client, rel, scratch)
         for rel in paths:  # also those the workspace does not have: git would create them
             _refuse_below_link(scratch, rel)
-        result = _git(git, ["apply", f"-p{strip}", "--whitespace=nowarn", str(patch_file)],
+        result = _git(["apply", f"-p{strip}", "--whitespace=nowarn", str(patch_file)],
                       Path(scratch.root))  # fmt: skip
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["rejected"])[0]
@@ -147,8 +147,8 @@ def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str,
     return {"files": changed}
 
 
-def _touched_paths(git: str, patch_file: Path, scratch: Path, strip: int) -> list[str]:
-    result = _git(git, ["apply", f"-p{strip}", "--numstat", "-z", str(patch_file)], scratch)
+def _touched_paths(patch_file: Path, scratch: Path, strip: int) -> list[str]:
+    result = _git(["apply", f"-p{strip}", "--numstat", "-z", str(patch_file)], scratch)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["malformed"])[0]
         raise InvalidInputError(f"not a patch git can read: {reason}")
@@ -200,9 +200,6 @@ def _refuse_below_link(scratch: Beneath, rel: str) -> None:
         )
 
 
-def _git(git: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env["GIT_CEILING_DIRECTORIES"] = str(cwd.parent)  # never pick up an enclosing repository
-    return subprocess.run(
-        [git, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Never pick up an enclosing repository: the scratch directory is in none.
+    return run_git(args, cwd=cwd, extra={"GIT_CEILING_DIRECTORIES": str(cwd.parent)})

@@ -1,0 +1,145 @@
+"""A project's files in the pyro home: every path is built here, and nowhere else.
+
+    <home>/projects/<id>.json                 what the last successful prepare produced
+    <home>/projects/<id>/last-command.json    what `pyro retry` runs
+    <home>/projects/<id>/sync-manifest.json   what the live workspace was last sent
+    <home>/projects/<id>/host-scan            the host scan's saved directory listings
+    <home>/projects/<id>/watch.json           the watcher's state, for `pyro status`
+    <home>/projects/<id>/key-digests.json     the keying files' digests, by size and mtime
+    <home>/projects/<id>/background-prepare.json   the prepare a git hook started
+    <home>/projects/<id>/untrusted-noted.json      the unapproved config a hook told of
+    <home>/logs/background-prepare-<id>.log   that background prepare's output
+    <home>/locks/project-<id>.lock            one command at a time on the live workspace
+
+`<id>` is `Project.id`. Loaded on the path of every daily command and of the keep-warm hook:
+the standard library and the pyro home's own helpers only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyro_loop.fs.util import write_json_atomic
+
+if TYPE_CHECKING:
+    from pyro_loop.project.discovery import Project
+
+
+@dataclass
+class ProjectState:
+    """What the last successful prepare of a project produced (written only on success)."""
+
+    root: str
+    key: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    dependencies_layer: str | None = None
+    project_layer: str | None = None  # the project's own install, over the dependencies
+    project_keys: dict[str, str] = field(default_factory=dict)  # what keyed it
+    baseline_commit: str | None = None
+    baseline_tree: str | None = None
+    baseline_layer: str | None = None
+    prepared_at: float | None = None
+    tool_layers: dict[str, str] = field(default_factory=dict)  # tool name -> its layer's key
+
+
+class ProjectHome:
+    """The files the pyro home keeps for project `project_id`."""
+
+    def __init__(self, home: Path, project_id: str) -> None:
+        self.home = home
+        self.project_id = project_id
+        self.dir = home / "projects" / project_id
+
+    @classmethod
+    def of(cls, home: Path, project: Project) -> ProjectHome:
+        return cls(home, project.id)
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "projects" / f"{self.project_id}.json"
+
+    @property
+    def last_command_file(self) -> Path:
+        return self.dir / "last-command.json"
+
+    @property
+    def sync_manifest(self) -> Path:
+        return self.dir / "sync-manifest.json"
+
+    @property
+    def host_scan(self) -> Path:
+        return self.dir / "host-scan"
+
+    @property
+    def watch_status(self) -> Path:
+        return self.dir / "watch.json"
+
+    @property
+    def key_digests(self) -> Path:
+        return self.dir / "key-digests.json"
+
+    @property
+    def background_prepare(self) -> Path:
+        """The last background prepare a hook started (key, pid, log)."""
+        return self.dir / "background-prepare.json"
+
+    @property
+    def background_log(self) -> Path:
+        return self.home / "logs" / f"background-prepare-{self.project_id}.log"
+
+    @property
+    def untrusted_noted(self) -> Path:
+        """Which version of an unapproved `.pyro.toml` a hook has already told of."""
+        return self.dir / "untrusted-noted.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.home / "locks" / f"project-{self.project_id}.lock"
+
+    # -- the prepare's state -------------------------------------------------------------------
+
+    def load_state(self) -> ProjectState | None:
+        return read_state(self.state_file)
+
+    def save_state(self, state: ProjectState) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.state_file, state.__dict__)
+
+    # -- the last command ----------------------------------------------------------------------
+
+    def last_command(self) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            data: dict[str, Any] = json.loads(self.last_command_file.read_text())
+            return data
+        return None
+
+    def save_last_command(self, command: dict[str, Any]) -> None:
+        write_json_atomic(self.last_command_file, command, durable=False)
+
+    def forget(self) -> None:
+        """Remove everything kept for the project (its layers stay, for gc to judge)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.state_file.unlink(missing_ok=True)
+
+
+def read_state(path: Path) -> ProjectState | None:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return ProjectState(**json.loads(path.read_text()))
+    return None
+
+
+def prepared_projects(home: Path) -> Iterator[ProjectState]:
+    """The state of every project prepared with this home (unreadable ones left out)."""
+    projects = home / "projects"
+    if not projects.is_dir():
+        return
+    for path in sorted(projects.glob("*.json")):
+        state = read_state(path)
+        if state is not None:
+            yield state

@@ -1,0 +1,59 @@
+"""One owner for a project's files in the pyro home: the layout existing homes already have."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pyro_loop.loop.projecthome import ProjectHome, ProjectState, prepared_projects
+
+
+def test_the_layout_is_the_one_existing_homes_have(tmp_path: Path) -> None:
+    files = ProjectHome(tmp_path, "0123456789abcdef")
+    rel = {name: str(getattr(files, name).relative_to(tmp_path)) for name in (
+        "state_file", "last_command_file", "sync_manifest", "host_scan", "watch_status",
+        "key_digests", "background_prepare", "background_log", "untrusted_noted", "lock",
+    )}  # fmt: skip
+    assert rel == {
+        "state_file": "projects/0123456789abcdef.json",
+        "last_command_file": "projects/0123456789abcdef/last-command.json",
+        "sync_manifest": "projects/0123456789abcdef/sync-manifest.json",
+        "host_scan": "projects/0123456789abcdef/host-scan",
+        "watch_status": "projects/0123456789abcdef/watch.json",
+        "key_digests": "projects/0123456789abcdef/key-digests.json",
+        "background_prepare": "projects/0123456789abcdef/background-prepare.json",
+        "background_log": "logs/background-prepare-0123456789abcdef.log",
+        "untrusted_noted": "projects/0123456789abcdef/untrusted-noted.json",
+        "lock": "locks/project-0123456789abcdef.lock",
+    }
+
+
+def test_a_state_an_earlier_prepare_wrote_is_read_and_listed(tmp_path: Path) -> None:
+    written = {  # as `pyro prepare` has written it since tool layers were added
+        "root": "/src/app", "key": "k1", "inputs": {"run": ["true"]},
+        "dependencies_layer": "d1", "project_layer": None, "project_keys": {},
+        "baseline_commit": "c" * 40, "baseline_tree": "t" * 40, "baseline_layer": "b1",
+        "prepared_at": 1.5, "tool_layers": {"uv": "u1"},
+    }  # fmt: skip
+    (tmp_path / "projects").mkdir()
+    (tmp_path / "projects" / "aaaa.json").write_text(json.dumps(written))
+    (tmp_path / "projects" / "bbbb.json").write_text("{not json")  # a torn write: skipped
+    (tmp_path / "projects" / "cccc.json").write_text('{"unknown_field": 1}')
+    (tmp_path / "projects" / "aaaa").mkdir()  # a project's directory is not a state
+    state = ProjectHome(tmp_path, "aaaa").load_state()
+    assert state == ProjectState(**written)
+    assert list(prepared_projects(tmp_path)) == [state]
+    assert ProjectHome(tmp_path, "bbbb").load_state() is None
+
+
+def test_saved_state_and_last_command_round_trip_and_forget_removes_both(tmp_path: Path) -> None:
+    files = ProjectHome(tmp_path, "p1")
+    assert files.load_state() is None and files.last_command() is None
+    files.save_state(ProjectState(root="/src/app", key="k"))
+    files.dir.mkdir(parents=True)
+    files.save_last_command({"argv": ["pytest"]})
+    assert files.load_state() == ProjectState(root="/src/app", key="k")
+    assert files.last_command() == {"argv": ["pytest"]}
+    files.forget()
+    assert not files.dir.exists() and not files.state_file.exists()
+    assert list(prepared_projects(tmp_path)) == []
