@@ -19,7 +19,6 @@ patches with git too, and a layer never imports from one above it.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,6 +91,7 @@ def run_git(
     The environment is `env` (else this process's) without git's repository variables,
     plus `extra` (set after the scrub: an index file, an identity, a ceiling directory).
     """
+    import shutil  # here, like subprocess: the daily commands' start loads neither
     import subprocess
 
     git = shutil.which("git")

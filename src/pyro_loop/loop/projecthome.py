@@ -2,7 +2,8 @@
 
     <home>/projects/<id>.json                 what the last successful prepare produced
     <home>/projects/<id>/last-command.json    what `pyro retry` runs
-    <home>/projects/<id>/sync-manifest.json   what the live workspace was last sent
+    <home>/projects/<id>/sync-manifest.json   what the live workspace was last sent (and
+                                              its .lock, taken by the syncer beside it)
     <home>/projects/<id>/host-scan            the host scan's saved directory listings
     <home>/projects/<id>/watch.json           the watcher's state, for `pyro status`
     <home>/projects/<id>/key-digests.json     the keying files' digests, by size and mtime
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +124,8 @@ class ProjectHome:
 
     def forget(self) -> None:
         """Remove everything kept for the project (its layers stay, for gc to judge)."""
+        import shutil  # here: the daily commands' start never removes a tree
+
         shutil.rmtree(self.dir, ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
 
