@@ -25,8 +25,8 @@ from typing import Any
 
 from benchrepo import make_repo, scratch_home
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.oci_registry
-from tests.oci_registry import running_registry
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.helpers.oci_registry
+from tests.helpers.oci_registry import running_registry
 
 # Packages a web service's test environment typically has; with their dependencies, a few
 # dozen distributions.
