@@ -91,10 +91,9 @@ def run_git(
     The environment is `env` (else this process's) without git's repository variables,
     plus `extra` (set after the scrub: an index file, an identity, a ceiling directory).
     """
-    import shutil  # here, like subprocess: the daily commands' start loads neither
     import subprocess
 
-    git = shutil.which("git")
+    git = _which("git")
     if git is None:
         raise GitMissingError("this needs git on the host", hint="apt-get install git")
     clean = without_git_env(os.environ if env is None else env)
@@ -121,6 +120,59 @@ def git_output(
         reason = (result.stderr.strip().splitlines() or [silent_failure])[-1]
         raise InvalidInputError(f"cannot {what}: {reason}")
     return result.stdout.strip()
+
+
+def config_value(work_tree: Path, git_dir: Path, key: str) -> str | None:
+    """The value git gives `key` (e.g. "core.hooksPath") in this repository, or None.
+
+    git itself answers, not libgit2: git also reads `git -c` settings handed down in the
+    environment (GIT_CONFIG_COUNT) and GIT_CONFIG_GLOBAL, which libgit2 ignores. Starting git
+    costs far more than reading its configuration files, and they rarely mention the key
+    (`pyro status` asks every time): git is asked only when one of them might.
+    """
+    if not _may_set(git_dir, key.rpartition(".")[2].lower().encode()):
+        return None
+    result = run_git(["config", "--get", key], cwd=work_tree)
+    value = result.stdout.strip()
+    return value if result.returncode == 0 and value else None
+
+
+def _may_set(git_dir: Path, name: bytes) -> bool:
+    """Could a configuration file git reads set a key called `name`? Whatever cannot be
+    read, includes another file or comes from the environment might."""
+    if "GIT_CONFIG_COUNT" in os.environ:
+        return True
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = [os.environ.get("GIT_CONFIG_GLOBAL") or os.path.join(home, ".gitconfig"),
+             os.path.join(xdg, "git", "config"),
+             str(common_dir(git_dir) / "config"),
+             str(git_dir / "config.worktree")]  # fmt: skip
+    if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
+        git = _which("git")
+        prefix = os.path.dirname(os.path.dirname(git)) if git else "/usr"
+        files += [os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
+                  os.path.join(prefix, "etc", "gitconfig")]  # fmt: skip
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().lower()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if name in text or b"include" in text:
+            return True
+    return False
+
+
+def _which(program: str) -> str | None:
+    """shutil.which without shutil (it loads three compression modules; `pyro status` asks)."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, program)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 # -- plain file reading ----------------------------------------------------------------------

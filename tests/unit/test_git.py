@@ -134,3 +134,20 @@ def test_git_runs_on_the_repository_it_is_given_whatever_the_hook_exported(
     with pytest.raises(Exception, match="cannot find commit nope: no such revision"):
         git.git_output(["rev-parse", "--verify", "--quiet", "nope"], cwd=repo,
                        what="find commit nope", silent_failure="no such revision")  # fmt: skip
+
+
+def test_a_setting_is_read_as_git_reads_it_files_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _repo(tmp_path / "r")
+    for name, value in GIT_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert git.config_value(repo, repo / ".git", "core.hooksPath") is None
+    # Handed down by `git -c` in a hook's environment: only git itself sees it.
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.hooksPath")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "from-env")
+    assert git.config_value(repo, repo / ".git", "core.hooksPath") == "from-env"
+    monkeypatch.delenv("GIT_CONFIG_COUNT")
+    run(repo, "config", "core.hooksPath", ".githooks")
+    assert git.config_value(repo, repo / ".git", "core.hooksPath") == ".githooks"

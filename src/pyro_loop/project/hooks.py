@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.git import common_dir, run_git
+from pyro_loop.git import common_dir, config_value
 from pyro_loop.project.discovery import Project
 
 MARKER = "# pyro-hook 7f3b9c2e"
@@ -85,13 +85,9 @@ def hooks_dir(project: Project) -> tuple[Path, bool]:
 def hooks_path_problem(project: Project, directory: Path) -> str | None:
     """Why git would not run hooks from `directory`: `core.hooksPath` names another one."""
     assert project.repo_root is not None
-    if not _may_set_hooks_path(project):
-        return None
-    # git itself, not libgit2: git also reads `git -c` settings handed down in the
-    # environment (GIT_CONFIG_COUNT) and GIT_CONFIG_GLOBAL, which libgit2 ignores.
-    result = run_git(["config", "--get", "core.hooksPath"], cwd=project.repo_root)
-    configured = result.stdout.strip()
-    if result.returncode != 0 or not configured:
+    assert project.git_dir is not None
+    configured = config_value(project.repo_root, project.git_dir, "core.hooksPath")
+    if not configured:
         return None
     # git reads a relative core.hooksPath from the top of the working tree.
     path = Path(os.path.expanduser(configured))
@@ -99,37 +95,6 @@ def hooks_path_problem(project: Project, directory: Path) -> str | None:
     if target.resolve() == directory.resolve():
         return None
     return f"core.hooksPath is set to {configured}: git runs the hooks there, not in {directory}"
-
-
-def _may_set_hooks_path(project: Project) -> bool:
-    """Could a configuration git reads set core.hooksPath? Reading its files costs far less
-    than starting git (`pyro status` asks every time), and they rarely mention it; whatever
-    cannot be read, includes another file or comes from the environment, git is asked."""
-    if "GIT_CONFIG_COUNT" in os.environ:
-        return True
-    assert project.git_dir is not None
-    home = os.path.expanduser("~")
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    files = [os.environ.get("GIT_CONFIG_GLOBAL") or os.path.join(home, ".gitconfig"),
-             os.path.join(xdg, "git", "config"),
-             str(common_dir(project.git_dir) / "config"),
-             str(project.git_dir / "config.worktree")]  # fmt: skip
-    if not os.environ.get("GIT_CONFIG_NOSYSTEM"):
-        git = _which("git")
-        prefix = os.path.dirname(os.path.dirname(git)) if git else "/usr"
-        files += [os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
-                  os.path.join(prefix, "etc", "gitconfig")]  # fmt: skip
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                text = f.read().lower()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True
-        if b"hookspath" in text or b"include" in text:
-            return True
-    return False
 
 
 def status(project: Project) -> HooksReport:
@@ -179,12 +144,3 @@ def _script_fields(path: Path) -> dict[str, str]:
             parts = shlex.split(value)
             fields[name] = parts[0] if parts else ""
     return fields
-
-
-def _which(program: str) -> str | None:
-    """shutil.which without shutil (it loads three compression modules; `pyro status` asks)."""
-    for directory in os.get_exec_path():
-        path = os.path.join(directory, program)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None

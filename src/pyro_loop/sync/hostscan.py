@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.git import common_dir
+
 RECORD_VERSION = 1
 # A write in the same timestamp tick as a record's lstat keeps its mtime: files whose times are
 # this close to the record are compared by content. Timestamps in whole seconds come from a
@@ -73,11 +75,7 @@ def control_files(git_dir: Path | None) -> list[str]:
     """Files outside the tree that change which paths take part in sync."""
     paths: list[str] = []
     if git_dir is not None:
-        common = git_dir
-        with contextlib.suppress(OSError):
-            text = (git_dir / "commondir").read_text().strip()
-            common = (git_dir / text).resolve()
-        for base in dict.fromkeys((git_dir, common)):
+        for base in dict.fromkeys((git_dir, common_dir(git_dir))):
             paths += [str(base / "index"), str(base / "info" / "exclude"), str(base / "config")]
     home = os.path.expanduser("~")
     config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
