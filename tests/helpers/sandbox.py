@@ -88,6 +88,20 @@ def tree_state(root: Path) -> TreeState:
     return state
 
 
+# Nests directories `depth` levels deep below /workspace/<top>, with a file at the bottom.
+NEST = r"""
+import os, sys
+top, depth = sys.argv[1], int(sys.argv[2])
+os.chdir("/workspace")
+os.mkdir(top)
+os.chdir(top)
+for _ in range(depth):
+    os.mkdir("d")
+    os.chdir("d")
+with open("leaf", "w") as f:
+    f.write("bottom\n")
+"""
+
 FORK_MANY = r"""
 import errno, json, os, sys, time
 want = int(sys.argv[1])

@@ -24,7 +24,15 @@ from pyro_loop.fs.util import MAX_TREE_DEPTH, remove_tree
 from pyro_loop.runtime import Limits
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.project import commit_project, run_pyro
-from tests.helpers.sandbox import host_pids_with, marker, py_json, sh, tree_state, wait_for
+from tests.helpers.sandbox import (
+    NEST,
+    host_pids_with,
+    marker,
+    py_json,
+    sh,
+    tree_state,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -182,21 +190,6 @@ print(json.dumps({"opened": len(fds), "errno": err}))
 """,
     )
     assert probe["errno"] == errno.EMFILE and probe["opened"] < 256, probe
-
-
-# Nests directories `depth` levels deep below /workspace/<top>, with a file at the bottom.
-NEST = r"""
-import os, sys
-top, depth = sys.argv[1], int(sys.argv[2])
-os.chdir("/workspace")
-os.mkdir(top)
-os.chdir(top)
-for _ in range(depth):
-    os.mkdir("d")
-    os.chdir("d")
-with open("leaf", "w") as f:
-    f.write("bottom\n")
-"""
 
 
 def test_directories_nested_without_end_are_refused_cleanly_by_host_walks(
