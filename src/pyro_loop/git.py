@@ -203,10 +203,30 @@ def check_format(git_dir: Path) -> None:
     """Raise `UnsupportedRepositoryError` unless pyro can read this repository's refs and
     objects. git declares the format in the shared config file's `core.repositoryformatversion`
     and `[extensions]` (and reads it from that file alone, includes aside)."""
-    config = _read(common_dir(git_dir) / "config")
-    if config is None:
+    _check_format(git_dir, common_dir(git_dir))
+
+
+def _check_format(git_dir: Path, common: Path) -> None:
+    path = common / "config"
+    try:
+        info = os.stat(path)
+    except OSError:
         return  # no config: a repository git itself would treat as format 0
-    version, extensions = _format_of(config)
+    # Asked on every daily command, several times: a config file already found readable is
+    # not read again while it stays the same file (git replaces it on each change: a rename).
+    seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+    if _READABLE.get(path) == seen:
+        return
+    version, extensions = _format_of(_read(path) or "")
+    _refuse(git_dir, version, extensions)
+    _READABLE[path] = seen
+
+
+_READABLE: dict[Path, tuple[int, int, int]] = {}  # config files found readable, by identity
+
+
+def _refuse(git_dir: Path, version: int, extensions: dict[str, str]) -> None:
+    """Raise `UnsupportedRepositoryError` for a format pyro cannot read."""
     where = _describe(git_dir)
     if version > 1:
         raise UnsupportedRepositoryError(
@@ -277,9 +297,9 @@ def _config_value(text: str) -> str:
 def head_commit(git_dir: Path) -> str | None:
     """HEAD's commit id, read from the git dir without loading a git library; None if unborn.
     Refuses a format it cannot read (`check_format`) rather than reporting no commit."""
-    check_format(git_dir)
-    head = _read(git_dir / "HEAD")
     common = common_dir(git_dir)
+    _check_format(git_dir, common)
+    head = _read(git_dir / "HEAD")
     for _ in range(5):  # a symbolic ref may name another one (git follows up to 5)
         if head is None:
             return None
