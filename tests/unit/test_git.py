@@ -151,3 +151,12 @@ def test_a_setting_is_read_as_git_reads_it_files_first(
     monkeypatch.delenv("GIT_CONFIG_COUNT")
     run(repo, "config", "core.hooksPath", ".githooks")
     assert git.config_value(repo, repo / ".git", "core.hooksPath") == ".githooks"
+
+
+def test_git_missing_from_the_host_is_one_line_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no git on it
+    with pytest.raises(git.GitMissingError, match="needs git on the host") as caught:
+        git.run_git(["--version"], cwd=tmp_path)
+    assert caught.value.hint == "apt-get install git"

@@ -20,7 +20,7 @@ from pyro_loop.fs import safetar
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import lstat
 from pyro_loop.fs.util import FREE_SPACE_KEPT
-from pyro_loop.git import run_git
+from pyro_loop.git import GitMissingError, run_git
 from pyro_loop.units import size
 from pyro_loop.workspace.client import AgentClient
 
@@ -113,8 +113,6 @@ def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str,
     What the workspace reports is hostile: its symlinks are recreated in the scratch
     directory as links, never followed, and a touched path below one is refused.
     """
-    if shutil.which("git") is None:
-        raise PyroError("applying patches needs git on the host", hint="apt-get install git")
     with tempfile.TemporaryDirectory(prefix="pyro-patch-") as tmp, \
             Beneath(Path(tmp) / "tree", create=True) as scratch:  # fmt: skip
         patch_file = Path(tmp) / "change.patch"
@@ -201,5 +199,8 @@ def _refuse_below_link(scratch: Beneath, rel: str) -> None:
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # Never pick up an enclosing repository: the scratch directory is in none.
-    return run_git(args, cwd=cwd, extra={"GIT_CEILING_DIRECTORIES": str(cwd.parent)})
+    try:
+        # Never pick up an enclosing repository: the scratch directory is in none.
+        return run_git(args, cwd=cwd, extra={"GIT_CEILING_DIRECTORIES": str(cwd.parent)})
+    except GitMissingError as exc:
+        raise GitMissingError("applying patches needs git on the host", hint=exc.hint) from None
