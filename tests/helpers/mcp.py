@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -19,22 +20,26 @@ class Client:
     def __init__(self, session: ClientSession) -> None:
         self.session = session
         self.logs: list[str] = []
-        self.progress: list[str] = []
+        self.progress: list[str] = []  # progress notifications' messages, in order
+        self.progress_values: list[float] = []
+
+    async def _on_progress(self, done: float, _total: float | None, message: str | None) -> None:
+        self.progress.append(message or "")
+        self.progress_values.append(done)
 
     async def call(self, name: str, /, **arguments: Any) -> dict[str, Any]:
         """A tool's structured result; fails the test if the tool answered an error."""
-        result = await self.session.call_tool(name, arguments)
+        result = await self.session.call_tool(name, arguments, progress_callback=self._on_progress)
         assert not result.is_error, f"{name}: {_text(result)}"
         assert result.structured_content is not None
+        # The structured result is the whole of what the tool returned: an output schema
+        # that left a key out would have dropped it from here, not from the text.
+        assert result.structured_content == json.loads(_text(result)), name
         return dict(result.structured_content)
 
     async def error(self, name: str, /, **arguments: Any) -> str:
         """The text of a tool error; fails the test if the tool succeeded."""
-
-        async def on_progress(_done: float, _total: float | None, message: str | None) -> None:
-            self.progress.append(message or "")
-
-        result = await self.session.call_tool(name, arguments, progress_callback=on_progress)
+        result = await self.session.call_tool(name, arguments, progress_callback=self._on_progress)
         assert result.is_error, f"{name} should have failed: {_text(result)}"
         return _text(result)
 

@@ -280,7 +280,7 @@ def test_build_publishes_a_tree_with_the_mount_points(
     store = LayerStore(pyro_home)
     spec = parse_environment("debian:12", ["git"])
     seen: list[str] = []
-    layer = ensure_environment(store, spec, on_progress=seen.append)
+    layer = ensure_environment(store, spec, on_progress=lambda e: seen.append(e.text()))
     assert layer is not None and layer.key == environment_key(spec)
     tree = layer.tree
     assert (tree / "etc" / "debian_version").read_text() == "12.99\n"
@@ -291,8 +291,8 @@ def test_build_publishes_a_tree_with_the_mount_points(
     assert (tree / "etc" / "ssl" / "certs" / "ca-certificates.crt").is_file()
     assert layer.meta()["kind"] == "environment"
     assert layer.meta()["inputs"]["packages"] == ["ca-certificates", "git", "python3"]
-    assert "debian:12: updating package lists" in seen
-    assert "debian:12: unpacking into the layer store" in seen
+    assert "environment: debian:12: updating package lists" in seen
+    assert "environment: debian:12: unpacking into the layer store" in seen
     calls = fake_mmdebstrap.read_text().splitlines()
     assert calls == ["--variant=apt --format=tar --include=ca-certificates,git,python3 bookworm -"]
     # Cached from now on: no second run, no progress.
@@ -430,7 +430,9 @@ def debian() -> Iterator[Built]:
     built = None
     try:
         layer = ensure_environment(
-            LayerStore(home), parse_environment("debian:12"), on_progress=progress.append
+            LayerStore(home),
+            parse_environment("debian:12"),
+            on_progress=lambda e: progress.append(e.message),
         )
         assert layer is not None
         built = Built(

@@ -136,7 +136,7 @@ def test_a_lockfile_change_moves_the_workspace_onto_the_new_dependencies(
     phases: list[str] = []
     out = loop.exec(
         ["sh", "-c", "cat .deps/installed.txt work.txt; ls .deps"],
-        on_progress=lambda phase, message: phases.append(f"{phase}: {message}"),
+        on_progress=lambda event: phases.append(event.text()),
     )
     assert out.stdout == b"requests==2.32.3\nwork\ninstalled.txt\n"  # the work kept
     assert any(p.startswith("dependencies: running:") for p in phases)  # prepared: progress
@@ -145,7 +145,7 @@ def test_a_lockfile_change_moves_the_workspace_onto_the_new_dependencies(
     # Back to the first lockfile: its snapshot is cached, so the move prepares nothing.
     (repo / "requirements.txt").write_text("requests==2.32.0\n")
     phases.clear()
-    loop.reset(on_progress=lambda phase, message: phases.append(f"{phase}: {message}"))
+    loop.reset(on_progress=lambda event: phases.append(event.text()))
     assert sh(loop, "cat .deps/installed.txt") == "requests==2.32.0\n"
     assert not any("running:" in p for p in phases) and any("moving" in p for p in phases)
     (repo / "requirements.txt").write_text("requests==2.32.4\n")

@@ -205,6 +205,26 @@ def test_status_before_and_after_warm_up(repo: Path) -> None:
     run(main)
 
 
+def test_a_call_that_prepares_reports_the_prepare_as_progress_notifications(repo: Path) -> None:
+    async def main() -> None:
+        async with connect(repo) as client:
+            first = await client.call("workspace_exec", command="cat .deps/installed.txt")
+            assert first["stdout"] == "requests==2.32.0\n"
+            client.progress.clear()
+            client.progress_values.clear()
+            # A changed lockfile: the next call prepares its dependencies first.
+            (repo / "requirements.txt").write_text("requests==2.32.3\n")
+            ran = await client.call("workspace_exec", command="cat .deps/installed.txt")
+            assert ran["stdout"] == "requests==2.32.3\n"
+            install = "mkdir -p .deps && cp requirements.txt .deps/installed.txt"
+            assert f"prepare: dependencies: running: {install} (0 of 1 done)" in client.progress
+            assert any(m.startswith("prepare: workspace: moving") for m in client.progress)
+            values = client.progress_values
+            assert values == sorted(set(values)), values  # MCP: progress only ever grows
+
+    run(main)
+
+
 def test_status_right_after_initialize_on_a_warm_project_is_the_reused_workspace(
     repo: Path,
 ) -> None:

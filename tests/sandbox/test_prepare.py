@@ -20,6 +20,7 @@ from pyro_loop.errors import PrepareFailedError
 from pyro_loop.loop.prepare import compute_inputs, prepare
 from pyro_loop.loop.status import readiness
 from pyro_loop.loop.warmth import judge
+from pyro_loop.progress import Progress
 from pyro_loop.project.config import ProjectConfig, load_project_config
 from pyro_loop.project.discovery import Project, find_project
 from pyro_loop.workspace.manager import Workspaces
@@ -51,7 +52,7 @@ def test_first_prepare_builds_then_a_second_is_a_warm_no_op(
     config = _config(project)
     phases: list[str] = []
     first = prepare(
-        project, config, workspaces=workspaces, on_progress=lambda p, m: phases.append(m)
+        project, config, workspaces=workspaces, on_progress=lambda e: phases.append(e.message)
     )
     assert sorted(first.built) == ["baseline", "dependencies"]
     assert first.dependencies_layer is not None and first.baseline_layer is not None
@@ -253,9 +254,9 @@ def test_a_gc_during_prepare_waits_and_removes_nothing_it_uses(
     config = _config(project)
     collector: list[subprocess.Popen[str]] = []
 
-    def progress(phase: str, message: str) -> None:
+    def progress(event: Progress) -> None:
         # The baseline is built and recorded nowhere yet: a gc now would see it unused.
-        if phase == "dependencies" and not collector:
+        if event.phase == "dependencies" and not collector:
             collector.append(subprocess.Popen(
                 [sys.executable, "-m", "pyro_loop", "cache", "gc", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -270,3 +271,34 @@ def test_a_gc_during_prepare_waits_and_removes_nothing_it_uses(
     for key in (result.baseline_layer, result.dependencies_layer):  # ... and kept these
         assert key is not None and key not in removed and workspaces.store.get(key) is not None
     assert judge(project, config, workspaces.home).warm
+
+
+def test_cli_prepare_progress_is_plain_lines_piped_and_json_lines_with_json(repo: Path) -> None:
+    piped = run_pyro("prepare", "-C", str(repo))
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stderr.splitlines()
+    assert any(line.startswith("prepare: baseline: writing HEAD's files (") for line in lines)
+    assert f"prepare: dependencies: running: {INSTALL}" in lines
+    assert "\r" not in piped.stderr and "\x1b" not in piped.stderr  # no live line in a pipe
+
+    (repo / "requirements.txt").write_text("requests==2.32.3\n")
+    as_json = run_pyro("prepare", "--json", "-C", str(repo))
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["built"] == ["dependencies"]  # stdout: the result only
+    events = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert all(set(e) == {"phase", "message", "done", "total", "unit"} for e in events)
+    running = next(e for e in events if e["message"].startswith("running: "))
+    # The step counts: the first of the one command to run.
+    assert running == {"phase": "dependencies", "message": f"running: {INSTALL}",
+                       "done": 0, "total": 1, "unit": "items"}  # fmt: skip
+
+
+def test_cli_prepare_on_a_terminal_redraws_the_current_step(repo: Path) -> None:
+    from tests.terminal import terminal
+
+    with terminal("prepare", "-C", str(repo)) as term:
+        term.expect(
+            r"\r\x1b\[Kprepare: dependencies: running: mkdir [^\r\n]*\(0 of 1 done, \d+ s\)"
+        )
+        assert term.wait(timeout=60) == 0, term.tail()
+    assert b"\rprepare: " not in term.screen  # each line is cleared before it is drawn

@@ -28,6 +28,7 @@ from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.fs.util import dir_size
 from pyro_loop.loop.prepare import PrepareResult, compute_inputs, prepare
 from pyro_loop.loop.teamcache import project_snapshot
+from pyro_loop.progress import Progress
 from pyro_loop.project.config import load_project_config
 from pyro_loop.project.discovery import find_project
 from pyro_loop.project.trust import allow
@@ -86,7 +87,7 @@ def _prepare(
         allow(home, config)  # each machine's user has read the file
         result = prepare(
             project, config, workspaces=ws,
-            on_progress=lambda phase, text: lines.append(f"{phase}: {text}"), push=push,
+            on_progress=lambda event: lines.append(event.text()), push=push,
         )  # fmt: skip
         for status in ws.list():
             ws.delete(status.record.id)
@@ -442,8 +443,8 @@ def test_registry_stopped_mid_pull(tmp_path: Path) -> None:
         root, snapshot = _pushed(tmp_path, server, "stop", _big_layer_command())
         home = tmp_path / "victim"
 
-        def stop_at_first_progress(line: str) -> None:
-            if "% of" in line:
+        def stop_at_first_progress(event: Progress) -> None:
+            if event.done:  # the download has begun
                 server.process.kill()
 
         remote = parse_remote(f"{server.address}/team/stop")
@@ -466,8 +467,8 @@ from pyro_loop.remote.address import parse_remote
 from pyro_loop.store.layers import LayerStore
 from pyro_loop.project.trust import allow
 snapshot = share.Snapshot(**__import__("json").loads(sys.argv[3]))
-def die(line):
-    if "% of" in line:
+def die(event):
+    if event.done:  # the download has begun
         os.kill(os.getpid(), signal.SIGKILL)
 share.pull(LayerStore(Path(sys.argv[1])), parse_remote(sys.argv[2]), snapshot, on_progress=die)
 """
@@ -565,7 +566,7 @@ def test_a_decompression_bomb_is_stopped_at_its_recorded_size(
     remote = parse_remote(f"{registry.address}/team/bomb")
     written: list[int] = []
 
-    def watch(_line: str) -> None:
+    def watch(_event: Progress) -> None:
         written.append(dir_size(LayerStore(home).tmp_dir))
 
     with pytest.raises(PyroError, match="unpacks to more than the 10240 bytes its manifest "
@@ -591,12 +592,12 @@ def test_a_layer_larger_than_the_free_disk_is_not_downloaded(
     blob, _size = _bomb(1 << 20)
     snapshot = _push_crafted(registry, "huge", _snapshot(root), blob, tar_size=str(1 << 60))
     home = tmp_path / "victim"
-    lines: list[str] = []
+    lines: list[Progress] = []
     with pytest.raises(PyroError, match=r"unpacks to .*, more than the .* the store's disk can "
                        r"spare \(512\.0 MB are kept free\): not pulled"):  # fmt: skip
         share.pull(LayerStore(home), parse_remote(f"{registry.address}/team/huge"), snapshot,
                    on_progress=lines.append)  # fmt: skip
-    assert not any("% of" in line for line in lines)  # refused before the download
+    assert not any(event.done for event in lines)  # refused before the download
     _nothing_left(home, snapshot.key)
 
 
@@ -761,7 +762,7 @@ lines = []
 config = load_project_config(project.root).config
 allow(ws.home, config)  # this user has read the file
 result = prepare(project, config, workspaces=ws,
-                 on_progress=lambda phase, text: lines.append(text))
+                 on_progress=lambda event: lines.append(event.message))
 record = ws.create(layers=[result.dependencies_layer])
 try:
     out = ws.exec(record.id, ["cat", "/workspace/.deps/installed.txt"]).stdout.decode()

@@ -132,11 +132,12 @@ def test_services_and_processes_on_a_terminal(hostile: str) -> None:
 def test_the_live_prepare_line_shows_what_it_quotes() -> None:
     from io import StringIO
 
-    from pyro_loop.cli.phases import PhaseDisplay
+    from pyro_loop.cli.progress import ProgressDisplay
+    from pyro_loop.progress import Progress
 
     stream = StringIO()
-    display = PhaseDisplay(stream, live=True)
-    display("keys", f"requirements{TITLE}.txt changed")
+    display = ProgressDisplay(stream, live=True)
+    display(Progress("keys", f"requirements{TITLE}.txt changed"))
     display.close()
     shown = stream.getvalue()
     assert "prepare: keys: requirements^[]0;pwned^G.txt changed" in shown

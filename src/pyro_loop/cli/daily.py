@@ -6,14 +6,15 @@ entry (lean.py) both call them, so their output, errors and exit codes are one c
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.cli.output import emit, ms, note, say, stream_output
 from pyro_loop.units import size
+
+if TYPE_CHECKING:
+    from pyro_loop.progress import Progress
 
 
 def load_project(project_dir: Path | None) -> tuple[Any, Any]:
@@ -61,17 +62,11 @@ def prepare(project_dir: Path | None, *, if_changed: bool, as_json: bool,
             human=lambda: say(f"warm: nothing to prepare ({ms(time.perf_counter() - started)})"),
         )
         return 0
-    from pyro_loop.cli.phases import phases
+    from pyro_loop.cli.progress import progress_display
     from pyro_loop.loop.prepare import prepare as run_prepare
 
-    def progress(phase: str, message: str) -> None:
-        sys.stderr.write(json.dumps({"phase": phase, "message": message}) + "\n")
-        sys.stderr.flush()
-
-    with phases() as display:
-        result = run_prepare(
-            project, config, on_progress=progress if as_json else display, push=push
-        )
+    with progress_display(as_json=as_json) as progress:
+        result = run_prepare(project, config, on_progress=progress, push=push)
     data = result.to_json()
 
     def human() -> None:
@@ -180,16 +175,18 @@ def _hooks_line(hooks: dict[str, Any]) -> str:
     return ", ".join(installed) if installed else "not installed (pyro hooks install)"
 
 
-def progress(phase: str, message: str) -> None:
-    note(f"prepare: {phase}: {message}")
+def progress(event: Progress) -> None:
+    """Progress of a command whose own output follows on the terminal: plain lines, never
+    a live line redrawn over that output."""
+    note(f"prepare: {event.text()}")
 
 
 def up(project_dir: Path | None, *, no_prepare: bool, watch: bool, as_json: bool) -> int:
-    from pyro_loop.cli.phases import phases
+    from pyro_loop.cli.progress import progress_display
 
     loop = project_loop(project_dir)
-    with phases() as display:
-        result = loop.up(prepare=not no_prepare, on_progress=display)
+    with progress_display(as_json=as_json) as on_progress:
+        result = loop.up(prepare=not no_prepare, on_progress=on_progress)
     emit(result.to_json(), as_json=as_json, human=lambda: say(result.describe()))
     if watch:
         watch_project(loop)

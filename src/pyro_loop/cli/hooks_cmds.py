@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, say
+
+if TYPE_CHECKING:
+    from pyro_loop.progress import Progress
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
@@ -45,10 +48,8 @@ def check(
         out.write(data)
         out.flush()
 
-    def progress(phase: str, message: str) -> None:
-        line = lib.progress_line(phase, message)
-        if line is not None:
-            note(line)
+    def progress(event: Progress) -> None:  # plain lines: the commands' output follows
+        note(f"pyro check: {event.text()}")
 
     def summarize(result: lib.CheckResult) -> None:
         for line in lib.summary(result, staged=staged):

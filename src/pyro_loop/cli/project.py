@@ -12,6 +12,7 @@ from pyro_loop.cli import daily
 from pyro_loop.cli.daily import load_project as _load
 from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, say
+from pyro_loop.cli.progress import progress_display
 from pyro_loop.units import size
 
 cache_app = typer.Typer(
@@ -222,7 +223,8 @@ def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOpt
     from pyro_loop.loop.teamcache import describe, push_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
-    transfer = push_snapshot(store, remote, snapshot, lambda line: note(f"push: {line}"))
+    with progress_display(as_json=as_json, prefix="") as progress:
+        transfer = push_snapshot(store, remote, snapshot, progress)
     data = describe(transfer)
     emit(data, as_json=as_json, human=lambda: say(daily.transfer_line("pushed", data)))
 
@@ -234,7 +236,8 @@ def cache_pull(project_dir: Path | None = ProjectOption, as_json: bool = JsonOpt
     from pyro_loop.loop.teamcache import describe, pull_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
-    transfer = pull_snapshot(store, remote, snapshot, lambda line: note(f"pull: {line}"))
+    with progress_display(as_json=as_json, prefix="") as progress:
+        transfer = pull_snapshot(store, remote, snapshot, progress)
     if not transfer.found:
         raise NotFoundError(
             f"{remote} has no snapshot {snapshot.key[:12]} for this platform ({snapshot.tag})",

@@ -21,6 +21,7 @@ from pyro_loop.cli.output import (
     show_text,
     stream_output,
 )
+from pyro_loop.cli.progress import progress_display
 from pyro_loop.cli.shell_cmds import shell_app
 from pyro_loop.cli.terminal import STDIN_HELP, TTY_HELP, run_attached
 from pyro_loop.errors import InvalidInputError
@@ -100,17 +101,19 @@ def create(
     if network not in ("off", "egress"):
         raise InvalidInputError(f"--network must be off or egress, not {network!r}")
     started = time.perf_counter()
-    record = _workspaces().create(
-        environment=env,
-        packages=package,
-        on_progress=note,
-        seed=seed_path,
-        name=name,
-        labels=parse_labels(label),
-        network=network == "egress",
-        secrets=secretenv.parse(secret),
-        limits=Limits(processes, open_files, file_size_mib, address_space_mib),
-    )
+    # A Debian environment is built on first use: its phases, as `pyro prepare` shows them.
+    with progress_display(as_json=as_json, prefix="pyro") as progress:
+        record = _workspaces().create(
+            environment=env,
+            packages=package,
+            on_progress=progress,
+            seed=seed_path,
+            name=name,
+            labels=parse_labels(label),
+            network=network == "egress",
+            secrets=secretenv.parse(secret),
+            limits=Limits(processes, open_files, file_size_mib, address_space_mib),
+        )
     elapsed = time.perf_counter() - started
     if id_only:
         say(record.id)

@@ -15,11 +15,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pyro_loop.errors import PyroError
 from pyro_loop.guard import guarded
 from pyro_loop.safetext import for_stream
+
+if TYPE_CHECKING:
+    from pyro_loop.progress import Progress
 
 # keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
@@ -127,10 +130,8 @@ def _check(project_dir: Path, *, staged: bool, revs: list[str]) -> int:
         out.buffer.write(data)
         out.buffer.flush()
 
-    def progress(phase: str, message: str) -> None:
-        line = check.progress_line(phase, message)
-        if line is not None:
-            _note(line)
+    def progress(event: Progress) -> None:
+        _note(f"pyro check: {event.text()}")
 
     def summarize(result: check.CheckResult) -> None:
         for line in check.summary(result, staged=staged):

@@ -41,6 +41,7 @@ from pyro_loop.loop.prepare import (
 )
 from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.snapshotbuild import delete_abandoned
+from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
 from pyro_loop.project.trust import require_trust
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from pyro_loop.workspace.manager import Workspaces
 
 DELTA_FORMAT = 1
-Progress = Callable[[str, str], None]  # (phase, message)
 
 
 @dataclass(frozen=True)
@@ -190,15 +190,17 @@ def run_check(
     ws: Workspaces,
     source: str,
     on_output: OutputSink | None = None,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
 ) -> CheckResult:
     """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails.
 
-    Raises UntrustedConfigError when the project's `.pyro.toml` is not trusted (`pyro trust`).
+    `on_progress` gets the check's own events ("prepare", "tree", "warning", "check") and
+    those of a prepare it has to run first. Raises UntrustedConfigError when the project's
+    `.pyro.toml` is not trusted (`pyro trust`).
     """
     require_trust(ws.home, config)
     started = time.perf_counter()
-    progress = on_progress or (lambda phase, message: None)
+    progress = on_progress or ignore
     from pyro_loop.loop.warmth import judge
 
     warmth = judge(project, config, ws.home)
@@ -206,7 +208,7 @@ def run_check(
     layers, deleted, prepared = _layers(project, config, warmth, tree, ws=ws, progress=progress)
     warnings = _key_file_warnings(project, inputs, tree) if source != "working tree" else []
     for warning in warnings:
-        progress("warning", warning)
+        progress(Progress("warning", warning))
     delete_abandoned(ws, "check")
     from pyro_loop.loop.activation import activation
 
@@ -227,8 +229,9 @@ def run_check(
     try:
         if deleted:
             ws.client(record.id).remove_many(deleted)
-        for command in config.check_run:
-            progress("check", f"running: {command}")
+        for done, command in enumerate(config.check_run):
+            total = len(config.check_run)
+            progress(Progress("run", f"{command}", done, total, "items"))
             result = ws.exec(record.id, ["sh", "-c", command], on_output=on_output)
             runs.append(CommandRun(command, result.exit_code, result.duration, result.timed_out))
             command_seconds += result.duration
@@ -256,7 +259,7 @@ def run_checks(
     *,
     ws: Workspaces,
     on_output: OutputSink | None = None,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
 ) -> list[CheckResult]:
     """`run_check` on each (source, tree) in turn, stopping after the first that fails."""
@@ -270,15 +273,6 @@ def run_checks(
         if result.failed is not None:
             break
     return results
-
-
-def progress_line(phase: str, message: str) -> str | None:
-    """The line a person sees for one progress event, or None for the ones not shown."""
-    if phase in ("prepare", "warning"):
-        return f"pyro check: {message}"
-    if phase in ("dependencies", "baseline"):  # from the prepare it had to run first
-        return f"prepare: {phase}: {message}"
-    return None
 
 
 def summary(result: CheckResult, *, staged: bool) -> list[str]:
@@ -310,7 +304,7 @@ def _layers(
     tree: str,
     *,
     ws: Workspaces,
-    progress: Progress,
+    progress: OnProgress,
 ) -> tuple[list[str], list[str], bool]:
     """The workspace's layers for `tree` (topmost first), the paths to remove on top of them,
     and whether the environment or dependencies had to be prepared first."""
@@ -319,7 +313,7 @@ def _layers(
     inputs = warmth.inputs
     if not warmth.runnable:
         reasons = "; ".join(warmth.reasons() or ["never prepared"])
-        progress("prepare", f"dependencies not warm ({reasons}): preparing first")
+        progress(Progress("prepare", f"dependencies not warm ({reasons}): preparing first"))
         prepare(project, config, workspaces=ws, on_progress=progress)
         prepared = True
     # Topmost first: the project's own install over its dependencies.
@@ -330,7 +324,9 @@ def _layers(
     if state is not None and state.baseline_layer and state.baseline_tree:
         base = store.get(state.baseline_layer)
     if base is None or state is None or state.baseline_tree is None:
-        progress("tree", f"writing the files of tree {tree[:8]} (no prepared baseline yet)")
+        progress(
+            Progress("tree", f"writing the files of tree {tree[:8]} (no prepared baseline yet)")
+        )
         layer, _wrote = tree_layer(project, store, tree)
         return [layer.key, *deps], [], prepared
     if state.baseline_tree == tree:
@@ -338,9 +334,11 @@ def _layers(
 
     changes = tree_changes(project, state.baseline_tree, tree)
     progress(
-        "tree",
-        f"{len(changes.written)} changed and {len(changes.deleted)} deleted paths over the "
-        f"baseline (tree {state.baseline_tree[:8]} -> {tree[:8]})",
+        Progress(
+            "tree",
+            f"{len(changes.written)} changed and {len(changes.deleted)} deleted paths over the "
+            f"baseline (tree {state.baseline_tree[:8]} -> {tree[:8]})",
+        )
     )
     if not changes.written:
         return [base.key, *deps], list(changes.deleted), prepared

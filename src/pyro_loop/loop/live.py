@@ -29,6 +29,7 @@ from pyro_loop.fs.beneath import Beneath, link_stays_inside
 from pyro_loop.locking import file_lock
 from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.warmth import DEPS_LABEL, INPUTS_LABEL, Warmth, judge
+from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, allow, require_trust, trust_state
@@ -117,7 +118,7 @@ class ProjectLoop:
             )
         return record
 
-    def up(self, *, prepare: bool = True, on_progress: Any = None) -> UpResult:
+    def up(self, *, prepare: bool = True, on_progress: OnProgress | None = None) -> UpResult:
         """Reuse the project's workspace if it is current, else create it from warm layers.
 
         A workspace made for other dependencies or another environment (the lockfiles or
@@ -209,7 +210,9 @@ class ProjectLoop:
 
         return activation(self.project.root, self.config, self.ws.store)
 
-    def _warmth(self, *, prepare: bool, on_progress: Any, baseline: bool = False) -> Warmth:
+    def _warmth(
+        self, *, prepare: bool, on_progress: OnProgress | None, baseline: bool = False
+    ) -> Warmth:
         """The project's warmth once its layers are built: prepared now when the current
         configuration needs what the store lacks (instant when it holds it), or NotWarmError
         naming what changed when `prepare` is off. `baseline`: HEAD's files too (`up`)."""
@@ -232,7 +235,9 @@ class ProjectLoop:
         run_prepare(self.project, self.config, workspaces=self.ws, on_progress=on_progress)
         return judge(self.project, self.config, self.ws.home)
 
-    def _move(self, record: WorkspaceRecord, warmth: Warmth, on_progress: Any) -> WorkspaceRecord:
+    def _move(
+        self, record: WorkspaceRecord, warmth: Warmth, on_progress: OnProgress | None
+    ) -> WorkspaceRecord:
         """Put the workspace on the dependencies and environment `warmth` asks for."""
         from pyro_loop.loop.relocate import dependency_roots, drop_paths
 
@@ -250,8 +255,8 @@ class ProjectLoop:
             if old_layer is not None:
                 roots.update(dependency_roots(old_layer.tree, baseline.tree if baseline else None))
         if on_progress is not None:
-            on_progress("workspace", f"moving {record.name or record.id} onto the current "
-                        "dependencies (its own changes are kept)")  # fmt: skip
+            on_progress(Progress("workspace", f"moving {record.name or record.id} onto the "
+                                 "current dependencies (its own changes are kept)"))  # fmt: skip
         active = self._activation()
         moved = self.ws.relayer(
             record.id,
@@ -351,7 +356,9 @@ class ProjectLoop:
             scan.save(taken, manifest, _manifest_digests(manifest), syncer.filter.wants)
         return result
 
-    def live(self, *, prepare: bool = True, on_progress: Any = None) -> WorkspaceRecord:
+    def live(
+        self, *, prepare: bool = True, on_progress: OnProgress | None = None
+    ) -> WorkspaceRecord:
         """The project's workspace, running on the layers its configuration needs now:
         started again if stopped, moved if its dependencies changed, created if missing."""
         record = self.find()
@@ -364,7 +371,7 @@ class ProjectLoop:
         return record
 
     def _current(
-        self, record: WorkspaceRecord, *, prepare: bool, on_progress: Any
+        self, record: WorkspaceRecord, *, prepare: bool, on_progress: OnProgress | None
     ) -> WorkspaceRecord:
         warmth = self._warmth(prepare=prepare, on_progress=on_progress)
         if warmth.made_for(record):
@@ -402,7 +409,7 @@ class ProjectLoop:
         cancel: Cancellation | None = None,
         stdin: BinaryIO | None = None,
         prepare: bool = True,
-        on_progress: Any = None,
+        on_progress: OnProgress | None = None,
         secret_env: Sequence[str] = (),
     ) -> ExecResult:
         """Run a command in the project's workspace, after syncing what changed on the host.
@@ -430,7 +437,7 @@ class ProjectLoop:
         cancel: Cancellation | None = None,
         remember: bool = True,
         prepare: bool = True,
-        on_progress: Any = None,
+        on_progress: OnProgress | None = None,
         secret_env: Sequence[str] = (),
     ) -> Iterator[ExecChannel]:
         """Start a command as `exec` does (host edits synced first) and hand back its channel,
@@ -513,7 +520,7 @@ class ProjectLoop:
         default_timeout: float | None = None,
         cancel: Cancellation | None = None,
         prepare: bool = True,
-        on_progress: Any = None,
+        on_progress: OnProgress | None = None,
     ) -> ExecResult:
         """The last command again, with its timeout (`default_timeout` if it had none)."""
         last = self.last_command()
@@ -532,7 +539,11 @@ class ProjectLoop:
                          secret_env=last.get("secret_env") or ())  # fmt: skip
 
     def reset(
-        self, *, snapshot: str = "baseline", prepare: bool = True, on_progress: Any = None
+        self,
+        *,
+        snapshot: str = "baseline",
+        prepare: bool = True,
+        on_progress: OnProgress | None = None,
     ) -> SyncResult:
         """Back to the warm baseline (or a named snapshot) plus the host's files, on the
         dependencies the configuration needs now.

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath, LinkEscapeError
 from pyro_loop.loop.projecthome import ProjectHome, ProjectState
+from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.detect import keying_files, project_files
 from pyro_loop.project.discovery import Project, head_commit, head_tree, write_tree
@@ -46,7 +47,6 @@ if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
 SNAPSHOT_FORMAT = 2
 PROJECT_FORMAT = 1
 BASELINE_FORMAT = 1
-Progress = Callable[[str, str], None]  # (phase, message)
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ def prepare(
     config: ProjectConfig,
     *,
     workspaces: Workspaces | None = None,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     push: bool = False,
 ) -> PrepareResult:
     """Make the project warm: build whatever of its layers is missing, reuse the rest.
@@ -288,7 +288,7 @@ def prepare(
     ws = workspaces
     require_trust(ws.home, config)
     store = ws.store
-    progress = on_progress or (lambda phase, message: None)
+    progress = on_progress or ignore
     if push:  # before minutes of building, not after
         from pyro_loop.loop.teamcache import require_remote
 
@@ -323,9 +323,9 @@ def prepare(
                 if build.ran:
                     built.append("dependencies")
             else:
-                progress("dependencies", f"warm ({key[:12]})")
+                progress(Progress("dependencies", f"warm ({key[:12]})"))
         else:
-            progress("dependencies", "nothing to install ([prepare] run is empty)")
+            progress(Progress("dependencies", "nothing to install ([prepare] run is empty)"))
         own = _ensure_project(project, config, inputs, ws=ws, baseline=baseline, deps=deps,
                               progress=progress, built=built)  # fmt: skip
         if own is not None and own.log is not None:
@@ -352,7 +352,7 @@ def _fetch_from_remote(
     store: LayerStore,
     config: ProjectConfig,
     inputs: PrepareInputs,
-    progress: Progress,
+    progress: OnProgress,
     pulled: list[str],
 ) -> Layer | None:
     """The dependency snapshot from the cache remote, if one is set and has it."""
@@ -360,21 +360,21 @@ def _fetch_from_remote(
         return None  # the common case costs no import
     from pyro_loop.loop.teamcache import fetch_on_miss
 
-    layer = fetch_on_miss(store, config, inputs, lambda line: progress("remote", line))
+    layer = fetch_on_miss(store, config, inputs, progress)
     if layer is not None:
         pulled.append("dependencies")
     return layer
 
 
 def _push_to_remote(
-    store: LayerStore, config: ProjectConfig, inputs: PrepareInputs, progress: Progress
+    store: LayerStore, config: ProjectConfig, inputs: PrepareInputs, progress: OnProgress
 ) -> dict[str, Any]:
     from pyro_loop.loop.teamcache import describe, project_snapshot, require_remote
     from pyro_loop.remote import share
 
     remote = require_remote(config)
     snapshot = project_snapshot(config, inputs)
-    transfer = share.push(store, remote, snapshot, on_progress=lambda x: progress("push", x))
+    transfer = share.push(store, remote, snapshot, on_progress=progress)
     return describe(transfer)
 
 
@@ -392,7 +392,7 @@ def _ensure_project(
     ws: Workspaces,
     baseline: Layer | None,
     deps: Layer | None,
-    progress: Progress,
+    progress: OnProgress,
     built: list[str],
 ) -> _ProjectInstall | None:
     """The layer of the project's own install (`[prepare] project`), built if missing: its
@@ -402,11 +402,13 @@ def _ensure_project(
     if key is None:
         return None
     if baseline is None:
-        progress("project", "no git commit yet: the project is installed once there is one")
+        progress(
+            Progress("project", "no git commit yet: the project is installed once there is one")
+        )
         return None
     layer = ws.store.get(key)
     if layer is not None:
-        progress("project", f"warm ({key[:12]})")
+        progress(Progress("project", f"warm ({key[:12]})"))
         return _ProjectInstall(layer, None)
     log = ws.home / "logs" / f"prepare-{key[:12]}.log"
     below = [baseline.key, *([deps.key] if deps else [])]
@@ -420,7 +422,7 @@ def _ensure_project(
     return _ProjectInstall(layer, log)
 
 
-def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: Progress) -> None:
+def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: OnProgress) -> None:
     """The environment's root filesystem, built first (with its phases reported) rather than
     inside the first sandbox's creation."""
     if config.environment == "host":
@@ -429,15 +431,13 @@ def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: Prog
 
     spec = environments.parse_environment(config.environment, config.packages)
     if store.get(environments.environment_key(spec)) is not None:
-        progress("environment", f"{spec.name}: cached")
+        progress(Progress("environment", f"{spec.name}: cached"))
         return
-    environments.ensure_environment(
-        store, spec, on_progress=lambda message: progress("environment", message)
-    )
+    environments.ensure_environment(store, spec, on_progress=progress)
 
 
 def _ensure_tools(
-    ws: Workspaces, config: ProjectConfig, progress: Progress, built: list[str]
+    ws: Workspaces, config: ProjectConfig, progress: OnProgress, built: list[str]
 ) -> dict[str, str]:
     """The declared tools' layers, built if missing: tool name -> layer key."""
     from pyro_loop.loop.activation import tool_requests
@@ -448,7 +448,7 @@ def _ensure_tools(
         return {}
     if missing(ws.store, requests):
         built.append("tools")
-    layers = ensure_tools(ws, requests, on_progress=lambda text: progress("tools", text))
+    layers = ensure_tools(ws, requests, on_progress=progress)
     return {name: layer.key for name, layer in layers.items()}
 
 
@@ -457,28 +457,28 @@ def baseline_key(tree: str) -> str:
 
 
 def _ensure_baseline(
-    project: Project, store: LayerStore, state: ProjectState, progress: Progress, built: list[str]
+    project: Project, store: LayerStore, state: ProjectState, progress: OnProgress, built: list[str]
 ) -> Layer | None:
     commit = head_commit(project)
     if commit is None:
-        progress("baseline", "no git commit: workspaces get the project's files by sync")
+        progress(Progress("baseline", "no git commit: workspaces get the project's files by sync"))
         return None
     # The commit -> layer mapping is remembered, so a warm prepare never loads pygit2.
     if state.baseline_commit == commit and state.baseline_layer:
         cached = store.get(state.baseline_layer)
         if cached is not None:
-            progress("baseline", f"warm (HEAD {commit[:8]})")
+            progress(Progress("baseline", f"warm (HEAD {commit[:8]})"))
             return cached
     tree = head_tree(project)
     if tree is None:
         return None
     if store.get(baseline_key(tree)) is None:
-        progress("baseline", f"writing HEAD's files ({commit[:8]}, tree {tree[:8]})")
+        progress(Progress("baseline", f"writing HEAD's files ({commit[:8]}, tree {tree[:8]})"))
     else:
-        progress("baseline", f"warm (tree {tree[:8]})")
+        progress(Progress("baseline", f"warm (tree {tree[:8]})"))
     layer, wrote = tree_layer(
         project, store, tree, commit=commit,
-        on_wait=lambda: progress("baseline", "waiting for another prepare of this tree"),
+        on_wait=lambda: progress(Progress("baseline", "waiting for another prepare of this tree")),
     )  # fmt: skip
     if wrote:
         built.append("baseline")

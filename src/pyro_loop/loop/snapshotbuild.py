@@ -23,13 +23,14 @@ from pyro_loop.fs.beneath import Beneath
 from pyro_loop.loop.downloads import download_mounts, prune_mount_points
 from pyro_loop.loop.hostenv import HOST_SYSTEM_DIRS, HostEnvironment, host_environment
 from pyro_loop.procutil import pid_alive
+from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.runtime import SANDBOX_HOME
 from pyro_loop.store.layers import Layer
 
 if TYPE_CHECKING:
-    from pyro_loop.loop.prepare import PrepareInputs, Progress
+    from pyro_loop.loop.prepare import PrepareInputs
     from pyro_loop.workspace.manager import Workspaces
 
 
@@ -42,7 +43,7 @@ class SnapshotBuild:
     inputs: PrepareInputs
     ws: Workspaces
     log_path: Path
-    progress: Progress
+    progress: OnProgress
     # "dependencies" (the `run` commands over the keying files alone) or "project" (the
     # `project` commands over the `below` layers: HEAD's files and the dependencies).
     phase: str = "dependencies"
@@ -71,7 +72,7 @@ class SnapshotBuild:
             kind=self.phase,
             inputs={**about, "project_root": str(self.project.root), "built_on": self._built_on()},
             on_wait=lambda: self.progress(
-                self.phase, "waiting for another prepare of this snapshot"
+                Progress(self.phase, "waiting for another prepare of this snapshot")
             ),
         )
 
@@ -91,7 +92,7 @@ class SnapshotBuild:
             record = self._start_sandbox()
             try:
                 self._run_commands(record.id, log)
-                self.progress(self.phase, "freezing the installed files as a layer")
+                self.progress(Progress(self.phase, "freezing the installed files as a layer"))
                 self.ws.stop(record.id)
                 dest.rmdir()  # take_changes creates it
                 self.ws.take_changes(record.id, dest)
@@ -117,7 +118,9 @@ class SnapshotBuild:
             keys_layer = store.publish(
                 tree, kind="keys", inputs={"project": str(self.project.root)}
             )
-        self.progress(self.phase, f"starting a {self.config.environment} sandbox, network on")
+        self.progress(
+            Progress(self.phase, f"starting a {self.config.environment} sandbox, network on")
+        )
         from pyro_loop.loop.activation import activation
 
         active = activation(self.project.root, self.config, self.ws.store, workspace=False)
@@ -148,8 +151,11 @@ class SnapshotBuild:
             log.flush()
 
         deadline = time.monotonic() + self.config.prepare_timeout
-        for command in self.commands:
-            self.progress(self.phase, f"running: {command}")
+        for done, command in enumerate(self.commands):
+            # Counted: "3 of 5" tells a long install's place in the list.
+            self.progress(
+                Progress(self.phase, f"running: {command}", done, len(self.commands), "items")
+            )
             log.write(f"$ {command}\n".encode())
             log.flush()
             result = self.ws.exec(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import InvalidInputError, PyroError
+from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.remote.address import Remote, configured_remote
 from pyro_loop.remote.share import Snapshot, Transfer
 
@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     from pyro_loop.loop.prepare import PrepareInputs
     from pyro_loop.project.config import ProjectConfig
     from pyro_loop.store.layers import Layer, LayerStore
-
-Progress = Callable[[str], None]
 
 
 def project_remote(config: ProjectConfig) -> Remote | None:
@@ -54,23 +52,24 @@ def fetch_on_miss(
     store: LayerStore,
     config: ProjectConfig,
     inputs: PrepareInputs,
-    progress: Progress,
+    on_progress: OnProgress,
 ) -> Layer | None:
     """The dependency layer pulled from the project's remote, or None: build it locally.
 
     Anything that goes wrong with the remote (unreachable, a refused login, a blob that does
-    not match its digest) is one progress line, and the caller builds as if there were no
+    not match its digest) is one "pull" event, and the caller builds as if there were no
     remote; nothing of a failed pull is left in the store.
     """
     remote = project_remote(config)
     if remote is None:
         return None
     snapshot = project_snapshot(config, inputs)
+    progress = Phase("pull", on_progress)
     progress(f"asking {remote} for snapshot {inputs.key[:12]}")
     from pyro_loop.remote import share
 
     try:  # the caller (prepare) holds the store's in-use lock already
-        transfer = share.pull(store, remote, snapshot, on_progress=progress)
+        transfer = share.pull(store, remote, snapshot, on_progress=on_progress)
     except PyroError as exc:
         progress(f"{exc}; building locally")
         return None
@@ -81,7 +80,7 @@ def fetch_on_miss(
 
 
 def pull_snapshot(
-    store: LayerStore, remote: Remote, snapshot: Snapshot, progress: Progress
+    store: LayerStore, remote: Remote, snapshot: Snapshot, progress: OnProgress
 ) -> Transfer:
     from pyro_loop.remote import share
 
@@ -90,7 +89,7 @@ def pull_snapshot(
 
 
 def push_snapshot(
-    store: LayerStore, remote: Remote, snapshot: Snapshot, progress: Progress
+    store: LayerStore, remote: Remote, snapshot: Snapshot, progress: OnProgress
 ) -> Transfer:
     from pyro_loop.remote import share
 

@@ -24,11 +24,13 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pyro_loop.errors import PyroError
 from pyro_loop.identity import hand_over
+from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.project.config import TOOL_NAMES
 from pyro_loop.runtime import Mount
 from pyro_loop.store.layers import Layer, LayerStore, layer_path
@@ -183,17 +185,22 @@ def ensure_tools(
     ws: Workspaces,
     requests: list[ToolRequest],
     *,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict[str, Layer]:
-    """Each requested tool's layer (by tool name), built from its registry if missing."""
-    progress = on_progress or (lambda _text: None)
+    """Each requested tool's layer (by tool name), built from its registry if missing.
+
+    `on_progress` gets "tools" events counting the tools done of those requested."""
     layers: dict[str, Layer] = {}
-    for request in requests:
+    progress = Phase("tools", on_progress)
+    for done, request in enumerate(requests):
         layer = ws.store.get(request.key)
         if layer is None:
-            layer = _build(ws, request, progress)
+            layer = _build(
+                ws, request, partial(progress, done=done, total=len(requests), unit="items")
+            )
         else:
-            progress(f"{request.describe()}: cached")
+            progress(f"{request.describe()}: cached", done=done + 1, total=len(requests),
+                     unit="items")  # fmt: skip
         layers[request.name] = layer
     return layers
 

@@ -22,6 +22,7 @@ from pyro_loop.errors import NotFoundError, PyroError
 
 if TYPE_CHECKING:
     from pyro_loop.loop.live import ProjectLoop
+    from pyro_loop.progress import Progress
     from pyro_loop.project.config import ConfigResult
     from pyro_loop.project.discovery import Project
     from pyro_loop.workspace.manager import Workspaces
@@ -172,9 +173,9 @@ class ProjectWarmup:
             self._note("warning", f".pyro.toml: {warning}")
         return ProjectLoop(project, loaded.config, self._workspaces())
 
-    def _progress(self, phase: str, message: str) -> None:
-        self._set_phase(f"preparing: {phase}: {message}")
-        self._note("info", f"prepare: {phase}: {message}")
+    def _progress(self, event: Progress) -> None:
+        self._set_phase(f"preparing: {event.describe()}")
+        self._note("info", f"prepare: {event.describe()}")
 
     def _set_phase(self, phase: str) -> None:
         with self._lock:

@@ -2,9 +2,10 @@
 running the work on a worker thread, and turning failures into tool errors that say what to do.
 
 Without a `workspace_id`, a tool acts on the project's workspace (waiting up to `--wait`
-seconds for the background warm-up, with progress notifications); with one, on that
-workspace. Blocking work (git, the store, the workspace's agent) never runs on the event
-loop's thread, so one slow call does not hold up the others.
+seconds for the background warm-up, and preparing when its configuration or lockfiles
+changed, with progress notifications); with one, on that workspace. Blocking work (git,
+the store, the workspace's agent) never runs on the event loop's thread, so one slow call
+does not hold up the others.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pyro_loop.mcp.output import OutputCapture
 if TYPE_CHECKING:
     from pyro_loop.loop.live import ProjectLoop
     from pyro_loop.loop.warmup import ProjectWarmup
+    from pyro_loop.progress import OnProgress, Progress
     from pyro_loop.workspace.client import Cancellation, ExecResult
     from pyro_loop.workspace.manager import Workspaces
     from pyro_loop.workspace.record import WorkspaceRecord
@@ -36,7 +38,6 @@ logger = logging.getLogger("pyro.mcp")
 T = TypeVar("T")
 Ctx = Context[Any, Any]
 
-PROGRESS_EVERY = 1.0  # seconds between progress notifications while waiting for warm-up
 LONGER = "pass a larger timeout_seconds if it needs longer"  # what a timed-out call can do
 
 
@@ -80,40 +81,51 @@ class Calls:
         cancel: Cancellation | None = None,
     ) -> T:
         """`work` on the workspace the call names (default: the project's), in a worker."""
-        loop = await self.project_loop(ctx) if workspace_id is None else None
-        return await in_worker(lambda: work(self.target(workspace_id, loop)), cancel)
+        progress = CallProgress(ctx)
+        loop = await self.project_loop(ctx, progress) if workspace_id is None else None
+        return await in_worker(lambda: work(self.target(workspace_id, loop, progress)), cancel)
 
     async def on_project(
         self, ctx: Ctx, work: Callable[[ProjectLoop], T], cancel: Cancellation | None = None
     ) -> T:
-        """`work` on the project's loop, once warm, in a worker."""
-        loop = await self.project_loop(ctx)
-        return await in_worker(lambda: work(loop), cancel)
+        """`work` on the project's loop, once warm and its workspace live, in a worker."""
+        progress = CallProgress(ctx)
+        loop = await self.project_loop(ctx, progress)
 
-    async def project_loop(self, ctx: Ctx) -> ProjectLoop:
-        """The project's loop, once warm: waits up to `wait_seconds`, reporting progress."""
+        def run() -> T:
+            self.live(loop, progress)  # a prepare it needs first is this call's progress
+            return work(loop)
+
+        return await in_worker(run, cancel)
+
+    async def project_loop(self, ctx: Ctx, progress: CallProgress | None = None) -> ProjectLoop:
+        """The project's loop, once warm: waits up to `wait_seconds`, reporting progress
+        each time the warm-up's phase line changes (a new step, or each second of one)."""
+        progress = progress or CallProgress(ctx)
         self.warmup.start(retry=True)
         started = time.monotonic()
-        reported = -PROGRESS_EVERY
+        reported = None
         while True:
             loop = self.warmup.poll()
             if loop is not None:
                 return loop
-            waited = time.monotonic() - started
-            if waited >= self.wait_seconds:
+            if time.monotonic() - started >= self.wait_seconds:
                 raise self.warmup.pending()
-            if waited - reported >= PROGRESS_EVERY:
-                await ctx.report_progress(waited, None, self.warmup.phase())
-                reported = waited
+            phase = self.warmup.phase()
+            if phase != reported:
+                await progress.send(phase)
+                reported = phase
             await anyio.sleep(0.02)
 
     # -- finding the workspace (in the worker) ------------------------------------------------
 
-    def target(self, workspace_id: str | None, loop: ProjectLoop | None) -> Target:
+    def target(
+        self, workspace_id: str | None, loop: ProjectLoop | None, progress: OnProgress | None = None
+    ) -> Target:
         """The workspace `workspace_id` names, or the project's (running, and watched)."""
         if workspace_id is None:
             assert loop is not None
-            return Target(self.live(loop).id, loop)
+            return Target(self.live(loop, progress).id, loop)
         found = self.ws.resolve(workspace_id).root.name
         try:
             ready = self.warmup.poll()
@@ -122,9 +134,10 @@ class Calls:
         mine = ready.find() if ready is not None else None
         return Target(found, ready if mine is not None and mine.id == found else None)
 
-    def live(self, loop: ProjectLoop) -> WorkspaceRecord:
-        """The project's workspace, running (made again if deleted), with the watcher on it."""
-        record = loop.live()
+    def live(self, loop: ProjectLoop, progress: OnProgress | None = None) -> WorkspaceRecord:
+        """The project's workspace, running (made again if deleted, moved onto dependencies
+        prepared now if they changed), with the watcher on it."""
+        record = loop.live(on_progress=progress)
         self.warmup.follow(record.id)
         return record
 
@@ -135,6 +148,27 @@ class Calls:
     def host_path(self, path: str) -> Path:
         """A host path a tool was given: relative ones are to the project."""
         return (self.project_dir / Path(path).expanduser()).absolute()
+
+
+class CallProgress:
+    """One tool call's progress notifications (MCP `notifications/progress`, sent when the
+    client asked for them with a progress token): a count that only grows, as the protocol
+    wants, and a message. Sent from the event loop (`send`) or, as an `OnProgress` for the
+    library, from the call's worker thread."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.sent = 0  # only ever changed on the event loop's thread
+
+    async def send(self, message: str) -> None:
+        self.sent += 1
+        await self.ctx.report_progress(self.sent, None, message)
+
+    def __call__(self, event: Progress) -> None:
+        try:
+            anyio.from_thread.run(self.send, f"prepare: {event.describe()}")
+        except Exception:  # a client gone or a call abandoned: the work goes on regardless
+            logger.debug("could not send a progress notification", exc_info=True)
 
 
 class ToolGroup:

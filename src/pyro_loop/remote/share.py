@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import FREE_SPACE_KEPT
+from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.remote.address import Remote
 from pyro_loop.store.layers import Layer, LayerStore, check_key
 
@@ -43,7 +43,6 @@ A = "dev.pyro."  # annotation prefix
 # blob must not expand to fill the disk) and checks the disk has room for it first.
 TAR_SIZE = f"{A}layer.tar.size"
 SHARED_KINDS = ("environment", "tool", "dependencies")
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,13 @@ def _os_release() -> dict[str, str]:
 
 
 def push(
-    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: Progress | None = None
+    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: OnProgress | None = None
 ) -> Transfer:
     """Upload the snapshot's layers (each blob once: one the registry holds is not sent
-    again), then its manifest, tagged with the key."""
+    again), then its manifest, tagged with the key; `on_progress` gets "push" events."""
     from pyro_loop.remote.registry import RegistryClient
 
-    progress = on_progress or (lambda _line: None)
+    progress = Phase("push", on_progress)
     client = RegistryClient(remote)
     transfer = Transfer(str(remote), snapshot.tag)
     descriptors = []
@@ -139,7 +138,7 @@ def push(
 
 
 def _push_layer(
-    store: LayerStore, client: Any, layer: Layer, kind: str, progress: Progress
+    store: LayerStore, client: Any, layer: Layer, kind: str, progress: Phase
 ) -> tuple[dict[str, Any], str]:
     from pyro_loop.remote import archive
 
@@ -236,17 +235,18 @@ def _tool_versions(environment: str) -> dict[str, str]:
 
 
 def pull(
-    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: Progress | None = None
+    store: LayerStore, remote: Remote, snapshot: Snapshot, *, on_progress: OnProgress | None = None
 ) -> Transfer:
     """Download the snapshot's layers the store lacks and publish them under their keys.
 
     `transfer.found` is False when the registry has no manifest for the key. Raises
     RemoteError (unreachable, refused, a blob that does not match) and PyroError (a
     manifest or archive pyro refuses); nothing is published from a refused layer.
+    `on_progress` gets "pull" events, a download's with its bytes received.
     """
     from pyro_loop.remote.registry import RegistryClient
 
-    progress = on_progress or (lambda _line: None)
+    progress = Phase("pull", on_progress)
     client = RegistryClient(remote)
     transfer = Transfer(str(remote), snapshot.tag)
     manifest = client.get_manifest(snapshot.tag)
@@ -276,7 +276,7 @@ def _pull_layer(
     key: str,
     descriptor: dict[str, Any],
     remote: Remote,
-    progress: Progress,
+    progress: Phase,
 ) -> Layer:
     """Download, check and unpack in one stream (no copy of the blob on disk): the blob's
     digest is known only at its end, so the tree is unpacked into staging by the rules of
@@ -297,7 +297,10 @@ def _pull_layer(
                 tenth = blob.received * 10 // max(size, 1)
                 if reported[0] < tenth < 10:
                     reported[0] = tenth
-                    progress(f"{kind} layer {key[:12]}: {tenth * 10}% of {_mb(size)}")
+                    progress(
+                        f"{kind} layer {key[:12]}: {tenth * 10}% of {_mb(size)}",
+                        done=blob.received, total=size, unit="bytes",
+                    )  # fmt: skip
 
             try:
                 unpacked = archive.unpack(

@@ -24,12 +24,13 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
+from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.store.layers import Layer, LayerStore
 
 # Bump when the build below changes what ends up in the tree: old layers are then rebuilt.
@@ -56,8 +57,6 @@ _PHASES = {
     "I: creating tarball": "unpacking into the layer store",
 }
 MMDEBSTRAP_FIX = "apt-get install mmdebstrap uidmap"
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def ensure_environment(
     store: LayerStore,
     spec: EnvironmentSpec,
     *,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     log: Path | None = None,
 ) -> Layer | None:
     """The environment's root filesystem layer, built into the store if missing (None: host).
@@ -146,7 +145,7 @@ def ensure_environment(
     Built at most once per key: a second caller waits for the first and reuses its layer
     (LayerStore.build); a build that fails or is killed publishes nothing. mmdebstrap's
     output goes to `log` (default: `<home>/logs/environment-<key>.log`). `on_progress` gets
-    one line per phase, called from the calling thread.
+    one "environment" event per phase, called from the calling thread.
     """
     if spec.base == HOST:
         return None
@@ -154,7 +153,7 @@ def ensure_environment(
     existing = store.get(key)
     if existing is not None:
         return existing
-    progress = on_progress or (lambda _text: None)
+    progress = Phase("environment", on_progress)
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
         raise HostUnsupportedError(
@@ -182,7 +181,7 @@ def ensure_environment(
 
 
 def _build_debian(
-    mmdebstrap: str, spec: EnvironmentSpec, tree: Path, log_path: Path, progress: Progress
+    mmdebstrap: str, spec: EnvironmentSpec, tree: Path, log_path: Path, progress: Phase
 ) -> None:
     import threading
 

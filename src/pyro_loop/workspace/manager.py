@@ -58,7 +58,7 @@ from pyro_loop.workspace.record import Snapshot, WorkspaceDir, WorkspaceRecord
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pyro_loop.store.environments import Progress
+    from pyro_loop.progress import OnProgress
     from pyro_loop.workspace.diff import Change
     from pyro_loop.workspace.ports import Mapping
     from pyro_loop.workspace.services import ServiceClient
@@ -163,7 +163,7 @@ class Workspaces:
         standby: bool = True,
         mounts: builtins.list[Mount] | None = None,
         env: dict[str, str] | None = None,
-        on_progress: Progress | None = None,
+        on_progress: OnProgress | None = None,
         secrets: dict[str, str] | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
@@ -347,7 +347,7 @@ class Workspaces:
         packages: builtins.list[str],
         labels: dict[str, str],
         keep: Callable[[Path], None] | None = None,
-        on_progress: Progress | None = None,
+        on_progress: OnProgress | None = None,
         mounts: builtins.list[Mount] | None = None,
         env: dict[str, str] | None = None,
     ) -> WorkspaceRecord:
