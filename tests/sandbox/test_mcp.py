@@ -104,6 +104,37 @@ def test_each_profile_lists_its_tools_with_descriptions(tmp_path: Path) -> None:
     run(main)
 
 
+def test_the_tools_publish_the_shapes_of_their_results(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with connect(tmp_path, "--profile", "workspace-full") as client:
+            tools = {t.name: t for t in (await client.session.list_tools()).tools}
+
+            def schema(name: str) -> dict[str, Any]:
+                published = tools[name].output_schema
+                assert published is not None, f"{name} publishes no output schema"
+                return published
+
+            def fields(name: str) -> set[str]:
+                return set(schema(name)["properties"])
+
+            ran = {"workspace_id", "exit_code", "stdout", "stderr", "duration_ms", "timed_out"}
+            assert ran <= fields("workspace_exec") and ran <= fields("workspace_retry")
+            assert "note" not in schema("workspace_exec")["required"]  # only when it has one
+            assert ran | {"environment", "deleted"} <= fields("vm_run")
+            status = schema("project_status")
+            assert {"ready", "warm", "warmup", "dependencies", "workspaces"} <= set(
+                status["properties"]
+            )
+            # A nested shape is published too, not left open.
+            warmup = status["$defs"]["WarmupJSON"]
+            assert warmup["properties"]["state"]["enum"] == ["idle", "running", "ready", "failed"]
+            assert {"id", "state", "environment", "mounts", "ports"} <= fields("workspace_status")
+            row = schema("workspace_list")["properties"]["workspaces"]["items"]["$ref"]
+            assert row.endswith("/WorkspaceJSON")
+
+    run(main)
+
+
 def test_an_unknown_profile_fails_before_serving(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pyro_loop", "mcp", "serve", "--profile", "everything"],

@@ -15,6 +15,7 @@ from pyro_loop.units import size
 
 if TYPE_CHECKING:
     from pyro_loop.progress import Progress
+    from pyro_loop.shapes import ProjectWorkspaceJSON
 
 
 def load_project(project_dir: Path | None) -> tuple[Any, Any]:
@@ -51,13 +52,13 @@ def prepare(project_dir: Path | None, *, if_changed: bool, as_json: bool,
     started = time.perf_counter()
     project, config = load_project(project_dir)
     if if_changed and not push and judge(project, config, pyro_home()).warm:
-        data = {
+        warm = {
             "warm": True,
             "built": [],
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         }
         emit(
-            data,
+            warm,
             as_json=as_json,
             human=lambda: say(f"warm: nothing to prepare ({ms(time.perf_counter() - started)})"),
         )
@@ -158,7 +159,7 @@ def _verdict(state: Any) -> str:
     return "not warm: run `pyro prepare` (or `pyro up`)"
 
 
-def _say_workspace(w: dict[str, Any]) -> None:
+def _say_workspace(w: ProjectWorkspaceJSON) -> None:
     """A workspace's status line, then one per port it publishes."""
     outdated = "" if w["current"] else " (made for other dependencies: the next exec moves it)"
     say(f"workspace     {w['name'] or w['id']}: {w['state']}{outdated}")

@@ -41,6 +41,7 @@ from pyro_loop.store.layers import Layer, LayerStore
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
     from pyro_loop.loop.keydigests import KeyDigests
+    from pyro_loop.shapes import PrepareJSON
     from pyro_loop.workspace.manager import Workspaces
 
 # 2: the sandbox's home is part of the snapshot (runtime.HOME_DIR).
@@ -249,7 +250,7 @@ class PrepareResult:
     pushed: dict[str, Any] | None = None  # what `push=True` sent to the cache remote
     project_layer: str | None = None  # None without project commands (or a commit)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PrepareJSON:
         return {
             "key": self.key,
             "dependencies_layer": self.dependencies_layer,

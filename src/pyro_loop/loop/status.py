@@ -13,6 +13,7 @@ from pyro_loop.loop.warmth import judge
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, trust_state
+from pyro_loop.shapes import ProjectWorkspaceJSON, StatusJSON
 from pyro_loop.store.layers import LayerStore
 from pyro_loop.workspace.manager import Workspaces
 
@@ -24,7 +25,7 @@ class Readiness:
     environment: dict[str, Any]
     dependencies: dict[str, Any]
     baseline: dict[str, Any]
-    workspaces: list[dict[str, Any]]
+    workspaces: list[ProjectWorkspaceJSON]
     sync: str  # "watching, last sync 2 s ago" | "not watching"
     cache_bytes: int
     hooks: dict[str, Any] = field(default_factory=dict)  # pyro's git hooks: installed, broken
@@ -58,7 +59,7 @@ class Readiness:
         live = "workspace running" if running else "no workspace running (`pyro up`: ms)"
         return f"{self.project.root}: warm, {live}, sync {self.sync}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> StatusJSON:
         return {
             "project": str(self.project.root),
             "project_id": self.project.id,
@@ -89,8 +90,14 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
     baseline = warmth.baseline.to_json()
     environment: dict[str, Any] = {"name": config.environment, "state": warmth.environment_state}
 
-    mine = [
-        {**s.to_json(), "current": warmth.made_for(s.record)}
+    mine: list[ProjectWorkspaceJSON] = [
+        {
+            "id": s.record.id,
+            "name": s.record.name,
+            "state": s.state,
+            "current": warmth.made_for(s.record),
+            "ports": [m.to_json() for m in s.ports],
+        }
         for s in ws.list()
         if s.record.labels.get("project") == project.id
         and s.record.labels.get("pyro") not in ("prepare", "check")
@@ -101,7 +108,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
         environment=environment,
         dependencies=deps,
         baseline=baseline,
-        workspaces=[{k: w[k] for k in ("id", "name", "state", "current", "ports")} for w in mine],
+        workspaces=mine,
         sync=_sync_state(ws, project),
         cache_bytes=cache_size(store),
         hooks=_hooks_state(project),

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.errors import NotFoundError, PyroError
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pyro_loop.progress import Progress
     from pyro_loop.project.config import ConfigResult
     from pyro_loop.project.discovery import Project
+    from pyro_loop.shapes import WarmupEventJSON, WarmupJSON, WarmupState
     from pyro_loop.workspace.manager import Workspaces
 
 logger = logging.getLogger("pyro.mcp")
@@ -46,7 +47,7 @@ class Event:
     level: str
     message: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WarmupEventJSON:
         return {"time": round(self.time, 3), "level": self.level, "message": self.message}
 
 
@@ -80,7 +81,7 @@ class ProjectWarmup:
         self._on_event = on_event
         # Reentrant: the signal handler that closes the server may interrupt a holder.
         self._lock = threading.RLock()
-        self._state = "idle"  # "idle" | "running" | "ready" | "failed"
+        self._state: WarmupState = "idle"
         self._phase = "waiting for the client to connect"
         self._started: float | None = None
         self._seconds: float | None = None  # how long the last warm-up took
@@ -236,7 +237,7 @@ class ProjectWarmup:
             except Exception:  # a closed client connection must not stop the warm-up
                 logger.debug("could not forward an event", exc_info=True)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WarmupJSON:
         with self._lock:
             error = self._error
             watching = self._watcher is not None and self._watcher[2].is_alive()

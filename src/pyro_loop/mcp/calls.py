@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from pyro_loop.errors import PyroError
 from pyro_loop.mcp.output import OutputCapture
+from pyro_loop.shapes import ExecJSON
 
 if TYPE_CHECKING:
     from pyro_loop.loop.live import ProjectLoop
@@ -201,7 +202,7 @@ def run_command(
     *,
     timeout: float | None,
     longer: str = LONGER,
-) -> dict[str, Any]:
+) -> ExecJSON:
     """`run` a command, its output captured for a model (long output kept in `outputs`, or
     only cut when None): the result workspace_exec, workspace_retry and vm_run give.
     `longer` tells a model what to do when the command timed out."""
@@ -210,10 +211,17 @@ def run_command(
         result = run(capture)
     finally:
         capture.close()
-    data: dict[str, Any] = {
+    captured = capture.to_json()
+    data: ExecJSON = {
         "workspace_id": workspace_id,
         "exit_code": result.exit_code,
-        **capture.to_json(),
+        "stdout": captured["stdout"],
+        "stdout_bytes": captured["stdout_bytes"],
+        "stdout_truncated": captured["stdout_truncated"],
+        "stderr": captured["stderr"],
+        "stderr_bytes": captured["stderr_bytes"],
+        "stderr_truncated": captured["stderr_truncated"],
+        "exec_id": captured["exec_id"],
         "duration_ms": round(result.duration * 1000, 1),
         "timed_out": result.timed_out,
         "signal": result.signal,

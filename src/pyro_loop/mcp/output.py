@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pyro_loop.errors import InvalidInputError, NotFoundError
+from pyro_loop.shapes import CapturedJSON
 
 INLINE_LIMIT = 32 * 1024  # bytes of each stream returned inline
 HEAD_SHARE = 0.25  # of the inline limit, kept from the start; the rest from the end
@@ -111,17 +112,19 @@ class OutputCapture:
             if stream.file is not None:
                 stream.file.close()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CapturedJSON:
         """The streams' inline text, sizes and truncation flags (`exec_id` names the files)."""
-        data: dict[str, Any] = {}
-        saved = False
-        for name, stream in self.streams.items():
-            data[name] = stream.text(self.exec_id)
-            data[f"{name}_bytes"] = stream.total
-            data[f"{name}_truncated"] = stream.truncated
-            saved = saved or stream.file is not None
-        data["exec_id"] = self.exec_id if saved else None
-        return data
+        out, err = self.streams["stdout"], self.streams["stderr"]
+        saved = out.file is not None or err.file is not None
+        return {
+            "stdout": out.text(self.exec_id),
+            "stdout_bytes": out.total,
+            "stdout_truncated": out.truncated,
+            "stderr": err.text(self.exec_id),
+            "stderr_bytes": err.total,
+            "stderr_truncated": err.truncated,
+            "exec_id": self.exec_id if saved else None,
+        }
 
 
 def read_saved(

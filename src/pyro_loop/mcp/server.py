@@ -8,7 +8,7 @@ do; nothing a call does stops the server.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from mcp.server.mcpserver import MCPServer
@@ -17,6 +17,7 @@ from pyro_loop import __version__
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.mcp.calls import Calls, guarded
 from pyro_loop.mcp.profiles import tools_for
+from pyro_loop.mcp.schemas import with_output_schema
 from pyro_loop.mcp.tools.commands import CommandTools
 from pyro_loop.mcp.tools.files import FileTools
 from pyro_loop.mcp.tools.interactive import InteractiveTools
@@ -46,11 +47,11 @@ class PyroTools:
         self.groups = (ProjectTools(calls), CommandTools(calls), FileTools(calls), self.lifecycle,
                        self.interactive)  # fmt: skip
 
-    def tool(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    def tool(self, name: str) -> Callable[..., Awaitable[Mapping[str, Any]]]:
         for group in self.groups:
             method = getattr(group, name, None)
             if inspect.iscoroutinefunction(method):
-                return cast("Callable[..., Awaitable[dict[str, Any]]]", method)
+                return cast("Callable[..., Awaitable[Mapping[str, Any]]]", method)
         raise InvalidInputError(f"no tool named {name!r}")
 
     def close(self) -> None:
@@ -67,5 +68,5 @@ def build_server(tools: PyroTools, profile: str) -> MCPServer[Any]:
         "pyro", version=__version__, instructions=instructions, log_level="WARNING"
     )
     for name in names:  # a profile naming an unknown tool is a bug here: `tool` says so
-        server.add_tool(guarded(name, tools.tool(name)), name=name)
+        server.add_tool(with_output_schema(guarded(name, tools.tool(name))), name=name)
     return server

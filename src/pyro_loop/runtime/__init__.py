@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyro_loop.agent.protocol import HOME_DIR as _HOME_DIR
 from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import MountJSON
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -51,7 +54,7 @@ class Mount:
     target: str
     writable: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> MountJSON:
         return {"source": self.source, "target": self.target, "writable": self.writable}
 
     @classmethod

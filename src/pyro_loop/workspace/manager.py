@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyro_loop.progress import OnProgress
+    from pyro_loop.shapes import WorkspaceJSON
     from pyro_loop.workspace.diff import Change
     from pyro_loop.workspace.ports import Mapping
     from pyro_loop.workspace.services import ServiceClient
@@ -76,7 +77,7 @@ class WorkspaceStatus:
     standby: str = "off"  # "ready" | "down" | "off": the pre-booted sandbox a reset switches to
     ports: tuple[Mapping, ...] = ()  # published at 127.0.0.1 on the host
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WorkspaceJSON:
         r = self.record
         return {
             "id": r.id,

@@ -21,11 +21,14 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.procutil import spawn_detached
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import PortJSON
 
 LOOPBACK = "127.0.0.1"
 
@@ -39,7 +42,7 @@ class Mapping:
         same = self.host_port == self.port
         return str(self.port) if same else f"{self.host_port}:{self.port}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PortJSON:
         return {"host_port": self.host_port, "port": self.port, "url": self.url}
 
     @property

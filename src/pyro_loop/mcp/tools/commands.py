@@ -10,6 +10,7 @@ from pyro_loop.errors import NotFoundError
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup, run_command
 from pyro_loop.mcp.output import read_saved
 from pyro_loop.mcp.params import DEFAULT_TIMEOUT, Command, Cwd, Timeout, WorkspaceId
+from pyro_loop.shapes import ExecJSON
 from pyro_loop.workspace.client import Cancellation
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class CommandTools(ToolGroup):
         workspace_id: WorkspaceId = None,
         timeout_seconds: Timeout = DEFAULT_TIMEOUT,
         cwd: Cwd = None,
-    ) -> dict[str, Any]:
+    ) -> ExecJSON:
         """Run a shell command line in the workspace (default: the project's, with your
         host edits synced first). Returns exit_code, stdout, stderr, duration_ms, timed_out
         (and a note with the PATH searched when a command is not found, exit 127).
@@ -41,7 +42,7 @@ class CommandTools(ToolGroup):
         argv = ["sh", "-c", command]
         cancel = Cancellation()  # a cancelled call's command is killed, not left running
 
-        def run(target: Target) -> dict[str, Any]:
+        def run(target: Target) -> ExecJSON:
             def start(capture: OutputCapture) -> ExecResult:
                 if target.loop is not None:  # the project's: host edits synced first
                     return target.loop.exec(
@@ -70,14 +71,14 @@ class CommandTools(ToolGroup):
         reset: Annotated[
             bool, Field(description="Reset the workspace to its baseline first; default false.")
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> ExecJSON:
         """Run the project's last command again (from workspace_exec or `pyro exec`) with
         its timeout (30 s if it had none), after syncing host edits: the fix-and-rerun loop
         in one call. Same result as workspace_exec."""
 
         cancel = Cancellation()
 
-        def run(loop: ProjectLoop) -> dict[str, Any]:
+        def run(loop: ProjectLoop) -> ExecJSON:
             last = loop.last_command()
             if last is None:
                 raise NotFoundError(

@@ -22,6 +22,7 @@ from pyro_loop.mcp.params import (
     Timeout,
     WorkspaceId,
 )
+from pyro_loop.shapes import VmRunJSON, WorkspaceJSON, WorkspaceListJSON
 from pyro_loop.workspace import secrets as secretenv
 from pyro_loop.workspace.client import Cancellation
 
@@ -81,19 +82,19 @@ class LifecycleTools(ToolGroup):
 
     async def workspace_status(
         self, ctx: Ctx, *, workspace_id: WorkspaceId = None
-    ) -> dict[str, Any]:
+    ) -> WorkspaceJSON:
         """A workspace's state (running / stopped / dead), layers, snapshots, limits and
         bytes changed."""
 
-        def status(target: Target) -> dict[str, Any]:
+        def status(target: Target) -> WorkspaceJSON:
             return self.calls.ws.status(target.id).to_json()
 
         return await self.calls.on(ctx, workspace_id, status)
 
-    async def workspace_list(self, ctx: Ctx) -> dict[str, Any]:
+    async def workspace_list(self, ctx: Ctx) -> WorkspaceListJSON:
         """All workspaces on this machine: id, name, state, environment, labels."""
 
-        def list_all() -> dict[str, Any]:
+        def list_all() -> WorkspaceListJSON:
             return {"workspaces": [s.to_json() for s in self.calls.ws.list()]}
 
         return await in_worker(list_all)
@@ -157,14 +158,14 @@ class LifecycleTools(ToolGroup):
         environment: Environment = "host",
         timeout_seconds: Timeout = DEFAULT_TIMEOUT,
         network: Network = False,
-    ) -> dict[str, Any]:
+    ) -> VmRunJSON:
         """One-shot: create a fresh, empty workspace, run a shell command line in it, delete
         it. Returns exit_code, stdout, stderr (32 KiB each, head and tail), duration_ms.
         Default timeout 30 s; network off."""
 
         cancel = Cancellation()
 
-        def run() -> dict[str, Any]:
+        def run() -> VmRunJSON:
             ws = self.calls.ws
             record = ws.create(
                 environment=environment, network=network, standby=False,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyro_loop.loop.warmup import load_project
 from pyro_loop.mcp.calls import Ctx, ToolGroup, in_worker
+from pyro_loop.shapes import ProjectStatusJSON
 
 REUSE_WAIT = 5.0  # seconds: a reuse takes milliseconds; this only bounds a stuck one
 
@@ -14,13 +15,13 @@ if TYPE_CHECKING:
 
 
 class ProjectTools(ToolGroup):
-    async def project_status(self, ctx: Ctx) -> dict[str, Any]:
+    async def project_status(self, ctx: Ctx) -> ProjectStatusJSON:
         """Is this project warm, and is its workspace ready? The state of `pyro status`
         (environment, dependency snapshot, baseline, workspace, sync, cache) plus this
         server's background warm-up: phase, seconds so far, last events. Waits only for a
         warm-up that is reusing a warm workspace (milliseconds), never for a prepare."""
 
-        def status() -> dict[str, Any]:
+        def status() -> ProjectStatusJSON:
             from pyro_loop.loop.status import readiness
 
             project, loaded = load_project(self.calls.project_dir)

@@ -1,0 +1,166 @@
+"""The public JSON shapes: what `--json` prints and what the MCP tools return.
+
+Declared once, here, as TypedDicts: the producers' `to_json` methods are checked against
+them (mypy), and the MCP server publishes them as its tools' output schemas, so a client
+knows each field's name and type before it calls. Only the standard library's typing is
+imported: the daily commands and the MCP server's start load this module.
+
+A change to a shape is a change to pyro's public interface: add fields, never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+# -- workspaces ------------------------------------------------------------------------------
+
+
+class MountJSON(TypedDict):
+    """A host directory or layer mounted into a workspace's sandbox."""
+
+    source: str
+    target: str
+    writable: bool
+
+
+class PortJSON(TypedDict):
+    """A workspace port published on the host's loopback."""
+
+    host_port: int
+    port: int
+    url: str
+
+
+class WorkspaceJSON(TypedDict):
+    """A workspace: `pyro workspace status --json`, workspace_status, workspace_list's rows."""
+
+    id: str
+    name: str | None
+    state: str  # running | stopped | dead | unresponsive
+    detail: str
+    environment: str  # "host", "debian:12"
+    packages: list[str]
+    environment_layer: str | None
+    network: Literal["egress", "off"]
+    labels: dict[str, str]
+    created: float  # seconds since the epoch
+    layers: list[str]  # the current lower layers, topmost first
+    mounts: list[MountJSON]
+    base_layers: list[str]  # the create-time baseline, topmost first
+    snapshots: list[str]
+    limits: dict[str, Any]
+    changed_bytes: int | None
+    standby: str  # ready | down | off
+    ports: list[PortJSON]
+
+
+class WorkspaceListJSON(TypedDict):
+    workspaces: list[WorkspaceJSON]
+
+
+class ProjectWorkspaceJSON(TypedDict):
+    """One of the project's workspaces in `pyro status`."""
+
+    id: str
+    name: str | None
+    state: str  # running | stopped | dead | unresponsive
+    current: bool  # made for the dependencies the configuration needs now
+    ports: list[PortJSON]
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+class CapturedJSON(TypedDict):
+    """A command's output as a model reads it: each stream's text up to a bound (its head
+    and tail), its full size, whether it was cut, and `exec_id` to read the rest."""
+
+    stdout: str
+    stdout_bytes: int
+    stdout_truncated: bool
+    stderr: str
+    stderr_bytes: int
+    stderr_truncated: bool
+    exec_id: str | None
+
+
+class ExecJSON(CapturedJSON):
+    """A command's result: workspace_exec, workspace_retry."""
+
+    workspace_id: str
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None
+    note: NotRequired[str]  # a timeout, a command not found: what to do about it
+
+
+class VmRunJSON(ExecJSON):
+    """vm_run: the result of a command in a one-shot workspace, deleted since."""
+
+    environment: str
+    deleted: bool
+
+
+# -- the project -----------------------------------------------------------------------------
+
+
+class StatusJSON(TypedDict):
+    """`pyro status --json`: is this machine warm for this project."""
+
+    project: str
+    project_id: str
+    config: str | None  # the .pyro.toml's path; None without one
+    warm: bool
+    environment: dict[str, Any]  # name, state
+    dependencies: dict[str, Any]  # state, key; reasons and background when not warm
+    baseline: dict[str, Any]  # state; commit
+    workspaces: list[ProjectWorkspaceJSON]
+    sync: str
+    cache_bytes: int
+    hooks: dict[str, Any]
+    tools: list[dict[str, Any]]
+    trust: dict[str, Any] | None
+
+
+class WarmupEventJSON(TypedDict):
+    time: float
+    level: str  # info | warning | error
+    message: str
+
+
+WarmupState = Literal["idle", "running", "ready", "failed"]
+
+
+class WarmupJSON(TypedDict):
+    """The MCP server's background warm-up of the project's workspace."""
+
+    state: WarmupState
+    phase: str
+    seconds: float | None
+    error: str | None
+    hint: str | None
+    watching: bool
+    events: list[WarmupEventJSON]
+
+
+class ProjectStatusJSON(StatusJSON):
+    """project_status: `pyro status` plus the server's warm-up."""
+
+    ready: bool
+    warmup: WarmupJSON
+
+
+class PrepareJSON(TypedDict):
+    """`pyro prepare --json`: which layers it built, pulled or pushed."""
+
+    key: str
+    dependencies_layer: str | None
+    baseline_layer: str | None
+    project_layer: str | None
+    built: list[str]
+    pulled: list[str]
+    pushed: dict[str, Any] | None
+    warm: bool
+    duration_ms: float
+    log: str | None
