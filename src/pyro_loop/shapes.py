@@ -68,6 +68,93 @@ class ProjectWorkspaceJSON(TypedDict):
     ports: list[PortJSON]
 
 
+class WorkspaceDeletedJSON(TypedDict):
+    workspace_id: str
+    deleted: bool
+
+
+class SnapshotJSON(TypedDict):
+    name: str
+    created: float  # seconds since the epoch
+
+
+class SnapshotListJSON(TypedDict):
+    """snapshot_list: `baseline` (the create-time state) first, then by age."""
+
+    workspace_id: str
+    snapshots: list[SnapshotJSON]
+
+
+class SnapshotCreatedJSON(TypedDict):
+    workspace_id: str
+    snapshot: str
+    created: float
+
+
+class SnapshotDeletedJSON(TypedDict):
+    workspace_id: str
+    deleted: str  # the snapshot's name
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+class SkippedJSON(TypedDict):
+    path: str
+    reason: str
+
+
+class SyncJSON(TypedDict):
+    """What one sync of host files into a workspace did."""
+
+    copied: int  # files, symlinks and directories written
+    removed: int  # host deletions carried over
+    bytes: int  # file content sent
+    skipped: list[SkippedJSON]
+    duration_ms: float
+    copied_paths: list[str]
+    removed_paths: list[str]
+
+
+class ResetJSON(TypedDict):
+    """workspace_reset: for the project's workspace, the host files synced back in."""
+
+    workspace_id: str
+    snapshot: str
+    synced: NotRequired[SyncJSON]
+    duration_ms: float
+
+
+ChangeStatus = Literal["added", "deleted", "modified", "mode", "type"]
+
+
+class ChangeJSON(TypedDict):
+    """A path a workspace changed, as git names it."""
+
+    path: str
+    status: ChangeStatus
+    old_mode: str | None  # "100644", "100755", "120000"; None when added
+    new_mode: str | None  # None when deleted
+
+
+class DiffJSON(TypedDict):
+    workspace_id: str
+    changes: list[ChangeJSON]
+    patch: str  # git-style, cut at 64 KiB (`patch_truncated`)
+    patch_truncated: bool
+
+
+class FileReadJSON(TypedDict):
+    workspace_id: str
+    path: str
+    size: int | None
+    offset: int
+    content: str  # UTF-8, invalid bytes replaced
+    binary: bool  # the slice holds a NUL byte
+    truncated: bool
+    next_offset: int | None  # where to read on when truncated
+
+
 # -- commands --------------------------------------------------------------------------------
 
 

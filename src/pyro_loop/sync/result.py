@@ -4,7 +4,10 @@ no more than this)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import SkippedJSON, SyncJSON
 
 
 @dataclass(frozen=True)
@@ -12,7 +15,7 @@ class Skipped:
     path: str
     reason: str
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> SkippedJSON:
         return {"path": self.path, "reason": self.reason}
 
 
@@ -32,7 +35,7 @@ class SyncResult:
     def changed(self) -> bool:
         return bool(self.copied or self.removed)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> SyncJSON:
         return {
             "copied": self.copied,
             "removed": self.removed,

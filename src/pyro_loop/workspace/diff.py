@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.store.layerview import Entry, LayerStack, changed_paths, is_opaque, read_file
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import ChangeJSON, ChangeStatus
 
 MAX_DIFF_FILE = 8 * 1024 * 1024  # larger files are compared but not shown line by line
 
@@ -15,11 +18,11 @@ MAX_DIFF_FILE = 8 * 1024 * 1024  # larger files are compared but not shown line 
 @dataclass(frozen=True)
 class Change:
     path: str
-    status: str  # "added" | "deleted" | "modified" | "mode" | "type"
+    status: ChangeStatus
     old: Entry | None
     new: Entry | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ChangeJSON:
         return {
             "path": self.path,
             "status": self.status,

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup
 from pyro_loop.mcp.params import WorkspaceId, WorkspacePath
+from pyro_loop.shapes import DiffJSON, FileReadJSON
 
 MAX_PATCH_CHARS = 64 * 1024  # of a diff's patch returned inline
 MAX_LIST_ENTRIES = 2000
@@ -51,11 +52,11 @@ class FileTools(ToolGroup):
             int, Field(description="Bytes to read at most; default 65536.", gt=0)
         ] = 65536,
         offset: Annotated[int, Field(description="Byte offset to start at; default 0.", ge=0)] = 0,
-    ) -> dict[str, Any]:
+    ) -> FileReadJSON:
         """Read a file from the workspace as UTF-8 text (64 KiB by default). When
         `truncated` is true, read on from `next_offset`."""
 
-        def read(target: Target) -> dict[str, Any]:
+        def read(target: Target) -> FileReadJSON:
             client = self.calls.ws.client(target.id)
             content, reply = client.read(path, max_bytes=max_bytes, offset=offset)
             truncated = bool(reply.get("truncated"))
@@ -105,12 +106,12 @@ class FileTools(ToolGroup):
 
         return await self.calls.on(ctx, workspace_id, apply)
 
-    async def workspace_diff(self, ctx: Ctx, *, workspace_id: WorkspaceId = None) -> dict[str, Any]:
+    async def workspace_diff(self, ctx: Ctx, *, workspace_id: WorkspaceId = None) -> DiffJSON:
         """What the workspace changed, as a git-style patch plus a list of changed paths. For
         the project's workspace the comparison is with your current host files, so what you
         edited on the host drops out and what commands changed remains."""
 
-        def diff(target: Target) -> dict[str, Any]:
+        def diff(target: Target) -> DiffJSON:
             from pyro_loop.workspace.diff import render_patch
 
             if target.loop is not None:

@@ -22,7 +22,17 @@ from pyro_loop.mcp.params import (
     Timeout,
     WorkspaceId,
 )
-from pyro_loop.shapes import VmRunJSON, WorkspaceJSON, WorkspaceListJSON
+from pyro_loop.shapes import (
+    ResetJSON,
+    SnapshotCreatedJSON,
+    SnapshotDeletedJSON,
+    SnapshotJSON,
+    SnapshotListJSON,
+    VmRunJSON,
+    WorkspaceDeletedJSON,
+    WorkspaceJSON,
+    WorkspaceListJSON,
+)
 from pyro_loop.workspace import secrets as secretenv
 from pyro_loop.workspace.client import Cancellation
 
@@ -63,20 +73,23 @@ class LifecycleTools(ToolGroup):
         snapshot: Annotated[
             str, Field(description="Snapshot to return to; default the create-time baseline.")
         ] = "baseline",
-    ) -> dict[str, Any]:
+    ) -> ResetJSON:
         """Discard every change made in the workspace and return to its baseline (or a
         snapshot) in milliseconds. For the project's workspace, your current host files
         are synced back in; the host is never touched."""
 
-        def reset(target: Target) -> dict[str, Any]:
+        def reset(target: Target) -> ResetJSON:
             started = time.perf_counter()
-            data: dict[str, Any] = {"workspace_id": target.id, "snapshot": snapshot}
+            synced = None
             if target.loop is not None:
-                data["synced"] = target.loop.reset(snapshot=snapshot).to_json()
+                synced = target.loop.reset(snapshot=snapshot).to_json()
             else:
                 self.calls.ws.reset(target.id, snapshot=snapshot)
-            data["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            return data
+            took = round((time.perf_counter() - started) * 1000, 1)
+            if synced is None:
+                return {"workspace_id": target.id, "snapshot": snapshot, "duration_ms": took}
+            return {"workspace_id": target.id, "snapshot": snapshot, "synced": synced,
+                    "duration_ms": took}  # fmt: skip
 
         return await self.calls.on(ctx, workspace_id, reset)
 
@@ -140,11 +153,11 @@ class LifecycleTools(ToolGroup):
         ctx: Ctx,
         *,
         workspace_id: Annotated[str, Field(description="Workspace id or name (required).")],
-    ) -> dict[str, Any]:
+    ) -> WorkspaceDeletedJSON:
         """Delete a workspace: its processes end and its changes are discarded. Deleting
         the project's workspace is allowed: the next project tool call makes a fresh one."""
 
-        def delete() -> dict[str, Any]:
+        def delete() -> WorkspaceDeletedJSON:
             record = self.calls.ws.delete(workspace_id)
             return {"workspace_id": record.id, "deleted": True}
 
@@ -196,22 +209,24 @@ class LifecycleTools(ToolGroup):
         *,
         snapshot_name: Annotated[str, Field(description="1-64 letters, digits, . _ -")],
         workspace_id: WorkspaceId = None,
-    ) -> dict[str, Any]:
+    ) -> SnapshotCreatedJSON:
         """Freeze the workspace's current files as a named snapshot, to return to later with
         workspace_reset(snapshot=...)."""
 
-        def create(target: Target) -> dict[str, Any]:
+        def create(target: Target) -> SnapshotCreatedJSON:
             snap = self.calls.ws.snapshot_create(target.id, snapshot_name)
             return {"workspace_id": target.id, "snapshot": snap.name, "created": snap.created}
 
         return await self.calls.on(ctx, workspace_id, create)
 
-    async def snapshot_list(self, ctx: Ctx, *, workspace_id: WorkspaceId = None) -> dict[str, Any]:
+    async def snapshot_list(
+        self, ctx: Ctx, *, workspace_id: WorkspaceId = None
+    ) -> SnapshotListJSON:
         """The workspace's snapshots, `baseline` (its create-time state) first."""
 
-        def list_snapshots(target: Target) -> dict[str, Any]:
+        def list_snapshots(target: Target) -> SnapshotListJSON:
             snaps = self.calls.ws.snapshot_list(target.id)
-            rows = [{"name": s.name, "created": s.created} for s in snaps]
+            rows: list[SnapshotJSON] = [{"name": s.name, "created": s.created} for s in snaps]
             return {"workspace_id": target.id, "snapshots": rows}
 
         return await self.calls.on(ctx, workspace_id, list_snapshots)
@@ -222,10 +237,10 @@ class LifecycleTools(ToolGroup):
         *,
         snapshot_name: Annotated[str, Field(description="The snapshot to forget.")],
         workspace_id: WorkspaceId = None,
-    ) -> dict[str, Any]:
+    ) -> SnapshotDeletedJSON:
         """Forget a named snapshot (the baseline cannot be deleted)."""
 
-        def delete(target: Target) -> dict[str, Any]:
+        def delete(target: Target) -> SnapshotDeletedJSON:
             self.calls.ws.snapshot_delete(target.id, snapshot_name)
             return {"workspace_id": target.id, "deleted": snapshot_name}
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.loop.warmup import load_project
 from pyro_loop.mcp.calls import Ctx, ToolGroup, in_worker
-from pyro_loop.shapes import ProjectStatusJSON
+from pyro_loop.shapes import ProjectStatusJSON, SyncJSON
 
 REUSE_WAIT = 5.0  # seconds: a reuse takes milliseconds; this only bounds a stuck one
 
@@ -37,11 +37,11 @@ class ProjectTools(ToolGroup):
 
         return await in_worker(status)
 
-    async def workspace_sync(self, ctx: Ctx) -> dict[str, Any]:
+    async def workspace_sync(self, ctx: Ctx) -> SyncJSON:
         """Push the host's changed files into the project's workspace now. Rarely needed: a
         watcher syncs each save, and workspace_exec syncs first."""
 
-        def sync(loop: ProjectLoop) -> dict[str, Any]:
+        def sync(loop: ProjectLoop) -> SyncJSON:
             return loop.sync().to_json()
 
         return await self.calls.on_project(ctx, sync)
