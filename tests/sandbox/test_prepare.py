@@ -294,7 +294,7 @@ def test_cli_prepare_progress_is_plain_lines_piped_and_json_lines_with_json(repo
 
 
 def test_cli_prepare_on_a_terminal_redraws_the_current_step(repo: Path) -> None:
-    from tests.terminal import terminal
+    from tests.helpers.terminal import terminal
 
     with terminal("prepare", "-C", str(repo)) as term:
         term.expect(
