@@ -194,7 +194,7 @@ def run_check(
 ) -> CheckResult:
     """Run `[check] run` on git tree `tree`, in order, stopping at the first that fails.
 
-    `on_progress` gets the check's own events ("prepare", "tree", "warning", "check") and
+    `on_progress` gets the check's own events ("prepare", "tree", "warning", "run") and
     those of a prepare it has to run first. Raises UntrustedConfigError when the project's
     `.pyro.toml` is not trusted (`pyro trust`).
     """
