@@ -233,6 +233,12 @@ def test_a_node_project(
     assert _check_run(repo) == [f"{manager} test"]
     out = nobody(["exec", "--", manager, "test"], cwd=repo, user=user)
     assert "node test.js" in out.stdout
+    if manager == "pnpm":
+        # pnpm's store is the pyro home's download cache (the next relock downloads only what
+        # is new), not a .pnpm-store on the workspace's filesystem frozen into the snapshot.
+        listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user)
+        assert ".pnpm-store" not in listed.stdout.split()
+        assert any(f.is_file() for f in (user["home"] / "downloads" / "pnpm").rglob("*"))
     tool(manager, "add", "is-odd")
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
                  user=user)  # fmt: skip

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.errors import PrepareFailedError, PyroError
 from pyro_loop.fs.beneath import Beneath
-from pyro_loop.loop.downloads import download_mounts, prune_mount_points
+from pyro_loop.loop.downloads import CACHES, download_mounts, prune_mount_points
 from pyro_loop.loop.hostenv import HOST_SYSTEM_DIRS, HostEnvironment, host_environment
 from pyro_loop.procutil import pid_alive
 from pyro_loop.progress import OnProgress, Progress
@@ -141,7 +141,16 @@ class SnapshotBuild:
 
     @functools.cached_property
     def host(self) -> HostEnvironment:
-        return prepare_environment(self.config.environment, self.inputs.env)
+        host = prepare_environment(self.config.environment, self.inputs.env)
+        if "pnpm" in self.config.tools or any("pnpm" in c for c in self.commands):
+            # pnpm keeps its store on the filesystem it installs to: with its default store
+            # (the download cache) bound from another one, it makes /workspace/.pnpm-store,
+            # which downloads everything again and is frozen into the layer. Named, the store
+            # is used across filesystems (pnpm copies from it). Only where pnpm runs: npm
+            # warns about a setting it does not know.
+            store = f"{SANDBOX_HOME}/{CACHES['pnpm']}"
+            host.env.setdefault("npm_config_store_dir", store)
+        return host
 
     def _run_commands(self, ws_id: str, log: IO[bytes]) -> None:
         passthrough = self.host.env
