@@ -114,6 +114,26 @@ def test_requirements_naming_the_project_install_it_after_its_dependencies(
     assert config.prepare_project == eco.project and config.prepare_run == eco.run
 
 
+@pytest.mark.parametrize(
+    "prepare", ["husky", "lefthook install", "is-ci || husky install", "simple-git-hooks"]
+)
+def test_npm_root_scripts_that_only_install_git_hooks_are_not_run(
+    tmp_path: Path, prepare: str
+) -> None:
+    """A `prepare` that installs the repository's git hooks builds nothing, and lefthook's
+    fails without a .git (a sandbox has none): the dependencies' install scripts run, it
+    does not."""
+    package = json.dumps({"scripts": {"prepare": prepare, "test": "node t.js"}})
+    repo = make_repo(tmp_path / "n", {"package.json": package, "package-lock.json": "{}"})
+    (eco,) = detect_ecosystems(repo)
+    assert eco.run == ("npm ci --ignore-scripts && npm rebuild",)
+    assert eco.project == ()
+    both = json.dumps({"scripts": {"prepare": f"{prepare} && tsc"}})
+    (repo / "package.json").write_text(both)
+    (eco,) = detect_ecosystems(repo)
+    assert eco.project == ("npm rebuild && npm run --if-present prepare",)
+
+
 def test_npm_root_scripts_run_with_the_project(tmp_path: Path) -> None:
     scripts = '{"scripts": {"prepare": "tsc", "test": "node t.js"}}'
     repo = make_repo(tmp_path / "n", {"package.json": scripts, "package-lock.json": "{}"})
@@ -134,6 +154,44 @@ def test_cargo_and_go_manifests_alone(tmp_path: Path) -> None:
 def test_requirements_next_to_a_python_lock_are_not_installed_twice(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"uv.lock": "", "pyproject.toml": "", "requirements.txt": ""})
     assert [e.name for e in detect_ecosystems(repo)] == ["uv"]
+
+
+@pytest.mark.parametrize(
+    ("lock", "ecosystem"),
+    [("uv.lock", "uv"), ("poetry.lock", "poetry"), ("requirements.txt", "pip")],
+)
+def test_requirements_of_the_docs_or_below_a_python_project_are_no_second_venv(
+    tmp_path: Path, lock: str, ecosystem: str
+) -> None:
+    """docs/requirements.txt (Read the Docs' Sphinx) beside a root lock belongs to the root
+    project: no docs/.venv, no key on it. A subdirectory with its own project file is a
+    project of its own, and a service's requirements in a monorepo without a Python root are
+    installed."""
+    repo = make_repo(
+        tmp_path / "r",
+        {
+            lock: "", "pyproject.toml": "",
+            "docs/requirements.txt": "Sphinx==8.2.3\n",
+            "benchmarks/requirements-bench.txt": "asv\n",
+            "plugins/extra/requirements.txt": "six\n",
+            "plugins/extra/setup.py": "",
+        },
+    )  # fmt: skip
+    found = [(e.name, e.directory) for e in detect_ecosystems(repo)]
+    assert found == [(ecosystem, "."), ("pip", "plugins/extra")]
+    assert not any(k.startswith(("docs/", "benchmarks/")) for k in keying_files(
+        repo, ProjectConfig.default()))  # fmt: skip
+    config = load_config(init_project(repo).path).config
+    assert not any("docs" in command for command in config.prepare_run)
+
+    mono = make_repo(
+        tmp_path / "mono",
+        {"services/api/requirements.txt": "flask\n", "web/docs/requirements.txt": "Sphinx\n",
+         "web/package.json": "{}", "web/package-lock.json": "{}"},
+    )  # fmt: skip
+    assert [(e.name, e.directory) for e in detect_ecosystems(mono)] == [
+        ("pip", "services/api"), ("npm", "web"),
+    ]  # fmt: skip
 
 
 def test_monorepo(tmp_path: Path) -> None:

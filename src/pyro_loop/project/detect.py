@@ -94,6 +94,7 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
     """The ecosystems used at `root` and its subdirectories (to depth 2), by directory then name."""
     found: list[Ecosystem] = []
     cargo_roots: list[PurePosixPath] = []
+    python_roots: list[PurePosixPath] = []  # where a Python ecosystem was found
     for rel, files in _walk(root):
         here = [r for r in RULES if any(t in files for t in r.triggers)]
         if any(r.name == "cargo" for r in here):
@@ -108,7 +109,12 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
         for rule in here:
             keys = [k for k in rule.keys if k in files]
             run, project = [rule.run], [rule.project] if rule.project else []
-            if rule.name == "npm" and _has_root_scripts(root, str(rel / "package.json")):
+            scripts = _root_scripts(root, str(rel / "package.json"))
+            if rule.name == "npm" and scripts and all(map(_installs_git_hooks, scripts)):
+                # Nothing to build from sources, and no .git in a sandbox for the hooks: the
+                # dependencies' own install scripts still run (npm rebuild).
+                run = ["npm ci --ignore-scripts && npm rebuild"]
+            elif rule.name == "npm" and scripts:
                 run = ["npm ci --ignore-scripts"]
                 project = ["npm rebuild && npm run --if-present prepare"]
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
@@ -117,10 +123,28 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
             (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
             key=lambda f: (f != "requirements.txt", f),
         )
+        if requirements and _auxiliary(rel, files, python_roots):
+            requirements = []
         if requirements and not any(r.name in PYTHON_LOCKS for r in here):
             run, project = _pip_commands(root, rel, requirements)
             found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
+        if requirements or any(r.name in PYTHON_LOCKS for r in here):
+            python_roots.append(rel)
     return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+# Directories whose requirements build the documentation (Read the Docs' convention), never
+# what the project's checks run with.
+DOCS_DIRS = frozenset({"docs", "doc"})
+
+
+def _auxiliary(rel: PurePosixPath, files: set[str], python_roots: list[PurePosixPath]) -> bool:
+    """Requirements files that are not a Python project of their own: in a directory without
+    a project file, below a Python project (its docs, benchmarks or CI extras) or named for
+    the documentation. Installing them would make a second virtualenv the checks never use."""
+    if any(f in files for f in PYTHON_PROJECT_FILES):
+        return False
+    return rel.name in DOCS_DIRS or any(p in rel.parents for p in python_roots)
 
 
 # A requirement line that names a directory of the project (`-e .`, `-e .[test]`, `./sub`):
@@ -172,14 +196,35 @@ def _local_lines(root: Path, rel: str) -> list[str]:
     return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
 
 
-def _has_root_scripts(root: Path, rel: str) -> bool:
+def _root_scripts(root: Path, rel: str) -> list[str]:
+    """The package's scripts that npm runs after installing it (NPM_ROOT_SCRIPTS)."""
     import json
 
     try:
         scripts = json.loads(_read(root, rel)).get("scripts") or {}
     except (ValueError, AttributeError):
-        return False
-    return isinstance(scripts, dict) and any(name in scripts for name in NPM_ROOT_SCRIPTS)
+        return []
+    if not isinstance(scripts, dict):
+        return []
+    return [str(scripts[name]) for name in NPM_ROOT_SCRIPTS if name in scripts]
+
+
+# A script that only installs the repository's git hooks (`husky`, `lefthook install`,
+# `simple-git-hooks`, `is-ci || husky install`, ...): it builds nothing, and lefthook and
+# simple-git-hooks fail where there is no .git, as in a sandbox (whose commands never commit).
+_HOOK_STEP = (
+    r"(npx\s+|pnpm\s+(exec\s+)?|yarn\s+)?"
+    r"(husky(\s+install)?(\s+[\w./-]+)?|lefthook\s+install(\s+-f)?|simple-git-hooks|is-ci"
+    r"|git\s+config\s+core\.hooks[Pp]ath\s+[\w./-]+)"
+    r"|true|exit\s+0|echo\b.*|"
+)
+
+
+def _installs_git_hooks(script: str) -> bool:
+    import re
+
+    step = re.compile(rf"\s*(?:{_HOOK_STEP})\s*")
+    return all(step.fullmatch(s) for s in re.split(r"&&|\|\||;", script))
 
 
 def keying_files(root: Path, config: ProjectConfig) -> list[str]:
