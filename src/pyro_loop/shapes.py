@@ -238,6 +238,44 @@ class ProjectStatusJSON(StatusJSON):
     warmup: WarmupJSON
 
 
+class UpJSON(TypedDict):
+    """`pyro up --json`: the project's workspace, and how it was made ready."""
+
+    id: str
+    name: str | None
+    action: str  # reused | started | created | recreated | moved
+    duration_ms: float
+    synced: SyncJSON | None  # the host files synced into it
+
+
+class CommandRunJSON(TypedDict):
+    command: str
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+
+
+class CheckResultJSON(TypedDict):
+    """One tree's check: its commands, in order, up to the first that failed."""
+
+    source: str  # staged | working tree | commit <sha>
+    tree: str
+    ok: bool
+    exit_code: int
+    commands: list[CommandRunJSON]
+    prepared: bool  # the dependency snapshot had to be built first
+    duration_ms: float
+    setup_ms: float  # all but the commands: layers, workspace start and removal
+    warnings: list[str]
+
+
+class CheckJSON(TypedDict):
+    """`pyro check --json`."""
+
+    ok: bool
+    results: list[CheckResultJSON]
+
+
 class PrepareJSON(TypedDict):
     """`pyro prepare --json`: which layers it built, pulled or pushed."""
 

@@ -14,6 +14,7 @@ from pyro_loop.cli.output import emit, note, say
 
 if TYPE_CHECKING:
     from pyro_loop.progress import Progress
+    from pyro_loop.shapes import CheckJSON
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
@@ -38,7 +39,8 @@ def check(
     project, config = load_project(project_dir)
     if not config.check_run:
         note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
-        emit({"ok": True, "results": []}, as_json=as_json, human=lambda: None)
+        nothing: CheckJSON = {"ok": True, "results": []}
+        emit(nothing, as_json=as_json, human=lambda: None)
         return
     trees = lib.trees_to_check(project, staged=staged, revs=rev)
 
@@ -58,11 +60,8 @@ def check(
     results = lib.run_checks(project, config, trees, ws=Workspaces(), on_output=output,
                              on_progress=progress, on_result=summarize)  # fmt: skip
     failed = next((r for r in results if r.failed is not None), None)
-    emit(
-        {"ok": failed is None, "results": [r.to_json() for r in results]},
-        as_json=as_json,
-        human=lambda: None,
-    )
+    report: CheckJSON = {"ok": failed is None, "results": [r.to_json() for r in results]}
+    emit(report, as_json=as_json, human=lambda: None)
     if failed is not None:
         raise typer.Exit(failed.exit_code)
 

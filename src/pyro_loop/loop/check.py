@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyro_loop import git
 from pyro_loop.errors import InvalidInputError, PyroError
@@ -45,6 +45,7 @@ from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
 from pyro_loop.project.trust import require_trust
+from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
 from pyro_loop.units import duration
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class CommandRun:
     seconds: float
     timed_out: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CommandRunJSON:
         return {
             "command": self.command,
             "exit_code": self.exit_code,
@@ -93,7 +94,7 @@ class CheckResult:
             return 0
         return failed.exit_code or 1
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CheckResultJSON:
         return {
             "source": self.source,
             "tree": self.tree,

@@ -33,6 +33,7 @@ from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, allow, require_trust, trust_state
+from pyro_loop.shapes import UpJSON
 from pyro_loop.units import duration
 from pyro_loop.workspace import secrets as secretenv
 from pyro_loop.workspace.shellcmd import SHELL_ARGV
@@ -77,7 +78,7 @@ class UpResult:
         took = duration(self.seconds)
         return f"{self.action} {self.record.name or self.record.id} in {took} ({changes} synced)"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> UpJSON:
         return {
             "id": self.record.id,
             "name": self.record.name,
