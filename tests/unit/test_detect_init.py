@@ -134,6 +134,34 @@ def test_npm_root_scripts_that_only_install_git_hooks_are_not_run(
     assert eco.project == ("npm rebuild && npm run --if-present prepare",)
 
 
+def test_the_installers_settings_key_the_snapshot_and_yarn_berry_installs_immutable(
+    tmp_path: Path,
+) -> None:
+    """.yarnrc.yml (cacheKey, nodeLinker), the yarn release it names, .npmrc and
+    pnpm-workspace.yaml change what an install writes, and the install sees only the keys:
+    without .yarnrc.yml, yarn 4 rewrote the lock's cacheKey and refused to install."""
+    yarnrc = "nodeLinker: node-modules\nyarnPath: .yarn/releases/yarn-4.4.1.cjs\n"
+    repo = make_repo(
+        tmp_path / "y",
+        {
+            "yarn.lock": "__metadata:\n  version: 8\n", "package.json": "{}",
+            ".yarnrc.yml": yarnrc + "plugins:\n  - path: ../outside.cjs\n",
+            ".yarn/releases/yarn-4.4.1.cjs": "",
+            "v1/yarn.lock": "# yarn lockfile v1\n", "v1/package.json": "{}", "v1/.npmrc": "",
+            "p/pnpm-lock.yaml": "", "p/package.json": "{}", "p/pnpm-workspace.yaml": "",
+        },
+    )  # fmt: skip
+    assert detect_ecosystems(repo) == [
+        Ecosystem("yarn", ".", ("package.json", "yarn.lock", ".yarnrc.yml",
+                                ".yarn/releases/yarn-4.4.1.cjs"),
+                  ("yarn install --immutable",)),
+        Ecosystem("pnpm", "p", ("p/package.json", "p/pnpm-lock.yaml", "p/pnpm-workspace.yaml"),
+                  ("cd p && pnpm install --frozen-lockfile",)),
+        Ecosystem("yarn", "v1", ("v1/package.json", "v1/yarn.lock", "v1/.npmrc"),
+                  ("cd v1 && yarn install --frozen-lockfile",)),
+    ]  # fmt: skip
+
+
 def test_npm_root_scripts_run_with_the_project(tmp_path: Path) -> None:
     scripts = '{"scripts": {"prepare": "tsc", "test": "node t.js"}}'
     repo = make_repo(tmp_path / "n", {"package.json": scripts, "package-lock.json": "{}"})

@@ -67,6 +67,10 @@ NODE_PROJECT_FILES = ("package.json",)
 # project from its sources (absent while dependencies install): they run with the project.
 NPM_ROOT_SCRIPTS = ("preinstall", "install", "postinstall", "prepare")
 
+# The installers' settings files are keys too (beside the manifests and locks): they change
+# what an install writes (yarn's cacheKey and nodeLinker, a registry, pnpm's workspace list),
+# and the install runs with the keying files alone.
+
 # A lock file pins exactly what to install, so it is what detection looks for; cargo and go
 # pin well enough from their manifests (and libraries often commit no lock file). The
 # dependency commands leave the project itself out (its build needs its sources, which the
@@ -78,10 +82,13 @@ RULES = (
           "poetry install --no-root --no-interaction",
           "poetry install --only-root --no-interaction"),
     _Rule("pipenv", ("Pipfile.lock",), ("Pipfile", "Pipfile.lock"), "pipenv sync"),
-    _Rule("npm", ("package-lock.json",), ("package.json", "package-lock.json"), "npm ci"),
-    _Rule("pnpm", ("pnpm-lock.yaml",), ("package.json", "pnpm-lock.yaml"),
+    _Rule("npm", ("package-lock.json",), ("package.json", "package-lock.json", ".npmrc"),
+          "npm ci"),
+    _Rule("pnpm", ("pnpm-lock.yaml",),
+          ("package.json", "pnpm-lock.yaml", ".npmrc", "pnpm-workspace.yaml", ".pnpmfile.cjs"),
           "pnpm install --frozen-lockfile"),
-    _Rule("yarn", ("yarn.lock",), ("package.json", "yarn.lock"), "yarn install --frozen-lockfile"),
+    _Rule("yarn", ("yarn.lock",), ("package.json", "yarn.lock", ".yarnrc.yml", ".yarnrc", ".npmrc"),
+          "yarn install --frozen-lockfile"),
     _Rule("cargo", ("Cargo.lock", "Cargo.toml"), ("Cargo.toml", "Cargo.lock"), "cargo fetch"),
     _Rule("go", ("go.sum", "go.mod"), ("go.mod", "go.sum"), "go mod download"),
 )  # fmt: skip
@@ -117,6 +124,11 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
             elif rule.name == "npm" and scripts:
                 run = ["npm ci --ignore-scripts"]
                 project = ["npm rebuild && npm run --if-present prepare"]
+            if rule.name == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
+                # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and
+                # plugins that .yarnrc.yml names run the install, so they key it too.
+                run = ["yarn install --immutable"]
+                keys += _yarnrc_files(root, rel)
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
         # requirements.txt first: the others (-dev, -test) usually build on it.
         requirements = sorted(
@@ -194,6 +206,22 @@ def _local_lines(root: Path, rel: str) -> list[str]:
 
     pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
     return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
+
+
+def _yarnrc_files(root: Path, rel: PurePosixPath) -> list[str]:
+    """The files .yarnrc.yml points at (`yarnPath`, plugins' `path`), relative to `rel`:
+    those that stay inside the directory's tree and exist."""
+    import re
+
+    text = _read(root, str(rel / ".yarnrc.yml"))
+    found = []
+    for value in re.findall(r"^\s*-?\s*(?:yarnPath|path):\s*[\"']?([^\"'\s#]+)", text, re.M):
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts:
+            continue
+        if (root / rel / path).is_file() and not (root / rel / path).is_symlink():
+            found.append(str(path))
+    return found
 
 
 def _root_scripts(root: Path, rel: str) -> list[str]:
