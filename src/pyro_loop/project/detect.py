@@ -244,7 +244,7 @@ _HOOK_STEP = (
     r"(npx\s+|pnpm\s+(exec\s+)?|yarn\s+)?"
     r"(husky(\s+install)?(\s+[\w./-]+)?|lefthook\s+install(\s+-f)?|simple-git-hooks|is-ci"
     r"|git\s+config\s+core\.hooks[Pp]ath\s+[\w./-]+)"
-    r"|true|exit\s+0|echo\b.*|"
+    r"|true|exit\s+0|"
 )
 
 
