@@ -467,3 +467,31 @@ def test_init_on_a_debian_base_adds_python3_venv_where_a_venv_is_made(tmp_path: 
     )
     refused = run_pyro("init", "--base", "ubuntu:24.04", str(make_repo(tmp_path / "bad", {})))
     assert refused.returncode == 1 and "unknown environment 'ubuntu:24.04'" in refused.stderr
+
+
+def test_cargo_and_go_get_their_tests_and_a_host_toolchain_outside_the_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rustup installs cargo under ~/.cargo and ~/.rustup, which a sandbox does not see:
+    init exposes them (where the system has no cargo of its own) and checks `cargo test`;
+    a Go project gets `go test ./...`."""
+    from pyro_loop.project.conventions import detect_host_toolchains
+
+    home = tmp_path / "home"
+    (home / ".cargo" / "bin").mkdir(parents=True)
+    (home / ".cargo" / "bin" / "cargo").write_text("")
+    (home / ".rustup").mkdir()
+    repo = make_repo(tmp_path / "r", {"Cargo.toml": "", "Cargo.lock": "", "tool/go.mod": ""})
+    found = detect_ecosystems(repo)
+    system = (str(tmp_path / "usr-bin"),)
+    assert detect_host_toolchains(found, home=home, system=system) == ["~/.cargo", "~/.rustup"]
+    (tmp_path / "usr-bin").mkdir()
+    (tmp_path / "usr-bin" / "cargo").write_text("")  # the system's own cargo: nothing to expose
+    assert detect_host_toolchains(found, home=home, system=system) == []
+    assert detect_host_toolchains(found, home=tmp_path / "nobody", system=()) == []
+
+    monkeypatch.setenv("HOME", str(home))  # a private HOME, with rustup's install
+    config = load_config(init_project(repo).path).config
+    assert config.check_run == ("cargo test", "cd tool && go test ./...")
+    if not any(Path(d, "cargo").exists() for d in ("/usr/bin", "/bin", "/usr/local/bin")):
+        assert config.host_tools == ("~/.cargo", "~/.rustup")

@@ -206,6 +206,11 @@ def prepare_environment(environment: str, names: list[str]) -> HostEnvironment:
 _ADVICE = {
     b"ensurepip is not": 'the environment has no python3-venv: add packages = ["python3-venv"]'
     " under [environment] in .pyro.toml",
+    # rustup's and Go's own installs live outside the system directories a sandbox sees.
+    b"cargo: not found": 'the environment has no cargo: expose rustup\'s with host = ["~/.cargo",'
+    ' "~/.rustup"] under [tools], or use base = "debian:12" with packages = ["cargo"]',
+    b"go: not found": 'the environment has no go: expose it with host = ["/usr/local/go"] under'
+    ' [tools], or use base = "debian:12" with packages = ["golang-go"]',
 }
 
 

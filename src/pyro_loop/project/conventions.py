@@ -58,6 +58,8 @@ def detect_checks(root: Path, ecosystems: list[Ecosystem]) -> list[str]:
         command: str | None = None
         if eco.name in ("uv", "poetry", "pipenv", "pip") and _uses_pytest(here, eco):
             command = "pytest"
+        elif eco.name in ("cargo", "go"):
+            command = "cargo test" if eco.name == "cargo" else "go test ./..."
         elif eco.name in ("npm", "pnpm", "yarn"):
             scripts = _json(here / "package.json").get("scripts") or {}
             test = scripts.get("test") if isinstance(scripts, dict) else None
@@ -70,6 +72,35 @@ def detect_checks(root: Path, ecosystems: list[Ecosystem]) -> list[str]:
         if command not in commands:
             commands.append(command)
     return commands
+
+
+# Where rustup and Go's own archive install them, outside the system directories: a sandbox
+# sees these only through `[tools] host`.
+HOST_TOOLCHAINS = {
+    "cargo": ("cargo", ("~/.cargo", "~/.rustup")),
+    "go": ("go", ("/usr/local/go",)),
+}
+SYSTEM_BIN = ("/usr/bin", "/bin", "/usr/local/bin")
+
+
+def detect_host_toolchains(
+    ecosystems: list[Ecosystem], *, home: Path | None = None, system: tuple[str, ...] = SYSTEM_BIN
+) -> list[str]:
+    """The host toolchain directories `[tools] host` needs for the detected cargo and go
+    projects: where the system has no `cargo` or `go` of its own, but rustup's or Go's
+    archive install holds one."""
+    home = Path.home() if home is None else home
+    found: list[str] = []
+    for name in dict.fromkeys(e.name for e in ecosystems):
+        if name not in HOST_TOOLCHAINS:
+            continue
+        program, dirs = HOST_TOOLCHAINS[name]
+        if any(Path(d, program).exists() for d in system):
+            continue
+        paths = [home / d[2:] if d.startswith("~/") else Path(d) for d in dirs]
+        if (paths[0] / "bin" / program).is_file():
+            found += [d for d, path in zip(dirs, paths, strict=True) if path.is_dir()]
+    return found
 
 
 def _uses_pytest(here: Path, eco: Ecosystem) -> bool:

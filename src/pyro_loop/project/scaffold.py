@@ -77,7 +77,11 @@ def render_config(
     import tomlkit
     from tomlkit.items import Table
 
-    from pyro_loop.project.conventions import detect_checks, detect_tools
+    from pyro_loop.project.conventions import (
+        detect_checks,
+        detect_host_toolchains,
+        detect_tools,
+    )
 
     found = detect_ecosystems(root) if ecosystems is None else ecosystems
     doc = tomlkit.parse(template_text())
@@ -103,6 +107,9 @@ def render_config(
     assert isinstance(tools, Table)
     for name, version in detect_tools(root, list(found)).items():
         tools.add(name, version)
+    toolchains = detect_host_toolchains(list(found))
+    if toolchains:
+        tools["host"] = _array(toolchains)
     check = doc["check"]
     assert isinstance(check, Table)
     checks = detect_checks(root, list(found))
