@@ -246,6 +246,32 @@ def test_a_missing_host_toolchain_is_named(tmp_path: Path, workspaces: Workspace
     assert str(info.value).startswith(".pyro.toml: [tools] host: ~/.nochain is not a directory")
 
 
+def test_a_host_toolchain_beyond_a_closed_directory_is_named_when_pyro_runs_as_root(
+    tmp_path: Path, workspaces: Workspaces
+) -> None:
+    """rustup's ~/.cargo in root's 0700 home: a root pyro's sandbox uid cannot pass it, and
+    the bind failed as "cannot create the workspace's namespaces" (unprivileged user
+    namespaces disabled), which was not the cause."""
+    from pyro_loop.identity import sandbox_owner
+
+    if sandbox_owner() is None:
+        pytest.skip("an ordinary user's sandboxes are that user: its own home is theirs")
+    closed = tmp_path / "closed-home"
+    chain = write(closed / ".cargo", {"bin/c": "#!/bin/sh\n"})
+    tmp_path.chmod(0o755)
+    closed.chmod(0o700)
+    repo = commit_project(tmp_path / "repo", f'[tools]\nhost = ["{chain}"]\n', {"a": "b\n"})
+    with pytest.raises(InvalidInputError) as info:
+        loop_for(repo, workspaces).exec(["true"])
+    assert str(info.value).startswith(
+        f".pyro.toml: [tools] host: {chain} is out of the sandbox's reach: {closed} is mode 700"
+    )
+    assert f"chmod o+x {closed}" in str(info.value.hint)
+    closed.chmod(0o711)  # what the message says: then the toolchain is there
+    out = loop_for(repo, workspaces).exec(["sh", "-c", f"test -f {chain}/bin/c && echo ok"])
+    assert out.stdout.decode().strip() == "ok", out.stderr
+
+
 def test_not_found_names_the_path_and_the_fix(tmp_path: Path, workspaces: Workspaces) -> None:
     repo = commit_project(tmp_path / "repo", "", {"README.md": "x\n"})
     loop = loop_for(repo, workspaces)

@@ -83,6 +83,28 @@ def host_tool_mount(entry: str) -> Mount:
     return Mount(os.path.normpath(source), os.path.normpath(target))
 
 
+def _closed_to_sandbox(path: str, home: Path) -> str | None:
+    """The first directory that a root pyro's sandbox uid may not pass on its way to `path`
+    (root's own 0700 home, holding rustup's ~/.cargo), or None. The sandbox binds it from
+    the pyro home (runtime/bwrap.py), so the way starts below the directory they share; as
+    an ordinary user the sandbox is that user, and the mount fails only where they could."""
+    from pyro_loop.identity import sandbox_owner
+
+    owner = sandbox_owner()
+    if owner is None:
+        return None
+    target = Path(os.path.realpath(path))
+    common = Path(os.path.commonpath([target, os.path.realpath(home)]))
+    for directory in [common, *reversed(target.parents), target]:
+        if directory != common and common not in directory.parents:
+            continue
+        st = os.stat(directory)
+        bit = 0o100 if st.st_uid == owner else 0o010 if st.st_gid == owner else 0o001
+        if not st.st_mode & bit:
+            return str(directory)
+    return None
+
+
 def activation(
     root: Path, config: ProjectConfig, store: LayerStore, *, workspace: bool = True
 ) -> Activation:
@@ -99,6 +121,15 @@ def activation(
                 f"{FILENAME}: [tools] host: {entry} is not a directory on this machine "
                 f"({mount.source})",
                 hint="fix the path, or remove it from [tools] host",
+            )
+        closed = _closed_to_sandbox(mount.source, store.home)
+        if closed is not None:
+            raise InvalidInputError(
+                f"{FILENAME}: [tools] host: {entry} is out of the sandbox's reach: {closed} is "
+                f"mode {os.stat(closed).st_mode & 0o777:o} (pyro run as root runs sandboxes "
+                "as another uid, which may pass only what every user may)",
+                hint=f"let every user pass it (chmod o+x {closed}), or install the toolchain "
+                "where every user can read it (/usr/local, /opt)",
             )
         mounts.append(mount)
         if os.path.isdir(os.path.join(mount.source, "bin")):
