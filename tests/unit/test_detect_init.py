@@ -495,3 +495,34 @@ def test_cargo_and_go_get_their_tests_and_a_host_toolchain_outside_the_system(
     assert config.check_run == ("cargo test", "cd tool && go test ./...")
     if not any(Path(d, "cargo").exists() for d in ("/usr/bin", "/bin", "/usr/local/bin")):
         assert config.host_tools == ("~/.cargo", "~/.rustup")
+
+
+def test_js_workspace_members_manifests_key_the_snapshot(tmp_path: Path) -> None:
+    """A pnpm, npm or yarn workspace installs its members' dependencies from their
+    package.json: without them in the install's sandbox, the lock's importers have no
+    members (vuejs/pinia: packages/* from pnpm-workspace.yaml)."""
+    repo = make_repo(
+        tmp_path / "p",
+        {
+            "pnpm-lock.yaml": "", "package.json": "{}",
+            "pnpm-workspace.yaml": "packages:\n  - 'packages/*'\n  - \"!packages/skip\"\n"
+                                   "  - ../outside\ncatalog:\n  - not-a-package\n",
+            "packages/a/package.json": "{}", "packages/b/package.json": "{}",
+            "packages/b/node_modules/x/package.json": "{}",
+            "npm/package-lock.json": "{}",
+            "npm/package.json": json.dumps({"workspaces": ["libs/**"]}),
+            "npm/libs/one/package.json": "{}", "npm/libs/deep/two/package.json": "{}",
+            "yarn/yarn.lock": "",
+            "yarn/package.json": json.dumps({"workspaces": {"packages": ["w"]}}),
+            "yarn/w/package.json": "{}",
+        },
+    )  # fmt: skip
+    (repo / "packages" / "linked").symlink_to(tmp_path)  # a member through a link: left out
+    (tmp_path / "package.json").write_text("{}")
+    keys = {e.directory: e.keys for e in detect_ecosystems(repo)}
+    assert keys["."] == ("package.json", "pnpm-lock.yaml", "pnpm-workspace.yaml",
+                         "packages/a/package.json", "packages/b/package.json")  # fmt: skip
+    assert keys["npm"] == ("npm/package.json", "npm/package-lock.json",
+                           "npm/libs/deep/two/package.json",
+                           "npm/libs/one/package.json")  # fmt: skip
+    assert keys["yarn"] == ("yarn/package.json", "yarn/yarn.lock", "yarn/w/package.json")

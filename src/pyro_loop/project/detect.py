@@ -129,6 +129,9 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
                 # plugins that .yarnrc.yml names run the install, so they key it too.
                 run = ["yarn install --immutable"]
                 keys += _yarnrc_files(root, rel)
+            if rule.name in ("npm", "pnpm", "yarn"):
+                # A JS workspace installs its members' dependencies too, from their manifests.
+                keys += _workspace_members(root, rel, rule.name)
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
         # requirements.txt first: the others (-dev, -test) usually build on it.
         requirements = sorted(
@@ -206,6 +209,48 @@ def _local_lines(root: Path, rel: str) -> list[str]:
 
     pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
     return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
+
+
+def _workspace_members(root: Path, rel: PurePosixPath, manager: str) -> list[str]:
+    """The package.json of each member of a JS workspace at `rel` (pnpm-workspace.yaml's
+    `packages`, package.json's `workspaces`), relative to `rel`; members reached through a
+    symlink, or under node_modules, are left out."""
+    base = root / rel
+    members = set()
+    for pattern in _workspace_patterns(root, rel, manager):
+        path = PurePosixPath(pattern.rstrip("/"))
+        if pattern.startswith("!") or path.is_absolute() or ".." in path.parts:
+            continue
+        for match in base.glob(f"{path}/package.json"):
+            member = match.relative_to(base)
+            inside = [base / p for p in member.parents if str(p) != "."]
+            if "node_modules" in member.parts or any(p.is_symlink() for p in [*inside, match]):
+                continue
+            if match.is_file():
+                members.add(member.as_posix())
+    return sorted(members)
+
+
+def _workspace_patterns(root: Path, rel: PurePosixPath, manager: str) -> list[str]:
+    import json
+    import re
+
+    if manager == "pnpm":
+        patterns, listing = [], False
+        for line in _read(root, str(rel / "pnpm-workspace.yaml")).splitlines():
+            item = re.match(r"\s+-\s*[\"']?([^\"'#\s]+)", line)
+            if listing and item:
+                patterns.append(item[1])
+            elif line.strip() and not line.lstrip().startswith("#"):
+                listing = re.match(r"packages:\s*$", line) is not None
+        return patterns
+    try:
+        declared = json.loads(_read(root, str(rel / "package.json")) or "{}").get("workspaces")
+    except (ValueError, AttributeError):
+        return []
+    if isinstance(declared, dict):
+        declared = declared.get("packages")
+    return [p for p in declared if isinstance(p, str)] if isinstance(declared, list) else []
 
 
 def _yarnrc_files(root: Path, rel: PurePosixPath) -> list[str]:
