@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomlkit
 
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.project.config import ProjectConfig, load_config
-from pyro_loop.project.detect import Ecosystem, detect_ecosystems, keying_files
+from pyro_loop.project.detect import CARGO_FETCH, Ecosystem, detect_ecosystems, keying_files
 from pyro_loop.project.scaffold import find_project_root, init_project, render_config, template_text
 from tests.helpers.project import git, run_pyro
 
@@ -59,7 +60,7 @@ CASES: dict[str, tuple[list[str], list[Ecosystem]]] = {
              [Ecosystem("yarn", ".", ("package.json", "yarn.lock"),
                         ("yarn install --frozen-lockfile",))]),
     "cargo": (["Cargo.toml", "Cargo.lock"],
-              [Ecosystem("cargo", ".", ("Cargo.toml", "Cargo.lock"), ("cargo fetch",))]),
+              [Ecosystem("cargo", ".", ("Cargo.toml", "Cargo.lock"), (CARGO_FETCH,))]),
     "go": (["go.mod", "go.sum"],
            [Ecosystem("go", ".", ("go.mod", "go.sum"), ("go mod download",))]),
     "none": (["README.md", "main.c", "package.json"], []),
@@ -174,7 +175,7 @@ def test_npm_root_scripts_run_with_the_project(tmp_path: Path) -> None:
 def test_cargo_and_go_manifests_alone(tmp_path: Path) -> None:
     make_repo(tmp_path / "lib", {"Cargo.toml": "", "sub/go.mod": ""})
     assert detect_ecosystems(tmp_path / "lib") == [
-        Ecosystem("cargo", ".", ("Cargo.toml",), ("cargo fetch",)),
+        Ecosystem("cargo", ".", ("Cargo.toml",), (CARGO_FETCH,)),
         Ecosystem("go", "sub", ("sub/go.mod",), ("cd sub && go mod download",)),
     ]
 
@@ -271,9 +272,9 @@ def test_cargo_workspace_members_join_the_root(tmp_path: Path) -> None:
     )  # fmt: skip
     assert detect_ecosystems(repo) == [
         Ecosystem("cargo", ".", ("Cargo.toml", "Cargo.lock", "crates/a/Cargo.toml"),
-                  ("cargo fetch",)),
+                  (CARGO_FETCH,)),
         Ecosystem("cargo", "fuzz", ("fuzz/Cargo.toml", "fuzz/Cargo.lock"),
-                  ("cd fuzz && cargo fetch",)),
+                  (f"cd fuzz && {CARGO_FETCH}",)),
     ]  # fmt: skip
 
 
@@ -526,3 +527,40 @@ def test_js_workspace_members_manifests_key_the_snapshot(tmp_path: Path) -> None
                            "npm/libs/deep/two/package.json",
                            "npm/libs/one/package.json")  # fmt: skip
     assert keys["yarn"] == ("yarn/package.json", "yarn/yarn.lock", "yarn/w/package.json")
+
+
+def test_cargo_fetch_runs_over_the_manifests_alone(tmp_path: Path) -> None:
+    """The dependency install sees Cargo.toml and Cargo.lock without sources: cargo refused
+    the manifest ("no targets specified", sharkdp/hexyl) until an empty src/lib.rs stood in
+    for the fetch; none is left behind for the layer."""
+    import shutil
+
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.skip("cargo is not installed on this host")
+    import pwd
+
+    real_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    crate = tmp_path / "crate"
+    member = crate / "crates" / "a"
+    member.mkdir(parents=True)
+    (crate / "Cargo.toml").write_text(
+        '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n\n'
+        '[dependencies]\na = { path = "crates/a" }\n\n[workspace]\nmembers = ["crates/a"]\n'
+    )
+    (member / "Cargo.toml").write_text('[package]\nname = "a"\nversion = "0.1.0"\n')
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),
+        "CARGO_HOME": str(tmp_path / "cargo-home"),
+        "RUSTUP_HOME": os.environ.get("RUSTUP_HOME", str(real_home / ".rustup")),
+        "CARGO_NET_OFFLINE": "true",  # no dependency from a registry: nothing to download
+    }
+    options: dict[str, Any] = {"cwd": crate, "env": env, "capture_output": True, "text": True}
+    plain = subprocess.run(["cargo", "fetch"], check=False, **options)
+    assert "no targets specified" in plain.stderr
+    result = subprocess.run(["sh", "-c", CARGO_FETCH], check=False, **options)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(crate).as_posix() for p in crate.rglob("*")) == [
+        "Cargo.lock", "Cargo.toml", "crates", "crates/a", "crates/a/Cargo.toml",
+    ]  # fmt: skip

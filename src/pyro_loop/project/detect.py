@@ -71,6 +71,17 @@ NPM_ROOT_SCRIPTS = ("preinstall", "install", "postinstall", "prepare")
 # what an install writes (yarn's cacheKey and nodeLinker, a registry, pnpm's workspace list),
 # and the install runs with the keying files alone.
 
+# cargo refuses a manifest without a target ("no targets specified"), and the install runs
+# with the keying files alone: each manifest whose src/lib.rs and src/main.rs are absent gets
+# an empty src/lib.rs while `cargo fetch` runs, removed after (so no trace in the layer).
+CARGO_FETCH = (
+    "( stubs=$(find . -name Cargo.toml -not -path '*/target/*' | while read -r m; do"
+    ' d=${m%/Cargo.toml}; [ -e "$d/src/lib.rs" ] || [ -e "$d/src/main.rs" ] || echo "$d"; done);'
+    ' for d in $stubs; do mkdir -p "$d/src" && : > "$d/src/lib.rs"; done;'
+    " cargo fetch; s=$?;"
+    ' for d in $stubs; do rm -f "$d/src/lib.rs"; rmdir "$d/src"; done; exit $s )'
+)
+
 # A lock file pins exactly what to install, so it is what detection looks for; cargo and go
 # pin well enough from their manifests (and libraries often commit no lock file). The
 # dependency commands leave the project itself out (its build needs its sources, which the
@@ -89,7 +100,7 @@ RULES = (
           "pnpm install --frozen-lockfile"),
     _Rule("yarn", ("yarn.lock",), ("package.json", "yarn.lock", ".yarnrc.yml", ".yarnrc", ".npmrc"),
           "yarn install --frozen-lockfile"),
-    _Rule("cargo", ("Cargo.lock", "Cargo.toml"), ("Cargo.toml", "Cargo.lock"), "cargo fetch"),
+    _Rule("cargo", ("Cargo.lock", "Cargo.toml"), ("Cargo.toml", "Cargo.lock"), CARGO_FETCH),
     _Rule("go", ("go.sum", "go.mod"), ("go.mod", "go.sum"), "go mod download"),
 )  # fmt: skip
 # With one of these in the same directory, requirements files are exports or extras of the lock,
