@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
+# Package scope: the stub goes with the last unit test, so tests/sandbox run in the same session
+# (in either order) see the real bwrap.
+@pytest.fixture(scope="package", autouse=True)
 def _no_sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     stub_dir = tmp_path_factory.mktemp("no-sandbox")
     stub = stub_dir / "bwrap"
