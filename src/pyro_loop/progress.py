@@ -10,8 +10,9 @@ A front decides how to show an event from its fields, never by parsing its text.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, TypedDict
+
+from pyro_loop.records import dataclass
 
 Unit = Literal["bytes", "items"]
 

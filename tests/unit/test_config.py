@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pyro_loop import __version__
+from pyro_loop import __version__, records
 from pyro_loop.errors import PyroError
 from pyro_loop.project.config import (
     SETTINGS,
@@ -91,9 +90,7 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
 
 def test_an_empty_file_is_the_defaults(tmp_path: Path) -> None:
     result = load(tmp_path, "# nothing yet\n")
-    assert result.config == dataclasses.replace(
-        ProjectConfig.default(), path=tmp_path / ".pyro.toml"
-    )
+    assert result.config == records.replace(ProjectConfig.default(), path=tmp_path / ".pyro.toml")
     assert result.warnings == ()
 
 
@@ -116,7 +113,7 @@ def test_every_key_is_parsed(tmp_path: Path) -> None:
 
 
 def test_each_field_is_declared_once() -> None:
-    fields = {f.name for f in dataclasses.fields(ProjectConfig)} - {"path", "digest"}
+    fields = {f.name for f in records.fields(ProjectConfig)} - {"path", "digest"}
     declared = [s.field for s in SETTINGS]
     assert sorted(declared) == sorted(fields)
     assert len({(s.table, s.name) for s in SETTINGS}) == len(SETTINGS)
@@ -318,4 +315,4 @@ def test_the_template_holds_the_defaults() -> None:
     config = load_config(ROOT / "templates" / "pyro.toml").config
     default = ProjectConfig.default()
     # The template spells out every default, except `keys`, which `pyro init` fills in.
-    assert dataclasses.replace(config, path=None, prepare_keys=None) == default
+    assert records.replace(config, path=None, prepare_keys=None) == default

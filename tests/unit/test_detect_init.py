@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import tomlkit
 
+from pyro_loop import records
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.project.config import ProjectConfig, load_config
 from pyro_loop.project.detect import CARGO_FETCH, Ecosystem, detect_ecosystems, keying_files
@@ -288,7 +288,7 @@ def test_configured_keys_win(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "k", {"uv.lock": "", "pyproject.toml": ""})
     config = ProjectConfig.default()
     assert keying_files(repo, config) == ["pyproject.toml", "uv.lock"]
-    config = dataclasses.replace(config, prepare_keys=("b.lock", "a.lock", "b.lock"))
+    config = records.replace(config, prepare_keys=("b.lock", "a.lock", "b.lock"))
     assert keying_files(repo, config) == ["a.lock", "b.lock"]
 
 

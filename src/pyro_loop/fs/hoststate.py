@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
+from pyro_loop.records import dataclass
 
 
 @dataclass(frozen=True)

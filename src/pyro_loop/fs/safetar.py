@@ -17,11 +17,11 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.records import dataclass
 
 
 class UnsafeArchiveError(InvalidInputError):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.loop.tools import ToolRequest, mount_for, requests_for, tool_env
 from pyro_loop.project.config import FILENAME, ProjectConfig
 from pyro_loop.project.detect import Ecosystem, detect_ecosystems
+from pyro_loop.records import dataclass, field
 from pyro_loop.runtime import SANDBOX_HOME, Mount
 from pyro_loop.runtime import SANDBOX_PATH as SYSTEM_PATH
 from pyro_loop.store.layers import LayerStore

@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +44,7 @@ from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
 from pyro_loop.project.trust import require_trust
+from pyro_loop.records import dataclass, field
 from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
 from pyro_loop.units import duration
 

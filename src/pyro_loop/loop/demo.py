@@ -15,11 +15,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyro_loop import git
+from pyro_loop.records import dataclass
 from pyro_loop.workspace.manager import Workspaces
 
 if TYPE_CHECKING:

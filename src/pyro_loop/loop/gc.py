@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import NotFoundError, PyroError
 from pyro_loop.locking import file_lock
 from pyro_loop.loop.projecthome import prepared_projects
+from pyro_loop.records import dataclass, field
 from pyro_loop.store.layers import COMPLETE_MARKER, Layer, layer_of
 from pyro_loop.workspace.manager import Workspaces
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
+from pyro_loop.records import dataclass, field
 from pyro_loop.runtime import Mount
 
 # Passed through to prepare's commands when set on the host.

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from pyro_loop.procutil import pid_alive, spawn_detached
 from pyro_loop.project.config import load_project_config
 from pyro_loop.project.discovery import Project, find_project
 from pyro_loop.project.trust import TrustState, trust_state
+from pyro_loop.records import dataclass
 
 # How long a recorded background prepare may still be running: past this, a live pid is
 # taken for another process that reuses the number (after a reboot, say).

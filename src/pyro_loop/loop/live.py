@@ -14,7 +14,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -33,6 +32,7 @@ from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, allow, require_trust, trust_state
+from pyro_loop.records import dataclass
 from pyro_loop.shapes import UpJSON
 from pyro_loop.units import duration
 from pyro_loop.workspace import secrets as secretenv

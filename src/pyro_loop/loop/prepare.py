@@ -25,7 +25,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.detect import keying_files, project_files
 from pyro_loop.project.discovery import Project, head_commit, head_tree, write_tree
 from pyro_loop.project.trust import require_trust
+from pyro_loop.records import dataclass, field
 from pyro_loop.store.layers import Layer, LayerStore
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light

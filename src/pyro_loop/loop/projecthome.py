@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop.fs.util import write_json_atomic
+from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
     from pyro_loop.project.discovery import Project

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from pyro_loop.procutil import pid_alive
 from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
+from pyro_loop.records import dataclass, field
 from pyro_loop.runtime import SANDBOX_HOME
 from pyro_loop.store.layers import Layer
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_loop.loop.activation import tool_requests
@@ -13,6 +12,7 @@ from pyro_loop.loop.warmth import judge
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, trust_state
+from pyro_loop.records import dataclass, field
 from pyro_loop.shapes import ProjectWorkspaceJSON, StatusJSON
 from pyro_loop.store.layers import LayerStore
 from pyro_loop.workspace.manager import Workspaces

@@ -23,7 +23,6 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +31,7 @@ from pyro_loop.errors import PyroError
 from pyro_loop.identity import hand_over
 from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.project.config import TOOL_NAMES
+from pyro_loop.records import dataclass
 from pyro_loop.runtime import Mount
 from pyro_loop.store.layers import Layer, LayerStore, layer_path
 

@@ -20,7 +20,6 @@ Three parts, as `pyro prepare` builds them:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from pyro_loop.loop.projecthome import ProjectHome, ProjectState
 from pyro_loop.loop.tools import ToolRequest, missing
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, head_commit
+from pyro_loop.records import dataclass
 from pyro_loop.store.layers import LayerStore
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyro_loop.errors import NotFoundError, PyroError
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     from pyro_loop.loop.live import ProjectLoop

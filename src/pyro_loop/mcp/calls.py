@@ -14,7 +14,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from pyro_loop.errors import PyroError
 from pyro_loop.mcp.output import OutputCapture
+from pyro_loop.records import dataclass
 from pyro_loop.shapes import ExecJSON
 
 if TYPE_CHECKING:

@@ -8,19 +8,18 @@ project says it really needs that newer pyro.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
 from pyro_loop.names import ENV_NAME
+from pyro_loop.records import dataclass, field, replace
 from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 
 FILENAME = ".pyro.toml"
@@ -213,7 +212,7 @@ class ProjectConfig:
     # The sha256 of the bytes these settings were parsed from: what `pyro trust` approves
     # (None for the defaults, and for a configuration built in code). Not part of equality:
     # two files with the same settings configure the same thing.
-    digest: str | None = dataclasses.field(default=None, compare=False)
+    digest: str | None = field(default=None, compare=False)
 
     @classmethod
     def default(cls) -> ProjectConfig:
@@ -281,8 +280,8 @@ def load_config(path: Path) -> ConfigResult:
         ) from None
     result = _Loader(path, where, _key_lines(text)[0]).load(data)
     # The digest of exactly the bytes parsed: trust is checked against what is in effect.
-    config = dataclasses.replace(result.config, digest=hashlib.sha256(raw).hexdigest())
-    return dataclasses.replace(result, config=config)
+    config = replace(result.config, digest=hashlib.sha256(raw).hexdigest())
+    return replace(result, config=config)
 
 
 class _Loader:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pyro_loop.fs.beneath import Beneath
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     from pyro_loop.project.config import ProjectConfig

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from pyro_loop import git
 from pyro_loop.agent.protocol import HOME_DIR
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     import pygit2

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.git import common_dir, config_value
 from pyro_loop.project.discovery import Project
+from pyro_loop.records import dataclass
 
 MARKER = "# pyro-hook 7f3b9c2e"
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite")

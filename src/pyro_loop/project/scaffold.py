@@ -7,12 +7,10 @@ stay as written: they are the documentation a developer reads in their own repos
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from pyro_loop import git
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.project.config import FILENAME
 from pyro_loop.project.detect import Ecosystem, detect_ecosystems
+from pyro_loop.records import dataclass, replace
 
 BACKUP_SUFFIX = ".bak"
 
@@ -153,7 +152,7 @@ def init_project(
                 tmp.unlink()
     except OSError as exc:  # a read-only checkout, a directory named .pyro.toml, ...
         raise InvalidInputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return dataclasses.replace(result, written=True, backup=backup)
+    return replace(result, written=True, backup=backup)
 
 
 def _array(items: list[str]) -> Any:

@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.project.config import ProjectConfig, display_path
+from pyro_loop.records import dataclass
 
 TRUST_DIR = "trust"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.records import dataclass
 
 ENV_VAR = "PYRO_CACHE_REMOTE"
 # The distribution spec's repository name: lowercase components joined by `/`.

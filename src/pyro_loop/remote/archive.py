@@ -16,12 +16,12 @@ import io
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import DISK_FULL_ERRNOS, check_tree_depth
+from pyro_loop.records import dataclass
 from pyro_loop.store.overlay import OPAQUE_XATTR, is_opaque_dir, is_whiteout
 
 if TYPE_CHECKING:

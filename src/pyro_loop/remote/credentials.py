@@ -19,11 +19,11 @@ import base64
 import json
 import os
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.errors import InvalidInputError
+from pyro_loop.records import dataclass, field
 
 USERNAME_VAR, PASSWORD_VAR = "PYRO_CACHE_USERNAME", "PYRO_CACHE_PASSWORD"
 _HELPER_TIMEOUT = 20.0

@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from pyro_loop import __version__
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import FREE_SPACE_KEPT
 from pyro_loop.progress import OnProgress, Phase
+from pyro_loop.records import dataclass, field
 from pyro_loop.remote.address import Remote
 from pyro_loop.store.layers import Layer, LayerStore, check_key
 

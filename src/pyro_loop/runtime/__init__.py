@@ -7,11 +7,11 @@ serve the same agent protocol over vsock instead of a Unix socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyro_loop.agent.protocol import HOME_DIR as _HOME_DIR
+from pyro_loop.records import dataclass, field
 from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.records import dataclass
 from pyro_loop.runtime.bwrap import SANDBOX_PYTHON
 
 

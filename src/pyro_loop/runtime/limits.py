@@ -6,8 +6,9 @@ loading the sandbox machinery (the MCP server answers `initialize` before it nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from pyro_loop.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import errno
 import functools
 import os
 import platform
-from dataclasses import dataclass
 
 from pyro_loop.errors import HostUnsupportedError
+from pyro_loop.records import dataclass
 
 LIBSECCOMP = "libseccomp.so.2"
 LIBSECCOMP_FIX = "apt-get install libseccomp2 (dnf install libseccomp), then `pyro doctor`"

@@ -25,12 +25,12 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
 from pyro_loop.progress import OnProgress, Phase
+from pyro_loop.records import dataclass
 from pyro_loop.store.layers import Layer, LayerStore
 
 # Bump when the build below changes what ends up in the tree: old layers are then rebuilt.

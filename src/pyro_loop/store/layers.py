@@ -19,7 +19,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pyro_loop.fs.util import dir_size, empty_trash, move_to_trash, remove_tree,
 from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
 from pyro_loop.procutil import pid_alive, remove_in_background
+from pyro_loop.records import dataclass
 from pyro_loop.store.treehash import tree_digest
 
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")

@@ -12,11 +12,11 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.fs.util import check_tree_depth
+from pyro_loop.records import dataclass
 from pyro_loop.store.overlay import OPAQUE_XATTR, is_whiteout
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyro_loop import git
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, git_blob_id
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     import pygit2

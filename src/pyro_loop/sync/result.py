@@ -3,8 +3,9 @@ no more than this)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
     from pyro_loop.shapes import SkippedJSON, SyncJSON

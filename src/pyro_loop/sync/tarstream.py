@@ -8,11 +8,11 @@ import os
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, open_file
+from pyro_loop.records import dataclass
 from pyro_loop.sync.manifest import stat_fields
 
 CHUNK = 1024 * 1024

@@ -13,13 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyro_loop.errors import AgentUnavailableError, PyroError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.procutil import pid_alive
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     from pyro_loop.sync import Syncer, SyncResult

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -27,6 +25,7 @@ from pyro_loop.errors import (
     PyroError,
 )
 from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.records import dataclass, replace
 
 if TYPE_CHECKING:
     from pyro_loop.workspace.secrets import Redactor
@@ -500,7 +499,7 @@ class ExecChannel:
             event = self.next_event()
             if isinstance(event, ExecResult):
                 out, err = collected["stdout"], collected["stderr"]
-                return dataclasses.replace(
+                return replace(
                     event, stdout=out.value(), stderr=err.value(),
                     stdout_truncated=out.truncated, stderr_truncated=err.truncated,
                 )  # fmt: skip

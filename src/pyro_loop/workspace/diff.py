@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyro_loop.records import dataclass
 from pyro_loop.store.layerview import Entry, LayerStack, changed_paths, is_opaque, read_file
 
 if TYPE_CHECKING:

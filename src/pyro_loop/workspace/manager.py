@@ -25,7 +25,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -42,6 +41,7 @@ from pyro_loop.identity import hand_over, sandbox_owner
 from pyro_loop.locking import file_lock
 from pyro_loop.names import check_name
 from pyro_loop.procutil import remove_in_background
+from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
 from pyro_loop.workspace import secrets as secretenv

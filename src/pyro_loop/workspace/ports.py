@@ -19,13 +19,13 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.procutil import spawn_detached
+from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
     from pyro_loop.shapes import PortJSON

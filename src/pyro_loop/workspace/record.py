@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyro_loop.fs.util import write_json_atomic
+from pyro_loop.records import asdict, dataclass, field
 from pyro_loop.runtime import Limits, Mount, SandboxHandle
 
 RECORD_VERSION = 1

@@ -16,10 +16,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pyro_loop.errors import NotFoundError, PyroError
+from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
     from pyro_loop.workspace.client import ExecChannel, ExecResult
