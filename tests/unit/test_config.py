@@ -316,3 +316,36 @@ def test_the_template_holds_the_defaults() -> None:
     default = ProjectConfig.default()
     # The template spells out every default, except `keys`, which `pyro init` fills in.
     assert records.replace(config, path=None, prepare_keys=None) == default
+
+
+def test_a_cached_parse_gives_what_parsing_gives(tmp_path: Path, pyro_home: Path) -> None:
+    """The second load of the same bytes reads the parse from pyro's home, with the same
+    config, warnings and error lines; a date (which JSON would not give back) or an entry this
+    pyro did not write means a fresh parse."""
+    from pyro_loop.project import config as module
+
+    text = FULL + "colour = 'red'\n"
+    first = load(tmp_path, text)
+    kept = list((pyro_home / module.PARSE_CACHE).glob("*.json"))
+    assert [p.stem for p in kept] == [first.config.digest]
+    second = load(tmp_path, text)
+    assert second == first
+    assert second.warnings == first.warnings != ()
+    assert second.config.digest == first.config.digest
+
+    kept[0].write_text(kept[0].read_text().replace('"pyro ', '"other '))
+    assert load(tmp_path, text) == first  # not this pyro's: parsed again, and kept anew
+    assert module._cached_parse(first.config.digest) is not None
+
+    bad = FULL.replace("processes = 512", "processes = 'many'")
+    with pytest.raises(InvalidConfigError) as fresh:
+        load(tmp_path, bad)
+    with pytest.raises(InvalidConfigError) as cached:
+        load(tmp_path, bad)
+    assert str(cached.value) == str(fresh.value)
+    assert ".pyro.toml:18: [workspace] processes" in str(fresh.value)
+
+    dated = FULL + "when = 1979-05-27\n"
+    assert load(tmp_path, dated).warnings == load(tmp_path, dated).warnings
+    digest = load(tmp_path, dated).config.digest
+    assert digest is not None and module._cached_parse(digest) is None

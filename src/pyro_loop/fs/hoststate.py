@@ -7,11 +7,11 @@ ever read through such a link."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
+from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.records import dataclass
 
@@ -60,11 +60,13 @@ def open_file(tree: Beneath, rel: str) -> int:
 
 def sha256_file(tree: Beneath, rel: str) -> str:
     with os.fdopen(open_file(tree, rel), "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(f)
 
 
 def git_blob_id(tree: Beneath, rel: str) -> str:
     """The id git gives `rel`'s content as a blob (what `git hash-object` prints)."""
+    import hashlib
+
     fd = open_file(tree, rel)
     with os.fdopen(fd, "rb") as f:
         digest = hashlib.sha1(b"blob %d\0" % os.fstat(fd).st_size, usedforsecurity=False)
@@ -79,7 +81,7 @@ def host_digest(root: Path, rel: str) -> str | None:
         if state.kind == "file":
             return sha256_file(tree, rel)
         if state.kind == "symlink":
-            return hashlib.sha256(os.fsencode(tree.readlink(rel))).hexdigest()
+            return sha256_hex(os.fsencode(tree.readlink(rel)))
     return None
 
 

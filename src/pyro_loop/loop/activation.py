@@ -9,11 +9,11 @@ workspace of the project (so `pyro exec -- pytest` finds the virtualenv's pytest
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.loop.tools import ToolRequest, mount_for, requests_for, tool_env
 from pyro_loop.project.config import FILENAME, ProjectConfig
@@ -43,7 +43,7 @@ class Activation:
         """Changes whenever a workspace made with it would differ: names the activation."""
         data = {"mounts": [m.to_json() for m in self.mounts], "env": self.env}
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return sha256_hex(canonical.encode())[:16]
 
 
 def tool_requests(config: ProjectConfig) -> list[ToolRequest]:

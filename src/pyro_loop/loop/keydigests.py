@@ -11,7 +11,6 @@ already a second old when it was read.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.digest import file_sha256
 from pyro_loop.fs.util import write_json_atomic
 
 _SETTLED_NS = 1_000_000_000
@@ -43,7 +43,7 @@ class KeyDigests:
         entry = self._entries.get(rel)
         if isinstance(entry, list) and entry[:5] == identity and isinstance(entry[5], str):
             return entry[5]
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = file_sha256(f)
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
             self._entries[rel] = [*identity, digest]
             self._changed = True

@@ -8,7 +8,6 @@ working tree by the sync engine. It outlives every command, so the next one reco
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import (
     CommandNotFoundError,
     ConflictError,
@@ -718,9 +718,9 @@ def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:
     if entry is None:
         return current is None
     if entry.kind == "symlink":
-        return current == hashlib.sha256(os.fsencode(entry.target or "")).hexdigest()
+        return current == sha256_hex(os.fsencode(entry.target or ""))
     content = read_file(entry.layer, rel)
-    return current == (hashlib.sha256(content).hexdigest() if content is not None else None)
+    return current == (sha256_hex(content) if content is not None else None)
 
 
 def _write_host(root: Path, changes: list[Change]) -> None:

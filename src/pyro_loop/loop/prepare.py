@@ -20,7 +20,6 @@ atomically), and the next prepare recovers by itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath, LinkEscapeError
 from pyro_loop.loop.projecthome import ProjectHome, ProjectState
@@ -114,7 +114,7 @@ class PrepareInputs:
 
 def _digest(data: dict[str, Any]) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256_hex(canonical.encode())
 
 
 def compute_inputs(
@@ -129,7 +129,7 @@ def compute_inputs(
                 if digests is not None:
                     keys[rel] = digests.digest(rel, f)
                 else:
-                    keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+                    keys[rel] = file_sha256(f)
     if digests is not None:
         digests.save()
     project_keys = (
@@ -154,7 +154,7 @@ def _hash_files(project: Project, files: list[str]) -> dict[str, str]:
     with Beneath(project.root) as tree:
         for rel in files:
             with os.fdopen(open_key_file(tree, project, rel), "rb") as f:
-                keys[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+                keys[rel] = file_sha256(f)
     return keys
 
 
@@ -454,7 +454,7 @@ def _ensure_tools(
 
 
 def baseline_key(tree: str) -> str:
-    return hashlib.sha256(f"pyro-baseline-v{BASELINE_FORMAT}\0{tree}".encode()).hexdigest()
+    return sha256_hex(f"pyro-baseline-v{BASELINE_FORMAT}\0{tree}".encode())
 
 
 def _ensure_baseline(

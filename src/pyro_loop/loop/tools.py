@@ -17,7 +17,6 @@ come from npm (`npm install --global --prefix`), using the environment's node an
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -27,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import PyroError
 from pyro_loop.identity import hand_over
 from pyro_loop.progress import OnProgress, Phase
@@ -129,7 +129,7 @@ class ToolRequest:
     @property
     def key(self) -> str:
         canonical = json.dumps(self.inputs(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return sha256_hex(canonical.encode())
 
     def describe(self) -> str:
         return f"{self.name} {self.version}"

@@ -8,7 +8,6 @@ project says it really needs that newer pyro.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pyro_loop import __version__
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import PyroError
 from pyro_loop.names import ENV_NAME
 from pyro_loop.records import dataclass, field, replace
@@ -252,15 +252,28 @@ def load_project_config(root: Path) -> ConfigResult:
 
 def load_config(path: Path) -> ConfigResult:
     """Load and validate one `.pyro.toml`; raises InvalidConfigError on the first bad value."""
-    # The standard library's parser: reading is on every daily command's path, and it loads
-    # in a fraction of tomlkit's time. tomlkit is used where files are written (pyro init).
-    import tomllib
-
     where = display_path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InvalidConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    digest = sha256_hex(raw)
+    parsed = _cached_parse(digest)
+    if parsed is None:
+        parsed = _parse(raw, where)
+        _remember_parse(digest, parsed)
+    data, lines = parsed
+    result = _Loader(path, where, lines).load(data)
+    # The digest of exactly the bytes parsed: trust is checked against what is in effect.
+    return replace(result, config=replace(result.config, digest=digest))
+
+
+def _parse(raw: bytes, where: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The file's TOML and the line of each key; InvalidConfigError when it is not TOML."""
+    # The standard library's parser: it loads in a fraction of tomlkit's time. tomlkit is used
+    # where files are written (pyro init).
+    import tomllib
+
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -278,10 +291,68 @@ def load_config(path: Path) -> ConfigResult:
         raise InvalidConfigError(
             f"{where}:{position[1]}: not valid TOML: {reason} (column {position[2]})"
         ) from None
-    result = _Loader(path, where, _key_lines(text)[0]).load(data)
-    # The digest of exactly the bytes parsed: trust is checked against what is in effect.
-    config = replace(result.config, digest=hashlib.sha256(raw).hexdigest())
-    return replace(result, config=config)
+    return data, _key_lines(text)[0]
+
+
+# Parsed files, by the sha256 of their bytes, in pyro's home: a daily command reads its
+# .pyro.toml on every start, and the TOML parser's import and regexes cost more than the rest
+# of the load. Only what parses is kept, as JSON, and only values JSON gives back unchanged
+# (a TOML date is not): the cached parse is the parse. Tagged with the versions that made it.
+PARSE_CACHE = "parsed"
+PARSE_CACHE_KEEP = 64  # files: past that, the least recently written go
+_PARSE_TAG = f"pyro {__version__}; python {sys.version_info[:3]}; 1"
+
+
+def _parse_cache_path(digest: str) -> Path:
+    from pyro_loop.home import pyro_home
+
+    return pyro_home() / PARSE_CACHE / f"{digest}.json"
+
+
+def _cached_parse(digest: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]] | None:
+    try:
+        kept = json.loads(_parse_cache_path(digest).read_bytes())
+        if (
+            kept["tag"] == _PARSE_TAG
+            and kept["digest"] == digest
+            and isinstance(kept["data"], dict)
+        ):
+            return kept["data"], {tuple(key): line for key, line in kept["lines"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none kept, or not one this pyro wrote: parse again
+    return None
+
+
+def _remember_parse(digest: str, parsed: tuple[dict[str, Any], dict[tuple[str, ...], int]]) -> None:
+    data, lines = parsed
+    record = {"tag": _PARSE_TAG, "digest": digest, "data": data,
+              "lines": [[list(key), line] for key, line in lines.items()]}  # fmt: skip
+    try:
+        if not _plain(data):
+            return
+        text = json.dumps(record)
+    except (RecursionError, ValueError):
+        return  # nested deeper than the encoder goes: parse every time
+    path = _parse_cache_path(digest)
+    tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        kept = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-PARSE_CACHE_KEEP]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only or full home: parse every time
+
+
+def _plain(value: Any) -> bool:
+    """True when JSON gives `value` back equal and of the same types (no dates, no tuples)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
 
 
 class _Loader:
@@ -465,7 +536,7 @@ def display_path(path: Path) -> str:
 
 # The tokens of TOML that matter for finding keys: strings (whose contents never count), comments,
 # newlines and punctuation. Alternatives are tried in order; each string form consumes whole.
-TOKEN = re.compile(
+TOKEN: tuple[str, int] = (
     r""""{3}(?:[^"\\]|\\.|"(?!""))*"{3,5}
       | '{3}(?:[^']|'(?!''))*'{3,5}
       | "(?:[^"\\\n]|\\.)*"
@@ -475,7 +546,7 @@ TOKEN = re.compile(
       | [^\s"'\#\[\]{}=.,]+
     """,
     re.VERBOSE | re.DOTALL,
-)
+)  # compiled when a file is parsed: a cached parse needs no regex (see _cached_parse)
 
 
 def _key_lines(text: str) -> tuple[dict[tuple[str, ...], int], int | None]:
@@ -492,7 +563,7 @@ def _key_lines(text: str) -> tuple[dict[tuple[str, ...], int], int | None]:
     table: tuple[str, ...] = ()
     key: list[str] | None = []  # the key being read; None while inside a value
     header, array, depth, line = False, False, 0, 1
-    for match in TOKEN.finditer(text):
+    for match in re.finditer(TOKEN[0], text, TOKEN[1]):
         tok = match.group()
         if key is None:
             if tok == "\n" and depth == 0:

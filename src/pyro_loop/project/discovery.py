@@ -8,13 +8,13 @@ through `pyro_loop.git`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyro_loop import git
 from pyro_loop.agent.protocol import HOME_DIR
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.records import dataclass
@@ -38,7 +38,7 @@ class Project:
     @property
     def id(self) -> str:
         """Stable per project directory: names its state and labels its workspaces."""
-        return hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return sha256_hex(str(self.root).encode())[:16]
 
     @property
     def name(self) -> str:

@@ -16,13 +16,13 @@ file) is the caller's own and needs none.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.project.config import ProjectConfig, display_path
@@ -108,7 +108,7 @@ def allow(home: Path, config: ProjectConfig) -> TrustState:
 
 def allow_content(home: Path, path: Path, content: bytes) -> None:
     """Approve `content` as the file at `path` (`pyro init` trusts the file it wrote)."""
-    allow_digest(home, path, hashlib.sha256(content).hexdigest())
+    allow_digest(home, path, sha256_hex(content))
 
 
 def allow_digest(home: Path, path: Path, digest: str) -> None:
@@ -136,7 +136,7 @@ def _key_path(path: Path) -> str:
 
 
 def _record_path(home: Path, path: Path) -> Path:
-    name = hashlib.sha256(_key_path(path).encode()).hexdigest()[:32]
+    name = sha256_hex(_key_path(path).encode())[:32]
     return home / TRUST_DIR / f"{name}.json"
 
 

@@ -33,7 +33,6 @@ relative to the store, the keeper's working directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -429,6 +428,8 @@ def agent_files(home: Path) -> dict[str, Path]:
     cannot write a bytecode cache. The bytecode is checked by hash, not by timestamp: the
     files reach the sandbox as copies with new timestamps.
     """
+    import hashlib
+
     digest = hashlib.sha256()
     for name in AGENT_FILES:
         digest.update(agent_source(name).read_bytes())

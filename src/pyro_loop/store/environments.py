@@ -16,7 +16,6 @@ it to the sandbox uid like every other layer (identity.hand_over).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import HostUnsupportedError, InvalidInputError, PyroError
 from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.records import dataclass
@@ -130,7 +130,7 @@ def parse_environment(name: str, packages: Iterable[str] = ()) -> EnvironmentSpe
 def environment_key(spec: EnvironmentSpec) -> str:
     """The layer key: sha256 of the canonical JSON of the spec's inputs."""
     canonical = json.dumps(spec.inputs(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256_hex(canonical.encode())
 
 
 def ensure_environment(

@@ -7,19 +7,25 @@ Ownership and timestamps are deliberately left out: they do not survive a copy i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pyro_loop.digest import file_sha256
 from pyro_loop.fs.util import check_tree_depth
 from pyro_loop.store.overlay import is_opaque_dir, is_whiteout
+
+if TYPE_CHECKING:
+    import hashlib
 
 DIGEST_VERSION = b"pyro-tree-v1\0"
 
 
 def tree_digest(root: Path) -> str:
     """Return the sha256 hex digest of the tree below `root` (not following symlinks)."""
+    import hashlib  # when a tree is hashed: the daily commands never do (digest.py)
+
     h = hashlib.sha256(DIGEST_VERSION)
     _hash_dir(h, str(root), "")
     return h.hexdigest()
@@ -30,6 +36,8 @@ def digest_of_records(records: dict[str, bytes]) -> str:
     functions below) by a writer that knew each entry as it made it: the same value
     `tree_digest` computes by reading the tree back. The walk visits a directory's entries
     by name, each directory's contents right after it: the order of path components."""
+    import hashlib
+
     h = hashlib.sha256(DIGEST_VERSION)
     for rel in sorted(records, key=lambda p: p.split("/")):
         h.update(records[rel])
@@ -72,7 +80,7 @@ def _hash_dir(h: hashlib._Hash, path: str, rel: str) -> None:
             h.update(link_record(child_rel, os.readlink(entry.path)))
         elif stat.S_ISREG(st.st_mode):
             with open(entry.path, "rb") as f:
-                content = hashlib.file_digest(f, "sha256").hexdigest()
+                content = file_sha256(f)
             h.update(file_record(child_rel, perms, content))
         elif is_whiteout(st):
             h.update(whiteout_record(child_rel))

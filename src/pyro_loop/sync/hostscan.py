@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import hashlib
 import marshal
 import os
 import stat
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.git import common_dir
 
 RECORD_VERSION = 1
@@ -64,9 +64,9 @@ def file_digest(path: str) -> str | None:
     """sha256 of a file's content, or of a symlink's target (as the manifest records them)."""
     try:
         if os.path.islink(path):
-            return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+            return sha256_hex(os.fsencode(os.readlink(path)))
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            return file_sha256(f)
     except OSError:
         return None
 
@@ -509,4 +509,4 @@ def _now_ns() -> int:
 
 
 def _digest(manifest: bytes) -> str:
-    return hashlib.sha256(manifest).hexdigest()
+    return sha256_hex(manifest)

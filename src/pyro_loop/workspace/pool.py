@@ -17,13 +17,13 @@ and its files are reached through descriptors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyro_loop.digest import sha256_hex
 from pyro_loop.fs.util import move_to_trash
 from pyro_loop.procutil import remove_in_background, spawn_detached
 from pyro_loop.runtime import Runtime, SandboxHandle, SandboxSpec
@@ -50,7 +50,7 @@ def pool_key(record: WorkspaceRecord) -> str:
     could tell."""
     data = [record.environment, record.environment_layer, record.base_layers, record.network,
             record.limits.describe(), [m.to_json() for m in record.mounts]]  # fmt: skip
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
+    return sha256_hex(json.dumps(data, sort_keys=True).encode())[:24]
 
 
 class Pool:
