@@ -294,9 +294,13 @@ def prepare(
         from pyro_loop.loop.teamcache import require_remote
 
         require_remote(config)
-    inputs = compute_inputs(project, config)
-    key = inputs.key
+    from pyro_loop.loop.keydigests import KeyDigests
+
     files = ProjectHome.of(ws.home, project)
+    # The digests the warm judgment remembers for unchanged keying files (loop/keydigests.py):
+    # a warm prepare then reads no lockfile, as `--if-changed` and the daily commands do not.
+    inputs = compute_inputs(project, config, digests=KeyDigests(files.key_digests))
+    key = inputs.key
     state = files.load_state() or ProjectState(root=str(project.root))
     recorded = _state_text(state)
     built: list[str] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.loop.activation import tool_requests
 from pyro_loop.loop.projecthome import ProjectHome
@@ -13,9 +13,11 @@ from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, trust_state
 from pyro_loop.records import dataclass, field
-from pyro_loop.shapes import ProjectWorkspaceJSON, StatusJSON
 from pyro_loop.store.layers import LayerStore
 from pyro_loop.workspace.manager import Workspaces
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import ProjectWorkspaceJSON, StatusJSON
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +55,8 @@ from pyro_loop.runtime import (
 from pyro_loop.store.overlay import check_mount_path, overlay_options
 
 if TYPE_CHECKING:
+    import socket
+
     from pyro_loop.runtime.idmap import Covering
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
@@ -502,6 +503,8 @@ def _within_hard_limit(which: int, wanted: int) -> int:
 
 
 def _bind_listener(path: Path) -> socket.socket:
+    import socket  # here: the commands that only read records never bind one
+
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

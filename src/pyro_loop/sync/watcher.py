@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -290,6 +289,8 @@ def run_watcher(
     root = (root or syncer.root).resolve()
     say = on_event or (lambda _text: None)
     status = _StatusFile(status_path, root)
+    import threading
+
     stopped = stop_event or threading.Event()
     last_full = [0.0]
     unsettled = [False]  # synced since the last quiet moment

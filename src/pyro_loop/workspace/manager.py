@@ -45,13 +45,6 @@ from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
 from pyro_loop.workspace import secrets as secretenv
-from pyro_loop.workspace.client import (
-    AgentClient,
-    Cancellation,
-    ExecChannel,
-    ExecResult,
-    OutputSink,
-)
 from pyro_loop.workspace.pool import Pool, pool_key
 from pyro_loop.workspace.record import Snapshot, WorkspaceDir, WorkspaceRecord
 
@@ -60,6 +53,13 @@ if TYPE_CHECKING:
 
     from pyro_loop.progress import OnProgress
     from pyro_loop.shapes import WorkspaceJSON
+    from pyro_loop.workspace.client import (
+        AgentClient,
+        Cancellation,
+        ExecChannel,
+        ExecResult,
+        OutputSink,
+    )
     from pyro_loop.workspace.diff import Change
     from pyro_loop.workspace.ports import Mapping
     from pyro_loop.workspace.services import ServiceClient
@@ -596,6 +596,9 @@ class Workspaces:
     # -- internals ----------------------------------------------------------------------------
 
     def _client(self, wdir: WorkspaceDir) -> AgentClient:
+        # Imported here: the commands that only read records (status, list) need no socket.
+        from pyro_loop.workspace.client import AgentClient
+
         return AgentClient(wdir.socket)
 
     def _spec(
