@@ -37,7 +37,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import HostUnsupportedError
 from pyro_loop.fs.socketpath import socket_address
@@ -428,19 +428,37 @@ def agent_files(home: Path) -> dict[str, Path]:
     because the agent's start-up is on the path of every create and reset, and the sandbox
     cannot write a bytecode cache. The bytecode is checked by hash, not by timestamp: the
     files reach the sandbox as copies with new timestamps.
+
+    A process that starts many sandboxes (the MCP server, a test run) hashes the sources once
+    while their stat data stay the same, not on every create and reset.
     """
+    sources = tuple(agent_source(name) for name in AGENT_FILES)
+    identity = (str(home), tuple(_stat_identity(path) for path in sources))
+    known = _AGENT_FILES.get(identity)
+    if known is not None and (known[0] / "COMPLETE").exists():
+        return dict(known[1])
     import hashlib
 
     digest = hashlib.sha256()
-    for name in AGENT_FILES:
-        digest.update(agent_source(name).read_bytes())
+    for path in sources:
+        digest.update(path.read_bytes())
     target = home / "agent" / digest.hexdigest()[:16]
     if not (target / "COMPLETE").exists():
         _install_agent(target)
     files = {name: target / name for name in AGENT_FILES}
     for pyc in sorted((target / "__pycache__").glob("*.pyc")):
         files[f"__pycache__/{pyc.name}"] = pyc
+    _AGENT_FILES.clear()  # one home at a time is the usual case: keep the cache one entry
+    _AGENT_FILES[identity] = (target, dict(files))
     return files
+
+
+_AGENT_FILES: dict[tuple[Any, ...], tuple[Path, dict[str, Path]]] = {}
+
+
+def _stat_identity(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _install_agent(target: Path) -> None:
