@@ -7,8 +7,8 @@ lines, a live line on a terminal, or JSON lines; the MCP server as progress noti
 A front decides how to show an event from its fields, never by parsing its text.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: below Python 3.12 a TypedDict compiles each string
+# annotation (ProgressJSON's), and this module is imported by every command.
 from collections.abc import Callable
 from typing import Literal, TypedDict
 

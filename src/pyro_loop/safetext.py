@@ -22,19 +22,20 @@ import re
 from typing import TextIO
 
 _SGR = r"\x1b\[[0-9;:]*m"
-_UNSAFE = re.compile(
+# Compiled on first use (re keeps them): most commands never write workspace text.
+_UNSAFE = (
     _SGR
     + r"|\r(?!\n)"  # a CR that does not end a line returns over what is shown
     + "|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\udc80-\udcff]"
 )
 # The end of a piece of output that may be the start of something the next piece completes.
-_UNFINISHED = re.compile(r"(\x1b(\[[0-9;:]*)?|\r)\Z")
+_UNFINISHED = r"(\x1b(\[[0-9;:]*)?|\r)\Z"
 _MAX_HELD = 64  # a longer "unfinished" SGR is not one: show it
 
 
 def visible(text: str, *, program: bool = False) -> str:
     """`text` with every control character shown (see the module's doc)."""
-    return _UNSAFE.sub(lambda m: _shown(m.group(), program), text)
+    return re.sub(_UNSAFE, lambda m: _shown(m.group(), program), text)
 
 
 def _shown(found: str, program: bool) -> str:
@@ -76,7 +77,7 @@ class TerminalText:
 
     def feed(self, data: bytes) -> str:
         text = self._held + self._decoder.decode(data)
-        found = _UNFINISHED.search(text)
+        found = re.search(_UNFINISHED, text)
         cut = found.start() if found is not None and len(text) - found.start() < _MAX_HELD else None
         text, self._held = (text, "") if cut is None else (text[:cut], text[cut:])
         return visible(text, program=self.program)
