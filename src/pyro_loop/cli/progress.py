@@ -9,16 +9,19 @@ stdout stays the command's one JSON document.
 
 from __future__ import annotations
 
+import _thread
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.safetext import visible
+
+if TYPE_CHECKING:
+    import threading
 
 
 class ProgressDisplay:
@@ -31,11 +34,13 @@ class ProgressDisplay:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.prefix = prefix
-        self._lock = threading.Lock()
+        # threading itself is imported only for a live line's ticker: a warm prepare or up
+        # whose output is piped starts no thread and needs no import of it.
+        self._lock = _thread.allocate_lock()
         self._event: Progress | None = None
         self._line = ""
         self._since = 0.0
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None
         self._ticker: threading.Thread | None = None
 
     def __call__(self, event: Progress) -> None:
@@ -51,7 +56,11 @@ class ProgressDisplay:
                 self._since = time.monotonic()
                 self._draw(final=False)
                 if self._ticker is None:
-                    self._ticker = threading.Thread(target=self._tick, daemon=True)
+                    import threading
+
+                    self._stop = threading.Event()
+                    self._ticker = threading.Thread(target=self._tick, args=(self._stop,),
+                                                    daemon=True)  # fmt: skip
                     self._ticker.start()
             self.stream.flush()
 
@@ -62,16 +71,17 @@ class ProgressDisplay:
         how_far = f"{amount}, {took}" if amount else took
         self.stream.write(f"\r\x1b[K{self._line} ({how_far})" + ("\n" if final else ""))
 
-    def _tick(self) -> None:
-        while not self._stop.wait(1.0):
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
             with self._lock:
                 if self._event is not None:
                     self._draw(final=False)
                     self.stream.flush()
 
     def close(self) -> None:
-        self._stop.set()
         with self._lock:
+            if self._stop is not None:
+                self._stop.set()
             if self.live and self._event is not None:
                 self._draw(final=True)
                 self._event = None

@@ -16,8 +16,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,8 @@ from pyro_loop.procutil import spawn_detached
 from pyro_loop.records import dataclass
 
 if TYPE_CHECKING:
+    import socket
+
     from pyro_loop.shapes import PortJSON
 
 LOOPBACK = "127.0.0.1"
@@ -74,6 +74,8 @@ def _unprivileged_start() -> int:
 
 def bind(mapping: Mapping) -> socket.socket:
     """Listen on 127.0.0.1:host_port, or say in one line why that cannot be."""
+    import socket  # here: `status` and the daily commands only read what is published
+
     port = mapping.host_port
     if port < _unprivileged_start() and os.geteuid() != 0:
         raise InvalidInputError(
@@ -202,6 +204,8 @@ def _child_env() -> dict[str, str]:
 
 def close_all(workspace_dir: Path) -> list[Mapping]:
     """Stop every forwarder of the workspace; returns what was published."""
+    import signal
+
     entries = _load(workspace_dir)
     closed = []
     for entry in entries:
