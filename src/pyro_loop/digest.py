@@ -9,6 +9,7 @@ so larger inputs (and file digests) still go to `hashlib`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ SMALL = 64 * 1024  # bytes: at or below this, the builtin module (measured: equa
 
 
 def _builtin() -> Callable[[bytes], Any] | None:
-    for name in ("_sha2", "_sha256"):  # Python 3.12+, 3.11
+    for name in ("_sha256", "_sha2") if sys.version_info < (3, 12) else ("_sha2",):
         try:
             module = __import__(name)
         except ImportError:

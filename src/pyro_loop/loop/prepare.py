@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath, LinkEscapeError
+from pyro_loop.home import pyro_home
 from pyro_loop.loop.projecthome import ProjectHome, ProjectState
 from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
@@ -282,11 +283,7 @@ def prepare(
     commands or wider access the user has not approved (`pyro trust`).
     """
     started = time.perf_counter()
-    if workspaces is None:
-        from pyro_loop.workspace.manager import Workspaces
-
-        workspaces = Workspaces()
-    ws = workspaces
+    ws = _Workspaces(workspaces)
     require_trust(ws.home, config)
     store = ws.store
     progress = on_progress or ignore
@@ -323,7 +320,7 @@ def prepare(
                 log = ws.home / "logs" / f"prepare-{key[:12]}.log"
                 from pyro_loop.loop.snapshotbuild import SnapshotBuild
 
-                build = SnapshotBuild(project, config, inputs, ws, log, progress)
+                build = SnapshotBuild(project, config, inputs, ws.made(), log, progress)
                 deps = build.run()
                 if build.ran:
                     built.append("dependencies")
@@ -351,6 +348,24 @@ def prepare(
         pushed=pushed,
         project_layer=state.project_layer,
     )
+
+
+class _Workspaces:
+    """The pyro home's workspaces as prepare uses them: its home and layer store at once, the
+    sandbox manager (and its runtime's modules) made only when something must be built, so
+    that a warm `pyro prepare` loads neither."""
+
+    def __init__(self, workspaces: Workspaces | None) -> None:
+        self._workspaces = workspaces
+        self.home = workspaces.home if workspaces is not None else pyro_home()
+        self.store = workspaces.store if workspaces is not None else LayerStore(self.home)
+
+    def made(self) -> Workspaces:
+        if self._workspaces is None:
+            from pyro_loop.workspace.manager import Workspaces
+
+            self._workspaces = Workspaces(self.home)
+        return self._workspaces
 
 
 def _fetch_from_remote(
@@ -394,7 +409,7 @@ def _ensure_project(
     config: ProjectConfig,
     inputs: PrepareInputs,
     *,
-    ws: Workspaces,
+    ws: _Workspaces,
     baseline: Layer | None,
     deps: Layer | None,
     progress: OnProgress,
@@ -419,7 +434,7 @@ def _ensure_project(
     below = [baseline.key, *([deps.key] if deps else [])]
     from pyro_loop.loop.snapshotbuild import SnapshotBuild
 
-    build = SnapshotBuild(project, config, inputs, ws, log, progress, phase="project",
+    build = SnapshotBuild(project, config, inputs, ws.made(), log, progress, phase="project",
                              below=below)  # fmt: skip
     layer = build.run()
     if build.ran:
@@ -442,7 +457,7 @@ def _ensure_environment(config: ProjectConfig, store: LayerStore, progress: OnPr
 
 
 def _ensure_tools(
-    ws: Workspaces, config: ProjectConfig, progress: OnProgress, built: list[str]
+    ws: _Workspaces, config: ProjectConfig, progress: OnProgress, built: list[str]
 ) -> dict[str, str]:
     """The declared tools' layers, built if missing: tool name -> layer key."""
     from pyro_loop.loop.activation import tool_requests
@@ -453,7 +468,7 @@ def _ensure_tools(
         return {}
     if missing(ws.store, requests):
         built.append("tools")
-    layers = ensure_tools(ws, requests, on_progress=progress)
+    layers = ensure_tools(ws.made(), requests, on_progress=progress)
     return {name: layer.key for name, layer in layers.items()}
 
 
