@@ -8,11 +8,14 @@ that read the class's field list, so defining a class is a dictionary walk. The 
 uses is kept, with the same meaning: `frozen`, defaults, `field(default=, default_factory=,
 repr=, compare=)`, field order checks, eq, hash (frozen only, as dataclasses does for eq and
 frozen), repr, `__match_args__`, `replace`, `asdict`, `fields`. Type checkers see it as a
-dataclass through `dataclass_transform`.
+dataclass through `dataclass_transform`. A class instantiated often (a sync makes one per path
+and file state) gets, after COMPILE_AFTER instances, the compiled `__init__` dataclasses would
+have written; equality and hashing read the compared fields with one `attrgetter`.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar, dataclass_transform, overload
 
@@ -71,6 +74,7 @@ def dataclass(cls: Any = None, /, *, frozen: bool = False) -> Any:
 def _process(cls: type[T], frozen: bool) -> type[T]:
     fields = _collect(cls)
     setattr(cls, _FIELDS, fields)
+    setattr(cls, _KEY, _key(fields))
     setattr(cls, "__match_args__", tuple(fields))  # noqa: B010 (a class attribute of the record)
     own = cls.__dict__
     explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
@@ -127,9 +131,16 @@ def _set(cls: type, name: str, method: Callable[..., Any]) -> None:
 
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
-    fields: dict[str, Field] = getattr(type(self), _FIELDS)
+    cls = type(self)
+    fields: dict[str, Field] = getattr(cls, _FIELDS)
+    made = cls.__dict__.get(_MADE, 0) + 1
+    setattr(cls, _MADE, made)
+    if made == COMPILE_AFTER and cls.__dict__.get("__init__") is _init:
+        # A class made this often is on a hot path (a walk, a sync): from now on it gets the
+        # compiled __init__ dataclasses would have given it from the start.
+        cls.__init__ = _compiled_init(cls, fields)
     if len(args) > len(fields):
-        raise TypeError(f"{type(self).__name__}() takes {len(fields)} positional arguments "
+        raise TypeError(f"{cls.__name__}() takes {len(fields)} positional arguments "
                         f"but {len(args)} were given")  # fmt: skip
     values = self.__dict__
     names = iter(fields)
@@ -137,9 +148,9 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         values[name] = value
     for name, value in kwargs.items():
         if name not in fields:
-            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {name!r}")
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
         if name in values:
-            raise TypeError(f"{type(self).__name__}() got multiple values for argument {name!r}")
+            raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
         values[name] = value
     for name in names:
         if name in values:
@@ -150,10 +161,40 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         elif spec.default_factory is not _MISSING:
             values[name] = spec.default_factory()
         else:
-            raise TypeError(f"{type(self).__name__}() missing required argument: {name!r}")
+            raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
     post_init = getattr(self, "__post_init__", None)
     if post_init is not None:
         post_init()
+
+
+# Instances of a class made through the shared __init__ before it gets a compiled one.
+COMPILE_AFTER = 32
+_MADE = "__record_made__"
+
+
+def _compiled_init(cls: type, fields: dict[str, Field]) -> Callable[..., None]:
+    """The class's own __init__, as source compiled once: what dataclasses writes."""
+    namespace: dict[str, Any] = {"_MISSING": _MISSING}
+    params, body = [], []
+    for i, (name, spec) in enumerate(fields.items()):
+        if spec.default is not _MISSING:
+            namespace[f"_default{i}"] = spec.default
+            params.append(f"{name}=_default{i}")
+        elif spec.default_factory is not _MISSING:
+            namespace[f"_factory{i}"] = spec.default_factory
+            params.append(f"{name}=_MISSING")
+            body.append(f"    if {name} is _MISSING:\n        {name} = _factory{i}()")
+        else:
+            params.append(name)
+    body.append("    _record_values = _record_self.__dict__")
+    body += [f"    _record_values[{name!r}] = {name}" for name in fields]
+    if hasattr(cls, "__post_init__"):
+        body.append("    _record_self.__post_init__()")
+    source = f"def __init__(_record_self, {', '.join(params)}):\n" + "\n".join(body) + "\n"
+    exec(source, namespace)  # the names and defaults of the class's own fields only
+    init: Callable[..., None] = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 def _repr(self: Any) -> str:
@@ -162,19 +203,29 @@ def _repr(self: Any) -> str:
     return f"{type(self).__qualname__}({inner})"
 
 
-def _compared(self: Any) -> tuple[Any, ...]:
-    fields: dict[str, Field] = getattr(type(self), _FIELDS)
-    return tuple(getattr(self, n) for n, f in fields.items() if f.compare)
-
-
 def _eq(self: Any, other: Any) -> Any:
     if other.__class__ is not self.__class__:
         return NotImplemented
-    return _compared(self) == _compared(other)
+    key = getattr(self.__class__, _KEY)
+    return key(self) == key(other)
 
 
 def _hash(self: Any) -> int:
-    return hash(_compared(self))
+    return hash(getattr(self.__class__, _KEY)(self))
+
+
+_KEY = "__record_key__"
+
+
+def _key(fields: dict[str, Field]) -> Callable[[Any], tuple[Any, ...]]:
+    """The fields that take part in equality and hashing, as one tuple (read in C)."""
+    names = [name for name, spec in fields.items() if spec.compare]
+    if len(names) >= 2:
+        return operator.attrgetter(*names)
+    if names:
+        one = operator.attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return lambda obj: ()
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:

@@ -46,9 +46,18 @@ BAD_CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
 ]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_construction_repr_equality_and_hash_match_dataclasses(frozen: bool) -> None:
+def test_construction_repr_equality_and_hash_match_dataclasses(
+    frozen: bool, compiled: bool
+) -> None:
+    """`compiled`: after enough instances the class has its own compiled __init__; it must
+    behave as the shared one did."""
     std, ours = twins(frozen)
+    if compiled:
+        for _ in range(records.COMPILE_AFTER):
+            ours("warm")
+        assert ours.__dict__["__init__"] is not records._init
     for args, kwargs in CALLS:
         a, b = std(*args, **kwargs), ours(*args, **kwargs)
         assert vars(a) == vars(b)
@@ -60,7 +69,7 @@ def test_construction_repr_equality_and_hash_match_dataclasses(frozen: bool) -> 
         assert (b == ours("zzz")) is (a == std("zzz"))
         assert b != a  # another class is never equal
         if frozen:
-            assert hash(b) == hash(ours(*args, **kwargs))
+            assert hash(b) == hash(ours(*args, **kwargs)) == hash(a)
             with pytest.raises(AttributeError):
                 b.name = "c"
             with pytest.raises(dataclasses.FrozenInstanceError):
@@ -125,6 +134,23 @@ def test_misuse_is_refused_as_dataclasses_refuses_it() -> None:
 
     with pytest.raises(ValueError):
         records.field(default=1, default_factory=list)
+
+
+def test_post_init_and_fresh_defaults_hold_before_and_after_compiling() -> None:
+    seen = []
+
+    @records.dataclass
+    class Bag:
+        name: str
+        items: list[int] = records.field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            seen.append(self.name)
+
+    bags = [Bag(str(i)) for i in range(records.COMPILE_AFTER * 2)]
+    assert seen == [str(i) for i in range(records.COMPILE_AFTER * 2)]
+    assert len({id(b.items) for b in bags}) == len(bags)  # a fresh list for each
+    assert Bag("x", [1]).items == [1]
 
 
 def test_a_method_the_class_writes_is_kept() -> None:
