@@ -105,10 +105,10 @@ class ProjectLoop:
     # -- finding and creating ---------------------------------------------------------------
 
     def find(self) -> WorkspaceRecord | None:
-        for status in self.ws.list():
-            labels = status.record.labels
+        for record in self.ws.records():  # labels only: no sandbox is looked at
+            labels = record.labels
             if labels.get("pyro") == PROJECT_LABEL and labels.get("project") == self.project.id:
-                return status.record
+                return record
         return None
 
     def require(self) -> WorkspaceRecord:

@@ -148,6 +148,10 @@ class Workspaces:
     def list(self) -> list[WorkspaceStatus]:
         return [self._status(d, d.load(), probe=False) for d in self._all()]
 
+    def records(self) -> builtins.list[WorkspaceRecord]:
+        """Every workspace's record, as `list` has them, without looking at its sandbox."""
+        return [d.load() for d in self._all()]
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def create(
