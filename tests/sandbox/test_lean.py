@@ -179,6 +179,11 @@ def test_the_lean_entry_loads_neither_typer_nor_pygit2_nor_mcp(
         # Nor what only a rarer path needs (starting a process, copying trees, suggesting a
         # key, ctypes' system calls): each is milliseconds of every daily command's start.
         assert not loaded & {"subprocess", "shutil", "ctypes", "uuid", "difflib"}, args
+        # Nor the standard dataclasses (records.py stands in), nor the TOML parser for a
+        # .pyro.toml already parsed (kept by its digest in the pyro home).
+        assert not loaded & {"dataclasses", "inspect", "tomllib"}, args
+        if args[0] in ("status", "prepare"):  # they talk to no agent and start no thread
+            assert not loaded & {"socket", "threading"}, args
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pyro_loop", "diff", *c],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert "typer" in {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
