@@ -243,3 +243,38 @@ def test_a_node_project(
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
                  user=user)  # fmt: skip
     assert out.stdout.strip() == "true"
+
+
+def test_a_project_versioned_by_git_tags_with_no_lock(user: dict[str, Path]) -> None:
+    """hatch-vcs takes the version from git, and a workspace has no `.git`: pyro tells the
+    build the version git gives on the host. With no lock file, uv installs what
+    pyproject.toml declares (its test group too), then the project, editable."""
+    repo = _project(user, "taggedapp")
+    _write(repo, {
+        "pyproject.toml": "[build-system]\nrequires = ['hatchling', 'hatch-vcs']\n"
+                          "build-backend = 'hatchling.build'\n\n"
+                          "[project]\nname = 'tagged-app'\ndynamic = ['version']\n"
+                          "dependencies = ['six']\n\n"
+                          "[dependency-groups]\ntest = ['pytest']\n\n"
+                          "[tool.hatch.version]\nsource = 'vcs'\n\n"
+                          "[tool.hatch.build.targets.wheel]\npackages = ['src/tagged_app']\n",
+        "README.md": "# tagged\n",
+        "src/tagged_app/__init__.py": "",
+        "tests/test_app.py": TEST_PY.format(package="tagged_app"),
+        ".gitignore": ".venv/\n",
+    })  # fmt: skip
+    _commit(repo, user)
+    nobody(["git", "tag", "v1.4.0"], cwd=repo, user=user, tool=True)
+    _write(repo, {"CHANGES.md": "next\n"})
+    _commit(repo, user)
+    short = nobody(["git", "rev-parse", "--short=7", "HEAD"], cwd=repo, user=user, tool=True)
+    init = nobody(["init"], cwd=repo, user=user)
+    assert "pyproject" in init.stdout + init.stderr
+    assert _tools_of(repo) == {"uv": "latest"}
+    assert _check_run(repo) == ["pytest"]
+    out = nobody(["exec", "--", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
+    script = "import importlib.metadata as m, tagged_app; print(m.version('tagged-app'))"
+    out = nobody(["exec", "--", "python", "-c", script], cwd=repo, user=user)
+    assert out.stdout.strip() == f"1.4.1.dev1+g{short.stdout.strip()}"
+    _no_prepare_sandbox_left(user)

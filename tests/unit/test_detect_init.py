@@ -564,3 +564,62 @@ def test_cargo_fetch_runs_over_the_manifests_alone(tmp_path: Path) -> None:
     assert sorted(p.relative_to(crate).as_posix() for p in crate.rglob("*")) == [
         "Cargo.lock", "Cargo.toml", "crates", "crates/a", "crates/a/Cargo.toml",
     ]  # fmt: skip
+
+
+PYPROJECT = """\
+[project]
+name = "app"
+dependencies = ["six"]
+{dynamic}
+[project.optional-dependencies]
+tests = ["pytest"]
+docs = ["sphinx"]
+
+[dependency-groups]
+dev = ["ruff"]
+test = ["pytest-cov"]
+"""
+
+
+def test_a_pyproject_without_a_lock_installs_what_it_declares(tmp_path: Path) -> None:
+    """uv reads the declared dependencies (the tests' extra and group too) without building
+    the project; the project itself comes after, editable, with its sources there."""
+    repo = make_repo(tmp_path / "static", {"pyproject.toml": PYPROJECT.format(dynamic="")})
+    [eco] = detect_ecosystems(repo)
+    assert (eco.name, eco.keys, eco.project_keys) == ("pyproject", ("pyproject.toml",),
+                                                      ("pyproject.toml",))  # fmt: skip
+    assert eco.run == (
+        "uv venv .venv && uv pip install -r pyproject.toml --extra tests --group test",
+    )
+    assert eco.project == ("uv pip install --no-deps -e .",)
+    config = tomlkit.parse(render_config(repo))
+    assert config["tools"]["uv"] == "latest"  # type: ignore[index]
+    assert list(config["check"]["run"]) == ["pytest"]  # type: ignore[index]
+
+
+def test_a_pyproject_whose_dependencies_the_backend_computes_installs_them_with_it(
+    tmp_path: Path,
+) -> None:
+    dynamic = 'dynamic = ["dependencies", "version"]'
+    repo = make_repo(tmp_path / "dynamic", {"pyproject.toml": PYPROJECT.format(dynamic=dynamic)})
+    [eco] = detect_ecosystems(repo)
+    assert eco.run == ("uv venv .venv && uv pip install --group test",)
+    assert eco.project == ("uv pip install -e '.[tests]'",)
+
+
+def test_pyprojects_that_are_no_project_of_their_own_install_nothing(tmp_path: Path) -> None:
+    """Tool settings alone, one below a locked project or below another pyproject project,
+    one beside requirements files (those win), and a file TOML cannot read."""
+    repo = make_repo(tmp_path / "repo", {
+        "pyproject.toml": "[tool.black]\nline-length = 100\n",
+        "locked/uv.lock": "version = 1\n",
+        "locked/pyproject.toml": '[project]\nname = "locked"\n',
+        "locked/plugin/pyproject.toml": '[project]\nname = "plugin"\n',
+        "app/pyproject.toml": '[project]\nname = "app"\n',
+        "app/sub/pyproject.toml": '[project]\nname = "sub"\n',
+        "reqs/pyproject.toml": '[project]\nname = "reqs"\n',
+        "reqs/requirements.txt": "six\n",
+        "broken/pyproject.toml": "[project\n",
+    })  # fmt: skip
+    found = [(e.name, e.directory) for e in detect_ecosystems(repo)]
+    assert found == [("pyproject", "app"), ("uv", "locked"), ("pip", "reqs")]

@@ -144,19 +144,40 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
                 # A JS workspace installs its members' dependencies too, from their manifests.
                 keys += _workspace_members(root, rel, rule.name)
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
-        # requirements.txt first: the others (-dev, -test) usually build on it.
-        requirements = sorted(
-            (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
-            key=lambda f: (f != "requirements.txt", f),
-        )
-        if requirements and _auxiliary(rel, files, python_roots):
-            requirements = []
-        if requirements and not any(r.name in PYTHON_LOCKS for r in here):
-            run, project = _pip_commands(root, rel, requirements)
-            found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
-        if requirements or any(r.name in PYTHON_LOCKS for r in here):
+        locked = any(r.name in PYTHON_LOCKS for r in here)
+        unlocked = _unlocked_python(root, rel, files, locked=locked, python_roots=python_roots)
+        found.extend(unlocked)
+        if unlocked or locked:
             python_roots.append(rel)
     return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+def _unlocked_python(
+    root: Path,
+    rel: PurePosixPath,
+    files: set[str],
+    *,
+    locked: bool,
+    python_roots: list[PurePosixPath],
+) -> list[Ecosystem]:
+    """A Python project at `rel` that no lock of uv, poetry or pipenv pins: its requirements
+    files, else its pyproject.toml (unless a Python project above holds it)."""
+    if locked:
+        return []
+    # requirements.txt first: the others (-dev, -test) usually build on it.
+    requirements = sorted(
+        (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
+        key=lambda f: (f != "requirements.txt", f),
+    )
+    if requirements and not _auxiliary(rel, files, python_roots):
+        run, project = _pip_commands(root, rel, requirements)
+        return [_ecosystem("pip", rel, requirements, run, project=project, files=files)]
+    if requirements or "pyproject.toml" not in files:
+        return []
+    if any(p == rel or p in rel.parents for p in python_roots):
+        return []
+    found = _pyproject_ecosystem(root, rel, files)
+    return [found] if found is not None else []
 
 
 # Directories whose requirements build the documentation (Read the Docs' convention), never
@@ -202,6 +223,42 @@ def _pip_commands(
     return (
         [f"{strip} && {venv} && .venv/bin/pip install {copies}"],
         [f".venv/bin/pip install {files}"],
+    )
+
+
+# The dependency group and the extra a project's tests install, by their usual names.
+TEST_SETS = ("test", "tests", "testing", "dev")
+
+
+def _pyproject_ecosystem(root: Path, rel: PurePosixPath, files: set[str]) -> Ecosystem | None:
+    """A Python project that declares itself in pyproject.toml (PEP 621) and locks nothing:
+    uv installs its declared dependencies, with the dependency group and the extra its tests
+    use, into .venv; then the project itself, editable. Without a lock the versions are
+    whatever the index has when prepare runs; `pyro init` says so. Dependencies the build
+    backend computes (`dynamic`) come with the project, which needs its sources."""
+    import tomllib
+
+    try:
+        pyproject = tomllib.loads(_read(root, str(rel / "pyproject.toml")))
+    except tomllib.TOMLDecodeError:
+        return None
+    project = pyproject.get("project")
+    if not isinstance(project, dict) or not isinstance(project.get("name"), str):
+        return None
+    groups, extras = pyproject.get("dependency-groups"), project.get("optional-dependencies")
+    group = next((g for g in TEST_SETS if isinstance(groups, dict) and g in groups), None)
+    extra = next((e for e in TEST_SETS if isinstance(extras, dict) and e in extras), None)
+    with_group = f" --group {group}" if group else ""
+    dynamic = project.get("dynamic")
+    if isinstance(dynamic, list) and "dependencies" in dynamic:
+        run = [f"uv venv .venv{' && uv pip install' + with_group if group else ''}"]
+        project_install = f"uv pip install -e {shlex.quote(f'.[{extra}]' if extra else '.')}"
+    else:
+        with_extra = f" --extra {extra}" if extra else ""
+        run = [f"uv venv .venv && uv pip install -r pyproject.toml{with_extra}{with_group}"]
+        project_install = "uv pip install --no-deps -e ."
+    return _ecosystem(
+        "pyproject", rel, ["pyproject.toml"], run, project=[project_install], files=files
     )
 
 
