@@ -276,6 +276,34 @@ def run_checks(
     return results
 
 
+def check_project(
+    project: Project,
+    config: ProjectConfig,
+    *,
+    staged: bool,
+    revs: Sequence[str],
+    note: Callable[[str], None],
+    on_output: OutputSink,
+) -> list[CheckResult]:
+    """`pyro check` as the CLI and the git hooks run it: the trees asked for (the working
+    tree, the staged files or commits) checked in turn, each step and each tree's outcome
+    said through `note` as a line; the commands' output goes to `on_output`."""
+    from pyro_loop.workspace.manager import Workspaces
+
+    if not config.check_run:
+        note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
+        return []
+
+    def summarize(result: CheckResult) -> None:
+        for line in summary(result, staged=staged):
+            note(line)
+
+    trees = trees_to_check(project, staged=staged, revs=revs)
+    return run_checks(project, config, trees, ws=Workspaces(), on_output=on_output,
+                      on_progress=lambda event: note(f"pyro check: {event.text()}"),
+                      on_result=summarize)  # fmt: skip
+
+
 def summary(result: CheckResult, *, staged: bool) -> list[str]:
     """What a person reads after one tree's check: passed or failed, on which tree, and for
     a blocked commit how to go on."""
