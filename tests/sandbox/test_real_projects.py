@@ -9,6 +9,7 @@ package and its dependencies every user can read. Needs PyPI and the npm registr
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -278,3 +279,43 @@ def test_a_project_versioned_by_git_tags_with_no_lock(user: dict[str, Path]) -> 
     out = nobody(["exec", "--", "python", "-c", script], cwd=repo, user=user)
     assert out.stdout.strip() == f"1.4.1.dev1+g{short.stdout.strip()}"
     _no_prepare_sandbox_left(user)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "dev"),
+    [("lefthook install", ["lefthook"]), ("node build.js", [])],
+    ids=["installs-git-hooks", "builds-from-sources"],
+)
+def test_a_pnpm_project_whose_root_package_has_a_prepare_script(
+    user: dict[str, Path], registry_tools: str, prepare: str, dev: list[str]
+) -> None:
+    """pnpm runs the root's `prepare` after installing: lefthook's fails where there is no
+    .git (a sandbox has none), and a build needs the sources the dependency install lacks."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "pnpm-" + prepare.split(maxsplit=1)[0])
+
+    def tool(*args: str) -> None:
+        nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
+
+    build = "require('fs').mkdirSync('dist');require('fs').copyFileSync('src/m.js','dist/m.js')\n"
+    _write(repo, {
+        "package.json": json.dumps({"name": "app", "version": "1.0.0",
+                                    "scripts": {"prepare": prepare, "test": "node t.js"}}),
+        "lefthook.yml": "pre-commit:\n  commands:\n    t:\n      run: true\n",
+        "build.js": build,
+        "src/m.js": "module.exports = 1\n",
+        "t.js": "require('is-number'); console.log('tested')\n",
+        ".gitignore": "node_modules/\ndist/\n",
+    })  # fmt: skip
+    # --ignore-scripts: the lock alone, no hooks in the test's repository.
+    tool("pnpm", "add", "--ignore-scripts", "is-number")
+    if dev:
+        tool("pnpm", "add", "--ignore-scripts", "--save-dev", *dev)
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    out = nobody(["exec", "--", "pnpm", "test"], cwd=repo, user=user)
+    assert "tested" in out.stdout
+    listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user).stdout.split()
+    assert ".git" not in listed
+    assert ("dist" in listed) == (prepare == "node build.js")

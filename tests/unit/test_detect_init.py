@@ -623,3 +623,25 @@ def test_pyprojects_that_are_no_project_of_their_own_install_nothing(tmp_path: P
     })  # fmt: skip
     found = [(e.name, e.directory) for e in detect_ecosystems(repo)]
     assert found == [("pyproject", "app"), ("uv", "locked"), ("pip", "reqs")]
+
+
+def test_pnpm_and_yarn_root_scripts(tmp_path: Path) -> None:
+    """pnpm and yarn run the root package's install scripts too: hook installers get a
+    throwaway repository (removed after the install), and pnpm's scripts that build wait
+    for the sources, in `pnpm rebuild` (the dependencies' build scripts, then the root's)."""
+    hooks = json.dumps({"scripts": {"prepare": "lefthook install"}})
+    builds = json.dumps({"scripts": {"prepare": "node build.js"}})
+    repo = make_repo(tmp_path / "r", {
+        "hooks/package.json": hooks, "hooks/pnpm-lock.yaml": "",
+        "builds/package.json": builds, "builds/pnpm-lock.yaml": "",
+        "yarn/package.json": hooks, "yarn/yarn.lock": "# yarn lockfile v1\n",
+    })  # fmt: skip
+    found = {e.directory: (e.run, e.project) for e in detect_ecosystems(repo)}
+    assert found == {
+        "hooks": (("cd hooks && (git init -q 2>/dev/null; pnpm install --frozen-lockfile; "
+                   "s=$?; rm -rf .git; exit $s)",), ()),
+        "builds": (("cd builds && pnpm install --frozen-lockfile --ignore-scripts",),
+                   ("cd builds && pnpm rebuild",)),
+        "yarn": (("cd yarn && (git init -q 2>/dev/null; yarn install --frozen-lockfile; "
+                  "s=$?; rm -rf .git; exit $s)",), ()),
+    }  # fmt: skip

@@ -127,22 +127,9 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
         for rule in here:
             keys = [k for k in rule.keys if k in files]
             run, project = [rule.run], [rule.project] if rule.project else []
-            scripts = _root_scripts(root, str(rel / "package.json"))
-            if rule.name == "npm" and scripts and all(map(_installs_git_hooks, scripts)):
-                # Nothing to build from sources, and no .git in a sandbox for the hooks: the
-                # dependencies' own install scripts still run (npm rebuild).
-                run = ["npm ci --ignore-scripts && npm rebuild"]
-            elif rule.name == "npm" and scripts:
-                run = ["npm ci --ignore-scripts"]
-                project = ["npm rebuild && npm run --if-present prepare"]
-            if rule.name == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
-                # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and
-                # plugins that .yarnrc.yml names run the install, so they key it too.
-                run = ["yarn install --immutable"]
-                keys += _yarnrc_files(root, rel)
             if rule.name in ("npm", "pnpm", "yarn"):
-                # A JS workspace installs its members' dependencies too, from their manifests.
-                keys += _workspace_members(root, rel, rule.name)
+                run, project, more_keys = _node_commands(root, rel, rule.name, rule.run)
+                keys += more_keys
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
         locked = any(r.name in PYTHON_LOCKS for r in here)
         unlocked = _unlocked_python(root, rel, files, locked=locked, python_roots=python_roots)
@@ -335,6 +322,43 @@ def _yarnrc_files(root: Path, rel: PurePosixPath) -> list[str]:
         if (root / rel / path).is_file() and not (root / rel / path).is_symlink():
             found.append(str(path))
     return found
+
+
+# A throwaway repository for the hook installers to write into, removed after the install (so
+# nothing of it is in the layer): without one, lefthook and simple-git-hooks fail the install.
+WITH_THROWAWAY_GIT = "(git init -q 2>/dev/null; {install}; s=$?; rm -rf .git; exit $s)"
+
+
+def _node_commands(
+    root: Path, rel: PurePosixPath, manager: str, install: str
+) -> tuple[list[str], list[str], list[str]]:
+    """([prepare] run, [prepare] project, keys beside the rule's) for a JS project: the root
+    package's install scripts (NPM_ROOT_SCRIPTS) usually build it from its sources, which
+    the dependency install does not have, so they wait for the project's install; scripts
+    that only install git hooks get a throwaway repository instead."""
+    scripts = _root_scripts(root, str(rel / "package.json"))
+    hooks_only = bool(scripts) and all(map(_installs_git_hooks, scripts))
+    run, project, keys = [install], [], []
+    if manager == "npm" and hooks_only:
+        # The dependencies' own install scripts still run (npm rebuild), the root's do not.
+        run = ["npm ci --ignore-scripts && npm rebuild"]
+    elif manager == "npm" and scripts:
+        run = ["npm ci --ignore-scripts"]
+        project = ["npm rebuild && npm run --if-present prepare"]
+    elif manager == "pnpm" and scripts and not hooks_only:
+        # pnpm rebuild runs the dependencies' build scripts and then the root's.
+        run = ["pnpm install --frozen-lockfile --ignore-scripts"]
+        project = ["pnpm rebuild"]
+    if manager == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
+        # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and plugins
+        # that .yarnrc.yml names run the install, so they key it too.
+        run = ["yarn install --immutable"]
+        keys += _yarnrc_files(root, rel)
+    if manager in ("pnpm", "yarn") and hooks_only:
+        run = [WITH_THROWAWAY_GIT.format(install=run[0])]
+    # A JS workspace installs its members' dependencies too, from their manifests.
+    keys += _workspace_members(root, rel, manager)
+    return run, project, keys
 
 
 def _root_scripts(root: Path, rel: str) -> list[str]:
