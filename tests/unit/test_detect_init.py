@@ -595,6 +595,8 @@ def test_a_pyproject_without_a_lock_installs_what_it_declares(tmp_path: Path) ->
     config = tomlkit.parse(render_config(repo))
     assert config["tools"]["uv"] == "latest"  # type: ignore[index]
     assert list(config["check"]["run"]) == ["pytest"]  # type: ignore[index]
+    said = run_pyro("init", str(repo))
+    assert "found: pyproject\nnote: pyproject.toml without a lock" in said.stdout, said.stderr
 
 
 def test_a_pyproject_whose_dependencies_the_backend_computes_installs_them_with_it(

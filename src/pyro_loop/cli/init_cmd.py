@@ -43,6 +43,11 @@ def init_command(
         e.name if e.directory == "." else f"{e.name} in {e.directory}" for e in result.ecosystems
     )
     summary = f"found: {found}" if found else "found no lock files or manifests"
+    if any(e.name == "pyproject" for e in result.ecosystems):
+        summary += (
+            "\nnote: pyproject.toml without a lock: prepare installs the newest versions it "
+            "allows (commit a uv.lock to pin them)"
+        )
     if as_json:
         emit(result.to_json(), as_json=True)
     elif print_only:
