@@ -319,3 +319,30 @@ def test_a_pnpm_project_whose_root_package_has_a_prepare_script(
     listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user).stdout.split()
     assert ".git" not in listed
     assert ("dist" in listed) == (prepare == "node build.js")
+
+
+def test_an_npm_library_that_commits_no_lock(user: dict[str, Path]) -> None:
+    """Many libraries commit no lock (`package-lock=false` in .npmrc): npm installs what
+    package.json allows, and the `prepare` build runs once the sources are there."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "nolock")
+    _write(repo, {
+        "package.json": json.dumps({
+            "name": "nolock", "version": "1.0.0",
+            "scripts": {"prepare": "node build.js", "test": "node dist/m.js"},
+            "dependencies": {"is-number": "^7.0.0"},
+        }),
+        ".npmrc": "package-lock=false\n",
+        "build.js": "require('fs').mkdirSync('dist');"
+                    "require('fs').copyFileSync('src/m.js','dist/m.js')\n",
+        "src/m.js": "console.log(require('is-number')(5) ? 'built and tested' : 'no')\n",
+        ".gitignore": "node_modules/\ndist/\n",
+    })  # fmt: skip
+    _commit(repo, user)
+    init = nobody(["init"], cwd=repo, user=user)
+    assert "package.json has no lock beside it" in init.stdout
+    out = nobody(["exec", "--", "npm", "test"], cwd=repo, user=user)
+    assert "built and tested" in out.stdout
+    listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user).stdout.split()
+    assert "package-lock.json" not in listed

@@ -63,7 +63,10 @@ CASES: dict[str, tuple[list[str], list[Ecosystem]]] = {
               [Ecosystem("cargo", ".", ("Cargo.toml", "Cargo.lock"), (CARGO_FETCH,))]),
     "go": (["go.mod", "go.sum"],
            [Ecosystem("go", ".", ("go.mod", "go.sum"), ("go mod download",))]),
-    "none": (["README.md", "main.c", "package.json"], []),
+    "npm without a lock": (["package.json", ".npmrc"],
+                           [Ecosystem("npm", ".", ("package.json", ".npmrc"),
+                                      ("npm install --no-package-lock",), locked=False)]),
+    "none": (["README.md", "main.c", "Makefile"], []),
 }  # fmt: skip
 
 
@@ -596,7 +599,7 @@ def test_a_pyproject_without_a_lock_installs_what_it_declares(tmp_path: Path) ->
     assert config["tools"]["uv"] == "latest"  # type: ignore[index]
     assert list(config["check"]["run"]) == ["pytest"]  # type: ignore[index]
     said = run_pyro("init", str(repo))
-    assert "found: pyproject\nnote: pyproject.toml without a lock" in said.stdout, said.stderr
+    assert "found: pyproject\nnote: pyproject.toml has no lock beside it" in said.stdout
 
 
 def test_a_pyproject_whose_dependencies_the_backend_computes_installs_them_with_it(
@@ -647,3 +650,21 @@ def test_pnpm_and_yarn_root_scripts(tmp_path: Path) -> None:
         "yarn": (("cd yarn && (git init -q 2>/dev/null; yarn install --frozen-lockfile; "
                   "s=$?; rm -rf .git; exit $s)",), ()),
     }  # fmt: skip
+
+
+def test_a_package_json_below_a_js_project_is_a_member_not_a_project(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {
+        "package.json": '{"workspaces": ["packages/*"]}', "pnpm-lock.yaml": "",
+        "packages/a/package.json": "{}", "tools/package.json": "{}",
+        "tools/sub/package.json": "{}",
+    })  # fmt: skip
+    found = [(e.name, e.directory, e.run) for e in detect_ecosystems(repo)]
+    assert found == [("pnpm", ".", ("pnpm install --frozen-lockfile",))]
+    alone = make_repo(tmp_path / "alone", {
+        "lib/package.json": '{"scripts": {"prepare": "tsc"}}', "lib/inner/package.json": "{}",
+    })  # fmt: skip
+    [eco] = detect_ecosystems(alone)
+    assert (eco.directory, eco.run, eco.project) == (
+        "lib", ("cd lib && npm install --no-package-lock --ignore-scripts",),
+        ("cd lib && npm rebuild && npm run --if-present prepare",),
+    )  # fmt: skip

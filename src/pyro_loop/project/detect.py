@@ -10,6 +10,7 @@ leaves it (`Beneath.open_following`), as the keying files are in loop/prepare.py
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class Ecosystem:
     # that key it (relative to the root).
     project: tuple[str, ...] = ()
     project_keys: tuple[str, ...] = ()
+    # False for a manifest with no lock: the install takes the newest versions it allows.
+    locked: bool = True
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -106,6 +109,7 @@ RULES = (
 # With one of these in the same directory, requirements files are exports or extras of the lock,
 # and installing them with pip on top would fight the lock's own environment.
 PYTHON_LOCKS = frozenset({"uv", "poetry", "pipenv"})
+NODE_MANAGERS = frozenset({"npm", "pnpm", "yarn"})
 
 
 def detect_ecosystems(root: Path) -> list[Ecosystem]:
@@ -113,6 +117,7 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
     found: list[Ecosystem] = []
     cargo_roots: list[PurePosixPath] = []
     python_roots: list[PurePosixPath] = []  # where a Python ecosystem was found
+    node_roots: list[PurePosixPath] = []  # where a JS one was: below, a workspace's members
     for rel, files in _walk(root):
         here = [r for r in RULES if any(t in files for t in r.triggers)]
         if any(r.name == "cargo" for r in here):
@@ -127,10 +132,16 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
         for rule in here:
             keys = [k for k in rule.keys if k in files]
             run, project = [rule.run], [rule.project] if rule.project else []
-            if rule.name in ("npm", "pnpm", "yarn"):
+            if rule.name in NODE_MANAGERS:
                 run, project, more_keys = _node_commands(root, rel, rule.name, rule.run)
                 keys += more_keys
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
+        node = any(r.name in NODE_MANAGERS for r in here)
+        if not node and "package.json" in files and not _below(rel, node_roots):
+            found.append(_unlocked_node(root, rel, files))
+            node = True
+        if node:
+            node_roots.append(rel)
         locked = any(r.name in PYTHON_LOCKS for r in here)
         unlocked = _unlocked_python(root, rel, files, locked=locked, python_roots=python_roots)
         found.extend(unlocked)
@@ -161,7 +172,7 @@ def _unlocked_python(
         return [_ecosystem("pip", rel, requirements, run, project=project, files=files)]
     if requirements or "pyproject.toml" not in files:
         return []
-    if any(p == rel or p in rel.parents for p in python_roots):
+    if _below(rel, python_roots):
         return []
     found = _pyproject_ecosystem(root, rel, files)
     return [found] if found is not None else []
@@ -244,9 +255,10 @@ def _pyproject_ecosystem(root: Path, rel: PurePosixPath, files: set[str]) -> Eco
         with_extra = f" --extra {extra}" if extra else ""
         run = [f"uv venv .venv && uv pip install -r pyproject.toml{with_extra}{with_group}"]
         project_install = "uv pip install --no-deps -e ."
-    return _ecosystem(
+    eco = _ecosystem(
         "pyproject", rel, ["pyproject.toml"], run, project=[project_install], files=files
     )
+    return dataclasses.replace(eco, locked=False)
 
 
 def _read(root: Path, rel: str) -> str:
@@ -341,9 +353,9 @@ def _node_commands(
     run, project, keys = [install], [], []
     if manager == "npm" and hooks_only:
         # The dependencies' own install scripts still run (npm rebuild), the root's do not.
-        run = ["npm ci --ignore-scripts && npm rebuild"]
+        run = [f"{install} --ignore-scripts && npm rebuild"]
     elif manager == "npm" and scripts:
-        run = ["npm ci --ignore-scripts"]
+        run = [f"{install} --ignore-scripts"]
         project = ["npm rebuild && npm run --if-present prepare"]
     elif manager == "pnpm" and scripts and not hooks_only:
         # pnpm rebuild runs the dependencies' build scripts and then the root's.
@@ -359,6 +371,21 @@ def _node_commands(
     # A JS workspace installs its members' dependencies too, from their manifests.
     keys += _workspace_members(root, rel, manager)
     return run, project, keys
+
+
+def _below(rel: PurePosixPath, roots: list[PurePosixPath]) -> bool:
+    """`rel` is one of `roots` or inside one."""
+    return any(r == rel or r in rel.parents for r in roots)
+
+
+def _unlocked_node(root: Path, rel: PurePosixPath, files: set[str]) -> Ecosystem:
+    """A package.json with no lock beside it (many libraries commit none, some say so in
+    .npmrc with package-lock=false): npm installs the newest versions it allows, writing
+    no lock into the workspace."""
+    run, project, keys = _node_commands(root, rel, "npm", "npm install --no-package-lock")
+    keys = ["package.json", *(f for f in (".npmrc",) if f in files), *keys]
+    eco = _ecosystem("npm", rel, keys, run, project=project, files=files)
+    return dataclasses.replace(eco, locked=False)
 
 
 def _root_scripts(root: Path, rel: str) -> list[str]:
