@@ -28,6 +28,7 @@ _BACKENDS = re.compile(r"^\s*(setuptools[-_]scm|hatch[-_]vcs|vcs[-_]versioning)\
 # setuptools-scm's default tag pattern: an optional prefix ending in "-", an optional "v".
 _TAG = re.compile(r"^(?:[\w-]+-)?[vV]?(\d+(?:\.\d+)*)")
 _MAX_PYPROJECT = 1 << 20
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,200}[A-Za-z0-9])?")
 
 
 def pretend_version_env(root: Path) -> dict[str, str]:
@@ -68,8 +69,8 @@ def _scm_versioned(root: Path) -> tuple[str, bool] | None:
         or hatch_source == "vcs"
         or any(isinstance(r, str) and _BACKENDS.match(r) for r in requires)
     )
-    if not uses_scm or not isinstance(name, str) or not name:
-        return None
+    if not uses_scm or not isinstance(name, str) or not _NAME.fullmatch(name):
+        return None  # not a distribution name (PEP 508): nothing to name a variable after
     return name, hatch_source == "vcs"
 
 
