@@ -31,6 +31,22 @@ class PortJSON(TypedDict):
     url: str
 
 
+class LimitsJSON(TypedDict):
+    """A workspace's resource limits, as its record keeps them (MiB; None: no limit)."""
+
+    processes: int
+    open_files: int
+    file_size_mib: int | None
+    address_space_mib: int | None
+
+
+class LimitsShownJSON(LimitsJSON):
+    """The limits as a workspace's status shows them: with how they are enforced."""
+
+    enforced_by: str
+    cgroups: str
+
+
 class WorkspaceJSON(TypedDict):
     """A workspace: `pyro workspace status --json`, workspace_status, workspace_list's rows."""
 
@@ -48,10 +64,54 @@ class WorkspaceJSON(TypedDict):
     mounts: list[MountJSON]
     base_layers: list[str]  # the create-time baseline, topmost first
     snapshots: list[str]
-    limits: dict[str, Any]
+    limits: LimitsShownJSON
     changed_bytes: int | None
     standby: str  # ready | down | off
     ports: list[PortJSON]
+
+
+class SandboxHandleJSON(TypedDict):
+    """How another process finds a running sandbox: its keeper's pid and start time."""
+
+    keeper_pid: int
+    keeper_start: int  # in clock ticks since boot
+
+
+class SnapshotRecordJSON(TypedDict):
+    name: str
+    layers: list[str]  # the lower stack it returns to, topmost first
+    created: float
+
+
+class WorkspaceRecordJSON(TypedDict):
+    """A workspace's record (its `workspace.json`)."""
+
+    id: str
+    name: str | None
+    environment: str
+    network: bool
+    labels: dict[str, str]
+    base_layers: list[str]
+    layers: list[str]
+    created: float
+    limits: LimitsJSON
+    snapshots: dict[str, SnapshotRecordJSON]
+    handle: SandboxHandleJSON | None  # None when stopped on purpose
+    generation: int  # bumped by every reset
+    standby: bool
+    spare: SandboxHandleJSON | None  # the pre-booted sandbox a reset switches to
+    packages: list[str]
+    environment_layer: str | None
+    mounts: list[MountJSON]
+    env: dict[str, str]
+    uid: int | None
+    version: int
+
+
+class WorkspaceCreatedJSON(WorkspaceRecordJSON):
+    """workspace_create: the new workspace's record, and its state (running)."""
+
+    state: str
 
 
 class WorkspaceListJSON(TypedDict):
@@ -94,6 +154,69 @@ class SnapshotCreatedJSON(TypedDict):
 class SnapshotDeletedJSON(TypedDict):
     workspace_id: str
     deleted: str  # the snapshot's name
+
+
+class ExecResultJSON(TypedDict):
+    """How a command ended."""
+
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None  # the signal that ended it
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class CommandHistoryJSON(TypedDict):
+    """One command a workspace ran, as its history keeps it."""
+
+    time: float  # when it ended, in seconds since the epoch
+    argv: list[str]
+    cwd: str | None
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class WorkspaceLogsJSON(TypedDict):
+    """A workspace's last commands and the tail of its agent's log."""
+
+    id: str
+    commands: list[CommandHistoryJSON]
+    agent_log: str
+
+
+class SavedOutputJSON(TypedDict):
+    """A slice of one command's saved full output."""
+
+    exec_id: str
+    stream: str  # stdout | stderr
+    offset: int
+    content: str  # UTF-8, invalid bytes replaced
+    bytes: int
+    total_bytes: int
+    next_offset: int | None  # where the next slice starts; None at the end
+
+
+class LogsToolJSON(TypedDict, total=False):
+    """workspace_logs: without exec_id, the history (id, commands, agent_log); with it, a
+    slice of that command's saved output (workspace_id, exec_id, stream, offset, content,
+    bytes, total_bytes, next_offset)."""
+
+    id: str
+    commands: list[CommandHistoryJSON]
+    agent_log: str
+    workspace_id: str
+    exec_id: str
+    stream: str
+    offset: int
+    content: str
+    bytes: int
+    total_bytes: int
+    next_offset: int | None
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -144,6 +267,81 @@ class DiffJSON(TypedDict):
     patch_truncated: bool
 
 
+class FileEntryJSON(TypedDict):
+    """An entry of a workspace directory's listing."""
+
+    path: str
+    type: str  # dir | file | symlink | other
+    size: int
+    mode: int  # permission bits
+    mtime: float
+    target: NotRequired[str]  # a symlink's
+
+
+class FileListingJSON(TypedDict):
+    """A workspace directory's listing: `pyro workspace file list --json`."""
+
+    path: str
+    entries: list[FileEntryJSON]
+    truncated: bool  # there were more than the entries listed
+    ok: bool  # always true
+
+
+class FileListJSON(TypedDict):
+    """workspace_file_list."""
+
+    workspace_id: str
+    path: str
+    entries: list[FileEntryJSON]
+    truncated: bool  # there were more than the entries listed
+    ok: bool  # always true
+
+
+class WriteReplyJSON(TypedDict):
+    """A file written in a workspace: `pyro workspace file write --json`."""
+
+    path: str
+    written: int  # bytes
+    ok: bool  # always true
+
+
+class FileWrittenJSON(TypedDict):
+    """workspace_file_write."""
+
+    workspace_id: str
+    path: str
+    written: int  # bytes
+    ok: bool  # always true
+
+
+class PatchFilesJSON(TypedDict):
+    """The files a patch changed: `pyro workspace patch apply --json`."""
+
+    files: list[str]
+
+
+class PatchAppliedJSON(TypedDict):
+    """workspace_patch_apply: the files it changed."""
+
+    workspace_id: str
+    files: list[str]
+
+
+class ExportedJSON(TypedDict):
+    """What an export copied, and where to on the host."""
+
+    path: str | None  # in the workspace
+    output: str
+
+
+class ExportJSON(TypedDict):
+    """workspace_export."""
+
+    workspace_id: str
+    path: str | None
+    output: str
+
+
 class FileReadJSON(TypedDict):
     workspace_id: str
     path: str
@@ -187,6 +385,126 @@ class VmRunJSON(ExecJSON):
 
     environment: str
     deleted: bool
+
+
+# -- shells, services and ports (the workspace-full profile) ----------------------------------
+
+
+class ShellStateJSON(TypedDict):
+    """Whether a shell still runs."""
+
+    state: str  # running | exited | lost
+    exit_code: int | None  # once exited
+    error: NotRequired[str]  # why a lost shell was lost
+
+
+class ShellOpenedJSON(ShellStateJSON):
+    """workspace_shell_open."""
+
+    shell_id: str
+    workspace_id: str
+
+
+class ShellReadJSON(ShellStateJSON):
+    """workspace_shell_read: the shell's output from a cursor on."""
+
+    shell_id: str
+    output: str
+    cursor: int  # where this output starts (later than asked when older bytes were dropped)
+    next_cursor: int
+    dropped_bytes: int
+    more: bool  # more output is there to read now
+
+
+class ShellWrittenJSON(ShellStateJSON):
+    """workspace_shell_write."""
+
+    shell_id: str
+    written: int  # bytes
+
+
+class ShellSignalledJSON(ShellStateJSON):
+    """workspace_shell_signal."""
+
+    shell_id: str
+    signal: str  # INT, TERM, ...
+
+
+class ShellClosedJSON(TypedDict):
+    """workspace_shell_close."""
+
+    shell_id: str
+    closed: bool
+    workspace_id: str
+
+
+class ServiceJSON(TypedDict):
+    """A service: a command started in the background (None: the agent did not say)."""
+
+    name: str
+    state: str | None  # running | exited
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    started: float | None  # seconds since the epoch
+    ended: float | None
+    cwd: str | None
+    argv: list[str]
+
+
+class ServiceStoppedJSON(ServiceJSON):
+    killed: bool  # SIGKILL was needed after the timeout
+
+
+class ServiceLogsInfoJSON(ServiceJSON):
+    dropped_bytes: int  # of its log, before the part kept
+    output_truncated: bool  # cut at the size asked for
+
+
+class WorkspaceServiceJSON(TypedDict):
+    """workspace_service_start and workspace_service_status."""
+
+    workspace_id: str
+    service: ServiceJSON
+
+
+class WorkspaceServiceStoppedJSON(TypedDict):
+    """workspace_service_stop."""
+
+    workspace_id: str
+    service: ServiceStoppedJSON
+
+
+class WorkspaceServiceListJSON(TypedDict):
+    """workspace_service_list."""
+
+    workspace_id: str
+    services: list[ServiceJSON]
+
+
+class WorkspaceServiceLogsJSON(ServiceLogsInfoJSON):
+    """workspace_service_logs: the service, and its output."""
+
+    workspace_id: str
+    output: str  # stdout and stderr interleaved, UTF-8 with invalid bytes replaced
+
+
+class HttpAnswerJSON(TypedDict):
+    """An HTTP server's answer."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: str  # UTF-8, invalid bytes replaced
+    body_truncated: bool
+    duration_ms: float
+
+
+class PortRequestJSON(HttpAnswerJSON):
+    """workspace_port_request: the answer, and where it was asked."""
+
+    workspace_id: str
+    url: str
 
 
 # -- the project -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +203,7 @@ class _Keeper:
         self.closing = False
         self.last_asked = time.monotonic()
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> Mapping[str, object]:
         self.last_asked = time.monotonic()
         session, op = self.session, request.get("op")
         if op == "read":
@@ -250,7 +251,7 @@ class _Keeper:
                 request = json.loads(_read_line(conn))
                 if not isinstance(request, dict):
                     raise InvalidInputError("a request is a JSON object")
-                reply = self.answer(request)
+                reply: Mapping[str, object] = self.answer(request)
             except PyroError as exc:
                 reply = {"refused": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
             except (OSError, ValueError, TypeError) as exc:
