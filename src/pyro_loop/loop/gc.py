@@ -9,17 +9,16 @@ are never removed; gc removes every unreferenced layer, prune only old or excess
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyro_loop.errors import NotFoundError, PyroError
+from pyro_loop.errors import DamagedFileError, NotFoundError, PyroError
 from pyro_loop.locking import file_lock
 from pyro_loop.loop.projecthome import prepared_projects
-from pyro_loop.store.layers import COMPLETE_MARKER, Layer, layer_of
+from pyro_loop.store.layers import COMPLETE_MARKER, Layer, LayerMeta, layer_of
 from pyro_loop.workspace.manager import Workspaces
 
 
@@ -49,9 +48,9 @@ def list_layers(ws: Workspaces) -> list[LayerInfo]:
         infos.append(
             LayerInfo(
                 key=layer.key,
-                kind=str(meta.get("kind", "?")),
-                size=int(meta.get("size", 0)),
-                created=float(meta.get("created", 0.0)),
+                kind=meta["kind"] if meta else "?",
+                size=meta["size"] if meta else 0,
+                created=meta["created"] if meta else 0.0,
                 last_used=_last_used(layer),
                 users=sorted(users.get(layer.key, [])),
             )
@@ -135,8 +134,8 @@ def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> l
         below: dict[str, set[str]] = {}
         for layer in ws.store.list():
             meta = _meta(layer)
-            kinds[layer.key] = str(meta.get("kind", "?"))
-            below[layer.key] = _built_on(meta)
+            kinds[layer.key] = meta["kind"] if meta else "?"
+            below[layer.key] = _built_on(meta["inputs"]) if meta else set()
             try:
                 problem = ws.store.verify(layer.key)
             except NotFoundError:
@@ -156,11 +155,8 @@ def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> l
     return found
 
 
-def _built_on(meta: dict[str, Any]) -> set[str]:
-    """The layers a layer was built over, as its metadata names them."""
-    inputs = meta.get("inputs")
-    if not isinstance(inputs, dict):
-        return set()
+def _built_on(inputs: dict[str, Any]) -> set[str]:
+    """The layers a layer was built over, as its metadata's inputs name them."""
     named = inputs.get("built_on")
     keys = {k for k in named if isinstance(k, str)} if isinstance(named, list) else set()
     if isinstance(inputs.get("dependencies"), str):  # a project snapshot, before built_on
@@ -277,12 +273,13 @@ def _needed_now(root: Path, home: Path) -> set[str]:
         return set()
 
 
-def _meta(layer: Layer) -> dict[str, Any]:
+def _meta(layer: Layer) -> LayerMeta | None:
+    """The layer's metadata; None when damaged (`verify` names it, `gc` still judges the
+    layer by its users)."""
     try:
-        data: dict[str, Any] = json.loads((layer.root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data
+        return layer.meta()
+    except DamagedFileError:
+        return None
 
 
 def _last_used(layer: Layer) -> float:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyro_loop.errors import DamagedFileError
 from pyro_loop.loop.activation import tool_requests
 from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.tools import tool_states
@@ -155,7 +156,7 @@ def cache_size(store: LayerStore) -> int:
     total = 0
     for layer in store.list():
         try:
-            total += int(json.loads((layer.root / "meta.json").read_text()).get("size", 0))
-        except (OSError, ValueError):
+            total += layer.meta()["size"]
+        except DamagedFileError:
             continue
     return total
