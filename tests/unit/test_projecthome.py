@@ -76,8 +76,10 @@ def test_a_damaged_or_planted_state_is_refused_in_one_line(tmp_path: Path) -> No
     """The state is what `save_state` writes, field by field, or a damaged file: named in one
     line by `load_state`, and a cold project (None) to the daily commands."""
     files = ProjectHome(tmp_path, "cccc")
-    inputs = PrepareInputs("host", [], {"uv.lock": "ab" * 32}, ["uv sync"], ["CI"],
-                           tools={"uv": "0.5"}, host_tools=["/opt/go"], path=["/x/bin"])  # fmt: skip
+    inputs = PrepareInputs(
+        "host", [], {"uv.lock": "ab" * 32}, ["uv sync"], ["CI"],
+        tools={"uv": "0.5"}, host_tools=["/opt/go"], path=["/x/bin"],
+    )  # fmt: skip
     files.save_state(ProjectState(root="/src/app", key=inputs.key, inputs=inputs.to_json(),
                                   tool_layers={"uv": "u1"}))  # fmt: skip
     assert load_state(files.state_file).inputs == inputs.to_json()
