@@ -507,7 +507,123 @@ class PortRequestJSON(HttpAnswerJSON):
     url: str
 
 
+# -- the host and the store ----------------------------------------------------------------------
+
+
+class HostCheckJSON(TypedDict):
+    """One of `pyro doctor`'s checks."""
+
+    name: str
+    ok: bool
+    required: bool  # a failed one means workspaces cannot run here
+    detail: str
+    fix: str | None
+
+
+class DoctorJSON(TypedDict):
+    """`pyro doctor --json`."""
+
+    ready: bool
+    checks: list[HostCheckJSON]
+
+
+class LayerJSON(TypedDict):
+    """A layer in the store: `pyro cache list --json`'s rows, and what gc and prune removed."""
+
+    key: str
+    kind: str  # "?" when its metadata is damaged
+    size: int  # bytes in its regular files
+    created: float  # seconds since the epoch
+    last_used: float
+    users: list[str]  # the workspaces and projects that use it
+
+
+class LayerListJSON(TypedDict):
+    layers: list[LayerJSON]
+
+
+class LayersRemovedJSON(TypedDict):
+    """`pyro cache gc --json` and `pyro cache prune --json`."""
+
+    removed: list[LayerJSON]
+    freed_bytes: int
+
+
+class DamageJSON(TypedDict):
+    """A damaged layer, or one built on a damaged one."""
+
+    key: str
+    kind: str
+    problem: str
+    users: list[str]
+    built_on: str | None  # the damaged layer below it, for a dependent
+    action: str | None  # what --repair did: deleted | quarantined; None without it
+    stopped: list[str]  # running workspaces stopped for it
+    error: str | None  # why repairing it failed
+    deleted: bool  # action == "deleted" (the older shape)
+    quarantined: bool  # action == "quarantined" (the older shape)
+
+
+class VerifyJSON(TypedDict):
+    """`pyro cache verify --json`."""
+
+    damaged: list[DamageJSON]
+    repaired: bool
+
+
 # -- the project -----------------------------------------------------------------------------
+
+
+class EnvironmentStateJSON(TypedDict):
+    name: str  # "host", "debian:12"
+    state: str  # host | cached | missing
+
+
+class BackgroundPrepareJSON(TypedDict):
+    """A prepare a git hook started for the current inputs, while it runs."""
+
+    pid: int
+    log: str | None  # its output
+
+
+class DependenciesStateJSON(TypedDict):
+    state: str  # warm | stale | missing | nothing to install
+    key: str  # of the environment and dependencies the configuration asks for
+    reasons: NotRequired[list[str]]  # when stale or missing: why, in words
+    background: NotRequired[BackgroundPrepareJSON]
+
+
+class BaselineStateJSON(TypedDict):
+    """The layer of HEAD's files."""
+
+    state: str  # warm | stale | missing | no commits | not a git repository
+    commit: NotRequired[str]
+
+
+class HooksStateJSON(TypedDict):
+    """pyro's git hooks in the project's repository."""
+
+    installed: list[str]
+    broken: list[str]  # installed, but their interpreter is gone
+    problem: str | None  # why git would not run them (core.hooksPath)
+
+
+class ToolStateJSON(TypedDict):
+    """A tool the configuration declares."""
+
+    name: str
+    version: str
+    state: str  # cached | missing
+    fix: NotRequired[str]  # when missing: how to get it
+
+
+class TrustJSON(TypedDict):
+    """May the .pyro.toml's commands and wider access apply (`pyro trust`)?"""
+
+    state: str  # not needed | trusted | untrusted | changed
+    trusted: bool
+    path: str | None
+    needs_trust: list[str]  # the settings that need it
 
 
 class StatusJSON(TypedDict):
@@ -517,15 +633,15 @@ class StatusJSON(TypedDict):
     project_id: str
     config: str | None  # the .pyro.toml's path; None without one
     warm: bool
-    environment: dict[str, Any]  # name, state
-    dependencies: dict[str, Any]  # state, key; reasons and background when not warm
-    baseline: dict[str, Any]  # state; commit
+    environment: EnvironmentStateJSON
+    dependencies: DependenciesStateJSON
+    baseline: BaselineStateJSON
     workspaces: list[ProjectWorkspaceJSON]
     sync: str
     cache_bytes: int
-    hooks: dict[str, Any]
-    tools: list[dict[str, Any]]
-    trust: dict[str, Any] | None
+    hooks: HooksStateJSON
+    tools: list[ToolStateJSON]
+    trust: TrustJSON | None
 
 
 class WarmupEventJSON(TypedDict):

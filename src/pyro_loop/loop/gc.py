@@ -13,13 +13,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import DamagedFileError, NotFoundError, PyroError
 from pyro_loop.locking import file_lock
 from pyro_loop.loop.projecthome import prepared_projects
 from pyro_loop.store.layers import COMPLETE_MARKER, Layer, LayerMeta, layer_of
 from pyro_loop.workspace.manager import Workspaces
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import DamageJSON, LayerJSON
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,9 @@ class LayerInfo:
     last_used: float
     users: list[str]
 
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    def to_json(self) -> LayerJSON:
+        return {"key": self.key, "kind": self.kind, "size": self.size, "created": self.created,
+                "last_used": self.last_used, "users": list(self.users)}  # fmt: skip
 
 
 def gc_lock(home: Path) -> Path:
@@ -108,12 +112,20 @@ class Damage:
     stopped: list[str] = field(default_factory=list)  # running workspaces stopped for it
     error: str | None = None  # why repairing it failed
 
-    def to_json(self) -> dict[str, Any]:
-        data = self.__dict__.copy()
-        # The older shape, kept for scripts that read it.
-        data["deleted"] = self.action == "deleted"
-        data["quarantined"] = self.action == "quarantined"
-        return data
+    def to_json(self) -> DamageJSON:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "problem": self.problem,
+            "users": list(self.users),
+            "built_on": self.built_on,
+            "action": self.action,
+            "stopped": list(self.stopped),
+            "error": self.error,
+            # The older shape, kept for scripts that read it.
+            "deleted": self.action == "deleted",
+            "quarantined": self.action == "quarantined",
+        }
 
 
 def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> list[Damage]:
