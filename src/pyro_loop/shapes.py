@@ -438,6 +438,42 @@ class ShellClosedJSON(TypedDict):
     workspace_id: str
 
 
+class KeptShellOpenedJSON(ShellStateJSON):
+    """`pyro workspace shell open --json`: a shell a keeper process holds between commands."""
+
+    shell_id: str
+    cwd: str
+    rows: int
+    cols: int
+    workspace_id: str
+
+
+class KeptShellReadJSON(ShellReadJSON):
+    """`pyro workspace shell read --json`."""
+
+    workspace_id: str
+
+
+class KeptShellWrittenJSON(ShellWrittenJSON):
+    """`pyro workspace shell write --json`."""
+
+    workspace_id: str
+
+
+class KeptShellSignalledJSON(ShellSignalledJSON):
+    """`pyro workspace shell signal --json`."""
+
+    workspace_id: str
+
+
+class KeptShellClosedJSON(ShellStateJSON):
+    """`pyro workspace shell close --json`: the shell, as it was when closed."""
+
+    shell_id: str
+    closed: bool
+    workspace_id: str
+
+
 class ServiceJSON(TypedDict):
     """A service: a command started in the background (None: the agent did not say)."""
 
@@ -487,6 +523,22 @@ class WorkspaceServiceLogsJSON(ServiceLogsInfoJSON):
 
     workspace_id: str
     output: str  # stdout and stderr interleaved, UTF-8 with invalid bytes replaced
+
+
+class ProcessJSON(TypedDict):
+    """A process in a workspace."""
+
+    pid: int  # as the workspace sees it
+    ppid: int
+    state: str  # R, S, D, Z, ... as /proc shows it
+    argv: list[str]
+
+
+class PsJSON(TypedDict):
+    """`pyro ps --json`: the services, and every process but pyro's own."""
+
+    services: list[ServiceJSON]
+    processes: list[ProcessJSON]
 
 
 class HttpAnswerJSON(TypedDict):
@@ -642,6 +694,57 @@ class StatusJSON(TypedDict):
     hooks: HooksStateJSON
     tools: list[ToolStateJSON]
     trust: TrustJSON | None
+
+
+class HookJSON(TypedDict):
+    """One git hook as pyro sees it."""
+
+    name: str  # post-checkout, pre-commit, ...
+    state: str  # pyro | absent | foreign (another tool's or the user's own)
+    legacy: bool  # the hook that was there before pyro's, kept as <name>.legacy, runs first
+    python: str | None  # the interpreter pyro's script calls
+    python_ok: bool
+    project: str | None  # the project directory, relative to the working tree's top
+
+
+class HooksJSON(TypedDict):
+    """`pyro hooks status --json` and `pyro hooks install --json`."""
+
+    hooks_dir: str
+    shared_with_worktrees: bool
+    installed: list[str]
+    broken: list[str]
+    problem: str | None  # why git would not run them (core.hooksPath)
+    hooks: list[HookJSON]
+
+
+class HooksRemovedJSON(HooksJSON):
+    """`pyro hooks uninstall --json`."""
+
+    removed: list[str]
+
+
+class EcosystemJSON(TypedDict):
+    """A lockfile ecosystem `pyro init` detected."""
+
+    name: str  # uv, npm, cargo, ...
+    directory: str  # relative to the root; "." for the root itself
+    keys: list[str]  # the files that key the dependency snapshot
+    run: list[str]  # the commands that install the dependencies
+    project: list[str]  # the commands that install the project itself
+    project_keys: list[str]  # the metadata files that key that install
+
+
+class InitJSON(TypedDict):
+    """`pyro init --json`: the .pyro.toml written (or, for a dry run, that would be)."""
+
+    root: str
+    path: str
+    ecosystems: list[EcosystemJSON]
+    content: str
+    existed: bool
+    written: bool
+    backup: str | None  # where a replaced file went
 
 
 class WarmupEventJSON(TypedDict):

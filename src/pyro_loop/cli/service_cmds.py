@@ -15,7 +15,7 @@ from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, output_writer, say
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import ServiceJSON, ServiceStoppedJSON
+    from pyro_loop.shapes import PsJSON, ServiceJSON, ServiceStoppedJSON
     from pyro_loop.workspace.services import ServiceClient
 
 IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
@@ -128,7 +128,8 @@ def show_ps(client: ServiceClient, *, as_json: bool) -> None:
         for row in processes:
             say(f"{row['pid']:>7} {row['ppid']:>7} {row['state']} {' '.join(row['argv'])}")
 
-    emit({"services": services, "processes": processes}, as_json=as_json, human=human)
+    data: PsJSON = {"services": services, "processes": processes}
+    emit(data, as_json=as_json, human=human)
 
 
 # -- pyro workspace service ... ------------------------------------------------------------

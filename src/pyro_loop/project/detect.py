@@ -20,6 +20,7 @@ from pyro_loop.fs.beneath import Beneath
 
 if TYPE_CHECKING:
     from pyro_loop.project.config import ProjectConfig
+    from pyro_loop.shapes import EcosystemJSON
 
 # Dependencies, build output and tool state: never project roots, and often huge to walk.
 SKIP_DIRS = frozenset(
@@ -39,7 +40,7 @@ class Ecosystem:
     project: tuple[str, ...] = ()
     project_keys: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> EcosystemJSON:
         return {
             "name": self.name,
             "directory": self.directory,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from pyro_loop.agent import protocol as p
 from pyro_loop.errors import AgentError
@@ -20,7 +20,7 @@ from pyro_loop.workspace.client import (
 from pyro_loop.workspace.secrets import Redactor
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import ServiceJSON, ServiceLogsInfoJSON, ServiceStoppedJSON
+    from pyro_loop.shapes import ProcessJSON, ServiceJSON, ServiceLogsInfoJSON, ServiceStoppedJSON
 
 builtins_list = list
 
@@ -120,17 +120,26 @@ class ServiceClient:
         }
         return collected.value(), info
 
-    def ps(self) -> builtins_list[dict[str, Any]]:
+    def ps(self) -> builtins_list[ProcessJSON]:
         """Every process in the workspace but pyro's own."""
         rows = self.client._request({"op": "ps"}).get("processes")
-        if not isinstance(rows, list) or not all(
-            isinstance(r, dict)
-            and isinstance(r.get("pid"), int)
-            and isinstance(r.get("argv"), list)
-            for r in rows
-        ):
+        if not isinstance(rows, list):
             raise AgentError("malformed reply from the workspace's agent: bad process list")
-        return rows
+        return [_process(row) for row in rows]
+
+
+def _process(raw: object) -> ProcessJSON:
+    """A process the agent listed, type-checked field by field."""
+    if isinstance(raw, dict):
+        pid, ppid, state, argv = raw.get("pid"), raw.get("ppid"), raw.get("state"), raw.get("argv")
+        if _count(pid) and _count(ppid) and isinstance(state, str) and isinstance(argv, list) \
+                and all(isinstance(a, str) for a in argv):  # fmt: skip
+            return {"pid": pid, "ppid": ppid, "state": state, "argv": argv}
+    raise AgentError("malformed reply from the workspace's agent: bad process list")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _SERVICE_FIELDS = {

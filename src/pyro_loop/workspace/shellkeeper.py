@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyro_loop import errors
 from pyro_loop.errors import InvalidInputError, NotFoundError, PyroError
@@ -34,6 +34,13 @@ from pyro_loop.procutil import spawn_detached
 from pyro_loop.workspace.shells import IDLE_CAP, SIGNALS, TERMINAL
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import (
+        KeptShellClosedJSON,
+        KeptShellOpenedJSON,
+        KeptShellReadJSON,
+        KeptShellSignalledJSON,
+        KeptShellWrittenJSON,
+    )
     from pyro_loop.workspace.manager import Workspaces
     from pyro_loop.workspace.shells import ShellSession
 
@@ -77,7 +84,7 @@ class KeptShells:
         cwd: str | None = None,
         size: tuple[int, int] = TERMINAL,
         secrets: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> KeptShellOpenedJSON:
         """Start a keeper holding a new shell; returns once the shell runs."""
         self.ws.client(self.workspace_id)  # running, or one line saying how to start it
         directory = shells_dir(self.wdir.root)
@@ -103,10 +110,12 @@ class KeptShells:
         finally:
             if not line or b'"refused"' in line:
                 proc.wait()
-        return reply | {"workspace_id": self.workspace_id}
+        # The keeper is pyro's own process (`main`): its answer has the shape it writes.
+        return cast("KeptShellOpenedJSON", reply | {"workspace_id": self.workspace_id})
 
     def request(self, shell_id: str, request: dict[str, Any], *, wait: float = 0) -> dict[str, Any]:
-        """Send `request` to the keeper of `shell_id`; its reply (errors raised as such)."""
+        """Send `request` to the keeper of `shell_id`; its reply (errors raised as such), in
+        the shape `_Keeper.answer` gives that request, plus the workspace's id."""
         path = shells_dir(self.wdir.root) / f"{_check_id(shell_id)}.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(wait + 30.0)
@@ -135,20 +144,23 @@ class KeptShells:
         wait: float,
         idle: float | None = None,
         plain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> KeptShellReadJSON:
         """ShellSession.read, in the keeper."""
         request = {"op": "read", "cursor": cursor, "max_bytes": max_bytes, "wait": wait,
                    "idle": idle, "plain": plain}  # fmt: skip
-        return self.request(shell_id, request, wait=wait + (IDLE_CAP if idle else 0))
+        reply = self.request(shell_id, request, wait=wait + (IDLE_CAP if idle else 0))
+        return cast("KeptShellReadJSON", reply)
 
-    def write(self, shell_id: str, text: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "write", "input": text})
+    def write(self, shell_id: str, text: str) -> KeptShellWrittenJSON:
+        reply = self.request(shell_id, {"op": "write", "input": text})
+        return cast("KeptShellWrittenJSON", reply)
 
-    def signal(self, shell_id: str, name: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "signal", "signal": signal_name(name)})
+    def signal(self, shell_id: str, name: str) -> KeptShellSignalledJSON:
+        reply = self.request(shell_id, {"op": "signal", "signal": signal_name(name)})
+        return cast("KeptShellSignalledJSON", reply)
 
-    def close(self, shell_id: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "close"})
+    def close(self, shell_id: str) -> KeptShellClosedJSON:
+        return cast("KeptShellClosedJSON", self.request(shell_id, {"op": "close"}))
 
 
 def close_all(workspace_dir: Path) -> None:
