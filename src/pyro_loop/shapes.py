@@ -3,13 +3,14 @@
 Declared once, here, as TypedDicts: the producers' `to_json` methods are checked against
 them (mypy), and the MCP server publishes them as its tools' output schemas, so a client
 knows each field's name and type before it calls. Only the standard library's typing is
-imported: the daily commands and the MCP server's start load this module.
+imported. The MCP server loads this module as it starts; the library and the CLI import it
+for type checking only (`if TYPE_CHECKING`), so the daily commands never pay for it.
 
 A change to a shape is a change to pyro's public interface: add fields, never rename one.
 """
 
 # No `from __future__ import annotations` here: below Python 3.12 a TypedDict compiles each
-# field's annotation given as a string (about 30 ms for this module, on every command's start).
+# field's annotation given as a string (about 30 ms for this module, on the MCP server's start).
 from typing import Any, Literal, NotRequired, TypedDict
 
 # -- workspaces ------------------------------------------------------------------------------

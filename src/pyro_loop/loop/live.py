@@ -33,14 +33,13 @@ from pyro_loop.progress import OnProgress, Progress
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, allow, require_trust, trust_state
-from pyro_loop.shapes import UpJSON
 from pyro_loop.units import duration
 from pyro_loop.workspace import secrets as secretenv
 from pyro_loop.workspace.shellcmd import SHELL_ARGV
 
 if TYPE_CHECKING:
     from pyro_loop.loop.activation import Activation
-    from pyro_loop.shapes import ServiceJSON
+    from pyro_loop.shapes import ServiceJSON, UpJSON
     from pyro_loop.store.layerview import LayerStack
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.sync.hostscan import HostScan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pyro_loop.errors import DamagedFileError
 from pyro_loop.loop.activation import tool_requests
@@ -13,18 +14,20 @@ from pyro_loop.loop.warmth import judge
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project
 from pyro_loop.project.trust import TrustState, trust_state
-from pyro_loop.shapes import (
-    BackgroundPrepareJSON,
-    BaselineStateJSON,
-    DependenciesStateJSON,
-    EnvironmentStateJSON,
-    HooksStateJSON,
-    ProjectWorkspaceJSON,
-    StatusJSON,
-    ToolStateJSON,
-)
 from pyro_loop.store.layers import LayerStore
 from pyro_loop.workspace.manager import Workspaces
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import (
+        BackgroundPrepareJSON,
+        BaselineStateJSON,
+        DependenciesStateJSON,
+        EnvironmentStateJSON,
+        HooksStateJSON,
+        ProjectWorkspaceJSON,
+        StatusJSON,
+        ToolStateJSON,
+    )
 
 
 @dataclass(frozen=True)
