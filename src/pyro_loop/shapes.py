@@ -139,6 +139,12 @@ class SnapshotJSON(TypedDict):
     created: float  # seconds since the epoch
 
 
+class SnapshotRowJSON(SnapshotJSON):
+    """`pyro workspace snapshot list --json`'s rows."""
+
+    layers: int  # how many lower layers it returns to
+
+
 class SnapshotListJSON(TypedDict):
     """snapshot_list: `baseline` (the create-time state) first, then by age."""
 
@@ -341,6 +347,22 @@ class ExportJSON(TypedDict):
     workspace_id: str
     path: str | None
     output: str
+
+
+class ReadReplyJSON(TypedDict):
+    """A slice of a workspace file as its agent read it."""
+
+    path: str
+    size: int  # the whole file's
+    offset: int
+    truncated: bool  # the file goes on past the slice
+    ok: bool  # always true
+
+
+class FileContentJSON(ReadReplyJSON):
+    """`pyro workspace file read --json`."""
+
+    content: str  # UTF-8, invalid bytes replaced
 
 
 class FileReadJSON(TypedDict):

@@ -29,7 +29,13 @@ from pyro_loop.errors import (
 from pyro_loop.fs.socketpath import socket_address
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import ExecResultJSON, FileEntryJSON, FileListingJSON, WriteReplyJSON
+    from pyro_loop.shapes import (
+        ExecResultJSON,
+        FileEntryJSON,
+        FileListingJSON,
+        ReadReplyJSON,
+        WriteReplyJSON,
+    )
     from pyro_loop.workspace.secrets import Redactor
 
 OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
@@ -267,13 +273,18 @@ class AgentClient:
 
     def read(
         self, path: str, *, max_bytes: int = 65536, offset: int = 0
-    ) -> tuple[bytes, dict[str, Any]]:
+    ) -> tuple[bytes, ReadReplyJSON]:
         chunks: list[bytes] = []
         reply = self._request(
             {"op": "read", "path": path, "max_bytes": max_bytes, "offset": offset},
             on_frame=_data_collector(chunks, limit=max_bytes),
         )
-        return b"".join(chunks), reply
+        truncated = reply.get("truncated")
+        if not isinstance(truncated, bool):
+            raise AgentError("malformed reply from the workspace's agent: truncated is not a bool")
+        return b"".join(chunks), {"path": _str(reply, "path"), "size": _int(reply, "size"),
+                                  "offset": _int(reply, "offset"), "truncated": truncated,
+                                  "ok": True}  # fmt: skip
 
     def write(self, path: str, content: bytes, *, mode: int | None = None) -> WriteReplyJSON:
         reply = self._request({"op": "write", "path": path, "mode": mode}, data=content)

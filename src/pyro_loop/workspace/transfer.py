@@ -187,7 +187,7 @@ def _fetch(client: AgentClient, rel: str, scratch: Beneath) -> None:
     if entry["type"] != "file":
         raise InvalidInputError(f"patch touches {rel}, which is a {entry['type']} in the workspace")
     content, reply = client.read(rel, max_bytes=MAX_PATCHED_FILE)
-    if reply.get("truncated"):
+    if reply["truncated"]:
         raise InvalidInputError(f"{rel} is too large to patch (over {MAX_PATCHED_FILE} bytes)")
     scratch.write(rel, content, int(entry["mode"]) & 0o777)
 

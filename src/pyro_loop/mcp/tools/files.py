@@ -66,11 +66,11 @@ class FileTools(ToolGroup):
         def read(target: Target) -> FileReadJSON:
             client = self.calls.ws.client(target.id)
             content, reply = client.read(path, max_bytes=max_bytes, offset=offset)
-            truncated = bool(reply.get("truncated"))
+            truncated = reply["truncated"]
             return {
                 "workspace_id": target.id,
-                "path": reply.get("path", path),
-                "size": reply.get("size"),
+                "path": reply["path"],
+                "size": reply["size"],
                 "offset": offset,
                 "content": content.decode("utf-8", "replace"),
                 "binary": b"\0" in content,
