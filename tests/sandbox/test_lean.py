@@ -179,6 +179,8 @@ def test_the_lean_entry_loads_neither_typer_nor_pygit2_nor_mcp(
         # Nor what only a rarer path needs (starting a process, copying trees, suggesting a
         # key, ctypes' system calls): each is milliseconds of every daily command's start.
         assert not loaded & {"subprocess", "shutil", "ctypes", "uuid", "difflib"}, args
+        # The JSON shapes are for type checking and the MCP server's schemas only.
+        assert "pyro_loop.shapes" not in loaded, args
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pyro_loop", "diff", *c],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert "typer" in {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}

@@ -13,7 +13,7 @@ from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, say
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import CheckJSON
+    from pyro_loop.shapes import CheckJSON, HooksRemovedJSON
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
@@ -97,8 +97,9 @@ def uninstall(
     before = set(hooks_status(project).installed)
     report = lib.uninstall(project, hooks=hooks or HOOKS)
     removed = sorted(before - set(report.installed))
+    data: HooksRemovedJSON = {**report.to_json(), "removed": removed}
     emit(
-        {**report.to_json(), "removed": removed},
+        data,
         as_json=as_json,
         human=lambda: say(f"removed {', '.join(removed) or 'nothing: no pyro hooks installed'}"),
     )

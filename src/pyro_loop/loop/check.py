@@ -45,11 +45,11 @@ from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
 from pyro_loop.project.trust import require_trust
-from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
 from pyro_loop.units import duration
 
 if TYPE_CHECKING:
     from pyro_loop.loop.warmth import Warmth
+    from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
     from pyro_loop.store.layers import Layer
     from pyro_loop.workspace.client import OutputSink
     from pyro_loop.workspace.manager import Workspaces

@@ -21,6 +21,7 @@ from pyro_loop.fs.beneath import Beneath
 
 if TYPE_CHECKING:
     from pyro_loop.project.config import ProjectConfig
+    from pyro_loop.shapes import EcosystemJSON
 
 # Dependencies, build output and tool state: never project roots, and often huge to walk.
 SKIP_DIRS = frozenset(
@@ -42,7 +43,7 @@ class Ecosystem:
     # False for a manifest with no lock: the install takes the newest versions it allows.
     locked: bool = True
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> EcosystemJSON:
         return {
             "name": self.name,
             "directory": self.directory,

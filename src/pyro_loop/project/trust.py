@@ -22,11 +22,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.project.config import ProjectConfig, display_path
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import TrustJSON
 
 TRUST_DIR = "trust"
 
@@ -68,7 +71,7 @@ class TrustState:
             "this version of the file",
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TrustJSON:
         return {
             "state": self.state,
             "trusted": self.ok,
