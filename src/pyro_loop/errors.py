@@ -70,6 +70,11 @@ class CancelledError(PyroError):
     exit_code = 130
 
 
+class DamagedFileError(PyroError):
+    """A file pyro wrote for itself (a layer's metadata) is unreadable, or not what pyro
+    writes there: cut short, edited, or planted."""
+
+
 class ConflictError(PyroError):
     """The operation would overwrite something (a host file, a name) without --force."""
 

@@ -371,6 +371,28 @@ def scratch_repository(path: Path) -> pygit2.Repository:
     return pygit2.init_repository(str(path))
 
 
+def describe_head(path: Path) -> tuple[str | None, int, str] | None:
+    """(nearest tag, commits since it, HEAD's short hash) of the repository containing
+    `path`, as `git describe --tags --long` gives them; the tag is None when no tag is
+    reachable; None for no repository or no commits."""
+    import pygit2
+    from pygit2.enums import DescribeStrategy
+
+    repo = discover_repository(path)
+    if repo is None or repo.head_is_unborn:
+        return None
+    short = str(repo.head.target)[:7]
+    try:
+        described = repo.describe(
+            describe_strategy=DescribeStrategy.TAGS, always_use_long_format=True,
+            abbreviated_size=7,
+        )  # fmt: skip
+    except (pygit2.GitError, KeyError):  # no tag reachable from HEAD
+        return None, 0, short
+    tag, distance, _hash = described.rsplit("-", 2)
+    return tag, int(distance), short
+
+
 def head_tree_id(repo: pygit2.Repository) -> str | None:
     """The tree id of HEAD's commit, or None for a repository with no commits yet."""
     return None if repo.head_is_unborn else str(repo.head.peel(_tree_type()).id)

@@ -3,13 +3,14 @@
 Declared once, here, as TypedDicts: the producers' `to_json` methods are checked against
 them (mypy), and the MCP server publishes them as its tools' output schemas, so a client
 knows each field's name and type before it calls. Only the standard library's typing is
-imported: the daily commands and the MCP server's start load this module.
+imported. The MCP server loads this module as it starts; the library and the CLI import it
+for type checking only (`if TYPE_CHECKING`), so the daily commands never pay for it.
 
 A change to a shape is a change to pyro's public interface: add fields, never rename one.
 """
 
 # No `from __future__ import annotations` here: below Python 3.12 a TypedDict compiles each
-# field's annotation given as a string (about 30 ms for this module, on every command's start).
+# field's annotation given as a string (about 30 ms for this module, on the MCP server's start).
 from typing import Any, Literal, NotRequired, TypedDict
 
 # -- workspaces ------------------------------------------------------------------------------
@@ -31,6 +32,22 @@ class PortJSON(TypedDict):
     url: str
 
 
+class LimitsJSON(TypedDict):
+    """A workspace's resource limits, as its record keeps them (MiB; None: no limit)."""
+
+    processes: int
+    open_files: int
+    file_size_mib: int | None
+    address_space_mib: int | None
+
+
+class LimitsShownJSON(LimitsJSON):
+    """The limits as a workspace's status shows them: with how they are enforced."""
+
+    enforced_by: str
+    cgroups: str
+
+
 class WorkspaceJSON(TypedDict):
     """A workspace: `pyro workspace status --json`, workspace_status, workspace_list's rows."""
 
@@ -48,10 +65,54 @@ class WorkspaceJSON(TypedDict):
     mounts: list[MountJSON]
     base_layers: list[str]  # the create-time baseline, topmost first
     snapshots: list[str]
-    limits: dict[str, Any]
+    limits: LimitsShownJSON
     changed_bytes: int | None
     standby: str  # ready | down | off
     ports: list[PortJSON]
+
+
+class SandboxHandleJSON(TypedDict):
+    """How another process finds a running sandbox: its keeper's pid and start time."""
+
+    keeper_pid: int
+    keeper_start: int  # in clock ticks since boot
+
+
+class SnapshotRecordJSON(TypedDict):
+    name: str
+    layers: list[str]  # the lower stack it returns to, topmost first
+    created: float
+
+
+class WorkspaceRecordJSON(TypedDict):
+    """A workspace's record (its `workspace.json`)."""
+
+    id: str
+    name: str | None
+    environment: str
+    network: bool
+    labels: dict[str, str]
+    base_layers: list[str]
+    layers: list[str]
+    created: float
+    limits: LimitsJSON
+    snapshots: dict[str, SnapshotRecordJSON]
+    handle: SandboxHandleJSON | None  # None when stopped on purpose
+    generation: int  # bumped by every reset
+    standby: bool
+    spare: SandboxHandleJSON | None  # the pre-booted sandbox a reset switches to
+    packages: list[str]
+    environment_layer: str | None
+    mounts: list[MountJSON]
+    env: dict[str, str]
+    uid: int | None
+    version: int
+
+
+class WorkspaceCreatedJSON(WorkspaceRecordJSON):
+    """workspace_create: the new workspace's record, and its state (running)."""
+
+    state: str
 
 
 class WorkspaceListJSON(TypedDict):
@@ -78,6 +139,12 @@ class SnapshotJSON(TypedDict):
     created: float  # seconds since the epoch
 
 
+class SnapshotRowJSON(SnapshotJSON):
+    """`pyro workspace snapshot list --json`'s rows."""
+
+    layers: int  # how many lower layers it returns to
+
+
 class SnapshotListJSON(TypedDict):
     """snapshot_list: `baseline` (the create-time state) first, then by age."""
 
@@ -94,6 +161,69 @@ class SnapshotCreatedJSON(TypedDict):
 class SnapshotDeletedJSON(TypedDict):
     workspace_id: str
     deleted: str  # the snapshot's name
+
+
+class ExecResultJSON(TypedDict):
+    """How a command ended."""
+
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None  # the signal that ended it
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class CommandHistoryJSON(TypedDict):
+    """One command a workspace ran, as its history keeps it."""
+
+    time: float  # when it ended, in seconds since the epoch
+    argv: list[str]
+    cwd: str | None
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class WorkspaceLogsJSON(TypedDict):
+    """A workspace's last commands and the tail of its agent's log."""
+
+    id: str
+    commands: list[CommandHistoryJSON]
+    agent_log: str
+
+
+class SavedOutputJSON(TypedDict):
+    """A slice of one command's saved full output."""
+
+    exec_id: str
+    stream: str  # stdout | stderr
+    offset: int
+    content: str  # UTF-8, invalid bytes replaced
+    bytes: int
+    total_bytes: int
+    next_offset: int | None  # where the next slice starts; None at the end
+
+
+class LogsToolJSON(TypedDict, total=False):
+    """workspace_logs: without exec_id, the history (id, commands, agent_log); with it, a
+    slice of that command's saved output (workspace_id, exec_id, stream, offset, content,
+    bytes, total_bytes, next_offset)."""
+
+    id: str
+    commands: list[CommandHistoryJSON]
+    agent_log: str
+    workspace_id: str
+    exec_id: str
+    stream: str
+    offset: int
+    content: str
+    bytes: int
+    total_bytes: int
+    next_offset: int | None
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -144,6 +274,97 @@ class DiffJSON(TypedDict):
     patch_truncated: bool
 
 
+class FileEntryJSON(TypedDict):
+    """An entry of a workspace directory's listing."""
+
+    path: str
+    type: str  # dir | file | symlink | other
+    size: int
+    mode: int  # permission bits
+    mtime: float
+    target: NotRequired[str]  # a symlink's
+
+
+class FileListingJSON(TypedDict):
+    """A workspace directory's listing: `pyro workspace file list --json`."""
+
+    path: str
+    entries: list[FileEntryJSON]
+    truncated: bool  # there were more than the entries listed
+    ok: bool  # always true
+
+
+class FileListJSON(TypedDict):
+    """workspace_file_list."""
+
+    workspace_id: str
+    path: str
+    entries: list[FileEntryJSON]
+    truncated: bool  # there were more than the entries listed
+    ok: bool  # always true
+
+
+class WriteReplyJSON(TypedDict):
+    """A file written in a workspace: `pyro workspace file write --json`."""
+
+    path: str
+    written: int  # bytes
+    ok: bool  # always true
+
+
+class FileWrittenJSON(TypedDict):
+    """workspace_file_write."""
+
+    workspace_id: str
+    path: str
+    written: int  # bytes
+    ok: bool  # always true
+
+
+class PatchFilesJSON(TypedDict):
+    """The files a patch changed: `pyro workspace patch apply --json`."""
+
+    files: list[str]
+
+
+class PatchAppliedJSON(TypedDict):
+    """workspace_patch_apply: the files it changed."""
+
+    workspace_id: str
+    files: list[str]
+
+
+class ExportedJSON(TypedDict):
+    """What an export copied, and where to on the host."""
+
+    path: str | None  # in the workspace
+    output: str
+
+
+class ExportJSON(TypedDict):
+    """workspace_export."""
+
+    workspace_id: str
+    path: str | None
+    output: str
+
+
+class ReadReplyJSON(TypedDict):
+    """A slice of a workspace file as its agent read it."""
+
+    path: str
+    size: int  # the whole file's
+    offset: int
+    truncated: bool  # the file goes on past the slice
+    ok: bool  # always true
+
+
+class FileContentJSON(ReadReplyJSON):
+    """`pyro workspace file read --json`."""
+
+    content: str  # UTF-8, invalid bytes replaced
+
+
 class FileReadJSON(TypedDict):
     workspace_id: str
     path: str
@@ -189,7 +410,295 @@ class VmRunJSON(ExecJSON):
     deleted: bool
 
 
+# -- shells, services and ports (the workspace-full profile) ----------------------------------
+
+
+class ShellStateJSON(TypedDict):
+    """Whether a shell still runs."""
+
+    state: str  # running | exited | lost
+    exit_code: int | None  # once exited
+    error: NotRequired[str]  # why a lost shell was lost
+
+
+class ShellOpenedJSON(ShellStateJSON):
+    """workspace_shell_open."""
+
+    shell_id: str
+    workspace_id: str
+
+
+class ShellReadJSON(ShellStateJSON):
+    """workspace_shell_read: the shell's output from a cursor on."""
+
+    shell_id: str
+    output: str
+    cursor: int  # where this output starts (later than asked when older bytes were dropped)
+    next_cursor: int
+    dropped_bytes: int
+    more: bool  # more output is there to read now
+
+
+class ShellWrittenJSON(ShellStateJSON):
+    """workspace_shell_write."""
+
+    shell_id: str
+    written: int  # bytes
+
+
+class ShellSignalledJSON(ShellStateJSON):
+    """workspace_shell_signal."""
+
+    shell_id: str
+    signal: str  # INT, TERM, ...
+
+
+class ShellClosedJSON(TypedDict):
+    """workspace_shell_close."""
+
+    shell_id: str
+    closed: bool
+    workspace_id: str
+
+
+class KeptShellOpenedJSON(ShellStateJSON):
+    """`pyro workspace shell open --json`: a shell a keeper process holds between commands."""
+
+    shell_id: str
+    cwd: str
+    rows: int
+    cols: int
+    workspace_id: str
+
+
+class KeptShellReadJSON(ShellReadJSON):
+    """`pyro workspace shell read --json`."""
+
+    workspace_id: str
+
+
+class KeptShellWrittenJSON(ShellWrittenJSON):
+    """`pyro workspace shell write --json`."""
+
+    workspace_id: str
+
+
+class KeptShellSignalledJSON(ShellSignalledJSON):
+    """`pyro workspace shell signal --json`."""
+
+    workspace_id: str
+
+
+class KeptShellClosedJSON(ShellStateJSON):
+    """`pyro workspace shell close --json`: the shell, as it was when closed."""
+
+    shell_id: str
+    closed: bool
+    workspace_id: str
+
+
+class ServiceJSON(TypedDict):
+    """A service: a command started in the background (None: the agent did not say)."""
+
+    name: str
+    state: str | None  # running | exited
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    started: float | None  # seconds since the epoch
+    ended: float | None
+    cwd: str | None
+    argv: list[str]
+
+
+class ServiceStoppedJSON(ServiceJSON):
+    killed: bool  # SIGKILL was needed after the timeout
+
+
+class ServiceLogsInfoJSON(ServiceJSON):
+    dropped_bytes: int  # of its log, before the part kept
+    output_truncated: bool  # cut at the size asked for
+
+
+class WorkspaceServiceJSON(TypedDict):
+    """workspace_service_start and workspace_service_status."""
+
+    workspace_id: str
+    service: ServiceJSON
+
+
+class WorkspaceServiceStoppedJSON(TypedDict):
+    """workspace_service_stop."""
+
+    workspace_id: str
+    service: ServiceStoppedJSON
+
+
+class WorkspaceServiceListJSON(TypedDict):
+    """workspace_service_list."""
+
+    workspace_id: str
+    services: list[ServiceJSON]
+
+
+class WorkspaceServiceLogsJSON(ServiceLogsInfoJSON):
+    """workspace_service_logs: the service, and its output."""
+
+    workspace_id: str
+    output: str  # stdout and stderr interleaved, UTF-8 with invalid bytes replaced
+
+
+class ProcessJSON(TypedDict):
+    """A process in a workspace."""
+
+    pid: int  # as the workspace sees it
+    ppid: int
+    state: str  # R, S, D, Z, ... as /proc shows it
+    argv: list[str]
+
+
+class PsJSON(TypedDict):
+    """`pyro ps --json`: the services, and every process but pyro's own."""
+
+    services: list[ServiceJSON]
+    processes: list[ProcessJSON]
+
+
+class HttpAnswerJSON(TypedDict):
+    """An HTTP server's answer."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: str  # UTF-8, invalid bytes replaced
+    body_truncated: bool
+    duration_ms: float
+
+
+class PortRequestJSON(HttpAnswerJSON):
+    """workspace_port_request: the answer, and where it was asked."""
+
+    workspace_id: str
+    url: str
+
+
+# -- the host and the store ----------------------------------------------------------------------
+
+
+class HostCheckJSON(TypedDict):
+    """One of `pyro doctor`'s checks."""
+
+    name: str
+    ok: bool
+    required: bool  # a failed one means workspaces cannot run here
+    detail: str
+    fix: str | None
+
+
+class DoctorJSON(TypedDict):
+    """`pyro doctor --json`."""
+
+    ready: bool
+    checks: list[HostCheckJSON]
+
+
+class LayerJSON(TypedDict):
+    """A layer in the store: `pyro cache list --json`'s rows, and what gc and prune removed."""
+
+    key: str
+    kind: str  # "?" when its metadata is damaged
+    size: int  # bytes in its regular files
+    created: float  # seconds since the epoch
+    last_used: float
+    users: list[str]  # the workspaces and projects that use it
+
+
+class LayerListJSON(TypedDict):
+    layers: list[LayerJSON]
+
+
+class LayersRemovedJSON(TypedDict):
+    """`pyro cache gc --json` and `pyro cache prune --json`."""
+
+    removed: list[LayerJSON]
+    freed_bytes: int
+
+
+class DamageJSON(TypedDict):
+    """A damaged layer, or one built on a damaged one."""
+
+    key: str
+    kind: str
+    problem: str
+    users: list[str]
+    built_on: str | None  # the damaged layer below it, for a dependent
+    action: str | None  # what --repair did: deleted | quarantined; None without it
+    stopped: list[str]  # running workspaces stopped for it
+    error: str | None  # why repairing it failed
+    deleted: bool  # action == "deleted" (the older shape)
+    quarantined: bool  # action == "quarantined" (the older shape)
+
+
+class VerifyJSON(TypedDict):
+    """`pyro cache verify --json`."""
+
+    damaged: list[DamageJSON]
+    repaired: bool
+
+
 # -- the project -----------------------------------------------------------------------------
+
+
+class EnvironmentStateJSON(TypedDict):
+    name: str  # "host", "debian:12"
+    state: str  # host | cached | missing
+
+
+class BackgroundPrepareJSON(TypedDict):
+    """A prepare a git hook started for the current inputs, while it runs."""
+
+    pid: int
+    log: str | None  # its output
+
+
+class DependenciesStateJSON(TypedDict):
+    state: str  # warm | stale | missing | nothing to install
+    key: str  # of the environment and dependencies the configuration asks for
+    reasons: NotRequired[list[str]]  # when stale or missing: why, in words
+    background: NotRequired[BackgroundPrepareJSON]
+
+
+class BaselineStateJSON(TypedDict):
+    """The layer of HEAD's files."""
+
+    state: str  # warm | stale | missing | no commits | not a git repository
+    commit: NotRequired[str]
+
+
+class HooksStateJSON(TypedDict):
+    """pyro's git hooks in the project's repository."""
+
+    installed: list[str]
+    broken: list[str]  # installed, but their interpreter is gone
+    problem: str | None  # why git would not run them (core.hooksPath)
+
+
+class ToolStateJSON(TypedDict):
+    """A tool the configuration declares."""
+
+    name: str
+    version: str
+    state: str  # cached | missing
+    fix: NotRequired[str]  # when missing: how to get it
+
+
+class TrustJSON(TypedDict):
+    """May the .pyro.toml's commands and wider access apply (`pyro trust`)?"""
+
+    state: str  # not needed | trusted | untrusted | changed
+    trusted: bool
+    path: str | None
+    needs_trust: list[str]  # the settings that need it
 
 
 class StatusJSON(TypedDict):
@@ -199,15 +708,66 @@ class StatusJSON(TypedDict):
     project_id: str
     config: str | None  # the .pyro.toml's path; None without one
     warm: bool
-    environment: dict[str, Any]  # name, state
-    dependencies: dict[str, Any]  # state, key; reasons and background when not warm
-    baseline: dict[str, Any]  # state; commit
+    environment: EnvironmentStateJSON
+    dependencies: DependenciesStateJSON
+    baseline: BaselineStateJSON
     workspaces: list[ProjectWorkspaceJSON]
     sync: str
     cache_bytes: int
-    hooks: dict[str, Any]
-    tools: list[dict[str, Any]]
-    trust: dict[str, Any] | None
+    hooks: HooksStateJSON
+    tools: list[ToolStateJSON]
+    trust: TrustJSON | None
+
+
+class HookJSON(TypedDict):
+    """One git hook as pyro sees it."""
+
+    name: str  # post-checkout, pre-commit, ...
+    state: str  # pyro | absent | foreign (another tool's or the user's own)
+    legacy: bool  # the hook that was there before pyro's, kept as <name>.legacy, runs first
+    python: str | None  # the interpreter pyro's script calls
+    python_ok: bool
+    project: str | None  # the project directory, relative to the working tree's top
+
+
+class HooksJSON(TypedDict):
+    """`pyro hooks status --json` and `pyro hooks install --json`."""
+
+    hooks_dir: str
+    shared_with_worktrees: bool
+    installed: list[str]
+    broken: list[str]
+    problem: str | None  # why git would not run them (core.hooksPath)
+    hooks: list[HookJSON]
+
+
+class HooksRemovedJSON(HooksJSON):
+    """`pyro hooks uninstall --json`."""
+
+    removed: list[str]
+
+
+class EcosystemJSON(TypedDict):
+    """A lockfile ecosystem `pyro init` detected."""
+
+    name: str  # uv, npm, cargo, ...
+    directory: str  # relative to the root; "." for the root itself
+    keys: list[str]  # the files that key the dependency snapshot
+    run: list[str]  # the commands that install the dependencies
+    project: list[str]  # the commands that install the project itself
+    project_keys: list[str]  # the metadata files that key that install
+
+
+class InitJSON(TypedDict):
+    """`pyro init --json`: the .pyro.toml written (or, for a dry run, that would be)."""
+
+    root: str
+    path: str
+    ecosystems: list[EcosystemJSON]
+    content: str
+    existed: bool
+    written: bool
+    backup: str | None  # where a replaced file went
 
 
 class WarmupEventJSON(TypedDict):

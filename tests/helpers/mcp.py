@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -17,8 +18,10 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 class Client:
     """One MCP session with a `pyro mcp serve` subprocess, plus what it was sent."""
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: ClientSession, output_schemas: dict[str, Any]) -> None:
         self.session = session
+        self.output_schemas = output_schemas  # each tool's, as the server lists it
+        self.called: set[str] = set()  # the tools that answered a call
         self.logs: list[str] = []
         self.progress: list[str] = []  # progress notifications' messages, in order
         self.progress_values: list[float] = []
@@ -35,6 +38,11 @@ class Client:
         # The structured result is the whole of what the tool returned: an output schema
         # that left a key out would have dropped it from here, not from the text.
         assert result.structured_content == json.loads(_text(result)), name
+        # ... and it is what the tool said it would be.
+        schema = self.output_schemas[name]
+        assert schema is not None and schema.get("properties"), f"{name}: no output schema"
+        jsonschema.Draft202012Validator(schema).validate(result.structured_content)
+        self.called.add(name)
         return dict(result.structured_content)
 
     async def error(self, name: str, /, **arguments: Any) -> str:
@@ -69,5 +77,6 @@ async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
             ClientSession(read, write, logging_callback=on_log) as session,
         ):
             await session.initialize()
-            client = Client(session)
+            listed = (await session.list_tools()).tools
+            client = Client(session, {tool.name: tool.output_schema for tool in listed})
             yield client

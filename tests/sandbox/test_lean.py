@@ -184,6 +184,8 @@ def test_the_lean_entry_loads_neither_typer_nor_pygit2_nor_mcp(
         assert not loaded & {"dataclasses", "inspect", "tomllib"}, args
         if args[0] in ("status", "prepare"):  # they talk to no agent and start no thread
             assert not loaded & {"socket", "threading"}, args
+        # The JSON shapes are for type checking and the MCP server's schemas only.
+        assert "pyro_loop.shapes" not in loaded, args
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pyro_loop", "diff", *c],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert "typer" in {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}

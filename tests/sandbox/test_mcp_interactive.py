@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from pyro_loop.mcp.profiles import PROFILES
 from tests.helpers.mcp import Client, connect
 from tests.helpers.project import commit_project
 
@@ -96,6 +97,65 @@ def test_shell_service_and_port_tools(repo: Path) -> None:
             assert stopped["service"]["state"] == "exited"
             refused = await client.error("workspace_port_request", port=port)
             assert f"no answer from port {port}" in refused
+
+    anyio.run(scenario)
+
+
+def test_every_tool_answers_in_the_shape_it_publishes(repo: Path, tmp_path: Path) -> None:
+    """Each tool of the largest profile called once, for real: its structured result
+    validates against the output schema it lists (Client.call checks), which names its
+    fields rather than leaving an open object."""
+    port = free_port()
+    out = tmp_path / "exported"
+    out.mkdir()
+    patch = "--- a/notes.txt\n+++ b/notes.txt\n@@ -1 +1 @@\n-one\n+two\n"
+
+    async def scenario() -> None:
+        async with connect(repo, "--profile", "workspace-full") as client:
+            await client.call("project_status")
+            await client.call("workspace_sync")
+            long = "head -c 100000 /dev/zero | tr '\\0' x"
+            ran = await client.call("workspace_exec", command=long)
+            await client.call("workspace_retry")
+            await client.call("workspace_logs")
+            await client.call("workspace_logs", exec_id=ran["exec_id"], max_bytes=10)
+            await client.call("workspace_file_write", path="notes.txt", text="one\n")
+            await client.call("workspace_file_list", recursive=True)
+            await client.call("workspace_file_read", path="notes.txt")
+            await client.call("workspace_patch_apply", patch=patch)
+            await client.call("workspace_diff")
+            await client.call("workspace_export", path="notes.txt",
+                              output_path=str(out / "notes.txt"))  # fmt: skip
+            await client.call("snapshot_create", snapshot_name="s1")
+            await client.call("snapshot_list")
+            await client.call("snapshot_delete", snapshot_name="s1")
+            await client.call("workspace_reset")
+            await client.call("workspace_status")
+            extra = await client.call("workspace_create", name="extra")
+            await client.call("workspace_list")
+            await client.call("workspace_delete", workspace_id=extra["id"])
+            await client.call("vm_run", command="echo once")
+
+            shell = (await client.call("workspace_shell_open"))["shell_id"]
+            await client.call("workspace_shell_write", shell_id=shell, input="echo SHAPED")
+            await read_until(client, shell, "SHAPED", 0)
+            await client.call("workspace_shell_signal", shell_id=shell)
+            await client.call("workspace_shell_close", shell_id=shell)
+
+            server = f"python3 -m http.server {port} --bind 127.0.0.1"
+            await client.call("workspace_service_start", service_name="web", command=server)
+            await client.call("workspace_service_list")
+            await client.call("workspace_service_status", service_name="web")
+            for _ in range(100):
+                try:
+                    await client.call("workspace_port_request", port=port, path="/index.html")
+                    break
+                except AssertionError:  # not listening yet
+                    await anyio.sleep(0.1)
+            await client.call("workspace_service_logs", service_name="web")
+            await client.call("workspace_service_stop", service_name="web")
+
+            assert client.called == set(PROFILES["workspace-full"])
 
     anyio.run(scenario)
 

@@ -9,6 +9,7 @@ package and its dependencies every user can read. Needs PyPI and the npm registr
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -243,3 +244,105 @@ def test_a_node_project(
     out = nobody(["exec", "--", "node", "-e", "console.log(require('is-odd')(3))"], cwd=repo,
                  user=user)  # fmt: skip
     assert out.stdout.strip() == "true"
+
+
+def test_a_project_versioned_by_git_tags_with_no_lock(user: dict[str, Path]) -> None:
+    """hatch-vcs takes the version from git, and a workspace has no `.git`: pyro tells the
+    build the version git gives on the host. With no lock file, uv installs what
+    pyproject.toml declares (its test group too), then the project, editable."""
+    repo = _project(user, "taggedapp")
+    _write(repo, {
+        "pyproject.toml": "[build-system]\nrequires = ['hatchling', 'hatch-vcs']\n"
+                          "build-backend = 'hatchling.build'\n\n"
+                          "[project]\nname = 'tagged-app'\ndynamic = ['version']\n"
+                          "dependencies = ['six']\n\n"
+                          "[dependency-groups]\ntest = ['pytest']\n\n"
+                          "[tool.hatch.version]\nsource = 'vcs'\n\n"
+                          "[tool.hatch.build.targets.wheel]\npackages = ['src/tagged_app']\n",
+        "README.md": "# tagged\n",
+        "src/tagged_app/__init__.py": "",
+        "tests/test_app.py": TEST_PY.format(package="tagged_app"),
+        ".gitignore": ".venv/\n",
+    })  # fmt: skip
+    _commit(repo, user)
+    nobody(["git", "tag", "v1.4.0"], cwd=repo, user=user, tool=True)
+    _write(repo, {"CHANGES.md": "next\n"})
+    _commit(repo, user)
+    short = nobody(["git", "rev-parse", "--short=7", "HEAD"], cwd=repo, user=user, tool=True)
+    init = nobody(["init"], cwd=repo, user=user)
+    assert "pyproject" in init.stdout + init.stderr
+    assert _tools_of(repo) == {"uv": "latest"}
+    assert _check_run(repo) == ["pytest"]
+    out = nobody(["exec", "--", "pytest", "-q"], cwd=repo, user=user)
+    assert "1 passed" in out.stdout
+    script = "import importlib.metadata as m, tagged_app; print(m.version('tagged-app'))"
+    out = nobody(["exec", "--", "python", "-c", script], cwd=repo, user=user)
+    assert out.stdout.strip() == f"1.4.1.dev1+g{short.stdout.strip()}"
+    _no_prepare_sandbox_left(user)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "dev"),
+    [("lefthook install", ["lefthook"]), ("node build.js", [])],
+    ids=["installs-git-hooks", "builds-from-sources"],
+)
+def test_a_pnpm_project_whose_root_package_has_a_prepare_script(
+    user: dict[str, Path], registry_tools: str, prepare: str, dev: list[str]
+) -> None:
+    """pnpm runs the root's `prepare` after installing: lefthook's fails where there is no
+    .git (a sandbox has none), and a build needs the sources the dependency install lacks."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "pnpm-" + prepare.split(maxsplit=1)[0])
+
+    def tool(*args: str) -> None:
+        nobody(list(args), cwd=repo, user=user, tool=True, path=registry_tools)
+
+    build = "require('fs').mkdirSync('dist');require('fs').copyFileSync('src/m.js','dist/m.js')\n"
+    _write(repo, {
+        "package.json": json.dumps({"name": "app", "version": "1.0.0",
+                                    "scripts": {"prepare": prepare, "test": "node t.js"}}),
+        "lefthook.yml": "pre-commit:\n  commands:\n    t:\n      run: true\n",
+        "build.js": build,
+        "src/m.js": "module.exports = 1\n",
+        "t.js": "require('is-number'); console.log('tested')\n",
+        ".gitignore": "node_modules/\ndist/\n",
+    })  # fmt: skip
+    # --ignore-scripts: the lock alone, no hooks in the test's repository.
+    tool("pnpm", "add", "--ignore-scripts", "is-number")
+    if dev:
+        tool("pnpm", "add", "--ignore-scripts", "--save-dev", *dev)
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    out = nobody(["exec", "--", "pnpm", "test"], cwd=repo, user=user)
+    assert "tested" in out.stdout
+    listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user).stdout.split()
+    assert ".git" not in listed
+    assert ("dist" in listed) == (prepare == "node build.js")
+
+
+def test_an_npm_library_that_commits_no_lock(user: dict[str, Path]) -> None:
+    """Many libraries commit no lock (`package-lock=false` in .npmrc): npm installs what
+    package.json allows, and the `prepare` build runs once the sources are there."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed on this host")
+    repo = _project(user, "nolock")
+    _write(repo, {
+        "package.json": json.dumps({
+            "name": "nolock", "version": "1.0.0",
+            "scripts": {"prepare": "node build.js", "test": "node dist/m.js"},
+            "dependencies": {"is-number": "^7.0.0"},
+        }),
+        ".npmrc": "package-lock=false\n",
+        "build.js": "require('fs').mkdirSync('dist');"
+                    "require('fs').copyFileSync('src/m.js','dist/m.js')\n",
+        "src/m.js": "console.log(require('is-number')(5) ? 'built and tested' : 'no')\n",
+        ".gitignore": "node_modules/\ndist/\n",
+    })  # fmt: skip
+    _commit(repo, user)
+    init = nobody(["init"], cwd=repo, user=user)
+    assert "package.json has no lock beside it" in init.stdout
+    out = nobody(["exec", "--", "npm", "test"], cwd=repo, user=user)
+    assert "built and tested" in out.stdout
+    listed = nobody(["exec", "--", "ls", "-A"], cwd=repo, user=user).stdout.split()
+    assert "package-lock.json" not in listed

@@ -63,7 +63,10 @@ CASES: dict[str, tuple[list[str], list[Ecosystem]]] = {
               [Ecosystem("cargo", ".", ("Cargo.toml", "Cargo.lock"), (CARGO_FETCH,))]),
     "go": (["go.mod", "go.sum"],
            [Ecosystem("go", ".", ("go.mod", "go.sum"), ("go mod download",))]),
-    "none": (["README.md", "main.c", "package.json"], []),
+    "npm without a lock": (["package.json", ".npmrc"],
+                           [Ecosystem("npm", ".", ("package.json", ".npmrc"),
+                                      ("npm install --no-package-lock",), locked=False)]),
+    "none": (["README.md", "main.c", "Makefile"], []),
 }  # fmt: skip
 
 
@@ -564,3 +567,104 @@ def test_cargo_fetch_runs_over_the_manifests_alone(tmp_path: Path) -> None:
     assert sorted(p.relative_to(crate).as_posix() for p in crate.rglob("*")) == [
         "Cargo.lock", "Cargo.toml", "crates", "crates/a", "crates/a/Cargo.toml",
     ]  # fmt: skip
+
+
+PYPROJECT = """\
+[project]
+name = "app"
+dependencies = ["six"]
+{dynamic}
+[project.optional-dependencies]
+tests = ["pytest"]
+docs = ["sphinx"]
+
+[dependency-groups]
+dev = ["ruff"]
+test = ["pytest-cov"]
+"""
+
+
+def test_a_pyproject_without_a_lock_installs_what_it_declares(tmp_path: Path) -> None:
+    """uv reads the declared dependencies (the tests' extra and group too) without building
+    the project; the project itself comes after, editable, with its sources there."""
+    repo = make_repo(tmp_path / "static", {"pyproject.toml": PYPROJECT.format(dynamic="")})
+    [eco] = detect_ecosystems(repo)
+    assert (eco.name, eco.keys, eco.project_keys) == ("pyproject", ("pyproject.toml",),
+                                                      ("pyproject.toml",))  # fmt: skip
+    assert eco.run == (
+        "uv venv .venv && uv pip install -r pyproject.toml --extra tests --group test",
+    )
+    assert eco.project == ("uv pip install --no-deps -e .",)
+    config = tomlkit.parse(render_config(repo))
+    assert config["tools"]["uv"] == "latest"  # type: ignore[index]
+    assert list(config["check"]["run"]) == ["pytest"]  # type: ignore[index]
+    said = run_pyro("init", str(repo))
+    assert "found: pyproject\nnote: pyproject.toml has no lock beside it" in said.stdout
+
+
+def test_a_pyproject_whose_dependencies_the_backend_computes_installs_them_with_it(
+    tmp_path: Path,
+) -> None:
+    dynamic = 'dynamic = ["dependencies", "version"]'
+    repo = make_repo(tmp_path / "dynamic", {"pyproject.toml": PYPROJECT.format(dynamic=dynamic)})
+    [eco] = detect_ecosystems(repo)
+    assert eco.run == ("uv venv .venv && uv pip install --group test",)
+    assert eco.project == ("uv pip install -e '.[tests]'",)
+
+
+def test_pyprojects_that_are_no_project_of_their_own_install_nothing(tmp_path: Path) -> None:
+    """Tool settings alone, one below a locked project or below another pyproject project,
+    one beside requirements files (those win), and a file TOML cannot read."""
+    repo = make_repo(tmp_path / "repo", {
+        "pyproject.toml": "[tool.black]\nline-length = 100\n",
+        "locked/uv.lock": "version = 1\n",
+        "locked/pyproject.toml": '[project]\nname = "locked"\n',
+        "locked/plugin/pyproject.toml": '[project]\nname = "plugin"\n',
+        "app/pyproject.toml": '[project]\nname = "app"\n',
+        "app/sub/pyproject.toml": '[project]\nname = "sub"\n',
+        "reqs/pyproject.toml": '[project]\nname = "reqs"\n',
+        "reqs/requirements.txt": "six\n",
+        "broken/pyproject.toml": "[project\n",
+    })  # fmt: skip
+    found = [(e.name, e.directory) for e in detect_ecosystems(repo)]
+    assert found == [("pyproject", "app"), ("uv", "locked"), ("pip", "reqs")]
+
+
+def test_pnpm_and_yarn_root_scripts(tmp_path: Path) -> None:
+    """pnpm and yarn run the root package's install scripts too: hook installers get a
+    throwaway repository (removed after the install), and pnpm's scripts that build wait
+    for the sources, in `pnpm rebuild` (the dependencies' build scripts, then the root's)."""
+    hooks = json.dumps({"scripts": {"prepare": "lefthook install"}})
+    builds = json.dumps({"scripts": {"prepare": "node build.js"}})
+    repo = make_repo(tmp_path / "r", {
+        "hooks/package.json": hooks, "hooks/pnpm-lock.yaml": "",
+        "builds/package.json": builds, "builds/pnpm-lock.yaml": "",
+        "yarn/package.json": hooks, "yarn/yarn.lock": "# yarn lockfile v1\n",
+    })  # fmt: skip
+    found = {e.directory: (e.run, e.project) for e in detect_ecosystems(repo)}
+    assert found == {
+        "hooks": (("cd hooks && (git init -q 2>/dev/null; pnpm install --frozen-lockfile; "
+                   "s=$?; rm -rf .git; exit $s)",), ()),
+        "builds": (("cd builds && pnpm install --frozen-lockfile --ignore-scripts",),
+                   ("cd builds && pnpm rebuild",)),
+        "yarn": (("cd yarn && (git init -q 2>/dev/null; yarn install --frozen-lockfile; "
+                  "s=$?; rm -rf .git; exit $s)",), ()),
+    }  # fmt: skip
+
+
+def test_a_package_json_below_a_js_project_is_a_member_not_a_project(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {
+        "package.json": '{"workspaces": ["packages/*"]}', "pnpm-lock.yaml": "",
+        "packages/a/package.json": "{}", "tools/package.json": "{}",
+        "tools/sub/package.json": "{}",
+    })  # fmt: skip
+    found = [(e.name, e.directory, e.run) for e in detect_ecosystems(repo)]
+    assert found == [("pnpm", ".", ("pnpm install --frozen-lockfile",))]
+    alone = make_repo(tmp_path / "alone", {
+        "lib/package.json": '{"scripts": {"prepare": "tsc"}}', "lib/inner/package.json": "{}",
+    })  # fmt: skip
+    [eco] = detect_ecosystems(alone)
+    assert (eco.directory, eco.run, eco.project) == (
+        "lib", ("cd lib && npm install --no-package-lock --ignore-scripts",),
+        ("cd lib && npm rebuild && npm run --if-present prepare",),
+    )  # fmt: skip

@@ -28,6 +28,7 @@ from pyro_loop.errors import (
     PyroError,
 )
 from pyro_loop.workspace.client import AgentClient
+from pyro_loop.workspace.services import ServiceClient
 from tests.helpers.fakeagent import FakeAgent
 
 
@@ -238,6 +239,9 @@ def _call_briefly(call: Callable[[], object], limit: float = 5.0) -> BaseExcepti
 
 
 _DEPTH = 100_000
+_READ = {"ok": True, "path": "/workspace/f", "size": 4, "offset": 0, "truncated": False}
+_LIST = {"ok": True, "path": "/workspace", "entries": [], "truncated": False}
+_ENTRY = {"path": "/workspace/a", "type": "file", "size": 1, "mode": 0o644, "mtime": 1.5}
 
 MALFORMED_REPLIES: dict[str, tuple[str, bytes]] = {
     "ok-false-without-error": ("ping", _json_frame({"ok": False})),
@@ -260,6 +264,41 @@ MALFORMED_REPLIES: dict[str, tuple[str, bytes]] = {
     "read-more-than-asked": ("read", _frame(b"D", b"x" * 100)),
     "read-stdout-frame": ("read", _frame(b"O", b"x")),
     "tar-stderr-frame": ("tar", _frame(b"E", b"x")),
+    # The replies pyro passes on as JSON (--json, the MCP tools' results) are checked field
+    # by field: a planted field never reaches a model as pyro's word.
+    "read-size-string": ("read", _json_frame({**_READ, "size": "4"})),
+    "read-truncated-missing": (
+        "read",
+        _json_frame({k: v for k, v in _READ.items() if k != "truncated"}),
+    ),
+    "write-written-bool": (
+        "write",
+        _json_frame({"ok": True, "path": "/workspace/f", "written": True}),
+    ),
+    "write-path-number": ("write", _json_frame({"ok": True, "path": 7, "written": 1})),
+    "list-entries-object": ("list", _json_frame({**_LIST, "entries": {"a": 1}})),
+    "list-entry-not-object": ("list", _json_frame({**_LIST, "entries": ["a"]})),
+    "list-entry-mode-string": (
+        "list",
+        _json_frame({**_LIST, "entries": [{**_ENTRY, "mode": "755"}]}),
+    ),
+    "list-entry-mtime-string": (
+        "list",
+        _json_frame({**_LIST, "entries": [{**_ENTRY, "mtime": "x"}]}),
+    ),
+    "list-entry-target-number": (
+        "list",
+        _json_frame({**_LIST, "entries": [{**_ENTRY, "target": 1}]}),
+    ),
+    "list-truncated-string": ("list", _json_frame({**_LIST, "truncated": "no"})),
+    "ps-ppid-missing": (
+        "ps",
+        _json_frame({"ok": True, "processes": [{"pid": 2, "state": "S", "argv": ["sh"]}]}),
+    ),
+    "ps-argv-numbers": (
+        "ps",
+        _json_frame({"ok": True, "processes": [{"pid": 2, "ppid": 1, "state": "S", "argv": [1]}]}),
+    ),
     "freeze-garbage": ("freeze", b"garbage!"),
     "freeze-ok-false-without-error": ("freeze", _json_frame({"ok": False})),
 }
@@ -272,6 +311,12 @@ def _invoke(client: AgentClient, op: str) -> None:
         client.exec(["true"])
     elif op == "read":
         client.read("f", max_bytes=4)
+    elif op == "write":
+        client.write("f", b"x")
+    elif op == "list":
+        client.list("/workspace")
+    elif op == "ps":
+        ServiceClient(client).ps()
     elif op == "tar":
         client.tar("d", lambda data: None)
     elif op == "freeze":
@@ -292,6 +337,17 @@ def test_client_rejects_malformed_replies(
     assert isinstance(error, AgentError), f"{type(error).__name__}: {error}"
     assert "malformed" in str(error) or "unexpected" in str(error) or "more data" in str(error)
     assert time.monotonic() - started < 1.5, "a malformed reply is refused at once"
+
+
+def test_client_passes_well_formed_replies_on_as_they_came(
+    fake_agent: Callable[..., AgentClient],
+) -> None:
+    link = {**_ENTRY, "path": "/workspace/l", "type": "symlink", "target": "a"}
+    listing = {"path": "/workspace", "entries": [_ENTRY, link], "truncated": True, "ok": True}
+    assert fake_agent(_json_frame(listing)).list("/workspace") == listing
+    written = {"path": "/workspace/f", "written": 1, "ok": True}
+    assert fake_agent(_json_frame(written)).write("f", b"x") == written
+    assert fake_agent(_json_frame(_READ)).read("f") == (b"", _READ)
 
 
 def test_client_reports_a_connection_closed_mid_frame(

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pyro_loop.errors import InvalidInputError, NotFoundError
-from pyro_loop.store.layers import COMPLETE_MARKER, LayerStore
+from pyro_loop.errors import DamagedFileError, InvalidInputError, NotFoundError
+from pyro_loop.loop.gc import list_layers
+from pyro_loop.loop.status import cache_size
+from pyro_loop.store.layers import COMPLETE_MARKER, LayerStore, load_meta
 from pyro_loop.store.treehash import tree_digest
+from pyro_loop.workspace.manager import Workspaces
 
 KEY = "ab" * 32
 
@@ -76,6 +79,49 @@ def test_publish_keys_by_content_and_reuses_the_existing_layer(store: LayerStore
         other = store.publish(_stage(staging, {"a.txt": "changed\n"}), kind="seed")
     assert other.key != first.key
     assert {layer.key for layer in store.list()} == {first.key, other.key}
+
+
+def test_a_layers_metadata_is_checked_as_it_is_read(tmp_path: Path) -> None:
+    """meta.json is what the publisher wrote, or a damaged file named in one line: cut
+    short, edited, planted; gc and the cache's size pass over it, verify reports it."""
+    home = tmp_path / "home"
+    workspaces = Workspaces(home)
+    store = workspaces.store
+    with store.staging() as staging:
+        layer = store.publish(_stage(staging, {"a.txt": "alpha\n"}), kind="seed",
+                              inputs={"source": "here"})  # fmt: skip
+    meta = layer.meta()
+    assert meta == load_meta(layer.meta_path)
+    assert (meta["key"], meta["kind"], meta["inputs"]) == (layer.key, "seed", {"source": "here"})
+    assert meta["digest"] == layer.key and meta["size"] == 6 and meta["created"] > 0
+    assert cache_size(store) == 6
+
+    good = layer.meta_path.read_text()
+    hostile = {
+        good[:-20]: "damaged layer metadata",  # cut short
+        "[1, 2]": "not a JSON object",
+        good.replace('"seed"', "7"): "kind is not str",
+        good.replace('"size": 6', '"size": "6"'): "size is not int",
+        good.replace('"size": 6', '"size": true'): "size is not int",
+        good.replace('"size": 6', '"size": -6'): "out of range",
+        good.replace(f'"key": "{layer.key}"', '"key": "../../etc"'): "is not a layer key",
+        good.replace('"inputs": {', '"inputs": [], "x": {'): "inputs is not dict",
+        "[" * 100000 + "]" * 100000: "damaged layer metadata",  # deeper than the parser goes
+        " " * (2 * 1024 * 1024): "larger than",
+    }
+    for text, expected in hostile.items():
+        layer.meta_path.write_text(text)
+        with pytest.raises(DamagedFileError) as caught:
+            layer.meta()
+        assert expected in caught.value.message and "\n" not in caught.value.message, text[:80]
+        assert str(layer.meta_path) in caught.value.message
+        assert store.verify(layer.key) == "its metadata is missing or damaged"
+        assert cache_size(store) == 0
+        [listed] = list_layers(workspaces)
+        assert (listed.kind, listed.size) == ("?", 0)
+    layer.meta_path.unlink()
+    with pytest.raises(DamagedFileError, match="cannot read"):
+        layer.meta()
 
 
 def test_publish_with_an_explicit_key_and_key_validation(store: LayerStore) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -24,6 +24,9 @@ from pyro_loop.cli.output import emit, say
 from pyro_loop.cli.project import cache_app, prepare, status, trust
 from pyro_loop.cli.workspace import workspace_app
 from pyro_loop.guard import guarded
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import DoctorJSON, ToolStateJSON
 
 HELP = """\
 pyro: fast, isolated, disposable workspaces for coding agents.
@@ -90,12 +93,13 @@ def doctor(as_json: bool = JsonOption) -> None:
                 say(f"     fix: {c.fix}")
         say("ready: workspaces can run here" if ready else "not ready: fix the FAIL lines above")
 
-    emit({"ready": ready, "checks": [c.to_json() for c in checks]}, as_json=as_json, human=human)
+    report: DoctorJSON = {"ready": ready, "checks": [c.to_json() for c in checks]}
+    emit(report, as_json=as_json, human=human)
     if not ready:
         raise typer.Exit(1)
 
 
-def _project_tools() -> list[dict[str, Any]]:
+def _project_tools() -> list[ToolStateJSON]:
     """The tools declared by the project around the working directory, if any."""
     from pyro_loop.errors import PyroError
     from pyro_loop.home import pyro_home

@@ -15,7 +15,7 @@ from pyro_loop.units import size
 
 if TYPE_CHECKING:
     from pyro_loop.progress import Progress
-    from pyro_loop.shapes import ProjectWorkspaceJSON
+    from pyro_loop.shapes import HooksStateJSON, ProjectWorkspaceJSON
 
 
 def load_project(project_dir: Path | None) -> tuple[Any, Any]:
@@ -167,12 +167,12 @@ def _say_workspace(w: ProjectWorkspaceJSON) -> None:
         say(f"port          {port['url']} -> {port['port']} in the workspace")
 
 
-def _hooks_line(hooks: dict[str, Any]) -> str:
-    if hooks.get("problem"):
+def _hooks_line(hooks: HooksStateJSON) -> str:
+    if hooks["problem"]:
         return f"not run by git: {hooks['problem']}"
-    if hooks.get("broken"):
+    if hooks["broken"]:
         return f"{', '.join(hooks['broken'])}: interpreter gone (run: pyro hooks install)"
-    installed = hooks.get("installed") or []
+    installed = hooks["installed"]
     return ", ".join(installed) if installed else "not installed (pyro hooks install)"
 
 

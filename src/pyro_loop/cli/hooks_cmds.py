@@ -13,8 +13,7 @@ from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, say
 
 if TYPE_CHECKING:
-    from pyro_loop.progress import Progress
-    from pyro_loop.shapes import CheckJSON
+    from pyro_loop.shapes import CheckJSON, HooksRemovedJSON
 
 hooks_app = typer.Typer(
     help="Git hooks: keep the project warm after checkouts; check what is committed.",
@@ -33,16 +32,9 @@ def check(
     """Run the [check] commands in a fresh isolated workspace on exactly one git tree: the
     working tree's files (default), the staged ones (--staged) or a commit's (--rev)."""
     from pyro_loop.cli.daily import load_project
-    from pyro_loop.loop import check as lib
-    from pyro_loop.workspace.manager import Workspaces
+    from pyro_loop.loop.check import check_project
 
     project, config = load_project(project_dir)
-    if not config.check_run:
-        note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
-        nothing: CheckJSON = {"ok": True, "results": []}
-        emit(nothing, as_json=as_json, human=lambda: None)
-        return
-    trees = lib.trees_to_check(project, staged=staged, revs=rev)
 
     # With --json, stdout is the JSON document: the commands' output goes to stderr.
     def output(which: str, data: bytes) -> None:
@@ -50,15 +42,7 @@ def check(
         out.write(data)
         out.flush()
 
-    def progress(event: Progress) -> None:  # plain lines: the commands' output follows
-        note(f"pyro check: {event.text()}")
-
-    def summarize(result: lib.CheckResult) -> None:
-        for line in lib.summary(result, staged=staged):
-            note(line)
-
-    results = lib.run_checks(project, config, trees, ws=Workspaces(), on_output=output,
-                             on_progress=progress, on_result=summarize)  # fmt: skip
+    results = check_project(project, config, staged=staged, revs=rev, note=note, on_output=output)
     failed = next((r for r in results if r.failed is not None), None)
     report: CheckJSON = {"ok": failed is None, "results": [r.to_json() for r in results]}
     emit(report, as_json=as_json, human=lambda: None)
@@ -113,8 +97,9 @@ def uninstall(
     before = set(hooks_status(project).installed)
     report = lib.uninstall(project, hooks=hooks or HOOKS)
     removed = sorted(before - set(report.installed))
+    data: HooksRemovedJSON = {**report.to_json(), "removed": removed}
     emit(
-        {**report.to_json(), "removed": removed},
+        data,
         as_json=as_json,
         human=lambda: say(f"removed {', '.join(removed) or 'nothing: no pyro hooks installed'}"),
     )

@@ -43,6 +43,13 @@ def init_command(
         e.name if e.directory == "." else f"{e.name} in {e.directory}" for e in result.ecosystems
     )
     summary = f"found: {found}" if found else "found no lock files or manifests"
+    for eco in result.ecosystems:
+        if not eco.locked:
+            manifest = eco.keys[0]
+            summary += (
+                f"\nnote: {manifest} has no lock beside it: prepare installs the newest "
+                "versions it allows (commit a lock file to pin them)"
+            )
     if as_json:
         emit(result.to_json(), as_json=True)
     elif print_only:

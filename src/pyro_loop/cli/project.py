@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,6 +14,9 @@ from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, say
 from pyro_loop.cli.progress import progress_display
 from pyro_loop.units import size
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import LayerListJSON, LayersRemovedJSON, VerifyJSON
 
 cache_app = typer.Typer(
     help="What pyro's store holds; remove what nothing uses; share it through a registry.",
@@ -99,7 +102,8 @@ def cache_list(as_json: bool = JsonOption) -> None:
             say(f"{info.key[:12]}  {info.kind:12} {size(info.size):>9}  {used}  {users}")
         say(f"{len(layers)} layers, {size(sum(i.size for i in layers))}")
 
-    emit({"layers": [i.to_json() for i in layers]}, as_json=as_json, human=human)
+    listed: LayerListJSON = {"layers": [i.to_json() for i in layers]}
+    emit(listed, as_json=as_json, human=human)
 
 
 def _waiting_for_users() -> None:
@@ -114,8 +118,9 @@ def cache_gc(as_json: bool = JsonOption) -> None:
 
     removed = gc(Workspaces(), on_wait=_waiting_for_users)
     freed = sum(i.size for i in removed)
+    report: LayersRemovedJSON = {"removed": [i.to_json() for i in removed], "freed_bytes": freed}
     emit(
-        {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
+        report,
         as_json=as_json,
         human=lambda: say(f"removed {len(removed)} unused layers, freed {size(freed)}"),
     )
@@ -151,8 +156,8 @@ def cache_verify(
         else:
             say(f"{len(found) - len(failed)} of {len(found)} damaged layers taken out")
 
-    emit({"damaged": [item.to_json() for item in found], "repaired": repair},
-         as_json=as_json, human=human)  # fmt: skip
+    report: VerifyJSON = {"damaged": [item.to_json() for item in found], "repaired": repair}
+    emit(report, as_json=as_json, human=human)
     if found:
         raise typer.Exit(4 if failed else 1)
 
@@ -194,8 +199,9 @@ def cache_prune(
         on_wait=_waiting_for_users,
     )
     freed = sum(i.size for i in removed)
+    report: LayersRemovedJSON = {"removed": [i.to_json() for i in removed], "freed_bytes": freed}
     emit(
-        {"removed": [i.to_json() for i in removed], "freed_bytes": freed},
+        report,
         as_json=as_json,
         human=lambda: say(f"removed {len(removed)} layers, freed {size(freed)}"),
     )

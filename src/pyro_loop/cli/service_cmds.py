@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -15,6 +15,7 @@ from pyro_loop.cli.options import JsonOption
 from pyro_loop.cli.output import emit, output_writer, say
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import PsJSON, ServiceJSON, ServiceStoppedJSON
     from pyro_loop.workspace.services import ServiceClient
 
 IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
@@ -54,7 +55,7 @@ def _project(project_dir: Path | None) -> ServiceClient:
 # -- what both families print ------------------------------------------------------------------
 
 
-def _line(info: dict[str, Any]) -> str:
+def _line(info: ServiceJSON) -> str:
     state = info["state"]
     if state == "exited":
         state = f"exited {info['exit_code']}"
@@ -62,7 +63,7 @@ def _line(info: dict[str, Any]) -> str:
     return f"{info['name']:16} {state:12} pid {info['pid'] or '-':<7} {command}"
 
 
-def show_started(info: dict[str, Any], *, as_json: bool, logs_hint: str) -> None:
+def show_started(info: ServiceJSON, *, as_json: bool, logs_hint: str) -> None:
     emit(
         {"service": info},
         as_json=as_json,
@@ -72,7 +73,7 @@ def show_started(info: dict[str, Any], *, as_json: bool, logs_hint: str) -> None
     )
 
 
-def show_list(services: list[dict[str, Any]], *, as_json: bool) -> None:
+def show_list(services: list[ServiceJSON], *, as_json: bool) -> None:
     def human() -> None:
         if not services:
             say("no services (start one: pyro exec --detach -- CMD)")
@@ -82,7 +83,7 @@ def show_list(services: list[dict[str, Any]], *, as_json: bool) -> None:
     emit({"services": services}, as_json=as_json, human=human)
 
 
-def show_status(info: dict[str, Any], *, as_json: bool) -> None:
+def show_status(info: ServiceJSON, *, as_json: bool) -> None:
     emit({"service": info}, as_json=as_json, human=lambda: say(_line(info)))
     if info["state"] != "running":
         raise typer.Exit(1)
@@ -108,7 +109,7 @@ def show_logs(
         )
 
 
-def show_stopped(info: dict[str, Any], *, as_json: bool) -> None:
+def show_stopped(info: ServiceStoppedJSON, *, as_json: bool) -> None:
     how = "killed" if info.get("killed") else "stopped"
     emit({"service": info}, as_json=as_json, human=lambda: say(f"{how} service {info['name']}"))
 
@@ -127,7 +128,8 @@ def show_ps(client: ServiceClient, *, as_json: bool) -> None:
         for row in processes:
             say(f"{row['pid']:>7} {row['ppid']:>7} {row['state']} {' '.join(row['argv'])}")
 
-    emit({"services": services, "processes": processes}, as_json=as_json, human=human)
+    data: PsJSON = {"services": services, "processes": processes}
+    emit(data, as_json=as_json, human=human)
 
 
 # -- pyro workspace service ... ------------------------------------------------------------

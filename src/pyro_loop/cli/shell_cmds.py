@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperGroup
@@ -18,6 +18,10 @@ from pyro_loop.cli.options import JsonOption, ProjectOption
 from pyro_loop.cli.output import emit, note, output_writer, say, stream_output
 from pyro_loop.cli.terminal import run_attached
 from pyro_loop.workspace.shells import SIGNALS, TERMINAL
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import ShellStateJSON
+    from pyro_loop.workspace.shellkeeper import KeptShells
 
 
 class _ShellGroup(TyperGroup):
@@ -94,20 +98,21 @@ SIGNAL_DOC = "Signal the shell's foreground process (INT: as Ctrl-C would)."
 CLOSE_DOC = "End the shell and everything it started."
 
 
-def _kept(ref: str) -> Any:
+def _kept(ref: str) -> KeptShells:
     from pyro_loop.workspace.manager import Workspaces
     from pyro_loop.workspace.shellkeeper import KeptShells
 
     return KeptShells(Workspaces(), ref)
 
 
-def _project_kept(project_dir: Path | None, *, start: bool = False) -> Any:
+def _project_kept(project_dir: Path | None, *, start: bool = False) -> KeptShells:
     from pyro_loop.cli.loop_cmds import _loop
 
-    return _loop(project_dir).shell_sessions(start=start)
+    kept: KeptShells = _loop(project_dir).shell_sessions(start=start)
+    return kept
 
 
-def _state(data: dict[str, Any]) -> str:
+def _state(data: ShellStateJSON) -> str:
     if data["state"] == "exited":
         return f"exited {data['exit_code']}"
     if data["state"] == "lost":
@@ -131,7 +136,7 @@ def attach_shell(opener: Callable[[tuple[int, int] | None], Any]) -> None:
 
 
 def open_session(
-    kept: Any, *, cwd: str | None, size: tuple[int, int], secret_env: list[str],
+    kept: KeptShells, *, cwd: str | None, size: tuple[int, int], secret_env: list[str],
     id_only: bool, as_json: bool,
 ) -> None:  # fmt: skip
     from pyro_loop.workspace.secrets import from_host
@@ -151,7 +156,7 @@ def open_session(
 
 
 def read_session(
-    kept: Any, shell_id: str, *, cursor: int, max_bytes: int, wait: float,
+    kept: KeptShells, shell_id: str, *, cursor: int, max_bytes: int, wait: float,
     idle_ms: int | None, plain: bool, as_json: bool,
 ) -> None:  # fmt: skip
     idle = None if idle_ms is None else idle_ms / 1000
@@ -169,7 +174,9 @@ def read_session(
     note(f"pyro: shell {shell_id} {_state(data)}; next cursor {data['next_cursor']}{more}{dropped}")
 
 
-def write_session(kept: Any, shell_id: str, text: str, *, no_newline: bool, as_json: bool) -> None:
+def write_session(
+    kept: KeptShells, shell_id: str, text: str, *, no_newline: bool, as_json: bool
+) -> None:
     data = kept.write(shell_id, text if no_newline else text + "\n")
     emit(
         data,
@@ -178,7 +185,7 @@ def write_session(kept: Any, shell_id: str, text: str, *, no_newline: bool, as_j
     )
 
 
-def signal_session(kept: Any, shell_id: str, name: str, *, as_json: bool) -> None:
+def signal_session(kept: KeptShells, shell_id: str, name: str, *, as_json: bool) -> None:
     data = kept.signal(shell_id, name)
     emit(
         data,
@@ -187,7 +194,7 @@ def signal_session(kept: Any, shell_id: str, name: str, *, as_json: bool) -> Non
     )
 
 
-def close_session(kept: Any, shell_id: str, *, as_json: bool) -> None:
+def close_session(kept: KeptShells, shell_id: str, *, as_json: bool) -> None:
     data = kept.close(shell_id)
     was = "" if data["state"] == "running" else f" (it had {_state(data)})"
     emit(data, as_json=as_json, human=lambda: say(f"closed shell {shell_id}{was}"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -28,6 +29,10 @@ from pyro_loop.errors import InvalidInputError
 from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 from pyro_loop.units import parse_size
 
+if TYPE_CHECKING:
+    from pyro_loop.shapes import FileContentJSON, SnapshotRowJSON
+    from pyro_loop.workspace.manager import Workspaces
+
 workspace_app = typer.Typer(
     help="Create, run commands in, reset, snapshot and inspect workspaces.",
     no_args_is_help=True,
@@ -43,13 +48,13 @@ workspace_app.add_typer(shell_app, name="shell")
 IdArg = typer.Argument(..., metavar="ID", help="Workspace id, name or unique id prefix.")
 
 
-def _workspaces() -> Any:
+def _workspaces() -> Workspaces:
     from pyro_loop.workspace.manager import Workspaces
 
     return Workspaces()
 
 
-def _status_line(data: dict[str, Any]) -> str:
+def _status_line(data: Mapping[str, Any]) -> str:
     name = f" ({data['name']})" if data.get("name") else ""
     return (
         f"{data['id']}{name}  {data['state']}  env={data['environment']}  network={data['network']}"
@@ -361,10 +366,11 @@ def file_read(
     """Print a file from the workspace."""
     content, reply = _workspaces().client(ref).read(path, max_bytes=max_bytes)
     if as_json:
-        emit({**reply, "content": content.decode("utf-8", "replace")}, as_json=True)
+        data: FileContentJSON = {**reply, "content": content.decode("utf-8", "replace")}
+        emit(data, as_json=True)
         return
     show_bytes(content)
-    if reply.get("truncated"):
+    if reply["truncated"]:
         sys.stderr.write(f"pyro: output truncated at {max_bytes} bytes (use --max-bytes)\n")
 
 
@@ -428,7 +434,9 @@ def snapshot_create(
 def snapshot_list(ref: str = IdArg, as_json: bool = JsonOption) -> None:
     """List a workspace's snapshots (baseline first)."""
     snaps = _workspaces().snapshot_list(ref)
-    rows = [{"name": s.name, "created": s.created, "layers": len(s.layers)} for s in snaps]
+    rows: list[SnapshotRowJSON] = [
+        {"name": s.name, "created": s.created, "layers": len(s.layers)} for s in snaps
+    ]
 
     def human() -> None:
         for row in rows:

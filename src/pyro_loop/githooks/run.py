@@ -15,14 +15,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from pyro_loop.errors import PyroError
 from pyro_loop.guard import guarded
 from pyro_loop.safetext import for_stream
-
-if TYPE_CHECKING:
-    from pyro_loop.progress import Progress
 
 # keep-warm: the same, under a name that suits any stage (the pre-commit framework's hook).
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite", "keep-warm")
@@ -111,18 +108,14 @@ def _note(text: str) -> None:
 
 def _check(project_dir: Path, *, staged: bool, revs: list[str]) -> int:
     """`pyro check --staged` or `--rev ...`, with the command's output, lines and exit code."""
-    from pyro_loop.loop import check
+    from pyro_loop.loop.check import check_project
     from pyro_loop.project.config import load_project_config
     from pyro_loop.project.discovery import find_project
-    from pyro_loop.workspace.manager import Workspaces
 
     project = find_project(project_dir)
     loaded = load_project_config(project.root)
     for warning in loaded.warnings:
         _note(f"pyro: warning: {warning}")
-    if not loaded.config.check_run:
-        _note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
-        return 0
 
     def output(which: str, data: bytes) -> None:
         out = sys.stdout if which == "stdout" else sys.stderr
@@ -130,14 +123,6 @@ def _check(project_dir: Path, *, staged: bool, revs: list[str]) -> int:
         out.buffer.write(data)
         out.buffer.flush()
 
-    def progress(event: Progress) -> None:
-        _note(f"pyro check: {event.text()}")
-
-    def summarize(result: check.CheckResult) -> None:
-        for line in check.summary(result, staged=staged):
-            _note(line)
-
-    trees = check.trees_to_check(project, staged=staged, revs=revs)
-    results = check.run_checks(project, loaded.config, trees, ws=Workspaces(), on_output=output,
-                               on_progress=progress, on_result=summarize)  # fmt: skip
+    results = check_project(project, loaded.config, staged=staged, revs=revs, note=_note,
+                            on_output=output)  # fmt: skip
     return next((r.exit_code for r in results if r.failed is not None), 0)

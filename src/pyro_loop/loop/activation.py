@@ -4,7 +4,8 @@ Commands find the project's environments the way `uv run` and `npm exec` make th
 detected virtualenvs' bin directories and node_modules/.bin come first on PATH, then the
 declared tools' bin directories, then the host toolchains' (`[tools] host`), then the system's.
 The same activation holds in prepare (so an install command finds its tool) and in every
-workspace of the project (so `pyro exec -- pytest` finds the virtualenv's pytest).
+workspace of the project (so `pyro exec -- pytest` finds the virtualenv's pytest), and so does
+the version of a project that takes it from git tags (project/scmversion.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pyro_loop.store.layers import LayerStore
 
 WORKSPACE = "/workspace"
 # Where each ecosystem keeps the commands its install puts in the project.
-PYTHON_ENVIRONMENTS = frozenset({"uv", "poetry", "pipenv", "pdm", "pip"})
+PYTHON_ENVIRONMENTS = frozenset({"uv", "poetry", "pipenv", "pdm", "pip", "pyproject"})
 NODE_ENVIRONMENTS = frozenset({"npm", "pnpm", "yarn"})
 
 
@@ -136,4 +137,8 @@ def activation(
             path.append(f"{mount.target}/bin")
     env = tool_env(requests, workspace=workspace)
     env["PATH"] = ":".join([*dict.fromkeys(path), SYSTEM_PATH])
+    # No `.git` in a sandbox: a project versioned by its git tags is told its version.
+    from pyro_loop.project.scmversion import pretend_version_env  # tomllib: not on exec's path
+
+    env.update(pretend_version_env(root))
     return Activation(tuple(mounts), env)

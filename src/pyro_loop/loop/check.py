@@ -45,11 +45,11 @@ from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.discovery import Project, tree_changes, tree_file, write_changes
 from pyro_loop.project.trust import require_trust
 from pyro_loop.records import dataclass, field
-from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
 from pyro_loop.units import duration
 
 if TYPE_CHECKING:
     from pyro_loop.loop.warmth import Warmth
+    from pyro_loop.shapes import CheckResultJSON, CommandRunJSON
     from pyro_loop.store.layers import Layer
     from pyro_loop.workspace.client import OutputSink
     from pyro_loop.workspace.manager import Workspaces
@@ -274,6 +274,34 @@ def run_checks(
         if result.failed is not None:
             break
     return results
+
+
+def check_project(
+    project: Project,
+    config: ProjectConfig,
+    *,
+    staged: bool,
+    revs: Sequence[str],
+    note: Callable[[str], None],
+    on_output: OutputSink,
+) -> list[CheckResult]:
+    """`pyro check` as the CLI and the git hooks run it: the trees asked for (the working
+    tree, the staged files or commits) checked in turn, each step and each tree's outcome
+    said through `note` as a line; the commands' output goes to `on_output`."""
+    from pyro_loop.workspace.manager import Workspaces
+
+    if not config.check_run:
+        note(f"pyro check: nothing to check: no [check] run in {project.config_path}")
+        return []
+
+    def summarize(result: CheckResult) -> None:
+        for line in summary(result, staged=staged):
+            note(line)
+
+    trees = trees_to_check(project, staged=staged, revs=revs)
+    return run_checks(project, config, trees, ws=Workspaces(), on_output=on_output,
+                      on_progress=lambda event: note(f"pyro check: {event.text()}"),
+                      on_result=summarize)  # fmt: skip
 
 
 def summary(result: CheckResult, *, staged: bool) -> list[str]:

@@ -9,18 +9,20 @@ are never removed; gc removes every unreferenced layer, prune only old or excess
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyro_loop.errors import NotFoundError, PyroError
+from pyro_loop.errors import DamagedFileError, NotFoundError, PyroError
 from pyro_loop.locking import file_lock
 from pyro_loop.loop.projecthome import prepared_projects
 from pyro_loop.records import dataclass, field
-from pyro_loop.store.layers import COMPLETE_MARKER, Layer, layer_of
+from pyro_loop.store.layers import COMPLETE_MARKER, Layer, LayerMeta, layer_of
 from pyro_loop.workspace.manager import Workspaces
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import DamageJSON, LayerJSON
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,9 @@ class LayerInfo:
     last_used: float
     users: list[str]
 
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    def to_json(self) -> LayerJSON:
+        return {"key": self.key, "kind": self.kind, "size": self.size, "created": self.created,
+                "last_used": self.last_used, "users": list(self.users)}  # fmt: skip
 
 
 def gc_lock(home: Path) -> Path:
@@ -49,9 +52,9 @@ def list_layers(ws: Workspaces) -> list[LayerInfo]:
         infos.append(
             LayerInfo(
                 key=layer.key,
-                kind=str(meta.get("kind", "?")),
-                size=int(meta.get("size", 0)),
-                created=float(meta.get("created", 0.0)),
+                kind=meta["kind"] if meta else "?",
+                size=meta["size"] if meta else 0,
+                created=meta["created"] if meta else 0.0,
                 last_used=_last_used(layer),
                 users=sorted(users.get(layer.key, [])),
             )
@@ -109,12 +112,20 @@ class Damage:
     stopped: list[str] = field(default_factory=list)  # running workspaces stopped for it
     error: str | None = None  # why repairing it failed
 
-    def to_json(self) -> dict[str, Any]:
-        data = self.__dict__.copy()
-        # The older shape, kept for scripts that read it.
-        data["deleted"] = self.action == "deleted"
-        data["quarantined"] = self.action == "quarantined"
-        return data
+    def to_json(self) -> DamageJSON:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "problem": self.problem,
+            "users": list(self.users),
+            "built_on": self.built_on,
+            "action": self.action,
+            "stopped": list(self.stopped),
+            "error": self.error,
+            # The older shape, kept for scripts that read it.
+            "deleted": self.action == "deleted",
+            "quarantined": self.action == "quarantined",
+        }
 
 
 def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> list[Damage]:
@@ -135,8 +146,8 @@ def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> l
         below: dict[str, set[str]] = {}
         for layer in ws.store.list():
             meta = _meta(layer)
-            kinds[layer.key] = str(meta.get("kind", "?"))
-            below[layer.key] = _built_on(meta)
+            kinds[layer.key] = meta["kind"] if meta else "?"
+            below[layer.key] = _built_on(meta["inputs"]) if meta else set()
             try:
                 problem = ws.store.verify(layer.key)
             except NotFoundError:
@@ -156,11 +167,8 @@ def verify(ws: Workspaces, *, repair: bool = False, on_wait: OnWait = None) -> l
     return found
 
 
-def _built_on(meta: dict[str, Any]) -> set[str]:
-    """The layers a layer was built over, as its metadata names them."""
-    inputs = meta.get("inputs")
-    if not isinstance(inputs, dict):
-        return set()
+def _built_on(inputs: dict[str, Any]) -> set[str]:
+    """The layers a layer was built over, as its metadata's inputs name them."""
     named = inputs.get("built_on")
     keys = {k for k in named if isinstance(k, str)} if isinstance(named, list) else set()
     if isinstance(inputs.get("dependencies"), str):  # a project snapshot, before built_on
@@ -277,12 +285,13 @@ def _needed_now(root: Path, home: Path) -> set[str]:
         return set()
 
 
-def _meta(layer: Layer) -> dict[str, Any]:
+def _meta(layer: Layer) -> LayerMeta | None:
+    """The layer's metadata; None when damaged (`verify` names it, `gc` still judges the
+    layer by its users)."""
     try:
-        data: dict[str, Any] = json.loads((layer.root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data
+        return layer.meta()
+    except DamagedFileError:
+        return None
 
 
 def _last_used(layer: Layer) -> float:

@@ -39,7 +39,7 @@ from pyro_loop.workspace.shellcmd import SHELL_ARGV
 
 if TYPE_CHECKING:
     from pyro_loop.loop.activation import Activation
-    from pyro_loop.shapes import UpJSON
+    from pyro_loop.shapes import ServiceJSON, UpJSON
     from pyro_loop.store.layerview import LayerStack
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.sync.hostscan import HostScan
@@ -492,7 +492,7 @@ class ProjectLoop:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         secret_env: Sequence[str] = (),
-    ) -> dict[str, Any]:
+    ) -> ServiceJSON:
         """Start a command detached, as a service (host edits synced first, as for exec);
         named after its program unless `name` is given."""
         if not argv:

@@ -31,7 +31,7 @@ from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath, LinkEscapeError
 from pyro_loop.home import pyro_home
-from pyro_loop.loop.projecthome import ProjectHome, ProjectState
+from pyro_loop.loop.projecthome import ProjectHome, ProjectState, SnapshotInputsJSON
 from pyro_loop.progress import OnProgress, Progress, ignore
 from pyro_loop.project.config import ProjectConfig
 from pyro_loop.project.detect import keying_files, project_files
@@ -185,7 +185,7 @@ def open_key_file(tree: Beneath, project: Project, rel: str) -> int:
         ) from None
 
 
-def describe_changes(old: dict[str, Any], new: PrepareInputs) -> list[str]:
+def describe_changes(old: SnapshotInputsJSON, new: PrepareInputs) -> list[str]:
     """Why a snapshot is stale, in words: "uv.lock changed: a1b2c3 -> d4e5f6"."""
     reasons = []
     if old.get("format") != SNAPSHOT_FORMAT:

@@ -20,15 +20,40 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
+from pyro_loop.errors import DamagedFileError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
     from pyro_loop.project.discovery import Project
+
+STATE_LIMIT = 4 * 1024 * 1024  # bytes of a state file read: a prepare's are a few KiB
+
+
+# What a dependency snapshot was built from (loop/prepare.py `PrepareInputs`), as the state
+# records it; empty until a prepare had something to install. Declared with real types, not
+# as a class: under `from __future__ import annotations` a TypedDict below Python 3.12
+# compiles each field's string annotation, on every command's start.
+SnapshotInputsJSON = TypedDict(  # noqa: UP013 (the class form compiles, see above)
+    "SnapshotInputsJSON",
+    {
+        "format": int,
+        "environment": str,
+        "packages": list[str],
+        "keys": dict[str, str],  # keying file -> sha256 of its contents
+        "run": list[str],
+        "env": list[str],  # names of passed-through variables
+        "tools": dict[str, str],  # only when declared
+        "host_tools": list[str],  # only when exposed
+        "path": list[str],  # only when `[workspace] path` is set
+    },
+    total=False,
+)
 
 
 @dataclass
@@ -37,7 +62,7 @@ class ProjectState:
 
     root: str
     key: str | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: SnapshotInputsJSON = field(default_factory=SnapshotInputsJSON)
     dependencies_layer: str | None = None
     project_layer: str | None = None  # the project's own install, over the dependencies
     project_keys: dict[str, str] = field(default_factory=dict)  # what keyed it
@@ -131,9 +156,96 @@ class ProjectHome:
 
 
 def read_state(path: Path) -> ProjectState | None:
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        return ProjectState(**json.loads(path.read_text()))
+    """The state at `path`; None when there is none, or it is damaged (the project is then
+    cold, and the next prepare writes it anew)."""
+    with contextlib.suppress(DamagedFileError):
+        return load_state(path)
     return None
+
+
+def load_state(path: Path) -> ProjectState:
+    """The state at `path`, each field checked; DamagedFileError, in one line, when it is
+    not what `save_state` writes (cut short, edited, planted)."""
+    try:
+        with path.open("rb") as f:
+            text = f.read(STATE_LIMIT + 1)
+    except OSError as exc:
+        raise DamagedFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if len(text) > STATE_LIMIT:
+            raise ValueError(f"larger than {STATE_LIMIT} bytes")
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        unknown = sorted(set(data) - set(_STATE_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0][:40]!r}")
+        if "root" not in data:
+            raise ValueError("root is missing")
+        for name, value in data.items():
+            check = _STATE_CHECKS[name]
+            if not check(value):
+                raise ValueError(f"{name} is not {check.__doc__}")
+        inputs = data.get("inputs", {})
+        for name, value in inputs.items():
+            input_check = _INPUT_CHECKS.get(name)
+            if input_check is None:
+                raise ValueError(f"unknown input {name[:40]!r}")
+            if not input_check(value):
+                raise ValueError(f"inputs.{name} is not {input_check.__doc__}")
+        return ProjectState(**data)
+    except (ValueError, RecursionError) as exc:
+        raise DamagedFileError(f"damaged project state {path}: {exc}") from None
+
+
+def _text(value: object) -> bool:
+    """a string"""
+    return isinstance(value, str)
+
+
+def _text_or_none(value: object) -> bool:
+    """a string or null"""
+    return value is None or isinstance(value, str)
+
+
+def _number_or_none(value: object) -> bool:
+    """a number or null"""
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: object) -> bool:
+    """an integer"""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _texts(value: object) -> bool:
+    """a list of strings"""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _text_map(value: object) -> bool:
+    """an object of strings"""
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _object(value: object) -> bool:
+    """an object"""
+    return isinstance(value, dict)
+
+
+_STATE_CHECKS: dict[str, Callable[[object], bool]] = {
+    "root": _text, "key": _text_or_none, "inputs": _object,
+    "dependencies_layer": _text_or_none, "project_layer": _text_or_none,
+    "project_keys": _text_map, "baseline_commit": _text_or_none,
+    "baseline_tree": _text_or_none, "baseline_layer": _text_or_none,
+    "prepared_at": _number_or_none, "tool_layers": _text_map,
+}  # fmt: skip
+_INPUT_CHECKS: dict[str, Callable[[object], bool]] = {
+    "format": _integer, "environment": _text, "packages": _texts, "keys": _text_map,
+    "run": _texts, "env": _texts, "tools": _text_map, "host_tools": _texts, "path": _texts,
+}  # fmt: skip
 
 
 def prepared_projects(home: Path) -> Iterator[ProjectState]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pyro_loop.errors import DamagedFileError
 from pyro_loop.loop.activation import tool_requests
 from pyro_loop.loop.projecthome import ProjectHome
 from pyro_loop.loop.tools import tool_states
@@ -17,21 +18,30 @@ from pyro_loop.store.layers import LayerStore
 from pyro_loop.workspace.manager import Workspaces
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import ProjectWorkspaceJSON, StatusJSON
+    from pyro_loop.shapes import (
+        BackgroundPrepareJSON,
+        BaselineStateJSON,
+        DependenciesStateJSON,
+        EnvironmentStateJSON,
+        HooksStateJSON,
+        ProjectWorkspaceJSON,
+        StatusJSON,
+        ToolStateJSON,
+    )
 
 
 @dataclass(frozen=True)
 class Readiness:
     project: Project
     config_found: bool
-    environment: dict[str, Any]
-    dependencies: dict[str, Any]
-    baseline: dict[str, Any]
+    environment: EnvironmentStateJSON
+    dependencies: DependenciesStateJSON
+    baseline: BaselineStateJSON
     workspaces: list[ProjectWorkspaceJSON]
     sync: str  # "watching, last sync 2 s ago" | "not watching"
     cache_bytes: int
-    hooks: dict[str, Any] = field(default_factory=dict)  # pyro's git hooks: installed, broken
-    tools: list[dict[str, Any]] = field(default_factory=list)  # declared: cached or missing
+    hooks: HooksStateJSON  # pyro's git hooks: installed, broken
+    tools: list[ToolStateJSON] = field(default_factory=list)  # declared: cached or missing
     trust: TrustState | None = None  # may the .pyro.toml's commands and wider access apply?
 
     @property
@@ -83,14 +93,17 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
     store = ws.store
     warmth = judge(project, config, ws.home)
     key = warmth.key
-    deps: dict[str, Any] = {"state": warmth.dependencies_state, "key": key}
+    deps: DependenciesStateJSON = {"state": warmth.dependencies_state, "key": key}
     if deps["state"] in ("stale", "missing"):
         deps["reasons"] = warmth.dependency_reasons()
         background = _background_prepare(ws, project, key)
         if background:
             deps["background"] = background
     baseline = warmth.baseline.to_json()
-    environment: dict[str, Any] = {"name": config.environment, "state": warmth.environment_state}
+    environment: EnvironmentStateJSON = {
+        "name": config.environment,
+        "state": warmth.environment_state,
+    }
 
     mine: list[ProjectWorkspaceJSON] = [
         {
@@ -119,7 +132,7 @@ def readiness(project: Project, config: ProjectConfig, ws: Workspaces) -> Readin
     )
 
 
-def _hooks_state(project: Project) -> dict[str, Any]:
+def _hooks_state(project: Project) -> HooksStateJSON:
     from pyro_loop.errors import PyroError
     from pyro_loop.project.hooks import status
 
@@ -132,7 +145,7 @@ def _hooks_state(project: Project) -> dict[str, Any]:
     return {"installed": report.installed, "broken": report.broken, "problem": report.problem}
 
 
-def _background_prepare(ws: Workspaces, project: Project, key: str) -> dict[str, Any] | None:
+def _background_prepare(ws: Workspaces, project: Project, key: str) -> BackgroundPrepareJSON | None:
     """The prepare a git hook started for exactly these inputs, while it runs."""
     from pyro_loop.procutil import pid_alive
 
@@ -143,7 +156,8 @@ def _background_prepare(ws: Workspaces, project: Project, key: str) -> dict[str,
         return None
     if record.get("key") != key or not pid_alive(pid):
         return None
-    return {"pid": pid, "log": record.get("log")}
+    log = record.get("log")
+    return {"pid": pid, "log": log if isinstance(log, str) else None}
 
 
 def _sync_state(ws: Workspaces, project: Project) -> str:
@@ -157,7 +171,7 @@ def cache_size(store: LayerStore) -> int:
     total = 0
     for layer in store.list():
         try:
-            total += int(json.loads((layer.root / "meta.json").read_text()).get("size", 0))
-        except (OSError, ValueError):
+            total += layer.meta()["size"]
+        except DamagedFileError:
             continue
     return total

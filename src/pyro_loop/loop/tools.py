@@ -36,6 +36,7 @@ from pyro_loop.runtime import Mount
 from pyro_loop.store.layers import Layer, LayerStore, layer_path
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import ToolStateJSON
     from pyro_loop.store.environments import EnvironmentSpec
     from pyro_loop.workspace.manager import Workspaces
 
@@ -293,16 +294,14 @@ def unmet_need(request: ToolRequest) -> str | None:
     return None
 
 
-def tool_states(store: LayerStore, requests: list[ToolRequest]) -> list[dict[str, object]]:
+def tool_states(store: LayerStore, requests: list[ToolRequest]) -> list[ToolStateJSON]:
     """Each declared tool: cached, or missing with how to get it (for status and doctor)."""
-    states: list[dict[str, object]] = []
+    states: list[ToolStateJSON] = []
     for request in requests:
-        entry: dict[str, object] = {"name": request.name, "version": request.version}
+        name, version = request.name, request.version
         if store.get(request.key) is not None:
-            entry["state"] = "cached"
-        else:
-            entry["state"] = "missing"
-            need = unmet_need(request)
-            entry["fix"] = need or f"`pyro prepare` installs it from {request.tool.registry}"
-        states.append(entry)
+            states.append({"name": name, "version": version, "state": "cached"})
+            continue
+        fix = unmet_need(request) or f"`pyro prepare` installs it from {request.tool.registry}"
+        states.append({"name": name, "version": version, "state": "missing", "fix": fix})
     return states

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.loop.activation import tool_requests
 from pyro_loop.loop.keydigests import KeyDigests
@@ -38,6 +38,7 @@ from pyro_loop.records import dataclass
 from pyro_loop.store.layers import LayerStore
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import BaselineStateJSON
     from pyro_loop.workspace.record import WorkspaceRecord
 
 # The labels a project's workspace carries: which inputs (environment, packages, keying
@@ -58,8 +59,10 @@ class Baseline:
     def ok(self) -> bool:
         return self.state != "missing"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, **({"commit": self.commit} if self.commit else {})}
+    def to_json(self) -> BaselineStateJSON:
+        if self.commit:
+            return {"state": self.state, "commit": self.commit}
+        return {"state": self.state}
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pyro_loop.errors import InvalidInputError, NotFoundError
-from pyro_loop.shapes import CapturedJSON
+from pyro_loop.shapes import CapturedJSON, SavedOutputJSON
 
 INLINE_LIMIT = 32 * 1024  # bytes of each stream returned inline
 HEAD_SHARE = 0.25  # of the inline limit, kept from the start; the rest from the end
@@ -129,7 +129,7 @@ class OutputCapture:
 
 def read_saved(
     directory: Path, exec_id: str, stream: str, *, offset: int = 0, max_bytes: int = 65536
-) -> dict[str, Any]:
+) -> SavedOutputJSON:
     """A slice of a command's saved output, with where the next slice starts."""
     if not _EXEC_ID.match(exec_id):
         raise InvalidInputError(f"invalid exec_id {exec_id!r}: use the one a result gave")

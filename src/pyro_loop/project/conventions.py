@@ -34,7 +34,7 @@ def detect_tools(root: Path, ecosystems: list[Ecosystem]) -> dict[str, str]:
     for eco in ecosystems:
         here = root / eco.directory
         version: str | None = None
-        if eco.name == "uv":
+        if eco.name in ("uv", "pyproject"):  # uv installs a pyproject.toml without a lock
             pinned = _toml(here / "pyproject.toml").get("tool", {}).get("uv", {})
             match = _EXACT.fullmatch(str(pinned.get("required-version", "")))
             version = match[1] if match else LATEST
@@ -45,8 +45,9 @@ def detect_tools(root: Path, ecosystems: list[Ecosystem]) -> dict[str, str]:
         elif eco.name in ("pipenv", "pnpm", "yarn"):
             version = _package_manager(here, eco.name) or _lock_version(here, eco.name)
         # The first ecosystem that names a version wins over a later "latest".
-        if version is not None and tools.get(eco.name) in (None, LATEST):
-            tools[eco.name] = version
+        tool = "uv" if eco.name == "pyproject" else eco.name
+        if version is not None and tools.get(tool) in (None, LATEST):
+            tools[tool] = version
     return tools
 
 
@@ -56,7 +57,7 @@ def detect_checks(root: Path, ecosystems: list[Ecosystem]) -> list[str]:
     for eco in ecosystems:
         here = root / eco.directory
         command: str | None = None
-        if eco.name in ("uv", "poetry", "pipenv", "pip") and _uses_pytest(here, eco):
+        if eco.name in ("uv", "poetry", "pipenv", "pip", "pyproject") and _uses_pytest(here, eco):
             command = "pytest"
         elif eco.name in ("cargo", "go"):
             command = "cargo test" if eco.name == "cargo" else "go test ./..."
@@ -112,8 +113,27 @@ def _uses_pytest(here: Path, eco: Ecosystem) -> bool:
         return True
     if "[tool:pytest]" in _text(here / "setup.cfg") or "[pytest]" in _text(here / "tox.ini"):
         return True
+    if eco.name == "pyproject" and "pytest" in _declared_names(_toml(here / "pyproject.toml")):
+        return True
     locked = re.compile(r'^name = "pytest"$|^"?pytest"?\s*[=:<>~!\[;]|^pytest\s*$', re.M)
     return any(locked.search(_text(root_file)) for root_file in _dependency_files(here, eco))
+
+
+def _declared_names(pyproject: dict[str, Any]) -> set[str]:
+    """The names of the packages pyproject.toml declares: dependencies, extras, groups."""
+    project = pyproject.get("project", {})
+    lists = [project.get("dependencies", [])]
+    for table in (project.get("optional-dependencies"), pyproject.get("dependency-groups")):
+        if isinstance(table, dict):
+            lists.extend(table.values())
+    names = set()
+    for entries in lists:
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, str):  # a group's {include-group = ...} names no package
+                match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", entry)
+                if match:
+                    names.add(re.sub(r"[-_.]+", "-", match[1]).lower())
+    return names
 
 
 def _dependency_files(here: Path, eco: Ecosystem) -> list[Path]:

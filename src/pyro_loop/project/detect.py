@@ -16,10 +16,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pyro_loop.fs.beneath import Beneath
-from pyro_loop.records import dataclass
+from pyro_loop.records import dataclass, replace
 
 if TYPE_CHECKING:
     from pyro_loop.project.config import ProjectConfig
+    from pyro_loop.shapes import EcosystemJSON
 
 # Dependencies, build output and tool state: never project roots, and often huge to walk.
 SKIP_DIRS = frozenset(
@@ -38,8 +39,10 @@ class Ecosystem:
     # that key it (relative to the root).
     project: tuple[str, ...] = ()
     project_keys: tuple[str, ...] = ()
+    # False for a manifest with no lock: the install takes the newest versions it allows.
+    locked: bool = True
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> EcosystemJSON:
         return {
             "name": self.name,
             "directory": self.directory,
@@ -106,6 +109,7 @@ RULES = (
 # With one of these in the same directory, requirements files are exports or extras of the lock,
 # and installing them with pip on top would fight the lock's own environment.
 PYTHON_LOCKS = frozenset({"uv", "poetry", "pipenv"})
+NODE_MANAGERS = frozenset({"npm", "pnpm", "yarn"})
 
 
 def detect_ecosystems(root: Path) -> list[Ecosystem]:
@@ -113,6 +117,7 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
     found: list[Ecosystem] = []
     cargo_roots: list[PurePosixPath] = []
     python_roots: list[PurePosixPath] = []  # where a Python ecosystem was found
+    node_roots: list[PurePosixPath] = []  # where a JS one was: below, a workspace's members
     for rel, files in _walk(root):
         here = [r for r in RULES if any(t in files for t in r.triggers)]
         if any(r.name == "cargo" for r in here):
@@ -127,36 +132,50 @@ def detect_ecosystems(root: Path) -> list[Ecosystem]:
         for rule in here:
             keys = [k for k in rule.keys if k in files]
             run, project = [rule.run], [rule.project] if rule.project else []
-            scripts = _root_scripts(root, str(rel / "package.json"))
-            if rule.name == "npm" and scripts and all(map(_installs_git_hooks, scripts)):
-                # Nothing to build from sources, and no .git in a sandbox for the hooks: the
-                # dependencies' own install scripts still run (npm rebuild).
-                run = ["npm ci --ignore-scripts && npm rebuild"]
-            elif rule.name == "npm" and scripts:
-                run = ["npm ci --ignore-scripts"]
-                project = ["npm rebuild && npm run --if-present prepare"]
-            if rule.name == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
-                # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and
-                # plugins that .yarnrc.yml names run the install, so they key it too.
-                run = ["yarn install --immutable"]
-                keys += _yarnrc_files(root, rel)
-            if rule.name in ("npm", "pnpm", "yarn"):
-                # A JS workspace installs its members' dependencies too, from their manifests.
-                keys += _workspace_members(root, rel, rule.name)
+            if rule.name in NODE_MANAGERS:
+                run, project, more_keys = _node_commands(root, rel, rule.name, rule.run)
+                keys += more_keys
             found.append(_ecosystem(rule.name, rel, keys, run, project=project, files=files))
-        # requirements.txt first: the others (-dev, -test) usually build on it.
-        requirements = sorted(
-            (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
-            key=lambda f: (f != "requirements.txt", f),
-        )
-        if requirements and _auxiliary(rel, files, python_roots):
-            requirements = []
-        if requirements and not any(r.name in PYTHON_LOCKS for r in here):
-            run, project = _pip_commands(root, rel, requirements)
-            found.append(_ecosystem("pip", rel, requirements, run, project=project, files=files))
-        if requirements or any(r.name in PYTHON_LOCKS for r in here):
+        node = any(r.name in NODE_MANAGERS for r in here)
+        if not node and "package.json" in files and not _below(rel, node_roots):
+            found.append(_unlocked_node(root, rel, files))
+            node = True
+        if node:
+            node_roots.append(rel)
+        locked = any(r.name in PYTHON_LOCKS for r in here)
+        unlocked = _unlocked_python(root, rel, files, locked=locked, python_roots=python_roots)
+        found.extend(unlocked)
+        if unlocked or locked:
             python_roots.append(rel)
     return sorted(found, key=lambda e: (PurePosixPath(e.directory).parts, e.name))
+
+
+def _unlocked_python(
+    root: Path,
+    rel: PurePosixPath,
+    files: set[str],
+    *,
+    locked: bool,
+    python_roots: list[PurePosixPath],
+) -> list[Ecosystem]:
+    """A Python project at `rel` that no lock of uv, poetry or pipenv pins: its requirements
+    files, else its pyproject.toml (unless a Python project above holds it)."""
+    if locked:
+        return []
+    # requirements.txt first: the others (-dev, -test) usually build on it.
+    requirements = sorted(
+        (f for f in files if f.startswith("requirements") and f.endswith(".txt")),
+        key=lambda f: (f != "requirements.txt", f),
+    )
+    if requirements and not _auxiliary(rel, files, python_roots):
+        run, project = _pip_commands(root, rel, requirements)
+        return [_ecosystem("pip", rel, requirements, run, project=project, files=files)]
+    if requirements or "pyproject.toml" not in files:
+        return []
+    if _below(rel, python_roots):
+        return []
+    found = _pyproject_ecosystem(root, rel, files)
+    return [found] if found is not None else []
 
 
 # Directories whose requirements build the documentation (Read the Docs' convention), never
@@ -203,6 +222,43 @@ def _pip_commands(
         [f"{strip} && {venv} && .venv/bin/pip install {copies}"],
         [f".venv/bin/pip install {files}"],
     )
+
+
+# The dependency group and the extra a project's tests install, by their usual names.
+TEST_SETS = ("test", "tests", "testing", "dev")
+
+
+def _pyproject_ecosystem(root: Path, rel: PurePosixPath, files: set[str]) -> Ecosystem | None:
+    """A Python project that declares itself in pyproject.toml (PEP 621) and locks nothing:
+    uv installs its declared dependencies, with the dependency group and the extra its tests
+    use, into .venv; then the project itself, editable. Without a lock the versions are
+    whatever the index has when prepare runs; `pyro init` says so. Dependencies the build
+    backend computes (`dynamic`) come with the project, which needs its sources."""
+    import tomllib
+
+    try:
+        pyproject = tomllib.loads(_read(root, str(rel / "pyproject.toml")))
+    except tomllib.TOMLDecodeError:
+        return None
+    project = pyproject.get("project")
+    if not isinstance(project, dict) or not isinstance(project.get("name"), str):
+        return None
+    groups, extras = pyproject.get("dependency-groups"), project.get("optional-dependencies")
+    group = next((g for g in TEST_SETS if isinstance(groups, dict) and g in groups), None)
+    extra = next((e for e in TEST_SETS if isinstance(extras, dict) and e in extras), None)
+    with_group = f" --group {group}" if group else ""
+    dynamic = project.get("dynamic")
+    if isinstance(dynamic, list) and "dependencies" in dynamic:
+        run = [f"uv venv .venv{' && uv pip install' + with_group if group else ''}"]
+        project_install = f"uv pip install -e {shlex.quote(f'.[{extra}]' if extra else '.')}"
+    else:
+        with_extra = f" --extra {extra}" if extra else ""
+        run = [f"uv venv .venv && uv pip install -r pyproject.toml{with_extra}{with_group}"]
+        project_install = "uv pip install --no-deps -e ."
+    eco = _ecosystem(
+        "pyproject", rel, ["pyproject.toml"], run, project=[project_install], files=files
+    )
+    return replace(eco, locked=False)
 
 
 def _read(root: Path, rel: str) -> str:
@@ -278,6 +334,58 @@ def _yarnrc_files(root: Path, rel: PurePosixPath) -> list[str]:
         if (root / rel / path).is_file() and not (root / rel / path).is_symlink():
             found.append(str(path))
     return found
+
+
+# A throwaway repository for the hook installers to write into, removed after the install (so
+# nothing of it is in the layer): without one, lefthook and simple-git-hooks fail the install.
+WITH_THROWAWAY_GIT = "(git init -q 2>/dev/null; {install}; s=$?; rm -rf .git; exit $s)"
+
+
+def _node_commands(
+    root: Path, rel: PurePosixPath, manager: str, install: str
+) -> tuple[list[str], list[str], list[str]]:
+    """([prepare] run, [prepare] project, keys beside the rule's) for a JS project: the root
+    package's install scripts (NPM_ROOT_SCRIPTS) usually build it from its sources, which
+    the dependency install does not have, so they wait for the project's install; scripts
+    that only install git hooks get a throwaway repository instead."""
+    scripts = _root_scripts(root, str(rel / "package.json"))
+    hooks_only = bool(scripts) and all(map(_installs_git_hooks, scripts))
+    run, project, keys = [install], [], []
+    if manager == "npm" and hooks_only:
+        # The dependencies' own install scripts still run (npm rebuild), the root's do not.
+        run = [f"{install} --ignore-scripts && npm rebuild"]
+    elif manager == "npm" and scripts:
+        run = [f"{install} --ignore-scripts"]
+        project = ["npm rebuild && npm run --if-present prepare"]
+    elif manager == "pnpm" and scripts and not hooks_only:
+        # pnpm rebuild runs the dependencies' build scripts and then the root's.
+        run = ["pnpm install --frozen-lockfile --ignore-scripts"]
+        project = ["pnpm rebuild"]
+    if manager == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
+        # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and plugins
+        # that .yarnrc.yml names run the install, so they key it too.
+        run = ["yarn install --immutable"]
+        keys += _yarnrc_files(root, rel)
+    if manager in ("pnpm", "yarn") and hooks_only:
+        run = [WITH_THROWAWAY_GIT.format(install=run[0])]
+    # A JS workspace installs its members' dependencies too, from their manifests.
+    keys += _workspace_members(root, rel, manager)
+    return run, project, keys
+
+
+def _below(rel: PurePosixPath, roots: list[PurePosixPath]) -> bool:
+    """`rel` is one of `roots` or inside one."""
+    return any(r == rel or r in rel.parents for r in roots)
+
+
+def _unlocked_node(root: Path, rel: PurePosixPath, files: set[str]) -> Ecosystem:
+    """A package.json with no lock beside it (many libraries commit none, some say so in
+    .npmrc with package-lock=false): npm installs the newest versions it allows, writing
+    no lock into the workspace."""
+    run, project, keys = _node_commands(root, rel, "npm", "npm install --no-package-lock")
+    keys = ["package.json", *(f for f in (".npmrc",) if f in files), *keys]
+    eco = _ecosystem("npm", rel, keys, run, project=project, files=files)
+    return replace(eco, locked=False)
 
 
 def _root_scripts(root: Path, rel: str) -> list[str]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.git import common_dir, config_value
 from pyro_loop.project.discovery import Project
 from pyro_loop.records import dataclass
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import HookJSON, HooksJSON
 
 MARKER = "# pyro-hook 7f3b9c2e"
 KEEP_WARM = ("post-checkout", "post-merge", "post-rewrite")
@@ -34,7 +37,7 @@ class HookStatus:
     python_ok: bool = False
     project: str | None = None  # the project directory, relative to the working tree's top
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HookJSON:
         return {
             "name": self.name,
             "state": self.state,
@@ -60,7 +63,7 @@ class HooksReport:
     def broken(self) -> list[str]:
         return [h.name for h in self.hooks if h.state == "pyro" and not h.python_ok]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HooksJSON:
         return {
             "hooks_dir": str(self.hooks_dir),
             "shared_with_worktrees": self.shared,

@@ -12,13 +12,16 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop import git
 from pyro_loop.errors import ConflictError, InvalidInputError
 from pyro_loop.project.config import FILENAME
 from pyro_loop.project.detect import Ecosystem, detect_ecosystems
 from pyro_loop.records import dataclass, replace
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import InitJSON
 
 BACKUP_SUFFIX = ".bak"
 
@@ -33,7 +36,7 @@ class InitResult:
     written: bool  # False for a dry run
     backup: Path | None = None  # where the replaced file went, with force
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> InitJSON:
         return {
             "root": str(self.root),
             "path": str(self.path),

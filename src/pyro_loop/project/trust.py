@@ -20,13 +20,16 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import PyroError
 from pyro_loop.fs.util import write_json_atomic
 from pyro_loop.project.config import ProjectConfig, display_path
 from pyro_loop.records import dataclass
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import TrustJSON
 
 TRUST_DIR = "trust"
 
@@ -68,7 +71,7 @@ class TrustState:
             "this version of the file",
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TrustJSON:
         return {
             "state": self.state,
             "trusted": self.ok,

@@ -15,7 +15,7 @@ from pyro_loop.records import dataclass, field
 from pyro_loop.runtime.limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
-    from pyro_loop.shapes import MountJSON
+    from pyro_loop.shapes import MountJSON, SandboxHandleJSON
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -94,7 +94,7 @@ class SandboxHandle:
     keeper_pid: int
     keeper_start: int  # start time in clock ticks, so a recycled pid is never mistaken
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> SandboxHandleJSON:
         return {"keeper_pid": self.keeper_pid, "keeper_start": self.keeper_start}
 
     @classmethod

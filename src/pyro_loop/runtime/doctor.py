@@ -11,10 +11,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.records import dataclass
 from pyro_loop.runtime.bwrap import SANDBOX_PYTHON
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import HostCheckJSON, ToolStateJSON
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Check:
     fix: str | None = None
     required: bool = True
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HostCheckJSON:
         return {
             "name": self.name,
             "ok": self.ok,
@@ -51,7 +54,7 @@ def run_checks() -> list[Check]:
     return checks
 
 
-def tool_checks(tools: list[dict[str, Any]]) -> list[Check]:
+def tool_checks(tools: list[ToolStateJSON]) -> list[Check]:
     """The project's declared tools (tools.tool_states): a missing one is named with how to
     get it, before a prepare fails on it. Not required: `pyro prepare` builds them."""
     return [

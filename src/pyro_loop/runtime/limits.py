@@ -6,9 +6,12 @@ loading the sandbox machinery (the MCP server answers `initialize` before it nee
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.records import dataclass
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import LimitsJSON, LimitsShownJSON
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,17 @@ class Limits:
     file_size_mib: int | None = 16384
     address_space_mib: int | None = None  # off by default: it breaks runtimes that reserve VA
 
-    def describe(self) -> dict[str, Any]:
+    def to_json(self) -> LimitsJSON:
         return {
             "processes": self.processes,
             "open_files": self.open_files,
             "file_size_mib": self.file_size_mib,
             "address_space_mib": self.address_space_mib,
+        }
+
+    def describe(self) -> LimitsShownJSON:
+        return {
+            **self.to_json(),
             "enforced_by": "rlimit",
             "cgroups": "not used (no delegated cgroup v2 subtree required)",
         }

@@ -4,10 +4,11 @@ A layer lives at `layers/<key>/tree`. It is usable only once `layers/<key>/COMPL
 and holds the key; the marker is written after the tree and its metadata, in a staging
 directory that one atomic rename moves into place, so a build that is killed at any point
 leaves nothing a later run trusts, and a complete layer is never replaced by another.
-`meta.json` records the tree's content digest, so `verify` detects a corrupted tree (a flipped
-byte); once it is deleted or quarantined, the next build or publish of that key makes it
-again. Keys are either the content digest of the tree (seeds, workspace snapshots) or a digest
-of the inputs that produced it (environments, dependency snapshots), chosen by the caller.
+`meta.json` (`LayerMeta`) records the tree's content digest, so `verify` detects a corrupted
+tree (a flipped byte); once it is deleted or quarantined, the next build or publish of that key
+makes it again. Keys are either the content digest of the tree (seeds, workspace snapshots) or
+a digest of the inputs that produced it (environments, dependency snapshots), chosen by the
+caller.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from pyro_loop.errors import InvalidInputError, NotFoundError
+from pyro_loop.errors import DamagedFileError, InvalidInputError, NotFoundError
 from pyro_loop.fs.util import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
 from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
@@ -32,6 +34,67 @@ from pyro_loop.store.treehash import tree_digest
 
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
 COMPLETE_MARKER = "COMPLETE"
+META_LIMIT = 1024 * 1024  # bytes of a meta.json read: pyro's own are a few hundred
+
+
+# A layer's `meta.json`: what it is and was made from, written once as it is published.
+# Declared with real types, not as a class: under `from __future__ import annotations` a
+# TypedDict below Python 3.12 compiles each field's string annotation, on every command's start.
+LayerMeta = TypedDict(  # noqa: UP013 (the class form compiles, see above)
+    "LayerMeta",
+    {
+        "key": str,
+        "digest": str | None,  # of the tree as published, what `verify` checks; None: not readable
+        "kind": str,  # seed, snapshot, empty, environment, dependencies, baseline, tool, ...
+        "inputs": dict[str, Any],  # what made it, as its kind records it
+        "size": int,  # bytes in its regular files
+        "created": float,  # seconds since the epoch
+    },
+)
+
+
+def load_meta(path: Path) -> LayerMeta:
+    """`path` read as a layer's metadata and checked field by field; a file that is not
+    what `_publish_locked` writes raises DamagedFileError, saying in one line what is wrong."""
+    try:
+        with path.open("rb") as f:
+            text = f.read(META_LIMIT + 1)
+    except OSError as exc:
+        raise DamagedFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if len(text) > META_LIMIT:
+            raise ValueError(f"larger than {META_LIMIT} bytes")
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        meta: LayerMeta = {
+            "key": _field(data, "key", str),
+            "digest": _field(data, "digest", str, optional=True),
+            "kind": _field(data, "kind", str),
+            "inputs": _field(data, "inputs", dict),
+            "size": _field(data, "size", int),
+            "created": float(_field(data, "created", float)),
+        }
+        if not _KEY_RE.match(meta["key"]):
+            raise ValueError(f"key {meta['key'][:80]!r} is not a layer key")
+        if meta["size"] < 0 or not math.isfinite(meta["created"]):
+            raise ValueError("size or created out of range")
+    except (ValueError, RecursionError) as exc:
+        raise DamagedFileError(
+            f"damaged layer metadata {path}: {exc}",
+            hint="`pyro cache verify --repair` takes damaged layers out of the store",
+        ) from None
+    return meta
+
+
+def _field(data: dict[str, Any], name: str, kind: type, *, optional: bool = False) -> Any:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    numeric = isinstance(value, int | float) if kind is float else isinstance(value, kind)
+    if not numeric or isinstance(value, bool):
+        raise ValueError(f"{name} is not {'a number' if kind is float else kind.__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,9 +106,13 @@ class Layer:
     def tree(self) -> Path:
         return self.root / "tree"
 
-    def meta(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
-        return data
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    def meta(self) -> LayerMeta:
+        """Its metadata, checked (DamagedFileError when it is not what pyro wrote)."""
+        return load_meta(self.meta_path)
 
 
 def layer_path(key: str) -> str:
@@ -112,23 +179,23 @@ class LayerStore:
         """
         layer = self.require(key)
         try:
-            meta = layer.meta()
-        except (OSError, ValueError):
+            meta: LayerMeta | None = layer.meta()
+        except DamagedFileError:
             meta = None
         try:
             actual = tree_digest(layer.tree)
         except PermissionError:
             return None  # files this user cannot read (see _digest_or_none): not checkable
-        if not isinstance(meta, dict) or meta.get("key") != key:
+        if meta is None or meta["key"] != key:
             problem: str | None = "its metadata is missing or damaged"
-        elif isinstance(meta.get("digest"), str) and meta["digest"]:
+        elif meta["digest"]:
             expected = meta["digest"]
             problem = None if actual == expected else f"content {actual[:12]} != {expected[:12]}"
         else:
-            # No digest recorded (published before digests were, or holding files the
-            # publisher could not read): content-keyed layers still check out against their
-            # key; others cannot be checked (and are left alone).
-            content_keyed = meta.get("kind") in ("seed", "snapshot", "empty")
+            # No digest recorded (holding files the publisher could not read): content-keyed
+            # layers still check out against their key; others cannot be checked (and are
+            # left alone).
+            content_keyed = meta["kind"] in ("seed", "snapshot", "empty")
             mismatch = content_keyed and actual != key
             problem = f"content {actual[:12]} != its key" if mismatch else None
         return problem
@@ -249,17 +316,15 @@ class LayerStore:
         # Overlayfs reads lower layers with the sandbox user's credentials.
         if not handed_over:
             hand_over(incoming / "tree", recursive=True)
-        write_json_atomic(
-            incoming / "meta.json",
-            {
-                "key": key,
-                "digest": digest,  # of the tree as published: what `verify` checks
-                "kind": kind,
-                "inputs": inputs,
-                "size": dir_size(incoming / "tree") if size is None else size,
-                "created": time.time(),
-            },
-        )
+        meta: LayerMeta = {
+            "key": key,
+            "digest": digest,  # of the tree as published: what `verify` checks
+            "kind": kind,
+            "inputs": inputs,
+            "size": dir_size(incoming / "tree") if size is None else size,
+            "created": time.time(),
+        }
+        write_json_atomic(incoming / "meta.json", meta)
         # The marker is written before the directory is renamed into place, and the rename
         # is atomic: a layer appears complete or not at all, and a publish killed before the
         # rename leaves only staging, which `clean_leftovers` removes.

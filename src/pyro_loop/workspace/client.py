@@ -28,6 +28,13 @@ from pyro_loop.fs.socketpath import socket_address
 from pyro_loop.records import dataclass, replace
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import (
+        ExecResultJSON,
+        FileEntryJSON,
+        FileListingJSON,
+        ReadReplyJSON,
+        WriteReplyJSON,
+    )
     from pyro_loop.workspace.secrets import Redactor
 
 OutputSink = Callable[[str, bytes], None]  # ("stdout" | "stderr", data)
@@ -63,7 +70,7 @@ class ExecResult:
     stdout_truncated: bool = False  # collected output beyond `max_output` was dropped
     stderr_truncated: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ExecResultJSON:
         return {
             "exit_code": self.exit_code,
             "duration_ms": round(self.duration * 1000, 3),
@@ -265,23 +272,37 @@ class AgentClient:
 
     def read(
         self, path: str, *, max_bytes: int = 65536, offset: int = 0
-    ) -> tuple[bytes, dict[str, Any]]:
+    ) -> tuple[bytes, ReadReplyJSON]:
         chunks: list[bytes] = []
         reply = self._request(
             {"op": "read", "path": path, "max_bytes": max_bytes, "offset": offset},
             on_frame=_data_collector(chunks, limit=max_bytes),
         )
-        return b"".join(chunks), reply
+        truncated = reply.get("truncated")
+        if not isinstance(truncated, bool):
+            raise AgentError("malformed reply from the workspace's agent: truncated is not a bool")
+        return b"".join(chunks), {"path": _str(reply, "path"), "size": _int(reply, "size"),
+                                  "offset": _int(reply, "offset"), "truncated": truncated,
+                                  "ok": True}  # fmt: skip
 
-    def write(self, path: str, content: bytes, *, mode: int | None = None) -> dict[str, Any]:
-        return self._request({"op": "write", "path": path, "mode": mode}, data=content)
+    def write(self, path: str, content: bytes, *, mode: int | None = None) -> WriteReplyJSON:
+        reply = self._request({"op": "write", "path": path, "mode": mode}, data=content)
+        return {"path": _str(reply, "path"), "written": _int(reply, "written"), "ok": True}
 
     def list(
         self, path: str, *, recursive: bool = False, max_entries: int = 10000
-    ) -> dict[str, Any]:
-        return self._request(
+    ) -> FileListingJSON:
+        reply = self._request(
             {"op": "list", "path": path, "recursive": recursive, "max_entries": max_entries}
         )
+        entries = reply.get("entries")
+        if not isinstance(entries, list):
+            raise AgentError("malformed reply from the workspace's agent: entries is not a list")
+        truncated = reply.get("truncated")
+        if not isinstance(truncated, bool):
+            raise AgentError("malformed reply from the workspace's agent: truncated is not a bool")
+        return {"path": _str(reply, "path"), "entries": [_entry(e) for e in entries],
+                "truncated": truncated, "ok": True}  # fmt: skip
 
     def stat(self, path: str) -> dict[str, Any]:
         return self._request({"op": "stat", "path": path})
@@ -562,6 +583,28 @@ def _int(reply: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise AgentError(f"malformed reply from the workspace's agent: {key} is not an integer")
     return value
+
+
+def _str(reply: dict[str, Any], key: str) -> str:
+    value = reply.get(key)
+    if not isinstance(value, str):
+        raise AgentError(f"malformed reply from the workspace's agent: {key} is not a string")
+    return value
+
+
+def _entry(raw: object) -> FileEntryJSON:
+    """An entry of a listing, type-checked (the agent is not trusted)."""
+    if not isinstance(raw, dict):
+        raise AgentError("malformed reply from the workspace's agent: an entry is not an object")
+    mtime = raw.get("mtime")
+    if not isinstance(mtime, int | float) or isinstance(mtime, bool):
+        raise AgentError("malformed reply from the workspace's agent: mtime is not a number")
+    entry: FileEntryJSON = {"path": _str(raw, "path"), "type": _str(raw, "type"),
+                            "size": _int(raw, "size"), "mode": _int(raw, "mode"),
+                            "mtime": mtime}  # fmt: skip
+    if "target" in raw:
+        entry["target"] = _str(raw, "target")
+    return entry
 
 
 def _errors(reply: dict[str, Any]) -> list[dict[str, str]]:

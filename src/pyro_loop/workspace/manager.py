@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from pyro_loop.errors import (
     AgentUnavailableError,
@@ -52,7 +52,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyro_loop.progress import OnProgress
-    from pyro_loop.shapes import WorkspaceJSON
+    from pyro_loop.shapes import (
+        CommandHistoryJSON,
+        ExportedJSON,
+        PatchFilesJSON,
+        WorkspaceJSON,
+        WorkspaceLogsJSON,
+    )
     from pyro_loop.workspace.client import (
         AgentClient,
         Cancellation,
@@ -526,7 +532,12 @@ class Workspaces:
             channel.redact(hidden.values())
             yield channel
         if channel.result is not None:
-            entry = {"time": time.time(), "argv": argv, "cwd": cwd, **channel.result.to_json()}
+            entry: CommandHistoryJSON = {
+                "time": time.time(),
+                "argv": argv,
+                "cwd": cwd,
+                **channel.result.to_json(),
+            }
             # The history is a convenience: a full disk (often the command's own doing) must
             # not turn a finished command into a failure.
             with unless_disk_full(), wdir.history.open("a") as f:
@@ -556,13 +567,15 @@ class Workspaces:
 
         return ports.published(self.resolve(ref).root)
 
-    def logs(self, ref: str, *, limit: int = 50) -> dict[str, Any]:
+    def logs(self, ref: str, *, limit: int = 50) -> WorkspaceLogsJSON:
         wdir = self.resolve(ref)
-        history: list[dict[str, Any]] = []
+        history: list[CommandHistoryJSON] = []
         if wdir.history.exists():
             for line in wdir.history.read_text().splitlines()[-limit:]:
                 with contextlib.suppress(ValueError):
-                    history.append(json.loads(line))
+                    entry = json.loads(line)
+                    if isinstance(entry, dict):  # pyro's own lines (open_exec); a cut one is not
+                        history.append(cast("CommandHistoryJSON", entry))
         agent_log = wdir.log.read_text(errors="replace")[-8192:] if wdir.log.exists() else ""
         return {"id": wdir.root.name, "commands": history, "agent_log": agent_log}
 
@@ -587,12 +600,12 @@ class Workspaces:
         *,
         force: bool = False,
         max_bytes: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> ExportedJSON:
         from pyro_loop.workspace.transfer import export_path
 
         return export_path(self.client(ref), path, output, force=force, max_bytes=max_bytes)
 
-    def apply_patch(self, ref: str, patch: str) -> dict[str, Any]:
+    def apply_patch(self, ref: str, patch: str) -> PatchFilesJSON:
         from pyro_loop.workspace.transfer import apply_patch
 
         return apply_patch(self.client(ref), patch)

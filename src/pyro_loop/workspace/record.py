@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.fs.util import write_json_atomic
-from pyro_loop.records import asdict, dataclass, field
+from pyro_loop.records import dataclass, field
 from pyro_loop.runtime import Limits, Mount, SandboxHandle
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import WorkspaceRecordJSON
 
 RECORD_VERSION = 1
 
@@ -44,13 +47,32 @@ class WorkspaceRecord:
     # layer owner's (or, for an ordinary user, that user).
     uid: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["version"] = RECORD_VERSION
-        data["handle"] = self.handle.to_json() if self.handle else None
-        data["spare"] = self.spare.to_json() if self.spare else None
-        data["mounts"] = [m.to_json() for m in self.mounts]
-        return data
+    def to_json(self) -> WorkspaceRecordJSON:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "environment": self.environment,
+            "network": self.network,
+            "labels": dict(self.labels),
+            "base_layers": list(self.base_layers),
+            "layers": list(self.layers),
+            "created": self.created,
+            "limits": self.limits.to_json(),
+            "snapshots": {
+                k: {"name": v.name, "layers": list(v.layers), "created": v.created}
+                for k, v in self.snapshots.items()
+            },
+            "handle": self.handle.to_json() if self.handle else None,
+            "generation": self.generation,
+            "standby": self.standby,
+            "spare": self.spare.to_json() if self.spare else None,
+            "packages": list(self.packages),
+            "environment_layer": self.environment_layer,
+            "mounts": [m.to_json() for m in self.mounts],
+            "env": dict(self.env),
+            "uid": self.uid,
+            "version": RECORD_VERSION,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorkspaceRecord:

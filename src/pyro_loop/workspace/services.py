@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from pyro_loop.agent import protocol as p
 from pyro_loop.errors import AgentError
@@ -18,6 +18,9 @@ from pyro_loop.workspace.client import (
     _Capped,
 )
 from pyro_loop.workspace.secrets import Redactor
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import ProcessJSON, ServiceJSON, ServiceLogsInfoJSON, ServiceStoppedJSON
 
 builtins_list = list
 
@@ -49,7 +52,7 @@ class ServiceClient:
         *,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ServiceJSON:
         """Start `argv` as the service `name`, detached: returns once it runs."""
         env = {**self.secrets, **(env or {})}
         mask = sorted(set(self.secrets.values()))  # the agent writes the log masked
@@ -57,16 +60,16 @@ class ServiceClient:
         reply = self.client._request({**request, "mask": mask})
         return _service(reply)
 
-    def service_list(self) -> builtins_list[dict[str, Any]]:
+    def service_list(self) -> builtins_list[ServiceJSON]:
         services = self.client._request({"op": "service_list"}).get("services")
         if not isinstance(services, list):
             raise AgentError("malformed reply from the workspace's agent: services is not a list")
         return [_service({"service": s}) for s in services]
 
-    def service_status(self, name: str) -> dict[str, Any]:
+    def service_status(self, name: str) -> ServiceJSON:
         return _service(self.client._request({"op": "service_status", "name": name}))
 
-    def service_stop(self, name: str, *, timeout: float = 5.0) -> dict[str, Any]:
+    def service_stop(self, name: str, *, timeout: float = 5.0) -> ServiceStoppedJSON:
         """SIGTERM the service's process tree, SIGKILL what is left after `timeout` s."""
         reply = self.client._request(
             {"op": "service_stop", "name": name, "timeout": timeout}, timeout=timeout + 20.0
@@ -82,7 +85,7 @@ class ServiceClient:
         on_output: Callable[[bytes], None] | None = None,
         max_bytes: int = DEFAULT_MAX_OUTPUT,
         cancel: Cancellation | None = None,
-    ) -> tuple[bytes, dict[str, Any]]:
+    ) -> tuple[bytes, ServiceLogsInfoJSON]:
         """The service's kept output (its last `tail` lines), to `on_output` as it comes or
         collected up to `max_bytes`; `follow` goes on until the service ends (or `cancel`)."""
         collected = _Capped(max_bytes)
@@ -109,23 +112,34 @@ class ServiceClient:
                 on_output(rest)
             else:
                 collected.add(rest)
-        info = _service(reply)
         dropped = reply.get("dropped_bytes")
-        info["dropped_bytes"] = dropped if isinstance(dropped, int) else 0
-        info["output_truncated"] = collected.truncated
+        info: ServiceLogsInfoJSON = {
+            **_service(reply),
+            "dropped_bytes": dropped if isinstance(dropped, int) else 0,
+            "output_truncated": collected.truncated,
+        }
         return collected.value(), info
 
-    def ps(self) -> builtins_list[dict[str, Any]]:
+    def ps(self) -> builtins_list[ProcessJSON]:
         """Every process in the workspace but pyro's own."""
         rows = self.client._request({"op": "ps"}).get("processes")
-        if not isinstance(rows, list) or not all(
-            isinstance(r, dict)
-            and isinstance(r.get("pid"), int)
-            and isinstance(r.get("argv"), list)
-            for r in rows
-        ):
+        if not isinstance(rows, list):
             raise AgentError("malformed reply from the workspace's agent: bad process list")
-        return rows
+        return [_process(row) for row in rows]
+
+
+def _process(raw: object) -> ProcessJSON:
+    """A process the agent listed, type-checked field by field."""
+    if isinstance(raw, dict):
+        pid, ppid, state, argv = raw.get("pid"), raw.get("ppid"), raw.get("state"), raw.get("argv")
+        if _count(pid) and _count(ppid) and isinstance(state, str) and isinstance(argv, list) \
+                and all(isinstance(a, str) for a in argv):  # fmt: skip
+            return {"pid": pid, "ppid": ppid, "state": state, "argv": argv}
+    raise AgentError("malformed reply from the workspace's agent: bad process list")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _SERVICE_FIELDS = {
@@ -134,7 +148,7 @@ _SERVICE_FIELDS = {
 }  # fmt: skip
 
 
-def _service(reply: dict[str, Any]) -> dict[str, Any]:
+def _service(reply: dict[str, Any]) -> ServiceJSON:
     """A service's description from the agent, type-checked field by field."""
     raw = reply.get("service")
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -146,4 +160,4 @@ def _service(reply: dict[str, Any]) -> dict[str, Any]:
         info[key] = value if ok and not isinstance(value, bool) else None
     argv = raw.get("argv")
     info["argv"] = [str(a) for a in argv] if isinstance(argv, list) else []
-    return info
+    return cast("ServiceJSON", info)  # each field of ServiceJSON, of its type, checked above

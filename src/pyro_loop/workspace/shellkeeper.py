@@ -23,8 +23,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyro_loop import errors
 from pyro_loop.errors import InvalidInputError, NotFoundError, PyroError
@@ -33,6 +34,13 @@ from pyro_loop.procutil import spawn_detached
 from pyro_loop.workspace.shells import IDLE_CAP, SIGNALS, TERMINAL
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import (
+        KeptShellClosedJSON,
+        KeptShellOpenedJSON,
+        KeptShellReadJSON,
+        KeptShellSignalledJSON,
+        KeptShellWrittenJSON,
+    )
     from pyro_loop.workspace.manager import Workspaces
     from pyro_loop.workspace.shells import ShellSession
 
@@ -76,7 +84,7 @@ class KeptShells:
         cwd: str | None = None,
         size: tuple[int, int] = TERMINAL,
         secrets: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> KeptShellOpenedJSON:
         """Start a keeper holding a new shell; returns once the shell runs."""
         self.ws.client(self.workspace_id)  # running, or one line saying how to start it
         directory = shells_dir(self.wdir.root)
@@ -102,10 +110,12 @@ class KeptShells:
         finally:
             if not line or b'"refused"' in line:
                 proc.wait()
-        return reply | {"workspace_id": self.workspace_id}
+        # The keeper is pyro's own process (`main`): its answer has the shape it writes.
+        return cast("KeptShellOpenedJSON", reply | {"workspace_id": self.workspace_id})
 
     def request(self, shell_id: str, request: dict[str, Any], *, wait: float = 0) -> dict[str, Any]:
-        """Send `request` to the keeper of `shell_id`; its reply (errors raised as such)."""
+        """Send `request` to the keeper of `shell_id`; its reply (errors raised as such), in
+        the shape `_Keeper.answer` gives that request, plus the workspace's id."""
         path = shells_dir(self.wdir.root) / f"{_check_id(shell_id)}.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(wait + 30.0)
@@ -134,20 +144,23 @@ class KeptShells:
         wait: float,
         idle: float | None = None,
         plain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> KeptShellReadJSON:
         """ShellSession.read, in the keeper."""
         request = {"op": "read", "cursor": cursor, "max_bytes": max_bytes, "wait": wait,
                    "idle": idle, "plain": plain}  # fmt: skip
-        return self.request(shell_id, request, wait=wait + (IDLE_CAP if idle else 0))
+        reply = self.request(shell_id, request, wait=wait + (IDLE_CAP if idle else 0))
+        return cast("KeptShellReadJSON", reply)
 
-    def write(self, shell_id: str, text: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "write", "input": text})
+    def write(self, shell_id: str, text: str) -> KeptShellWrittenJSON:
+        reply = self.request(shell_id, {"op": "write", "input": text})
+        return cast("KeptShellWrittenJSON", reply)
 
-    def signal(self, shell_id: str, name: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "signal", "signal": signal_name(name)})
+    def signal(self, shell_id: str, name: str) -> KeptShellSignalledJSON:
+        reply = self.request(shell_id, {"op": "signal", "signal": signal_name(name)})
+        return cast("KeptShellSignalledJSON", reply)
 
-    def close(self, shell_id: str) -> dict[str, Any]:
-        return self.request(shell_id, {"op": "close"})
+    def close(self, shell_id: str) -> KeptShellClosedJSON:
+        return cast("KeptShellClosedJSON", self.request(shell_id, {"op": "close"}))
 
 
 def close_all(workspace_dir: Path) -> None:
@@ -202,7 +215,7 @@ class _Keeper:
         self.closing = False
         self.last_asked = time.monotonic()
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> Mapping[str, object]:
         self.last_asked = time.monotonic()
         session, op = self.session, request.get("op")
         if op == "read":
@@ -250,7 +263,7 @@ class _Keeper:
                 request = json.loads(_read_line(conn))
                 if not isinstance(request, dict):
                     raise InvalidInputError("a request is a JSON object")
-                reply = self.answer(request)
+                reply: Mapping[str, object] = self.answer(request)
             except PyroError as exc:
                 reply = {"refused": exc.message, "hint": exc.hint, "kind": type(exc).__name__}
             except (OSError, ValueError, TypeError) as exc:

@@ -16,12 +16,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pyro_loop.errors import NotFoundError, PyroError
 from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
+    from pyro_loop.shapes import ShellReadJSON, ShellStateJSON
     from pyro_loop.workspace.client import ExecChannel, ExecResult
 
 KEEP = 1024 * 1024  # bytes of a shell's output kept for `read`; older output is dropped
@@ -111,7 +112,7 @@ class ShellSession:
         *,
         idle: float | None = None,
         plain: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ShellReadJSON:
         """Output from `cursor` on (at most `max_bytes`), waiting up to `wait` s for some.
 
         `idle`: once output has come, go on until none has come for `idle` s (IDLE_CAP s at
@@ -145,7 +146,7 @@ class ShellSession:
                 **self.state(),
             }
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> ShellStateJSON:
         if self.result is not None:
             return {"state": "exited", "exit_code": self.result.exit_code}
         if self.error is not None:

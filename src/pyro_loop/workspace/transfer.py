@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyro_loop.errors import ConflictError, InvalidInputError, NotFoundError, PyroError
 from pyro_loop.fs import safetar
@@ -23,6 +23,9 @@ from pyro_loop.fs.util import FREE_SPACE_KEPT
 from pyro_loop.git import GitMissingError, run_git
 from pyro_loop.units import size
 from pyro_loop.workspace.client import AgentClient
+
+if TYPE_CHECKING:
+    from pyro_loop.shapes import ExportedJSON, PatchFilesJSON
 
 MAX_PATCHED_FILE = 64 * 1024 * 1024
 DEFAULT_MAX_EXPORT = 8 * 1000**3  # bytes of archive; `--max-size` allows more
@@ -35,7 +38,7 @@ def export_path(
     *,
     force: bool = False,
     max_bytes: int | None = None,
-) -> dict[str, Any]:
+) -> ExportedJSON:
     """Copy `path` (a file or directory in the workspace) to `output` on the host.
 
     The archive is unpacked by `safetar` (no absolute paths, no `..`, no links out of the
@@ -73,7 +76,8 @@ def export_path(
         if output.exists() or output.is_symlink():
             os.rename(output, Path(tmp) / ".replaced")  # removed with the temporary directory
         os.rename(extracted, output)
-    return {"path": reply.get("path"), "output": str(output)}
+    exported = reply.get("path")  # the agent's word for it: shown, never used
+    return {"path": exported if isinstance(exported, str) else None, "output": str(output)}
 
 
 def _bounded_writer(
@@ -104,7 +108,7 @@ def _bounded_writer(
     return write
 
 
-def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> dict[str, Any]:
+def apply_patch(client: AgentClient, patch: str, *, strip: int = 1) -> PatchFilesJSON:
     """Apply a unified diff to the workspace, all or nothing.
 
     The touched files are read from the workspace into a scratch directory, `git apply`
@@ -183,7 +187,7 @@ def _fetch(client: AgentClient, rel: str, scratch: Beneath) -> None:
     if entry["type"] != "file":
         raise InvalidInputError(f"patch touches {rel}, which is a {entry['type']} in the workspace")
     content, reply = client.read(rel, max_bytes=MAX_PATCHED_FILE)
-    if reply.get("truncated"):
+    if reply["truncated"]:
         raise InvalidInputError(f"{rel} is too large to patch (over {MAX_PATCHED_FILE} bytes)")
     scratch.write(rel, content, int(entry["mode"]) & 0o777)
 

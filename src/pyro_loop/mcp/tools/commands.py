@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
@@ -10,7 +10,7 @@ from pyro_loop.errors import NotFoundError
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup, run_command
 from pyro_loop.mcp.output import read_saved
 from pyro_loop.mcp.params import DEFAULT_TIMEOUT, Command, Cwd, Timeout, WorkspaceId
-from pyro_loop.shapes import ExecJSON
+from pyro_loop.shapes import ExecJSON, LogsToolJSON
 from pyro_loop.workspace.client import Cancellation
 
 if TYPE_CHECKING:
@@ -118,15 +118,20 @@ class CommandTools(ToolGroup):
         max_bytes: Annotated[
             int, Field(description="Bytes to return (with exec_id); default 65536.", gt=0)
         ] = 65536,
-    ) -> dict[str, Any]:
+    ) -> LogsToolJSON:
         """The workspace's last commands (exit codes, durations) and its agent log; or,
         with exec_id, a slice of one command's full output (follow `next_offset`)."""
 
-        def logs(target: Target) -> dict[str, Any]:
+        def logs(target: Target) -> LogsToolJSON:
             if exec_id is None:
-                return self.calls.ws.logs(target.id, limit=HISTORY)
+                history = self.calls.ws.logs(target.id, limit=HISTORY)
+                return {"id": history["id"], "commands": history["commands"],
+                        "agent_log": history["agent_log"]}  # fmt: skip
             outputs = self.calls.outputs(target.id)
             data = read_saved(outputs, exec_id, stream, offset=offset, max_bytes=max_bytes)
-            return {"workspace_id": target.id, **data}
+            return {"workspace_id": target.id, "exec_id": data["exec_id"],
+                    "stream": data["stream"], "offset": data["offset"], "content": data["content"],
+                    "bytes": data["bytes"], "total_bytes": data["total_bytes"],
+                    "next_offset": data["next_offset"]}  # fmt: skip
 
         return await self.calls.on(ctx, workspace_id, logs)

@@ -3,13 +3,20 @@ the host (the only tool that writes there)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
 from pyro_loop.mcp.calls import Ctx, Target, ToolGroup
 from pyro_loop.mcp.params import WorkspaceId, WorkspacePath
-from pyro_loop.shapes import DiffJSON, FileReadJSON
+from pyro_loop.shapes import (
+    DiffJSON,
+    ExportJSON,
+    FileListJSON,
+    FileReadJSON,
+    FileWrittenJSON,
+    PatchAppliedJSON,
+)
 
 MAX_PATCH_CHARS = 64 * 1024  # of a diff's patch returned inline
 MAX_LIST_ENTRIES = 2000
@@ -31,11 +38,11 @@ class FileTools(ToolGroup):
         recursive: Annotated[
             bool, Field(description="Descend into subdirectories; default false.")
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> FileListJSON:
         """List a directory in the workspace: path, type, mode and size of each entry
         (up to 2000; `truncated` says when there were more)."""
 
-        def list_files(target: Target) -> dict[str, Any]:
+        def list_files(target: Target) -> FileListJSON:
             client = self.calls.ws.client(target.id)
             reply = client.list(path, recursive=recursive, max_entries=MAX_LIST_ENTRIES)
             return {"workspace_id": target.id, **reply}
@@ -59,11 +66,11 @@ class FileTools(ToolGroup):
         def read(target: Target) -> FileReadJSON:
             client = self.calls.ws.client(target.id)
             content, reply = client.read(path, max_bytes=max_bytes, offset=offset)
-            truncated = bool(reply.get("truncated"))
+            truncated = reply["truncated"]
             return {
                 "workspace_id": target.id,
-                "path": reply.get("path", path),
-                "size": reply.get("size"),
+                "path": reply["path"],
+                "size": reply["size"],
                 "offset": offset,
                 "content": content.decode("utf-8", "replace"),
                 "binary": b"\0" in content,
@@ -80,12 +87,12 @@ class FileTools(ToolGroup):
         path: WorkspacePath,
         text: Annotated[str, Field(description="The file's whole new content.")],
         workspace_id: WorkspaceId = None,
-    ) -> dict[str, Any]:
+    ) -> FileWrittenJSON:
         """Write a text file in the workspace (created or replaced, parents made). Only the
         workspace changes, not the host: workspace_diff shows it, workspace_reset drops it.
         A host edit of the same path later wins."""
 
-        def write(target: Target) -> dict[str, Any]:
+        def write(target: Target) -> FileWrittenJSON:
             reply = self.calls.ws.client(target.id).write(path, text.encode())
             return {"workspace_id": target.id, **reply}
 
@@ -97,11 +104,11 @@ class FileTools(ToolGroup):
         *,
         patch: Annotated[str, Field(description="A unified diff, paths relative to /workspace.")],
         workspace_id: WorkspaceId = None,
-    ) -> dict[str, Any]:
+    ) -> PatchAppliedJSON:
         """Apply a unified diff (git or `diff -u` style, a/ b/ prefixes) in the workspace:
         every hunk or nothing. Returns the files it changed."""
 
-        def apply(target: Target) -> dict[str, Any]:
+        def apply(target: Target) -> PatchAppliedJSON:
             return {"workspace_id": target.id, **self.calls.ws.apply_patch(target.id, patch)}
 
         return await self.calls.on(ctx, workspace_id, apply)
@@ -150,11 +157,11 @@ class FileTools(ToolGroup):
             int | None,
             Field(description="Refuse an export larger than this many bytes; default 8 GB."),
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> ExportJSON:
         """Copy a file or directory out of the workspace to the host: the only tool that
         writes to the host. Refuses to replace an existing output_path unless force."""
 
-        def export(target: Target) -> dict[str, Any]:
+        def export(target: Target) -> ExportJSON:
             output = self.calls.host_path(output_path)
             data = self.calls.ws.export(target.id, path, output, force=force, max_bytes=max_bytes)
             return {"workspace_id": target.id, **data}

@@ -7,16 +7,32 @@ from __future__ import annotations
 
 import http.client
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.mcp.calls import Calls, Ctx, Target, ToolGroup, in_worker
 from pyro_loop.mcp.params import Command, Cwd, WorkspaceId
+from pyro_loop.shapes import (
+    HttpAnswerJSON,
+    PortRequestJSON,
+    ShellClosedJSON,
+    ShellOpenedJSON,
+    ShellReadJSON,
+    ShellSignalledJSON,
+    ShellWrittenJSON,
+    WorkspaceServiceJSON,
+    WorkspaceServiceListJSON,
+    WorkspaceServiceLogsJSON,
+    WorkspaceServiceStoppedJSON,
+)
 from pyro_loop.workspace.shellcmd import SHELL_ARGV
 from pyro_loop.workspace.shells import ENV as SHELL_ENV
 from pyro_loop.workspace.shells import Shells, Signal
+
+if TYPE_CHECKING:
+    from pyro_loop.workspace.services import ServiceClient
 
 ShellId = Annotated[str, Field(description="The shell_id workspace_shell_open returned.")]
 ServiceName = Annotated[str, Field(description="The service's name: 1-64 letters, digits, . _ -.")]
@@ -39,13 +55,13 @@ class InteractiveTools(ToolGroup):
 
     async def workspace_shell_open(
         self, ctx: Ctx, *, workspace_id: WorkspaceId = None, cwd: Cwd = None
-    ) -> dict[str, Any]:
+    ) -> ShellOpenedJSON:
         """Open an interactive shell (bash, else sh) on a terminal in the workspace, with
         exec's environment; it stays open between calls. Send keys with
         workspace_shell_write, read its output with workspace_shell_read, end it with
         workspace_shell_close."""
 
-        def open_shell(target: Target) -> dict[str, Any]:
+        def open_shell(target: Target) -> ShellOpenedJSON:
             env = dict(SHELL_ENV)
 
             def opener(size: tuple[int, int]) -> Any:
@@ -90,7 +106,7 @@ class InteractiveTools(ToolGroup):
                 "and line ends LF; default false (raw terminal output)."
             ),
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> ShellReadJSON:
         """The shell's output from `cursor` on (its latest 1 MiB is kept), with next_cursor
         to continue from, and whether it still runs (state, exit_code)."""
         session = self.shells.get(shell_id)
@@ -108,7 +124,7 @@ class InteractiveTools(ToolGroup):
         append_newline: Annotated[
             bool, Field(description="Press Enter after it; default true.")
         ] = True,
-    ) -> dict[str, Any]:
+    ) -> ShellWrittenJSON:
         """Type into the shell (a command line, answers to a prompt, control characters
         such as \\u0003 for Ctrl-C)."""
         session = self.shells.get(shell_id)
@@ -124,20 +140,20 @@ class InteractiveTools(ToolGroup):
         signal: Annotated[
             Signal, Field(description="Sent to the terminal's foreground process; default INT.")
         ] = "INT",
-    ) -> dict[str, Any]:
+    ) -> ShellSignalledJSON:
         """Signal the shell's foreground process (INT: as Ctrl-C would)."""
         session = self.shells.get(shell_id)
         session.channel.signal(signal)
         return {"shell_id": shell_id, "signal": signal, **session.state()}
 
-    async def workspace_shell_close(self, ctx: Ctx, *, shell_id: ShellId) -> dict[str, Any]:
+    async def workspace_shell_close(self, ctx: Ctx, *, shell_id: ShellId) -> ShellClosedJSON:
         """End the shell and everything it started."""
         session = await in_worker(lambda: self.shells.close(shell_id))
         return {"shell_id": shell_id, "closed": True, "workspace_id": session.workspace_id}
 
     # -- services -------------------------------------------------------------------------
 
-    def _services(self, target: Target) -> Any:
+    def _services(self, target: Target) -> ServiceClient:
         if target.loop is not None:
             return target.loop.services()
         return self.calls.ws.services(target.id)
@@ -150,12 +166,12 @@ class InteractiveTools(ToolGroup):
         command: Command,
         workspace_id: WorkspaceId = None,
         cwd: Cwd = None,
-    ) -> dict[str, Any]:
+    ) -> WorkspaceServiceJSON:
         """Start a long-running command (a dev server, a watcher) in the background; returns
         once it runs. Its output goes to a log that keeps the latest 8 MiB
         (workspace_service_logs)."""
 
-        def start(target: Target) -> dict[str, Any]:
+        def start(target: Target) -> WorkspaceServiceJSON:
             argv = ["sh", "-c", command]
             if target.loop is not None:
                 info = target.loop.start_service(argv, name=service_name, cwd=cwd)
@@ -167,20 +183,20 @@ class InteractiveTools(ToolGroup):
 
     async def workspace_service_list(
         self, ctx: Ctx, *, workspace_id: WorkspaceId = None
-    ) -> dict[str, Any]:
+    ) -> WorkspaceServiceListJSON:
         """The workspace's services, running and exited, with their exit codes."""
 
-        def list_services(target: Target) -> dict[str, Any]:
+        def list_services(target: Target) -> WorkspaceServiceListJSON:
             return {"workspace_id": target.id, "services": self._services(target).service_list()}
 
         return await self.calls.on(ctx, workspace_id, list_services)
 
     async def workspace_service_status(
         self, ctx: Ctx, *, service_name: ServiceName, workspace_id: WorkspaceId = None
-    ) -> dict[str, Any]:
+    ) -> WorkspaceServiceJSON:
         """One service: running or exited (with its exit code), its pid and command."""
 
-        def status(target: Target) -> dict[str, Any]:
+        def status(target: Target) -> WorkspaceServiceJSON:
             info = self._services(target).service_status(service_name)
             return {"workspace_id": target.id, "service": info}
 
@@ -196,10 +212,10 @@ class InteractiveTools(ToolGroup):
             int | None, Field(description="Only the last N lines; default 200.", ge=0)
         ] = 200,
         max_bytes: MaxBytes = MAX_BYTES,
-    ) -> dict[str, Any]:
+    ) -> WorkspaceServiceLogsJSON:
         """A service's output (stdout and stderr interleaved): its last lines, bounded."""
 
-        def logs(target: Target) -> dict[str, Any]:
+        def logs(target: Target) -> WorkspaceServiceLogsJSON:
             output, info = self._services(target).service_logs(
                 service_name, tail=tail_lines, max_bytes=max_bytes
             )
@@ -217,10 +233,10 @@ class InteractiveTools(ToolGroup):
         timeout_seconds: Annotated[
             float, Field(description="SIGKILL after this long of SIGTERM; default 5.", ge=0, le=600)
         ] = 5.0,
-    ) -> dict[str, Any]:
+    ) -> WorkspaceServiceStoppedJSON:
         """Stop a service: SIGTERM to its whole process tree, SIGKILL after the timeout."""
 
-        def stop(target: Target) -> dict[str, Any]:
+        def stop(target: Target) -> WorkspaceServiceStoppedJSON:
             info = self._services(target).service_stop(service_name, timeout=timeout_seconds)
             return {"workspace_id": target.id, "service": info}
 
@@ -246,14 +262,14 @@ class InteractiveTools(ToolGroup):
         timeout_seconds: Annotated[
             float, Field(description="Give up after this long; default 10.", gt=0, le=120)
         ] = 10.0,
-    ) -> dict[str, Any]:
+    ) -> PortRequestJSON:
         """Call a web server in the workspace from the host, as a browser would: through its
         published port (published at 127.0.0.1 on the same port now if it is not yet).
         Returns the status, headers and the body up to max_bytes."""
         if not path.startswith("/"):
             raise InvalidInputError(f"path must start with /, not {path!r}")
 
-        def request(target: Target) -> dict[str, Any]:
+        def request(target: Target) -> PortRequestJSON:
             from pyro_loop.workspace.ports import Mapping
 
             published = {m.port: m for m in self.calls.ws.published(target.id)}
@@ -263,17 +279,15 @@ class InteractiveTools(ToolGroup):
                 self.calls.ws.publish(target.id, [mapping])
             answer = _http(mapping.host_port, method=method, path=path, body=body,
                            max_bytes=max_bytes, timeout=timeout_seconds)  # fmt: skip
-            return answer | {
-                "workspace_id": target.id,
-                "url": f"{mapping.url.rstrip('/')}{path}",
-            }
+            return {**answer, "workspace_id": target.id,
+                    "url": f"{mapping.url.rstrip('/')}{path}"}  # fmt: skip
 
         return await self.calls.on(ctx, workspace_id, request)
 
 
 def _http(
     host_port: int, *, method: str, path: str, body: str | None, max_bytes: int, timeout: float
-) -> dict[str, Any]:
+) -> HttpAnswerJSON:
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", host_port, timeout=timeout)
     try:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
@@ -29,6 +29,7 @@ from pyro_loop.shapes import (
     SnapshotJSON,
     SnapshotListJSON,
     VmRunJSON,
+    WorkspaceCreatedJSON,
     WorkspaceDeletedJSON,
     WorkspaceJSON,
     WorkspaceListJSON,
@@ -129,13 +130,13 @@ class LifecycleTools(ToolGroup):
         ] = None,
         network: Network = False,
         secrets: Secrets = None,
-    ) -> dict[str, Any]:
+    ) -> WorkspaceCreatedJSON:
         """Create and start an extra workspace (the project's own needs no create). A
         debian:* environment is built on first use (about 30 s), then cached. Delete it
         with workspace_delete when done."""
         values = secretenv.from_mapping(secrets)
 
-        def create() -> dict[str, Any]:
+        def create() -> WorkspaceCreatedJSON:
             record = self.calls.ws.create(
                 environment=environment,
                 seed=self.calls.host_path(seed_path) if seed_path else None,
