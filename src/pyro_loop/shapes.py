@@ -11,7 +11,7 @@ A change to a shape is a change to pyro's public interface: add fields, never re
 
 # No `from __future__ import annotations` here: below Python 3.12 a TypedDict compiles each
 # field's annotation given as a string (about 30 ms for this module, on the MCP server's start).
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 # -- workspaces ------------------------------------------------------------------------------
 
@@ -829,6 +829,25 @@ class CheckResultJSON(TypedDict):
     warnings: list[str]
 
 
+class TransferLayerJSON(TypedDict):
+    """One layer of a push or pull: sent (or pulled) now, or already there."""
+
+    kind: str  # "environment", "tool", "dependencies"
+    key: str
+    action: Literal["sent", "present", "pulled"]
+    blob_size: int  # the compressed blob's bytes
+
+
+class TransferJSON(TypedDict):
+    """`pyro cache push|pull --json`, and `pyro prepare --push`'s `pushed`."""
+
+    remote: str
+    tag: str
+    found: bool  # False: the registry has no manifest for the key (pull only)
+    layers: list[TransferLayerJSON]
+    bytes: int  # of the blobs sent or pulled
+
+
 class CheckJSON(TypedDict):
     """`pyro check --json`."""
 
@@ -845,7 +864,7 @@ class PrepareJSON(TypedDict):
     project_layer: str | None
     built: list[str]
     pulled: list[str]
-    pushed: dict[str, Any] | None
+    pushed: TransferJSON | None
     warm: bool
     duration_ms: float
     log: str | None

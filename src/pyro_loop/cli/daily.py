@@ -15,7 +15,7 @@ from pyro_loop.units import size
 
 if TYPE_CHECKING:
     from pyro_loop.progress import Progress
-    from pyro_loop.shapes import HooksStateJSON, ProjectWorkspaceJSON
+    from pyro_loop.shapes import HooksStateJSON, ProjectWorkspaceJSON, TransferJSON
 
 
 def load_project(project_dir: Path | None) -> tuple[Any, Any]:
@@ -81,7 +81,7 @@ def prepare(project_dir: Path | None, *, if_changed: bool, as_json: bool,
     return 0
 
 
-def transfer_line(verb: str, data: dict[str, Any]) -> str:
+def transfer_line(verb: str, data: TransferJSON) -> str:
     moved = [i for i in data["layers"] if i["action"] != "present"]
     kept = len(data["layers"]) - len(moved)
     held = f" ({kept} already there)" if kept else ""

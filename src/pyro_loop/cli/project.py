@@ -226,12 +226,12 @@ def _remote_snapshot(project_dir: Path | None) -> tuple[Any, Any, Any]:
 @cache_app.command("push")
 def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
     """Upload the project's prepared layers to its cache remote (each blob once)."""
-    from pyro_loop.loop.teamcache import describe, push_snapshot
+    from pyro_loop.loop.teamcache import push_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
     with progress_display(as_json=as_json, prefix="") as progress:
         transfer = push_snapshot(store, remote, snapshot, progress)
-    data = describe(transfer)
+    data = transfer.to_json()
     emit(data, as_json=as_json, human=lambda: say(daily.transfer_line("pushed", data)))
 
 
@@ -239,7 +239,7 @@ def cache_push(project_dir: Path | None = ProjectOption, as_json: bool = JsonOpt
 def cache_pull(project_dir: Path | None = ProjectOption, as_json: bool = JsonOption) -> None:
     """Download the project's prepared layers from its cache remote, ahead of a prepare."""
     from pyro_loop.errors import NotFoundError
-    from pyro_loop.loop.teamcache import describe, pull_snapshot
+    from pyro_loop.loop.teamcache import pull_snapshot
 
     remote, snapshot, store = _remote_snapshot(project_dir)
     with progress_display(as_json=as_json, prefix="") as progress:
@@ -249,5 +249,5 @@ def cache_pull(project_dir: Path | None = ProjectOption, as_json: bool = JsonOpt
             f"{remote} has no snapshot {snapshot.key[:12]} for this platform ({snapshot.tag})",
             hint="`pyro prepare --push` on a machine that builds it uploads it",
         )
-    data = describe(transfer)
+    data = transfer.to_json()
     emit(data, as_json=as_json, human=lambda: say(daily.transfer_line("pulled", data)))

@@ -42,7 +42,7 @@ from pyro_loop.store.layers import Layer, LayerStore
 
 if TYPE_CHECKING:  # imported when a build needs it: `--if-changed` stays light
     from pyro_loop.loop.keydigests import KeyDigests
-    from pyro_loop.shapes import PrepareJSON
+    from pyro_loop.shapes import PrepareJSON, TransferJSON
     from pyro_loop.workspace.manager import Workspaces
 
 # 2: the sandbox's home is part of the snapshot (runtime.HOME_DIR).
@@ -248,7 +248,7 @@ class PrepareResult:
     seconds: float
     log: Path | None
     pulled: list[str] = field(default_factory=list)  # taken from the cache remote instead
-    pushed: dict[str, Any] | None = None  # what `push=True` sent to the cache remote
+    pushed: TransferJSON | None = None  # what `push=True` sent to the cache remote
     project_layer: str | None = None  # None without project commands (or a commit)
 
     def to_json(self) -> PrepareJSON:
@@ -388,14 +388,14 @@ def _fetch_from_remote(
 
 def _push_to_remote(
     store: LayerStore, config: ProjectConfig, inputs: PrepareInputs, progress: OnProgress
-) -> dict[str, Any]:
-    from pyro_loop.loop.teamcache import describe, project_snapshot, require_remote
+) -> TransferJSON:
+    from pyro_loop.loop.teamcache import project_snapshot, require_remote
     from pyro_loop.remote import share
 
     remote = require_remote(config)
     snapshot = project_snapshot(config, inputs)
     transfer = share.push(store, remote, snapshot, on_progress=progress)
-    return describe(transfer)
+    return transfer.to_json()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyro_loop.errors import InvalidInputError, PyroError
 from pyro_loop.progress import OnProgress, Phase
@@ -95,7 +95,3 @@ def push_snapshot(
 
     with store.in_use():
         return share.push(store, remote, snapshot, on_progress=progress)
-
-
-def describe(transfer: Transfer) -> dict[str, Any]:
-    return {**transfer.to_json(), "bytes": transfer.moved_bytes}

@@ -25,7 +25,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pyro_loop import __version__
 from pyro_loop.errors import PyroError
@@ -33,6 +33,7 @@ from pyro_loop.fs.util import FREE_SPACE_KEPT
 from pyro_loop.progress import OnProgress, Phase
 from pyro_loop.records import dataclass, field
 from pyro_loop.remote.address import Remote
+from pyro_loop.shapes import TransferJSON, TransferLayerJSON
 from pyro_loop.store.layers import Layer, LayerStore, check_key
 
 ARTIFACT_TYPE = "application/vnd.pyro.snapshot.v1"
@@ -65,15 +66,16 @@ class Transfer:
 
     remote: str
     tag: str
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[TransferLayerJSON] = field(default_factory=list)
     found: bool = True  # False: the registry has no manifest for the key (pull only)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"remote": self.remote, "tag": self.tag, "found": self.found, "layers": self.layers}
+    def to_json(self) -> TransferJSON:
+        return {"remote": self.remote, "tag": self.tag, "found": self.found,
+                "layers": self.layers, "bytes": self.moved_bytes}  # fmt: skip
 
     @property
     def moved_bytes(self) -> int:
-        return sum(int(item["blob_size"]) for item in self.layers if item["action"] != "present")
+        return sum(item["blob_size"] for item in self.layers if item["action"] != "present")
 
 
 def platform_tag(environment: str) -> str:
@@ -120,7 +122,7 @@ def push(
         descriptor, action = _push_layer(store, client, layer, kind, progress)
         descriptors.append(descriptor)
         transfer.layers.append(
-            {"kind": kind, "key": key, "action": action, "blob_size": descriptor["size"]}
+            {"kind": kind, "key": key, "action": action, "blob_size": int(descriptor["size"])}
         )
     config = json.dumps(_config(snapshot), sort_keys=True, indent=1).encode()
     config_descriptor = _push_bytes(store, client, config, CONFIG_MEDIA_TYPE)
@@ -139,7 +141,7 @@ def push(
 
 def _push_layer(
     store: LayerStore, client: Any, layer: Layer, kind: str, progress: Phase
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], Literal["sent", "present"]]:
     from pyro_loop.remote import archive
 
     meta = layer.meta()
@@ -168,13 +170,13 @@ def _push_layer(
         annotations[TAR_SIZE] = str(tar_size)
         digest, size = _file_digest(blob), blob.stat().st_size
         _write_blob_index(store, layer.key, digest, size, tar_size)
+        action: Literal["sent", "present"] = "sent"
         if client.has_blob(digest):
             action = "present"
             progress(f"{kind} layer {layer.key[:12]}: already in the registry")
         else:
             progress(f"{kind} layer {layer.key[:12]}: uploading {_mb(size)}")
             client.push_blob(str(blob), digest=digest, size=size, media_type=archive.MEDIA_TYPE)
-            action = "sent"
     descriptor = {
         "mediaType": archive.MEDIA_TYPE,
         "digest": digest,
@@ -255,16 +257,17 @@ def pull(
         return transfer
     for kind, key, descriptor in _check_manifest(manifest, snapshot, remote):
         size = int(descriptor["size"])
-        item = {"kind": kind, "key": key, "blob_size": size}
         if store.get(key) is not None:
-            transfer.layers.append({**item, "action": "present"})
+            transfer.layers.append(
+                {"kind": kind, "key": key, "action": "present", "blob_size": size}
+            )
             continue
         progress(f"pulling the {kind} layer {key[:12]} ({_mb(size)}) from {remote}")
         _pull_layer(
             store, client, kind=kind, key=key, descriptor=descriptor, remote=remote,
             progress=progress,
         )  # fmt: skip
-        transfer.layers.append({**item, "action": "pulled"})
+        transfer.layers.append({"kind": kind, "key": key, "action": "pulled", "blob_size": size})
     return transfer
 
 
