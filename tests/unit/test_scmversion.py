@@ -72,7 +72,9 @@ def test_hatch_vcs_gets_the_version_without_a_distribution_name_too(tmp_path: Pa
 def test_projects_that_do_not_take_the_version_from_git_get_nothing(tmp_path: Path) -> None:
     static = SETUPTOOLS_SCM.replace('dynamic = ["version"]', 'version = "1.0"')
     hostile = SETUPTOOLS_SCM.replace('"My.Tool_kit"', '"x=y\\u0000 z"')
-    cases = {"static": static, "plain": '[project]\nname = "x"\n', "bad": "[x", "hostile": hostile}
+    odd = 'build-system = 5\ntool = "x"\n[project]\nname = "x"\ndynamic = "version"\n'
+    cases = {"static": static, "plain": '[project]\nname = "x"\n', "bad": "[x", "hostile": hostile,
+             "odd": odd}  # fmt: skip
     for name, text in cases.items():
         repo = _repo(tmp_path / name, text)
         _commit(repo, "a")

@@ -121,7 +121,8 @@ def _uses_pytest(here: Path, eco: Ecosystem) -> bool:
 
 def _declared_names(pyproject: dict[str, Any]) -> set[str]:
     """The names of the packages pyproject.toml declares: dependencies, extras, groups."""
-    project = pyproject.get("project", {})
+    project = pyproject.get("project")
+    project = project if isinstance(project, dict) else {}
     lists = [project.get("dependencies", [])]
     for table in (project.get("optional-dependencies"), pyproject.get("dependency-groups")):
         if isinstance(table, dict):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 
 ENV_NAME = "SETUPTOOLS_SCM_PRETEND_VERSION"
@@ -58,21 +59,30 @@ def _scm_versioned(root: Path) -> tuple[str, bool] | None:
         pyproject = tomllib.loads(data.decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError):
         return None  # no pyproject.toml, or one its build would refuse on its own
-    project = pyproject.get("project")
-    if not isinstance(project, dict) or "version" not in project.get("dynamic", []):
+    project = _table(pyproject, "project")
+    dynamic = project.get("dynamic")
+    if not isinstance(dynamic, list) or "version" not in dynamic:
         return None
     name = project.get("name")
-    requires = pyproject.get("build-system", {}).get("requires", [])
-    tool = pyproject.get("tool", {})
-    hatch_source = tool.get("hatch", {}).get("version", {}).get("source")
+    requires = _table(pyproject, "build-system").get("requires")
+    tool = _table(pyproject, "tool")
+    hatch_vcs = _table(_table(tool, "hatch"), "version").get("source") == "vcs"
     uses_scm = (
         "setuptools_scm" in tool
-        or hatch_source == "vcs"
-        or any(isinstance(r, str) and _BACKENDS.match(r) for r in requires)
-    )
+        or hatch_vcs
+        or (isinstance(requires, list) and any(isinstance(r, str) and _BACKENDS.match(r)
+                                               for r in requires))
+    )  # fmt: skip
     if not uses_scm or not isinstance(name, str) or not _NAME.fullmatch(name):
         return None  # not a distribution name (PEP 508): nothing to name a variable after
-    return name, hatch_source == "vcs"
+    return name, hatch_vcs
+
+
+def _table(data: object, key: str) -> dict[str, object]:
+    """`data[key]` when both are TOML tables, else an empty one: a hostile pyproject.toml
+    may put any value anywhere."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def described_version(root: Path) -> str | None:
@@ -82,7 +92,7 @@ def described_version(root: Path) -> str | None:
 
     try:
         described = git.describe_head(root)
-    except git.UnsupportedRepositoryError:
+    except InvalidInputError:  # a format pyro cannot read, or a broken repository
         return None
     if described is None:
         return None
