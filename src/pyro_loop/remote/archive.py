@@ -229,6 +229,9 @@ class _Writer:
         if self.unchecked < _CHECK_EVERY:
             return
         self.unchecked = 0
+        # The writing threads first: the disk shows only what they have written, and the
+        # files still queued would take the room the next check counts on.
+        self._drain()
         fs = os.statvfs(self.dest)
         if fs.f_bavail * fs.f_frsize - size < self.keep_free or (
             fs.f_files and fs.f_favail < _INODES_KEPT
