@@ -34,8 +34,11 @@ OPAQUE_MARKER = ".wh..wh..opq"
 _LEVEL = 3  # zstd's default: about gzip's ratio at many times its speed
 _CHUNK = 1 << 20
 _WRITERS = 4
+_BATCH = 64  # small files handed to a writing thread at a time: a task each costs as much again
 _PENDING_BYTES = 64 << 20  # file contents read ahead of the writing threads, at most
-_CHECK_EVERY = 4 << 20  # the free space is looked at after about this much is unpacked
+# The free space is looked at after about this much is unpacked: a quarter of what is kept
+# free (so a check always comes before the room kept is used up), 4 MB at least.
+_CHECK_MIN = 4 << 20
 _ENTRY_COST = 4096  # what an entry takes on disk at least, for that count (a block)
 _INODES_KEPT = 1000  # files left free on the store's disk, at least
 
@@ -181,8 +184,9 @@ class _Writer:
     """Writes vetted members, turns `.wh.` markers back into overlay metadata, and keeps
     each entry's treehash record as it goes.
 
-    Small files are written by a few threads while the next members are read: creating a
-    file is kernel time (the GIL is released), and a layer is thousands of small files.
+    Small files are written by a few threads, in batches, while the next members are read:
+    creating a file is kernel time (the GIL is released), and a layer is thousands of small
+    files; a task per file cost the reading thread as much as parsing the file's header.
     Directories, links and whiteouts are made in order, before anything inside them.
     Paths are strings, not Path objects: a layer is thousands of entries.
     """
@@ -200,6 +204,8 @@ class _Writer:
         self.pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="pyro-unpack")
         self.pending: dict[str, Future[None]] = {}
         self.pending_bytes = 0
+        self.batch: list[tuple[str, str, bytes, int, int]] = []  # not handed over yet
+        self.batched: set[str] = set()
         self.linked = 0  # bytes of hard links' files
         self.unchecked = 0  # bytes and entries since the free space was last looked at
         if owner is not None:
@@ -214,6 +220,7 @@ class _Writer:
 
     def _drain(self) -> None:
         """Wait for every file being written; the first failure is raised."""
+        self._hand_over()
         pending, self.pending, self.pending_bytes = self.pending, {}, 0
         for rel, future in pending.items():
             try:
@@ -226,7 +233,7 @@ class _Writer:
         next `size` bytes: a layer of many small files takes more of it than its tar does
         (a block per file), which no size check before the download can know."""
         self.unchecked += size + _ENTRY_COST
-        if self.unchecked < _CHECK_EVERY:
+        if self.unchecked < max(_CHECK_MIN, self.keep_free // 4):
             return
         self.unchecked = 0
         # The writing threads first: the disk shows only what they have written, and the
@@ -266,7 +273,7 @@ class _Writer:
                 self._own(path)
                 self.records[rel] = treehash.link_record(rel, member.linkname)
             elif member.islnk():
-                if member.linkname in self.pending:
+                if member.linkname in self.pending or member.linkname in self.batched:
                     self._drain()
                 if member.linkname not in self.files:
                     raise _refuse(f"hard link {rel!r} to {member.linkname!r}, not a file")
@@ -290,12 +297,29 @@ class _Writer:
             self._store(member.name, path, source, member.mode, int(member.mtime))
             return
         data = source.read()
-        self.pending[member.name] = self.pool.submit(
-            self._store, member.name, path, data, member.mode, int(member.mtime)
-        )
+        self.batch.append((member.name, path, data, member.mode, int(member.mtime)))
+        self.batched.add(member.name)
         self.pending_bytes += len(data)
+        if len(self.batch) >= _BATCH:
+            self._hand_over()
         if self.pending_bytes > _PENDING_BYTES:
             self._drain()
+
+    def _hand_over(self) -> None:
+        """The batch of small files to a writing thread."""
+        if not self.batch:
+            return
+        batch, self.batch, self.batched = self.batch, [], set()
+        future = self.pool.submit(self._store_batch, batch)
+        for item in batch:
+            self.pending[item[0]] = future
+
+    def _store_batch(self, batch: list[tuple[str, str, bytes, int, int]]) -> None:
+        for rel, path, data, mode, mtime in batch:
+            try:
+                self._store(rel, path, data, mode, mtime)
+            except FileExistsError:
+                raise _refuse(f"{rel!r} is both present and whited out") from None
 
     def _store(self, rel: str, path: str, body: bytes | IO[bytes], mode: int, mtime: int) -> None:
         import hashlib
