@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pyro_loop.errors import PyroError
+from pyro_loop.errors import DamagedFileError, PyroError
 
 # Host-side walks of trees a workspace wrote (diff, snapshot copy, digest) go at most this many
 # directories deep. A workspace can nest directories without end; deeper trees are refused
@@ -62,6 +62,23 @@ def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json_object(path: Path, limit: int) -> dict[str, Any]:
+    """The JSON object in the file at `path`, read up to `limit` bytes: what
+    `write_json_atomic` wrote. DamagedFileError when the file cannot be read; ValueError
+    when it is larger, not JSON or not an object (the caller names the file's role)."""
+    try:
+        with path.open("rb") as f:
+            text = f.read(limit + 1)
+    except OSError as exc:
+        raise DamagedFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(text) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def remove_tree(path: Path) -> None:

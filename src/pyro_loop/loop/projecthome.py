@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from pyro_loop.errors import DamagedFileError
-from pyro_loop.fs.util import write_json_atomic
+from pyro_loop.fs.util import read_json_object, write_json_atomic
 from pyro_loop.records import dataclass, field
 
 if TYPE_CHECKING:
@@ -167,16 +167,7 @@ def load_state(path: Path) -> ProjectState:
     """The state at `path`, each field checked; DamagedFileError, in one line, when it is
     not what `save_state` writes (cut short, edited, planted)."""
     try:
-        with path.open("rb") as f:
-            text = f.read(STATE_LIMIT + 1)
-    except OSError as exc:
-        raise DamagedFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        if len(text) > STATE_LIMIT:
-            raise ValueError(f"larger than {STATE_LIMIT} bytes")
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = read_json_object(path, STATE_LIMIT)
         unknown = sorted(set(data) - set(_STATE_CHECKS))
         if unknown:
             raise ValueError(f"unknown field {unknown[0][:40]!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import math
 import os
 import re
@@ -25,7 +24,14 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pyro_loop.errors import DamagedFileError, InvalidInputError, NotFoundError
-from pyro_loop.fs.util import dir_size, empty_trash, move_to_trash, remove_tree, write_json_atomic
+from pyro_loop.fs.util import (
+    dir_size,
+    empty_trash,
+    move_to_trash,
+    read_json_object,
+    remove_tree,
+    write_json_atomic,
+)
 from pyro_loop.identity import hand_over
 from pyro_loop.locking import file_lock
 from pyro_loop.procutil import pid_alive, remove_in_background
@@ -57,16 +63,7 @@ def load_meta(path: Path) -> LayerMeta:
     """`path` read as a layer's metadata and checked field by field; a file that is not
     what `_publish_locked` writes raises DamagedFileError, saying in one line what is wrong."""
     try:
-        with path.open("rb") as f:
-            text = f.read(META_LIMIT + 1)
-    except OSError as exc:
-        raise DamagedFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        if len(text) > META_LIMIT:
-            raise ValueError(f"larger than {META_LIMIT} bytes")
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = read_json_object(path, META_LIMIT)
         meta: LayerMeta = {
             "key": _field(data, "key", str),
             "digest": _field(data, "digest", str, optional=True),
