@@ -12,20 +12,34 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
     import signal as _signal
+    from typing import Any
 else:
     import _signal
 
 PR_SET_CHILD_SUBREAPER = 36
+_libc: list[Any] = []  # libc's prctl through ctypes, once `preload` has found it
+
+
+def preload() -> None:
+    """Find libc's prctl now. Importing ctypes takes a few milliseconds, too slow for the
+    agent's start (on the path of every create and reset) and for each exec's handler (a
+    fresh fork that would import it again): the agent calls this once when idle, and the
+    handlers it forks afterwards inherit the function."""
+    if _libc:
+        return
+    try:
+        import ctypes
+
+        _libc.append(ctypes.CDLL(None, use_errno=True).prctl)
+    except Exception:  # no ctypes in a minimal image: fall back to the process group only
+        _libc.append(None)
 
 
 def become_subreaper() -> None:
     """Orphaned descendants re-parent to this process, so a kill finds double-forked ones."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except Exception:  # no ctypes in a minimal image: fall back to the process group only
-        pass
+    preload()
+    if _libc[0] is not None:
+        _libc[0](PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def kill_tree(root: int, sig: int = _signal.SIGKILL) -> None:

@@ -30,14 +30,18 @@ from __future__ import annotations
 import _socket
 import os
 import posix
+import select
 import sys
 import time
 
 import execop
 import fileops
+import proctree
 import protocol as p
 import tarput
 from confine import WORKSPACE, RequestError
+
+IDLE_BEFORE_PRELOAD_MS = 20
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
@@ -127,7 +131,15 @@ def handle(conn: _socket.socket) -> None:
 def serve(listener: _socket.socket) -> NoReturn:
     # Handlers are reaped by the kernel; each handler restores SIGCHLD for its own commands.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    # What is slow to load and every exec needs is loaded at the first pause between
+    # requests, not at start-up (see proctree.preload): the handlers forked after it share it.
+    idle = select.poll()
+    idle.register(listener.fileno(), select.POLLIN)
     while True:
+        if idle is not None and not idle.poll(IDLE_BEFORE_PRELOAD_MS):
+            proctree.preload()
+            idle = None
+            continue
         try:
             # The raw descriptor (what `socket.accept` wraps): the child makes the socket
             # object. typeshed leaves out this method of `_socket.socket`.
