@@ -24,6 +24,9 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     # A deleted workspace's standby is not kept for the next create (workspace/pool.py): the tests
     # that delete expect nothing left running. tests/sandbox/test_pool.py turns it back on.
     monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
+    # Nor is a fork server started (cli/starter.py) for each test's home: it would outlive
+    # the test. tests/sandbox/test_forkserver.py turns it on and stops it.
+    monkeypatch.setenv("PYRO_FORK_SERVER", "0")
     home = tmp_path / "pyro-home"
     monkeypatch.setenv("PYRO_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path / "user-home"))

@@ -1,4 +1,7 @@
-"""`pyro`: the daily commands take the lean entry, everything else the full typer CLI."""
+"""`pyro`: the daily commands take the lean entry, everything else the full typer CLI.
+
+A daily command that reads no terminal goes through the fork server first (starter.py),
+whose child runs `dispatch` as this process would."""
 
 from __future__ import annotations
 
@@ -6,14 +9,28 @@ import sys
 
 
 def main() -> None:
+    from pyro_loop.cli import starter
+
+    code = starter.run(sys.argv[1:])
+    sys.exit(dispatch(sys.argv[1:]) if code is None else code)
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run the command `argv` (sys.argv is its command line too); its exit code."""
     from pyro_loop.cli.lean import parse
 
-    call = parse(sys.argv[1:])
+    call = parse(argv)
     if call is None:
         from pyro_loop.cli.app import main as full
 
-        full()
-        return
+        try:
+            full()
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                return exc.code or 0
+            sys.stderr.write(f"{exc.code}\n")
+            return 1
+        return 0
     from pyro_loop.guard import guarded
 
-    sys.exit(guarded(call))
+    return guarded(call)

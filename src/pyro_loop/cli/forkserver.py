@@ -1,0 +1,295 @@
+"""The fork server: pyro with its daily modules loaded, forking a child per command.
+
+Started in the background by the first daily command that finds none (starter.py), one per
+user, interpreter, installation and PYRO_HOME. It serves only its own user (the socket's
+directory is the user's, mode 0700, and each peer's uid is checked), and goes away on its
+own: after IDLE_EXIT seconds without a command, when its socket is removed or replaced or
+its PYRO_HOME deleted, and when a pyro source file it loaded changed (an upgrade: it answers
+"stale" and exits, and the command runs in full). It holds no state between commands: each child is a fresh copy of
+the server as it was after loading, and reads the project, its configuration and the store
+anew, as a `pyro` started in full does.
+
+    python -m pyro_loop.cli.forkserver SOCKET_PATH
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import io
+import marshal
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import NoReturn
+
+from pyro_loop.cli import starter
+
+IDLE_EXIT = 900.0  # seconds without a command before the server exits
+TICK = 10.0  # seconds between looks at the socket and the idle time
+MAX_MESSAGE = 4 * 1024 * 1024
+# What the daily commands load. Loaded once here, they cost the children nothing.
+PRELOAD = (
+    "pyro_loop.cli.daily",
+    "pyro_loop.cli.lean",
+    "pyro_loop.cli.progress",
+    "pyro_loop.cli.terminal",
+    "pyro_loop.fs.socketpath",
+    "pyro_loop.guard",
+    "pyro_loop.loop.live",
+    "pyro_loop.loop.prepare",
+    "pyro_loop.loop.status",
+    "pyro_loop.loop.warmth",
+    "pyro_loop.project.config",
+    "pyro_loop.project.discovery",
+    "pyro_loop.project.hooks",
+    "pyro_loop.runtime.bwrap",
+    "pyro_loop.sync",
+    "pyro_loop.sync.hostscan",
+    "pyro_loop.sync.result",
+    "pyro_loop.sync.watcher",
+    "pyro_loop.workspace.client",
+    "pyro_loop.workspace.manager",
+    "pyro_loop.workspace.ports",
+    "pygit2",
+)
+
+
+def main(argv: list[str]) -> int:
+    path = argv[1]
+    lock = _lock(path)
+    if lock is None:
+        return 0  # another server holds it
+    for module in PRELOAD:
+        __import__(module)
+    listener = _listen(path)  # after loading: meanwhile commands run in full, not wait
+    sources = _sources()
+    gc.collect()
+    gc.freeze()  # what is loaded stays shared with the children, not copied on write
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    serve(listener, path, sources)
+    return 0
+
+
+def _lock(path: str) -> int | None:
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # who serves, for whoever wants to stop it
+    return fd  # held while the process lives
+
+
+def _listen(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a crashed server's: the lock says none is running
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(starter._address(path))
+    listener.listen(64)
+    return listener
+
+
+def _sources() -> dict[str, float]:
+    """The mtimes of the pyro sources loaded: a change means this server is out of date."""
+    found = {}
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        source = getattr(module, "__file__", None)
+        if source and (name == "pyro_loop" or name.startswith("pyro_loop.")):
+            try:
+                found[source] = os.stat(source).st_mtime
+            except OSError:
+                found[source] = 0.0
+    return found
+
+
+def _stale(sources: dict[str, float]) -> bool:
+    for source, mtime in sources.items():
+        try:
+            if os.stat(source).st_mtime != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def serve(listener: socket.socket, path: str, sources: dict[str, float]) -> None:
+    identity = os.stat(path).st_ino
+    home = os.environ.get("PYRO_HOME")
+    last = time.monotonic()
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    while True:
+        if not poller.poll(TICK * 1000):
+            if time.monotonic() - last > IDLE_EXIT or not _still_ours(path, identity):
+                return
+            if home and not os.path.isdir(home):
+                return  # its PYRO_HOME was deleted (a test's, a benchmark's): nothing to serve
+            continue
+        try:
+            conn, _addr = listener.accept()
+        except OSError:
+            continue
+        last = time.monotonic()
+        with conn:
+            request = _receive(conn)
+            if request is None:
+                continue
+            message, fds = request
+            if _stale(sources) or not _still_ours(path, identity):
+                _close_all(fds)
+                _send(conn, starter.STALE)
+                return
+            try:
+                pid = os.fork()
+            except OSError:
+                _close_all(fds)
+                continue  # the client gets no reply and runs the command itself
+            if pid == 0:
+                listener.close()
+                _child(conn, message, fds)
+            _close_all(fds)
+
+
+def _still_ours(path: str, identity: int) -> bool:
+    try:
+        return os.stat(path).st_ino == identity
+    except OSError:
+        return False
+
+
+def _receive(conn: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The client's message and descriptors; None for anything but this user's well-formed
+    request."""
+    import array
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    fds: list[int] = []
+    try:
+        if uid != os.getuid():
+            return None
+        conn.settimeout(5.0)
+        data, ancillary, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+                fds += list(got)
+        if len(data) < 4 or len(fds) != 4:
+            raise ValueError("malformed request")
+        size = int.from_bytes(data[:4], "big")
+        if size > MAX_MESSAGE:
+            raise ValueError("request too large")
+        message = data[4:]
+        while len(message) < size:
+            chunk = conn.recv(size - len(message))
+            if not chunk:
+                raise ValueError("truncated request")
+            message += chunk
+        conn.settimeout(None)
+        return message, fds
+    except (OSError, ValueError):
+        _close_all(fds)
+        return None
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _send(conn: socket.socket, kind: bytes, value: int = 0) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(kind + value.to_bytes(4, "big", signed=True))
+
+
+def _child(conn: socket.socket, message: bytes, fds: list[int]) -> NoReturn:
+    """Become the client's `pyro`: its directory, environment, umask and streams, then the
+    same entry as a full start. Never returns."""
+    code = 1
+    try:
+        version, argv0, argv, environ, umask = marshal.loads(message)
+        if version != starter.PROTOCOL:
+            os._exit(1)
+        _become(fds, environ, umask)
+        sys.argv = [argv0, *argv]
+        _send(conn, starter.CHILD, os.getpid())
+        _hang_up_with(conn)
+        from pyro_loop.cli.entry import dispatch
+
+        code = dispatch(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        _send(conn, starter.EXITED, code)
+        os._exit(code & 0xFF)
+
+
+def _become(fds: list[int], environ: dict[str, str], umask: int) -> None:
+    cwd, *stdio = fds
+    os.fchdir(cwd)
+    os.close(cwd)
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.umask(umask)
+    # As a Python started by the client would have them: its own handlers, the terminal's
+    # job-control signals harmless (this process is not in the terminal's foreground group,
+    # and reads no terminal: see starter.py).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for job_control in (signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(job_control, signal.SIG_IGN)
+    original = sys.__stdout__
+    encoding = original.encoding if original else "utf-8"
+    errors = (original.errors if original else None) or "strict"
+    sys.stdin = _stream(0, "r", encoding, errors)
+    sys.stdout = _stream(1, "w", encoding, errors)
+    sys.stderr = _stream(2, "w", encoding, "backslashreplace", line_buffering=True)
+
+
+def _stream(fd: int, mode: str, encoding: str, errors: str, *,
+            line_buffering: bool = False) -> io.TextIOWrapper:  # fmt: skip
+    """A standard stream on `fd`, buffered as the interpreter sets it up at start."""
+    raw = io.FileIO(fd, mode, closefd=False)
+    tty = raw.isatty()
+    buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+    return io.TextIOWrapper(buffered, encoding=encoding, errors=errors,
+                            line_buffering=line_buffering or tty)  # fmt: skip
+
+
+def _hang_up_with(conn: socket.socket) -> None:
+    """When the client goes away (killed), this child gets SIGHUP, as a `pyro` whose
+    terminal closed would: the command in the workspace is stopped with it."""
+    import threading
+
+    def wait() -> None:
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,196 @@
+"""The daily commands through a preloaded pyro: the client half of the fork server.
+
+A Python CLI pays for its imports on every start: for `pyro exec -- true`, about twice what
+the interpreter's own start costs, before any work. The fork server (forkserver.py) has
+pyro's modules loaded already and forks a child per command; the child takes this process's
+working directory, environment, umask and standard streams (passed over a Unix socket) and
+runs the same entry as a `pyro` started in full (entry.dispatch), so output, errors and exit
+codes are one code path. This process waits, forwards the signals it gets to the child, and
+exits with the child's code.
+
+This module imports only what the interpreter has loaded anyway, or cheap C modules.
+Whenever the server cannot serve (not running, another pyro version, refused), `run`
+returns None and the command runs in this process, as it always can; a server that is not
+running is started in the background for the next command. `PYRO_FORK_SERVER=0` turns it
+off. Only the commands that never read a terminal go through it: the child is not in the
+terminal's foreground process group, so `exec -i`/`-t` and the full CLI run here.
+"""
+
+from __future__ import annotations
+
+import _socket
+import marshal
+import os
+import sys
+import zlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
+    import signal as _signal
+    from types import FrameType
+else:
+    import _signal
+
+PROTOCOL = 1
+SWITCH = "PYRO_FORK_SERVER"
+DAILY = frozenset(("exec", "retry", "status", "up", "prepare"))
+TERMINAL_OPTIONS = frozenset(("-i", "--interactive", "-t", "--tty"))
+# What the client forwards to the child, as a terminal's keys or `kill` would reach a pyro
+# running in the foreground: these end or steer the command there too.
+FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGWINCH)
+
+# Client -> server: one message, a 4-byte length then marshal'd (PROTOCOL, argv0, argv,
+# environ, umask), with the working directory, stdin, stdout and stderr as descriptors.
+# Server -> client: b"P" + the child's pid (4 bytes) once it runs, b"X" + its exit code
+# (4 bytes, signed) when it ends; b"S" instead of P: the server is stale, run here.
+CHILD, EXITED, STALE = b"P", b"X", b"S"
+
+
+def eligible(argv: list[str]) -> bool:
+    """A daily command that never reads the terminal (see the module's docstring)."""
+    if not argv or argv[0] not in DAILY:
+        return False
+    options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    return not any(arg in TERMINAL_OPTIONS for arg in options)
+
+
+def socket_path() -> str | None:
+    """The server's socket for this user, interpreter, installation and PYRO_HOME; None
+    when its directory is not safely this user's."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    directory = os.path.join(runtime, f"pyro-{os.getuid()}")
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    # Another user's directory (or a link) in a shared /tmp must never be used.
+    if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not _is_dir(st.st_mode):
+        return None
+    package = os.path.dirname(os.path.dirname(__file__))
+    identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", "")))
+    return os.path.join(directory, f"forkserver-{zlib.crc32(identity.encode()):08x}.sock")
+
+
+def _is_dir(mode: int) -> bool:
+    return (mode & 0o170000) == 0o040000
+
+
+def run(argv: list[str]) -> int | None:
+    """Run the command through the fork server: its exit code, or None to run it here."""
+    if os.environ.get(SWITCH, "1") == "0" or not eligible(argv):
+        return None
+    path = socket_path()
+    if path is None:
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(_address(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            start_server(path)
+            return None
+        except OSError:
+            return None
+        return _ask(sock, argv)
+    finally:
+        sock.close()
+
+
+def _address(path: str) -> str:
+    if len(path.encode()) < 100:
+        return path
+    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+
+
+def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
+    import array
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # a deleted working directory: the full path says so
+    payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask))
+    message = len(payload).to_bytes(4, "big") + payload
+    fds = array.array("i", (cwd, 0, 1, 2)).tobytes()
+    try:
+        sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        sock.sendall(message[sent:])
+        reply = _recv_exact(sock, 5)
+    except OSError:
+        return None  # closed stdio, or the server went away: run here
+    finally:
+        os.close(cwd)
+    if reply is None or reply[:1] != CHILD:
+        return None
+    child = int.from_bytes(reply[1:], "big")
+    return _wait(sock, child)
+
+
+def _wait(sock: _socket.socket, child: int) -> int:
+    """Forward signals to the child until it reports its exit code."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        try:  # noqa: SIM105 - contextlib is not loaded yet, and this path stays lean
+            os.kill(child, signum)
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        _signal.signal(signum, forward)
+    while True:
+        try:
+            reply = _recv_exact(sock, 5)
+            break
+        except InterruptedError:
+            continue
+        except OSError:
+            reply = None
+            break
+    if reply is not None and reply[:1] == EXITED:
+        return int.from_bytes(reply[1:], "big", signed=True)
+    # The child ended without a code: killed. End as it did, by the signal that ended it.
+    fatal = [s for s in received if s != _signal.SIGWINCH]
+    if fatal:
+        _signal.signal(fatal[-1], _signal.SIG_DFL)
+        os.kill(os.getpid(), fatal[-1])
+    sys.stderr.write("pyro: error: the command's process ended without an exit code\n")
+    return 1
+
+
+def _recv_exact(sock: _socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def start_server(path: str) -> None:
+    """Start the fork server in the background, for the next command (this one runs here).
+    Two commands starting one each is harmless: the server's lock lets one live."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "pyro_loop.cli.forkserver", path],
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
+            setsid=True,
+        )
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
