@@ -78,19 +78,44 @@ def set_window(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+# Python ignores SIGPIPE and SIGXFSZ (and the agent SIGCHLD); an ignored signal stays ignored
+# across exec, and commands must meet them as anywhere else (killed).
+RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGCHLD)
+
+
 def reset_signals() -> None:
-    """Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec, and
-    commands must meet them as anywhere else (killed)."""
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    for signum in RESET_SIGNALS:
+        _signal.signal(signum, _signal.SIG_DFL)
 
 
 def spawn(
     argv: list[str], cwd: str, env: dict[str, str], fds: tuple[int, int, int], tty: bool = False
 ) -> int:
-    """Fork and exec the command in a new session; returns its pid, or raises RequestError
-    when it cannot be run (the exec's errno comes back through a close-on-exec pipe)."""
+    """Start the command in a new session; returns its pid, or raises RequestError when it
+    cannot be run. Without a terminal through posix_spawn (vfork and exec: no copy of this
+    process), with one through fork, which alone can make the terminal the controlling one."""
+    if tty:
+        return _fork_exec(argv, cwd, env, fds)
+    stdin_fd, out_fd, err_fd = fds
+    # This handler process serves this one request: it may take the command's directory, and
+    # its PATH (posix_spawnp searches the caller's, where execvpe searched the command's).
+    os.chdir(cwd)
+    os.environ["PATH"] = env["PATH"]
+    try:
+        return os.posix_spawnp(
+            argv[0], argv, env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                          for target, fd in enumerate((stdin_fd, out_fd, err_fd))],
+            setsid=True,
+            setsigdef=RESET_SIGNALS,
+        )  # fmt: skip
+    except OSError as exc:
+        raise _cannot_run(argv, exc.errno or 0) from None
+
+
+def _fork_exec(argv: list[str], cwd: str, env: dict[str, str], fds: tuple[int, int, int]) -> int:
+    """`spawn` on a terminal: `fds` are its slave side, which becomes the controlling
+    terminal of the command's new session. The exec's errno comes back through a pipe."""
     stdin_fd, out_fd, err_fd = fds
     fail_r, fail_w = os.pipe()
     pid = os.fork()
@@ -98,11 +123,10 @@ def spawn(
         try:
             os.close(fail_r)
             os.setsid()
-            if tty:
-                import fcntl
-                import termios
+            import fcntl
+            import termios
 
-                fcntl.ioctl(stdin_fd, termios.TIOCSCTTY, 0)  # the controlling terminal
+            fcntl.ioctl(stdin_fd, termios.TIOCSCTTY, 0)  # the controlling terminal
             reset_signals()
             os.dup2(stdin_fd, 0)
             os.dup2(out_fd, 1)
@@ -118,17 +142,20 @@ def spawn(
     os.close(fail_r)
     if failure:
         os.waitpid(pid, 0)
-        errno = int(failure or b"0")
-        # As shells do: 127 when there is no such file, 126 when it cannot be run (a
-        # directory, a file without execute permission, one the kernel cannot load).
-        if errno == 2:
-            raise RequestError(
-                "exec_failed", "command not found: %s (%s)" % (argv[0], os.strerror(errno))
-            )
-        raise RequestError(
-            "not_executable", "cannot run command: %s (%s)" % (argv[0], os.strerror(errno))
-        )
+        raise _cannot_run(argv, int(failure or b"0"))
     return pid
+
+
+def _cannot_run(argv: list[str], errno: int) -> RequestError:
+    # As shells do: 127 when there is no such file, 126 when it cannot be run (a directory,
+    # a file without execute permission, one the kernel cannot load).
+    if errno == 2:
+        return RequestError(
+            "exec_failed", "command not found: %s (%s)" % (argv[0], os.strerror(errno))
+        )
+    return RequestError(
+        "not_executable", "cannot run command: %s (%s)" % (argv[0], os.strerror(errno))
+    )
 
 
 def op_exec(conn: socket, req: dict[str, Any]) -> dict[str, Any]:

@@ -133,8 +133,9 @@ def serve(listener: _socket.socket) -> NoReturn:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     # What is slow to load and every exec needs is loaded at the first pause between
     # requests, not at start-up (see proctree.preload): the handlers forked after it share it.
-    idle = select.poll()
-    idle.register(listener.fileno(), select.POLLIN)
+    waiting = select.poll()
+    waiting.register(listener.fileno(), select.POLLIN)
+    idle: select.poll | None = waiting
     while True:
         if idle is not None and not idle.poll(IDLE_BEFORE_PRELOAD_MS):
             proctree.preload()

@@ -5,9 +5,9 @@ user, interpreter, installation and PYRO_HOME. It serves only its own user (the 
 directory is the user's, mode 0700, and each peer's uid is checked), and goes away on its
 own: after IDLE_EXIT seconds without a command, when its socket is removed or replaced or
 its PYRO_HOME deleted, and when a pyro source file it loaded changed (an upgrade: it answers
-"stale" and exits, and the command runs in full). It holds no state between commands: each child is a fresh copy of
-the server as it was after loading, and reads the project, its configuration and the store
-anew, as a `pyro` started in full does.
+"stale" and exits, and the command runs in full). It holds no state between commands: each
+child is a fresh copy of the server as it was after loading, and reads the project, its
+configuration and the store anew, as a `pyro` started in full does.
 
     python -m pyro_loop.cli.forkserver SOCKET_PATH
 """

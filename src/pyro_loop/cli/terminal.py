@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -32,9 +33,11 @@ TTY_HELP = "Run the command on a pseudo-terminal (colours, line editing, Ctrl-C)
 
 def _stdin() -> BinaryIO | None:
     try:
-        os.fstat(0)
+        st = os.fstat(0)
     except OSError:
         return None  # no stdin at all
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev:
+        return None  # /dev/null: the command's stdin is empty either way, and no thread feeds it
     return sys.stdin.buffer if sys.stdin is not None else open(0, "rb", closefd=False)
 
 
