@@ -112,6 +112,13 @@ def test_a_served_command_leaves_the_pyro_process_lean(
         # The command ran in the server's child: this process loaded none of pyro's loop.
         assert "pyro_loop.cli.starter" in loaded, args
         assert not loaded & {"pyro_loop.cli.daily", "pyro_loop.loop.live", "pathlib"}, args
+    # A pyro started with another priority (or limits, control groups, namespaces, groups)
+    # than the server's runs its command itself: what it starts must inherit its own.
+    done = subprocess.run(["nice", "-n", "3", sys.executable, "-m", "pyro_loop", "status"],
+                          cwd=served.repo, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pyro_loop.loop.status" in done.stderr
 
 
 def _served_sleep(side: Side, marker: str) -> subprocess.Popen[str]:

@@ -68,10 +68,11 @@ def main(argv: list[str]) -> int:
         __import__(module)
     listener = _listen(path)  # after loading: meanwhile commands run in full, not wait
     sources = _sources()
+    own = starter.context()
     gc.collect()
     gc.freeze()  # what is loaded stays shared with the children, not copied on write
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    serve(listener, path, sources)
+    serve(listener, path, sources, own)
     return 0
 
 
@@ -120,7 +121,8 @@ def _stale(sources: dict[str, float]) -> bool:
     return False
 
 
-def serve(listener: socket.socket, path: str, sources: dict[str, float]) -> None:
+def serve(listener: socket.socket, path: str, sources: dict[str, float],
+          own: starter.Context) -> None:  # fmt: skip
     identity = os.stat(path).st_ino
     home = os.environ.get("PYRO_HOME")
     last = time.monotonic()
@@ -147,6 +149,10 @@ def serve(listener: socket.socket, path: str, sources: dict[str, float]) -> None
                 _close_all(fds)
                 _send(conn, starter.STALE)
                 return
+            if _context(message) != own:
+                _close_all(fds)
+                _send(conn, starter.ELSEWHERE)
+                continue
             try:
                 pid = os.fork()
             except OSError:
@@ -156,6 +162,13 @@ def serve(listener: socket.socket, path: str, sources: dict[str, float]) -> None
                 listener.close()
                 _child(conn, message, fds)
             _close_all(fds)
+
+
+def _context(message: bytes) -> object:
+    try:
+        return marshal.loads(message)[5]
+    except (ValueError, EOFError, TypeError, IndexError):
+        return None
 
 
 def _still_ours(path: str, identity: int) -> bool:
@@ -218,7 +231,7 @@ def _child(conn: socket.socket, message: bytes, fds: list[int]) -> NoReturn:
     same entry as a full start. Never returns."""
     code = 1
     try:
-        version, argv0, argv, environ, umask = marshal.loads(message)
+        version, argv0, argv, environ, umask, _context = marshal.loads(message)
         if version != starter.PROTOCOL:
             os._exit(1)
         _become(fds, environ, umask)

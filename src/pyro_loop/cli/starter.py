@@ -40,10 +40,15 @@ TERMINAL_OPTIONS = frozenset(("-i", "--interactive", "-t", "--tty"))
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGWINCH)
 
 # Client -> server: one message, a 4-byte length then marshal'd (PROTOCOL, argv0, argv,
-# environ, umask), with the working directory, stdin, stdout and stderr as descriptors.
-# Server -> client: b"P" + the child's pid (4 bytes) once it runs, b"X" + its exit code
-# (4 bytes, signed) when it ends; b"S" instead of P: the server is stale, run here.
-CHILD, EXITED, STALE = b"P", b"X", b"S"
+# environ, umask, context), with the working directory, stdin, stdout and stderr as
+# descriptors. Server -> client: b"P" + the child's pid (4 bytes) once it runs, b"X" + its
+# exit code (4 bytes, signed) when it ends; instead of P, b"S": the server is out of date,
+# or b"N": this process's context is not the server's; either way, run here.
+CHILD, EXITED, STALE, ELSEWHERE = b"P", b"X", b"S", b"N"
+NAMESPACES = ("mnt", "user", "pid", "net", "uts", "ipc", "cgroup")
+if TYPE_CHECKING:
+    # Priority, resource limits, control groups, namespaces, gid, groups (see `context`).
+    Context = tuple[int, tuple[tuple[int, int], ...], bytes, tuple[str, ...], int, tuple[int, ...]]
 
 
 def eligible(argv: list[str]) -> bool:
@@ -75,6 +80,25 @@ def socket_path() -> str | None:
     package = os.path.dirname(os.path.dirname(__file__))
     identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", "")))
     return os.path.join(directory, f"forkserver-{zlib.crc32(identity.encode()):08x}.sock")
+
+
+def context() -> Context:
+    """What a process inherits besides its environment, directory, umask and streams: its
+    priority, resource limits, control groups, namespaces and groups. The server's child
+    runs a command only for a client whose context is the server's (else a `nice pyro`, or
+    one in a memory-limited CI job, would run as the server does)."""
+    import resource
+
+    try:
+        with open("/proc/self/cgroup", "rb") as f:
+            cgroups = f.read()
+        namespaces = tuple(os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES)
+    except OSError:
+        cgroups, namespaces = b"?", ()
+    kinds = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+    limits = tuple(resource.getrlimit(kind) for kind in kinds)
+    return (os.getpriority(os.PRIO_PROCESS, 0), limits, cgroups, namespaces, os.getgid(),
+            tuple(os.getgroups()))  # fmt: skip
 
 
 def _is_dir(mode: int) -> bool:
@@ -118,7 +142,7 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None  # a deleted working directory: the full path says so
-    payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask))
+    payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask, context()))
     message = len(payload).to_bytes(4, "big") + payload
     fds = array.array("i", (cwd, 0, 1, 2)).tobytes()
     try:
