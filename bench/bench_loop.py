@@ -50,13 +50,14 @@ def pyro_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "pyro_loop"]
 
 
-def cli(repo: Path, *args: str) -> Callable[[], object]:
+def cli(repo: Path, *args: str, env: dict[str, str] | None = None) -> Callable[[], object]:
     head, tail = (args, ()) if "--" not in args else (args[: args.index("--")],
                                                        args[args.index("--"):])  # fmt: skip
     argv = [*pyro_command(), *head, "-C", str(repo), *tail]
 
     def call() -> object:
-        result = subprocess.run(argv, capture_output=True, check=False)
+        result = subprocess.run(argv, capture_output=True, check=False,
+                                env=None if env is None else {**os.environ, **env})  # fmt: skip
         if result.returncode != 0:
             raise SystemExit(
                 f"{' '.join(args)} failed: {result.stdout.decode()}{result.stderr.decode()}"
@@ -166,7 +167,9 @@ class Bench:
         self.floors: dict[str, list[float]] = {"python": [], "bwrap": [], "native": [],
                                                "copy": []}  # fmt: skip
 
-    def whole(self, name: str, fn: Callable[[], object], runs: int, target: float) -> list[float]:
+    def whole(
+        self, name: str, fn: Callable[[], object], runs: int, target: float | None
+    ) -> list[float]:
         samples, floors = paired(fn, bare_python, runs)
         self.floors["python"] += floors
         self.rows.append(Row(name, samples, "python", target))
@@ -203,6 +206,10 @@ def measure(loops: list[Any], tmp: Path, runs: int) -> Bench:
     bench.rows.append(Row("exec true (library, sync first)", exec_lib, "native", 5,
                           overhead=True))  # fmt: skip
     bench.whole("pyro exec -- true (whole process)", cli(repo, "exec", "--", "true"), runs, 3)
+    # The same without the fork server (cli/starter.py): the first command after a quiet
+    # quarter of an hour, or with PYRO_FORK_SERVER=0.
+    no_server = cli(repo, "exec", "--", "true", env={"PYRO_FORK_SERVER": "0"})
+    bench.whole("pyro exec -- true (whole process, no fork server)", no_server, runs, None)
     bench.whole("pyro retry (whole process)", cli(repo, "retry"), runs, 3)
     bench.sandboxed("reset (library, + host files synced)", loop.reset, runs, 1,
                     discard_work(loop))  # fmt: skip
