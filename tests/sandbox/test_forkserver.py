@@ -207,3 +207,35 @@ def test_with_the_switch_off_no_server_is_started(tmp_path: Path, runtime_dir: P
     assert not list(runtime_dir.glob("pyro-*/forkserver-*"))
     done = run(True, "status", "-C", str(side.repo), env={"PYRO_HOME": str(side.home)})
     assert done.returncode == 1  # conftest's switch is off too
+
+
+PRELOADED_CHECK = """
+import re, sys
+from pyro_loop.cli import forkserver
+forkserver.preload()
+from pyro_loop.cli.entry import dispatch
+compiled = []
+original = re._compile
+def counting(pattern, flags):
+    if (type(pattern), pattern, flags) not in re._cache:
+        compiled.append(pattern)
+    return original(pattern, flags)
+re._compile = counting
+before = set(sys.modules)
+for argv in (["exec", "--", "true"], ["retry"], ["status"], ["up"], ["prepare"]):
+    assert dispatch(argv) == 0, argv
+print(sorted(set(sys.modules) - before), compiled)
+"""
+
+
+def test_the_server_loads_all_that_the_daily_commands_need(
+    sides: tuple[Side, Side],
+) -> None:
+    """What a command loads or compiles at its first use, each forked child would again."""
+    served, _full = sides
+    assert served("up", "-C", "REPO")[0] == 0
+    env = {**os.environ, "PYRO_HOME": str(served.home)}
+    done = subprocess.run([sys.executable, "-c", PRELOADED_CHECK], cwd=served.repo, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[] []"

@@ -35,6 +35,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 # What the daily commands load. Loaded once here, they cost the children nothing.
 PRELOAD = (
     "pyro_loop.cli.daily",
+    "pyro_loop.cli.entry",
     "pyro_loop.cli.lean",
     "pyro_loop.cli.progress",
     "pyro_loop.cli.terminal",
@@ -56,6 +57,7 @@ PRELOAD = (
     "pyro_loop.workspace.manager",
     "pyro_loop.workspace.ports",
     "pygit2",
+    "hashlib",  # a full sync's digests
 )
 
 
@@ -64,8 +66,7 @@ def main(argv: list[str]) -> int:
     lock = _lock(path)
     if lock is None:
         return 0  # another server holds it
-    for module in PRELOAD:
-        __import__(module)
+    preload()
     listener = _listen(path)  # after loading: meanwhile commands run in full, not wait
     sources = _sources()
     own = starter.context()
@@ -74,6 +75,15 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     serve(listener, path, sources, own)
     return 0
+
+
+def preload() -> None:
+    """Load what the daily commands need, and compile their patterns."""
+    for module in PRELOAD:
+        __import__(module)
+    from pyro_loop.project.config import compile_rules
+
+    compile_rules()
 
 
 def _lock(path: str) -> int | None:

@@ -244,6 +244,14 @@ class ConfigResult:
     warnings: tuple[str, ...] = ()
 
 
+def compile_rules() -> None:
+    """Compile every setting's pattern now, into `re`'s cache (a process compiles each at its
+    first use; the fork server does it once for the commands it forks)."""
+    for setting in SETTINGS:
+        if setting.rule is not None:
+            re.compile(setting.rule.pattern)
+
+
 def load_project_config(root: Path) -> ConfigResult:
     """The configuration of the project at `root`: its `.pyro.toml`, or the defaults."""
     path = root / FILENAME
