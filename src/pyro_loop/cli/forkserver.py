@@ -28,6 +28,7 @@ import time
 from typing import NoReturn
 
 from pyro_loop.cli import starter
+from pyro_loop.fs.socketpath import socket_address
 
 IDLE_EXIT = 900.0  # seconds without a command before the server exits
 TICK = 10.0  # seconds between looks at the socket and the idle time
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
     gc.collect()
     gc.freeze()  # what is loaded stays shared with the children, not copied on write
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    serve(listener, path, sources, own)
+    serve(listener, path, sources, own, lock)
     return 0
 
 
@@ -102,7 +103,7 @@ def _listen(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a crashed server's: the lock says none is running
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(starter._address(path))
+    listener.bind(socket_address(path))
     listener.listen(64)
     return listener
 
@@ -132,7 +133,7 @@ def _stale(sources: dict[str, float]) -> bool:
 
 
 def serve(listener: socket.socket, path: str, sources: dict[str, float],
-          own: starter.Context) -> None:  # fmt: skip
+          own: starter.Context, lock: int) -> None:  # fmt: skip
     identity = os.stat(path).st_ino
     home = os.environ.get("PYRO_HOME")
     last = time.monotonic()
@@ -169,7 +170,10 @@ def serve(listener: socket.socket, path: str, sources: dict[str, float],
                 _close_all(fds)
                 continue  # the client gets no reply and runs the command itself
             if pid == 0:
+                # The lock is the server's alone: a long command (`up --watch`) holding it
+                # would keep a new server from starting after this one exits.
                 listener.close()
+                os.close(lock)
                 _child(conn, message, fds)
             _close_all(fds)
 

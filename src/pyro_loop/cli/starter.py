@@ -24,6 +24,8 @@ import os
 import sys
 import zlib
 
+from pyro_loop.fs.socketpath import socket_address
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
     import signal as _signal
@@ -115,7 +117,7 @@ def run(argv: list[str]) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            sock.connect(_address(path))
+            sock.connect(socket_address(path))
         except (FileNotFoundError, ConnectionRefusedError):
             start_server(path)
             return None
@@ -124,13 +126,6 @@ def run(argv: list[str]) -> int | None:
         return _ask(sock, argv)
     finally:
         sock.close()
-
-
-def _address(path: str) -> str:
-    if len(path.encode()) < 100:
-        return path
-    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{fd}/{os.path.basename(path)}"
 
 
 def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
