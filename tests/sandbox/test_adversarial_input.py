@@ -437,6 +437,54 @@ def test_detection_reads_no_file_through_a_link_out_of_the_repository(tmp_path: 
     ]
 
 
+def test_init_reads_the_tools_and_tests_of_no_file_through_a_link_out_of_the_repository(
+    tmp_path: Path,
+) -> None:
+    """What `pyro init` writes down (tool versions, test commands) comes from the
+    repository's own files: a package.json linked to a host file pins nothing and names no
+    test script."""
+    from pyro_loop.project.conventions import detect_checks, detect_tools
+    from pyro_loop.project.detect import detect_ecosystems
+
+    host = tmp_path / "host-package.json"
+    host.write_text('{"packageManager": "pnpm@8.15.0", "scripts": {"test": "from-host"}}\n')
+    repo = _repo_with_links(tmp_path, "", {"package.json": str(host)})
+    (repo / "pnpm-lock.yaml").write_text("lockfileVersion: '9.0'\n")
+    ecosystems = detect_ecosystems(repo)
+    assert detect_tools(repo, ecosystems) == {"pnpm": "9.x"}  # the lock's, not the host's
+    assert detect_checks(repo, ecosystems) == []
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"pyproject.toml": 'tool = 3\n[project]\nname = "x"\n', "uv.lock": "version = 1\n"},
+        {"pyproject.toml": 'project = "x"\ntool = ["pytest"]\n', "poetry.lock": ""},
+        {"pyproject.toml": "[tool.uv]\nrequired-version = 7\n", "uv.lock": ""},
+        {"package.json": "[1, 2]", "package-lock.json": "{}"},
+        {"package.json": '{"scripts": "test", "packageManager": 3}', "pnpm-lock.yaml": ""},
+        {"package.json": '{"workspaces": {"packages": 1}}', "yarn.lock": ""},
+        {"pyproject.toml": b"\xff\xfe not toml [", "uv.lock": ""},
+    ],
+)
+def test_odd_values_in_a_repository_s_manifests_never_break_detection(
+    tmp_path: Path, files: dict[str, str | bytes]
+) -> None:
+    """A repository may put any value anywhere: detection reads a value of the wrong type as
+    absent, as if the table were empty."""
+    from pyro_loop.project.conventions import detect_checks, detect_tools
+    from pyro_loop.project.detect import detect_ecosystems
+
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    ecosystems = detect_ecosystems(tmp_path)
+    assert ecosystems
+    assert set(detect_tools(tmp_path, ecosystems).values()) <= {"latest", "9.x", "8.x", "1.x",
+                                                                 "4.x"}  # fmt: skip
+    assert detect_checks(tmp_path, ecosystems) in ([], ["pytest"])
+
+
 # -- the same, as an ordinary user -------------------------------------------------------------
 
 

@@ -6,6 +6,9 @@ config       `.pyro.toml`: every setting declared once, validated, documented fr
 trust        which `.pyro.toml` files the user approved (`pyro trust`)
 detect       which package managers a project uses and how to install its dependencies
 conventions  what a project's files say about its tools and tests (for `pyro init`)
+repofiles    reading the repository's manifests for those: beneath its root, capped, a
+             malformed file or a value of the wrong type read as empty
+scmversion   the version setuptools-scm would compute, for a prepare without the .git
 scaffold     `pyro init`: a commented `.pyro.toml` filled in from what is detected
 hooks        which git hooks the repository has, and which are pyro's
 diffignore   which of a workspace's changes git would ignore

@@ -9,14 +9,13 @@ nothing pins it. Tests: the ecosystem's usual command where the project shows it
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyro_loop.project.detect import Ecosystem
+from pyro_loop.project.repofiles import is_file, read_bytes, read_json, read_text, read_toml, table
 
 LATEST = "latest"
 # npm's placeholder from `npm init`: not a test suite.
@@ -32,15 +31,14 @@ def detect_tools(root: Path, ecosystems: list[Ecosystem]) -> dict[str, str]:
     """Tool name -> version for the detected ecosystems that need a tool pyro can provide."""
     tools: dict[str, str] = {}
     for eco in ecosystems:
-        here = root / eco.directory
+        here = Here(root, eco.directory)
         version: str | None = None
         if eco.name in ("uv", "pyproject"):  # uv installs a pyproject.toml without a lock
-            pinned = _toml(here / "pyproject.toml").get("tool", {}).get("uv", {})
+            pinned = table(here.toml("pyproject.toml"), "tool", "uv")
             match = _EXACT.fullmatch(str(pinned.get("required-version", "")))
             version = match[1] if match else LATEST
         elif eco.name == "poetry":
-            header = _head(here / "poetry.lock")
-            found = _POETRY_HEADER.search(header)
+            found = _POETRY_HEADER.search(here.head("poetry.lock"))
             version = found[1].decode() if found else LATEST
         elif eco.name in ("pipenv", "pnpm", "yarn"):
             version = _package_manager(here, eco.name) or _lock_version(here, eco.name)
@@ -55,15 +53,14 @@ def detect_checks(root: Path, ecosystems: list[Ecosystem]) -> list[str]:
     """The usual test command of each detected ecosystem that shows it has tests."""
     commands: list[str] = []
     for eco in ecosystems:
-        here = root / eco.directory
+        here = Here(root, eco.directory)
         command: str | None = None
         if eco.name in ("uv", "poetry", "pipenv", "pip", "pyproject") and _uses_pytest(here, eco):
             command = "pytest"
         elif eco.name in ("cargo", "go"):
             command = "cargo test" if eco.name == "cargo" else "go test ./..."
         elif eco.name in ("npm", "pnpm", "yarn"):
-            scripts = _json(here / "package.json").get("scripts") or {}
-            test = scripts.get("test") if isinstance(scripts, dict) else None
+            test = table(here.json("package.json"), "scripts").get("test")
             if isinstance(test, str) and test.strip() and test.strip() != NPM_PLACEHOLDER:
                 command = f"{eco.name} test"
         if command is None:
@@ -104,29 +101,29 @@ def detect_host_toolchains(
     return found
 
 
-def _uses_pytest(here: Path, eco: Ecosystem) -> bool:
+def _uses_pytest(here: Here, eco: Ecosystem) -> bool:
     """pytest configured (pyproject, pytest.ini, setup.cfg, tox.ini) or among the locked or
     required packages."""
-    if (here / "pytest.ini").is_file():
+    if here.is_file("pytest.ini"):
         return True
-    if "pytest" in _toml(here / "pyproject.toml").get("tool", {}):
+    pyproject = here.toml("pyproject.toml")
+    if "pytest" in table(pyproject, "tool"):
         return True
-    if "[tool:pytest]" in _text(here / "setup.cfg") or "[pytest]" in _text(here / "tox.ini"):
+    if "[tool:pytest]" in here.text("setup.cfg") or "[pytest]" in here.text("tox.ini"):
         return True
-    if eco.name == "pyproject" and "pytest" in _declared_names(_toml(here / "pyproject.toml")):
+    if eco.name == "pyproject" and "pytest" in _declared_names(pyproject):
         return True
     locked = re.compile(r'^name = "pytest"$|^"?pytest"?\s*[=:<>~!\[;]|^pytest\s*$', re.M)
-    return any(locked.search(_text(root_file)) for root_file in _dependency_files(here, eco))
+    return any(locked.search(here.text(name)) for name in _dependency_files(eco))
 
 
 def _declared_names(pyproject: dict[str, Any]) -> set[str]:
     """The names of the packages pyproject.toml declares: dependencies, extras, groups."""
-    project = pyproject.get("project")
-    project = project if isinstance(project, dict) else {}
+    project = table(pyproject, "project")
     lists = [project.get("dependencies", [])]
-    for table in (project.get("optional-dependencies"), pyproject.get("dependency-groups")):
-        if isinstance(table, dict):
-            lists.extend(table.values())
+    for named in (project.get("optional-dependencies"), pyproject.get("dependency-groups")):
+        if isinstance(named, dict):
+            lists.extend(named.values())
     names = set()
     for entries in lists:
         for entry in entries if isinstance(entries, list) else []:
@@ -137,53 +134,49 @@ def _declared_names(pyproject: dict[str, Any]) -> set[str]:
     return names
 
 
-def _dependency_files(here: Path, eco: Ecosystem) -> list[Path]:
+def _dependency_files(eco: Ecosystem) -> list[str]:
     # The keying files are the lockfiles and manifests: where a locked pytest shows up.
-    names = [Path(k).name for k in eco.keys]
-    return [here / name for name in names if name != "pyproject.toml"]
+    names = [PurePosixPath(k).name for k in eco.keys]
+    return [name for name in names if name != "pyproject.toml"]
 
 
-def _package_manager(here: Path, name: str) -> str | None:
-    field = _json(here / "package.json").get("packageManager")
+def _package_manager(here: Here, name: str) -> str | None:
+    field = here.json("package.json").get("packageManager")
     match = _PACKAGE_MANAGER.match(field) if isinstance(field, str) else None
     return match[2] if match and match[1] == name else None
 
 
-def _lock_version(here: Path, name: str) -> str:
+def _lock_version(here: Here, name: str) -> str:
     if name == "pnpm":
-        found = re.search(rb"^lockfileVersion: '?(\d+)", _head(here / "pnpm-lock.yaml"), re.M)
+        found = re.search(rb"^lockfileVersion: '?(\d+)", here.head("pnpm-lock.yaml"), re.M)
         return _PNPM_LOCK_MAJOR.get(found[1].decode(), LATEST) if found else LATEST
     if name == "yarn":
         # yarn 1 writes "# yarn lockfile v1"; yarn 2+ a YAML lock with __metadata.
-        return "1.x" if b"yarn lockfile v1" in _head(here / "yarn.lock") else "4.x"
+        return "1.x" if b"yarn lockfile v1" in here.head("yarn.lock") else "4.x"
     return LATEST
 
 
-def _head(path: Path, size: int = 4096) -> bytes:
-    try:
-        with path.open("rb") as f:
-            return f.read(size)
-    except OSError:
-        return b""
+class Here:
+    """An ecosystem's directory in the repository, its files read through repofiles.py."""
 
+    def __init__(self, root: Path, directory: str) -> None:
+        self.root = root
+        self.directory = PurePosixPath(directory)
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+    def _rel(self, name: str) -> str:
+        return str(self.directory / name)
 
+    def head(self, name: str, size: int = 4096) -> bytes:
+        return read_bytes(self.root, self._rel(name), size)
 
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(_text(path))
-    except tomllib.TOMLDecodeError:
-        return {}
+    def text(self, name: str) -> str:
+        return read_text(self.root, self._rel(name))
 
+    def toml(self, name: str) -> dict[str, Any]:
+        return read_toml(self.root, self._rel(name))
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(_text(path) or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    def json(self, name: str) -> dict[str, Any]:
+        return read_json(self.root, self._rel(name))
+
+    def is_file(self, name: str) -> bool:
+        return is_file(self.root, self._rel(name))

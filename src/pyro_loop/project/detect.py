@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pyro_loop.fs.beneath import Beneath
+from pyro_loop.project.repofiles import read_json, read_text, read_toml, table
 from pyro_loop.records import dataclass, replace
 
 if TYPE_CHECKING:
@@ -234,14 +235,9 @@ def _pyproject_ecosystem(root: Path, rel: PurePosixPath, files: set[str]) -> Eco
     use, into .venv; then the project itself, editable. Without a lock the versions are
     whatever the index has when prepare runs; `pyro init` says so. Dependencies the build
     backend computes (`dynamic`) come with the project, which needs its sources."""
-    import tomllib
-
-    try:
-        pyproject = tomllib.loads(_read(root, str(rel / "pyproject.toml")))
-    except tomllib.TOMLDecodeError:
-        return None
-    project = pyproject.get("project")
-    if not isinstance(project, dict) or not isinstance(project.get("name"), str):
+    pyproject = read_toml(root, str(rel / "pyproject.toml"))
+    project = table(pyproject, "project")
+    if not isinstance(project.get("name"), str):
         return None
     groups, extras = pyproject.get("dependency-groups"), project.get("optional-dependencies")
     group = next((g for g in TEST_SETS if isinstance(groups, dict) and g in groups), None)
@@ -261,21 +257,11 @@ def _pyproject_ecosystem(root: Path, rel: PurePosixPath, files: set[str]) -> Eco
     return replace(eco, locked=False)
 
 
-def _read(root: Path, rel: str) -> str:
-    """A repository file's text, read beneath the root (a link that leaves it reads as
-    empty here; reading the keying files refuses it in one line)."""
-    try:
-        with Beneath(root) as tree, os.fdopen(tree.open_following(rel), "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _local_lines(root: Path, rel: str) -> list[str]:
     import re
 
     pattern = re.compile(LOCAL_REQUIREMENT.replace("[[:space:]]", r"\s"))
-    return [line for line in _read(root, rel).splitlines() if pattern.match(line)]
+    return [line for line in read_text(root, rel).splitlines() if pattern.match(line)]
 
 
 def _workspace_members(root: Path, rel: PurePosixPath, manager: str) -> list[str]:
@@ -299,22 +285,18 @@ def _workspace_members(root: Path, rel: PurePosixPath, manager: str) -> list[str
 
 
 def _workspace_patterns(root: Path, rel: PurePosixPath, manager: str) -> list[str]:
-    import json
     import re
 
     if manager == "pnpm":
         patterns, listing = [], False
-        for line in _read(root, str(rel / "pnpm-workspace.yaml")).splitlines():
+        for line in read_text(root, str(rel / "pnpm-workspace.yaml")).splitlines():
             item = re.match(r"\s+-\s*[\"']?([^\"'#\s]+)", line)
             if listing and item:
                 patterns.append(item[1])
             elif line.strip() and not line.lstrip().startswith("#"):
                 listing = re.match(r"packages:\s*$", line) is not None
         return patterns
-    try:
-        declared = json.loads(_read(root, str(rel / "package.json")) or "{}").get("workspaces")
-    except (ValueError, AttributeError):
-        return []
+    declared = read_json(root, str(rel / "package.json")).get("workspaces")
     if isinstance(declared, dict):
         declared = declared.get("packages")
     return [p for p in declared if isinstance(p, str)] if isinstance(declared, list) else []
@@ -325,7 +307,7 @@ def _yarnrc_files(root: Path, rel: PurePosixPath) -> list[str]:
     those that stay inside the directory's tree and exist."""
     import re
 
-    text = _read(root, str(rel / ".yarnrc.yml"))
+    text = read_text(root, str(rel / ".yarnrc.yml"))
     found = []
     for value in re.findall(r"^\s*-?\s*(?:yarnPath|path):\s*[\"']?([^\"'\s#]+)", text, re.M):
         path = PurePosixPath(value)
@@ -361,7 +343,7 @@ def _node_commands(
         # pnpm rebuild runs the dependencies' build scripts and then the root's.
         run = ["pnpm install --frozen-lockfile --ignore-scripts"]
         project = ["pnpm rebuild"]
-    if manager == "yarn" and "__metadata:" in _read(root, str(rel / "yarn.lock"))[:4096]:
+    if manager == "yarn" and "__metadata:" in read_text(root, str(rel / "yarn.lock"), 4096):
         # yarn 2 and later: --frozen-lockfile is yarn 1's spelling; the release and plugins
         # that .yarnrc.yml names run the install, so they key it too.
         run = ["yarn install --immutable"]
@@ -390,14 +372,7 @@ def _unlocked_node(root: Path, rel: PurePosixPath, files: set[str]) -> Ecosystem
 
 def _root_scripts(root: Path, rel: str) -> list[str]:
     """The package's scripts that npm runs after installing it (NPM_ROOT_SCRIPTS)."""
-    import json
-
-    try:
-        scripts = json.loads(_read(root, rel)).get("scripts") or {}
-    except (ValueError, AttributeError):
-        return []
-    if not isinstance(scripts, dict):
-        return []
+    scripts = table(read_json(root, rel), "scripts")
     return [str(scripts[name]) for name in NPM_ROOT_SCRIPTS if name in scripts]
 
 

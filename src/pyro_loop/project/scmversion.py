@@ -20,14 +20,13 @@ import re
 from pathlib import Path
 
 from pyro_loop.errors import InvalidInputError
-from pyro_loop.fs.beneath import Beneath
+from pyro_loop.project.repofiles import read_toml, table
 
 ENV_NAME = "SETUPTOOLS_SCM_PRETEND_VERSION"
 # The build backends that take the version from git through setuptools-scm.
 _BACKENDS = re.compile(r"^\s*(setuptools[-_]scm|hatch[-_]vcs|vcs[-_]versioning)\b", re.I)
 # setuptools-scm's default tag pattern: an optional prefix ending in "-", an optional "v".
 _TAG = re.compile(r"^(?:[\w-]+-)?[vV]?(\d+(?:\.\d+)*)")
-_MAX_PYPROJECT = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,200}[A-Za-z0-9])?")
 
 
@@ -51,22 +50,15 @@ def pretend_version_env(root: Path) -> dict[str, str]:
 def _scm_versioned(root: Path) -> tuple[str, bool] | None:
     """(the distribution's name, whether hatch-vcs calls setuptools-scm) when
     pyproject.toml says setuptools-scm sets its version."""
-    import tomllib  # here: the daily commands read no pyproject.toml
-
-    try:
-        with Beneath(root) as tree:  # a repository's pyproject.toml may be a hostile link
-            data = tree.read("pyproject.toml", limit=_MAX_PYPROJECT)
-        pyproject = tomllib.loads(data.decode())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError):
-        return None  # no pyproject.toml, or one its build would refuse on its own
-    project = _table(pyproject, "project")
+    pyproject = read_toml(root, "pyproject.toml")  # {} when missing, hostile or malformed
+    project = table(pyproject, "project")
     dynamic = project.get("dynamic")
     if not isinstance(dynamic, list) or "version" not in dynamic:
         return None
     name = project.get("name")
-    requires = _table(pyproject, "build-system").get("requires")
-    tool = _table(pyproject, "tool")
-    hatch_vcs = _table(_table(tool, "hatch"), "version").get("source") == "vcs"
+    requires = table(pyproject, "build-system").get("requires")
+    tool = table(pyproject, "tool")
+    hatch_vcs = table(tool, "hatch", "version").get("source") == "vcs"
     uses_scm = (
         "setuptools_scm" in tool
         or hatch_vcs
@@ -76,13 +68,6 @@ def _scm_versioned(root: Path) -> tuple[str, bool] | None:
     if not uses_scm or not isinstance(name, str) or not _NAME.fullmatch(name):
         return None  # not a distribution name (PEP 508): nothing to name a variable after
     return name, hatch_vcs
-
-
-def _table(data: object, key: str) -> dict[str, object]:
-    """`data[key]` when both are TOML tables, else an empty one: a hostile pyproject.toml
-    may put any value anywhere."""
-    value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, dict) else {}
 
 
 def described_version(root: Path) -> str | None:
