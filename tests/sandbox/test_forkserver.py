@@ -5,6 +5,7 @@ command, and the server serves only its own user."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,13 @@ def test_a_served_command_leaves_the_pyro_process_lean(
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "pyro_loop.loop.status" in done.stderr
+    # `pyro doctor` names it, by the pid in its lock file.
+    doctor = run(
+        True, "doctor", "--json", cwd=served.repo, env={**ON, "PYRO_HOME": str(served.home)}
+    )
+    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "fork server")
+    pid = int(Path(server_socket(served) + ".lock").read_text())
+    assert check["ok"] and check["detail"].startswith(f"running (pid {pid})"), check
 
 
 def _served_sleep(side: Side, marker: str) -> subprocess.Popen[str]:

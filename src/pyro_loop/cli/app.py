@@ -80,9 +80,11 @@ def root(
 @app.command()
 def doctor(as_json: bool = JsonOption) -> None:
     """Check what this host supports (namespaces, overlayfs, bubblewrap) and how to fix gaps."""
-    from pyro_loop.runtime.doctor import run_checks, tool_checks
+    from pyro_loop.cli.starter import describe_server
+    from pyro_loop.runtime.doctor import Check, run_checks, tool_checks
 
-    checks = run_checks() + tool_checks(_project_tools())
+    server = Check("fork server", True, describe_server(), required=False)
+    checks = [*run_checks(), *tool_checks(_project_tools()), server]
     ready = all(c.ok for c in checks if c.required)
 
     def human() -> None:

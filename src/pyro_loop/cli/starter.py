@@ -140,33 +140,20 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
     payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask, context()))
     message = len(payload).to_bytes(4, "big") + payload
     fds = array.array("i", (cwd, 0, 1, 2)).tobytes()
+    # From here a signal is the command's: held until the child is known, then passed on.
+    forwarder = _Forwarder()
     try:
         sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         sock.sendall(message[sent:])
         reply = _recv_exact(sock, 5)
     except OSError:
-        return None  # closed stdio, or the server went away: run here
+        reply = None  # closed stdio, or the server went away: run here
     finally:
         os.close(cwd)
     if reply is None or reply[:1] != CHILD:
+        forwarder.release()
         return None
-    child = int.from_bytes(reply[1:], "big")
-    return _wait(sock, child)
-
-
-def _wait(sock: _socket.socket, child: int) -> int:
-    """Forward signals to the child until it reports its exit code."""
-    received: list[int] = []
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        try:  # noqa: SIM105 - contextlib is not loaded yet, and this path stays lean
-            os.kill(child, signum)
-        except OSError:
-            pass
-
-    for signum in FORWARDED:
-        _signal.signal(signum, forward)
+    forwarder.attach(int.from_bytes(reply[1:], "big"))
     while True:
         try:
             reply = _recv_exact(sock, 5)
@@ -179,12 +166,53 @@ def _wait(sock: _socket.socket, child: int) -> int:
     if reply is not None and reply[:1] == EXITED:
         return int.from_bytes(reply[1:], "big", signed=True)
     # The child ended without a code: killed. End as it did, by the signal that ended it.
-    fatal = [s for s in received if s != _signal.SIGWINCH]
+    fatal = forwarder.fatal()
     if fatal:
         _signal.signal(fatal[-1], _signal.SIG_DFL)
         os.kill(os.getpid(), fatal[-1])
     sys.stderr.write("pyro: error: the command's process ended without an exit code\n")
     return 1
+
+
+class _Forwarder:
+    """The signals this process gets (FORWARDED), passed on to the child running the command,
+    or held until it is known."""
+
+    def __init__(self) -> None:
+        self.child: int | None = None
+        self.received: list[int] = []
+        for signum in FORWARDED:
+            _signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.child is not None:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        if self.child is None:
+            return
+        try:  # noqa: SIM105 - contextlib is not loaded yet, and this path stays lean
+            os.kill(self.child, signum)
+        except OSError:
+            pass
+
+    def attach(self, child: int) -> None:
+        self.child = child
+        for signum in self.received:
+            self._send(signum)
+
+    def fatal(self) -> list[int]:
+        return [s for s in self.received if s != _signal.SIGWINCH]
+
+    def release(self) -> None:
+        """The command runs here after all: the usual handlers back, and a signal that came
+        meanwhile delivered to this process as if it had come now."""
+        for signum in FORWARDED:
+            default = _signal.default_int_handler if signum == _signal.SIGINT else _signal.SIG_DFL
+            _signal.signal(signum, default)
+        for pending in self.fatal():
+            os.kill(os.getpid(), pending)
 
 
 def _recv_exact(sock: _socket.socket, size: int) -> bytes | None:
@@ -195,6 +223,41 @@ def _recv_exact(sock: _socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def running_server() -> int | None:
+    """The pid of this user's fork server for this installation and PYRO_HOME, if one runs
+    (it holds its lock file while it lives)."""
+    import fcntl
+
+    path = socket_path()
+    if path is None:
+        return None
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int(os.read(fd, 32) or b"0") or None
+        except ValueError:
+            return None
+    else:
+        return None  # nobody holds it: no server
+    finally:
+        os.close(fd)
+
+
+def describe_server() -> str:
+    """One line for `pyro doctor`."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return f"off ({SWITCH}=0): every command loads pyro itself"
+    pid = running_server()
+    if pid is None:
+        return "not running: the next daily command starts it"
+    return f"running (pid {pid}): the daily commands start through it; {SWITCH}=0 turns it off"
 
 
 def start_server(path: str) -> None:
