@@ -48,6 +48,7 @@ _INODES_KEPT = 1000  # files left free on the store's disk, at least
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Op = tuple[Any, ...]  # (method, its arguments...)
+Body = bytes | memoryview  # a file's contents, or a piece of them
 
 
 class _GaveUp(Exception):
@@ -112,13 +113,11 @@ class LayerWriter:
         self._check_space(0)
         self._add((self._symlink, rel, target))
 
-    def file(
-        self, rel: str, mode: int, mtime: int, size: int, body: bytes | Iterable[bytes]
-    ) -> None:
+    def file(self, rel: str, mode: int, mtime: int, size: int, body: Body | Iterable[Body]) -> None:
         """A regular file of `size` bytes, whole or in pieces as they arrive: held until a
         writing thread takes it unless it is too large, which is written here."""
         self._check_space(size)
-        if isinstance(body, bytes):
+        if isinstance(body, (bytes, memoryview)):
             self._add((self._file, rel, mode, mtime, body), size)
         elif size <= _PENDING_BYTES:
             self._add((self._file, rel, mode, mtime, list(body)), size)
@@ -258,10 +257,10 @@ class LayerWriter:
         self._own(path)
         self.records[rel] = treehash.link_record(rel, target)
 
-    def _file(self, rel: str, mode: int, mtime: int, body: bytes | Iterable[bytes]) -> None:
+    def _file(self, rel: str, mode: int, mtime: int, body: Body | Iterable[Body]) -> None:
         fd = os.open(self._parent_made(rel), _CREATE, 0o600)
         try:
-            if isinstance(body, bytes):
+            if isinstance(body, (bytes, memoryview)):
                 sha256 = hashlib.sha256(body).hexdigest()
                 _write_all(fd, body)
                 size = len(body)
@@ -296,7 +295,7 @@ class LayerWriter:
         self.records[hidden] = treehash.whiteout_record(hidden)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Body) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
