@@ -715,6 +715,31 @@ def test_archive_round_trip_of_a_deep_tree_with_long_and_odd_names(tmp_path: Pat
     assert (out / "empty").stat().st_mtime == -5
 
 
+def test_modes_are_the_archive_s_whatever_the_umask(tmp_path: Path) -> None:
+    # Files are created with their mode where the umask keeps it, chmodded where it does not.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for mode in (0o400, 0o444, 0o600, 0o644, 0o664, 0o700, 0o755, 0o775):
+        (tree / oct(mode)).write_text("x")
+        (tree / oct(mode)).chmod(mode)
+    blob = io.BytesIO()
+    tar_size = archive.pack(tree, blob)
+    for umask in (0o022, 0o077, 0o277):
+        blob.seek(0)
+        out = tmp_path / f"out-{umask:o}"
+        out.mkdir()
+        old = os.umask(umask)
+        try:
+            unpacked = archive.unpack(blob, out, tar_size=tar_size)
+        finally:
+            os.umask(old)
+        modes = {p.name: p.stat().st_mode & 0o7777 for p in out.iterdir()}
+        # Group and other write permissions are never kept (safetar's rule).
+        assert modes == {oct(m): m & 0o755 for m in (0o400, 0o444, 0o600, 0o644, 0o664, 0o700,
+                                                     0o755, 0o775)}  # fmt: skip
+        assert unpacked.digest == tree_digest(out)
+
+
 def test_hard_links_unpack_as_links_to_the_same_file(tmp_path: Path) -> None:
     members = [(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="a"), b"")]
     digest = _unpack(_zstd_tar(*members), tmp_path).digest

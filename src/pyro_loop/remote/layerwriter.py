@@ -90,6 +90,9 @@ class LayerWriter:
         self.pending_bytes = 0
         self.linked = 0  # bytes of hard links' files
         self.unchecked = 0  # bytes and entries since the free space was last looked at
+        # Files whose mode survives this are created with it (the rest are chmodded): read
+        # once, as os.umask can only be read by changing it, for every thread at once.
+        self.masked = _masked_bits(self.dest)
         if owner is not None:
             os.chown(self.dest, owner, owner)
 
@@ -258,7 +261,8 @@ class LayerWriter:
         self.records[rel] = treehash.link_record(rel, target)
 
     def _file(self, rel: str, mode: int, mtime: int, body: Body | Iterable[Body]) -> None:
-        fd = os.open(self._parent_made(rel), _CREATE, 0o600)
+        exact = not mode & self.masked  # created with its mode: no chmod
+        fd = os.open(self._parent_made(rel), _CREATE, mode if exact else 0o600)
         try:
             if isinstance(body, (bytes, memoryview)):
                 sha256 = hashlib.sha256(body).hexdigest()
@@ -271,7 +275,8 @@ class LayerWriter:
                     _write_all(fd, piece)
                     size += len(piece)
                 sha256 = digest.hexdigest()
-            os.fchmod(fd, mode)  # exactly the vetted mode, whatever the umask
+            if not exact:
+                os.fchmod(fd, mode)  # exactly the vetted mode, whatever the umask
             os.utime(fd, (mtime, mtime))
             if self.owner is not None:
                 os.fchown(fd, self.owner, self.owner)
@@ -296,6 +301,27 @@ class LayerWriter:
 
 
 def _write_all(fd: int, data: Body) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data) if data else 0
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _masked_bits(dest: str) -> int:
+    """The permission bits a file created in `dest` may lose: the umask's, or all of them
+    when it is unknown or `dest` has a default ACL (which replaces the umask)."""
+    try:
+        os.getxattr(dest, "system.posix_acl_default")
+    except OSError:
+        pass  # none (ENODATA), or no ACLs on this file system
+    else:
+        return 0o7777
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o7777
