@@ -180,7 +180,9 @@ class LayerWriter:
         self.batch_bytes += size
         if len(self.batch) >= _BATCH:
             self._hand_over()
-            if self.pending_bytes > _PENDING_BYTES:
+            if self.failed:  # a writing thread's failure: raised now, not after the archive
+                self.drain()
+            elif self.pending_bytes > _PENDING_BYTES:
                 self.drain(keep=_PENDING_BYTES // 2)
 
     def _hand_over(self) -> None:
