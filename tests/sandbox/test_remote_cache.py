@@ -686,6 +686,60 @@ def test_archive_round_trip_keeps_whiteouts_opaque_dirs_links_and_modes(tmp_path
     assert (out / "run.sh").stat().st_mtime == int((tree / "run.sh").stat().st_mtime)
 
 
+def test_archive_round_trip_of_a_deep_tree_with_long_and_odd_names(tmp_path: Path) -> None:
+    # Many entries (the writing threads take them in batches, directories included), names
+    # and link targets longer than a tar header's fields, names not in UTF-8, a file larger
+    # than a decompressed chunk, an empty one, a time before 1970.
+    tree = tmp_path / "tree"
+    deep = tree / "/".join(f"level-{n}-" + "x" * 40 for n in range(6))
+    deep.mkdir(parents=True)
+    for d in range(40):
+        (tree / f"pkg{d}").mkdir()
+        for f in range(8):
+            (tree / f"pkg{d}" / f"m{f}.py").write_text(f"# {d} {f}\n")
+    (deep / ("long-name-" + "y" * 120)).write_bytes(b"deep")
+    (deep / "link").symlink_to("/" + "t" * 150)
+    (tree / "caf\u00e9.txt").write_text("\u00e9")
+    (tree / os.fsdecode(b"raw-\xff")).write_bytes(b"raw")
+    (tree / "big.bin").write_bytes(os.urandom(3 << 20))
+    (tree / "empty").write_bytes(b"")
+    os.utime(tree / "empty", (-5, -5))
+    blob = io.BytesIO()
+    tar_size = archive.pack(tree, blob)
+    blob.seek(0)
+    out = tmp_path / "out"
+    out.mkdir()
+    unpacked = archive.unpack(blob, out, tar_size=tar_size)
+    assert unpacked.digest == tree_digest(out) == tree_digest(tree)
+    assert unpacked.size == dir_size(out) == dir_size(tree)
+    assert (out / "empty").stat().st_mtime == -5
+
+
+def test_modes_are_the_archive_s_whatever_the_umask(tmp_path: Path) -> None:
+    # Files are created with their mode where the umask keeps it, chmodded where it does not.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for mode in (0o400, 0o444, 0o600, 0o644, 0o664, 0o700, 0o755, 0o775):
+        (tree / oct(mode)).write_text("x")
+        (tree / oct(mode)).chmod(mode)
+    blob = io.BytesIO()
+    tar_size = archive.pack(tree, blob)
+    for umask in (0o022, 0o077, 0o277):
+        blob.seek(0)
+        out = tmp_path / f"out-{umask:o}"
+        out.mkdir()
+        old = os.umask(umask)
+        try:
+            unpacked = archive.unpack(blob, out, tar_size=tar_size)
+        finally:
+            os.umask(old)
+        modes = {p.name: p.stat().st_mode & 0o7777 for p in out.iterdir()}
+        # Group and other write permissions are never kept (safetar's rule).
+        assert modes == {oct(m): m & 0o755 for m in (0o400, 0o444, 0o600, 0o644, 0o664, 0o700,
+                                                     0o755, 0o775)}  # fmt: skip
+        assert unpacked.digest == tree_digest(out)
+
+
 def test_hard_links_unpack_as_links_to_the_same_file(tmp_path: Path) -> None:
     members = [(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="a"), b"")]
     digest = _unpack(_zstd_tar(*members), tmp_path).digest
@@ -728,6 +782,14 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfil
         ([(_member("x"), b""), (_member(".wh.x"), b"")], "both present and whited out"),
         ([(_member(".wh.x"), b""), (_member("x"), b"")], "both present and whited out"),
         ([(_member(".wh.d", tarfile.DIRTYPE), b"")], "named like a whiteout marker"),
+        ([(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="../etc/passwd"),
+          b"")], "escapes the tree"),
+        ([(_member("b", tarfile.LNKTYPE, linkname="a"), b""), (_member("a", size=2), b"hi")],
+         "not a file unpacked before"),
+        ([(_member("d", tarfile.DIRTYPE), b""), (_member("d/f", tarfile.FIFOTYPE), b"")],
+         "device or FIFO"),
+        ([(_member("d/f", size=2), b"hi")], "not in a directory"),
+        ([(_member("a", size=2), b"hi"), (_member("a", size=2), b"hi")], "appears twice"),
     ],
 )  # fmt: skip
 def test_hostile_archives_are_refused(
@@ -740,6 +802,47 @@ def test_hostile_archives_are_refused(
 def test_set_id_bits_are_dropped(tmp_path: Path) -> None:
     _unpack(_zstd_tar((_member("su", mode=0o4755, size=2), b"hi")), tmp_path)
     assert (tmp_path / "su").stat().st_mode & 0o7777 == 0o755
+
+
+def test_a_conflict_found_by_a_writing_thread_stops_them_all(tmp_path: Path) -> None:
+    # The whiteout and the directory it hides are made by two threads, with hundreds of
+    # entries waiting behind them for directories: every thread gives up, none hangs.
+    members = [(_member(".wh.x"), b"")]
+    for n in range(300):
+        members.append((_member(f"d{n}", tarfile.DIRTYPE), b""))
+    members.append((_member("x", tarfile.DIRTYPE), b""))
+    for n in range(300):
+        members.append((_member(f"x/d{n}", tarfile.DIRTYPE), b""))
+        members.append((_member(f"x/d{n}/f", size=2), b"hi"))
+    with pytest.raises(PyroError, match="'x' is both present and whited out"):
+        _unpack(_zstd_tar(*members), tmp_path)
+
+
+def test_a_stream_cut_short_is_refused(tmp_path: Path) -> None:
+    import zstandard
+
+    raw = _zstd_tar((_member("a", size=2000), b"x" * 2000), (_member("b"), b""))[0]
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(raw.getvalue())
+    for cut in (300, 1500, 2560):  # in a header, in a body, before the end of the archive
+        dest = tmp_path / str(cut)
+        dest.mkdir()
+        blob = io.BytesIO(zstandard.ZstdCompressor().compress(tar[:cut]))
+        with pytest.raises(PyroError, match="not a whole tar archive"):
+            archive.unpack(blob, dest, tar_size=cut)
+
+
+def test_an_archive_not_written_by_pyro_is_refused(tmp_path: Path) -> None:
+    import zstandard
+
+    (tmp_path / "f").write_text("x")
+    tar = subprocess.run(["tar", "--format=gnu", "-C", str(tmp_path), "-cf", "-", "f"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PyroError, match="not a whole tar archive"):
+        archive.unpack(io.BytesIO(zstandard.ZstdCompressor().compress(tar)), out,
+                       tar_size=len(tar))  # fmt: skip
+    assert not any(out.iterdir())
 
 
 def test_damaged_stream_is_refused(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def extract(tar: tarfile.TarFile, dest: Path, rules: Rules) -> None:
     Raises UnsafeArchiveError for the first member that breaks a rule; what was unpacked
     before it stays in `dest`, which the caller discards.
     """
-    vetting = _Vetting(rules)
+    vetting = Vetting(rules)
     # Python 3.12+ applies a filter of its own by default (3.14), or warns that it will; the
     # members are checked here instead, identically on every version.
     trusted: dict[str, Any] = (
@@ -56,15 +56,12 @@ def extract(tar: tarfile.TarFile, dest: Path, rules: Rules) -> None:
         vetting.check_links(dest)
 
 
-def vetted(tar: tarfile.TarFile, rules: Rules) -> Iterator[tarfile.TarInfo]:
-    """The members of `tar` as `extract` would unpack them (names normalised, modes and
-    owners rewritten), for a caller that writes them itself; UnsafeArchiveError on the first
-    member that breaks a rule. Links are checked lexically only: use `absolute_links`, or
-    check the unpacked tree."""
-    return _Vetting(rules).members(tar)
+class Vetting:
+    """The rules applied to one archive's members in turn (each judged against those before
+    it), for `extract` and for a caller that reads and writes members itself: `member` says
+    what to write, or raises. Links are checked lexically only: use `absolute_links`, or
+    `check_links` on the unpacked tree."""
 
-
-class _Vetting:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -78,20 +75,31 @@ class _Vetting:
 
     def members(self, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         for member in tar:
-            name = self.name(member.name)
-            skip = self.rules.skip_devices_below
-            if name == "." or (skip and name.startswith(skip) and not member.isdir()):
+            vetted = self.member(member.name, member.type, member.mode, member.linkname)
+            if vetted is None:
                 continue
-            if name in self.seen:
-                raise self.refuse(f"{name!r} appears twice")
-            if name in self.directories and not member.isdir():
-                raise self.refuse(f"{name!r} is both a directory and a file")
-            self.parents(name)
-            self.seen.add(name)
-            self.attributes(member, name)
-            member.name = name
+            member.name, member.mode, member.linkname = vetted
             member.uid, member.gid, member.uname, member.gname = self.uid, self.gid, "", ""
             yield member
+
+    def member(
+        self, raw: str, kind: bytes, mode: int, linkname: str
+    ) -> tuple[str, int, str] | None:
+        """The member named `raw` of tar type `kind` as it may be written: its name
+        normalised, its mode stripped of what is never kept, a hard link's target normalised
+        (and its mode the file's); None to leave it out. UnsafeArchiveError if it breaks a
+        rule."""
+        name = self.name(raw)
+        skip = self.rules.skip_devices_below
+        if name == "." or (skip and name.startswith(skip) and kind != tarfile.DIRTYPE):
+            return None
+        if name in self.seen:
+            raise self.refuse(f"{name!r} appears twice")
+        if name in self.directories and kind != tarfile.DIRTYPE:
+            raise self.refuse(f"{name!r} is both a directory and a file")
+        self.parents(name)
+        self.seen.add(name)
+        return self.attributes(name, kind, mode, linkname)
 
     def name(self, raw: str) -> str:
         normal = posixpath.normpath(raw) if raw else ""
@@ -115,34 +123,34 @@ class _Vetting:
             parent = posixpath.dirname(parent) or "."
         self.directories.update(chain)
 
-    def attributes(self, member: tarfile.TarInfo, name: str) -> None:
-        if member.isdir():
+    def attributes(self, name: str, kind: bytes, mode: int, linkname: str) -> tuple[str, int, str]:
+        if kind == tarfile.DIRTYPE:
             self.directories.add(name)
-            member.mode = (member.mode & 0o1755) | 0o700
-        elif member.isreg():
-            member.mode = (member.mode & 0o755) | 0o400
-            self.regular[name] = member.mode
-        elif member.islnk():
-            target = self.name(member.linkname)
+            mode = (mode & 0o1755) | 0o700
+        elif kind in tarfile.REGULAR_TYPES:
+            mode = (mode & 0o755) | 0o400
+            self.regular[name] = mode
+        elif kind == tarfile.LNKTYPE:
+            target = self.name(linkname)
             if target not in self.regular:
                 raise self.refuse(f"hard link {name!r} to {target!r}, not a file unpacked before")
             # The link shares the file's inode: its attributes are the file's.
-            member.linkname, member.mode = target, self.regular[target]
-        elif member.issym():
+            linkname, mode = target, self.regular[target]
+        elif kind == tarfile.SYMTYPE:
             if not self.rules.absolute_links:
-                target = member.linkname
-                inside = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                inside = posixpath.normpath(posixpath.join(posixpath.dirname(name), linkname))
                 top = self.rules.links_within
                 if (
-                    not target
-                    or target.startswith("/")
+                    not linkname
+                    or linkname.startswith("/")
                     or inside.split("/")[0] == ".."
                     or (top and inside != top and not inside.startswith(top + "/"))
                 ):
-                    raise self.refuse(f"link {name!r} points outside the tree ({target!r})")
+                    raise self.refuse(f"link {name!r} points outside the tree ({linkname!r})")
                 self.links.append(name)
         else:
             raise self.refuse(f"{name!r} is a device or FIFO")
+        return name, mode, linkname
 
     def check_links(self, dest: Path) -> None:
         """Each link, resolved through the links it passes (which the lexical check above

@@ -1,26 +1,29 @@
-"""A zstd stream decompressed on a thread of its own, bounded, read as a file.
+"""A zstd stream decompressed on a thread of its own, bounded, read piece by piece.
 
 A pull is a pipeline: the download, its digest and the decompression (C code that releases
 the GIL) run on this thread while the caller's thread parses the tar and writes files, so
 the two cores of a small machine both work. The decompressed stream must be exactly as long
 as the manifest records: a blob that expands past that (a decompression bomb) is stopped
-there, at most one chunk later, and never fills memory or disk (each read of the
-decompressor returns at most one chunk, however well the input compresses).
+there, at most one piece later, and never fills memory or disk (each read of the
+decompressor returns at most one piece, however well the input compresses).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import queue
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
 from pyro_loop.errors import PyroError
 
-CHUNK = 1 << 20
-_AHEAD = 8  # chunks decompressed ahead of the reader, at most
+_READ = 1 << 20  # of the blob at a time
+# Decompressed at a time. Each time the decompressor takes the GIL back from zstd it waits
+# for the threads parsing and writing the tar: beside one busy Python thread, the 69 MB of a
+# virtualenv's layer came out in 0.50 s in 1 MB pieces, 0.27 s in 4 MB ones (0.07 s alone).
+PIECE = 4 << 20
+_AHEAD = 4  # pieces decompressed ahead of the reader, at most
 
 
 class _Failed:
@@ -28,7 +31,7 @@ class _Failed:
         self.error = error
 
 
-class Inflated(io.RawIOBase):
+class Inflated:
     """The decompressed bytes of `source`, which must come to exactly `expected` bytes.
 
     Use as a context manager: leaving it stops the thread (a reader that fails half-way
@@ -43,7 +46,6 @@ class Inflated(io.RawIOBase):
         expected: int,
         on_chunk: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__()
         self.source = source
         self.expected = expected
         self.on_chunk = on_chunk
@@ -51,7 +53,6 @@ class Inflated(io.RawIOBase):
         self._queue: queue.Queue[bytes | _Failed] = queue.Queue(maxsize=_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pyro-inflate", daemon=True)
-        self._view = memoryview(b"")
         self._eof = False
 
     def __enter__(self) -> Inflated:
@@ -65,32 +66,25 @@ class Inflated(io.RawIOBase):
                 self._queue.get(timeout=0.05)
         self._thread.join()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._view:
-            if self._eof:
-                return 0
-            item = self._queue.get()
-            if isinstance(item, _Failed):
-                self._eof = True
-                raise item.error
-            if not item:
-                self._eof = True
-                return 0
-            self._view = memoryview(item)
-            if self.on_chunk is not None:
-                self.on_chunk()
-        count = min(len(buffer), len(self._view))
-        buffer[:count] = self._view[:count]
-        self._view = self._view[count:]
-        return count
+    def next_chunk(self) -> bytes:
+        """The next piece of the stream as it was decompressed (no copy), b"" at its end;
+        raises what the thread met."""
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, _Failed):
+            self._eof = True
+            raise item.error
+        if not item:
+            self._eof = True
+        elif self.on_chunk is not None:
+            self.on_chunk()
+        return item
 
     def finish(self) -> None:
         """Read to the end of the stream (a tar's trailing padding), so that its length is
         checked; raises what the thread met."""
-        while self.readinto(bytearray(CHUNK)):
+        while self.next_chunk():
             pass
 
     def _run(self) -> None:
@@ -98,9 +92,9 @@ class Inflated(io.RawIOBase):
 
         try:
             decompressor = zstandard.ZstdDecompressor()
-            with decompressor.stream_reader(self.source, read_size=CHUNK, closefd=False) as reader:
+            with decompressor.stream_reader(self.source, read_size=_READ, closefd=False) as reader:
                 while not self._stop.is_set():
-                    data = reader.read(CHUNK)
+                    data = reader.read(PIECE)
                     if not data:
                         break
                     self.total += len(data)
