@@ -39,6 +39,7 @@ from pyro_loop.workspace.shellcmd import SHELL_ARGV
 
 if TYPE_CHECKING:
     from pyro_loop.loop.activation import Activation
+    from pyro_loop.loop.standby import StandbyFill
     from pyro_loop.shapes import ServiceJSON, UpJSON
     from pyro_loop.store.layerview import LayerStack
     from pyro_loop.sync import Syncer, SyncResult
@@ -101,6 +102,7 @@ class ProjectLoop:
         # index and the baseline's listings, which makes the next reconcile several times
         # cheaper (a long-lived caller such as the MCP server or the watcher runs many).
         self._syncers: dict[tuple[str, str | None], Syncer] = {}
+        self._standbys: dict[str | None, StandbyFill] = {}
 
     # -- finding and creating ---------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class ProjectLoop:
                     return UpResult(record, action, time.perf_counter() - started, synced)
                 self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
-            record = self._create(warmth, forget=False)
+            record = self._create(warmth, forget=False, standby=True)
             synced = self._sync_new(record)
             self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
@@ -181,13 +183,19 @@ class ProjectLoop:
         # dependencies (the repo's files win over anything the project install left there).
         return [k for k in (base, *warmth.dependency_layers) if k], tree
 
-    def _create(self, warmth: Warmth, *, forget: bool = True) -> WorkspaceRecord:
+    def _create(
+        self, warmth: Warmth, *, forget: bool = True, standby: bool = False
+    ) -> WorkspaceRecord:
         """A new workspace on the warm layers; `forget`: start its sync manifest afresh (else
-        the caller does, see _sync_new)."""
+        the caller does, see _sync_new); `standby`: its standby sandboxes get the host's
+        synced files ahead (loop/standby.py), and a pooled one that has them may serve."""
         layers, tree = self._layers(warmth)
         labels = {"pyro": PROJECT_LABEL, "project": self.project.id, "key": ",".join(layers),
                   "tree": tree or "", **_labels(warmth)}  # fmt: skip
         active = self._activation()
+        ahead = self._standby_fill(tree or None) if standby else None
+        # What the project's last workspace had synced: a standby it left may hold it.
+        accept = ahead.acceptor(ahead.synced_paths()) if ahead is not None else None
         record = self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),
@@ -198,6 +206,8 @@ class ProjectLoop:
             limits=self.config.limits(),
             mounts=list(active.mounts),
             env=active.env,
+            accept=accept,
+            fill=ahead.fill if ahead is not None else None,
         )
         if forget:
             self._syncer(record).forget()
@@ -295,6 +305,19 @@ class ProjectLoop:
             )
         return syncer
 
+    def _standby_fill(self, tree: str | None) -> StandbyFill:
+        """What the project's workspace (over the baseline `tree`) writes into its standby
+        sandboxes ahead of a reset (loop/standby.py)."""
+        ahead = self._standbys.get(tree)
+        if ahead is None:
+            from pyro_loop.loop.standby import StandbyFill
+
+            ahead = self._standbys[tree] = StandbyFill(
+                self.project.root, self.files.sync_manifest, self.files.standby_manifest,
+                self.config.sync_exclude, tree,
+            )  # fmt: skip
+        return ahead
+
     def _scan(self, record: WorkspaceRecord) -> HostScan:
         from pyro_loop.sync.hostscan import HostScan
 
@@ -336,11 +359,13 @@ class ProjectLoop:
         pushed is put back, without a look at the rest of the tree; else a full sync."""
         syncer = self._syncer(record)
         before = _read_bytes(syncer.manifest_path)
+        ahead = self._standby_fill(record.labels.get("tree") or None)
         if self._scan(record).current(before, any_workspace=True):
             paths = syncer.synced_paths()
-            syncer.forget()
-            return self._replay(record, paths, before)
-        syncer.forget()
+            if ahead.take(record, syncer, paths):  # a pooled standby may hold them already
+                return self._replay(record, paths, before)
+        else:
+            ahead.take(record, syncer, [])
         return self._sync_full(record)
 
     def _sync_full(self, record: WorkspaceRecord) -> SyncResult:
@@ -560,10 +585,12 @@ class ProjectLoop:
         before = _read_bytes(syncer.manifest_path)
         replay = snapshot == "baseline" and self._scan(record).bound_to(before)
         synced = syncer.synced_paths()
-        self.ws.reset(record.id, snapshot=snapshot)
-        record = self.require()
-        syncer.forget()
-        if not replay:
+        # The standby got these paths while it waited (loop/standby.py); so does the next.
+        ahead = self._standby_fill(record.labels.get("tree") or None)
+        record = self.ws.reset(
+            record.id, snapshot=snapshot, accept=ahead.acceptor(synced), fill=ahead.fill
+        )
+        if not ahead.take(record, syncer, synced) or not replay:
             return self._sync_full(record)
         return self._replay(record, synced, before)
 

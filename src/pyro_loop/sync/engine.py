@@ -140,6 +140,12 @@ class Syncer:
         with file_lock(self._lock_path):
             self._manifest.save({"entries": {}, "baseline_tree": self._baseline_tree})
 
+    def adopt(self, manifest: dict[str, Any]) -> None:
+        """The workspace holds what `manifest` says (another syncer's, which wrote into it
+        while it was a standby sandbox): from now on this syncer's manifest."""
+        with file_lock(self._lock_path):
+            self._manifest.save(manifest)
+
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""
         return manifest_digest(self.manifest_path, rel)

@@ -15,6 +15,13 @@ standby sandbox (the next generation, over the baseline layers, with an empty up
 booted ahead of time; a reset to the baseline kills the current sandbox and promotes the
 standby, whose socket is renamed into place. Costs one idle agent per workspace; `standby`
 in the record turns it off.
+
+A caller that knows what the next reset will write (the project loop puts the host's synced
+files back) passes `fill`: the next standby then boots in a thread after the call returns,
+holding the workspace's lock, and `fill` writes into it once its agent answers. The name
+`fill` gives what it wrote is kept with the standby, and a later reset (or a create taking
+it from the pool) promotes it only if its `accept` accepts that name: the caller then writes
+only what changed since. A standby left half written is never promoted.
 """
 
 from __future__ import annotations
@@ -38,18 +45,19 @@ from pyro_loop.errors import (
 from pyro_loop.fs.util import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
-from pyro_loop.locking import file_lock
+from pyro_loop.locking import acquire_lock, file_lock
 from pyro_loop.names import check_name
 from pyro_loop.procutil import remove_in_background
 from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
 from pyro_loop.workspace import secrets as secretenv
-from pyro_loop.workspace.pool import Pool, pool_key
-from pyro_loop.workspace.record import Snapshot, WorkspaceDir, WorkspaceRecord
+from pyro_loop.workspace.pool import Pool, Pooled, pool_key
+from pyro_loop.workspace.record import FILLING, Snapshot, WorkspaceDir, WorkspaceRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import threading
+    from collections.abc import Callable, Sequence
 
     from pyro_loop.progress import OnProgress
     from pyro_loop.shapes import (
@@ -72,6 +80,12 @@ if TYPE_CHECKING:
 
 BASELINE = "baseline"
 READY_TIMEOUT = 15.0
+
+if TYPE_CHECKING:
+    # Writes into a standby sandbox ahead of its use; returns its name for what it wrote.
+    Fill = Callable[[AgentClient], str]
+    # May a standby holding what a fill named so take over?
+    Accept = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,10 @@ class Workspaces:
         self.runtime = runtime
         self.root = self.home / "workspaces"
         self.pool = Pool(self.home, runtime)
+        self._background: builtins.list[threading.Thread] = []
+        # Why the last standby booted in the background is missing (its failure is no one
+        # call's: the next reset boots a sandbox and fails with the cause, if it persists).
+        self.standby_error: BaseException | None = None
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -176,6 +194,8 @@ class Workspaces:
         env: dict[str, str] | None = None,
         on_progress: OnProgress | None = None,
         secrets: dict[str, str] | None = None,
+        accept: Accept | None = None,
+        fill: Fill | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
 
@@ -183,6 +203,8 @@ class Workspaces:
         environment is built into the store the first time it is asked for (tens of seconds,
         reported through `on_progress`), and reused from then on. `mounts` (tool layers,
         host toolchains) and `env` (PATH) hold for every sandbox of the workspace's life.
+        `accept` and `fill`: see the module doc (a pooled standby is taken over as a reset
+        promotes one; the record's `filled` says what it holds).
         """
         from pyro_loop.store import environments  # imported here: only create needs it
 
@@ -226,28 +248,46 @@ class Workspaces:
             with file_lock(self.root / "names.lock"):
                 if name is not None and any(d.load().name == name for d in self._all()):
                     raise ConflictError(f"a workspace named {name!r} exists already")
-                pooled = self.pool.take(key, wdir.root)  # a sandbox booted for these layers
+                # A sandbox booted for these layers.
+                pooled = self.pool.take(key, wdir.root, accept)
                 if pooled is None:
                     wdir.root.mkdir(parents=True, mode=0o700)
                     record.uid = self._new_uid()
                 else:
-                    record.handle, record.generation, record.uid = pooled
+                    record.handle, record.generation = pooled.handle, pooled.generation
+                    record.uid, record.filled = pooled.uid, pooled.filled
                 if sandbox_owner() is not None:
                     wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
                 secretenv.save(wdir.root, secrets or {})  # beside the record, never in it
                 wdir.save(record)
+        self._start_new(wdir, record, pooled, fill)
+        return record
+
+    def _start_new(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, pooled: Pooled | None, fill: Fill | None
+    ) -> None:
+        """Start a new workspace's sandbox (or take over the pooled one) and its standby;
+        on failure, nothing of it is left."""
+        lock = acquire_lock(wdir.lock_path)
+        handed = False  # to the thread that prepares the next standby
         try:
-            with file_lock(wdir.lock_path):
+            try:
                 if pooled is None:
                     self._launch(wdir, record)
                 else:
-                    self._adopt(wdir, record)
-                self._start_spare(wdir, record)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._remove(wdir, record)
-            raise
-        return record
+                    self._adopt(wdir, record, ready=pooled.ready)
+                if fill is None:
+                    self._start_spare(wdir, record)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._remove(wdir, record)
+                raise
+            if fill is not None:
+                handed = True
+                self._standby_in_background(lock, wdir, fill)
+        finally:
+            if not handed:
+                os.close(lock)
 
     def _new_uid(self) -> int | None:
         from pyro_loop.runtime.idmap import new_workspace_uid  # ctypes: only when creating
@@ -307,10 +347,21 @@ class Workspaces:
             self._remove(wdir, record, pool=keep_standby)
             return record
 
-    def reset(self, ref: str, *, snapshot: str = BASELINE) -> WorkspaceRecord:
-        """Discard every change since the baseline (or the named snapshot): O(1) in files."""
+    def reset(
+        self,
+        ref: str,
+        *,
+        snapshot: str = BASELINE,
+        accept: Accept | None = None,
+        fill: Fill | None = None,
+    ) -> WorkspaceRecord:
+        """Discard every change since the baseline (or the named snapshot): O(1) in files.
+        `accept` and `fill`: see the module doc; the record's `filled` names what the
+        promoted standby holds (None: its layers only)."""
         wdir = self.resolve(ref)
-        with file_lock(wdir.lock_path):
+        lock = acquire_lock(wdir.lock_path)
+        handed = False  # to the thread that prepares the next standby
+        try:
             record = wdir.load()
             if snapshot == BASELINE:
                 layers = record.base_layers
@@ -322,9 +373,12 @@ class Workspaces:
                     hint="`pyro workspace snapshot list` shows them",
                 )
             spare = record.spare
+            filled = record.spare_filled
+            usable = filled is None or (filled != FILLING and accept is not None and accept(filled))
             promote = (
                 layers == record.base_layers
                 and spare is not None
+                and usable
                 and self.runtime.is_running(spare)
             )
             dying: list[int] = []
@@ -340,12 +394,23 @@ class Workspaces:
             if promote:
                 os.replace(wdir.spare_socket, wdir.socket)
                 os.replace(wdir.spare_info, wdir.info)
-                record.handle, record.spare = spare, None
+                ready = record.spare_ready
+                record.handle, record.spare, record.filled = spare, None, filled
+                record.spare_filled, record.spare_ready = None, False
                 wdir.save(record)
-                self._wait_ready(wdir, record)
+                if not ready:
+                    self._wait_ready(wdir, record)
             else:
                 self._launch(wdir, record)
-            self._start_spare(wdir, record)
+            if fill is None:
+                self._start_spare(wdir, record)
+            else:
+                handed = True
+                self._standby_in_background(lock, wdir, fill, trash, dying)
+                trash, dying = [], []
+        finally:
+            if not handed:
+                os.close(lock)
         remove_in_background(trash, after=dying)
         return record
 
@@ -642,8 +707,11 @@ class Workspaces:
             uid=record.uid,
         )
 
-    def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:
-        """Start a sandbox over the record's layers (or the standby's); does not wait for it."""
+    def _boot(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool, filling: bool = False
+    ) -> SandboxSpec:
+        """Start a sandbox over the record's layers (or the standby's, which `filling` marks
+        as being written into); does not wait for it."""
         layers: list[Layer] = [
             self.store.require(key) for key in (record.base_layers if spare else record.layers)
         ]
@@ -668,9 +736,10 @@ class Workspaces:
             spec.work.chmod(0o700)
         handle = self.runtime.start(spec)
         if spare:
-            record.spare = handle
+            record.spare, record.spare_ready = handle, False
+            record.spare_filled = FILLING if filling else None
         else:
-            record.handle = handle
+            record.handle, record.filled = handle, None
         wdir.save(record)
         return spec
 
@@ -685,8 +754,11 @@ class Workspaces:
             )
         return layer
 
-    def _adopt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
-        """Take over a pooled sandbox (see workspace/pool.py); boot one if it does not answer."""
+    def _adopt(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, ready: bool) -> None:
+        """Take over a pooled sandbox (see workspace/pool.py); boot one if it does not answer.
+        `ready`: its agent answered before (and its keeper still runs: Pool.take)."""
+        if ready:
+            return
         try:
             self._wait_ready(wdir, record)
         except (AgentUnavailableError, HostUnsupportedError):
@@ -702,11 +774,71 @@ class Workspaces:
         if record.standby and record.spare is None:
             self._boot(wdir, record, spare=True)
 
+    def _standby_in_background(
+        self,
+        lock: int,
+        wdir: WorkspaceDir,
+        fill: Fill,
+        trash: Sequence[Path] = (),
+        dying: Sequence[int] = (),
+    ) -> None:
+        """Hand the workspace's lock (a descriptor) to a thread that boots the next standby,
+        lets `fill` write into it, removes `trash` (once `dying` are gone) and then lets go
+        of the lock: the caller returns meanwhile. The lock is the thread's from now on."""
+        import threading  # here: only a fill's caller pays for it
+
+        thread = threading.Thread(
+            target=self._fill_standby, args=(lock, wdir, fill, list(trash), list(dying)),
+            name="pyro-standby",
+        )  # fmt: skip
+        self._background = [t for t in self._background if t.is_alive()]
+        self._background.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            os.close(lock)
+            raise
+
+    def _fill_standby(
+        self,
+        lock: int,
+        wdir: WorkspaceDir,
+        fill: Fill,
+        trash: builtins.list[Path],
+        dying: builtins.list[int],
+    ) -> None:
+        from pyro_loop.workspace.client import AgentClient
+
+        try:
+            record = wdir.load()
+            if record.standby and record.spare is None and record.handle is not None:
+                self._boot(wdir, record, spare=True, filling=True)
+                try:
+                    client = AgentClient(wdir.spare_socket)
+                    client.wait_ready(READY_TIMEOUT)
+                    record.spare_filled, record.spare_ready = fill(client), True
+                    wdir.save(record)
+                except BaseException:
+                    self._stop_spare(wdir, record)  # never half written: booted anew later
+                    raise
+            self.standby_error = None
+        except Exception as exc:  # the next reset boots its sandbox itself
+            self.standby_error = exc
+        finally:
+            os.close(lock)
+            remove_in_background(trash, after=dying)
+
+    def settle(self) -> None:
+        """Wait for the standby sandboxes being prepared in the background."""
+        for thread in list(self._background):
+            thread.join()
+        self._background = []
+
     def _stop_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
         if record.spare is not None:
             spec = self._spec(wdir, record, spare=True)
             self.runtime.stop(record.spare, spec)
-            record.spare = None
+            record.spare, record.spare_filled, record.spare_ready = None, None, False
             _save_if_room(wdir, record)
             for path in (spec.upper, spec.work):
                 if path.exists():
