@@ -157,8 +157,9 @@ class ProjectLoop:
                     return UpResult(record, action, time.perf_counter() - started, synced)
                 self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
-            record = self._create(warmth, forget=False, standby=True)
-            synced = self._sync_new(record)
+            with self.ws.deferring():  # its standby boots once the host's files are in
+                record = self._create(warmth, forget=False, standby=True)
+                synced = self._sync_new(record)
             self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
 
@@ -587,12 +588,13 @@ class ProjectLoop:
         synced = syncer.synced_paths()
         # The standby got these paths while it waited (loop/standby.py); so does the next.
         ahead = self._standby_fill(record.labels.get("tree") or None)
-        record = self.ws.reset(
-            record.id, snapshot=snapshot, accept=ahead.acceptor(synced), fill=ahead.fill
-        )
-        if not ahead.take(record, syncer, synced) or not replay:
-            return self._sync_full(record)
-        return self._replay(record, synced, before)
+        with self.ws.deferring():  # the next standby boots once the host's files are in
+            record = self.ws.reset(
+                record.id, snapshot=snapshot, accept=ahead.acceptor(synced), fill=ahead.fill
+            )
+            if not ahead.take(record, syncer, synced) or not replay:
+                return self._sync_full(record)
+            return self._replay(record, synced, before)
 
     def _replay(
         self, record: WorkspaceRecord, paths: list[str], before: bytes | None

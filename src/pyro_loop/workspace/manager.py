@@ -135,6 +135,9 @@ class Workspaces:
         self.root = self.home / "workspaces"
         self.pool = Pool(self.home, runtime)
         self._background: builtins.list[threading.Thread] = []
+        # Not started until `deferring` ends: each with the workspace lock it holds.
+        self._pending: builtins.list[tuple[threading.Thread, int]] = []
+        self._deferring = 0
         # Why the last standby booted in the background is missing (its failure is no one
         # call's: the next reset boots a sandbox and fails with the cause, if it persists).
         self.standby_error: BaseException | None = None
@@ -792,12 +795,32 @@ class Workspaces:
             name="pyro-standby",
         )  # fmt: skip
         self._background = [t for t in self._background if t.is_alive()]
-        self._background.append(thread)
+        self._pending.append((thread, lock))
+        if not self._deferring:
+            self._start_pending()
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """The standby work the calls in the block hand to the background starts when the
+        block ends: the caller's own next steps (writing files into the new sandbox) do not
+        share the interpreter with it meanwhile."""
+        self._deferring += 1
         try:
-            thread.start()
-        except BaseException:
-            os.close(lock)
-            raise
+            yield
+        finally:
+            self._deferring -= 1
+            if not self._deferring:
+                self._start_pending()
+
+    def _start_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for thread, lock in pending:
+            try:
+                thread.start()
+            except BaseException:
+                os.close(lock)  # nothing prepared: the next reset boots its sandbox itself
+                raise
+            self._background.append(thread)
 
     def _fill_standby(
         self,
@@ -809,6 +832,9 @@ class Workspaces:
     ) -> None:
         from pyro_loop.workspace.client import AgentClient
 
+        # The interpreter goes back to the caller first: a new thread keeps it until it blocks
+        # (or for the switch interval), which the caller's `start` would wait out.
+        time.sleep(0)
         try:
             record = wdir.load()
             if record.standby and record.spare is None and record.handle is not None:
@@ -830,6 +856,7 @@ class Workspaces:
 
     def settle(self) -> None:
         """Wait for the standby sandboxes being prepared in the background."""
+        self._start_pending()
         for thread in list(self._background):
             thread.join()
         self._background = []
