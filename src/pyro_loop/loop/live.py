@@ -295,6 +295,13 @@ class ProjectLoop:
         tree = record.labels.get("tree") or None
         syncer = self._syncers.get((record.id, tree))
         if syncer is None:
+            # A deleted workspace's syncer over the same tree serves the one made in its place
+            # (`down --delete`, then `up`): its repository, index and baseline stay valid.
+            for old in [k for k in self._syncers if k[1] == tree]:
+                if not self.ws.exists(old[0]):
+                    syncer = self._syncers[(record.id, tree)] = self._syncers.pop(old)
+                    syncer.client = self.ws.client(record.id)
+                    return syncer
             from pyro_loop.sync import Syncer
 
             syncer = self._syncers[(record.id, tree)] = Syncer(

@@ -19,6 +19,7 @@ now) would keep the host's earlier version, so such a standby is not taken.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,12 @@ class StandbyFill:
         if result.skipped:  # what it holds there is not known for sure
             first = result.skipped[0]
             raise StandbyNotFilledError(f"{first.path}: {first.reason}")
-        return _digest(self.standby_path.read_bytes())
+        with self.standby_path.open("rb") as f:
+            text = f.read()
+            # Written back now, off the reset's path: moving a file whose data is not yet
+            # on disk over another one makes ext4 write it back first (its auto_da_alloc).
+            os.fsync(f.fileno())
+        return _digest(text)
 
     def synced_paths(self) -> list[str]:
         """The paths the project's manifest records (Syncer.synced_paths, before the
@@ -139,7 +145,9 @@ class StandbyFill:
         if record.filled is None or accepted is None:
             syncer.forget()
             return True
-        syncer.adopt(accepted)  # accepted under the workspace's lock: it names this sandbox
+        # Accepted under the workspace's lock, which no fill has held since: it names this
+        # sandbox still.
+        syncer.adopt(self.standby_path)
         return set(accepted["entries"]) <= set(synced)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -140,11 +141,11 @@ class Syncer:
         with file_lock(self._lock_path):
             self._manifest.save({"entries": {}, "baseline_tree": self._baseline_tree})
 
-    def adopt(self, manifest: dict[str, Any]) -> None:
-        """The workspace holds what `manifest` says (another syncer's, which wrote into it
-        while it was a standby sandbox): from now on this syncer's manifest."""
+    def adopt(self, manifest: Path) -> None:
+        """The workspace holds what the manifest at `manifest` says (another syncer's, which
+        wrote into it while it was a standby sandbox): moved into place as this one's."""
         with file_lock(self._lock_path):
-            self._manifest.save(manifest)
+            os.replace(manifest, self.manifest_path)
 
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""

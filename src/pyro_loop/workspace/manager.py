@@ -172,6 +172,10 @@ class Workspaces:
             f"no workspace with id or name {ref!r}", hint="`pyro workspace list` shows them"
         )
 
+    def exists(self, workspace_id: str) -> bool:
+        """Is there a workspace with this id (not a name or a prefix)?"""
+        return "/" not in workspace_id and (self.root / workspace_id / "workspace.json").is_file()
+
     def list(self) -> list[WorkspaceStatus]:
         return [self._status(d, d.load(), probe=False) for d in self._all()]
 
@@ -396,7 +400,11 @@ class Workspaces:
             record.layers = list(layers)
             if promote:
                 os.replace(wdir.spare_socket, wdir.socket)
-                os.replace(wdir.spare_info, wdir.info)
+                # Not replaced: ext4 would write the standby's file back first (auto_da_alloc);
+                # whoever reads it holds the workspace's lock.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(wdir.info)
+                os.rename(wdir.spare_info, wdir.info)
                 ready = record.spare_ready
                 record.handle, record.spare, record.filled = spare, None, filled
                 record.spare_filled, record.spare_ready = None, False
