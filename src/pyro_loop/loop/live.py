@@ -370,10 +370,10 @@ class ProjectLoop:
         ahead = self._standby_fill(record.labels.get("tree") or None)
         if self._scan(record).current(before, any_workspace=True):
             paths = syncer.synced_paths()
-            if ahead.take(record, syncer, paths):  # a pooled standby may hold them already
+            if ahead.take(record, syncer, paths, before):  # a pooled standby may have them
                 return self._replay(record, paths, before)
         else:
-            ahead.take(record, syncer, [])
+            ahead.take(record, syncer, [], before)
         return self._sync_full(record)
 
     def _sync_full(self, record: WorkspaceRecord) -> SyncResult:
@@ -599,7 +599,7 @@ class ProjectLoop:
             record = self.ws.reset(
                 record.id, snapshot=snapshot, accept=ahead.acceptor(synced), fill=ahead.fill
             )
-            if not ahead.take(record, syncer, synced) or not replay:
+            if not ahead.take(record, syncer, synced, before) or not replay:
                 return self._sync_full(record)
             return self._replay(record, synced, before)
 

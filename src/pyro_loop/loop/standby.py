@@ -59,13 +59,16 @@ class StandbyFill:
         self.baseline_tree = baseline_tree
         self._syncer: Syncer | None = None  # the fill thread's own, kept for its caches
         self._filter: PathFilter | None = None  # the caller's, for `acceptor`
-        self._accepted: dict[str, Any] | None = None  # the manifest of the standby taken
+        # The standby manifest accepted last (parsed, and its text).
+        self._accepted: tuple[dict[str, Any], bytes] | None = None
 
     def fill(self, client: AgentClient) -> str:
         """Write the paths the workspace's manifest records into a fresh standby (what a
         reset's replay writes into a sandbox at its baseline); the standby manifest's digest."""
         from pyro_loop.sync import Syncer
 
+        for old in self.standby_path.parent.glob(f".{self.standby_path.name}.*.old"):
+            old.unlink(missing_ok=True)  # what `take` replaced, deleted here off its path
         syncer = self._syncer
         if syncer is None:
             syncer = self._syncer = Syncer(self.root, client, self.standby_path, self.exclude,
@@ -124,7 +127,7 @@ class StandbyFill:
                 paths.refresh()
                 if not all(paths.wants(rel) for rel in entries):
                     return False
-            self._accepted = data
+            self._accepted = (data, text)
             return True
 
         return accept
@@ -136,19 +139,25 @@ class StandbyFill:
             self._filter = PathFilter.for_root(self.root, self.exclude)
         return self._filter
 
-    def take(self, record: WorkspaceRecord, syncer: Syncer, synced: Sequence[str]) -> bool:
-        """Start the workspace's manifest afresh after a reset or create: from the standby
-        manifest when its sandbox is a standby filled ahead and accepted (`record.filled`),
-        else empty. True when a replay of `synced` then gives what it gives a sandbox at its
-        baseline (always, without a standby filled ahead)."""
+    def take(
+        self, record: WorkspaceRecord, syncer: Syncer, synced: Sequence[str], current: bytes | None
+    ) -> bool:
+        """Start the workspace's manifest afresh after a reset or create (`current`: its
+        text until then): from the standby manifest when its sandbox is a standby filled
+        ahead and accepted (`record.filled`), else empty. True when a replay of `synced` then
+        gives what it gives a sandbox at its baseline (always, without a standby filled
+        ahead)."""
         accepted, self._accepted = self._accepted, None
         if record.filled is None or accepted is None:
             syncer.forget()
             return True
-        # Accepted under the workspace's lock, which no fill has held since: it names this
-        # sandbox still.
-        syncer.adopt(self.standby_path)
-        return set(accepted["entries"]) <= set(synced)
+        data, text = accepted
+        if text != current:  # (the same text: the manifest says so already)
+            # Accepted under the workspace's lock, which no fill has held since: it names
+            # this sandbox still.
+            name = f".{self.standby_path.name}.{os.urandom(6).hex()}.old"
+            syncer.adopt(self.standby_path, keep=self.standby_path.with_name(name))
+        return set(data["entries"]) <= set(synced)
 
 
 def _digest(text: bytes) -> str:

@@ -370,15 +370,7 @@ class Workspaces:
         handed = False  # to the thread that prepares the next standby
         try:
             record = wdir.load()
-            if snapshot == BASELINE:
-                layers = record.base_layers
-            elif snapshot in record.snapshots:
-                layers = record.snapshots[snapshot].layers
-            else:
-                raise NotFoundError(
-                    f"workspace {record.id} has no snapshot {snapshot!r}",
-                    hint="`pyro workspace snapshot list` shows them",
-                )
+            layers = _reset_layers(record, snapshot)
             spare = record.spare
             filled = record.spare_filled
             usable = filled is None or (filled != FILLING and accept is not None and accept(filled))
@@ -395,22 +387,13 @@ class Workspaces:
             if not promote:
                 self._stop_spare(wdir, record)
             old = [wdir.upper(record.generation), wdir.work(record.generation)]
+            if promote:  # the old info file goes with them (whoever reads it holds the lock)
+                old.append(wdir.info)
             trash = [move_to_trash(p, wdir.trash) for p in old if p.exists()]
             record.generation += 1
             record.layers = list(layers)
             if promote:
-                os.replace(wdir.spare_socket, wdir.socket)
-                # Not replaced: ext4 would write the standby's file back first (auto_da_alloc);
-                # whoever reads it holds the workspace's lock.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(wdir.info)
-                os.rename(wdir.spare_info, wdir.info)
-                ready = record.spare_ready
-                record.handle, record.spare, record.filled = spare, None, filled
-                record.spare_filled, record.spare_ready = None, False
-                wdir.save(record)
-                if not ready:
-                    self._wait_ready(wdir, record)
+                trash.append(self._promote(wdir, record))
             else:
                 self._launch(wdir, record)
             if fill is None:
@@ -424,6 +407,21 @@ class Workspaces:
                 os.close(lock)
         remove_in_background(trash, after=dying)
         return record
+
+    def _promote(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> Path:
+        """Make the standby the workspace's sandbox (its files are in place already); where
+        the record it replaced is, for the trash."""
+        os.replace(wdir.spare_socket, wdir.socket)
+        os.rename(wdir.spare_info, wdir.info)
+        ready = record.spare_ready
+        record.handle, record.spare, record.filled = record.spare, None, record.spare_filled
+        record.spare_filled, record.spare_ready = None, False
+        # The old record is deleted with the trash, off the reset's path.
+        kept = wdir.trash / f"workspace.json.{os.urandom(6).hex()}"
+        wdir.save(record, keep=kept)
+        if not ready:
+            self._wait_ready(wdir, record)
+        return kept
 
     def relayer(
         self,
@@ -964,6 +962,18 @@ _NAMESPACE_FAILURES = (
     "setting up uid map",
     "mount: ",
 )
+
+
+def _reset_layers(record: WorkspaceRecord, snapshot: str) -> builtins.list[str]:
+    """The lower layers a reset to `snapshot` (or the baseline) puts the workspace on."""
+    if snapshot == BASELINE:
+        return record.base_layers
+    if snapshot in record.snapshots:
+        return record.snapshots[snapshot].layers
+    raise NotFoundError(
+        f"workspace {record.id} has no snapshot {snapshot!r}",
+        hint="`pyro workspace snapshot list` shows them",
+    )
 
 
 def sandbox_failure(log: Path) -> HostUnsupportedError:

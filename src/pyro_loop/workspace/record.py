@@ -163,10 +163,12 @@ class WorkspaceDir:
     def load(self) -> WorkspaceRecord:
         return WorkspaceRecord.from_json(json.loads(self.record_path.read_text()))
 
-    def save(self, record: WorkspaceRecord) -> None:
+    def save(self, record: WorkspaceRecord, *, keep: Path | None = None) -> None:
+        """`keep`: where the record it replaces stays, for the caller to delete (see
+        fs.util.replace_keeping)."""
         # Atomic but not fsynced: it is rewritten on every reset, and after a power loss the
         # sandbox it describes is gone anyway (status then says "dead").
-        write_json_atomic(self.record_path, record.to_json(), durable=False)
+        write_json_atomic(self.record_path, record.to_json(), durable=False, keep=keep)
 
 
 def _optional_str(value: object) -> str | None:
