@@ -123,3 +123,18 @@ def test_a_standby_left_half_filled_is_never_promoted(repo: Path, workspaces: Wo
     assert sh(loop, "cat src/app.py") == "print('host')\n"
     assert "junk.txt" not in sh(loop, "ls")
     full_sync_finds_nothing(loop)
+
+
+def test_the_replaced_sandbox_stops_once_the_reset_has_returned(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    workspaces.settle()
+    old = loop.require().handle
+    assert old is not None
+    loop.start_service(["sleep", "600"], name="sleeper")
+    loop.reset()
+    workspaces.settle()  # its stop is the background thread's first step
+    assert not workspaces.runtime.is_running(old)
+    assert "sleeper" not in json.dumps(loop.services().service_list())
