@@ -9,8 +9,12 @@ from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a process is started: not on every command's path
     import subprocess
+    import threading
 
 _DETACHED: list[subprocess.Popen[bytes]] = []
+# Threads finishing work after the call that started them returned (a standby sandbox booting,
+# see workspace/manager.py): `settle_background` waits for them.
+_BACKGROUND: list[threading.Thread] = []
 
 
 def spawn_detached(
@@ -49,6 +53,21 @@ def spawn_detached(
     _DETACHED.append(proc)
     reap_finished()
     return proc
+
+
+def track_background(thread: threading.Thread) -> None:
+    """Count `thread` among those `settle_background` waits for."""
+    _BACKGROUND[:] = [t for t in _BACKGROUND if t.is_alive()]
+    _BACKGROUND.append(thread)
+
+
+def settle_background() -> None:
+    """Wait for the work pyro's library left running in this process's threads. A process
+    that ends with `os._exit` (a forked child) calls it first: that exit would cut the work
+    off midway (a sandbox started and not yet recorded keeps running, nobody's); a normal
+    exit waits for those threads by itself."""
+    while _BACKGROUND:
+        _BACKGROUND.pop().join()
 
 
 def pid_alive(pid: int) -> bool:

@@ -4,6 +4,8 @@ gives the same workspace as a reset to a sandbox at its baseline."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,26 @@ def test_the_replaced_sandbox_stops_once_the_reset_has_returned(
     workspaces.settle()  # its stop is the background thread's first step
     assert not workspaces.runtime.is_running(old)
     assert "sleeper" not in json.dumps(loop.services().service_list())
+
+
+def test_a_process_leaving_by_os_exit_settles_its_standby_first(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """A forked child ends with os._exit, which would cut the standby's thread off midway
+    (a sandbox started and not yet recorded would run on, nobody's): it settles first."""
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from pyro_loop.procutil import settle_background\n"
+        "from pyro_loop.workspace.manager import Workspaces\n"
+        "ws = Workspaces(home=Path(sys.argv[1]))\n"
+        "record = ws.create(seed=Path(sys.argv[2]), fill=lambda client: 'written')\n"
+        "print(record.id, flush=True)\n"
+        "settle_background()\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(workspaces.home), str(seed_dir)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    record = workspaces.resolve(done.stdout.strip()).load()
+    assert record.spare is not None and workspaces.runtime.is_running(record.spare)
+    assert (record.spare_filled, record.spare_ready) == ("written", True)

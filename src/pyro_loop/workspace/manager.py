@@ -49,7 +49,7 @@ from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
 from pyro_loop.locking import acquire_lock, file_lock
 from pyro_loop.names import check_name
-from pyro_loop.procutil import remove_in_background
+from pyro_loop.procutil import remove_in_background, track_background
 from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
@@ -853,6 +853,7 @@ class Workspaces:
         for thread, lock, halt in pending:
             try:
                 thread.start()
+                track_background(thread)
             except BaseException:
                 try:
                     if halt is not None:
