@@ -49,7 +49,7 @@ from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
 from pyro_loop.locking import acquire_lock, file_lock
 from pyro_loop.names import check_name
-from pyro_loop.procutil import remove_in_background, track_background
+from pyro_loop.procutil import remove_in_background, run_in_background, settle_background
 from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
@@ -58,7 +58,6 @@ from pyro_loop.workspace.pool import Pool, Pooled, pool_key
 from pyro_loop.workspace.record import FILLING, Snapshot, WorkspaceDir, WorkspaceRecord
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable, Sequence
 
     from pyro_loop.progress import OnProgress
@@ -136,11 +135,10 @@ class Workspaces:
         self.runtime = runtime
         self.root = self.home / "workspaces"
         self.pool = Pool(self.home, runtime)
-        self._background: builtins.list[threading.Thread] = []
-        # Not started until `deferring` ends: each with the workspace lock it holds, and the
-        # stop of the sandbox it replaces.
+        # Not handed to the background until `deferring` ends: each with the workspace lock it
+        # holds, and the stop of the sandbox it replaces.
         self._pending: builtins.list[
-            tuple[threading.Thread, int, Callable[[], builtins.list[int]] | None]
+            tuple[Callable[[], None], int, Callable[[], builtins.list[int]] | None]
         ] = []
         self._deferring = 0
         # Why the last standby booted in the background is missing (its failure is no one
@@ -824,14 +822,9 @@ class Workspaces:
         The replaced sandbox is stopped there rather than on the caller's path (SIGKILL to its
         keeper's group and its init took 0.3 to 1 ms on a busy machine): it can no longer be
         reached (its socket was replaced) and was stopped without waiting anyway."""
-        import threading  # here: only a fill's caller pays for it
-
-        thread = threading.Thread(
-            target=self._fill_standby, args=(lock, wdir, fill),
-            kwargs={"trash": list(trash), "dying": list(dying), "halt": halt}, name="pyro-standby",
-        )  # fmt: skip
-        self._background = [t for t in self._background if t.is_alive()]
-        self._pending.append((thread, lock, halt))
+        job = functools.partial(self._fill_standby, lock, wdir, fill, trash=list(trash),
+                                dying=list(dying), halt=halt)  # fmt: skip
+        self._pending.append((job, lock, halt))
         if not self._deferring:
             self._start_pending()
 
@@ -850,10 +843,9 @@ class Workspaces:
 
     def _start_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for thread, lock, halt in pending:
+        for job, lock, halt in pending:
             try:
-                thread.start()
-                track_background(thread)
+                run_in_background(job)
             except BaseException:
                 try:
                     if halt is not None:
@@ -861,7 +853,6 @@ class Workspaces:
                 finally:
                     os.close(lock)  # nothing prepared: the next reset boots its sandbox itself
                 raise
-            self._background.append(thread)
 
     def _fill_standby(
         self,
@@ -902,9 +893,7 @@ class Workspaces:
     def settle(self) -> None:
         """Wait for the standby sandboxes being prepared in the background."""
         self._start_pending()
-        for thread in list(self._background):
-            thread.join()
-        self._background = []
+        settle_background()
 
     def _stop_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
         if record.spare is not None:
