@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,32 @@ def test_a_process_leaving_by_os_exit_settles_its_standby_first(
     record = workspaces.resolve(done.stdout.strip()).load()
     assert record.spare is not None and workspaces.runtime.is_running(record.spare)
     assert (record.spare_filled, record.spare_ready) == ("written", True)
+
+
+def test_resets_from_two_threads_each_hand_their_standby_over(
+    seed_dir: Path, workspaces: Workspaces
+) -> None:
+    """What one thread's `deferring` block holds back is its own: another thread's reset of
+    the same workspace, waiting for the lock that work holds, is not held up by it."""
+    record = workspaces.create(seed=seed_dir, fill=lambda client: "written")
+    errors: list[BaseException] = []
+
+    def reset() -> None:
+        try:
+            for _ in range(3):
+                with workspaces.deferring():
+                    workspaces.reset(record.id, accept=lambda name: True, fill=lambda c: "written")
+                    time.sleep(0.01)  # the other thread comes in meanwhile
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reset) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    workspaces.settle()
+    final = workspaces.resolve(record.id).load()
+    assert final.generation == 6 and final.filled == "written"
+    assert workspaces.exec(record.id, ["cat", "README.md"]).stdout == b"hello\n"

@@ -32,6 +32,7 @@ import functools
 import json
 import os
 import time
+from _thread import get_ident
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -83,6 +84,9 @@ BASELINE = "baseline"
 READY_TIMEOUT = 15.0
 
 if TYPE_CHECKING:
+    # A background job (Workspaces._fill_standby), the workspace lock it holds, and the stop
+    # of the sandbox it replaces.
+    _Job = tuple[Callable[[], None], int, Callable[[], builtins.list[int]] | None]
     # Writes into a standby sandbox ahead of its use; returns its name for what it wrote.
     Fill = Callable[[AgentClient], str]
     # May a standby holding what a fill named so take over?
@@ -135,12 +139,10 @@ class Workspaces:
         self.runtime = runtime
         self.root = self.home / "workspaces"
         self.pool = Pool(self.home, runtime)
-        # Not handed to the background until `deferring` ends: each with the workspace lock it
-        # holds, and the stop of the sandbox it replaces.
-        self._pending: builtins.list[
-            tuple[Callable[[], None], int, Callable[[], builtins.list[int]] | None]
-        ] = []
-        self._deferring = 0
+        # By thread (an MCP server calls from several): how deep in `deferring` blocks it is,
+        # and the jobs they hold back, each with the workspace lock it holds and the stop of
+        # the sandbox it replaces.
+        self._held: dict[int, tuple[builtins.list[int], builtins.list[_Job]]] = {}
         # Why the last standby booted in the background is missing (its failure is no one
         # call's: the next reset boots a sandbox and fails with the cause, if it persists).
         self.standby_error: BaseException | None = None
@@ -824,26 +826,29 @@ class Workspaces:
         reached (its socket was replaced) and was stopped without waiting anyway."""
         job = functools.partial(self._fill_standby, lock, wdir, fill, trash=list(trash),
                                 dying=list(dying), halt=halt)  # fmt: skip
-        self._pending.append((job, lock, halt))
-        if not self._deferring:
-            self._start_pending()
+        held = self._held.get(get_ident())
+        if held is None:
+            self._hand_over([(job, lock, halt)])
+        else:
+            held[1].append((job, lock, halt))
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[None]:
-        """The standby work the calls in the block hand to the background starts when the
-        block ends: the caller's own next steps (writing files into the new sandbox) do not
-        share the interpreter with it meanwhile."""
-        self._deferring += 1
+        """The standby work the calls in the block (in this thread) hand to the background
+        starts when the block ends: the caller's own next steps (writing files into the new
+        sandbox) do not share the interpreter with it meanwhile."""
+        depth, jobs = self._held.setdefault(get_ident(), ([0], []))
+        depth[0] += 1
         try:
             yield
         finally:
-            self._deferring -= 1
-            if not self._deferring:
-                self._start_pending()
+            depth[0] -= 1
+            if not depth[0]:
+                del self._held[get_ident()]
+                self._hand_over(jobs)
 
-    def _start_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for job, lock, halt in pending:
+    def _hand_over(self, jobs: builtins.list[_Job]) -> None:
+        for job, lock, halt in jobs:
             try:
                 run_in_background(job)
             except BaseException:
@@ -891,8 +896,8 @@ class Workspaces:
             remove_in_background(trash, after=dying)
 
     def settle(self) -> None:
-        """Wait for the standby sandboxes being prepared in the background."""
-        self._start_pending()
+        """Wait for the standby sandboxes being prepared in the background (not for those a
+        `deferring` block around this call holds back)."""
         settle_background()
 
     def _stop_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
