@@ -99,12 +99,16 @@ def paired(
     runs: int,
     setup: Callable[[], object] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """`fn` and its floor timed alternately, so both see the same load."""
+    """`fn` and its floor timed alternately, so both see the same load: the floor right
+    after `setup`, as `fn` is, so that neither sees what the last `fn` left running (the
+    standby sandbox a reset or create boots in the background)."""
     samples: list[float] = []
     floors: list[float] = []
     for _ in range(runs):
+        if setup is not None:
+            setup()
         floors += timed(floor, 1)
-        samples += timed(fn, 1, setup)
+        samples += timed(fn, 1)
     return samples, floors
 
 

@@ -22,12 +22,20 @@ def file_lock(
     inside its block meanwhile, which is why the store's publish never replaces a complete
     layer.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _locked_fd(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, on_wait)
+    fd = acquire_lock(path, on_wait=on_wait, shared=shared)
     try:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def acquire_lock(
+    path: Path, *, on_wait: Callable[[], None] | None = None, shared: bool = False
+) -> int:
+    """The lock of `file_lock`, held until the returned descriptor is closed: for a lock that
+    outlives a block, handed to the thread that finishes the work it guards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _locked_fd(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, on_wait)
 
 
 def _locked_fd(path: Path, mode: int, on_wait: Callable[[], None] | None) -> int:

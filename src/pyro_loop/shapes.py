@@ -106,6 +106,9 @@ class WorkspaceRecordJSON(TypedDict):
     mounts: list[MountJSON]
     env: dict[str, str]
     uid: int | None
+    spare_filled: str | None  # what was written into the standby ahead of a reset
+    spare_ready: bool  # the standby's agent has answered
+    filled: str | None  # what the running sandbox was given ahead, as a standby
     version: int
 
 

@@ -30,6 +30,7 @@ def test_up_after_delete_takes_over_the_deleted_workspaces_standby(
     settle()
     loop.sync()
     sh(loop, "echo junk > junk.txt")
+    workspaces.settle()  # the standby boots once up has returned
     spare = loop.require().spare
     assert spare is not None
     loop.down(delete=True)
@@ -38,10 +39,12 @@ def test_up_after_delete_takes_over_the_deleted_workspaces_standby(
     up = loop.up()
     assert up.action == "created"
     assert up.record.handle == spare  # the very sandbox: nothing booted for this create
+    assert up.record.filled is not None  # with the host's synced files written ahead
     assert list((workspaces.home / "pool").iterdir()) == []
     out = sh(loop, "cat src/app.py; ls")
     assert out.startswith("print('host')\n") and "junk.txt" not in out
     full_sync_finds_nothing(loop)
+    workspaces.settle()
     assert loop.require().spare is not None  # and a standby of its own for resets
     loop.reset()
     assert sh(loop, "cat src/app.py") == "print('host')\n"
@@ -52,6 +55,7 @@ def test_a_pooled_sandbox_that_is_not_the_one_recorded_is_skipped(
 ) -> None:
     loop = loop_for(repo, workspaces)
     loop.up()
+    workspaces.settle()  # the standby boots once up has returned
     spare = loop.require().spare
     assert spare is not None
     loop.down(delete=True)
@@ -94,6 +98,7 @@ def test_a_pooled_sandbox_no_create_takes_stops_by_itself(
     monkeypatch.setenv("PYRO_POOL_SECONDS", "8")
     loop = loop_for(repo, workspaces)
     loop.up()
+    workspaces.settle()  # the standby boots once up has returned
     spare = loop.require().spare
     assert spare is not None
     loop.down(delete=True)
@@ -111,6 +116,7 @@ def test_no_pool_when_its_time_is_zero(
     monkeypatch.setenv("PYRO_POOL_SECONDS", "0")
     loop = loop_for(repo, workspaces)
     loop.up()
+    workspaces.settle()  # the standby boots once up has returned
     spare = loop.require().spare
     assert spare is not None
     loop.down(delete=True)

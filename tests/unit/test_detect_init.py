@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import tomlkit
 
 from pyro_loop import records
 from pyro_loop.errors import ConflictError, InvalidInputError
+from pyro_loop.project import detect
 from pyro_loop.project.config import ProjectConfig, load_config
 from pyro_loop.project.detect import CARGO_FETCH, Ecosystem, detect_ecosystems, keying_files
 from pyro_loop.project.scaffold import find_project_root, init_project, render_config, template_text
@@ -91,6 +93,37 @@ def test_each_ecosystem(tmp_path: Path, case: str) -> None:
         # Nothing detected: `keys` is left out, so prepare keeps looking for new lock files.
         assert config.prepare_keys is None
     assert config.environment == "host" and config.network == "off"
+
+
+def test_a_kept_walk_sees_every_listing_change(tmp_path: Path) -> None:
+    """Detection keeps its last walk while the directories' times hold: a manifest added,
+    removed or renamed below the root is seen at once."""
+    root = tmp_path / "mono"
+    (root / "api").mkdir(parents=True)
+    (root / "requirements.txt").write_text("requests\n")
+
+    def names() -> list[tuple[str, str]]:
+        return [(e.name, e.directory) for e in detect_ecosystems(root)]
+
+    def settled() -> None:  # past the racy window: the next walk is kept
+        time.sleep(2 * detect.RACY_NS / 1e9)
+        assert names() and str(root) in detect._WALKS
+
+    settled()
+    assert names() == [("pip", ".")]
+    (root / "api" / "package.json").write_text("{}")
+    (root / "api" / "package-lock.json").write_text("{}")
+    assert names() == [("pip", "."), ("npm", "api")]
+    settled()
+    (root / "api" / "package-lock.json").rename(root / "api" / "yarn.lock")
+    assert names() == [("pip", "."), ("yarn", "api")]
+    settled()
+    (root / "web").mkdir()
+    (root / "web" / "Cargo.lock").write_text("")
+    assert ("cargo", "web") in names()
+    settled()
+    (root / "requirements.txt").unlink()
+    assert ("pip", ".") not in names()
 
 
 def test_requirements_naming_the_project_install_it_after_its_dependencies(

@@ -39,6 +39,7 @@ from pyro_loop.workspace.shellcmd import SHELL_ARGV
 
 if TYPE_CHECKING:
     from pyro_loop.loop.activation import Activation
+    from pyro_loop.loop.standby import StandbyFill
     from pyro_loop.shapes import ServiceJSON, UpJSON
     from pyro_loop.store.layerview import LayerStack
     from pyro_loop.sync import Syncer, SyncResult
@@ -101,6 +102,7 @@ class ProjectLoop:
         # index and the baseline's listings, which makes the next reconcile several times
         # cheaper (a long-lived caller such as the MCP server or the watcher runs many).
         self._syncers: dict[tuple[str, str | None], Syncer] = {}
+        self._standbys: dict[str | None, StandbyFill] = {}
 
     # -- finding and creating ---------------------------------------------------------------
 
@@ -155,8 +157,9 @@ class ProjectLoop:
                     return UpResult(record, action, time.perf_counter() - started, synced)
                 self.ws.delete(record.id)  # made from an older HEAD: a fresh one replaces it
                 action = "recreated"
-            record = self._create(warmth, forget=False)
-            synced = self._sync_new(record)
+            with self.ws.deferring():  # its standby boots once the host's files are in
+                record = self._create(warmth, forget=False, standby=True)
+                synced = self._sync_new(record)
             self._publish_configured(record)
             return UpResult(record, action, time.perf_counter() - started, synced)
 
@@ -181,13 +184,19 @@ class ProjectLoop:
         # dependencies (the repo's files win over anything the project install left there).
         return [k for k in (base, *warmth.dependency_layers) if k], tree
 
-    def _create(self, warmth: Warmth, *, forget: bool = True) -> WorkspaceRecord:
+    def _create(
+        self, warmth: Warmth, *, forget: bool = True, standby: bool = False
+    ) -> WorkspaceRecord:
         """A new workspace on the warm layers; `forget`: start its sync manifest afresh (else
-        the caller does, see _sync_new)."""
+        the caller does, see _sync_new); `standby`: its standby sandboxes get the host's
+        synced files ahead (loop/standby.py), and a pooled one that has them may serve."""
         layers, tree = self._layers(warmth)
         labels = {"pyro": PROJECT_LABEL, "project": self.project.id, "key": ",".join(layers),
                   "tree": tree or "", **_labels(warmth)}  # fmt: skip
         active = self._activation()
+        ahead = self._standby_fill(tree or None) if standby else None
+        # What the project's last workspace had synced: a standby it left may hold it.
+        accept = ahead.acceptor(ahead.synced_paths()) if ahead is not None else None
         record = self.ws.create(
             environment=self.config.environment,
             packages=list(self.config.packages),
@@ -198,6 +207,8 @@ class ProjectLoop:
             limits=self.config.limits(),
             mounts=list(active.mounts),
             env=active.env,
+            accept=accept,
+            fill=ahead.fill if ahead is not None else None,
         )
         if forget:
             self._syncer(record).forget()
@@ -284,6 +295,13 @@ class ProjectLoop:
         tree = record.labels.get("tree") or None
         syncer = self._syncers.get((record.id, tree))
         if syncer is None:
+            # A deleted workspace's syncer over the same tree serves the one made in its place
+            # (`down --delete`, then `up`): its repository, index and baseline stay valid.
+            for old in [k for k in self._syncers if k[1] == tree]:
+                if not self.ws.exists(old[0]):
+                    syncer = self._syncers[(record.id, tree)] = self._syncers.pop(old)
+                    syncer.client = self.ws.client(record.id)
+                    return syncer
             from pyro_loop.sync import Syncer
 
             syncer = self._syncers[(record.id, tree)] = Syncer(
@@ -294,6 +312,19 @@ class ProjectLoop:
                 baseline_tree=tree,
             )
         return syncer
+
+    def _standby_fill(self, tree: str | None) -> StandbyFill:
+        """What the project's workspace (over the baseline `tree`) writes into its standby
+        sandboxes ahead of a reset (loop/standby.py)."""
+        ahead = self._standbys.get(tree)
+        if ahead is None:
+            from pyro_loop.loop.standby import StandbyFill
+
+            ahead = self._standbys[tree] = StandbyFill(
+                self.project.root, self.files.sync_manifest, self.files.standby_manifest,
+                self.config.sync_exclude, tree,
+            )  # fmt: skip
+        return ahead
 
     def _scan(self, record: WorkspaceRecord) -> HostScan:
         from pyro_loop.sync.hostscan import HostScan
@@ -336,11 +367,13 @@ class ProjectLoop:
         pushed is put back, without a look at the rest of the tree; else a full sync."""
         syncer = self._syncer(record)
         before = _read_bytes(syncer.manifest_path)
+        ahead = self._standby_fill(record.labels.get("tree") or None)
         if self._scan(record).current(before, any_workspace=True):
             paths = syncer.synced_paths()
-            syncer.forget()
-            return self._replay(record, paths, before)
-        syncer.forget()
+            if ahead.take(record, syncer, paths, before):  # a pooled standby may have them
+                return self._replay(record, paths, before)
+        else:
+            ahead.take(record, syncer, [], before)
         return self._sync_full(record)
 
     def _sync_full(self, record: WorkspaceRecord) -> SyncResult:
@@ -560,12 +593,15 @@ class ProjectLoop:
         before = _read_bytes(syncer.manifest_path)
         replay = snapshot == "baseline" and self._scan(record).bound_to(before)
         synced = syncer.synced_paths()
-        self.ws.reset(record.id, snapshot=snapshot)
-        record = self.require()
-        syncer.forget()
-        if not replay:
-            return self._sync_full(record)
-        return self._replay(record, synced, before)
+        # The standby got these paths while it waited (loop/standby.py); so does the next.
+        ahead = self._standby_fill(record.labels.get("tree") or None)
+        with self.ws.deferring():  # the next standby boots once the host's files are in
+            record = self.ws.reset(
+                record.id, snapshot=snapshot, accept=ahead.acceptor(synced), fill=ahead.fill
+            )
+            if not ahead.take(record, syncer, synced, before) or not replay:
+                return self._sync_full(record)
+            return self._replay(record, synced, before)
 
     def _replay(
         self, record: WorkspaceRecord, paths: list[str], before: bytes | None

@@ -98,6 +98,11 @@ class ProjectHome:
         return self.dir / "sync-manifest.json"
 
     @property
+    def standby_manifest(self) -> Path:
+        """What the host's files put into the workspace's standby sandbox (loop/standby.py)."""
+        return self.dir / "sync-manifest-standby.json"
+
+    @property
     def host_scan(self) -> Path:
         return self.dir / "host-scan"
 

@@ -447,19 +447,65 @@ def _with_key(eco: Ecosystem, key: str, directory: PurePosixPath) -> Ecosystem:
     )
 
 
+# The last walk of each root, with the stat data of the directories it listed: a listing
+# changes only with its directory's times (creating, removing or renaming an entry in it),
+# so while they all hold, so does the walk (a long-lived caller, the MCP server or the
+# benchmarks, creates workspaces without listing the tree each time).
+_WALKS: dict[str, tuple[list[tuple[int, int, int, int]], list[tuple[PurePosixPath, set[str]]]]] = {}
+# A directory changed this close to the walk may change again within the same timestamp tick,
+# its times unchanged (git's "racy" case): such a walk is not kept.
+RACY_NS = 50_000_000
+
+
 def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
     """(directory relative to root, names of the regular files in it), breadth first.
 
     Symlinked directories are not followed: they may point outside the project, or loop.
     """
+    import time
+
+    kept = _WALKS.get(str(root))
+    if kept is not None and _dir_stats(root, kept[1]) == kept[0]:
+        return kept[1]
+    started = time.time_ns()
+    out, complete = _walk_tree(root)
+    stats = _dir_stats(root, out)
+    if complete and stats and max(max(st[2], st[3]) for st in stats) < started - RACY_NS:
+        _WALKS[str(root)] = (stats, out)
+    else:
+        _WALKS.pop(str(root), None)
+    return out
+
+
+def _dir_stats(
+    root: Path, walked: list[tuple[PurePosixPath, set[str]]]
+) -> list[tuple[int, int, int, int]]:
+    """(mode, inode, mtime, ctime) of every directory a walk listed (all zero for one gone)."""
+    found = []
+    base = str(root)
+    for rel, _files in walked:
+        try:
+            st = os.lstat(f"{base}/{rel}")
+        except OSError:
+            found.append((0, 0, 0, 0))
+        else:
+            found.append((st.st_mode, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+    return found
+
+
+def _walk_tree(root: Path) -> tuple[list[tuple[PurePosixPath, set[str]]], bool]:
+    """The walk, and whether every directory it met was listed (else it is not kept: one
+    made readable later changes no listing's times)."""
     out: list[tuple[PurePosixPath, set[str]]] = []
     queue = [PurePosixPath(".")]
+    complete = True
     with Beneath(root) as tree:
         while queue:
             rel = queue.pop(0)
             try:
                 entries = tree.scandir(str(rel))
             except OSError:
+                complete = False
                 continue  # unreadable, or swapped for a link: nothing to detect there
             files = {e.name for e in entries if _is_file_or_link(e)}
             out.append((rel, files))
@@ -469,7 +515,7 @@ def _walk(root: Path) -> list[tuple[PurePosixPath, set[str]]]:
                     for e in sorted(entries, key=lambda e: e.name)
                     if _is_real_dir(e) and e.name not in SKIP_DIRS and not e.name.startswith(".")
                 )
-    return out
+    return out, complete
 
 
 def _is_file_or_link(entry: os.DirEntry[str]) -> bool:

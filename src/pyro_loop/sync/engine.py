@@ -12,6 +12,7 @@ from pyro_loop import git
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import failure_reason, lstat, sha256_file
+from pyro_loop.fs.util import replace_keeping
 from pyro_loop.locking import file_lock
 from pyro_loop.sync.baseline import Baseline, tree_paths
 from pyro_loop.sync.manifest import (
@@ -139,6 +140,13 @@ class Syncer:
             self._baseline_tree = baseline_tree
         with file_lock(self._lock_path):
             self._manifest.save({"entries": {}, "baseline_tree": self._baseline_tree})
+
+    def adopt(self, manifest: Path, *, keep: Path | None = None) -> None:
+        """The workspace holds what the manifest at `manifest` says (another syncer's, which
+        wrote into it while it was a standby sandbox): moved into place as this one's, the
+        one it replaces kept at `keep` for the caller to delete (fs.util.replace_keeping)."""
+        with file_lock(self._lock_path):
+            replace_keeping(manifest, self.manifest_path, keep)
 
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""

@@ -29,8 +29,15 @@ def manifest_digest(manifest_path: Path, rel: str) -> str | None:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return _parse(path.read_text())
+    except OSError:
+        return {}
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
         return {}
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
         return {}
@@ -101,10 +108,17 @@ class ManifestFile:
         """The manifest to sync with; a fresh one if none was kept for this root and
         `baseline_tree` (another baseline's records describe another workspace)."""
         cached, self._cached = self._cached, None  # a failed sync must not leave it edited
-        if cached is not None and cached[0] == self._stat_key():
+        key = self._stat_key()
+        if cached is not None and cached[0] == key:
             data = cached[1]
         else:
-            data = read_manifest(self.path)
+            try:
+                text = self.path.read_text()
+            except OSError:
+                text = ""
+            data = _parse(text)
+            if data:  # what the file holds: a save of the same text leaves it alone
+                self._written = (key, text)
         recorded = data.get("baseline_tree")
         if (
             not data

@@ -15,19 +15,29 @@ standby sandbox (the next generation, over the baseline layers, with an empty up
 booted ahead of time; a reset to the baseline kills the current sandbox and promotes the
 standby, whose socket is renamed into place. Costs one idle agent per workspace; `standby`
 in the record turns it off.
+
+A caller that knows what the next reset will write (the project loop puts the host's synced
+files back) passes `fill`: the next standby then boots in a thread after the call returns,
+holding the workspace's lock, and `fill` writes into it once its agent answers. The name
+`fill` gives what it wrote is kept with the standby, and a later reset (or a create taking
+it from the pool) promotes it only if its `accept` accepts that name: the caller then writes
+only what changed since. A standby left half written is never promoted.
 """
 
 from __future__ import annotations
 
 import builtins  # `list` is also a method of Workspaces
 import contextlib
+import functools
 import json
 import os
 import time
+from _thread import get_ident
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from pyro_loop import records
 from pyro_loop.errors import (
     AgentUnavailableError,
     ConflictError,
@@ -38,18 +48,18 @@ from pyro_loop.errors import (
 from pyro_loop.fs.util import DISK_FULL_ERRNOS, move_to_trash, remove_tree, unless_disk_full
 from pyro_loop.home import pyro_home
 from pyro_loop.identity import hand_over, sandbox_owner
-from pyro_loop.locking import file_lock
+from pyro_loop.locking import acquire_lock, file_lock
 from pyro_loop.names import check_name
-from pyro_loop.procutil import remove_in_background
+from pyro_loop.procutil import remove_in_background, run_in_background, settle_background
 from pyro_loop.records import dataclass
 from pyro_loop.runtime import HOME_DIR, Limits, Mount, Runtime, SandboxSpec
 from pyro_loop.store.layers import Layer, LayerStore
 from pyro_loop.workspace import secrets as secretenv
-from pyro_loop.workspace.pool import Pool, pool_key
-from pyro_loop.workspace.record import Snapshot, WorkspaceDir, WorkspaceRecord
+from pyro_loop.workspace.pool import Pool, Pooled, pool_key
+from pyro_loop.workspace.record import FILLING, Snapshot, WorkspaceDir, WorkspaceRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from pyro_loop.progress import OnProgress
     from pyro_loop.shapes import (
@@ -72,6 +82,15 @@ if TYPE_CHECKING:
 
 BASELINE = "baseline"
 READY_TIMEOUT = 15.0
+
+if TYPE_CHECKING:
+    # A background job (Workspaces._fill_standby), the workspace lock it holds, and the stop
+    # of the sandbox it replaces.
+    _Job = tuple[Callable[[], None], int, Callable[[], builtins.list[int]] | None]
+    # Writes into a standby sandbox ahead of its use; returns its name for what it wrote.
+    Fill = Callable[[AgentClient], str]
+    # May a standby holding what a fill named so take over?
+    Accept = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,13 @@ class Workspaces:
         self.runtime = runtime
         self.root = self.home / "workspaces"
         self.pool = Pool(self.home, runtime)
+        # By thread (an MCP server calls from several): how deep in `deferring` blocks it is,
+        # and the jobs they hold back, each with the workspace lock it holds and the stop of
+        # the sandbox it replaces.
+        self._held: dict[int, tuple[builtins.list[int], builtins.list[_Job]]] = {}
+        # Why the last standby booted in the background is missing (its failure is no one
+        # call's: the next reset boots a sandbox and fails with the cause, if it persists).
+        self.standby_error: BaseException | None = None
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -151,6 +177,10 @@ class Workspaces:
             f"no workspace with id or name {ref!r}", hint="`pyro workspace list` shows them"
         )
 
+    def exists(self, workspace_id: str) -> bool:
+        """Is there a workspace with this id (not a name or a prefix)?"""
+        return "/" not in workspace_id and (self.root / workspace_id / "workspace.json").is_file()
+
     def list(self) -> list[WorkspaceStatus]:
         return [self._status(d, d.load(), probe=False) for d in self._all()]
 
@@ -176,6 +206,8 @@ class Workspaces:
         env: dict[str, str] | None = None,
         on_progress: OnProgress | None = None,
         secrets: dict[str, str] | None = None,
+        accept: Accept | None = None,
+        fill: Fill | None = None,
     ) -> WorkspaceRecord:
         """Create and start a workspace from a seed path or from layers already in the store.
 
@@ -183,6 +215,8 @@ class Workspaces:
         environment is built into the store the first time it is asked for (tens of seconds,
         reported through `on_progress`), and reused from then on. `mounts` (tool layers,
         host toolchains) and `env` (PATH) hold for every sandbox of the workspace's life.
+        `accept` and `fill`: see the module doc (a pooled standby is taken over as a reset
+        promotes one; the record's `filled` says what it holds).
         """
         from pyro_loop.store import environments  # imported here: only create needs it
 
@@ -226,28 +260,46 @@ class Workspaces:
             with file_lock(self.root / "names.lock"):
                 if name is not None and any(d.load().name == name for d in self._all()):
                     raise ConflictError(f"a workspace named {name!r} exists already")
-                pooled = self.pool.take(key, wdir.root)  # a sandbox booted for these layers
+                # A sandbox booted for these layers.
+                pooled = self.pool.take(key, wdir.root, accept)
                 if pooled is None:
                     wdir.root.mkdir(parents=True, mode=0o700)
                     record.uid = self._new_uid()
                 else:
-                    record.handle, record.generation, record.uid = pooled
+                    record.handle, record.generation = pooled.handle, pooled.generation
+                    record.uid, record.filled = pooled.uid, pooled.filled
                 if sandbox_owner() is not None:
                     wdir.root.chmod(0o711)  # the sandbox uid must reach its upper and work dirs
                 secretenv.save(wdir.root, secrets or {})  # beside the record, never in it
                 wdir.save(record)
+        self._start_new(wdir, record, pooled, fill)
+        return record
+
+    def _start_new(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, pooled: Pooled | None, fill: Fill | None
+    ) -> None:
+        """Start a new workspace's sandbox (or take over the pooled one) and its standby;
+        on failure, nothing of it is left."""
+        lock = acquire_lock(wdir.lock_path)
+        handed = False  # to the thread that prepares the next standby
         try:
-            with file_lock(wdir.lock_path):
+            try:
                 if pooled is None:
                     self._launch(wdir, record)
                 else:
-                    self._adopt(wdir, record)
-                self._start_spare(wdir, record)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._remove(wdir, record)
-            raise
-        return record
+                    self._adopt(wdir, record, ready=pooled.ready)
+                if fill is None:
+                    self._start_spare(wdir, record)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._remove(wdir, record)
+                raise
+            if fill is not None:
+                handed = True
+                self._standby_in_background(lock, wdir, fill)
+        finally:
+            if not handed:
+                os.close(lock)
 
     def _new_uid(self) -> int | None:
         from pyro_loop.runtime.idmap import new_workspace_uid  # ctypes: only when creating
@@ -307,47 +359,92 @@ class Workspaces:
             self._remove(wdir, record, pool=keep_standby)
             return record
 
-    def reset(self, ref: str, *, snapshot: str = BASELINE) -> WorkspaceRecord:
-        """Discard every change since the baseline (or the named snapshot): O(1) in files."""
+    def reset(
+        self,
+        ref: str,
+        *,
+        snapshot: str = BASELINE,
+        accept: Accept | None = None,
+        fill: Fill | None = None,
+    ) -> WorkspaceRecord:
+        """Discard every change since the baseline (or the named snapshot): O(1) in files.
+        `accept` and `fill`: see the module doc; the record's `filled` names what the
+        promoted standby holds (None: its layers only)."""
         wdir = self.resolve(ref)
-        with file_lock(wdir.lock_path):
+        lock = acquire_lock(wdir.lock_path)
+        handed = False  # to the thread that prepares the next standby
+        halt = None  # the old sandbox's stop, when it is that thread's first step
+        try:
             record = wdir.load()
-            if snapshot == BASELINE:
-                layers = record.base_layers
-            elif snapshot in record.snapshots:
-                layers = record.snapshots[snapshot].layers
-            else:
-                raise NotFoundError(
-                    f"workspace {record.id} has no snapshot {snapshot!r}",
-                    hint="`pyro workspace snapshot list` shows them",
-                )
+            layers = _reset_layers(record, snapshot)
             spare = record.spare
+            filled = record.spare_filled
+            usable = filled is None or (filled != FILLING and accept is not None and accept(filled))
             promote = (
                 layers == record.base_layers
                 and spare is not None
+                and usable
                 and self.runtime.is_running(spare)
             )
-            dying: list[int] = []
-            if record.handle is not None:
-                dying = self.runtime.stop(record.handle, self._spec(wdir, record), wait=False)
-                record.handle = None
+            dying, halt, moved = self._retire(wdir, record, later=promote and fill is not None)
             if not promote:
                 self._stop_spare(wdir, record)
             old = [wdir.upper(record.generation), wdir.work(record.generation)]
-            trash = [move_to_trash(p, wdir.trash) for p in old if p.exists()]
+            if promote:
+                old.append(wdir.info)  # the replaced sandbox's, if still there
+            trash = [move_to_trash(p, wdir.trash) for p in old if p.exists()] + moved
             record.generation += 1
             record.layers = list(layers)
             if promote:
-                os.replace(wdir.spare_socket, wdir.socket)
-                os.replace(wdir.spare_info, wdir.info)
-                record.handle, record.spare = spare, None
-                wdir.save(record)
-                self._wait_ready(wdir, record)
+                trash.append(self._promote(wdir, record))
             else:
                 self._launch(wdir, record)
-            self._start_spare(wdir, record)
+            if fill is None:
+                self._start_spare(wdir, record)
+            else:
+                handed = True
+                self._standby_in_background(lock, wdir, fill, trash=trash, dying=dying, halt=halt)
+                trash, dying = [], []
+        finally:
+            if not handed:
+                try:
+                    if halt is not None:  # failed before the thread took it over
+                        halt()
+                finally:
+                    os.close(lock)
         remove_in_background(trash, after=dying)
         return record
+
+    def _retire(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, *, later: bool
+    ) -> tuple[builtins.list[int], Callable[[], builtins.list[int]] | None, builtins.list[Path]]:
+        """Stop the sandbox a reset replaces, without waiting: the pids still dying; or,
+        `later`, its stop (for the background thread), and its info file moved to the trash
+        (the stop reads it; a promoted standby's takes its place)."""
+        handle, record.handle = record.handle, None
+        if handle is None:
+            return [], None, []
+        spec = self._spec(wdir, record)
+        if not later or not wdir.info.exists():
+            return self.runtime.stop(handle, spec, wait=False), None, []
+        info = move_to_trash(wdir.info, wdir.trash)
+        spec = records.replace(spec, info_path=info)
+        return [], functools.partial(self.runtime.stop, handle, spec, wait=False), [info]
+
+    def _promote(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> Path:
+        """Make the standby the workspace's sandbox (its files are in place already); where
+        the record it replaced is, for the trash."""
+        os.replace(wdir.spare_socket, wdir.socket)
+        os.rename(wdir.spare_info, wdir.info)
+        ready = record.spare_ready
+        record.handle, record.spare, record.filled = record.spare, None, record.spare_filled
+        record.spare_filled, record.spare_ready = None, False
+        # The old record is deleted with the trash, off the reset's path.
+        kept = wdir.trash / f"workspace.json.{os.urandom(6).hex()}"
+        wdir.save(record, keep=kept)
+        if not ready:
+            self._wait_ready(wdir, record)
+        return kept
 
     def relayer(
         self,
@@ -642,8 +739,11 @@ class Workspaces:
             uid=record.uid,
         )
 
-    def _boot(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool) -> SandboxSpec:
-        """Start a sandbox over the record's layers (or the standby's); does not wait for it."""
+    def _boot(
+        self, wdir: WorkspaceDir, record: WorkspaceRecord, *, spare: bool, filling: bool = False
+    ) -> SandboxSpec:
+        """Start a sandbox over the record's layers (or the standby's, which `filling` marks
+        as being written into); does not wait for it."""
         layers: list[Layer] = [
             self.store.require(key) for key in (record.base_layers if spare else record.layers)
         ]
@@ -668,9 +768,10 @@ class Workspaces:
             spec.work.chmod(0o700)
         handle = self.runtime.start(spec)
         if spare:
-            record.spare = handle
+            record.spare, record.spare_ready = handle, False
+            record.spare_filled = FILLING if filling else None
         else:
-            record.handle = handle
+            record.handle, record.filled = handle, None
         wdir.save(record)
         return spec
 
@@ -685,8 +786,11 @@ class Workspaces:
             )
         return layer
 
-    def _adopt(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
-        """Take over a pooled sandbox (see workspace/pool.py); boot one if it does not answer."""
+    def _adopt(self, wdir: WorkspaceDir, record: WorkspaceRecord, *, ready: bool) -> None:
+        """Take over a pooled sandbox (see workspace/pool.py); boot one if it does not answer.
+        `ready`: its agent answered before (and its keeper still runs: Pool.take)."""
+        if ready:
+            return
         try:
             self._wait_ready(wdir, record)
         except (AgentUnavailableError, HostUnsupportedError):
@@ -702,11 +806,105 @@ class Workspaces:
         if record.standby and record.spare is None:
             self._boot(wdir, record, spare=True)
 
+    def _standby_in_background(
+        self,
+        lock: int,
+        wdir: WorkspaceDir,
+        fill: Fill,
+        *,
+        trash: Sequence[Path] = (),
+        dying: Sequence[int] = (),
+        halt: Callable[[], builtins.list[int]] | None = None,
+    ) -> None:
+        """Hand the workspace's lock (a descriptor) to a thread that stops the replaced
+        sandbox (`halt`, which returns the pids still dying), boots the next standby, lets
+        `fill` write into it, removes `trash` (once the dying are gone) and then lets go of
+        the lock: the caller returns meanwhile. The lock is the thread's from now on.
+
+        The replaced sandbox is stopped there rather than on the caller's path (SIGKILL to its
+        keeper's group and its init took 0.3 to 1 ms on a busy machine): it can no longer be
+        reached (its socket was replaced) and was stopped without waiting anyway."""
+        job = functools.partial(self._fill_standby, lock, wdir, fill, trash=list(trash),
+                                dying=list(dying), halt=halt)  # fmt: skip
+        held = self._held.get(get_ident())
+        if held is None:
+            self._hand_over([(job, lock, halt)])
+        else:
+            held[1].append((job, lock, halt))
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """The standby work the calls in the block (in this thread) hand to the background
+        starts when the block ends: the caller's own next steps (writing files into the new
+        sandbox) do not share the interpreter with it meanwhile."""
+        depth, jobs = self._held.setdefault(get_ident(), ([0], []))
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+            if not depth[0]:
+                del self._held[get_ident()]
+                self._hand_over(jobs)
+
+    def _hand_over(self, jobs: builtins.list[_Job]) -> None:
+        for job, lock, halt in jobs:
+            try:
+                run_in_background(job)
+            except BaseException:
+                try:
+                    if halt is not None:
+                        halt()
+                finally:
+                    os.close(lock)  # nothing prepared: the next reset boots its sandbox itself
+                raise
+
+    def _fill_standby(
+        self,
+        lock: int,
+        wdir: WorkspaceDir,
+        fill: Fill,
+        *,
+        trash: builtins.list[Path],
+        dying: builtins.list[int],
+        halt: Callable[[], builtins.list[int]] | None,
+    ) -> None:
+        from pyro_loop.workspace.client import AgentClient
+
+        # The interpreter goes back to the caller first: a new thread keeps it until it blocks
+        # (or for the switch interval), which the caller's `start` would wait out.
+        time.sleep(0)
+        try:
+            if halt is not None:
+                dying = dying + halt()
+            record = wdir.load()
+            if record.standby and record.spare is None and record.handle is not None:
+                self._boot(wdir, record, spare=True, filling=True)
+                try:
+                    client = AgentClient(wdir.spare_socket)
+                    client.wait_ready(READY_TIMEOUT)
+                    record.spare_filled, record.spare_ready = fill(client), True
+                    wdir.save(record)
+                except BaseException:
+                    self._stop_spare(wdir, record)  # never half written: booted anew later
+                    raise
+            self.standby_error = None
+        except Exception as exc:  # the next reset boots its sandbox itself
+            self.standby_error = exc
+        finally:
+            os.close(lock)
+            remove_in_background(trash, after=dying)
+
+    def settle(self) -> None:
+        """Wait for the standby sandboxes being prepared in the background (not for those a
+        `deferring` block around this call holds back)."""
+        settle_background()
+
     def _stop_spare(self, wdir: WorkspaceDir, record: WorkspaceRecord) -> None:
         if record.spare is not None:
             spec = self._spec(wdir, record, spare=True)
             self.runtime.stop(record.spare, spec)
-            record.spare = None
+            record.spare, record.spare_filled, record.spare_ready = None, None, False
             _save_if_room(wdir, record)
             for path in (spec.upper, spec.work):
                 if path.exists():
@@ -797,6 +995,18 @@ _NAMESPACE_FAILURES = (
     "setting up uid map",
     "mount: ",
 )
+
+
+def _reset_layers(record: WorkspaceRecord, snapshot: str) -> builtins.list[str]:
+    """The lower layers a reset to `snapshot` (or the baseline) puts the workspace on."""
+    if snapshot == BASELINE:
+        return record.base_layers
+    if snapshot in record.snapshots:
+        return record.snapshots[snapshot].layers
+    raise NotFoundError(
+        f"workspace {record.id} has no snapshot {snapshot!r}",
+        hint="`pyro workspace snapshot list` shows them",
+    )
 
 
 def sandbox_failure(log: Path) -> HostUnsupportedError:

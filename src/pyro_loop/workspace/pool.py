@@ -11,7 +11,9 @@ it stops it then unless a create took it first. `pyro cache gc` and `prune` stop
 (they hold layers mounted).
 
 The sandbox does not mind the moves: its overlay and its listening socket were bound before,
-and its files are reached through descriptors.
+and its files are reached through descriptors. A standby its workspace's caller wrote into
+ahead of a reset (`WorkspaceRecord.spare_filled`) keeps that name here, and only a create
+that accepts that name takes it; one left half written is never kept.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop.digest import sha256_hex
 from pyro_loop.fs.util import move_to_trash
 from pyro_loop.procutil import remove_in_background, spawn_detached
+from pyro_loop.records import dataclass
 from pyro_loop.runtime import Runtime, SandboxHandle, SandboxSpec
-from pyro_loop.workspace.record import WorkspaceDir
+from pyro_loop.workspace.record import FILLING, WorkspaceDir
 
 if TYPE_CHECKING:
     from pyro_loop.workspace.record import WorkspaceRecord
@@ -49,8 +53,20 @@ def pool_key(record: WorkspaceRecord) -> str:
     """What a workspace's baseline sandbox is made of, as far as a workspace created from it
     could tell."""
     data = [record.environment, record.environment_layer, record.base_layers, record.network,
-            record.limits.describe(), [m.to_json() for m in record.mounts]]  # fmt: skip
+            record.limits.describe(), [m.to_json() for m in record.mounts],
+            sorted(record.env.items())]  # fmt: skip
     return sha256_hex(json.dumps(data, sort_keys=True).encode())[:24]
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A pooled sandbox, as its workspace's record had it."""
+
+    handle: SandboxHandle
+    generation: int
+    uid: int | None  # when pyro runs as root, see identity.py
+    filled: str | None = None  # the record's spare_filled
+    ready: bool = False  # its agent has answered
 
 
 class Pool:
@@ -64,7 +80,8 @@ class Pool:
         running (the caller's lock on the workspace keeps it from changing meanwhile)."""
         spare = record.spare
         seconds = keep_seconds()
-        if spare is None or seconds <= 0 or not self.runtime.is_running(spare):
+        if (spare is None or seconds <= 0 or record.spare_filled == FILLING
+                or not self.runtime.is_running(spare)):  # fmt: skip
             return False
         generation = record.generation + 1
         key = pool_key(record)
@@ -80,11 +97,12 @@ class Pool:
             (wdir.spare_info, entry.info),
         ):
             os.rename(old, new)  # fmt: skip
-        data = {"key": key, "handle": spare.to_json(), "generation": generation, "uid": record.uid}
+        data = {"key": key, "handle": spare.to_json(), "generation": generation, "uid": record.uid,
+                "filled": record.spare_filled, "ready": record.spare_ready}  # fmt: skip
         (entry.root / ENTRY_FILE).write_text(json.dumps(data))
         kept = self.root / entry.root.name[1:]
         os.rename(entry.root, kept)
-        record.spare = None
+        record.spare, record.spare_filled, record.spare_ready = None, None, False
         wdir.save(record)
         self._trim()
         # Its end, unless a create takes it first (then the rename that claims it fails): a
@@ -95,19 +113,25 @@ class Pool:
                         kept.name], env={**os.environ})  # fmt: skip
         return True
 
-    def take(self, key: str, dest: Path) -> tuple[SandboxHandle, int, int | None] | None:
+    def take(
+        self, key: str, dest: Path, accept: Callable[[str], bool] | None = None
+    ) -> Pooled | None:
         """Move a running pooled sandbox made for `key` to `dest` (a workspace directory not
-        yet existing); its handle, generation and uid (when pyro runs as root, see
-        identity.py), or None when the pool has none."""
+        yet existing), or None when the pool has none. One that was written into is taken
+        only if `accept` accepts the name its writer gave it."""
         if not self.root.is_dir():
             return None
         for entry in sorted(self.root.glob(f"{key}.*")):
+            seen = _entry(entry)  # an entry never changes once published
+            if (seen is not None and seen.filled is not None
+                    and (accept is None or not accept(seen.filled))):  # fmt: skip
+                continue  # another's files: left for its own creator, or its end
             try:
                 os.rename(entry, dest)
             except OSError:
                 continue  # taken by another create meanwhile
             data = _entry(dest)
-            if data is not None and self.runtime.is_running(data[0]):
+            if data is not None and data == seen and self.runtime.is_running(data.handle):
                 return data
             self._stop(dest)  # dead or damaged: gone, and try the next
         return None
@@ -115,7 +139,7 @@ class Pool:
     def uids(self) -> set[int]:
         """The uids of the pooled sandboxes (taken by the workspaces that adopt them)."""
         found = (_entry(entry) for entry in self._entries())
-        return {data[2] for data in found if data is not None and data[2] is not None}
+        return {data.uid for data in found if data is not None and data.uid is not None}
 
     def drain(self) -> int:
         """Stop every pooled sandbox; how many there were."""
@@ -142,7 +166,7 @@ class Pool:
             return
         data = _entry(gone)
         if data is not None:
-            handle, generation, _uid = data
+            handle, generation = data.handle, data.generation
             wdir = WorkspaceDir(gone)
             spec = SandboxSpec(store_root=self.home, lowers=[], upper=wdir.upper(generation),
                                work=wdir.work(generation), socket_path=wdir.socket,
@@ -152,11 +176,15 @@ class Pool:
         remove_in_background([gone])
 
 
-def _entry(root: Path) -> tuple[SandboxHandle, int, int | None] | None:
+def _entry(root: Path) -> Pooled | None:
     try:
         data: dict[str, Any] = json.loads((root / ENTRY_FILE).read_text())
         uid = None if data.get("uid") is None else int(data["uid"])
-        return SandboxHandle.from_json(data["handle"]), int(data["generation"]), uid
+        filled = data.get("filled")
+        if filled is not None and (not isinstance(filled, str) or filled == FILLING):
+            return None  # half written: never used
+        return Pooled(SandboxHandle.from_json(data["handle"]), int(data["generation"]), uid,
+                      filled, data.get("ready") is True)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

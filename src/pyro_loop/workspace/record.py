@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pyro_loop.shapes import WorkspaceRecordJSON
 
 RECORD_VERSION = 1
+FILLING = ""  # a standby being written into (spare_filled): not known to hold anything
 
 
 @dataclass
@@ -46,6 +47,12 @@ class WorkspaceRecord:
     # The host uid its processes run as when pyro runs as root (identity.py); None: the
     # layer owner's (or, for an ordinary user, that user).
     uid: int | None = None
+    # What the caller wrote into the standby ahead of its use, in the caller's own name for
+    # it (see Workspaces.reset); None: it holds its layers only; FILLING: being written, or
+    # left half written (never used).
+    spare_filled: str | None = None
+    spare_ready: bool = False  # the standby's agent has answered: no need to wait for it
+    filled: str | None = None  # spare_filled of the standby that became the running sandbox
 
     def to_json(self) -> WorkspaceRecordJSON:
         return {
@@ -71,6 +78,9 @@ class WorkspaceRecord:
             "mounts": [m.to_json() for m in self.mounts],
             "env": dict(self.env),
             "uid": self.uid,
+            "spare_filled": self.spare_filled,
+            "spare_ready": self.spare_ready,
+            "filled": self.filled,
             "version": RECORD_VERSION,
         }
 
@@ -96,6 +106,9 @@ class WorkspaceRecord:
             mounts=[Mount.from_json(m) for m in data.get("mounts", [])],
             env={str(k): str(v) for k, v in data.get("env", {}).items()},
             uid=int(data["uid"]) if data.get("uid") is not None else None,
+            spare_filled=_optional_str(data.get("spare_filled")),
+            spare_ready=bool(data.get("spare_ready", False)),
+            filled=_optional_str(data.get("filled")),
         )
 
 
@@ -150,7 +163,13 @@ class WorkspaceDir:
     def load(self) -> WorkspaceRecord:
         return WorkspaceRecord.from_json(json.loads(self.record_path.read_text()))
 
-    def save(self, record: WorkspaceRecord) -> None:
+    def save(self, record: WorkspaceRecord, *, keep: Path | None = None) -> None:
+        """`keep`: where the record it replaces stays, for the caller to delete (see
+        fs.util.replace_keeping)."""
         # Atomic but not fsynced: it is rewritten on every reset, and after a power loss the
         # sandbox it describes is gone anyway (status then says "dead").
-        write_json_atomic(self.record_path, record.to_json(), durable=False)
+        write_json_atomic(self.record_path, record.to_json(), durable=False, keep=keep)
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
