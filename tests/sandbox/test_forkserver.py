@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.cli import forkserver, starter
+from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.sides import Side, run
 
 ON = {"PYRO_FORK_SERVER": "1"}
@@ -247,3 +248,32 @@ def test_the_server_loads_all_that_the_daily_commands_need(
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[] []"
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def test_what_a_served_command_hands_to_the_background_is_finished(
+    sides: tuple[Side, Side],
+) -> None:
+    """A workspace made through the server boots its standby in the background of the
+    server's child: the child finishes that before it ends, so nothing runs unrecorded."""
+    served, _full = sides
+    served("status", "-C", "REPO")
+    wait_for_server(served)
+    assert served("up", "-C", "REPO")[0] == 0
+    assert served("exec", "-C", "REPO", "--", "true")[0] == 0
+    time.sleep(1)  # whatever the child still had to finish
+    served.cleanup()
+    Workspaces(home=served.home).pool.drain()
+    deadline = time.monotonic() + 10
+    while _processes_naming(str(served.home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_naming(str(served.home)) == []

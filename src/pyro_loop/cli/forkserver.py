@@ -29,6 +29,7 @@ from typing import NoReturn
 
 from pyro_loop.cli import starter
 from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.procutil import settle_background
 
 IDLE_EXIT = 900.0  # seconds without a command before the server exits
 TICK = 10.0  # seconds between looks at the socket and the idle time
@@ -263,7 +264,13 @@ def _child(conn: socket.socket, message: bytes, fds: list[int]) -> NoReturn:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+        # The command is done: its pyro exits now, and this child finishes what it handed
+        # to the background (the next standby's boot, a trash removal) on its own, which
+        # os._exit would cut off midway; the client's going away no longer stops it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _send(conn, starter.EXITED, code)
+        with contextlib.suppress(Exception):
+            settle_background()
         os._exit(code & 0xFF)
 
 
