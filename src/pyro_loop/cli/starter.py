@@ -50,7 +50,7 @@ CHILD, EXITED, STALE, ELSEWHERE = b"P", b"X", b"S", b"N"
 NAMESPACES = ("mnt", "user", "pid", "net", "uts", "ipc", "cgroup")
 if TYPE_CHECKING:
     # Priority, resource limits, control groups, namespaces, gid, groups (see `context`).
-    Context = tuple[int, tuple[tuple[int, int], ...], bytes, tuple[str, ...], int, tuple[int, ...]]
+    Context = tuple[int, bytes, bytes, tuple[str, ...], int, tuple[int, ...]]
 
 
 def eligible(argv: list[str]) -> bool:
@@ -88,19 +88,21 @@ def context() -> Context:
     """What a process inherits besides its environment, directory, umask and streams: its
     priority, resource limits, control groups, namespaces and groups. The server's child
     runs a command only for a client whose context is the server's (else a `nice pyro`, or
-    one in a memory-limited CI job, would run as the server does)."""
-    import resource
-
+    one in a memory-limited CI job, would run as the server does). Read from /proc: the
+    `resource` module would cost more to load than the whole look."""
     try:
-        with open("/proc/self/cgroup", "rb") as f:
-            cgroups = f.read()
+        found = [_read(f"/proc/self/{name}") for name in ("limits", "cgroup")]
         namespaces = tuple(os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES)
     except OSError:
-        cgroups, namespaces = b"?", ()
-    kinds = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
-    limits = tuple(resource.getrlimit(kind) for kind in kinds)
+        found, namespaces = [b"?", b"?"], ()
+    limits, cgroups = found
     return (os.getpriority(os.PRIO_PROCESS, 0), limits, cgroups, namespaces, os.getgid(),
             tuple(os.getgroups()))  # fmt: skip
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _is_dir(mode: int) -> bool:
@@ -129,8 +131,6 @@ def run(argv: list[str]) -> int | None:
 
 
 def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
-    import array
-
     umask = os.umask(0o022)
     os.umask(umask)
     try:
@@ -139,7 +139,8 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
         return None  # a deleted working directory: the full path says so
     payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask, context()))
     message = len(payload).to_bytes(4, "big") + payload
-    fds = array.array("i", (cwd, 0, 1, 2)).tobytes()
+    # SCM_RIGHTS takes C ints (the array module would load collections to register itself).
+    fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (cwd, 0, 1, 2))
     # From here a signal is the command's: held until the child is known, then passed on.
     forwarder = _Forwarder()
     try:
