@@ -15,6 +15,7 @@ import deeptree
 import protocol as p
 from confine import WORKSPACE, RequestError, confine, inside, realpath
 from fileops import temp_name
+from recycle import Recycler
 from tarread import FrameReader, TarReader
 
 TYPE_CHECKING = False
@@ -70,10 +71,11 @@ def _is_dir(path: str) -> bool:
 class _Putter:
     """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, recycler: Recycler) -> None:
         self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
         self.errors: list[dict[str, str]] = []
         self.dir_modes: list[tuple[str, int]] = []
+        self.recycler = recycler
 
     def error(self, path: str, kind: str, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -110,11 +112,16 @@ class _Putter:
         return "%s/%s" % (parent, temp_name("put"))
 
     def put_file(self, parent: str, target: str, member: TarMember, source: TarReader) -> None:
-        tmp = self.temp_in(parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600)
+        reused = self.recycler.take()
+        if reused is not None:
+            tmp, fd = reused
+        else:
+            tmp = self.temp_in(parent)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o600)
         try:
             try:
+                written = 0
                 while True:
                     chunk = source.read(p.MAX_CHUNK)
                     if not chunk:
@@ -122,12 +129,16 @@ class _Putter:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-                    self.counts["bytes"] += len(chunk)
+                    written += len(chunk)
+                if reused is not None:
+                    os.ftruncate(fd, written)  # the old content may be longer
+                self.counts["bytes"] += written
                 os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
             if _is_dir(target):
                 _remove_any(target)
+            self.recycler.keep_old(member.name, parent, target)
             os.rename(tmp, target)
         except BaseException:
             try:
@@ -175,10 +186,17 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     old content or the new, never a mix; what was at the target (a directory, a link) is
     replaced. A member named with an absolute path or `..`, or of another type than file,
     directory or symlink, ends the request (members before it stay written).
+
+    `reuse` (optional) names members whose present file in the workspace pyro put there:
+    their old inodes may hold later files of the stream (recycle.py).
     """
+    reuse = req.get("reuse", [])
+    if not isinstance(reuse, list) or not all(isinstance(name, str) for name in reuse):
+        raise RequestError("invalid_request", "reuse must be a list of strings")
     reader = FrameReader(conn)
     tar = TarReader(reader)
-    putter = _Putter()
+    recycler = Recycler(set(reuse))
+    putter = _Putter(recycler)
     try:
         while True:
             member = tar.next()
@@ -189,9 +207,11 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
         reader.drain()
         raise
     finally:
+        recycler.discard()
         putter.finish()
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
     reply: dict[str, Any] = dict(putter.counts)
+    reply["reused"] = recycler.reused
     reply["errors"] = putter.errors
     return reply
 

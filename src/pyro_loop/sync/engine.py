@@ -296,7 +296,7 @@ class Syncer:
             if removals:
                 self._remove(removals, entries, result)
             if pushes:
-                settled.update(self._push(pushes, entries, baseline, result))
+                settled.update(self._push(pushes, manifest, baseline, result))
             if baseline is not None:
                 self._drop_baseline_matches(entries, baseline, clean & settled)
         finally:
@@ -372,14 +372,16 @@ class Syncer:
     def _push(
         self,
         pushes: list[str],
-        entries: dict[str, Any],
+        manifest: dict[str, Any],
         baseline: Baseline | None,
         result: SyncResult,
     ) -> set[str]:
         """Send `pushes` in one tar stream; returns the paths the workspace now has."""
+        entries: dict[str, Any] = manifest["entries"]
+        put = _put_paths(manifest)
         parents = self._missing_parents(pushes, entries, baseline)
         stream = TarStream(self.tree, sorted(set(pushes) | parents))
-        reply = self.client.put_tar(stream.chunks())
+        reply = self.client.put_tar(stream.chunks(), reuse=_reusable(pushes, put))
         failed = {e["path"]: e["error"] for e in reply["errors"]}
         for rel, reason in stream.skipped.items():
             result.skipped.append(Skipped(rel, reason))
@@ -395,10 +397,13 @@ class Syncer:
                 continue
             entries[rel] = record
             done.add(rel)
+            if record["kind"] == "file":
+                put.add(rel)
             if rel not in parents:
                 result.copied += 1
                 result.copied_paths.append(rel)
         result.bytes += stream.bytes
+        manifest["put"] = sorted(put)
         return done
 
     def _fresh_dir(self, rel: str, entries: dict[str, Any], baseline: Baseline | None) -> bool:
@@ -452,6 +457,33 @@ class Syncer:
                     del entries[rel]  # absent either way
             elif rel in clean and inherited is None:
                 del entries[rel]  # the host equals the baseline and the workspace the host
+
+
+REUSE_BYTES = 1024 * 1024  # of paths named in a put_tar request's `reuse` (a JSON frame)
+
+
+def _put_paths(manifest: dict[str, Any]) -> set[str]:
+    """The paths where pyro put a file in this workspace since its manifest started: the
+    workspace's own layer holds them (until a reset, which starts a new manifest), even
+    where a record went because the file is the baseline's again."""
+    put = manifest.get("put")
+    if not isinstance(put, list):
+        return set()
+    return {rel for rel in put if isinstance(rel, str)}
+
+
+def _reusable(pushes: list[str], put: set[str]) -> list[str]:
+    """The pushes whose file in the workspace pyro put there: the agent may write later
+    files into their inodes (agent/recycle.py). Bounded, to keep the request one frame."""
+    reuse: list[str] = []
+    budget = REUSE_BYTES
+    for rel in pushes:
+        if rel in put:
+            budget -= len(rel.encode("utf-8", "surrogateescape")) + 4
+            if budget < 0:
+                break
+            reuse.append(rel)
+    return reuse
 
 
 def _outermost(rel: str, roots: set[str]) -> str:

@@ -1,0 +1,138 @@
+"""Recycled inodes for put_tar: a replaced file's old inode holds the next file's content.
+
+put_tar writes each file to a temporary name and renames it over the target, so a reader
+sees the old content or the new, never a mix. A branch switch does that for hundreds of
+files pyro put before, and each one costs a new inode and frees another. On ext4 without a
+journal, allocating an inode skips every inode freed in the last minute, one look at the
+inode table each: the more files were replaced lately, the slower the next one is created
+(a 1,000-file switch took 0.3 ms a file; recycled, 0.04 ms). So before a target is
+renamed over, its inode is kept under a temporary name of its own (a hard link), and a later
+file of the same stream is written into it and renamed over its own target in turn.
+
+An old inode is written again only when nothing else can see it: a regular file with just
+that temporary name, owned by the agent's user, without extended attributes (ACLs), and held
+open or mapped by no process of the workspace. The last is checked in /proc after the
+rename, for a batch of kept inodes at once; a process that still reads the old content keeps
+it, as with a plain rename. Which targets may be kept is the request's word: files pyro put
+there itself, which live in the workspace's own layer (keeping a file of a lower layer would
+copy it up first).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fileops import temp_name
+
+BATCH = 32  # kept inodes checked in /proc at once: fewer scans, a few more new inodes
+
+
+class Recycler:
+    """The old inodes of one put_tar stream's targets, and the ones cleared for reuse."""
+
+    def __init__(self, keep: set[str]) -> None:
+        self.keep = keep  # member names whose present file pyro put there
+        self.uid = os.geteuid()
+        self.pending: list[tuple[str, int]] = []  # (temporary path, inode) not yet checked
+        self.ready: list[tuple[str, int]] = []  # checked: held by no process
+        self.reused = 0
+
+    def keep_old(self, name: str, parent: str, target: str) -> None:
+        """Before `target` (member `name`) is renamed over: keep its inode, if it may be."""
+        if name not in self.keep:
+            return
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return
+        if st.st_mode & 0o170000 != 0o100000 or st.st_nlink != 1 or st.st_uid != self.uid:
+            return
+        spare = "%s/%s" % (parent, temp_name("old"))
+        try:
+            os.link(target, spare, follow_symlinks=False)
+        except OSError:
+            return
+        self.pending.append((spare, st.st_ino))
+
+    def take(self) -> tuple[str, int] | None:
+        """(temporary path, descriptor open for writing) of an inode to write the next file
+        into, or None: the caller makes a new one."""
+        if not self.ready and len(self.pending) >= BATCH:
+            self._check()
+        while self.ready:
+            spare, ino = self.ready.pop()
+            try:
+                fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                _unlink(spare)
+                continue
+            try:
+                st = os.fstat(fd)
+                usable = (
+                    st.st_ino == ino
+                    and st.st_mode & 0o170000 == 0o100000
+                    and st.st_nlink == 1
+                    and st.st_uid == self.uid
+                    and not os.listxattr(fd)
+                )
+            except OSError:
+                usable = False
+            if usable:
+                self.reused += 1
+                return spare, fd
+            os.close(fd)
+            _unlink(spare)
+        return None
+
+    def discard(self) -> None:
+        """Remove the kept inodes left at the end of the stream."""
+        for spare, _ in self.pending + self.ready:
+            _unlink(spare)
+        self.pending = []
+        self.ready = []
+
+    def _check(self) -> None:
+        held = held_inodes()
+        for spare, ino in self.pending:
+            if held is None or ino in held:
+                _unlink(spare)  # its last name goes; the holder keeps the old content
+            else:
+                self.ready.append((spare, ino))
+        self.pending = []
+
+
+def held_inodes() -> set[int] | None:
+    """The inode numbers every process in the sandbox has open or mapped, or None when a
+    process's descriptors or mappings cannot be read (then nothing counts as free). Inode
+    numbers alone: a match on another device only costs a new inode."""
+    held: set[int] = set()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+            for fd in fds:
+                try:
+                    held.add(os.stat("/proc/%s/fd/%s" % (pid, fd)).st_ino)
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # closed meanwhile
+            with open("/proc/%s/maps" % pid, "rb") as f:
+                maps = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the process ended meanwhile
+        except OSError:
+            return None
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) >= 5 and fields[4] != b"0":
+                held.add(int(fields[4]))
+    return held
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
