@@ -17,7 +17,7 @@ from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.live import Live, assert_in_sync, live_factory, make_repo
 from tests.helpers.project import git
 
-BATCH = 32  # agent/recycle.py: kept inodes are checked this many at a time (not importable here)
+BATCH = 16  # agent/recycle.py: kept inodes are checked this many at a time (not importable here)
 
 
 @pytest.fixture

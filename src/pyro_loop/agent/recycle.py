@@ -24,7 +24,7 @@ import os
 
 from fileops import temp_name
 
-BATCH = 32  # kept inodes checked in /proc at once: fewer scans, a few more new inodes
+BATCH = 16  # kept inodes checked in /proc at once: fewer scans, or fewer new inodes
 
 
 class Recycler:
@@ -37,13 +37,10 @@ class Recycler:
         self.ready: list[tuple[str, int]] = []  # checked: held by no process
         self.reused = 0
 
-    def keep_old(self, name: str, parent: str, target: str) -> None:
-        """Before `target` (member `name`) is renamed over: keep its inode, if it may be."""
+    def keep_old(self, name: str, parent: str, target: str, st: os.stat_result) -> None:
+        """Before `target` (member `name`, whose lstat is `st`) is renamed over: keep its
+        inode, if it may be."""
         if name not in self.keep:
-            return
-        try:
-            st = os.lstat(target)
-        except OSError:
             return
         if st.st_mode & 0o170000 != 0o100000 or st.st_nlink != 1 or st.st_uid != self.uid:
             return
@@ -106,8 +103,10 @@ def held_inodes() -> set[int] | None:
     process's descriptors or mappings cannot be read (then nothing counts as free). Inode
     numbers alone: a match on another device only costs a new inode."""
     held: set[int] = set()
+    # Not the agent's own: this handler and the server that forked it hold no workspace file.
+    agent = {str(os.getpid()), str(os.getppid())}
     try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+        pids = [name for name in os.listdir("/proc") if name.isdigit() and name not in agent]
     except OSError:
         return None
     for pid in pids:

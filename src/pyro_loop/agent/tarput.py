@@ -76,6 +76,10 @@ class _Putter:
         self.errors: list[dict[str, str]] = []
         self.dir_modes: list[tuple[str, int]] = []
         self.recycler = recycler
+        # The last member's parent: its name's parts, where it resolved, and that directory's
+        # (st_dev, st_ino). The members of one directory come one after another; while the
+        # same directory is there, the next one's parent is not resolved and made again.
+        self.last_parent: tuple[list[str], str, tuple[int, int]] | None = None
 
     def error(self, path: str, kind: str, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -91,14 +95,20 @@ class _Putter:
             if member.kind == "dir":
                 return  # the workspace itself: it stays as it is
             raise RequestError("invalid_path", "cannot replace /workspace itself")
-        placed = _member_target(parts)
-        if placed is None:
-            self.error(member.name, "outside_workspace",
-                       "its directory resolves outside /workspace through a symlink")  # fmt: skip
-            return
-        parent, target = placed
+        parent = self.known_parent(parts)
+        if parent is None:
+            placed = _member_target(parts)
+            if placed is None:
+                reason = "its directory resolves outside /workspace through a symlink"
+                self.error(member.name, "outside_workspace", reason)
+                return
+            parent = placed[0]
+        target = parent + "/" + parts[-1]
         try:
-            deeptree.makedirs(parent)
+            if self.last_parent is None or self.last_parent[1] != parent:
+                deeptree.makedirs(parent)
+                st = os.lstat(parent)
+                self.last_parent = (parts[:-1], parent, (st.st_dev, st.st_ino))
             if member.kind == "file":
                 self.put_file(parent, target, member, tar)
             elif member.kind == "symlink":
@@ -107,6 +117,22 @@ class _Putter:
                 self.put_dir(target, member)
         except OSError as exc:
             self.error(member.name, "os_error", str(exc))
+
+    def known_parent(self, parts: list[str]) -> str | None:
+        """Where the last member's parent resolved, if this member has the same one and the
+        directory found there is still the same; else None."""
+        last = self.last_parent
+        if last is None or last[0] != parts[:-1]:
+            self.last_parent = None
+            return None
+        try:
+            st = os.lstat(last[1])
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != last[2] or st.st_mode & 0o170000 != 0o040000:
+            self.last_parent = None
+            return None
+        return last[1]
 
     def temp_in(self, parent: str) -> str:
         return "%s/%s" % (parent, temp_name("put"))
@@ -136,9 +162,14 @@ class _Putter:
                 os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
-            if _is_dir(target):
+            try:
+                st = os.lstat(target)
+            except OSError:
+                st = None
+            if st is not None and st.st_mode & 0o170000 == 0o040000:
                 _remove_any(target)
-            self.recycler.keep_old(member.name, parent, target)
+            elif st is not None:
+                self.recycler.keep_old(member.name, parent, target, st)
             os.rename(tmp, target)
         except BaseException:
             try:

@@ -358,7 +358,7 @@ class AgentClient:
         request: dict[str, Any] = {"op": "put_tar"}
         if reuse:
             request["reuse"] = list(reuse)
-        reply = self._request(request, data=_coalesced(chunks), timeout=timeout)
+        reply = self._request(request, data=_coalesced(chunks, PUT_FRAME), timeout=timeout)
         for key in ("files", "dirs", "symlinks", "bytes"):
             _int(reply, key)
         _errors(reply)
@@ -625,6 +625,11 @@ def _errors(reply: dict[str, Any]) -> list[dict[str, str]]:
     ):
         raise AgentError("malformed reply from the workspace's agent: errors is not a list")
     return [{"path": e["path"], "kind": e["kind"], "error": e["error"]} for e in errors]
+
+
+# A put_tar stream goes in frames of this size: the agent writes the first files while the
+# host still reads the next ones (a 1,000-file switch is about 1 MB, one frame of MAX_CHUNK).
+PUT_FRAME = 64 * 1024
 
 
 def _coalesced(chunks: Iterable[bytes], size: int = p.MAX_CHUNK) -> Iterator[bytes]:
