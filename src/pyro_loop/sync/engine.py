@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pyro_loop import git
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
-from pyro_loop.fs.hoststate import failure_reason, lstat, sha256_file
+from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, sha256_file
 from pyro_loop.fs.util import replace_keeping
 from pyro_loop.locking import file_lock
 from pyro_loop.sync.baseline import Baseline, tree_paths
@@ -64,6 +64,9 @@ class Syncer:
         self._manifest = ManifestFile(manifest_path, self.root)
         self._baseline_tree = baseline_tree
         self._base: Baseline | None = None  # kept between syncs: a baseline never changes
+        # What a reconcile's look for directories found at each candidate, which the plan
+        # that follows right after takes instead of asking again (one lstat a path less).
+        self._looked: dict[str, HostState] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -75,9 +78,15 @@ class Syncer:
             self.filter.refresh()
             if self.repo is not None:
                 baseline = self._baseline(manifest)
-                dirty = self._git_candidates(baseline) | self._submodule_files()
-                candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
-                result = self._sync(candidates, manifest, baseline, clean=candidates - dirty)
+                dirty, differs = self._git_candidates(baseline)
+                dirty |= self._submodule_files()
+                try:
+                    candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
+                    result = self._sync(
+                        candidates, manifest, baseline, clean=candidates - dirty, differs=differs
+                    )
+                finally:
+                    self._looked.clear()
             else:
                 candidates = set(self._walk("")) | set(manifest["entries"])
                 result = self._sync(candidates, manifest, None, clean=set())
@@ -171,19 +180,24 @@ class Syncer:
             self._base = Baseline(self._repo, tree or None)
         return self._base
 
-    def _git_candidates(self, baseline: Baseline) -> set[str]:
+    def _git_candidates(self, baseline: Baseline) -> tuple[set[str], set[str]]:
         """A superset of the paths where the working tree differs from the baseline: what
         differs from HEAD (git status, index and work tree, untracked but not ignored) plus
-        what differs between the baseline and HEAD (after a commit or a branch switch)."""
+        what differs between the baseline and HEAD (after a commit or a branch switch).
+        Second, the paths among them that git vouches differ from the baseline: HEAD has
+        other content there than the baseline, and git status lists nothing for them (the
+        work tree holds HEAD's), so no read of theirs needs to say so."""
         # Ignored entries are listed too (their directories unopened) for one case: libgit2
         # calls a symlink to a directory ignored by a directory-only pattern (`build/`),
         # where git does not; the path filter gives git's answer for those.
+        status = self._repo.status(untracked_files="all", ignored=True)
         paths = {
             path
-            for path, flags in self._repo.status(untracked_files="all", ignored=True).items()
+            for path, flags in status.items()
             if not flags & git.STATUS_IGNORED
             or lstat(self.tree, path.rstrip("/")).kind == "symlink"
         }
+        differs: set[str] = set()
         head = git.head_tree(self._repo)
         if baseline.tree is None or head is None:
             for tree in (baseline.tree, head):  # one of them empty: all of the other differs
@@ -191,9 +205,13 @@ class Syncer:
                     paths.update(tree_paths(tree))
         elif baseline.tree.id != head.id:
             for delta in baseline.tree.diff_to_tree(head).deltas:
-                paths.add(delta.old_file.path)
-                paths.add(delta.new_file.path)
-        return {p.rstrip("/") for p in paths if p}
+                old, new = delta.old_file, delta.new_file
+                paths.add(old.path)
+                paths.add(new.path)
+                if (old.path == new.path and old.id != new.id and new.path not in status
+                        and git.MODE_SUBMODULE not in (old.mode, new.mode)):  # fmt: skip
+                    differs.add(new.path)
+        return {p.rstrip("/") for p in paths if p}, differs
 
     def _submodule_files(self) -> set[str]:
         """The files of checked-out submodules: part of the checkout, though git status
@@ -240,9 +258,8 @@ class Syncer:
         never show up as changed)."""
         expanded = set(candidates)
         for rel in candidates:
-            if lstat(self.tree, rel).kind == "dir" and not self._known_dir(
-                rel, manifest["entries"], baseline
-            ):
+            state = self._looked[rel] = lstat(self.tree, rel)
+            if state.kind == "dir" and not self._known_dir(rel, manifest["entries"], baseline):
                 expanded.update(self._walk(rel))
         return expanded
 
@@ -265,9 +282,11 @@ class Syncer:
         baseline: Baseline | None,
         *,
         clean: set[str],
+        differs: set[str] | None = None,
     ) -> SyncResult:
         """Push what differs among `candidates`. `clean` are paths known to equal the
         baseline on the host (reconcile): once the workspace matches them, their records go.
+        `differs` are paths known to differ from the baseline on the host (git's word).
         """
         result = SyncResult()
         entries: dict[str, Any] = manifest["entries"]
@@ -280,7 +299,9 @@ class Syncer:
                 entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
                 continue
             try:
-                action = self._decide(rel, effective_entry(rel, entries), baseline, now)
+                entry = effective_entry(rel, entries)
+                differing = differs is not None and rel in differs
+                action = self._decide(rel, entry, baseline, now, differs=differing)
             except OSError as exc:
                 result.skipped.append(Skipped(rel, failure_reason(exc)))
                 continue
@@ -304,14 +325,22 @@ class Syncer:
         return result
 
     def _decide(
-        self, rel: str, entry: dict[str, Any] | None, base: Baseline | None, now: int
+        self,
+        rel: str,
+        entry: dict[str, Any] | None,
+        base: Baseline | None,
+        now: int,
+        *,
+        differs: bool = False,
     ) -> str:
-        """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same"."""
-        state = lstat(self.tree, rel)  # absent below a symlinked directory: no repo path
+        """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same".
+        `differs`: git says the host's file is not the baseline's (no need to read it)."""
+        # Absent below a symlinked directory: no repository path.
+        state = self._looked.pop(rel, None) or lstat(self.tree, rel)
         if state.kind == "other":
             return "skip:not a regular file, directory or symlink"
         if entry is None:  # the workspace has the baseline's version
-            if base is not None and base.matches(rel, self.tree, state):
+            if base is not None and not differs and base.matches(rel, self.tree, state):
                 return "same"
             if state.kind == "absent":
                 return "same" if base is None else "remove"
