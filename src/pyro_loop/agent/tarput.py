@@ -168,9 +168,8 @@ class _Putter:
                 st = None
             if st is not None and st.st_mode & 0o170000 == 0o040000:
                 _remove_any(target)
-            elif st is not None:
-                self.recycler.keep_old(member.name, parent, target, st)
-            os.rename(tmp, target)
+                st = None
+            self.recycler.replace(member.name, tmp, target, st)
         except BaseException:
             try:
                 os.unlink(tmp)
