@@ -314,7 +314,11 @@ class Syncer:
         settled: set[str] = set()  # the workspace holds the host's version already
         now = time.time_ns()
         for rel in sorted(candidates):
-            if not self.filter.wants(rel):
+            # Whether it is a directory, from the look the reconcile just took if it found
+            # the path (else the filter looks, following a symlinked parent as git does).
+            looked = self._looked.get(rel)
+            is_dir = None if looked is None or looked.kind == "absent" else looked.kind == "dir"
+            if not self.filter.wants(rel, is_dir=is_dir):
                 entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
                 continue
             try:
