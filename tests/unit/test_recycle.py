@@ -39,7 +39,7 @@ for name in names:
         tmp = os.path.join(root, ".pyro-tmp-new-" + name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     else:
-        tmp, fd = taken
+        tmp, fd, _, _ = taken
     data = ("new " + name).encode()
     os.write(fd, data)
     os.ftruncate(fd, len(data))

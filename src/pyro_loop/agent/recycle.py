@@ -73,9 +73,9 @@ class Recycler:
         if spare:
             self.pending.append((spare, st.st_ino))
 
-    def take(self) -> tuple[str, int] | None:
-        """(temporary path, descriptor open for writing) of an inode to write the next file
-        into, or None: the caller makes a new one."""
+    def take(self) -> tuple[str, int, int, int] | None:
+        """(temporary path, descriptor open for writing, its size, its permission bits) of an
+        inode to write the next file into, or None: the caller makes a new one."""
         if not self.ready and len(self.pending) >= BATCH:
             self._check()
         while self.ready:
@@ -98,7 +98,7 @@ class Recycler:
                 usable = False
             if usable:
                 self.reused += 1
-                return spare, fd
+                return spare, fd, st.st_size, st.st_mode & 0o7777
             os.close(fd)
             _unlink(spare)
         return None

@@ -140,9 +140,9 @@ class _Putter:
     def put_file(self, parent: str, target: str, member: TarMember, source: TarReader) -> None:
         reused = self.recycler.take()
         if reused is not None:
-            tmp, fd = reused
+            tmp, fd, size, mode = reused
         else:
-            tmp = self.temp_in(parent)
+            tmp, size, mode = self.temp_in(parent), 0, -1  # its mode is the umask's word
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, 0o600)
         try:
@@ -156,10 +156,11 @@ class _Putter:
                     while view:
                         view = view[os.write(fd, view) :]
                     written += len(chunk)
-                if reused is not None:
-                    os.ftruncate(fd, written)  # the old content may be longer
+                if written < size:
+                    os.ftruncate(fd, written)  # a reused inode's old content was longer
                 self.counts["bytes"] += written
-                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+                if mode != member.mode & 0o777:
+                    os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
             try:
