@@ -104,8 +104,15 @@ class Recycler:
         return None
 
     def discard(self) -> None:
-        """Remove the kept inodes left at the end of the stream."""
+        """Remove the kept inodes left at the end of the stream (a batch or so). Each is
+        opened before its name goes, and left open: freeing an inode whose pages are being
+        written back waits for that (milliseconds each while the disk is busy), and the
+        handler's exit, after its reply, closes them instead."""
         for spare, _ in self.pending + self.ready:
+            try:
+                os.open(spare, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                pass
             _unlink(spare)
         self.pending = []
         self.ready = []
