@@ -223,20 +223,29 @@ def measure(loops: list[Any], tmp: Path, runs: int) -> Bench:
     edit_one = repo / "pkg1" / "mod1.py"
     one_file = timed(loop.sync, runs, lambda: edit_one.write_text(f"V = {next(counter)}\n"))
     bench.rows.append(Row("sync of one changed file", one_file))
-    # Each switch's sync and a full copy are timed right after the same checkout: on ext4
-    # without a journal, a file's creation walks every inode deleted in the last minute, and
-    # the checkout has just deleted 1,000 files; a copy timed elsewhere would not pay that.
-    switched: list[float] = []
-    copied: list[float] = []
-    for n, branch in enumerate(["other", "main"] * max(1, min(runs, 6) // 2)):  # ends on main
-        git(repo, "checkout", "-q", "-f", branch)
-        switched += timed(loop.sync, 1)
-        copied += timed(partial(shutil.copytree, repo, tmp / f"copy{n}", symlinks=True), 1)
+    switched, copied = branch_switches(loop, repo, tmp, max(1, min(runs, 6) // 2))
     bench.rows.append(Row("branch switch sync (1,000 files)", switched, "copy", 0.25))
     bench.floors["copy"] = copied
     bench.floors["bwrap"] += timed(bwrap_true, runs)
     scale(bench, (loop, repo), (big, big_repo), max(3, runs // 2))
     return bench
+
+
+def branch_switches(
+    loop: Any, repo: Path, tmp: Path, rounds: int
+) -> tuple[list[float], list[float]]:
+    """`rounds` switches to `other` and back, each timed as `loop.sync()` and as a full copy
+    of the repository. Each switch's sync and copy are timed right after the same checkout:
+    on ext4 without a journal, a file's creation walks every inode deleted in the last
+    minute, and the checkout has just deleted 1,000 files; a copy timed elsewhere would not
+    pay that."""
+    switched: list[float] = []
+    copied: list[float] = []
+    for n, branch in enumerate(["other", "main"] * rounds):  # ends on main
+        git(repo, "checkout", "-q", "-f", branch)
+        switched += timed(loop.sync, 1)
+        copied += timed(partial(shutil.copytree, repo, tmp / f"copy{n}", symlinks=True), 1)
+    return switched, copied
 
 
 def scale(bench: Bench, small: tuple[Any, Path], large: tuple[Any, Path], runs: int) -> None:

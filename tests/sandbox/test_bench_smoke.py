@@ -54,6 +54,10 @@ def test_daily_loop_benchmark_runs_every_step() -> None:
                     "branch switch", "full copy", "one-file sync vs full copy"])  # fmt: skip
 
 
+def test_branch_switch_benchmark_runs_alone() -> None:
+    run_bench("bench_switch.py", "--quick", rows=["branch switch sync", "full copy", "syncs:"])
+
+
 @pytest.mark.slow
 def test_mcp_benchmark_runs_and_reports_pyros_share_of_initialize(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

@@ -13,6 +13,7 @@ to the operation `OPS` names; the operations live beside it, one job per module:
   tarexport.py tar: a tree streamed out as a tar archive (what export unpacks)
   tarread.py   parsing a tar stream from a request's data frames
   tarput.py    put_tar and remove_many (sync into the workspace)
+  recycle.py   put_tar's reuse of the inodes of the files it replaces
   execop.py    exec (run a command, forward its output and input), freeze
   services.py  detached commands with bounded logs (service_*), ps
   portfwd.py   sockets, connect: published ports (the workspace's TCP sockets for the

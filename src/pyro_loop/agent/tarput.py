@@ -15,6 +15,7 @@ import deeptree
 import protocol as p
 from confine import WORKSPACE, RequestError, confine, inside, realpath
 from fileops import temp_name
+from recycle import Recycler
 from tarread import FrameReader, TarReader
 
 TYPE_CHECKING = False
@@ -70,10 +71,15 @@ def _is_dir(path: str) -> bool:
 class _Putter:
     """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, recycler: Recycler) -> None:
         self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
         self.errors: list[dict[str, str]] = []
         self.dir_modes: list[tuple[str, int]] = []
+        self.recycler = recycler
+        # The last member's parent: its name's parts, where it resolved, and that directory's
+        # (st_dev, st_ino). The members of one directory come one after another; while the
+        # same directory is there, the next one's parent is not resolved and made again.
+        self.last_parent: tuple[list[str], str, tuple[int, int]] | None = None
 
     def error(self, path: str, kind: str, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -89,14 +95,20 @@ class _Putter:
             if member.kind == "dir":
                 return  # the workspace itself: it stays as it is
             raise RequestError("invalid_path", "cannot replace /workspace itself")
-        placed = _member_target(parts)
-        if placed is None:
-            self.error(member.name, "outside_workspace",
-                       "its directory resolves outside /workspace through a symlink")  # fmt: skip
-            return
-        parent, target = placed
+        parent = self.known_parent(parts)
+        if parent is None:
+            placed = _member_target(parts)
+            if placed is None:
+                reason = "its directory resolves outside /workspace through a symlink"
+                self.error(member.name, "outside_workspace", reason)
+                return
+            parent = placed[0]
+        target = parent + "/" + parts[-1]
         try:
-            deeptree.makedirs(parent)
+            if self.last_parent is None or self.last_parent[1] != parent:
+                deeptree.makedirs(parent)
+                st = os.lstat(parent)
+                self.last_parent = (parts[:-1], parent, (st.st_dev, st.st_ino))
             if member.kind == "file":
                 self.put_file(parent, target, member, tar)
             elif member.kind == "symlink":
@@ -106,15 +118,36 @@ class _Putter:
         except OSError as exc:
             self.error(member.name, "os_error", str(exc))
 
+    def known_parent(self, parts: list[str]) -> str | None:
+        """Where the last member's parent resolved, if this member has the same one and the
+        directory found there is still the same; else None."""
+        last = self.last_parent
+        if last is None or last[0] != parts[:-1]:
+            self.last_parent = None
+            return None
+        try:
+            st = os.lstat(last[1])
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != last[2] or st.st_mode & 0o170000 != 0o040000:
+            self.last_parent = None
+            return None
+        return last[1]
+
     def temp_in(self, parent: str) -> str:
         return "%s/%s" % (parent, temp_name("put"))
 
     def put_file(self, parent: str, target: str, member: TarMember, source: TarReader) -> None:
-        tmp = self.temp_in(parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600)
+        reused = self.recycler.take()
+        if reused is not None:
+            tmp, fd, size, mode = reused
+        else:
+            tmp, size, mode = self.temp_in(parent), 0, -1  # its mode is the umask's word
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o600)
         try:
             try:
+                written = 0
                 while True:
                     chunk = source.read(p.MAX_CHUNK)
                     if not chunk:
@@ -122,13 +155,22 @@ class _Putter:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-                    self.counts["bytes"] += len(chunk)
-                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+                    written += len(chunk)
+                if written < size:
+                    os.ftruncate(fd, written)  # a reused inode's old content was longer
+                self.counts["bytes"] += written
+                if mode != member.mode & 0o777:
+                    os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
-            if _is_dir(target):
+            try:
+                st = os.lstat(target)
+            except OSError:
+                st = None
+            if st is not None and st.st_mode & 0o170000 == 0o040000:
                 _remove_any(target)
-            os.rename(tmp, target)
+                st = None
+            self.recycler.replace(member.name, tmp, target, st)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -175,10 +217,17 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     old content or the new, never a mix; what was at the target (a directory, a link) is
     replaced. A member named with an absolute path or `..`, or of another type than file,
     directory or symlink, ends the request (members before it stay written).
+
+    `reuse` (optional) names members whose present file in the workspace pyro put there:
+    their old inodes may hold later files of the stream (recycle.py).
     """
+    reuse = req.get("reuse", [])
+    if not isinstance(reuse, list) or not all(isinstance(name, str) for name in reuse):
+        raise RequestError("invalid_request", "reuse must be a list of strings")
     reader = FrameReader(conn)
     tar = TarReader(reader)
-    putter = _Putter()
+    recycler = Recycler(set(reuse))
+    putter = _Putter(recycler)
     try:
         while True:
             member = tar.next()
@@ -189,9 +238,11 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
         reader.drain()
         raise
     finally:
+        recycler.discard()
         putter.finish()
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
     reply: dict[str, Any] = dict(putter.counts)
+    reply["reused"] = recycler.reused
     reply["errors"] = putter.errors
     return reply
 

@@ -73,6 +73,7 @@ AGENT_FILES = (
     "fileops.py",
     "tarread.py",
     "tarput.py",
+    "recycle.py",
     "tarexport.py",
     "execop.py",
     "proctree.py",

@@ -219,7 +219,9 @@ class PathFilter:
                 return self._tracked(rel)
         if is_dir:
             return not self._dir_ignored(rel)
-        return not self._file_ignored(rel) or self._tracked(rel)
+        # A tracked file is synced whatever the ignore rules say; the index is asked first,
+        # as the cheaper question (most of a full sync's candidates are tracked files).
+        return self._tracked(rel) or not self._file_ignored(rel)
 
     def _file_ignored(self, rel: str) -> bool:
         """Is `rel` (not a directory: a file or a symlink) ignored?

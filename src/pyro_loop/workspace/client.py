@@ -332,7 +332,11 @@ class AgentClient:
         return self._request({"op": "tar", "path": path}, on_frame=on_frame, timeout=600.0)
 
     def put_tar(
-        self, source: BinaryIO | Iterable[bytes], *, timeout: float | None = 600.0
+        self,
+        source: BinaryIO | Iterable[bytes],
+        *,
+        reuse: Sequence[str] = (),
+        timeout: float | None = 600.0,
     ) -> dict[str, Any]:
         """Unpack an uncompressed tar stream into /workspace (files, directories, symlinks).
 
@@ -340,6 +344,8 @@ class AgentClient:
         counts what was written (`files`, `dirs`, `symlinks`, `bytes`) and lists the members
         that could not be (`errors`: `path`, `kind`, `error`); a member with an absolute path,
         `..` or an unsupported type ends the request with InvalidInputError or AgentError.
+        `reuse` names members whose present file in the workspace this client put there: the
+        agent may write later members into their old inodes (agent/recycle.py).
         """
         chunks: Iterable[bytes]
         if isinstance(source, bytes | bytearray):
@@ -349,7 +355,10 @@ class AgentClient:
             chunks = iter(lambda: reader.read(p.MAX_CHUNK), b"")
         else:
             chunks = source
-        reply = self._request({"op": "put_tar"}, data=_coalesced(chunks), timeout=timeout)
+        request: dict[str, Any] = {"op": "put_tar"}
+        if reuse:
+            request["reuse"] = list(reuse)
+        reply = self._request(request, data=_coalesced(chunks, PUT_FRAME), timeout=timeout)
         for key in ("files", "dirs", "symlinks", "bytes"):
             _int(reply, key)
         _errors(reply)
@@ -616,6 +625,11 @@ def _errors(reply: dict[str, Any]) -> list[dict[str, str]]:
     ):
         raise AgentError("malformed reply from the workspace's agent: errors is not a list")
     return [{"path": e["path"], "kind": e["kind"], "error": e["error"]} for e in errors]
+
+
+# A put_tar stream goes in frames of this size: the agent writes the first files while the
+# host still reads the next ones (a 1,000-file switch is about 1 MB, one frame of MAX_CHUNK).
+PUT_FRAME = 64 * 1024
 
 
 def _coalesced(chunks: Iterable[bytes], size: int = p.MAX_CHUNK) -> Iterator[bytes]:

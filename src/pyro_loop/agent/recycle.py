@@ -1,0 +1,189 @@
+"""Recycled inodes for put_tar: a replaced file's old inode holds the next file's content.
+
+put_tar writes each file to a temporary name and renames it over the target, so a reader
+sees the old content or the new, never a mix. A branch switch does that for hundreds of
+files pyro put before, and each one costs a new inode and frees another. On ext4 without a
+journal, allocating an inode skips every inode freed in the last minute, one look at the
+inode table each: the more files were replaced lately, the slower the next one is created
+(a 1,000-file switch took 0.3 ms a file; recycled, 0.04 ms). So the new file takes the
+target's place by swapping the two names (renameat2 RENAME_EXCHANGE; where that is missing,
+a hard link keeps the old inode before the rename), the old inode stays under a temporary
+name, and a later file of the same stream is written into it and swapped in turn.
+
+An old inode is written again only when nothing else can see it: a regular file with just
+that temporary name, owned by the agent's user, without extended attributes (ACLs), and held
+open or mapped by no process of the workspace. The last is checked in /proc after the
+swap, for a batch of kept inodes at once; a process that still reads the old content keeps
+it, as with a plain rename. Which targets may be kept is the request's word: files pyro put
+there itself, which live in the workspace's own layer (keeping a file of a lower layer would
+copy it up first).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fileops import temp_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    from collections.abc import Callable
+
+BATCH = 16  # kept inodes checked in /proc at once: fewer scans, or fewer new inodes
+
+
+class Recycler:
+    """The old inodes of one put_tar stream's targets, and the ones cleared for reuse."""
+
+    def __init__(self, keep: set[str]) -> None:
+        # Member names whose present file pyro put there; fewer than a batch would never be
+        # checked, and so never reused.
+        self.keep = keep if len(keep) >= BATCH else set()
+        self.uid = os.geteuid()
+        self.pending: list[tuple[str, int]] = []  # (temporary path, inode) not yet checked
+        self.ready: list[tuple[str, int]] = []  # checked: held by no process
+        self.reused = 0
+        # Loading ctypes costs a request 1.5 ms: only for a stream with a batch to reuse.
+        self.exchange = _exchanger() if self.keep else None
+
+    def replace(self, name: str, tmp: str, target: str, st: os.stat_result | None) -> None:
+        """Put the file at `tmp` in place of `target` (member `name`; `st` its lstat, not a
+        directory's, or None) in one step, and keep the old inode if it may be reused: the
+        two names swapped (renameat2 RENAME_EXCHANGE), else a link to it, then a rename."""
+        if (
+            st is None
+            or name not in self.keep
+            or st.st_mode & 0o170000 != 0o100000
+            or st.st_nlink != 1
+            or st.st_uid != self.uid
+        ):
+            os.rename(tmp, target)
+            return
+        if self.exchange is not None:
+            if self.exchange(tmp, target):
+                self.pending.append((tmp, st.st_ino))
+                return
+            self.exchange = None  # refused here (kernel, filesystem, filter): links from now on
+        spare = "%s/%s" % (os.path.dirname(target), temp_name("old"))
+        try:
+            os.link(target, spare, follow_symlinks=False)
+        except OSError:
+            spare = ""
+        os.rename(tmp, target)
+        if spare:
+            self.pending.append((spare, st.st_ino))
+
+    def take(self) -> tuple[str, int, int, int] | None:
+        """(temporary path, descriptor open for writing, its size, its permission bits) of an
+        inode to write the next file into, or None: the caller makes a new one."""
+        if not self.ready and len(self.pending) >= BATCH:
+            self._check()
+        while self.ready:
+            spare, ino = self.ready.pop()
+            try:
+                fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                _unlink(spare)
+                continue
+            try:
+                st = os.fstat(fd)
+                usable = (
+                    st.st_ino == ino
+                    and st.st_mode & 0o170000 == 0o100000
+                    and st.st_nlink == 1
+                    and st.st_uid == self.uid
+                    and not os.listxattr(fd)
+                )
+            except OSError:
+                usable = False
+            if usable:
+                self.reused += 1
+                return spare, fd, st.st_size, st.st_mode & 0o7777
+            os.close(fd)
+            _unlink(spare)
+        return None
+
+    def discard(self) -> None:
+        """Remove the kept inodes left at the end of the stream (a batch or so). Each is
+        opened before its name goes, and left open: freeing an inode whose pages are being
+        written back waits for that (milliseconds each while the disk is busy), and the
+        handler's exit, after its reply, closes them instead."""
+        for spare, _ in self.pending + self.ready:
+            try:
+                os.open(spare, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                pass
+            _unlink(spare)
+        self.pending = []
+        self.ready = []
+
+    def _check(self) -> None:
+        held = held_inodes()
+        for spare, ino in self.pending:
+            if held is None or ino in held:
+                _unlink(spare)  # its last name goes; the holder keeps the old content
+            else:
+                self.ready.append((spare, ino))
+        self.pending = []
+
+
+def held_inodes() -> set[int] | None:
+    """The inode numbers every process in the sandbox has open or mapped, or None when a
+    process's descriptors or mappings cannot be read (then nothing counts as free). Inode
+    numbers alone: a match on another device only costs a new inode."""
+    held: set[int] = set()
+    # Not the agent's own: this handler and the server that forked it hold no workspace file.
+    agent = {str(os.getpid()), str(os.getppid())}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit() and name not in agent]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+            for fd in fds:
+                try:
+                    held.add(os.stat("/proc/%s/fd/%s" % (pid, fd)).st_ino)
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # closed meanwhile
+            with open("/proc/%s/maps" % pid, "rb") as f:
+                maps = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the process ended meanwhile
+        except OSError:
+            return None
+        for line in maps.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) >= 5 and fields[4] != b"0":
+                held.add(int(fields[4]))
+    return held
+
+
+def _exchanger() -> Callable[[str, str], bool] | None:
+    """A function swapping two paths atomically (True when it did), or None without ctypes
+    or renameat2 (glibc 2.28)."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (ImportError, OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+
+    def exchange(first: str, second: str) -> bool:
+        result: int = call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), EXCHANGE)
+        return result == 0
+
+    return exchange
+
+
+AT_FDCWD = -100
+EXCHANGE = 2  # RENAME_EXCHANGE
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
