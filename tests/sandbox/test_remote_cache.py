@@ -41,6 +41,7 @@ from pyro_loop.store.treehash import tree_digest
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.oci_registry import RegistryServer, running_registry
 from tests.helpers.project import DEPS_CONFIG, commit_project, git, run_pyro
+from tests.helpers.tarmembers import member
 
 SECRET = "s3cret-Pa55"
 # More than the registry and the kernel buffer between them: a pull is still running when
@@ -644,7 +645,7 @@ def test_many_small_files_stop_before_the_disk_is_full(
 
 
 def test_an_archive_shorter_than_its_recorded_size_is_refused(tmp_path: Path) -> None:
-    blob, tar_size = _zstd_tar((_member("a", size=2), b"hi"))
+    blob, tar_size = _zstd_tar((member("a", size=2), b"hi"))
     with pytest.raises(PyroError, match=f"unpacks to {tar_size} bytes, its manifest records"):
         archive.unpack(blob, tmp_path, tar_size=tar_size + 512)
 
@@ -674,16 +675,21 @@ def test_archive_round_trip_keeps_whiteouts_opaque_dirs_links_and_modes(tmp_path
     (tree / "run.sh").chmod(0o755)
     (tree / "link").symlink_to("/usr/bin/python3")
     os.mknod(tree / "deleted", 0o20600, os.makedev(0, 0))
+    unpacked, out = _round_trip(tree, tmp_path / "out")
+    assert unpacked.size == dir_size(out) == len("#!/bin/sh\n")
+    assert (out / "run.sh").stat().st_mtime == int((tree / "run.sh").stat().st_mtime)
+
+
+def _round_trip(tree: Path, out: Path) -> tuple[archive.Unpacked, Path]:
+    """`tree` packed as a layer blob and unpacked into `out`; the digest the unpacking
+    computes as it writes is the one read back from either tree."""
     blob = io.BytesIO()
     tar_size = archive.pack(tree, blob)
     blob.seek(0)
-    out = tmp_path / "out"
     out.mkdir()
-    # The digest the unpacking computes as it writes is the one read back from the tree.
     unpacked = archive.unpack(blob, out, tar_size=tar_size)
     assert unpacked.digest == tree_digest(out) == tree_digest(tree)
-    assert unpacked.size == dir_size(out) == len("#!/bin/sh\n")
-    assert (out / "run.sh").stat().st_mtime == int((tree / "run.sh").stat().st_mtime)
+    return unpacked, out
 
 
 def test_archive_round_trip_of_a_deep_tree_with_long_and_odd_names(tmp_path: Path) -> None:
@@ -704,13 +710,7 @@ def test_archive_round_trip_of_a_deep_tree_with_long_and_odd_names(tmp_path: Pat
     (tree / "big.bin").write_bytes(os.urandom(3 << 20))
     (tree / "empty").write_bytes(b"")
     os.utime(tree / "empty", (-5, -5))
-    blob = io.BytesIO()
-    tar_size = archive.pack(tree, blob)
-    blob.seek(0)
-    out = tmp_path / "out"
-    out.mkdir()
-    unpacked = archive.unpack(blob, out, tar_size=tar_size)
-    assert unpacked.digest == tree_digest(out) == tree_digest(tree)
+    unpacked, out = _round_trip(tree, tmp_path / "out")
     assert unpacked.size == dir_size(out) == dir_size(tree)
     assert (out / "empty").stat().st_mtime == -5
 
@@ -741,7 +741,7 @@ def test_modes_are_the_archive_s_whatever_the_umask(tmp_path: Path) -> None:
 
 
 def test_hard_links_unpack_as_links_to_the_same_file(tmp_path: Path) -> None:
-    members = [(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="a"), b"")]
+    members = [(member("a", size=2), b"hi"), (member("b", tarfile.LNKTYPE, linkname="a"), b"")]
     digest = _unpack(_zstd_tar(*members), tmp_path).digest
     assert (tmp_path / "a").stat().st_ino == (tmp_path / "b").stat().st_ino
     assert digest == tree_digest(tmp_path)
@@ -762,34 +762,26 @@ def _unpack(blob: tuple[io.BytesIO, int], dest: Path) -> archive.Unpacked:
     return archive.unpack(blob[0], dest, tar_size=blob[1])
 
 
-def _member(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
-
-
 @pytest.mark.parametrize(
     ("members", "reason"),
     [
-        ([(_member("/etc/passwd"), b"")], "escapes the tree"),
-        ([(_member("../up"), b"")], "escapes the tree"),
-        ([(_member("dev", tarfile.DIRTYPE), b""), (_member("dev/sda", tarfile.BLKTYPE), b"")],
+        ([(member("/etc/passwd"), b"")], "escapes the tree"),
+        ([(member("../up"), b"")], "escapes the tree"),
+        ([(member("dev", tarfile.DIRTYPE), b""), (member("dev/sda", tarfile.BLKTYPE), b"")],
          "device or FIFO"),
-        ([(_member("out", tarfile.SYMTYPE, linkname="/etc"), b""), (_member("out/x"), b"")],
+        ([(member("out", tarfile.SYMTYPE, linkname="/etc"), b""), (member("out/x"), b"")],
          "not in a directory"),
-        ([(_member("x"), b""), (_member(".wh.x"), b"")], "both present and whited out"),
-        ([(_member(".wh.x"), b""), (_member("x"), b"")], "both present and whited out"),
-        ([(_member(".wh.d", tarfile.DIRTYPE), b"")], "named like a whiteout marker"),
-        ([(_member("a", size=2), b"hi"), (_member("b", tarfile.LNKTYPE, linkname="../etc/passwd"),
+        ([(member("x"), b""), (member(".wh.x"), b"")], "both present and whited out"),
+        ([(member(".wh.x"), b""), (member("x"), b"")], "both present and whited out"),
+        ([(member(".wh.d", tarfile.DIRTYPE), b"")], "named like a whiteout marker"),
+        ([(member("a", size=2), b"hi"), (member("b", tarfile.LNKTYPE, linkname="../etc/passwd"),
           b"")], "escapes the tree"),
-        ([(_member("b", tarfile.LNKTYPE, linkname="a"), b""), (_member("a", size=2), b"hi")],
+        ([(member("b", tarfile.LNKTYPE, linkname="a"), b""), (member("a", size=2), b"hi")],
          "not a file unpacked before"),
-        ([(_member("d", tarfile.DIRTYPE), b""), (_member("d/f", tarfile.FIFOTYPE), b"")],
+        ([(member("d", tarfile.DIRTYPE), b""), (member("d/f", tarfile.FIFOTYPE), b"")],
          "device or FIFO"),
-        ([(_member("d/f", size=2), b"hi")], "not in a directory"),
-        ([(_member("a", size=2), b"hi"), (_member("a", size=2), b"hi")], "appears twice"),
+        ([(member("d/f", size=2), b"hi")], "not in a directory"),
+        ([(member("a", size=2), b"hi"), (member("a", size=2), b"hi")], "appears twice"),
     ],
 )  # fmt: skip
 def test_hostile_archives_are_refused(
@@ -800,20 +792,20 @@ def test_hostile_archives_are_refused(
 
 
 def test_set_id_bits_are_dropped(tmp_path: Path) -> None:
-    _unpack(_zstd_tar((_member("su", mode=0o4755, size=2), b"hi")), tmp_path)
+    _unpack(_zstd_tar((member("su", mode=0o4755, size=2), b"hi")), tmp_path)
     assert (tmp_path / "su").stat().st_mode & 0o7777 == 0o755
 
 
 def test_a_conflict_found_by_a_writing_thread_stops_them_all(tmp_path: Path) -> None:
     # The whiteout and the directory it hides are made by two threads, with hundreds of
     # entries waiting behind them for directories: every thread gives up, none hangs.
-    members = [(_member(".wh.x"), b"")]
+    members = [(member(".wh.x"), b"")]
     for n in range(300):
-        members.append((_member(f"d{n}", tarfile.DIRTYPE), b""))
-    members.append((_member("x", tarfile.DIRTYPE), b""))
+        members.append((member(f"d{n}", tarfile.DIRTYPE), b""))
+    members.append((member("x", tarfile.DIRTYPE), b""))
     for n in range(300):
-        members.append((_member(f"x/d{n}", tarfile.DIRTYPE), b""))
-        members.append((_member(f"x/d{n}/f", size=2), b"hi"))
+        members.append((member(f"x/d{n}", tarfile.DIRTYPE), b""))
+        members.append((member(f"x/d{n}/f", size=2), b"hi"))
     with pytest.raises(PyroError, match="'x' is both present and whited out"):
         _unpack(_zstd_tar(*members), tmp_path)
 
@@ -821,7 +813,7 @@ def test_a_conflict_found_by_a_writing_thread_stops_them_all(tmp_path: Path) -> 
 def test_a_stream_cut_short_is_refused(tmp_path: Path) -> None:
     import zstandard
 
-    raw = _zstd_tar((_member("a", size=2000), b"x" * 2000), (_member("b"), b""))[0]
+    raw = _zstd_tar((member("a", size=2000), b"x" * 2000), (member("b"), b""))[0]
     tar = zstandard.ZstdDecompressor().decompressobj().decompress(raw.getvalue())
     for cut in (300, 1500, 2560):  # in a header, in a body, before the end of the archive
         dest = tmp_path / str(cut)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.fs import ustar
+from tests.helpers.tarmembers import member
 
 
 def _archive(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -23,14 +24,6 @@ def _archive(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PA
     return raw.getvalue()
 
 
-def _info(name: str, kind: bytes = tarfile.REGTYPE, **attrs: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    return info
-
-
 def _pieces(data: bytes, size: int) -> Callable[[], bytes]:
     """`next_chunk` over `data` cut into pieces of `size` bytes."""
     chunks: Iterator[bytes] = (data[at : at + size] for at in range(0, len(data), size))
@@ -39,7 +32,7 @@ def _pieces(data: bytes, size: int) -> Callable[[], bytes]:
 
 def _read(data: bytes, piece: int = 1 << 20) -> list[tuple[ustar.Member, bytes]]:
     reader = ustar.Reader(_pieces(data, piece))
-    return [(member, b"".join(reader.chunks())) for member in reader]
+    return [(entry, b"".join(reader.chunks())) for entry in reader]
 
 
 def _tarfile_read(data: bytes) -> list[tuple[str, bytes, int, int, int, str, bytes]]:
@@ -54,19 +47,19 @@ def _tarfile_read(data: bytes) -> list[tuple[str, bytes, int, int, int, str, byt
 
 
 MEMBERS = [
-    (_info("d", tarfile.DIRTYPE, mode=0o755, mtime=1_700_000_000), b""),
-    (_info("d/empty", mode=0o644, mtime=1), b""),
-    (_info("d/run.sh", mode=0o755, size=10), b"#!/bin/sh\n"),
+    (member("d", tarfile.DIRTYPE, mode=0o755, mtime=1_700_000_000), b""),
+    (member("d/empty", mode=0o644, mtime=1), b""),
+    (member("d/run.sh", mode=0o755, size=10), b"#!/bin/sh\n"),
     # A name and a link target longer than their fields: pax records.
-    (_info("d/" + "n" * 150, size=3), b"abc"),
-    (_info("d/link", tarfile.SYMTYPE, linkname="/usr/" + "t" * 120), b""),
-    (_info("d/hard", tarfile.LNKTYPE, linkname="d/run.sh"), b""),
+    (member("d/" + "n" * 150, size=3), b"abc"),
+    (member("d/link", tarfile.SYMTYPE, linkname="/usr/" + "t" * 120), b""),
+    (member("d/hard", tarfile.LNKTYPE, linkname="d/run.sh"), b""),
     # Not ASCII, not UTF-8 (kept as the file system's bytes), a time before 1970.
-    (_info("d/caf\u00e9", size=1), b"x"),
-    (_info("d/raw-\udcff", size=1), b"y"),
-    (_info("d/old", mtime=-5, size=1), b"z"),
+    (member("d/caf\u00e9", size=1), b"x"),
+    (member("d/raw-\udcff", size=1), b"y"),
+    (member("d/old", mtime=-5, size=1), b"z"),
     # Larger than a piece: several pieces, and a body that ends inside one.
-    (_info("d/big", size=1_100_001), bytes(range(256)) * 4296 + b"x" * 225),
+    (member("d/big", size=1_100_001), bytes(range(256)) * 4296 + b"x" * 225),
 ]
 
 
@@ -89,7 +82,7 @@ def test_bodies_left_unread_are_skipped_and_read_whole_when_asked() -> None:
 def test_ustar_prefix_names_are_joined() -> None:
     # USTAR_FORMAT puts a long name's directories in the prefix field.
     name = "p" * 90 + "/" + "q" * 90
-    data = _archive([(_info(name, size=1), b"q")], fmt=tarfile.USTAR_FORMAT)
+    data = _archive([(member(name, size=1), b"q")], fmt=tarfile.USTAR_FORMAT)
     assert [m.name for m, _ in _read(data)] == [name]
 
 
@@ -109,7 +102,7 @@ def test_gnu_tar_archives_are_refused(tmp_path: Path) -> None:
 
 
 def test_gnu_long_names_are_refused() -> None:
-    data = _archive([(_info("x" * 200, size=1), b"x")], fmt=tarfile.GNU_FORMAT)
+    data = _archive([(member("x" * 200, size=1), b"x")], fmt=tarfile.GNU_FORMAT)
     with pytest.raises(ustar.FormatError):
         _read(data)
 
@@ -117,17 +110,17 @@ def test_gnu_long_names_are_refused() -> None:
 def test_global_and_unknown_pax_records_are_refused() -> None:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", pax_headers={"comment": "global"}) as tar:
-        tar.addfile(_info("f"))
+        tar.addfile(member("f"))
     with pytest.raises(ustar.FormatError, match="type b'g'"):
         _read(raw.getvalue())
-    info = _info("f")
+    info = member("f")
     info.pax_headers = {"SCHILY.xattr.security.capability": "x"}
     with pytest.raises(ustar.FormatError, match=r"pax record b'SCHILY\.xattr"):
         _read(_archive([(info, b"")]))
 
 
 def test_a_damaged_header_is_refused() -> None:
-    data = bytearray(_archive([(_info("f", size=1), b"x")]))
+    data = bytearray(_archive([(member("f", size=1), b"x")]))
     data[0] = ord("g")  # the name, under the checksum
     with pytest.raises(ustar.FormatError, match="checksum"):
         _read(bytes(data))
@@ -135,7 +128,7 @@ def test_a_damaged_header_is_refused() -> None:
 
 def test_numbers_other_than_octal_are_refused() -> None:
     # GNU's base-256 for a size, with a checksum that matches it.
-    data = bytearray(_archive([(_info("f", size=1), b"x")]))
+    data = bytearray(_archive([(member("f", size=1), b"x")]))
     data[124:136] = b"\x80" + bytes(10) + b"\x01"
     data[148:156] = b"        "
     data[148:156] = b"%06o\0 " % sum(data[:512])
@@ -153,6 +146,6 @@ def test_numbers_other_than_octal_are_refused() -> None:
     ],
 )
 def test_a_truncated_stream_is_refused(cut: int) -> None:
-    data = _archive([(_info("f", size=700), b"x" * 700), (_info("g"), b"")])
+    data = _archive([(member("f", size=700), b"x" * 700), (member("g"), b"")])
     with pytest.raises(ustar.FormatError, match="cut short"):
         _read(data[:cut])
