@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pyro_loop.project.discovery import find_project
@@ -63,3 +64,15 @@ class Side:
         ws = Workspaces(home=self.home)
         for status in ws.list():
             ws.delete(status.record.id)
+
+
+def agreeing(tried: Side, full: Side) -> Callable[..., tuple[int, str, str]]:
+    """A runner of the same command on both sides that asserts they answer alike (exit
+    code, output, errors), and returns that answer."""
+
+    def same(*args: str, cwd: Path | None = None, input: str = "") -> tuple[int, str, str]:
+        got = tried(*args, cwd=cwd, input=input)
+        assert got == full(*args, cwd=cwd, input=input), args
+        return got
+
+    return same

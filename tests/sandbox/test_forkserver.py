@@ -18,7 +18,7 @@ import pytest
 
 from pyro_loop.cli import forkserver, starter
 from pyro_loop.workspace.manager import Workspaces
-from tests.helpers.sides import Side, run
+from tests.helpers.sides import Side, agreeing, run
 
 ON = {"PYRO_FORK_SERVER": "1"}
 
@@ -67,11 +67,7 @@ def test_through_the_fork_server_the_daily_commands_answer_as_the_full_cli(
     sides: tuple[Side, Side], tmp_path: Path
 ) -> None:
     served, full = sides
-
-    def same(*args: str, cwd: Path | None = None, input: str = "") -> tuple[int, str, str]:
-        got = served(*args, cwd=cwd, input=input)
-        assert got == full(*args, cwd=cwd, input=input), args
-        return got
+    same = agreeing(served, full)
 
     c = ("-C", "REPO")
     same("status", *c)  # not warm: exit 1; starts the server

@@ -14,7 +14,7 @@ import pytest
 from pyro_loop.cli.lean import parse
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.project import DEPS_CONFIG, commit_project
-from tests.helpers.sides import Side, run
+from tests.helpers.sides import Side, agreeing, run
 
 
 @pytest.fixture
@@ -72,11 +72,7 @@ def test_lean_and_full_cli_agree_on_output_errors_and_exit_codes(
     sides: tuple[Side, Side], tmp_path: Path
 ) -> None:
     lean, full = sides
-
-    def same(*args: str, cwd: Path | None = None, input: str = "") -> tuple[int, str, str]:
-        got = lean(*args, cwd=cwd, input=input)
-        assert got == full(*args, cwd=cwd, input=input), args
-        return got
+    same = agreeing(lean, full)
 
     c = ("-C", "REPO")
     same("retry", *c)  # nothing to retry yet
