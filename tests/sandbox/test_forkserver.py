@@ -117,6 +117,13 @@ def test_a_served_command_leaves_the_pyro_process_lean(
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "pyro_loop.loop.status" in done.stderr
+    # So does one whose text encoding differs from the server's.
+    ascii_env = {**env, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "pyro_loop", "status"], cwd=served.repo,
+                          env=ascii_env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pyro_loop.loop.status" in done.stderr
     # `pyro doctor` names it, by the pid in its lock file.
     doctor = run(
         True, "doctor", "--json", cwd=served.repo, env={**ON, "PYRO_HOME": str(served.home)}

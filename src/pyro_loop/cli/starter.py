@@ -49,8 +49,8 @@ FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _
 CHILD, EXITED, STALE, ELSEWHERE = b"P", b"X", b"S", b"N"
 NAMESPACES = ("mnt", "user", "pid", "net", "uts", "ipc", "cgroup")
 if TYPE_CHECKING:
-    # Priority, resource limits, control groups, namespaces, gid, groups (see `context`).
-    Context = tuple[int, bytes, bytes, tuple[str, ...], int, tuple[int, ...]]
+    # Priority, resource limits, control groups, namespaces, gid, groups, text encodings.
+    Context = tuple[int, bytes, bytes, tuple[str, ...], int, tuple[int, ...], str]
 
 
 def eligible(argv: list[str]) -> bool:
@@ -86,18 +86,22 @@ def socket_path() -> str | None:
 
 def context() -> Context:
     """What a process inherits besides its environment, directory, umask and streams: its
-    priority, resource limits, control groups, namespaces and groups. The server's child
-    runs a command only for a client whose context is the server's (else a `nice pyro`, or
-    one in a memory-limited CI job, would run as the server does). Read from /proc: the
-    `resource` module would cost more to load than the whole look."""
+    priority, resource limits, control groups, namespaces, groups and text encodings. The
+    server's child runs a command only for a client whose context is the server's (else a
+    `nice pyro`, or one in a memory-limited CI job, would run as the server does). Read
+    from /proc: the `resource` module would cost more to load than the whole look."""
     try:
         found = [_read(f"/proc/self/{name}") for name in ("limits", "cgroup")]
         namespaces = tuple(os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES)
     except OSError:
         found, namespaces = [b"?", b"?"], ()
     limits, cgroups = found
+    # And how this interpreter encodes text (the locale, PYTHONUTF8, PYTHONIOENCODING at its
+    # start): the child writes through streams encoded as the server's.
+    stdout = sys.__stdout__
+    encoding = f"{sys.getfilesystemencoding()}:{stdout.encoding if stdout else ''}"
     return (os.getpriority(os.PRIO_PROCESS, 0), limits, cgroups, namespaces, os.getgid(),
-            tuple(os.getgroups()))  # fmt: skip
+            tuple(os.getgroups()), encoding)  # fmt: skip
 
 
 def _read(path: str) -> bytes:
