@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from typing import NoReturn
@@ -201,17 +202,17 @@ def _spare(listener: socket.socket, taken: int, alive: int, checks: Checks) -> N
             continue
         except OSError:
             os._exit(1)
-        request = _receive(conn)
-        if request is None:
+        received = _receive(conn)
+        if received is None:
             conn.close()
             continue
-        message, fds = request
+        request, fds = received
         if _stale(sources) or not _still_ours(path, identity):
             _close_all(fds)
             _send(conn, starter.STALE)
             os.write(taken, starter.STALE)
             os._exit(0)
-        if _context(message) != own:
+        if request[5] != own:
             _close_all(fds)
             _send(conn, starter.ELSEWHERE)
             conn.close()
@@ -219,14 +220,7 @@ def _spare(listener: socket.socket, taken: int, alive: int, checks: Checks) -> N
         os.write(taken, starter.CHILD)
         for fd in (taken, alive, listener.fileno()):
             os.close(fd)
-        _child(conn, message, fds)
-
-
-def _context(message: bytes) -> object:
-    try:
-        return marshal.loads(message)[5]
-    except (ValueError, EOFError, TypeError, IndexError):
-        return None
+        _child(conn, request, fds)
 
 
 def _still_ours(path: str, identity: int) -> bool:
@@ -236,12 +230,9 @@ def _still_ours(path: str, identity: int) -> bool:
         return False
 
 
-def _receive(conn: socket.socket) -> tuple[bytes, list[int]] | None:
-    """The client's message and descriptors; None for anything but this user's well-formed
-    request."""
-    import array
-    import struct
-
+def _receive(conn: socket.socket) -> tuple[starter.Request, list[int]] | None:
+    """The client's request and descriptors; None for anything but this user's well-formed
+    request of this protocol."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     fds: list[int] = []
@@ -252,9 +243,7 @@ def _receive(conn: socket.socket) -> tuple[bytes, list[int]] | None:
         data, ancillary, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
-                fds += list(got)
+                fds += starter.unpack_fds(payload)
         if len(data) < 4 or len(fds) != 4:
             raise ValueError("malformed request")
         size = int.from_bytes(data[:4], "big")
@@ -267,8 +256,11 @@ def _receive(conn: socket.socket) -> tuple[bytes, list[int]] | None:
                 raise ValueError("truncated request")
             message += chunk
         conn.settimeout(None)
-        return message, fds
-    except (OSError, ValueError):
+        request = marshal.loads(message)
+        if not isinstance(request, tuple) or len(request) != 6 or request[0] != starter.PROTOCOL:
+            raise ValueError("not a request of this protocol")
+        return request, fds
+    except (OSError, ValueError, EOFError, TypeError):
         _close_all(fds)
         return None
 
@@ -284,14 +276,12 @@ def _send(conn: socket.socket, kind: bytes, value: int = 0) -> None:
         conn.sendall(kind + value.to_bytes(4, "big", signed=True))
 
 
-def _child(conn: socket.socket, message: bytes, fds: list[int]) -> NoReturn:
+def _child(conn: socket.socket, request: starter.Request, fds: list[int]) -> NoReturn:
     """Become the client's `pyro`: its directory, environment, umask and streams, then the
     same entry as a full start. Never returns."""
     code = 1
     try:
-        version, argv0, argv, environ, umask, _context = marshal.loads(message)
-        if version != starter.PROTOCOL:
-            os._exit(1)
+        _version, argv0, argv, environ, umask, _context = request
         _become(fds, environ, umask)
         sys.argv = [argv0, *argv]
         _send(conn, starter.CHILD, os.getpid())

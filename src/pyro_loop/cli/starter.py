@@ -53,6 +53,22 @@ if TYPE_CHECKING:
     Context = tuple[int, bytes, bytes, tuple[str, ...], int, tuple[int, ...], str]
 
 
+# SCM_RIGHTS carries C ints; packed by hand on both sides (the array module would load
+# collections to register itself, on the path of every command).
+FD_SIZE = 4
+Request = tuple[int, str, list[str], dict[str, str], int, "Context"]  # what the message holds
+
+
+def pack_fds(fds: tuple[int, ...]) -> bytes:
+    return b"".join(fd.to_bytes(FD_SIZE, sys.byteorder, signed=True) for fd in fds)
+
+
+def unpack_fds(data: bytes) -> list[int]:
+    whole = len(data) - len(data) % FD_SIZE
+    return [int.from_bytes(data[i : i + FD_SIZE], sys.byteorder, signed=True)
+            for i in range(0, whole, FD_SIZE)]  # fmt: skip
+
+
 def eligible(argv: list[str]) -> bool:
     """A daily command that never reads the terminal (see the module's docstring)."""
     if not argv or argv[0] not in DAILY:
@@ -143,8 +159,7 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
         return None  # a deleted working directory: the full path says so
     payload = marshal.dumps((PROTOCOL, sys.argv[0], argv, dict(os.environ), umask, context()))
     message = len(payload).to_bytes(4, "big") + payload
-    # SCM_RIGHTS takes C ints (the array module would load collections to register itself).
-    fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (cwd, 0, 1, 2))
+    fds = pack_fds((cwd, 0, 1, 2))
     # From here a signal is the command's: held until the child is known, then passed on.
     forwarder = _Forwarder()
     try:
