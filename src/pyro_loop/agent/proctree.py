@@ -17,29 +17,35 @@ else:
     import _signal
 
 PR_SET_CHILD_SUBREAPER = 36
-_libc: list[Any] = []  # libc's prctl through ctypes, once `preload` has found it
+_libc: list[Any] = []  # libc through ctypes, once `preload` has loaded it (None: no ctypes)
 
 
 def preload() -> None:
-    """Find libc's prctl now. Importing ctypes takes a few milliseconds, too slow for the
-    agent's start (on the path of every create and reset) and for each exec's handler (a
-    fresh fork that would import it again): the agent calls this once when idle, and the
-    handlers it forks afterwards inherit the function."""
+    """Load libc through ctypes now. Importing ctypes takes a few milliseconds, too slow for
+    the agent's start (on the path of every create and reset) and for each request's handler
+    (a fresh fork that would import it again): the agent calls this once when idle, and the
+    handlers it forks afterwards inherit it."""
     if _libc:
         return
     try:
         import ctypes
 
-        _libc.append(ctypes.CDLL(None, use_errno=True).prctl)
-    except Exception:  # no ctypes in a minimal image: fall back to the process group only
+        _libc.append(ctypes.CDLL(None, use_errno=True))
+    except Exception:  # no ctypes in a minimal image: callers fall back
         _libc.append(None)
+
+
+def libc() -> Any:
+    """libc through ctypes (loaded now if `preload` has not run yet), or None without ctypes."""
+    preload()
+    return _libc[0]
 
 
 def become_subreaper() -> None:
     """Orphaned descendants re-parent to this process, so a kill finds double-forked ones."""
-    preload()
-    if _libc[0] is not None:
-        _libc[0](PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    found = libc()
+    if found is not None:  # else only the process group is found (no ctypes)
+        found.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def kill_tree(root: int, sig: int = _signal.SIGKILL) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+import proctree
 from fileops import temp_name
 
 TYPE_CHECKING = False
@@ -43,7 +44,8 @@ class Recycler:
         self.pending: list[tuple[str, int]] = []  # (temporary path, inode) not yet checked
         self.ready: list[tuple[str, int]] = []  # checked: held by no process
         self.reused = 0
-        # Loading ctypes costs a request 1.5 ms: only for a stream with a batch to reuse.
+        # Loading ctypes costs a request 1.5 ms unless the agent has (proctree.preload): only
+        # for a stream with a batch to reuse.
         self.exchange = _exchanger() if self.keep else None
 
     def replace(self, name: str, tmp: str, target: str, st: os.stat_result | None) -> None:
@@ -162,11 +164,12 @@ def held_inodes() -> set[int] | None:
 def _exchanger() -> Callable[[str, str], bool] | None:
     """A function swapping two paths atomically (True when it did), or None without ctypes
     or renameat2 (glibc 2.28)."""
+    found = proctree.libc()
     try:
         import ctypes
 
-        call = ctypes.CDLL(None, use_errno=True).renameat2
-    except (ImportError, OSError, AttributeError):
+        call = found.renameat2
+    except (ImportError, AttributeError):  # no ctypes (found is None), or no renameat2
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     call.restype = ctypes.c_int
