@@ -21,6 +21,7 @@ from __future__ import annotations
 import _socket
 import marshal
 import os
+import stat  # loaded by the interpreter's start already
 import sys
 import zlib
 
@@ -69,6 +70,10 @@ def unpack_fds(data: bytes) -> list[int]:
             for i in range(0, whole, FD_SIZE)]  # fmt: skip
 
 
+def switched_off() -> bool:
+    return os.environ.get(SWITCH, "1") == "0"
+
+
 def eligible(argv: list[str]) -> bool:
     """A daily command that never reads the terminal (see the module's docstring)."""
     if not argv or argv[0] not in DAILY:
@@ -93,7 +98,7 @@ def socket_path() -> str | None:
     except OSError:
         return None
     # Another user's directory (or a link) in a shared /tmp must never be used.
-    if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not _is_dir(st.st_mode):
+    if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not stat.S_ISDIR(st.st_mode):
         return None
     package = os.path.dirname(os.path.dirname(__file__))
     identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", "")))
@@ -125,13 +130,9 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _is_dir(mode: int) -> bool:
-    return (mode & 0o170000) == 0o040000
-
-
 def run(argv: list[str]) -> int | None:
     """Run the command through the fork server: its exit code, or None to run it here."""
-    if os.environ.get(SWITCH, "1") == "0" or not eligible(argv):
+    if switched_off() or not eligible(argv):
         return None
     path = socket_path()
     if path is None:
@@ -272,7 +273,7 @@ def running_server() -> int | None:
 
 def describe_server() -> str:
     """One line for `pyro doctor`."""
-    if os.environ.get(SWITCH, "1") == "0":
+    if switched_off():
         return f"off ({SWITCH}=0): every command loads pyro itself"
     pid = running_server()
     if pid is None:
