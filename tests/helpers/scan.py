@@ -39,3 +39,15 @@ def settle() -> None:
     # Past the racy window: the record then vouches by stat data alone, as it does for
     # anything not edited in the last moment.
     time.sleep(0.1)
+
+
+def journal_running(loop: ProjectLoop) -> None:
+    """Wait until the change journal's server for the loop's tree answers (the first check
+    starts it in the background), so the checks that follow go through it."""
+    root = str((loop.project.repo_root or loop.project.root).resolve())
+    client = loop._journal(root)
+    assert client is not None, "the journal is switched off"
+    deadline = time.monotonic() + 10
+    while client.watch([]) is None:
+        assert time.monotonic() < deadline, "the journal's server did not start"
+        time.sleep(0.05)

@@ -21,13 +21,19 @@ from pyro_loop.loop.live import ProjectLoop
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.loop import loop_for, sh
 from tests.helpers.project import git
-from tests.helpers.scan import full_sync_finds_nothing, settle
+from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
 
 
 def current(loop: ProjectLoop) -> bool:
+    """The record's verdict, through the change journal when one serves; asserted equal to a
+    look at every path's stat data."""
     record = loop.require()
     manifest = loop.files.sync_manifest.read_bytes()
-    return loop._scan(record).current(manifest)
+    walked = loop._scan(record)
+    walked.journal = None
+    expected = walked.current(manifest)
+    assert loop._scan(record).current(manifest) == expected
+    return expected
 
 
 def _same_size_rewrite(repo: Path) -> None:
@@ -80,6 +86,7 @@ def test_every_host_change_ends_the_fast_path_and_the_full_sync_catches_it(
     (repo / "debug.log").write_text("ignored\n")
     loop = loop_for(repo, workspaces)
     loop.up()
+    journal_running(loop)
     settle()
     loop.sync()  # records the host's state, past the racy window
     assert current(loop)
@@ -108,7 +115,7 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     st = os.lstat(repo / "src" / "app.py")
     record["entries"]["src/app.py"] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                        st.st_ino)  # fmt: skip
-    scan._write(record)
+    scan._write(record, journal=None)
     assert not current(loop)
     assert sh(loop, "cat src/app.py") == "print('v3')\n"
 
@@ -279,11 +286,12 @@ def test_stat_data_are_stored_packed_and_read_back_exactly(tmp_path: Path) -> No
     }
     record = {"identity": scan.identity, "workspace": ("w", 1), "manifest": "m",
               "controls": {}, "entries": entries, "racy_files": {}, "racy_dirs": {}}  # fmt: skip
-    scan._write(record)
+    scan._write(record, journal=None)
     loaded = scan._load()
     assert loaded is not None and loaded["entries"] == entries
+    assert loaded["unwatched"] == ["a/b.py"]  # no recorded directory holds it
     only_root = {"": (0o40755, 4096, 1, 2, 3)}
-    scan._write({**record, "entries": only_root})
+    scan._write({**record, "entries": only_root}, journal=None)
     loaded = scan._load()
     assert loaded is not None and loaded["entries"] == only_root
 
@@ -302,3 +310,15 @@ def test_damaged_stat_data_are_no_record(repo: Path, workspaces: Workspaces) -> 
     (repo / "src" / "app.py").write_text("print('after')\n")
     assert sh(loop, "cat src/app.py") == "print('after')\n"
     assert current(loop)
+
+
+def test_paths_are_found_in_the_packed_record_as_in_the_split_one() -> None:
+    from pyro_loop.sync import hostscan
+
+    paths = ["", "a", "ab", "a/b", os.fsdecode(b"caf\xe9"), "x/y.py"]
+    packed = "\0".join(paths).encode("utf-8", "surrogateescape")
+    names = ["a", "a/b", "b", "", os.fsdecode(b"caf\xe9"), "y.py", "x/y.py", "x"]
+    expected = [(paths.index(n), n) for n in names if n in paths]
+    assert hostscan._locate(packed, names) == expected  # a search of the packed bytes
+    many = names * 3 + [f"n{i}" for i in range(20)]  # past 16 names: one split
+    assert sorted(hostscan._locate(packed, many)) == sorted(expected)

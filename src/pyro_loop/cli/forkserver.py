@@ -15,7 +15,6 @@ configuration and the store anew, as a `pyro` started in full does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import io
 import marshal
@@ -23,13 +22,12 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from typing import NoReturn
 
 from pyro_loop.cli import starter
-from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.fs.socketpath import hold_lock, listen_at, peer_is_me
 from pyro_loop.procutil import settle_background
 
 IDLE_EXIT = 900.0  # seconds without a command before the server exits
@@ -54,6 +52,7 @@ PRELOAD = (
     "pyro_loop.runtime.bwrap",
     "pyro_loop.sync",
     "pyro_loop.sync.hostscan",
+    "pyro_loop.sync.journal",
     "pyro_loop.sync.result",
     "pyro_loop.sync.watcher",
     "pyro_loop.workspace.client",
@@ -61,16 +60,19 @@ PRELOAD = (
     "pyro_loop.workspace.ports",
     "pygit2",
     "hashlib",  # a full sync's digests
+    "subprocess",  # background processes: the change journal's server, a standby's boot
 )
 
 
 def main(argv: list[str]) -> int:
     path = argv[1]
-    lock = _lock(path)
+    lock = hold_lock(path)
     if lock is None:
         return 0  # another server holds it
     preload()
-    listener = _listen(path)  # after loading: meanwhile commands run in full, not wait
+    # After loading: meanwhile commands run in full, not wait. A spare polls it, beside the
+    # server's end.
+    listener = listen_at(path)
     sources = _sources()
     own = starter.context()
     gc.collect()
@@ -87,28 +89,6 @@ def preload() -> None:
     from pyro_loop.project.config import compile_rules
 
     compile_rules()
-
-
-def _lock(path: str) -> int | None:
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())  # who serves, for whoever wants to stop it
-    return fd  # held while the process lives
-
-
-def _listen(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a crashed server's: the lock says none is running
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_address(path))
-    listener.listen(64)
-    listener.setblocking(False)  # a spare polls it, beside the server's end
-    return listener
 
 
 def _sources() -> dict[str, float]:
@@ -233,11 +213,9 @@ def _still_ours(path: str, identity: int) -> bool:
 def _receive(conn: socket.socket) -> tuple[starter.Request, list[int]] | None:
     """The client's request and descriptors; None for anything but this user's well-formed
     request of this protocol."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
     fds: list[int] = []
     try:
-        if uid != os.getuid():
+        if not peer_is_me(conn):
             return None
         conn.settimeout(5.0)
         data, ancillary, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(4 * 4))

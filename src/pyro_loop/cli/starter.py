@@ -21,11 +21,10 @@ from __future__ import annotations
 import _socket
 import marshal
 import os
-import stat  # loaded by the interpreter's start already
 import sys
 import zlib
 
-from pyro_loop.fs.socketpath import socket_address
+from pyro_loop.fs.socketpath import lock_holder, socket_address, user_runtime_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
@@ -85,20 +84,8 @@ def eligible(argv: list[str]) -> bool:
 def socket_path() -> str | None:
     """The server's socket for this user, interpreter, installation and PYRO_HOME; None
     when its directory is not safely this user's."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    directory = os.path.join(runtime, f"pyro-{os.getuid()}")
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return None
-    # Another user's directory (or a link) in a shared /tmp must never be used.
-    if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not stat.S_ISDIR(st.st_mode):
+    directory = user_runtime_dir()
+    if directory is None:
         return None
     package = os.path.dirname(os.path.dirname(__file__))
     identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", "")))
@@ -249,26 +236,8 @@ def _recv_exact(sock: _socket.socket, size: int) -> bytes | None:
 def running_server() -> int | None:
     """The pid of this user's fork server for this installation and PYRO_HOME, if one runs
     (it holds its lock file while it lives)."""
-    import fcntl
-
     path = socket_path()
-    if path is None:
-        return None
-    try:
-        fd = os.open(path + ".lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            return int(os.read(fd, 32) or b"0") or None
-        except ValueError:
-            return None
-    else:
-        return None  # nobody holds it: no server
-    finally:
-        os.close(fd)
+    return None if path is None else lock_holder(path)
 
 
 def describe_server() -> str:

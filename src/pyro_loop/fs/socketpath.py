@@ -10,6 +10,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pathlib is not loaded for this: the fork server's client stays lean
+    import socket
     from pathlib import PurePath
 
 _DIR_FDS: dict[str, int] = {}
@@ -27,3 +28,87 @@ def socket_address(path: PurePath | str) -> str:
         fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         _DIR_FDS[parent] = fd
     return f"/proc/self/fd/{fd}/{name}"
+
+
+def user_runtime_dir() -> str | None:
+    """This user's directory for pyro's background servers' sockets ($XDG_RUNTIME_DIR or
+    /tmp, then `pyro-UID`); None when it is not safely this user's alone."""
+    import stat
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    directory = os.path.join(runtime, f"pyro-{os.getuid()}")
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    # Another user's directory (or a link) in a shared /tmp must never be used.
+    if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not stat.S_ISDIR(st.st_mode):
+        return None
+    return directory
+
+
+def hold_lock(path: str) -> int | None:
+    """Take `path.lock` for a server that must run once: its descriptor (held while the
+    process lives, with the pid written in it), or None when another process holds it."""
+    import fcntl
+
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # who serves, for whoever wants to stop it
+    return fd
+
+
+def lock_holder(path: str) -> int | None:
+    """The pid of the process holding `path.lock` (see hold_lock), if one does."""
+    import fcntl
+
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int(os.read(fd, 32) or b"0") or None
+        except ValueError:
+            return None
+    else:
+        return None  # nobody holds it: no server
+    finally:
+        os.close(fd)
+
+
+def listen_at(path: str) -> socket.socket:
+    """A non-blocking listening socket at `path` (a crashed server's socket file is replaced:
+    call this only while holding the lock)."""
+    import contextlib
+    import socket
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_address(path))
+    listener.listen(64)
+    listener.setblocking(False)
+    return listener
+
+
+def peer_is_me(conn: socket.socket) -> bool:
+    """Is the process at the other end of a Unix socket this user's?"""
+    import socket
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return bool(struct.unpack("3i", creds)[1] == os.getuid())

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from pyro_loop.store.layerview import LayerStack
     from pyro_loop.sync import Syncer, SyncResult
     from pyro_loop.sync.hostscan import HostScan
+    from pyro_loop.sync.journal import JournalClient
     from pyro_loop.sync.watcher import Stoppable
     from pyro_loop.workspace.client import Cancellation, ExecChannel, ExecResult, OutputSink
     from pyro_loop.workspace.diff import Change
@@ -103,6 +104,7 @@ class ProjectLoop:
         # cheaper (a long-lived caller such as the MCP server or the watcher runs many).
         self._syncers: dict[tuple[str, str | None], Syncer] = {}
         self._standbys: dict[str | None, StandbyFill] = {}
+        self._journal_client: JournalClient | None = None
 
     # -- finding and creating ---------------------------------------------------------------
 
@@ -332,7 +334,18 @@ class ProjectLoop:
         root = (self.project.repo_root or self.project.root).resolve()
         rules = (record.labels.get("tree") or None, tuple(self.config.sync_exclude))
         return HostScan(self.files.host_scan, root, self.project.git_dir,
-                        workspace=(record.id, record.generation), rules=rules)  # fmt: skip
+                        workspace=(record.id, record.generation), rules=rules,
+                        journal=self._journal(str(root)))  # fmt: skip
+
+    def _journal(self, root: str) -> JournalClient | None:
+        """The change journal's client for the host tree (kept: its connection is reused)."""
+        from pyro_loop.sync import journal
+
+        if journal.switched_off():
+            return None
+        if self._journal_client is None or self._journal_client.root != root:
+            self._journal_client = journal.JournalClient(root)
+        return self._journal_client
 
     def _sync_current(self, record: WorkspaceRecord) -> SyncResult:
         """Sync what changed on the host, after a look at the host scan record (one pass of

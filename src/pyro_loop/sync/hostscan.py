@@ -34,14 +34,17 @@ import contextlib
 import marshal
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_loop.digest import file_sha256, sha256_hex
 from pyro_loop.git import common_dir
 
-RECORD_VERSION = 1
+if TYPE_CHECKING:
+    from pyro_loop.sync.journal import JournalClient, Token
+
+RECORD_VERSION = 2
 # A write in the same timestamp tick as a record's lstat keeps its mtime: files whose times are
 # this close to the record are compared by content. Timestamps in whole seconds come from a
 # filesystem that keeps no finer ones (FAT keeps 2 s): then the window is 2 s. Otherwise the
@@ -88,7 +91,7 @@ class HostScan:
     """The stored record of one project workspace's host tree (see the module doc)."""
 
     def __init__(self, path: Path, root: Path, git_dir: Path | None, *, workspace: Any,
-                 rules: Any) -> None:  # fmt: skip
+                 rules: Any, journal: JournalClient | None = None) -> None:  # fmt: skip
         self.path = path
         self.bind_path = path.with_name(path.name + ".bind")
         self.root = str(root).rstrip("/")
@@ -97,6 +100,10 @@ class HostScan:
         # paths take part and against what (baseline tree, exclude rules).
         self.workspace = workspace
         self.identity = (RECORD_VERSION, self.root, rules)
+        # The change journal (journal.py), when one serves: a check then looks only at what
+        # it names. `token` is where the last check left it, for the record written next.
+        self.journal = journal
+        self.token: Token | None = None
 
     # -- checking ---------------------------------------------------------------------------
 
@@ -116,22 +123,20 @@ class HostScan:
         loaded = self._stat_data(manifest, any_workspace=any_workspace)
         if loaded is None:
             return None
-        record, (paths, numbers, inos) = loaded
+        record, bind, (numbers, inos) = loaded
+        answer = None
+        if self.journal is not None and bind["journal"] is not None:
+            answer = self.journal.since(bind["journal"])
+        if answer is not None:  # only what the journal names, and what no watch sees
+            named, self.token = answer
+            looked = _locate(record["paths"], [*named, *record["unwatched"]])
+        else:  # every path, with the watches set first: from now on, the journal counts
+            paths = _split(record["paths"]) if inos else []
+            looked = list(enumerate(paths))
+            if self.journal is not None:
+                self.token = self.journal.watch(_dirs(paths, numbers))
+        changed = _compare(self.root, looked, numbers, inos)
         prefix = self.root + "/"
-        lstat = os.lstat  # the loop runs once per path in the tree: kept lean
-        changed = []
-        i = 0
-        for rel, ino in zip(paths, inos, strict=True):
-            try:
-                st = lstat(prefix + rel)  # "" names the root ("root/")
-            except OSError:
-                changed.append(rel)
-            else:
-                if (st.st_ino != ino or st.st_mtime_ns != numbers[i + 2]
-                        or st.st_ctime_ns != numbers[i + 3] or st.st_size != numbers[i + 1]
-                        or st.st_mode != numbers[i]):  # fmt: skip
-                    changed.append(rel)
-            i += 4
         seen = set(changed)
         for rel, names in record["racy_dirs"].items():
             if rel not in seen and _listing(prefix + rel) != names:
@@ -139,12 +144,15 @@ class HostScan:
         for rel, digest in record["racy_files"].items():
             if rel not in seen and file_digest(prefix + rel) != digest:
                 changed.append(rel)
+        if not changed and self.token is not None and self.token != bind["journal"]:
+            _write_marshal(self.bind_path, {**bind, "journal": self.token})
         return changed
 
-    def _stat_data(self, manifest: bytes | None, *,
-                   any_workspace: bool) -> tuple[dict[str, Any], Unpacked] | None:  # fmt: skip
-        """The stored stat data, unpacked, if the record vouches for `manifest` (and this
-        workspace) and git's control files are as recorded; else None."""
+    def _stat_data(self, manifest: bytes | None, *, any_workspace: bool
+                   ) -> tuple[dict[str, Any], dict[str, Any], Numbers] | None:  # fmt: skip
+        """The stored stat data and binding, with the numbers unpacked, if the record vouches
+        for `manifest` (and this workspace) and git's control files are as recorded; else
+        None. (The paths stay packed: a check through the journal looks up a few.)"""
         bind = self._load_bind()
         if bind is None or not self.bound_to(manifest, bind):
             return None
@@ -155,8 +163,8 @@ class HostScan:
             return None
         if any(stat_of(path) != known for path, known in record["controls"].items()):
             return None
-        unpacked = _unpack(record)
-        return None if unpacked is None else (record, unpacked)
+        numbers = _numbers(record)
+        return None if numbers is None else (record, bind, numbers)
 
     def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
@@ -323,6 +331,9 @@ class HostScan:
         if record is None or manifest is None:
             return
         drop: set[str] = delta["drop"]
+        new_dirs = [rel for rel, known in delta["updates"].items()
+                    if known is not None and stat.S_ISDIR(known[0])
+                    and (rel in drop or not _is_dir(record["entries"].get(rel)))]  # fmt: skip
         if drop:
             prefixes = tuple(f"{rel}/" for rel in drop)
             for table in ("entries", "racy_files", "racy_dirs"):
@@ -353,7 +364,26 @@ class HostScan:
             else:
                 del record["entries"][rel]
         record["manifest"] = _digest(manifest)
-        self._write(record)
+        self._write(record, journal=self._watch_new(new_dirs, delta["updates"]))
+
+    def _watch_new(self, new_dirs: list[str], updates: dict[str, Stat]) -> Token | None:
+        """The token a record folding in `updates` is written with. Directories new to it
+        were walked before the journal watched them: they are watched now, then everything
+        recorded below them looked at again. Anything changed in between, and the journal
+        cannot vouch for it: no token (the next check looks at every path)."""
+        if self.journal is None or self.token is None:
+            return None
+        if not new_dirs:
+            return self.token
+        if self.journal.watch(new_dirs) is None:
+            return None
+        below = tuple(f"{rel}/" for rel in new_dirs)
+        for rel, known in updates.items():
+            if (rel in new_dirs or rel.startswith(below)) and stat_of(
+                f"{self.root}/{rel}"
+            ) != known:
+                return None
+        return self.token
 
     def save(self, taken: dict[str, Any], manifest: bytes | None,
              digests: Callable[[str], str | None],
@@ -383,7 +413,8 @@ class HostScan:
                 "manifest": _digest(manifest),
                 "controls": taken["controls"], "entries": taken["entries"],
                 "racy_files": racy_files, "racy_dirs": taken["racy_dirs"]}  # fmt: skip
-        self._write(data)
+        # Its directories were walked before any watch: the next check looks at every path.
+        self._write(data, journal=None)
 
     def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
                      wanted: Callable[[str], bool]) -> str | None:  # fmt: skip
@@ -415,17 +446,20 @@ class HostScan:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _write(self, data: dict[str, Any]) -> None:
+    def _write(self, data: dict[str, Any], *, journal: Token | None) -> None:
         """Both files: the stat data under a new token, then the binding naming it (a reader
         between the two sees tokens that differ, which is no record)."""
-        data = {**data, **_pack(data["entries"]), "token": os.urandom(16).hex()}
+        entries = data["entries"]
+        data = {**data, **_pack(entries), "token": os.urandom(16).hex(), "journal": journal,
+                "unwatched": _unwatched(entries)}  # fmt: skip
         _write_marshal(self.path, {key: data[key] for key in _DATA_KEYS})
         _write_marshal(self.bind_path, {key: data[key] for key in _BIND_KEYS})
 
 
 _DATA_KEYS = frozenset({"token", "controls", "paths", "numbers", "inos", "racy_files",
-                        "racy_dirs"})  # fmt: skip
-_BIND_KEYS = frozenset({"token", "identity", "workspace", "manifest"})
+                        "racy_dirs", "unwatched"})  # fmt: skip
+# "journal": the change journal's token up to which the stat data account for every event.
+_BIND_KEYS = frozenset({"token", "identity", "workspace", "manifest", "journal"})
 
 
 def _read_marshal(path: Path, keys: frozenset[str]) -> dict[str, Any] | None:
@@ -459,23 +493,52 @@ def _pack(entries: dict[str, Stat]) -> dict[str, bytes]:
     return {"paths": paths, "numbers": numbers.tobytes(), "inos": inos.tobytes()}
 
 
+Numbers = tuple["array.array[int]", "array.array[int]"]
 Unpacked = tuple[list[str], "array.array[int]", "array.array[int]"]
 
 
-def _unpack(data: dict[str, Any]) -> Unpacked | None:
-    """(paths, numbers, inodes) of stored stat data; None when they do not fit together."""
+def _numbers(data: dict[str, Any]) -> Numbers | None:
+    """(numbers, inodes) of stored stat data; None when they do not fit its paths."""
     try:
         numbers = array.array("q")
         numbers.frombytes(data["numbers"])
         inos = array.array("Q")
         inos.frombytes(data["inos"])
-        text = data["paths"].decode("utf-8", "surrogateescape")
+        count = data["paths"].count(b"\0") + 1 if inos else 0  # the root's path is ""
     except (ValueError, TypeError, AttributeError):
         return None
-    paths = text.split("\0") if inos else []  # one path, the root's, is "": not none
-    if len(inos) != len(paths) or len(numbers) != 4 * len(paths):
+    if len(inos) != count or len(numbers) != 4 * count:
         return None
-    return paths, numbers, inos
+    return numbers, inos
+
+
+def _split(packed: bytes) -> list[str]:
+    return packed.decode("utf-8", "surrogateescape").split("\0") if packed else [""]
+
+
+def _unpack(data: dict[str, Any]) -> Unpacked | None:
+    """(paths, numbers, inodes) of stored stat data; None when they do not fit together."""
+    found = _numbers(data)
+    if found is None:
+        return None
+    numbers, inos = found
+    return (_split(data["paths"]) if inos else []), numbers, inos
+
+
+def _locate(packed: bytes, names: list[str]) -> list[tuple[int, str]]:
+    """The positions of those of `names` the packed paths hold. A search of the packed
+    bytes for a few; past that, one split of them (which costs about a millisecond at
+    20,000 paths, where a search costs a few microseconds)."""
+    if len(names) > 16:
+        index = {rel: i for i, rel in enumerate(_split(packed))}
+        return [(index[rel], rel) for rel in dict.fromkeys(names) if rel in index]
+    wrapped = b"\0" + packed + b"\0"
+    found = []
+    for rel in dict.fromkeys(names):
+        at = wrapped.find(b"\0" + rel.encode("utf-8", "surrogateescape") + b"\0")
+        if at >= 0:
+            found.append((wrapped.count(b"\0", 0, at), rel))
+    return found
 
 
 def _listing(path: str) -> list[str] | None:
@@ -510,3 +573,40 @@ def _now_ns() -> int:
 
 def _digest(manifest: bytes) -> str:
     return sha256_hex(manifest)
+
+
+def _is_dir(known: Stat | None) -> bool:
+    return known is not None and stat.S_ISDIR(known[0])
+
+
+def _dirs(paths: list[str], numbers: array.array[int]) -> list[str]:
+    """The recorded directories: those the journal watches."""
+    return [rel for i, rel in enumerate(paths) if stat.S_ISDIR(numbers[4 * i])]
+
+
+def _unwatched(entries: dict[str, Stat]) -> list[str]:
+    """The entries no watched directory holds: files git tracks below an ignored directory.
+    Every check looks at them."""
+    dirs = {rel for rel, known in entries.items() if stat.S_ISDIR(known[0])}
+    return [rel for rel in entries if rel and rel.rpartition("/")[0] not in dirs]
+
+
+def _compare(root: str, looked: Iterable[tuple[int, str]], numbers: array.array[int],
+             inos: array.array[int]) -> list[str]:  # fmt: skip
+    """Those of the recorded paths in `looked` (position, path) whose stat data differ from
+    the record's now."""
+    prefix = root + "/"
+    lstat = os.lstat  # the loop may run once per path in the tree: kept lean
+    changed = []
+    for i, rel in looked:
+        try:
+            st = lstat(prefix + rel)  # "" names the root ("root/")
+        except OSError:
+            changed.append(rel)
+            continue
+        j = 4 * i
+        if (st.st_ino != inos[i] or st.st_mtime_ns != numbers[j + 2]
+                or st.st_ctime_ns != numbers[j + 3] or st.st_size != numbers[j + 1]
+                or st.st_mode != numbers[j]):  # fmt: skip
+            changed.append(rel)
+    return changed

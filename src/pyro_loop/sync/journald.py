@@ -1,0 +1,203 @@
+"""The change journal's server: one process per host tree, holding inotify watches on the
+directories a host scan record covers, and telling a client which paths changed since it
+last asked. The client half, and why this is safe, are in journal.py.
+
+The kernel queues an inotify event before the system call that caused it returns, so events
+read after a client's request include every change finished before it. The server reads
+its queue whenever it is readable (so it does not overflow) and once more for each request.
+
+Run as `python -m pyro_loop.sync.journald ROOT SOCKET`: it serves ROOT until it has been idle
+for IDLE_EXIT seconds, or ROOT or its PYRO_HOME disappears.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+import time
+
+from inotify_simple import INotify, flags
+
+from pyro_loop.fs.socketpath import hold_lock, listen_at, peer_is_me
+from pyro_loop.sync.journal import PROTOCOL, recv_message, send_message
+
+IDLE_EXIT = 900.0
+TICK = 5.0
+# What changes a path's stat data or a directory's listing. IN_ONLYDIR|IN_DONTFOLLOW: a watch
+# lands on a directory or not at all, never through a link.
+MASK = (flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE | flags.MOVED_FROM
+        | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
+        | flags.DONT_FOLLOW)  # fmt: skip
+LISTING = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
+# Past this many remembered paths, the oldest are forgotten: a client that asks from before
+# them is told the journal cannot say (it then looks at every path itself).
+MAX_REMEMBERED = 100_000
+
+
+class Journal:
+    """The watches and what they saw: batches of changed paths, numbered."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/") or "/"
+        self.inotify = INotify(nonblocking=True)
+        self.epoch = os.urandom(8).hex()  # a restarted server's numbers mean nothing old
+        self.seq = 0
+        self.oldest = 0  # the oldest batch number a client can ask from
+        self.batches: list[tuple[int, set[str]]] = []
+        self.remembered = 0
+        self.dirs: dict[int, str] = {}  # watch descriptor -> directory, relative to root
+
+    def close(self) -> None:
+        self.inotify.close()
+
+    def watch(self, dirs: list[str]) -> bool:
+        """Watch these directories (relative to the root; "" is the root). False when one
+        could not be watched for another reason than being gone (the user's watch limit)."""
+        for rel in dirs:
+            path = f"{self.root}/{rel}" if rel else self.root
+            try:
+                wd = self.inotify.add_watch(path, MASK)
+            except FileNotFoundError:
+                continue  # gone: its parent's listing changed, which the client sees
+            except NotADirectoryError:
+                continue  # a link or file now: the same
+            except OSError:
+                return False
+            self.dirs[wd] = rel  # the same directory moved keeps its descriptor: renamed here
+        return True
+
+    def drain(self) -> None:
+        """Read every queued event into a new batch."""
+        changed: set[str] = set()
+        lost = False
+        for event in self.inotify.read(timeout=0):
+            if event.mask & flags.Q_OVERFLOW:
+                lost = True
+                continue
+            rel = self.dirs.get(event.wd)
+            if rel is None:
+                continue
+            if event.mask & flags.IGNORED:  # the directory is gone (or unmounted)
+                del self.dirs[event.wd]
+                changed.add(rel)
+                continue
+            if event.name:
+                changed.add(f"{rel}/{event.name}" if rel else event.name)
+            if not event.name or event.mask & LISTING:
+                changed.add(rel)
+        if changed or lost:
+            self.seq += 1
+            self.batches.append((self.seq, changed))
+            self.remembered += len(changed)
+        if lost:
+            self.oldest = self.seq  # events were lost: nothing from before can be answered
+        while self.remembered > MAX_REMEMBERED:
+            seq, paths = self.batches.pop(0)
+            self.remembered -= len(paths)
+            self.oldest = max(self.oldest, seq)
+
+    def since(self, epoch: str, seq: int) -> list[str] | None:
+        """The paths changed after batch `seq` of `epoch`; None when that is not known."""
+        if epoch != self.epoch or not self.oldest <= seq <= self.seq:
+            return None
+        changed: set[str] = set()
+        for number, paths in reversed(self.batches):
+            if number <= seq:
+                break
+            changed |= paths
+        return sorted(changed)
+
+
+def answer(journal: Journal, request: object) -> object:
+    """The reply to one request (see journal.py for the messages)."""
+    if (not isinstance(request, tuple) or len(request) != 4 or request[0] != PROTOCOL
+            or request[1] != journal.root):  # fmt: skip
+        return ("no",)
+    _protocol, _root, op, args = request
+    journal.drain()
+    if op == "watch" and isinstance(args, list) and all(isinstance(a, str) for a in args):
+        if not journal.watch(args):
+            return ("no",)
+        journal.drain()
+        return ("ok", journal.epoch, journal.seq, [])
+    if op == "since" and isinstance(args, tuple) and len(args) == 2:
+        epoch, seq = args
+        if not isinstance(epoch, str) or not isinstance(seq, int):
+            return ("no",)
+        changed = journal.since(epoch, seq)
+        if changed is None:
+            return ("no",)
+        return ("ok", journal.epoch, journal.seq, changed)
+    return ("no",)
+
+
+def serve(journal: Journal, listener: socket.socket, home: str | None) -> None:
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    poller.register(journal.inotify.fileno(), select.POLLIN)
+    clients: dict[int, socket.socket] = {}
+    last = time.monotonic()
+    while True:
+        ready = poller.poll(TICK * 1000)
+        for fd, _event in ready:
+            if fd == journal.inotify.fileno():
+                journal.drain()
+            elif fd == listener.fileno():
+                _accept(listener, poller, clients)
+            else:
+                last = time.monotonic()
+                _serve_one(journal, clients, fd, poller)
+        if not ready:
+            gone = not os.path.isdir(journal.root) or (home and not os.path.isdir(home))
+            if gone or time.monotonic() - last > IDLE_EXIT:
+                return
+
+
+def _accept(
+    listener: socket.socket, poller: select.poll, clients: dict[int, socket.socket]
+) -> None:
+    try:
+        conn, _addr = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    if not peer_is_me(conn):
+        conn.close()
+        return
+    conn.settimeout(2.0)  # a request comes whole: a client that stalls is dropped
+    clients[conn.fileno()] = conn
+    poller.register(conn.fileno(), select.POLLIN)
+
+
+def _serve_one(journal: Journal, clients: dict[int, socket.socket], fd: int,
+               poller: select.poll) -> None:  # fmt: skip
+    conn = clients[fd]
+    try:
+        request = recv_message(conn)
+        if request is not None:
+            send_message(conn, answer(journal, request))
+            return
+    except (OSError, ValueError, EOFError, TypeError):
+        pass
+    poller.unregister(fd)
+    del clients[fd]
+    conn.close()
+
+
+def main(argv: list[str]) -> int:
+    root, path = argv[1], argv[2]
+    home = os.environ.get("PYRO_HOME")
+    lock = hold_lock(path)
+    if lock is None:
+        return 0  # another server holds it
+    journal = Journal(root)
+    listener = listen_at(path)
+    serve(journal, listener, home)
+    os.unlink(path)
+    os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
