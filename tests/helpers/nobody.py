@@ -68,7 +68,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     for shipped in ("templates", "hooks"):  # where a wheel has them
         shutil.copytree(PACKAGE.parent.parent / shipped, lib / "pyro_loop" / shipped)
     seen: set[str] = set()
-    for name in ("typer", "platformdirs", "pygit2", "tomlkit", "watchfiles"):
+    for name in ("typer", "platformdirs", "pygit2", "tomlkit", "watchfiles", "inotify_simple"):
         _distributions(name, seen)
     for name in seen:
         dist = importlib.metadata.distribution(name)

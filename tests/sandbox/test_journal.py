@@ -5,6 +5,7 @@ kind of change); whatever the journal cannot vouch for, the check looks at in fu
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from pyro_loop.sync import hostscan, journald
 from pyro_loop.sync.journal import PROTOCOL, JournalClient
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.loop import loop_for, sh
+from tests.helpers.nobody import NOBODY, _commit, _project, _write, nobody
 from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
 
 
@@ -212,3 +214,37 @@ def answers_only_its_own(journal: journald.Journal, tmp_path: Path) -> None:
     assert journald.answer(journal, (PROTOCOL + 1, str(tmp_path), "watch", [""])) == ("no",)
     assert journald.answer(journal, "garbage") == ("no",)
     assert journald.answer(journal, (PROTOCOL, str(tmp_path), "since", ("x", "y"))) == ("no",)
+
+
+def test_the_journal_serves_an_ordinary_user(user: dict[str, Path]) -> None:
+    """As uid 65534: the journal's server runs as that user, and an edit made after the
+    record took its token reaches the workspace through it."""
+    repo = _project(user, "journalapp")
+    _write(repo, {"app.py": "print('v1')\n"})
+    _commit(repo, user)
+    nobody(["init"], cwd=repo, user=user)
+    assert nobody(["exec", "--", "cat", "app.py"], cwd=repo, user=user).stdout == "print('v1')\n"
+    deadline = time.monotonic() + 30
+    while not _journal_servers(repo):  # the first sync started it, in the background
+        assert time.monotonic() < deadline, "no journal server started"
+        time.sleep(0.1)
+    assert {uid for uid in _journal_servers(repo)} == {NOBODY}
+    time.sleep(0.1)  # past the racy window
+    nobody(["exec", "--", "true"], cwd=repo, user=user)  # a full look, with watches: a token
+    bind = next(user["home"].rglob("host-scan.bind"))
+    assert marshal.loads(bind.read_bytes())["journal"] is not None
+    nobody(["sh", "-c", "echo \"print('v2')\" > app.py"], cwd=repo, user=user, tool=True)
+    assert nobody(["exec", "--", "cat", "app.py"], cwd=repo, user=user).stdout == "print('v2')\n"
+    assert marshal.loads(bind.read_bytes())["journal"] is not None  # it went through it
+
+
+def _journal_servers(repo: Path) -> list[int]:
+    """The uids of the journal servers of `repo`."""
+    uids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"pyro_loop.sync.journald" in cmdline and str(repo).encode() in cmdline:
+                    uids.append(entry.stat().st_uid)
+    return uids

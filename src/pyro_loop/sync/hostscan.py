@@ -414,7 +414,12 @@ class HostScan:
                 "controls": taken["controls"], "entries": taken["entries"],
                 "racy_files": racy_files, "racy_dirs": taken["racy_dirs"]}  # fmt: skip
         # Its directories were walked before any watch: the next check looks at every path.
+        # The journal watches them from now on (its server started if none runs), so that
+        # check gets a token and the ones after it go through the journal.
         self._write(data, journal=None)
+        if self.journal is not None:
+            self.journal.watch([rel for rel, known in taken["entries"].items()
+                                if stat.S_ISDIR(known[0])])  # fmt: skip
 
     def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
                      wanted: Callable[[str], bool]) -> str | None:  # fmt: skip

@@ -129,8 +129,11 @@ class JournalClient:
         self._started.add(self.path)
         from pyro_loop.procutil import spawn_detached
 
+        # This process's environment: where pyro is found (PYTHONPATH), and its PYRO_HOME,
+        # whose removal ends the server.
         with contextlib.suppress(OSError):
-            spawn_detached([sys.executable, "-m", "pyro_loop.sync.journald", self.root, self.path])
+            spawn_detached([sys.executable, "-m", "pyro_loop.sync.journald", self.root, self.path],
+                           env=dict(os.environ))  # fmt: skip
 
 
 def switched_off() -> bool:
