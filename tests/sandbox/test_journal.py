@@ -5,6 +5,7 @@ kind of change); whatever the journal cannot vouch for, the check looks at in fu
 from __future__ import annotations
 
 import contextlib
+import json
 import marshal
 import os
 import random
@@ -23,6 +24,7 @@ from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.loop import loop_for, sh
 from tests.helpers.nobody import NOBODY, _commit, _project, _write, nobody
 from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
+from tests.helpers.sides import run
 
 
 def journaled_loop(repo: Path, workspaces: Workspaces) -> ProjectLoop:
@@ -124,6 +126,15 @@ def workspace_files(loop: ProjectLoop, dirs: list[Path]) -> dict[str, str]:
              'printf "%s\\0%s\\0" "$f" "$(cat "$f")"; done'  # fmt: skip
     fields = sh(loop, script).split("\0")
     return {fields[i]: fields[i + 1] + "\n" for i in range(0, len(fields) - 1, 2)}
+
+
+def test_doctor_names_the_projects_journal_server(repo: Path, workspaces: Workspaces) -> None:
+    loop = journaled_loop(repo, workspaces)
+    client = loop._journal(str(repo.resolve()))
+    assert client is not None and client.path is not None
+    doctor = run(False, "doctor", "--json", cwd=repo, env={"PYRO_HOME": str(workspaces.home)})
+    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "change journal")
+    assert f"running for this project (pid {lock_holder(client.path)})" in check["detail"]
 
 
 def test_a_restarted_journal_server_means_one_full_look(

@@ -26,6 +26,7 @@ from pyro_loop.cli.workspace import workspace_app
 from pyro_loop.guard import guarded
 
 if TYPE_CHECKING:
+    from pyro_loop.runtime.doctor import Check
     from pyro_loop.shapes import DoctorJSON, ToolStateJSON
 
 HELP = """\
@@ -84,7 +85,7 @@ def doctor(as_json: bool = JsonOption) -> None:
     from pyro_loop.runtime.doctor import Check, run_checks, tool_checks
 
     server = Check("fork server", True, describe_server(), required=False)
-    checks = [*run_checks(), *tool_checks(_project_tools()), server]
+    checks = [*run_checks(), *tool_checks(_project_tools()), server, *_journal_check()]
     ready = all(c.ok for c in checks if c.required)
 
     def human() -> None:
@@ -99,6 +100,21 @@ def doctor(as_json: bool = JsonOption) -> None:
     emit(report, as_json=as_json, human=human)
     if not ready:
         raise typer.Exit(1)
+
+
+def _journal_check() -> list[Check]:
+    """The change journal of the project around the working directory, if any."""
+    from pyro_loop.errors import PyroError
+    from pyro_loop.project.discovery import find_project
+    from pyro_loop.runtime.doctor import Check
+    from pyro_loop.sync.journal import describe
+
+    try:
+        project = find_project(Path.cwd())
+    except PyroError:
+        return []
+    root = (project.repo_root or project.root).resolve()
+    return [Check("change journal", True, describe(str(root)), required=False)]
 
 
 def _project_tools() -> list[ToolStateJSON]:

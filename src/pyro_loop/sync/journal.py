@@ -140,6 +140,24 @@ def switched_off() -> bool:
     return os.environ.get(SWITCH) == "0"
 
 
+def describe(root: str) -> str:
+    """One line for `pyro doctor` about the journal of the tree at `root`."""
+    from pyro_loop.fs.socketpath import lock_holder
+
+    if switched_off():
+        return f"off ({SWITCH}=0): every check looks at each path of the tree"
+    path = _socket_path(root.rstrip("/") or "/")
+    pid = None if path is None else lock_holder(path)
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+            limit = f"; up to {int(f.read()):,} watched directories per user"
+    except (OSError, ValueError):
+        limit = ""
+    if pid is None:
+        return f"not running for this project: the next sync starts it{limit}"
+    return f"running for this project (pid {pid}){limit}; {SWITCH}=0 turns it off"
+
+
 def _socket_path(root: str) -> str | None:
     directory = user_runtime_dir()
     if directory is None:
