@@ -5,6 +5,7 @@ kind of change); whatever the journal cannot vouch for, the check looks at in fu
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import marshal
 import os
@@ -259,3 +260,41 @@ def _journal_servers(repo: Path) -> list[int]:
                 if b"pyro_loop.sync.journald" in cmdline and str(repo).encode() in cmdline:
                     uids.append(entry.stat().st_uid)
     return uids
+
+
+def test_a_tree_past_the_servers_share_of_watches_is_not_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's other tools keep most of their inotify watches, whatever the tree."""
+    monkeypatch.setattr(journald, "watch_share", lambda: 3)
+    with contextlib.closing(journald.Journal(str(tmp_path))) as journal:
+        for name in "abcd":
+            (tmp_path / name).mkdir()
+        assert not journal.watch(["", "a", "b", "c"])
+        assert journal.dirs == {}
+        assert journal.watch(["", "a"])
+        journal.drain()
+        token = journal.seq
+        assert not journal.watch(["b", "c"])  # past the share: refused, the others kept
+        (tmp_path / "a" / "f").write_text("f")
+        journal.drain()
+        assert journal.since(journal.epoch, token) == ["a", "a/f"]
+
+
+def test_a_watch_the_kernel_refuses_gives_back_all_and_ends_every_token(tmp_path: Path) -> None:
+    """The user's limit reached by other programs (ENOSPC): simulated on one call."""
+    with contextlib.closing(journald.Journal(str(tmp_path))) as journal:
+        (tmp_path / "a").mkdir()
+        assert journal.watch(["", "a"])
+        journal.drain()
+        token = journal.seq
+        real = journal.inotify.add_watch
+
+        def refuse(path: str, mask: int) -> int:
+            raise OSError(errno.ENOSPC, "no space")
+
+        journal.inotify.add_watch = refuse
+        assert not journal.watch(["a"])
+        journal.inotify.add_watch = real
+        assert journal.dirs == {}
+        assert journal.since(journal.epoch, token) is None

@@ -12,6 +12,7 @@ for IDLE_EXIT seconds, or ROOT or its PYRO_HOME disappears.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -36,6 +37,17 @@ LISTING = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
 MAX_REMEMBERED = 100_000
 
 
+def watch_share() -> int:
+    """How many directories one server may watch: a quarter of the user's inotify watches
+    (fs.inotify.max_user_watches: 8,192 on older kernels, up to about a million on newer
+    ones), so that the rest are left to the user's other tools."""
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+            return int(f.read()) // 4
+    except (OSError, ValueError):
+        return 2048
+
+
 class Journal:
     """The watches and what they saw: batches of changed paths, numbered."""
 
@@ -54,7 +66,11 @@ class Journal:
 
     def watch(self, dirs: list[str]) -> bool:
         """Watch these directories (relative to the root; "" is the root). False when one
-        could not be watched for another reason than being gone (the user's watch limit)."""
+        could not be watched for another reason than being gone, or when there are more
+        than this server's share of the user's watches: a tree that large (or hostile) must
+        not leave the user's editor or other tools without any."""
+        if len(self.dirs) + len(dirs) > watch_share():
+            return False
         for rel in dirs:
             path = f"{self.root}/{rel}" if rel else self.root
             try:
@@ -63,7 +79,14 @@ class Journal:
                 continue  # gone: its parent's listing changed, which the client sees
             except NotADirectoryError:
                 continue  # a link or file now: the same
-            except OSError:
+            except OSError:  # the user's limit, reached by others: give back what this took
+                for wd in list(self.dirs):
+                    with contextlib.suppress(OSError):
+                        self.inotify.rm_watch(wd)
+                self.dirs.clear()
+                self.seq += 1  # and no token from before vouches for anything now
+                self.batches.append((self.seq, set()))
+                self.oldest = self.seq
                 return False
             self.dirs[wd] = rel  # the same directory moved keeps its descriptor: renamed here
         return True
