@@ -27,6 +27,9 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     # Nor is a fork server started (cli/starter.py) for each test's home: it would outlive
     # the test. tests/sandbox/test_forkserver.py turns it on and stops it.
     monkeypatch.setenv("PYRO_FORK_SERVER", "0")
+    # Nor a change journal's server (sync/journal.py) per test repository, for the same
+    # reason; the `journal_on` fixture (tests/helpers/scan.py) turns it on and stops it.
+    monkeypatch.setenv("PYRO_JOURNAL", "0")
     home = tmp_path / "pyro-home"
     monkeypatch.setenv("PYRO_HOME", str(home))
     monkeypatch.setenv("HOME", str(tmp_path / "user-home"))

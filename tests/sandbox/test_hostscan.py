@@ -23,6 +23,8 @@ from tests.helpers.loop import loop_for, sh
 from tests.helpers.project import git
 from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
 
+pytestmark = pytest.mark.usefixtures("journal_on")
+
 
 def current(loop: ProjectLoop) -> bool:
     """The record's verdict, through the change journal when one serves; asserted equal to a

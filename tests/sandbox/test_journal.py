@@ -27,6 +27,8 @@ from tests.helpers.nobody import NOBODY, _commit, _project, _write, nobody
 from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
 from tests.helpers.sides import run
 
+pytestmark = pytest.mark.usefixtures("journal_on")
+
 
 def journaled_loop(repo: Path, workspaces: Workspaces) -> ProjectLoop:
     """A loop whose record holds a journal token: the next check goes through it."""

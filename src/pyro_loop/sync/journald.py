@@ -161,10 +161,9 @@ def serve(journal: Journal, listener: socket.socket, home: str | None) -> None:
     poller.register(listener.fileno(), select.POLLIN)
     poller.register(journal.inotify.fileno(), select.POLLIN)
     clients: dict[int, socket.socket] = {}
-    last = time.monotonic()
+    last = checked = time.monotonic()
     while True:
-        ready = poller.poll(TICK * 1000)
-        for fd, _event in ready:
+        for fd, _event in poller.poll(TICK * 1000):
             if fd == journal.inotify.fileno():
                 journal.drain()
             elif fd == listener.fileno():
@@ -172,9 +171,11 @@ def serve(journal: Journal, listener: socket.socket, home: str | None) -> None:
             else:
                 last = time.monotonic()
                 _serve_one(journal, clients, fd, poller)
-        if not ready:
+        now = time.monotonic()
+        if now - checked >= TICK:  # also while events keep coming (a build writing)
+            checked = now
             gone = not os.path.isdir(journal.root) or (home and not os.path.isdir(home))
-            if gone or time.monotonic() - last > IDLE_EXIT:
+            if gone or now - last > IDLE_EXIT:
                 return
 
 
