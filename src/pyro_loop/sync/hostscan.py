@@ -1,5 +1,6 @@
 """The host scan: has anything in the host's tree changed since the last sync? One pass of
-lstat calls over a stored record, without git and without listing a directory.
+lstat calls over a stored record, without git and without listing a directory; or, while the
+change journal (journal.py) vouches for the record, an lstat of just the paths it names.
 
 A record holds the stat data (mode, size, mtime, ctime, inode) of every directory that takes
 part in sync and every file and symlink in them (ignored directories are not entered; the
@@ -377,11 +378,9 @@ class HostScan:
             return self.token
         if self.journal.watch(new_dirs) is None:
             return None
-        below = tuple(f"{rel}/" for rel in new_dirs)
+        below = (*new_dirs, *(f"{rel}/" for rel in new_dirs))  # (a sibling "ab" of "a" too)
         for rel, known in updates.items():
-            if (rel in new_dirs or rel.startswith(below)) and stat_of(
-                f"{self.root}/{rel}"
-            ) != known:
+            if rel.startswith(below) and stat_of(f"{self.root}/{rel}") != known:
                 return None
         return self.token
 
