@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyro_loop.workspace.manager import Workspaces
+from tests.helpers.journal import stop_journal_servers
 from tests.helpers.project import delete_all_workspaces, write_seed_tree
 
 # Fixtures several test modules use: pyro installed for uid 65534 (`user`, `nobody_env`), and
@@ -36,6 +37,7 @@ def pyro_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield home
     if (home / "workspaces").is_dir():
         delete_all_workspaces(Workspaces(home=home))
+    stop_journal_servers(home)  # any a test started all the same
 
 
 @pytest.fixture(autouse=True)

@@ -56,13 +56,18 @@ def _text(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
+PASSED = ("PYRO_HOME", "PYRO_JOURNAL")  # the test's home; whether servers start (conftest.py)
+
+
 @contextlib.asynccontextmanager
 async def connect(cwd: Path, *options: str) -> AsyncIterator[Client]:
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "pyro_loop", "mcp", "serve", *options],
         cwd=cwd,
-        env={"PYRO_HOME": os.environ["PYRO_HOME"]},
+        env={
+            name: os.environ[name] for name in ("PYRO_HOME", "PYRO_JOURNAL") if name in os.environ
+        },
     )
     client: Client | None = None
 

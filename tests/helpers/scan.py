@@ -1,15 +1,11 @@
 """The host-scan repository (tracked, ignored and empty directories) and its sync checks.
 
-Fixtures: `repo`, `journal_on` (the change journal on, its servers stopped after the test).
+Fixtures: `repo`, `journal_on` (the change journal on).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,21 +42,9 @@ def settle() -> None:
 
 
 @pytest.fixture
-def journal_on(pyro_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def journal_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal on (the `pyro_home` fixture stops its servers after the test)."""
     monkeypatch.delenv("PYRO_JOURNAL")
-    yield
-    stop_journal_servers(pyro_home)
-
-
-def stop_journal_servers(home: Path) -> None:
-    """End the journal servers started for `home` (they would live on, idle, for minutes)."""
-    wanted = f"PYRO_HOME={home}".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (b"pyro_loop.sync.journald" in (entry / "cmdline").read_bytes()
-                        and wanted in (entry / "environ").read_bytes().split(b"\0")):  # fmt: skip
-                    os.kill(int(entry.name), signal.SIGTERM)
 
 
 def journal_running(loop: ProjectLoop) -> None:
