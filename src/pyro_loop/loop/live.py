@@ -649,7 +649,9 @@ class ProjectLoop:
             stop_event=stop_event,
             status_path=self.files.watch_status,
             on_event=on_event,
-            on_quiet=lambda: self._sync_full(record),
+            # Folds what it synced into the host scan record (through the journal when it
+            # vouches, else one look at every path; a full sync only when neither can tell).
+            on_quiet=lambda: self._sync_current(record),
         )
 
     def down(self, *, delete: bool = False) -> WorkspaceRecord:
