@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -300,3 +301,24 @@ def test_a_watch_the_kernel_refuses_gives_back_all_and_ends_every_token(tmp_path
         journal.inotify.add_watch = real
         assert journal.dirs == {}
         assert journal.since(journal.epoch, token) is None
+
+
+def test_a_server_ends_with_its_home_and_takes_its_socket_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journald, "TICK", 0.05)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("PYRO_HOME", str(home))
+    path = str(tmp_path / "journal.sock")
+    server = threading.Thread(target=journald.main, args=(["journald", str(tmp_path), path],))
+    server.start()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    home.rmdir()
+    server.join(timeout=10)
+    assert not server.is_alive()
+    assert not os.path.exists(path)
+    assert lock_holder(path) is None

@@ -78,7 +78,10 @@ def main(argv: list[str]) -> int:
     gc.collect()
     gc.freeze()  # what is loaded stays shared with the children, not copied on write
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    identity = os.stat(path).st_ino
     serve(listener, path, sources, own, lock)
+    if _still_ours(path, identity):  # its socket goes with it (its lock file stays: hold_lock)
+        os.unlink(path)
     return 0
 
 

@@ -55,7 +55,9 @@ def user_runtime_dir() -> str | None:
 
 def hold_lock(path: str) -> int | None:
     """Take `path.lock` for a server that must run once: its descriptor (held while the
-    process lives, with the pid written in it), or None when another process holds it."""
+    process lives, with the pid written in it), or None when another process holds it.
+    The lock file is never removed: a process that opened it just before would then lock a
+    file no longer at that path, and a second server could start beside a new one."""
     import fcntl
 
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

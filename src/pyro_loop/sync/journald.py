@@ -217,9 +217,14 @@ def main(argv: list[str]) -> int:
         return 0  # another server holds it
     journal = Journal(root)
     listener = listen_at(path)
-    serve(journal, listener, home)
-    os.unlink(path)
-    os.close(lock)
+    try:
+        serve(journal, listener, home)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while holding the lock: no other server can have bound it
+        listener.close()
+        journal.close()
+        os.close(lock)
     return 0
 
 
