@@ -80,6 +80,24 @@ def test_a_check_through_the_journal_looks_only_at_what_changed(
     full_sync_finds_nothing(loop)
 
 
+def test_a_full_sync_leaves_a_record_the_journal_vouches_for(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full sync (here: a .gitignore changed) watches the directories before it walks
+    them: the check after it goes through the journal at once."""
+    loop = journaled_loop(repo, workspaces)
+    (repo / ".gitignore").write_text(".deps/\n*.log\nbuild/\n*.tmp\n")
+    (repo / "src" / "new").mkdir()
+    (repo / "src" / "new" / "n.py").write_text("n\n")
+    loop.exec(["true"])  # a full sync
+    assert binding(loop)["journal"] is not None
+    looks = count_looks(monkeypatch)
+    (repo / "src" / "new" / "n.py").write_text("n2\n")
+    assert sh(loop, "cat src/new/n.py") == "n2\n"
+    assert looks == [2], looks
+    full_sync_finds_nothing(loop)
+
+
 def test_every_edit_between_execs_reaches_the_workspace(repo: Path, workspaces: Workspaces) -> None:
     """Random edits of files and directories (new, changed, deleted, moved), an exec after
     each few: the workspace then holds exactly the host's files."""

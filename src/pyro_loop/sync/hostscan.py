@@ -203,13 +203,25 @@ class HostScan:
         (not ignored, not excluded)? `tracked_under(rel)`: the files git tracks below an
         ignored directory. `excluded(rel)`: is a file excluded by the [sync] rules?"""
         rules = (wants_dir, tracked_under, excluded)
+        # The directories the last record held are watched before the walk looks at them:
+        # the new record then holds a token for them (save watches the others).
+        watched: set[str] = set()
+        if self.journal is not None:
+            watched = set(self._recorded_dirs())
+            self.token = self.journal.watch(sorted(watched))
         recorded = _now_ns()
         controls = {path: stat_of(path) for path in self.controls}
         entries: dict[str, Stat | None] = {}
         racy_dirs: dict[str, list[str]] = {}
         self._walk([""], entries, racy_dirs, recorded, rules)
         return {"recorded": recorded, "controls": controls, "entries": entries,
-                "racy_dirs": racy_dirs}  # fmt: skip
+                "racy_dirs": racy_dirs, "watched": watched}  # fmt: skip
+
+    def _recorded_dirs(self) -> list[str]:
+        """The directories the stored stat data hold (whatever they are bound to)."""
+        data = _read_marshal(self.path, _DATA_KEYS)
+        unpacked = None if data is None else _unpack(data)
+        return [] if unpacked is None else _dirs(unpacked[0], unpacked[1])
 
     def _walk(self, pending: list[str], entries: dict[str, Stat | None],
               racy_dirs: dict[str, list[str]], recorded: int,
@@ -412,13 +424,9 @@ class HostScan:
                 "manifest": _digest(manifest),
                 "controls": taken["controls"], "entries": taken["entries"],
                 "racy_files": racy_files, "racy_dirs": taken["racy_dirs"]}  # fmt: skip
-        # Its directories were walked before any watch: the next check looks at every path.
-        # The journal watches them from now on (its server started if none runs), so that
-        # check gets a token and the ones after it go through the journal.
-        self._write(data, journal=None)
-        if self.journal is not None:
-            self.journal.watch([rel for rel, known in taken["entries"].items()
-                                if stat.S_ISDIR(known[0])])  # fmt: skip
+        new_dirs = [rel for rel, known in taken["entries"].items()
+                    if stat.S_ISDIR(known[0]) and rel not in taken["watched"]]  # fmt: skip
+        self._write(data, journal=self._watch_new(new_dirs, taken["entries"]))
 
     def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
                      wanted: Callable[[str], bool]) -> str | None:  # fmt: skip
