@@ -44,8 +44,9 @@ for name in names:
     os.write(fd, data)
     os.ftruncate(fd, len(data))
     os.close(fd)
-    target = os.path.join(root, name)
-    recycler.replace(name, tmp, target, os.lstat(target))
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    recycler.replace(name, tmp, root, dir_fd, name, st=os.lstat(name, dir_fd=dir_fd))
+    os.close(dir_fd)
 recycler.discard()
 print(recycler.reused)
 """

@@ -48,10 +48,20 @@ class Recycler:
         # for a stream with a batch to reuse.
         self.exchange = _exchanger() if self.keep else None
 
-    def replace(self, name: str, tmp: str, target: str, st: os.stat_result | None) -> None:
-        """Put the file at `tmp` in place of `target` (member `name`; `st` its lstat, not a
-        directory's, or None) in one step, and keep the old inode if it may be reused: the
-        two names swapped (renameat2 RENAME_EXCHANGE), else a link to it, then a rename."""
+    def replace(
+        self,
+        name: str,
+        tmp: str,
+        parent: str,
+        dir_fd: int,
+        base: str,
+        *,
+        st: os.stat_result | None,
+    ) -> None:
+        """Put the file at `tmp` in place of `base` in directory `parent` (`dir_fd` a
+        descriptor of it; member `name`; `st` its lstat, not a directory's, or None) in one
+        step, and keep the old inode if it may be reused: the two names swapped (renameat2
+        RENAME_EXCHANGE), else a link to it, then a rename."""
         if (
             st is None
             or name not in self.keep
@@ -59,21 +69,21 @@ class Recycler:
             or st.st_nlink != 1
             or st.st_uid != self.uid
         ):
-            os.rename(tmp, target)
+            os.rename(tmp, base, dst_dir_fd=dir_fd)
             return
         if self.exchange is not None:
-            if self.exchange(tmp, target):
+            if self.exchange(tmp, dir_fd, base):
                 self.pending.append((tmp, st.st_ino))
                 return
             self.exchange = None  # refused here (kernel, filesystem, filter): links from now on
-        spare = "%s/%s" % (os.path.dirname(target), temp_name("old"))
+        spare = temp_name("old")
         try:
-            os.link(target, spare, follow_symlinks=False)
+            os.link(base, spare, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             spare = ""
-        os.rename(tmp, target)
+        os.rename(tmp, base, dst_dir_fd=dir_fd)
         if spare:
-            self.pending.append((spare, st.st_ino))
+            self.pending.append((parent + "/" + spare, st.st_ino))
 
     def take(self) -> tuple[str, int, int, int] | None:
         """(temporary path, descriptor open for writing, its size, its permission bits) of an
@@ -161,9 +171,9 @@ def held_inodes() -> set[int] | None:
     return held
 
 
-def _exchanger() -> Callable[[str, str], bool] | None:
-    """A function swapping two paths atomically (True when it did), or None without ctypes
-    or renameat2 (glibc 2.28)."""
+def _exchanger() -> Callable[[str, int, str], bool] | None:
+    """A function swapping a path and a name in a directory (its descriptor) atomically
+    (True when it did), or None without ctypes or renameat2 (glibc 2.28)."""
     found = proctree.libc()
     try:
         import ctypes
@@ -174,8 +184,8 @@ def _exchanger() -> Callable[[str, str], bool] | None:
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     call.restype = ctypes.c_int
 
-    def exchange(first: str, second: str) -> bool:
-        result: int = call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), EXCHANGE)
+    def exchange(path: str, dir_fd: int, name: str) -> bool:
+        result: int = call(AT_FDCWD, os.fsencode(path), dir_fd, os.fsencode(name), EXCHANGE)
         return result == 0
 
     return exchange
