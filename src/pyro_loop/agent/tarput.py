@@ -163,14 +163,11 @@ class _Putter:
                     os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
-            try:
-                st = os.lstat(name, dir_fd=dir_fd)
-            except OSError:
-                st = None
+            st, old = self.recycler.look(member.name, dir_fd, name)
             if st is not None and st.st_mode & 0o170000 == 0o040000:
                 _remove_any(parent + "/" + name)
                 st = None
-            self.recycler.replace(member.name, tmp, parent, dir_fd, name, st=st)
+            self.recycler.replace(member.name, tmp, parent, dir_fd, name, st=st, fd=old)
         except BaseException:
             try:
                 os.unlink(tmp)
