@@ -44,8 +44,10 @@ for name in names:
     os.write(fd, data)
     os.ftruncate(fd, len(data))
     os.close(fd)
-    target = os.path.join(root, name)
-    recycler.replace(name, tmp, target, os.lstat(target))
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    st, old = recycler.look(name, dir_fd, name)
+    recycler.replace(name, tmp, root, dir_fd, name, st=st, fd=old)
+    os.close(dir_fd)
 recycler.discard()
 print(recycler.reused)
 """

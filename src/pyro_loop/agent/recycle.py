@@ -41,39 +41,83 @@ class Recycler:
         # checked, and so never reused.
         self.keep = keep if len(keep) >= BATCH else set()
         self.uid = os.geteuid()
-        self.pending: list[tuple[str, int]] = []  # (temporary path, inode) not yet checked
-        self.ready: list[tuple[str, int]] = []  # checked: held by no process
+        # (temporary path, inode, a write descriptor of it or None): not yet checked, and
+        # checked (held by no process)
+        self.pending: list[tuple[str, int, int | None]] = []
+        self.ready: list[tuple[str, int, int | None]] = []
         self.reused = 0
         # Loading ctypes costs a request 1.5 ms unless the agent has (proctree.preload): only
         # for a stream with a batch to reuse.
         self.exchange = _exchanger() if self.keep else None
 
-    def replace(self, name: str, tmp: str, target: str, st: os.stat_result | None) -> None:
-        """Put the file at `tmp` in place of `target` (member `name`; `st` its lstat, not a
-        directory's, or None) in one step, and keep the old inode if it may be reused: the
-        two names swapped (renameat2 RENAME_EXCHANGE), else a link to it, then a rename."""
-        if (
-            st is None
-            or name not in self.keep
-            or st.st_mode & 0o170000 != 0o100000
-            or st.st_nlink != 1
-            or st.st_uid != self.uid
-        ):
-            os.rename(tmp, target)
+    def look(self, name: str, dir_fd: int, base: str) -> tuple[os.stat_result | None, int | None]:
+        """What is at `base` in directory `dir_fd` (member `name`): its stat (None: nothing),
+        and a write descriptor of it when its inode may be kept. Opened now, while the name
+        is the target's: writing a later file into the inode then needs no open of its
+        temporary name (an open on the workspace's overlay costs about as much as the swap)."""
+        if self.exchange is not None and name in self.keep:
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(base, flags, dir_fd=dir_fd)
+            except OSError:  # a directory, a link, nothing: the lstat below says which
+                pass
+            else:
+                st = os.fstat(fd)
+                if self._keepable(name, st):
+                    return st, fd
+                os.close(fd)
+                return st, None
+        try:
+            return os.lstat(base, dir_fd=dir_fd), None
+        except OSError:
+            return None, None
+
+    def _keepable(self, name: str, st: os.stat_result | None) -> bool:
+        return (
+            st is not None
+            and name in self.keep
+            and st.st_mode & 0o170000 == 0o100000
+            and st.st_nlink == 1
+            and st.st_uid == self.uid
+        )
+
+    def replace(
+        self,
+        name: str,
+        tmp: str,
+        parent: str,
+        dir_fd: int,
+        base: str,
+        *,
+        st: os.stat_result | None,
+        fd: int | None = None,
+    ) -> None:
+        """Put the file at `tmp` in place of `base` in directory `parent` (`dir_fd` a
+        descriptor of it; member `name`; `st` and `fd` what `look` gave, `st` not a
+        directory's; `fd` is closed or kept here) in one step, and keep the old inode if it
+        may be reused: the two names swapped (renameat2 RENAME_EXCHANGE), else a link to it,
+        then a rename."""
+        if not self._keepable(name, st):
+            if fd is not None:
+                os.close(fd)
+            os.rename(tmp, base, dst_dir_fd=dir_fd)
             return
+        assert st is not None
         if self.exchange is not None:
-            if self.exchange(tmp, target):
-                self.pending.append((tmp, st.st_ino))
+            if self.exchange(tmp, dir_fd, base):
+                self.pending.append((tmp, st.st_ino, fd))
                 return
             self.exchange = None  # refused here (kernel, filesystem, filter): links from now on
-        spare = "%s/%s" % (os.path.dirname(target), temp_name("old"))
+        if fd is not None:
+            os.close(fd)
+        spare = temp_name("old")
         try:
-            os.link(target, spare, follow_symlinks=False)
+            os.link(base, spare, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             spare = ""
-        os.rename(tmp, target)
+        os.rename(tmp, base, dst_dir_fd=dir_fd)
         if spare:
-            self.pending.append((spare, st.st_ino))
+            self.pending.append((parent + "/" + spare, st.st_ino, None))
 
     def take(self) -> tuple[str, int, int, int] | None:
         """(temporary path, descriptor open for writing, its size, its permission bits) of an
@@ -81,12 +125,15 @@ class Recycler:
         if not self.ready and len(self.pending) >= BATCH:
             self._check()
         while self.ready:
-            spare, ino = self.ready.pop()
-            try:
-                fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                _unlink(spare)
-                continue
+            spare, ino, fd = self.ready.pop()
+            if fd is None:
+                try:
+                    fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    _unlink(spare)
+                    continue
+            # One link, held by descriptor since the swap: its name is still the temporary
+            # one, or the swap that puts it in place fails (nothing else is written).
             try:
                 st = os.fstat(fd)
                 usable = (
@@ -107,25 +154,28 @@ class Recycler:
 
     def discard(self) -> None:
         """Remove the kept inodes left at the end of the stream (a batch or so). Each is
-        opened before its name goes, and left open: freeing an inode whose pages are being
+        open before its name goes, and left open: freeing an inode whose pages are being
         written back waits for that (milliseconds each while the disk is busy), and the
         handler's exit, after its reply, closes them instead."""
-        for spare, _ in self.pending + self.ready:
-            try:
-                os.open(spare, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
-                pass
+        for spare, _, fd in self.pending + self.ready:
+            if fd is None:
+                try:
+                    os.open(spare, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:
+                    pass
             _unlink(spare)
         self.pending = []
         self.ready = []
 
     def _check(self) -> None:
         held = held_inodes()
-        for spare, ino in self.pending:
+        for spare, ino, fd in self.pending:
             if held is None or ino in held:
                 _unlink(spare)  # its last name goes; the holder keeps the old content
+                if fd is not None:
+                    os.close(fd)
             else:
-                self.ready.append((spare, ino))
+                self.ready.append((spare, ino, fd))
         self.pending = []
 
 
@@ -161,9 +211,9 @@ def held_inodes() -> set[int] | None:
     return held
 
 
-def _exchanger() -> Callable[[str, str], bool] | None:
-    """A function swapping two paths atomically (True when it did), or None without ctypes
-    or renameat2 (glibc 2.28)."""
+def _exchanger() -> Callable[[str, int, str], bool] | None:
+    """A function swapping a path and a name in a directory (its descriptor) atomically
+    (True when it did), or None without ctypes or renameat2 (glibc 2.28)."""
     found = proctree.libc()
     try:
         import ctypes
@@ -174,8 +224,8 @@ def _exchanger() -> Callable[[str, str], bool] | None:
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     call.restype = ctypes.c_int
 
-    def exchange(first: str, second: str) -> bool:
-        result: int = call(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), EXCHANGE)
+    def exchange(path: str, dir_fd: int, name: str) -> bool:
+        result: int = call(AT_FDCWD, os.fsencode(path), dir_fd, os.fsencode(name), EXCHANGE)
         return result == 0
 
     return exchange

@@ -76,10 +76,11 @@ class _Putter:
         self.errors: list[dict[str, str]] = []
         self.dir_modes: list[tuple[str, int]] = []
         self.recycler = recycler
-        # The last member's parent: its name's parts, where it resolved, and that directory's
-        # (st_dev, st_ino). The members of one directory come one after another; while the
-        # same directory is there, the next one's parent is not resolved and made again.
-        self.last_parent: tuple[list[str], str, tuple[int, int]] | None = None
+        # The last member's parent: its name's parts, where it resolved, and a descriptor of
+        # the directory found there. The members of one directory come one after another:
+        # the next one with the same parent is written relative to that descriptor, neither
+        # resolved nor looked at again, and never through a link put in its path meanwhile.
+        self.parent: tuple[list[str], str, int] | None = None
 
     def error(self, path: str, kind: str, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -95,56 +96,55 @@ class _Putter:
             if member.kind == "dir":
                 return  # the workspace itself: it stays as it is
             raise RequestError("invalid_path", "cannot replace /workspace itself")
-        parent = self.known_parent(parts)
-        if parent is None:
-            placed = _member_target(parts)
-            if placed is None:
+        try:
+            found = self.directory(parts)
+            if found is None:
                 reason = "its directory resolves outside /workspace through a symlink"
                 self.error(member.name, "outside_workspace", reason)
                 return
-            parent = placed[0]
-        target = parent + "/" + parts[-1]
-        try:
-            if self.last_parent is None or self.last_parent[1] != parent:
-                deeptree.makedirs(parent)
-                st = os.lstat(parent)
-                self.last_parent = (parts[:-1], parent, (st.st_dev, st.st_ino))
+            parent, dir_fd = found
+            name = parts[-1]
             if member.kind == "file":
-                self.put_file(parent, target, member, tar)
+                self.put_file(parent, dir_fd, name, member, tar)
             elif member.kind == "symlink":
-                self.put_symlink(parent, target, member)
+                self.put_symlink(parent, dir_fd, name, member)
             else:
-                self.put_dir(target, member)
+                self.put_dir(parent + "/" + name, member)
         except OSError as exc:
             self.error(member.name, "os_error", str(exc))
 
-    def known_parent(self, parts: list[str]) -> str | None:
-        """Where the last member's parent resolved, if this member has the same one and the
-        directory found there is still the same; else None."""
-        last = self.last_parent
-        if last is None or last[0] != parts[:-1]:
-            self.last_parent = None
+    def directory(self, parts: list[str]) -> tuple[str, int] | None:
+        """The member's parent directory, made if missing: (its path, a descriptor of it),
+        or None when it resolves outside /workspace. The last member's, if it is the same."""
+        last = self.parent
+        if last is not None and last[0] == parts[:-1]:
+            return last[1], last[2]
+        self.close()
+        placed = _member_target(parts)
+        if placed is None:
             return None
-        try:
-            st = os.lstat(last[1])
-        except OSError:
-            st = None
-        if st is None or (st.st_dev, st.st_ino) != last[2] or st.st_mode & 0o170000 != 0o040000:
-            self.last_parent = None
-            return None
-        return last[1]
+        parent = placed[0]
+        deeptree.makedirs(parent)
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.parent = (parts[:-1], parent, fd)
+        return parent, fd
 
-    def temp_in(self, parent: str) -> str:
-        return "%s/%s" % (parent, temp_name("put"))
+    def close(self) -> None:
+        if self.parent is not None:
+            os.close(self.parent[2])
+            self.parent = None
 
-    def put_file(self, parent: str, target: str, member: TarMember, source: TarReader) -> None:
+    def put_file(
+        self, parent: str, dir_fd: int, name: str, member: TarMember, source: TarReader
+    ) -> None:
         reused = self.recycler.take()
         if reused is not None:
             tmp, fd, size, mode = reused
         else:
-            tmp, size, mode = self.temp_in(parent), 0, -1  # its mode is the umask's word
+            temp, size, mode = temp_name("put"), 0, -1  # its mode is the umask's word
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, 0o600)
+            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+            tmp = parent + "/" + temp
         try:
             try:
                 written = 0
@@ -163,14 +163,11 @@ class _Putter:
                     os.fchmod(fd, member.mode & 0o777)  # never set-id bits
             finally:
                 os.close(fd)
-            try:
-                st = os.lstat(target)
-            except OSError:
-                st = None
+            st, old = self.recycler.look(member.name, dir_fd, name)
             if st is not None and st.st_mode & 0o170000 == 0o040000:
-                _remove_any(target)
+                _remove_any(parent + "/" + name)
                 st = None
-            self.recycler.replace(member.name, tmp, target, st)
+            self.recycler.replace(member.name, tmp, parent, dir_fd, name, st=st, fd=old)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -179,15 +176,15 @@ class _Putter:
             raise
         self.counts["files"] += 1
 
-    def put_symlink(self, parent: str, target: str, member: TarMember) -> None:
-        tmp = self.temp_in(parent)
-        os.symlink(member.linkname, tmp)
+    def put_symlink(self, parent: str, dir_fd: int, name: str, member: TarMember) -> None:
+        temp = temp_name("put")
+        os.symlink(member.linkname, temp, dir_fd=dir_fd)
         try:
-            if _is_dir(target):
-                _remove_any(target)
-            os.rename(tmp, target)
+            if _is_dir(parent + "/" + name):
+                _remove_any(parent + "/" + name)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
-            os.unlink(tmp)
+            os.unlink(temp, dir_fd=dir_fd)
             raise
         self.counts["symlinks"] += 1
 
@@ -199,6 +196,7 @@ class _Putter:
         self.counts["dirs"] += 1
 
     def finish(self) -> None:
+        self.close()
         # Directory modes last and deepest first, so a read-only directory could be filled.
         for target, mode in reversed(self.dir_modes):
             if _is_dir(target):  # never chmod through a link that replaced it meanwhile

@@ -474,18 +474,21 @@ class Syncer:
         through, and the host's permission bits come along."""
         wanted = set(pushes)
         added: set[str] = set()
+        present: set[str] = set()  # parents the workspace has: asked once, not once a push
         for rel in pushes:
             parts = rel.split("/")
             for end in range(len(parts) - 1, 0, -1):
                 parent = "/".join(parts[:end])
-                if parent in wanted or parent in added:
+                if parent in wanted or parent in added or parent in present:
                     break  # and so are its own parents
                 entry = effective_entry(parent, entries)
                 if entry is not None and entry.get("kind") == "dir":
+                    present.add(parent)
                     break
                 if entry is None and baseline is not None:
                     base = baseline.entry(parent)
                     if base is not None and base.kind == "dir":
+                        present.add(parent)
                         break
                 added.add(parent)
         return added

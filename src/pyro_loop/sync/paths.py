@@ -135,6 +135,7 @@ class PathFilter:
         self._ignored_dirs: dict[str, bool] = {}
         self._links: dict[str, bool] = {}
         self._links_ignored: dict[str, bool] = {}
+        self._index: pygit2.Index | None = None
 
     @classmethod
     def for_root(cls, root: Path, exclude: Sequence[str] = ()) -> PathFilter:
@@ -148,9 +149,11 @@ class PathFilter:
         self._ignored_dirs.clear()
         self._links.clear()
         self._links_ignored.clear()
+        self._index = None
         if self.repo is not None:
             with contextlib.suppress(Exception):
-                self.repo.index.read(False)  # re-read only if it changed on disk
+                self._index = self.repo.index
+                self._index.read(False)  # re-read only if it changed on disk
 
     def scan_rules(self) -> tuple[Callable[[str], bool], Callable[[str], list[str]],
                                   Callable[[str], bool]]:  # fmt: skip
@@ -258,7 +261,11 @@ class PathFilter:
         if self.repo is None:
             return False
         try:
-            return rel in self.repo.index
+            # The repository's one index, held from refresh to refresh: asking the repository
+            # for it again costs more than the lookup, once per candidate of a sync.
+            if self._index is None:
+                self._index = self.repo.index
+            return rel in self._index
         except Exception:
             return False
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
-from pyro_loop.fs.beneath import Beneath
-from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, open_file
+from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
+from pyro_loop.fs.hoststate import failure_reason, host_mode, open_file
 from pyro_loop.records import dataclass
-from pyro_loop.sync.manifest import stat_fields
 
 CHUNK = 1024 * 1024
 COPY_ATTEMPTS = 3  # a file still changing after this many copies is left for the next sync
@@ -46,39 +46,40 @@ class TarStream:
 
     def _member(self, item: Push) -> Iterator[bytes]:
         rel = item.rel
-        state = lstat(self.tree, rel)
+        st = _lstat(self.tree, rel)
         self.skipped.pop(rel, None)
-        if state.kind == "absent":
+        if st is None:
             self.sent.pop(rel, None)
             self.late_removals.add(rel)
             return
         self.late_removals.discard(rel)
-        info = tarfile.TarInfo(rel)
-        info.mtime = state.mtime_ns // 1_000_000_000
-        info.mode = state.mode
-        now = time.time_ns()
-        if state.kind == "dir":
-            info.type = tarfile.DIRTYPE
-            yield tar_header(info)
-            self.sent[rel] = {"kind": "dir", "mode": state.mode}
-        elif state.kind == "symlink":
+        fmt = stat.S_IFMT(st.st_mode)
+        mtime = st.st_mtime_ns // 1_000_000_000
+        if fmt == stat.S_IFREG:
+            yield from self._file(item, mtime)
+        elif fmt == stat.S_IFDIR:
+            mode = host_mode(st.st_mode, "dir")
+            yield member_header(rel, tarfile.DIRTYPE, mode, 0, mtime)
+            self.sent[rel] = {"kind": "dir", "mode": mode}
+        elif fmt == stat.S_IFLNK:
             try:
                 target = self.tree.readlink(rel)
             except OSError as exc:
                 self.skipped[rel] = failure_reason(exc)
                 return
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            yield tar_header(info)
+            mode = host_mode(st.st_mode, "symlink")
+            yield member_header(rel, tarfile.SYMTYPE, mode, 0, mtime, linkname=target)
             digest = hashlib.sha256(os.fsencode(target)).hexdigest()
             self.sent[rel] = {"kind": "symlink", "target": target, "sha256": digest}
-        elif state.kind == "file":
-            yield from self._file(item, info, now)
         else:
             self.skipped[rel] = "not a regular file, directory or symlink"
 
-    def _file(self, item: Push, info: tarfile.TarInfo, now: int) -> Iterator[bytes]:
+    def _file(self, item: Push, mtime: int) -> Iterator[bytes]:
+        # A branch switch sends hundreds of small files: each is the fewest calls that
+        # still prove what was sent is one version of the file (stat results compared as
+        # they are, no objects made of them).
         rel = item.rel
+        now = time.time_ns()
         try:
             fd = open_file(self.tree, rel)
         except OSError as exc:
@@ -91,83 +92,119 @@ class TarStream:
             return
         # Plain reads of the descriptor: a file object costs more than a small file's read.
         try:
-            before = HostState.of(os.fstat(fd))
-            if before.kind != "file":
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
                 self.skipped[rel] = "not a regular file, directory or symlink"
                 return
-            info.size = before.size
-            info.mode = before.mode
-            yield tar_header(info)
-            digest = hashlib.sha256()
-            left = before.size
-            while left > 0:
-                chunk = os.read(fd, min(CHUNK, left))
-                if not chunk:  # shrank while being read: pad, and send it again below
-                    chunk = tarfile.NUL * min(CHUNK, left)
-                digest.update(chunk)
-                left -= len(chunk)
-                yield chunk
-            padding = -before.size % tarfile.BLOCKSIZE
-            if padding:
-                yield tarfile.NUL * padding
-            after = HostState.of(os.fstat(fd))
+            size = before.st_size
+            mode = host_mode(before.st_mode, "file")
+            yield member_header(rel, tarfile.REGTYPE, mode, size, mtime)
+            digest = yield from _content(fd, size)
+            after = os.fstat(fd)
             grew = os.read(fd, 1) != b""
         finally:
             os.close(fd)
-        self.bytes += before.size
-        moved = lstat(self.tree, rel)
-        if after != before or grew or moved.ino != before.ino or moved.kind != "file":
+        self.bytes += size
+        moved = _lstat(self.tree, rel)
+        if (
+            grew
+            or _version(after) != _version(before)
+            or moved is None
+            or moved.st_ino != before.st_ino
+            or not stat.S_ISREG(moved.st_mode)
+        ):
             self.sent.pop(rel, None)
             if item.attempts + 1 < COPY_ATTEMPTS:
                 self.queue.append(Push(rel, item.attempts + 1))
             else:
                 self.skipped[rel] = "kept changing while being copied; the next sync sends it"
             return
-        self.sent[rel] = {"kind": "file", **stat_fields(before), "sha256": digest.hexdigest(),
+        # The fields of manifest.stat_fields, in its order.
+        self.sent[rel] = {"kind": "file", "mode": mode, "size": size,
+                          "mtime_ns": before.st_mtime_ns, "ctime_ns": before.st_ctime_ns,
+                          "ino": before.st_ino, "sha256": digest.hexdigest(),
                           "recorded_ns": now}  # fmt: skip
 
 
+def _content(fd: int, size: int) -> Generator[bytes, None, Any]:
+    """The file's `size` bytes and their padding, read from `fd`; returns their sha256. A
+    file that shrank while being read is padded with NULs (the caller sends it again)."""
+    digest = hashlib.sha256()
+    left = size
+    padding = tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+    while left > 0:
+        chunk = os.read(fd, min(CHUNK, left)) or tarfile.NUL * min(CHUNK, left)
+        digest.update(chunk)
+        left -= len(chunk)
+        if left == 0 and len(chunk) < CHUNK:  # a small file's last piece: one with its padding
+            chunk += padding
+            padding = b""
+        yield chunk
+    if padding:
+        yield padding
+    return digest
+
+
+def _lstat(tree: Beneath, rel: str) -> os.stat_result | None:
+    """`rel`'s own stat, or None where hoststate.lstat says absent."""
+    try:
+        return tree.lstat(rel)
+    except OSError as exc:
+        if exc.errno in NOT_A_PATH:
+            return None
+        raise
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What tells two versions of a file apart, as HostState compares them."""
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def tar_header(info: tarfile.TarInfo) -> bytes:
-    """The member's header block(s), as `info.tobuf` writes them in pax format. The common
-    case (a short ASCII name, no link or a short one, numbers that fit) is a lone ustar
-    block, built here in a few microseconds rather than tarfile's few tens: a branch switch
-    sends a header per file."""
-    name = (
-        info.name + "/"
-        if info.type == tarfile.DIRTYPE and not info.name.endswith("/")
-        else info.name
-    )
+    """The member's header block(s), as `info.tobuf` writes them in pax format."""
+    if info.uid == info.gid == 0 and not info.uname and not info.gname:
+        return member_header(info.name, info.type, info.mode, info.size, int(info.mtime),
+                             linkname=info.linkname)  # fmt: skip
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def member_header(
+    name: str, kind: bytes, mode: int, size: int, mtime: int, *, linkname: str = ""
+) -> bytes:
+    """The header block(s) tarfile's pax format writes for a member owned by uid and gid 0
+    with no user or group names (what the stream sends). The common case (a short ASCII
+    name, no link or a short one, numbers that fit) is a lone ustar block, built here in a
+    few microseconds rather than tarfile's few tens: a branch switch sends a header per
+    file."""
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
     if (
         len(name) <= 100
-        and len(info.linkname) <= 100
+        and len(linkname) <= 100
         and name.isascii()
-        and info.linkname.isascii()
-        and 0 <= info.size < _OCTAL_11
-        and 0 <= info.mtime < _OCTAL_11
-        and info.uid == info.gid == 0
-        and not info.uname
-        and not info.gname
+        and linkname.isascii()
+        and 0 <= size < _OCTAL_11
+        and 0 <= mtime < _OCTAL_11
     ):
-        return _ustar_block(name, info)
+        fields = b"%07o\0%s%011o\0%011o\0" % (mode & 0o7777, _IDS, size, mtime)  # 100..148
+        return _ustar_block(name.encode("ascii"), fields, kind, linkname.encode("ascii"))
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime, info.linkname = kind, mode, size, mtime, linkname
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 _OCTAL_11 = 8**11  # what an 11-digit octal field holds (size and mtime)
+_IDS = b"0000000\0" * 2  # uid, gid
+# uname, gname, devmajor, devminor and the prefix: left empty
+_MAGIC_AND_REST = tarfile.POSIX_MAGIC + bytes(tarfile.BLOCKSIZE - 265)
+# What the constant fields add to the checksum, which counts its own field as spaces.
+_CONSTANT_SUM = 8 * ord(" ") + sum(tarfile.POSIX_MAGIC)
 
 
-def _ustar_block(name: str, info: tarfile.TarInfo) -> bytes:
-    block = bytearray(tarfile.BLOCKSIZE)
-    block[0 : len(name)] = name.encode("ascii")
-    block[100:108] = b"%07o\0" % (info.mode & 0o7777)
-    block[108:116] = block[116:124] = b"0000000\0"  # uid, gid
-    block[124:136] = b"%011o\0" % info.size
-    block[136:148] = b"%011o\0" % int(info.mtime)
-    block[148:156] = b"        "  # the checksum counts its own field as spaces
-    block[156:157] = info.type
-    block[157 : 157 + len(info.linkname)] = info.linkname.encode("ascii")
-    block[257:265] = tarfile.POSIX_MAGIC  # uname, gname, devmajor, devminor: left empty
-    block[148:155] = b"%06o\0" % sum(block)
-    return bytes(block)
+def _ustar_block(name: bytes, fields: bytes, kind: bytes, link: bytes) -> bytes:
+    checksum = sum(name) + sum(fields) + sum(kind) + sum(link) + _CONSTANT_SUM
+    return b"".join((name, bytes(100 - len(name)), fields, b"%06o\0 " % checksum, kind, link,
+                     bytes(100 - len(link)), _MAGIC_AND_REST))  # fmt: skip
 
 
 @dataclass
