@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import struct
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +82,7 @@ def test_headers_read_back_by_tarfile_to_the_same_fields(
     keeper = tmp_path / "keeper"
     keeper.write_text(f"#!/bin/sh\ncat > {stream}\n")
     keeper.chmod(0o755)
-    monkeypatch.setattr(gnutar, "_found", [str(keeper)])
+    monkeypatch.setattr(gnutar, "_found", [str(keeper), gnutar.programs()[1]])
     (tmp_path / "out").mkdir()
     _untar(tmp_path / "out", *MEMBERS)
     assert stream.stat().st_size % gnutar.RECORD == 0
@@ -176,6 +178,32 @@ def test_as_root_tar_runs_as_the_owner_with_no_privilege(tmp_path: Path) -> None
     assert not any(theirs.iterdir())
 
 
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def test_tar_can_gain_no_privilege(tmp_path: Path) -> None:
+    owner = NOBODY if os.geteuid() == 0 else None
+    if owner is not None:
+        os.chown(tmp_path, owner, owner)
+    with gnutar.Untar(str(tmp_path), owner=owner) as tar:
+        tar.add("f", gnutar.REGULAR, mode=0o644, size=1)
+        deadline = time.monotonic() + 10
+        while (status := _status(tar._child.pid))["Name"] != "tar":  # setpriv, until it execs
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        tar.write(b"x")
+        tar.close()
+    assert status["NoNewPrivs"] == "1"  # nothing it runs may be set-id
+    if owner is not None:  # root's tar is nobody's, with no capability and no group
+        assert status["Uid"].split() == [str(NOBODY)] * 4
+        assert status["Gid"].split() == [str(NOBODY)] * 4
+        assert status["Groups"].strip() == ""
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
+    assert (tmp_path / "f").read_text() == "x"
+
+
 def test_a_default_acl_is_not_what_decides_the_modes(tmp_path: Path) -> None:
     # A default ACL granting group and others nothing: it stands in for the umask, and tar
     # skips its chmod for a file whose mode it passed to open().
@@ -203,15 +231,20 @@ def test_a_default_acl_is_not_what_decides_the_modes(tmp_path: Path) -> None:
 
 
 def test_no_gnu_tar_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
     monkeypatch.setattr(gnutar, "_found", [])
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(gnutar.UntarError, match="`tar` not found on PATH"):
-        gnutar.gnu_tar()
+        gnutar.programs()
     fake = tmp_path / "tar"
     fake.write_text("#!/bin/sh\necho 'bsdtar 3.6.2 - libarchive 3.6.2'\n")
     fake.chmod(0o755)
+    with pytest.raises(gnutar.UntarError, match="`setpriv` not found on PATH"):
+        gnutar.programs()
+    os.symlink(setpriv, tmp_path / "setpriv")
     with pytest.raises(gnutar.UntarError, match="is not GNU tar"):
-        gnutar.gnu_tar()
+        gnutar.programs()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")

@@ -15,9 +15,11 @@ be read as a header. So what tar parses is what the caller vetted, byte for byte
 difference between two tar parsers can be exploited.
 
 Flags that refuse or neutralise what the vetting might still miss are passed all the same
-(see `_FLAGS`), and tar runs with an environment of its own (TAR_OPTIONS, which tar reads as
-options, is not passed through) and, when pyro is root, as the owner of the files it writes,
-with no privilege: it cannot give a file away, make a device or write where that user cannot.
+(see `_FLAGS`). tar runs with an environment of its own (TAR_OPTIONS, which tar reads as
+options, is not passed through), through setpriv: it can gain no privilege (no_new_privs),
+dies with pyro, and when pyro is root runs as the owner of the files it writes, with no
+capability and no group: it cannot give a file away, make a device or write where that
+user cannot.
 """
 
 from __future__ import annotations
@@ -80,24 +82,27 @@ class UntarError(PyroError):
         self.disk_full = disk_full
 
 
-_found: list[str] = []  # the GNU tar found, once a process
+_found: list[str] = []  # GNU tar and setpriv, found once a process
 
 
-def gnu_tar() -> str:
-    """The path of GNU tar, checked once a process; UntarError if there is none."""
+def programs() -> tuple[str, str]:
+    """The paths of GNU tar and of setpriv (util-linux), checked once a process;
+    UntarError if either is missing."""
     if _found:
-        return _found[0]
+        return _found[0], _found[1]
     import shutil
 
-    path = shutil.which("tar")
-    if path is None:
+    tar, setpriv = shutil.which("tar"), shutil.which("setpriv")
+    if tar is None:
         raise UntarError("`tar` not found on PATH (pulling a layer needs GNU tar)")
-    out = subprocess.run([path, "--version"], capture_output=True, env={"LC_ALL": "C"},
+    if setpriv is None:
+        raise UntarError("`setpriv` not found on PATH (pulling a layer needs util-linux)")
+    out = subprocess.run([tar, "--version"], capture_output=True, env={"LC_ALL": "C"},
                          stdin=subprocess.DEVNULL, timeout=20, check=False)  # fmt: skip
     if not out.stdout.startswith(b"tar (GNU tar)"):
-        raise UntarError(f"{path} is not GNU tar (pulling a layer needs it)")
-    _found.append(path)
-    return path
+        raise UntarError(f"{tar} is not GNU tar (pulling a layer needs it)")
+    _found[:] = [tar, setpriv]
+    return tar, setpriv
 
 
 class Untar:
@@ -113,14 +118,19 @@ class Untar:
     def __init__(self, dest: str, *, owner: int | None = None) -> None:
         import fcntl
 
-        self._tar = gnu_tar()
+        self._tar, setpriv = programs()
         # tar's messages, read once it has exited (a pipe could fill up and stop it); closed
         # with the child, in __exit__.
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        # setpriv rather than Popen's user=: Python forks for that (a copy of its page tables,
+        # 6-15 ms for pyro in a prepare) where it can otherwise use vfork. tar may gain no
+        # privilege (no set-id program it could run), and dies with pyro.
+        drop = [setpriv, "--no-new-privs", "--pdeathsig=KILL"]
+        if owner is not None:
+            drop += [f"--reuid={owner}", f"--regid={owner}", "--clear-groups"]
         self._child = subprocess.Popen(
-            [self._tar, *_FLAGS], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=self._errors, cwd=dest, env={"LC_ALL": "C"},
-            user=owner, group=owner, extra_groups=None if owner is None else [],
+            [*drop, "--", self._tar, *_FLAGS], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=self._errors, cwd=dest, env={"LC_ALL": "C"},
         )  # fmt: skip
         stdin = self._child.stdin
         assert stdin is not None
