@@ -146,6 +146,7 @@ class Untar:
         self._pad = b""
         self._written = 0  # bytes of the archive so far
         self._closed = False
+        self._broken = False  # tar stopped reading before the end of the archive
 
     def __enter__(self) -> Untar:
         return self
@@ -196,19 +197,27 @@ class Untar:
     def close(self) -> None:
         """The end of the archive, then tar's exit: UntarError with its message if it
         failed."""
+        self.end()
+        self.wait()
+
+    def end(self) -> None:
+        """The end of the archive, handed over: tar finishes on its own meanwhile."""
         if self._left:
             raise ValueError("the last member's body is not complete")
         end = 2 * BLOCK
         self._put(bytes(end + (-(self._written + self._used + end) % RECORD)))
-        broken = False
         try:
             self._flush()
             self._stdin.close()
         except BrokenPipeError:
-            broken = True
+            self._broken = True
         self._closed = True
+
+    def wait(self) -> None:
+        """tar's exit, once the archive has ended: UntarError with its message if it
+        failed."""
         code = self._end()
-        if code or broken:  # (tar reads whole records, to the end of the archive)
+        if code or self._broken:  # (tar reads whole records, to the end of the archive)
             raise self._failure(code)
 
     def _long(self, kind: bytes, value: bytes) -> None:

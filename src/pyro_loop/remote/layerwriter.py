@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pyro_loop.errors import PyroError
@@ -134,31 +134,38 @@ class LayerWriter:
         self.names.add(hidden)
 
     def finish(self) -> Unpacked:
-        """tar's end, then the markers, then the digest."""
-        try:
-            self.tar.close()
-        except gnutar.UntarError as exc:
-            if exc.disk_full:
-                raise no_room("the store's disk filled up while unpacking it") from None
-            raise refuse(str(exc)) from None
-        touched = set()
-        for parent in self.opaque:
+        """The end of the archive for tar; the digest while tar finishes; then the markers."""
+        self._tar(self.tar.end)
+        opaque = set(self.opaque)
+        for rel, (mode, _mtime) in self.dirs.items():
+            self.records[rel] = treehash.dir_record(rel, stat.S_IMODE(mode), rel in opaque)
+        for hidden in self.whiteouts:
+            self.records[hidden] = treehash.whiteout_record(hidden)
+        digest = treehash.digest_of_records(self.records)
+        self._tar(self.tar.wait)
+        for parent in opaque:
             os.setxattr(f"{self.dest}/{parent}" if parent else self.dest, OPAQUE_XATTR, b"y")
+        touched = set()
         for hidden in self.whiteouts:
             where = f"{self.dest}/{hidden}"
             os.mknod(where, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             if self.owner is not None:
                 os.chown(where, self.owner, self.owner, follow_symlinks=False)
-            self.records[hidden] = treehash.whiteout_record(hidden)
             touched.add(hidden.rpartition("/")[0])
         for parent in touched:  # its time, which the marker made changed
             mtime = self.dirs[parent][1] if parent else None
             if mtime is not None:
                 os.utime(f"{self.dest}/{parent}", (mtime, mtime), follow_symlinks=False)
-        opaque = set(self.opaque)
-        for rel, (mode, _mtime) in self.dirs.items():
-            self.records[rel] = treehash.dir_record(rel, stat.S_IMODE(mode), rel in opaque)
-        return Unpacked(treehash.digest_of_records(self.records), self.size)
+        return Unpacked(digest, self.size)
+
+    @staticmethod
+    def _tar(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except gnutar.UntarError as exc:
+            if exc.disk_full:
+                raise no_room("the store's disk filled up while unpacking it") from None
+            raise refuse(str(exc)) from None
 
     def _entry(self, rel: str, size: int) -> None:
         if rel in self.names:  # the vetting refuses a name twice: only a whiteout's is left
