@@ -8,7 +8,9 @@ them; and, as the floor, copying the same layer tree from disk with `cp -a` (pul
 copies alternate, medians compared). Nothing is deleted between the measured runs: on
 ext4 without a journal, creating a file skips every inode deleted in the last minute, one
 by one (the kernel's `recently_deleted`), so a tree removed just before would charge the
-next pull or copy for its own removal (seen: 0.6 ms against 0.05 ms per file).
+next pull or copy for its own removal (seen: 0.6 ms against 0.05 ms per file). For the same
+reason the measured runs wait `--settle` seconds after the build (pip creates and deletes
+thousands of files), 75 by default.
 Targets: the pull at least 5x faster than the build, and within 1.5x of the disk copy.
 `--quick` (the CI smoke run) installs a small synthetic tree instead, with no network.
 """
@@ -81,6 +83,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
     parser.add_argument("--json", dest="json_path", type=Path, help="write the figures here")
     parser.add_argument("--runs", type=int, default=5, help="pulls and copies (medians)")
+    parser.add_argument("--settle", type=float, default=75.0,
+                        help="seconds to wait after the build (not with --quick)")  # fmt: skip
     return parser.parse_args()
 
 
@@ -114,6 +118,8 @@ def measure(args: argparse.Namespace, install: str, requirements: str) -> dict[s
         push_s = time.perf_counter() - started
 
         tree = store_a.require(snapshot.key).tree
+        if not args.quick:  # creating files is slow for a minute after deleting many
+            time.sleep(args.settle)
         pulls, copies = [], []
         for n in range(1 if args.quick else args.runs):
             os.environ["PYRO_CACHE_REMOTE"] = str(remote)

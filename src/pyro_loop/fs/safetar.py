@@ -105,6 +105,8 @@ class Vetting:
         normal = posixpath.normpath(raw) if raw else ""
         if not normal or normal.startswith("/") or ".." in normal.split("/"):
             raise self.refuse(f"member {raw!r} escapes the tree")
+        if "\0" in normal:  # no file has such a name: each reader would cut it elsewhere
+            raise self.refuse(f"member {raw!r} has a NUL in its name")
         return normal
 
     def parents(self, name: str) -> None:
@@ -137,6 +139,8 @@ class Vetting:
             # The link shares the file's inode: its attributes are the file's.
             linkname, mode = target, self.regular[target]
         elif kind == tarfile.SYMTYPE:
+            if "\0" in linkname:
+                raise self.refuse(f"link {name!r} has a NUL in its target")
             if not self.rules.absolute_links:
                 inside = posixpath.normpath(posixpath.join(posixpath.dirname(name), linkname))
                 top = self.rules.links_within

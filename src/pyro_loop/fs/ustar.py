@@ -55,11 +55,15 @@ class Reader:
     """The members of a tar stream, whose bytes `next_chunk` returns piece by piece (b"" at
     its end). Iterate for the members; while a regular file is the current member, `read`
     or `chunks` give its body (what is left unread is skipped). The stream is read up to the
-    archive's end-of-archive block, not past it."""
+    archive's end-of-archive block, not past it.
 
-    def __init__(self, next_chunk: Callable[[], bytes]) -> None:
+    A piece may be a view of a buffer its source reuses once it has handed over the next few:
+    nothing is kept of a piece once the next one is asked for (a header that straddles two
+    is copied first), and a body handed out as a view must be used before the reader is."""
+
+    def __init__(self, next_chunk: Callable[[], bytes | memoryview]) -> None:
         self._next_chunk = next_chunk
-        self._buf = b""
+        self._buf: bytes | memoryview = b""
         self._view = memoryview(self._buf)
         self._pos = 0
         self._left = 0  # body bytes of the current member not yet read
@@ -94,8 +98,8 @@ class Reader:
 
     def read(self) -> bytes | memoryview:
         """The rest of the current member's body, whole: a view of the piece it arrived in
-        when it lies in one (the pieces are never written to), so a layer's bytes are not
-        copied once more on their way to the disk."""
+        when it lies in one, so a layer's bytes are not copied once more on their way to
+        the disk."""
         end = self._pos + self._left
         data: bytes | memoryview
         if end <= len(self._buf):
@@ -125,18 +129,18 @@ class Reader:
     def _take(self, count: int) -> bytes:
         end = self._pos + count
         if end <= len(self._buf):
-            data = self._buf[self._pos : end]
+            data = bytes(self._view[self._pos : end])
             self._pos = end
             return data
-        parts = [self._view[self._pos :]]
+        parts: list[bytes | memoryview] = [bytes(self._view[self._pos :])]  # may be reused
         count -= len(parts[0])
-        while True:  # copied once, into the bytes returned
+        while True:
             self._fill()
             if count <= len(self._buf):
                 parts.append(self._view[:count])
                 self._pos = count
                 return b"".join(parts)
-            parts.append(self._view)
+            parts.append(bytes(self._view))
             count -= len(self._buf)
 
     def _skip(self, count: int) -> None:

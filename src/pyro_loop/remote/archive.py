@@ -165,7 +165,7 @@ def unpack(
                 elif kind == ustar.DIRECTORY:
                     writer.directory(rel, mode, member.mtime)
                 elif kind == ustar.SYMLINK:
-                    writer.symlink(rel, linkname)
+                    writer.symlink(rel, linkname, member.mtime)
                 elif kind == ustar.HARD_LINK:
                     writer.hard_link(rel, linkname)
             unpacked = writer.finish()
