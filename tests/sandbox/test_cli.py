@@ -304,6 +304,7 @@ def test_doctor_reports_ready() -> None:
     checks = {c["name"]: c for c in data["checks"]}
     assert checks
     assert all(c["ok"] for c in checks.values() if c["required"])
+    assert checks["GNU tar and setpriv"]["ok"]  # what a team-cache pull needs (.ci/run installs)
 
 
 def test_version() -> None:

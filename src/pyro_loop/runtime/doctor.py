@@ -48,7 +48,7 @@ def run_checks() -> list[Check]:
         _seccomp(),
     ]
     checks.append(_sandbox_smoke_test(ready=all(c.ok for c in checks[:2])))
-    checks += [_mmdebstrap(), _kvm(), _limits()]
+    checks += [_mmdebstrap(), _gnu_tar(), _kvm(), _limits()]
     if os.geteuid() == 0:
         checks.append(_workspace_uids())
     return checks
@@ -83,6 +83,20 @@ def _tool(name: str, command: str, args: list[str], *, fix: str, required: bool 
     out = _run([path, *args])
     version = (out.stdout or out.stderr).strip().splitlines()[:1]
     return Check(name, True, version[0] if version else path, None, required)
+
+
+def _gnu_tar() -> Check:
+    """What a pull from a team cache unpacks through (fs/gnutar.py): optional, as a prepare
+    without them builds locally."""
+    from pyro_loop.fs.gnutar import UntarError, programs
+
+    name = "GNU tar and setpriv"
+    try:
+        tar, setpriv = programs()
+    except UntarError as exc:
+        return Check(name, False, str(exc), "apt-get install tar util-linux", required=False)
+    return Check(name, True, f"{tar} and {setpriv}: pulls from a team cache unpack through them",
+                 required=False)  # fmt: skip
 
 
 def _sandbox_python() -> Check:
