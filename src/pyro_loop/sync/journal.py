@@ -9,16 +9,17 @@ keeps the number (the token) up to which it accounts for every event; the next c
 for the paths changed after it and looks at just those.
 
 Why that is safe, and where it stops:
-- A token is first given for watches already in place, before the full pass whose result
-  it is stored with: every change after that pass's lstat of a path made an event.
-- A directory new to the record is watched before its entries are looked at again, and
-  those that changed meanwhile are not vouched for (journal.py's callers in hostscan.py).
+- A token is only given for watches already in place before the look at every path (a
+  check's, or a full sync's walk) that it is stored with: every change after that look's
+  lstat of a path made an event.
+- A directory new to the record is watched, then its entries are looked at again, and
+  those that changed meanwhile are not vouched for (hostscan.HostScan._watch_new).
 - Lost events (the kernel's queue overflowed), a restarted server, a server that cannot
-  watch (the user's watch limit) and any error: no answer, and the caller looks at every
-  path as before. Nothing waits on the server longer than TIMEOUT.
+  watch (the user's watch limit, or more than its share of it) and any error: no answer,
+  and the caller looks at every path as before. Nothing waits on the server longer than
+  TIMEOUT.
 - Not seen by inotify, as by git's fsmonitor: a write through a shared memory mapping, and a
-  write through a hard link from outside the tree. Files with more than one link are looked
-  at on every check for that reason; `PYRO_JOURNAL=0` turns the journal off.
+  write through a hard link from outside the tree. `PYRO_JOURNAL=0` turns the journal off.
 """
 
 from __future__ import annotations
