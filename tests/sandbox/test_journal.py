@@ -297,6 +297,7 @@ def test_a_tree_past_the_servers_share_of_watches_is_not_journaled(
         journal.drain()
         token = journal.seq
         assert not journal.watch(["b", "c"])  # past the share: refused, the others kept
+        assert journal.watch(["", "a"])  # watched already: no new watch, not refused
         (tmp_path / "a" / "f").write_text("f")
         journal.drain()
         assert journal.since(journal.epoch, token) == ["a", "a/f"]

@@ -69,8 +69,8 @@ class Journal:
         could not be watched for another reason than being gone, or when there are more
         than this server's share of the user's watches: a tree that large (or hostile) must
         not leave the user's editor or other tools without any."""
-        if len(self.dirs) + len(dirs) > watch_share():
-            return False
+        if len(self.dirs) + len(set(dirs) - set(self.dirs.values())) > watch_share():
+            return False  # (a directory watched already is no new watch)
         for rel in dirs:
             path = f"{self.root}/{rel}" if rel else self.root
             try:
