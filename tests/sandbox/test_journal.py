@@ -10,6 +10,7 @@ import json
 import marshal
 import os
 import random
+import shutil
 import signal
 import socket
 import threading
@@ -95,6 +96,32 @@ def test_a_full_sync_leaves_a_record_the_journal_vouches_for(
     (repo / "src" / "new" / "n.py").write_text("n2\n")
     assert sh(loop, "cat src/new/n.py") == "n2\n"
     assert looks == [2], looks
+    full_sync_finds_nothing(loop)
+
+
+def test_a_directory_replaced_by_another_of_its_name_is_watched_anew(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    """`rm -rf src && mkdir src` (a tool replacing a directory): the old watch went with the
+    old directory, so the new one must be watched before edits in it can be trusted."""
+    loop = journaled_loop(repo, workspaces)
+    shutil.rmtree(repo / "src")
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("print('replaced')\n")
+    settle()  # recorded past the racy window: only the journal can tell of the next edit
+    assert sh(loop, "cat src/app.py") == "print('replaced')\n"
+    assert binding(loop)["journal"] is not None  # the exec went through the journal
+    (repo / "src" / "app.py").write_text("print('edited after')\n")
+    (repo / "src" / "later.py").write_text("later\n")
+    assert sh(loop, "cat src/app.py src/later.py") == "print('edited after')\nlater\n"
+    # Moved away rather than deleted: the old watch follows the old directory.
+    (repo / "src").rename(repo / "src.old")
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("print('third')\n")
+    settle()
+    assert sh(loop, "cat src/app.py") == "print('third')\n"
+    (repo / "src" / "app.py").write_text("print('fourth')\n")
+    assert sh(loop, "cat src/app.py; ls src") == "print('fourth')\napp.py\n"
     full_sync_finds_nothing(loop)
 
 
@@ -341,3 +368,18 @@ def test_a_server_ends_with_its_home_and_takes_its_socket_along(
     assert not server.is_alive()
     assert not os.path.exists(path)
     assert lock_holder(path) is None
+
+
+def test_a_directory_the_server_no_longer_watches_is_named_with_a_slash(tmp_path: Path) -> None:
+    with contextlib.closing(journald.Journal(str(tmp_path))) as journal:
+        for name in ("deleted", "moved"):
+            (tmp_path / name).mkdir()
+        assert journal.watch(["", "deleted", "moved"])
+        journal.drain()
+        token = journal.seq
+        (tmp_path / "deleted").rmdir()
+        (tmp_path / "moved").rename(tmp_path / "elsewhere")
+        journal.drain()
+        named = journal.since(journal.epoch, token)
+        assert named is not None
+        assert {"deleted/", "moved/", "deleted", "moved", "elsewhere", ""} <= set(named)

@@ -105,6 +105,7 @@ class HostScan:
         # it names. `token` is where the last check left it, for the record written next.
         self.journal = journal
         self.token: Token | None = None
+        self.rewatch: set[str] = set()  # directories the journal lost its watch on
 
     # -- checking ---------------------------------------------------------------------------
 
@@ -130,6 +131,10 @@ class HostScan:
             answer = self.journal.since(bind["journal"])
         if answer is not None:  # only what the journal names, and what no watch sees
             named, self.token = answer
+            # Directories no longer the ones watched at their paths: whatever is there now
+            # is recorded afresh and watched (delta).
+            self.rewatch = {rel[:-1] for rel in named if rel.endswith("/")}
+            named = [rel for rel in named if not rel.endswith("/")] + sorted(self.rewatch)
             looked = _locate(record["paths"], [*named, *record["unwatched"]])
         else:  # every path, with the watches set first: from now on, the journal counts
             paths = _split(record["paths"]) if inos else []
@@ -288,7 +293,15 @@ class HostScan:
             now = stat_of(f"{self.root}/{rel}" if rel else self.root)
             was_dir = known is not None and stat.S_ISDIR(known[0])
             is_dir = now is not None and stat.S_ISDIR(now[0])
-            if was_dir and is_dir:
+            # Another directory now has its name (`rm -rf d && mkdir d`, a tool replacing
+            # it; the inode number may be the same, reused: the journal lost its watch): it
+            # is gone and the new one walked, below, as a file replaced by one would be, so
+            # its entries are recorded afresh and the journal watches it anew.
+            replaced = was_dir and is_dir and known is not None and now is not None \
+                and (known[4] != now[4] or rel in self.rewatch)  # fmt: skip
+            if replaced and not rel:
+                return None  # the tree's root itself: a full sync
+            if was_dir and is_dir and not replaced:
                 assert known is not None and now is not None
                 if stat.S_IMODE(known[0]) != stat.S_IMODE(now[0]):
                     return None

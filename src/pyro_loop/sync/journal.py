@@ -44,8 +44,9 @@ Token = tuple[str, int]  # the server's epoch, and a batch number in it
 # Requests: (PROTOCOL, root, "watch", [directory, ...]) -> ("ok", epoch, seq, []), and
 # (PROTOCOL, root, "since", (epoch, seq)) -> ("ok", epoch, seq, [path, ...]); ("no",) when
 # the server cannot answer (a server of another root, whose socket's name collided, too).
-# Paths are relative to the tree's root ("" is the root). Each message
-# is a 4-byte length, then marshal'd data.
+# Paths are relative to the tree's root ("" is the root); a directory that is no longer the
+# one watched at its path (deleted, moved away) is named with a "/" after it ("/": the root).
+# Each message is a 4-byte length, then marshal'd data.
 
 
 def send_message(sock: socket.socket, value: Any) -> None:

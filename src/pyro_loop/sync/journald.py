@@ -32,6 +32,7 @@ MASK = (flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE | flags.MOVED_
         | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
         | flags.DONT_FOLLOW)  # fmt: skip
 LISTING = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
+GONE = flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
 # Past this many remembered paths, the oldest are forgotten: a client that asks from before
 # them is told the journal cannot say (it then looks at every path itself).
 MAX_REMEMBERED = 100_000
@@ -102,9 +103,12 @@ class Journal:
             rel = self.dirs.get(event.wd)
             if rel is None:
                 continue
-            if event.mask & flags.IGNORED:  # the directory is gone (or unmounted)
-                del self.dirs[event.wd]
-                changed.add(rel)
+            if event.mask & GONE:
+                # No longer the directory at that path (deleted, moved away, unmounted):
+                # named with a "/" after it, so that a client watches what is there now.
+                if event.mask & flags.IGNORED:
+                    del self.dirs[event.wd]
+                changed.add(rel + "/")
                 continue
             if event.name:
                 changed.add(f"{rel}/{event.name}" if rel else event.name)
