@@ -27,7 +27,7 @@ import time
 from typing import NoReturn
 
 from pyro_loop.cli import starter
-from pyro_loop.fs.socketpath import hold_lock, listen_at, peer_is_me
+from pyro_loop.fs.socketpath import hold_lock, listen_at, peer_is_me, recv_exact
 from pyro_loop.procutil import settle_background
 
 IDLE_EXIT = 900.0  # seconds without a command before the server exits
@@ -78,8 +78,8 @@ def main(argv: list[str]) -> int:
     gc.collect()
     gc.freeze()  # what is loaded stays shared with the children, not copied on write
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    identity = os.stat(path).st_ino
-    serve(listener, path, sources, own, lock)
+    identity = os.stat(path).st_ino  # the socket's: replaced or removed, the server ends
+    serve(listener, path, identity, sources, own, lock)
     if _still_ours(path, identity):  # its socket goes with it (its lock file stays: hold_lock)
         os.unlink(path)
     return 0
@@ -118,7 +118,7 @@ def _stale(sources: dict[str, float]) -> bool:
     return False
 
 
-def serve(listener: socket.socket, path: str, sources: dict[str, float],
+def serve(listener: socket.socket, path: str, identity: int, sources: dict[str, float],
           own: starter.Context, lock: int) -> None:  # fmt: skip
     """Keep one spare child waiting for the next command, and fork another once it is taken.
 
@@ -126,7 +126,6 @@ def serve(listener: socket.socket, path: str, sources: dict[str, float],
     the command sooner than a fork made after the request would (a fork of this process
     takes about 2 ms; copying its memory ahead with MADV_POPULATE_WRITE was measured too,
     and made commands slower)."""
-    identity = os.stat(path).st_ino
     home = os.environ.get("PYRO_HOME")
     alive_r, alive_w = os.pipe()  # the spare sees end of file on it once the server is gone
     while True:
@@ -230,12 +229,10 @@ def _receive(conn: socket.socket) -> tuple[starter.Request, list[int]] | None:
         size = int.from_bytes(data[:4], "big")
         if size > MAX_MESSAGE:
             raise ValueError("request too large")
-        message = data[4:]
-        while len(message) < size:
-            chunk = conn.recv(size - len(message))
-            if not chunk:
-                raise ValueError("truncated request")
-            message += chunk
+        rest = recv_exact(conn, size - len(data) + 4)
+        if rest is None:
+            raise ValueError("truncated request")
+        message = data[4:] + rest
         conn.settimeout(None)
         request = marshal.loads(message)
         if not isinstance(request, tuple) or len(request) != 6 or request[0] != starter.PROTOCOL:

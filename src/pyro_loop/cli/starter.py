@@ -22,9 +22,8 @@ import _socket
 import marshal
 import os
 import sys
-import zlib
 
-from pyro_loop.fs.socketpath import lock_holder, socket_address, user_runtime_dir
+from pyro_loop.fs.socketpath import lock_holder, recv_exact, server_socket, socket_address
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typeshed describes `_signal` (cheap to import) as `signal` (slow: enum)
@@ -84,12 +83,7 @@ def eligible(argv: list[str]) -> bool:
 def socket_path() -> str | None:
     """The server's socket for this user, interpreter, installation and PYRO_HOME; None
     when its directory is not safely this user's."""
-    directory = user_runtime_dir()
-    if directory is None:
-        return None
-    package = os.path.dirname(os.path.dirname(__file__))
-    identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", "")))
-    return os.path.join(directory, f"forkserver-{zlib.crc32(identity.encode()):08x}.sock")
+    return server_socket("forkserver")
 
 
 def context() -> Context:
@@ -153,7 +147,7 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
     try:
         sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         sock.sendall(message[sent:])
-        reply = _recv_exact(sock, 5)
+        reply = recv_exact(sock, 5)
     except OSError:
         reply = None  # closed stdio, or the server went away: run here
     finally:
@@ -164,7 +158,7 @@ def _ask(sock: _socket.socket, argv: list[str]) -> int | None:
     forwarder.attach(int.from_bytes(reply[1:], "big"))
     while True:
         try:
-            reply = _recv_exact(sock, 5)
+            reply = recv_exact(sock, 5)
             break
         except InterruptedError:
             continue
@@ -221,16 +215,6 @@ class _Forwarder:
             _signal.signal(signum, default)
         for pending in self.fatal():
             os.kill(os.getpid(), pending)
-
-
-def _recv_exact(sock: _socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def running_server() -> int | None:

@@ -10,6 +10,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pathlib is not loaded for this: the fork server's client stays lean
+    import _socket
     import socket
     from pathlib import PurePath
 
@@ -51,6 +52,32 @@ def user_runtime_dir() -> str | None:
     if st.st_uid != os.getuid() or (st.st_mode & 0o777) != 0o700 or not stat.S_ISDIR(st.st_mode):
         return None
     return directory
+
+
+def server_socket(kind: str, *scope: str) -> str | None:
+    """The socket of one of pyro's background servers (`kind`) for this user, interpreter,
+    installation and PYRO_HOME (and `scope`, such as the tree it serves); None when the
+    user's runtime directory is not safely theirs."""
+    import sys
+    import zlib
+
+    directory = user_runtime_dir()
+    if directory is None:
+        return None
+    package = os.path.dirname(os.path.dirname(__file__))
+    identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", ""), *scope))
+    return os.path.join(directory, f"{kind}-{zlib.crc32(identity.encode()):08x}.sock")
+
+
+def recv_exact(sock: _socket.socket, size: int) -> bytes | None:
+    """`size` bytes from `sock`; None when the stream ends first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
 
 
 def hold_lock(path: str) -> int | None:

@@ -29,10 +29,9 @@ import marshal
 import os
 import socket
 import sys
-import zlib
 from typing import Any, ClassVar
 
-from pyro_loop.fs.socketpath import socket_address, user_runtime_dir
+from pyro_loop.fs.socketpath import recv_exact, server_socket, socket_address
 
 PROTOCOL = 1
 SWITCH = "PYRO_JOURNAL"
@@ -56,28 +55,16 @@ def send_message(sock: socket.socket, value: Any) -> None:
 
 def recv_message(sock: socket.socket) -> Any:
     """The next message, or None at the end of the stream."""
-    head = _recv_exact(sock, 4)
+    head = recv_exact(sock, 4)
     if head is None:
         return None
     size = int.from_bytes(head, "big")
     if size > MAX_MESSAGE:
         raise ValueError("message too large")
-    body = _recv_exact(sock, size)
+    body = recv_exact(sock, size)
     if body is None:
         raise EOFError("truncated message")
     return marshal.loads(body)
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            if data:
-                raise EOFError("truncated message")
-            return None
-        data += chunk
-    return bytes(data)
 
 
 class JournalClient:
@@ -88,7 +75,7 @@ class JournalClient:
 
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/") or "/"
-        self.path = _socket_path(self.root)
+        self.path = server_socket("journal", self.root)
 
     def since(self, token: Token) -> tuple[list[str], Token] | None:
         """The paths changed since `token`, and the token that accounts for them."""
@@ -142,28 +129,25 @@ def switched_off() -> bool:
     return os.environ.get(SWITCH) == "0"
 
 
+def user_watch_limit() -> int | None:
+    """fs.inotify.max_user_watches: how many directories one user may watch in all."""
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def describe(root: str) -> str:
     """One line for `pyro doctor` about the journal of the tree at `root`."""
     from pyro_loop.fs.socketpath import lock_holder
 
     if switched_off():
         return f"off ({SWITCH}=0): every check looks at each path of the tree"
-    path = _socket_path(root.rstrip("/") or "/")
+    path = JournalClient(root).path
     pid = None if path is None else lock_holder(path)
-    try:
-        with open("/proc/sys/fs/inotify/max_user_watches") as f:
-            limit = f"; up to {int(f.read()):,} watched directories per user"
-    except (OSError, ValueError):
-        limit = ""
+    limit = user_watch_limit()
+    per_user = "" if limit is None else f"; up to {limit:,} watched directories per user"
     if pid is None:
-        return f"not running for this project: the next sync starts it{limit}"
-    return f"running for this project (pid {pid}){limit}; {SWITCH}=0 turns it off"
-
-
-def _socket_path(root: str) -> str | None:
-    directory = user_runtime_dir()
-    if directory is None:
-        return None
-    package = os.path.dirname(os.path.dirname(__file__))
-    identity = "\0".join((sys.executable, package, os.environ.get("PYRO_HOME", ""), root))
-    return os.path.join(directory, f"journal-{zlib.crc32(identity.encode()):08x}.sock")
+        return f"not running for this project: the next sync starts it{per_user}"
+    return f"running for this project (pid {pid}){per_user}; {SWITCH}=0 turns it off"

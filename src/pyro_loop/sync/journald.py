@@ -22,7 +22,7 @@ import time
 from inotify_simple import INotify, flags
 
 from pyro_loop.fs.socketpath import hold_lock, listen_at, peer_is_me
-from pyro_loop.sync.journal import PROTOCOL, recv_message, send_message
+from pyro_loop.sync.journal import PROTOCOL, recv_message, send_message, user_watch_limit
 
 IDLE_EXIT = 900.0
 TICK = 5.0
@@ -40,13 +40,10 @@ MAX_REMEMBERED = 100_000
 
 def watch_share() -> int:
     """How many directories one server may watch: a quarter of the user's inotify watches
-    (fs.inotify.max_user_watches: 8,192 on older kernels, up to about a million on newer
-    ones), so that the rest are left to the user's other tools."""
-    try:
-        with open("/proc/sys/fs/inotify/max_user_watches") as f:
-            return int(f.read()) // 4
-    except (OSError, ValueError):
-        return 2048
+    (8,192 on older kernels, up to about a million on newer ones), so that the rest are left
+    to the user's other tools."""
+    limit = user_watch_limit()
+    return 2048 if limit is None else limit // 4
 
 
 class Journal:
