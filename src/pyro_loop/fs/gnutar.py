@@ -31,6 +31,7 @@ import tempfile
 from typing import IO
 
 from pyro_loop.errors import PyroError
+from pyro_loop.fs.ustar import GNU_MAGIC, IDS, header_block
 from pyro_loop.fs.util import DISK_FULL_ERRNOS
 
 BLOCK = 512
@@ -281,20 +282,10 @@ class Untar:
 def _header(
     name: bytes, kind: bytes, *, mode: int, size: int, mtime: int, linkname: bytes
 ) -> bytes:
-    numbers = b"%07o\0" % mode + _IDS + _number(size) + _number(mtime)
-    # The checksum is the sum of the header's bytes (its own field counted as spaces): the
-    # fixed fields' sum is known, the others are summed. It must be exact: tar skips a
-    # header whose checksum is wrong and looks for the next one in what follows.
-    check = _FIXED_SUM + sum(name) + sum(numbers) + kind[0] + sum(linkname)
-    return b"".join((
-        name.ljust(100, b"\0"), numbers, b"%06o\0 " % check, kind,
-        linkname.ljust(100, b"\0"), _TAIL,
-    ))  # fmt: skip
-
-
-_IDS = b"0000000\0" * 2
-_TAIL = b"ustar  \0".ljust(BLOCK - 257, b"\0")  # GNU's magic; no user or group names
-_FIXED_SUM = sum(b" " * 8) + sum(_TAIL)
+    # The checksum must be exact: tar skips a header whose checksum is wrong and looks for
+    # the next one in what follows.
+    numbers = b"%07o\0" % mode + IDS + _number(size) + _number(mtime)
+    return header_block(name, numbers, kind, linkname, GNU_MAGIC)
 
 
 def _number(value: int) -> bytes:

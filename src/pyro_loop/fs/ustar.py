@@ -1,4 +1,5 @@
-"""A lean reader of the tar archives pyro writes: POSIX ustar headers and pax records.
+"""A lean reader of the tar archives pyro writes: POSIX ustar headers and pax records; and
+the header block pyro's own tar streams write (`header_block`).
 
 pyro's layer blobs (remote/archive.py) are written by tarfile in its PAX format: one ustar
 header a member, preceded by a pax header ('x') when a name or link target does not fit its
@@ -28,7 +29,8 @@ SYMLINK = b"2"
 DIRECTORY = b"5"
 _PAX = b"x"
 _KINDS = frozenset((REGULAR, HARD_LINK, SYMLINK, b"3", b"4", DIRECTORY, b"6"))
-_MAGIC = b"ustar\x0000"  # POSIX ustar, with its version
+POSIX_MAGIC = b"ustar\x0000"  # POSIX ustar, with its version
+GNU_MAGIC = b"ustar  \0"  # GNU tar's (its long-name records and base-256 numbers)
 _ZEROS = bytes(BLOCK)
 # What tarfile may write in a pax header for a member of pyro's (long or non-ASCII names,
 # numbers that do not fit), and what is read here: the rest are ignored.
@@ -80,7 +82,7 @@ class Reader:
                     raise FormatError("the archive ends after a pax header")
                 return
             _check_sum(header)
-            if header[257:265] != _MAGIC:
+            if header[257:265] != POSIX_MAGIC:
                 raise FormatError("a header is not a POSIX ustar header")
             kind = header[156:157]
             if kind == _PAX:
@@ -237,3 +239,20 @@ def _apply(
     if size < 0:
         raise FormatError("a pax record holds no size")
     return name, linkname, size, mtime
+
+
+IDS = b"0000000\0" * 2  # uid and gid 0: pyro writes every member so
+# Each magic's tail of a header block (the magic, then no user or group names, no device
+# numbers, no prefix), and what it and the checksum's field (counted as spaces) add to the sum.
+_TAILS = {magic: (magic + bytes(BLOCK - 257 - len(magic)), 8 * ord(" ") + sum(magic))
+          for magic in (POSIX_MAGIC, GNU_MAGIC)}  # fmt: skip
+
+
+def header_block(name: bytes, numbers: bytes, kind: bytes, link: bytes, magic: bytes) -> bytes:
+    """One 512-byte header: `name` and `link` of up to 100 bytes; `numbers` the 48 bytes of
+    the mode, uid, gid, size and mtime fields; `magic` POSIX_MAGIC or GNU_MAGIC. The
+    checksum sums only what varies (a header per file of a branch switch, or of a layer)."""
+    tail, fixed = _TAILS[magic]
+    check = fixed + sum(name) + sum(numbers) + kind[0] + sum(link)
+    return b"".join((name.ljust(100, b"\0"), numbers, b"%06o\0 " % check, kind,
+                     link.ljust(100, b"\0"), tail))  # fmt: skip

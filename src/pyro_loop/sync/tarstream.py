@@ -13,6 +13,7 @@ from typing import Any
 
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.fs.hoststate import failure_reason, host_mode, open_file
+from pyro_loop.fs.ustar import IDS, POSIX_MAGIC, header_block
 from pyro_loop.records import dataclass
 
 CHUNK = 1024 * 1024
@@ -186,25 +187,15 @@ def member_header(
         and 0 <= size < _OCTAL_11
         and 0 <= mtime < _OCTAL_11
     ):
-        fields = b"%07o\0%s%011o\0%011o\0" % (mode & 0o7777, _IDS, size, mtime)  # 100..148
-        return _ustar_block(name.encode("ascii"), fields, kind, linkname.encode("ascii"))
+        numbers = b"%07o\0%s%011o\0%011o\0" % (mode & 0o7777, IDS, size, mtime)
+        return header_block(name.encode("ascii"), numbers, kind, linkname.encode("ascii"),
+                            POSIX_MAGIC)  # fmt: skip
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.size, info.mtime, info.linkname = kind, mode, size, mtime, linkname
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 _OCTAL_11 = 8**11  # what an 11-digit octal field holds (size and mtime)
-_IDS = b"0000000\0" * 2  # uid, gid
-# uname, gname, devmajor, devminor and the prefix: left empty
-_MAGIC_AND_REST = tarfile.POSIX_MAGIC + bytes(tarfile.BLOCKSIZE - 265)
-# What the constant fields add to the checksum, which counts its own field as spaces.
-_CONSTANT_SUM = 8 * ord(" ") + sum(tarfile.POSIX_MAGIC)
-
-
-def _ustar_block(name: bytes, fields: bytes, kind: bytes, link: bytes) -> bytes:
-    checksum = sum(name) + sum(fields) + sum(kind) + sum(link) + _CONSTANT_SUM
-    return b"".join((name, bytes(100 - len(name)), fields, b"%06o\0 " % checksum, kind, link,
-                     bytes(100 - len(link)), _MAGIC_AND_REST))  # fmt: skip
 
 
 @dataclass
