@@ -24,6 +24,7 @@ from pyro_loop.loop.live import ProjectLoop
 from pyro_loop.sync import hostscan, journald
 from pyro_loop.sync.journal import PROTOCOL, JournalClient
 from pyro_loop.workspace.manager import Workspaces
+from tests.helpers.journal import journal_servers
 from tests.helpers.loop import loop_for, sh
 from tests.helpers.nobody import NOBODY, _commit, _project, _write, nobody
 from tests.helpers.scan import full_sync_finds_nothing, journal_running, settle
@@ -300,14 +301,8 @@ def test_the_journal_serves_an_ordinary_user(user: dict[str, Path]) -> None:
 
 def _journal_servers(repo: Path) -> list[int]:
     """The uids of the journal servers of `repo`."""
-    uids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                if b"pyro_loop.sync.journald" in cmdline and str(repo).encode() in cmdline:
-                    uids.append(entry.stat().st_uid)
-    return uids
+    return [entry.stat().st_uid for entry, cmdline in journal_servers()
+            if str(repo).encode() in cmdline]  # fmt: skip
 
 
 def test_a_tree_past_the_servers_share_of_watches_is_not_journaled(
