@@ -34,13 +34,13 @@ if how == "link":
 else:
     assert recycler.exchange is not None, "renameat2 through ctypes"
 for name in names:
-    taken = recycler.take()
+    data = ("new " + name).encode()
+    taken = recycler.take(len(data))
     if taken is None:
         tmp = os.path.join(root, ".pyro-tmp-new-" + name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     else:
         tmp, fd, _, _ = taken
-    data = ("new " + name).encode()
     os.write(fd, data)
     os.ftruncate(fd, len(data))
     os.close(fd)

@@ -17,17 +17,24 @@ swap, for a batch of kept inodes at once; a process that still reads the old con
 it, as with a plain rename. Which targets may be kept is the request's word: files pyro put
 there itself, which live in the workspace's own layer (keeping a file of a lower layer would
 copy it up first).
+
+The first batch of files has no old inode to go into yet: `stock` makes fresh ones while the
+host is still deciding what to send (it asks before it plans), so that their cost, the
+slowest part of a stream's start, is not the stream's.
 """
 
 from __future__ import annotations
 
 import os
+import select
 
 import proctree
+from confine import WORKSPACE
 from fileops import temp_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
+    from _socket import socket
     from collections.abc import Callable
 
 BATCH = 16  # kept inodes checked in /proc at once: fewer scans, or fewer new inodes
@@ -41,14 +48,33 @@ class Recycler:
         # checked, and so never reused.
         self.keep = keep if len(keep) >= BATCH else set()
         self.uid = os.geteuid()
-        # (temporary path, inode, a write descriptor of it or None): not yet checked, and
-        # checked (held by no process)
-        self.pending: list[tuple[str, int, int | None]] = []
-        self.ready: list[tuple[str, int, int | None]] = []
-        self.reused = 0
+        # (temporary path, inode, a write descriptor of it or None, its size when kept): not
+        # yet checked, and checked (held by no process) or fresh
+        self.pending: list[tuple[str, int, int | None, int]] = []
+        self.ready: list[tuple[str, int, int | None, int]] = []
+        self.reused = 0  # files written into old inodes
+        self.stocked = 0  # files written into inodes made before the stream came
+        self.fresh: set[int] = set()  # those inodes
         # Loading ctypes costs a request 1.5 ms unless the agent has (proctree.preload): only
         # for a stream with a batch to reuse.
         self.exchange = _exchanger() if self.keep else None
+
+    def stock(self, conn: socket) -> None:
+        """Make fresh inodes for the stream's first files until a batch is ready or the
+        stream's data arrives (whichever is first: a request whose stream follows at once
+        waits for no inode it may not need)."""
+        if self.exchange is None:
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while len(self.ready) < BATCH and not select.select([conn], [], [], 0)[0]:
+            spare = WORKSPACE + "/" + temp_name("put")
+            try:
+                fd = os.open(spare, flags, 0o600)
+            except OSError:
+                return  # the stream makes its own, and reports what is wrong
+            ino = os.fstat(fd).st_ino
+            self.ready.append((spare, ino, fd, 0))
+            self.fresh.add(ino)
 
     def look(self, name: str, dir_fd: int, base: str) -> tuple[os.stat_result | None, int | None]:
         """What is at `base` in directory `dir_fd` (member `name`): its stat (None: nothing),
@@ -105,7 +131,7 @@ class Recycler:
         assert st is not None
         if self.exchange is not None:
             if self.exchange(tmp, dir_fd, base):
-                self.pending.append((tmp, st.st_ino, fd))
+                self.pending.append((tmp, st.st_ino, fd, st.st_size))
                 return
             self.exchange = None  # refused here (kernel, filesystem, filter): links from now on
         if fd is not None:
@@ -117,15 +143,16 @@ class Recycler:
             spare = ""
         os.rename(tmp, base, dst_dir_fd=dir_fd)
         if spare:
-            self.pending.append((parent + "/" + spare, st.st_ino, None))
+            self.pending.append((parent + "/" + spare, st.st_ino, None, st.st_size))
 
-    def take(self) -> tuple[str, int, int, int] | None:
+    def take(self, size: int) -> tuple[str, int, int, int] | None:
         """(temporary path, descriptor open for writing, its size, its permission bits) of an
-        inode to write the next file into, or None: the caller makes a new one."""
+        inode to write the next file (of `size` bytes) into, or None: the caller makes a new
+        one. One no larger than the file if there is one: it needs no truncation after."""
         if not self.ready and len(self.pending) >= BATCH:
             self._check()
         while self.ready:
-            spare, ino, fd = self.ready.pop()
+            spare, ino, fd, _ = self.ready.pop(_fitting(self.ready, size))
             if fd is None:
                 try:
                     fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -146,7 +173,10 @@ class Recycler:
             except OSError:
                 usable = False
             if usable:
-                self.reused += 1
+                if ino in self.fresh:
+                    self.stocked += 1
+                else:
+                    self.reused += 1
                 return spare, fd, st.st_size, st.st_mode & 0o7777
             os.close(fd)
             _unlink(spare)
@@ -157,7 +187,7 @@ class Recycler:
         open before its name goes, and left open: freeing an inode whose pages are being
         written back waits for that (milliseconds each while the disk is busy), and the
         handler's exit, after its reply, closes them instead."""
-        for spare, _, fd in self.pending + self.ready:
+        for spare, _, fd, _ in self.pending + self.ready:
             if fd is None:
                 try:
                     os.open(spare, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -169,14 +199,22 @@ class Recycler:
 
     def _check(self) -> None:
         held = held_inodes()
-        for spare, ino, fd in self.pending:
-            if held is None or ino in held:
-                _unlink(spare)  # its last name goes; the holder keeps the old content
-                if fd is not None:
-                    os.close(fd)
+        for kept in self.pending:
+            if held is None or kept[1] in held:
+                _unlink(kept[0])  # its last name goes; the holder keeps the old content
+                if kept[2] is not None:
+                    os.close(kept[2])
             else:
-                self.ready.append((spare, ino, fd))
+                self.ready.append(kept)
         self.pending = []
+
+
+def _fitting(ready: list[tuple[str, int, int | None, int]], size: int) -> int:
+    """The index in `ready` of the last inode no larger than `size` bytes (else the last)."""
+    for index in range(len(ready) - 1, -1, -1):
+        if ready[index][3] <= size:
+            return index
+    return -1
 
 
 def held_inodes() -> set[int] | None:

@@ -137,7 +137,7 @@ class _Putter:
     def put_file(
         self, parent: str, dir_fd: int, name: str, member: TarMember, source: TarReader
     ) -> None:
-        reused = self.recycler.take()
+        reused = self.recycler.take(member.size)
         if reused is not None:
             tmp, fd, size, mode = reused
         else:
@@ -227,6 +227,7 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     recycler = Recycler(set(reuse))
     putter = _Putter(recycler)
     try:
+        recycler.stock(conn)
         while True:
             member = tar.next()
             if member is None:
@@ -241,6 +242,7 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
     reply: dict[str, Any] = dict(putter.counts)
     reply["reused"] = recycler.reused
+    reply["stocked"] = recycler.stocked
     reply["errors"] = putter.errors
     return reply
 

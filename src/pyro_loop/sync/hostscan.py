@@ -443,10 +443,12 @@ class HostScan:
 
     def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
                      wanted: Callable[[str], bool]) -> str | None:  # fmt: skip
-        """What a racy file is compared with: the manifest's digest if it matches the host's
-        content; "" for a file that takes no part (not to be recorded); None: no way to tell."""
+        """What a racy file is compared with: the manifest's digest (what the workspace
+        holds); "" for a file that takes no part (not to be recorded); None: no way to tell.
+        Not read here: every check reads the racy files and compares them with it, and a
+        branch switch makes a thousand files racy at once."""
         digest = digests(rel)
-        if digest is not None and digest == file_digest(f"{self.root}/{rel}"):
+        if digest is not None:
             return digest
         if digest is None and not wanted(rel):
             return ""
@@ -467,9 +469,11 @@ class HostScan:
         _write_marshal(self.bind_path, bind)
 
     def forget(self) -> None:
-        for path in (self.bind_path, self.path):  # the binding first: without it, no record
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        """No record from now on: the binding goes. The stat data stay (no record without
+        their binding) to name the directories the next `take` watches before its walk:
+        else each would be watched after it and everything below looked at again."""
+        with contextlib.suppress(FileNotFoundError):
+            self.bind_path.unlink()
 
     def _write(self, data: dict[str, Any], *, journal: Token | None) -> None:
         """Both files: the stat data under a new token, then the binding naming it (a reader
