@@ -227,7 +227,7 @@ def measure(loops: list[Any], tmp: Path, runs: int) -> Bench:
     bench.rows.append(Row("branch switch sync (1,000 files)", switched, "copy", 0.25))
     bench.floors["copy"] = copied
     bench.floors["bwrap"] += timed(bwrap_true, runs)
-    scale(bench, (loop, repo), (big, big_repo), max(3, runs // 2))
+    scale(bench, (loop, repo), (big, big_repo), max(3, runs))
     return bench
 
 
