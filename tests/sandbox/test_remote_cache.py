@@ -115,6 +115,9 @@ def test_push_then_a_second_machine_pulls_instead_of_building(
     a, b = LayerStore(tmp_path / "machine-a"), LayerStore(tmp_path / "machine-b")
     assert tree_digest(b.require(key).tree) == tree_digest(a.require(key).tree)
     assert b.require(key).meta()["inputs"]["pulled_from"] == remote
+    # The digest `verify` checks is the publisher's (no file was hashed), and holds.
+    assert b.require(key).meta()["digest"] == a.require(key).meta()["digest"]
+    assert b.verify(key) is None
     # The pulled layer is what workspaces stand on: the installed file is there.
     ws = Workspaces(home=tmp_path / "machine-b")
     record = ws.create(layers=[key])
@@ -507,6 +510,24 @@ def test_manifest_naming_other_layers_is_refused(tmp_path: Path, registry: Regis
     with pytest.raises(PyroError, match="not the ones this project's inputs name"):
         share.pull(LayerStore(tmp_path / "victim"), remote, other)
     _nothing_left(tmp_path / "victim", "ab" * 32)
+
+
+def test_a_false_tree_digest_in_the_manifest_is_what_verify_catches(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    """The pull takes the publisher's tree digest instead of hashing every file: one that
+    does not describe the (checked) blob's tree fails `verify`, which makes the layer again."""
+    _root, snapshot = _pushed(tmp_path, registry, "claim")
+    remote = parse_remote(f"{registry.address}/team/claim")
+    client = RegistryClient(remote)
+    manifest = client.get_manifest(snapshot.tag)
+    assert manifest is not None
+    manifest["layers"][-1]["annotations"]["dev.pyro.layer.digest"] = "0" * 64
+    client.put_manifest(manifest, snapshot.tag)
+    store = LayerStore(tmp_path / "puller")
+    share.pull(store, remote, snapshot)
+    problem = store.verify(snapshot.key)
+    assert problem is not None and problem.endswith("!= 000000000000"), problem
 
 
 # -- what a pulled layer may take -------------------------------------------------------------

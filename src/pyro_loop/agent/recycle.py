@@ -66,7 +66,9 @@ class Recycler:
         if self.exchange is None:
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        while len(self.ready) < BATCH and not select.select([conn], [], [], 0)[0]:
+        waiting = select.poll()  # not select(): the descriptor may be above 1,024
+        waiting.register(conn, select.POLLIN)
+        while len(self.ready) < BATCH and not waiting.poll(0):
             spare = WORKSPACE + "/" + temp_name("put")
             try:
                 fd = os.open(spare, flags, 0o600)

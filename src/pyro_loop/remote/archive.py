@@ -120,6 +120,7 @@ def unpack(
     keep_free: int = 0,
     owner: int | None = None,
     on_chunk: Callable[[], None] | None = None,
+    tree_digest: str | None = None,
 ) -> Unpacked:
     """Unpack a blob written by `pack` into the empty directory `dest`.
 
@@ -128,9 +129,10 @@ def unpack(
     `dest` has less than `keep_free` bytes (or a few inodes) left. Every member is vetted by
     safetar's rules before it is written, and written with O_EXCL and O_NOFOLLOW below
     directories this call made, given to `owner` when one is named. `on_chunk` runs after
-    each chunk of the blob (for progress). Raises PyroError naming what is wrong with a
-    damaged or hostile archive; `dest` may then hold part of it (callers unpack into the
-    store's staging, which is removed on failure).
+    each chunk of the blob (for progress). `tree_digest`: the tree's digest as its publisher
+    recorded it, taken as `Unpacked.digest` rather than hashing every file. Raises PyroError
+    naming what is wrong with a damaged or hostile archive; `dest` may then hold part of it
+    (callers unpack into the store's staging, which is removed on failure).
     """
     import zstandard
 
@@ -145,7 +147,7 @@ def unpack(
     )
     try:
         with (
-            LayerWriter(dest, keep_free=keep_free, owner=owner) as writer,
+            LayerWriter(dest, keep_free=keep_free, owner=owner, tree_digest=tree_digest) as writer,
             Inflated(blob, expected=tar_size, on_chunk=on_chunk) as inflated,
         ):
             reader = ustar.Reader(inflated.next_chunk)

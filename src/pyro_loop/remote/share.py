@@ -309,6 +309,7 @@ def _pull_layer(
                 unpacked = archive.unpack(
                     blob, tree, tar_size=tar_size, keep_free=FREE_SPACE_KEPT,
                     owner=sandbox_owner(), on_chunk=on_chunk,
+                    tree_digest=_published_digest(descriptor),
                 )  # fmt: skip
             except RemoteError:
                 raise
@@ -328,6 +329,15 @@ def _pull_layer(
             size=unpacked.size,
             handed_over=True,
         )
+
+
+def _published_digest(descriptor: dict[str, Any]) -> str | None:
+    """The tree digest the layer's publisher recorded (for `verify`), if it gave one."""
+    claimed = descriptor["annotations"].get(f"{A}layer.digest")
+    return claimed if isinstance(claimed, str) and _SHA256_HEX.fullmatch(claimed) else None
+
+
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 
 def _check_room(staging: Path, kind: str, key: str, tar_size: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop import git
-from pyro_loop.errors import InvalidInputError
+from pyro_loop.errors import AgentUnavailableError, InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, sha256_file
 from pyro_loop.fs.util import replace_keeping
@@ -171,10 +171,14 @@ class Syncer:
         pyro put there: the agent readies inodes for the files to come while the host plans
         (a branch switch's first files otherwise wait for them). None without such files."""
         put = _put_paths(manifest)
-        if not put:
-            yield None
-            return
-        with self.client.begin_put_tar(reuse=_reusable(sorted(put), put)) as ahead:
+        with contextlib.ExitStack() as stack:
+            ahead = None
+            if put:
+                # An agent out of reach is no error yet: the sync may have nothing to send.
+                with contextlib.suppress(AgentUnavailableError):
+                    ahead = stack.enter_context(
+                        self.client.begin_put_tar(reuse=_reusable(sorted(put), put))
+                    )
             yield ahead
 
     # -- candidates -----------------------------------------------------------------------

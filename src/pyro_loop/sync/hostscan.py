@@ -450,9 +450,7 @@ class HostScan:
         digest = digests(rel)
         if digest is not None:
             return digest
-        if digest is None and not wanted(rel):
-            return ""
-        return None
+        return None if wanted(rel) else ""
 
     def rebind(self, old_manifest: bytes | None, new_manifest: bytes | None) -> None:
         """The workspace was reset (or made anew) and pyro's synced files put back: a record
