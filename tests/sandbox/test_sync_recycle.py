@@ -225,3 +225,38 @@ def test_a_nested_repository_added_without_gitmodules_is_synced(
     (inner / "inside.txt").write_text("edited\n")
     live.syncer.reconcile()
     assert live.cat("inner/inside.txt") == b"edited\n"
+
+
+def test_a_directory_gone_then_back_with_fewer_files_then_whole_again(
+    make_live: Callable[..., Live], tmp_path: Path
+) -> None:
+    """Seen switching black's tags: a directory a switch removes comes back with some of its
+    files (pyro makes it afresh), then with all of them, as the baseline has it. The files
+    back at their baseline version are named by neither git nor the manifest; and the files
+    git tracks in a directory it ignores are listed by neither git's status nor a walk."""
+    repo = make_repo(tmp_path / "gone", lib_files=5)
+    cases = repo / "tests" / "cases"
+    cases.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (cases / f"{name}.py").write_text(f"{name} = 1\n")
+    (repo / "tests" / ".gitignore").write_text("large_ignored/\n")
+    (repo / "tests" / "large_ignored").mkdir()
+    (repo / "tests" / "large_ignored" / "tracked.py").write_text("kept = True\n")
+    git(repo, "add", "-A")
+    git(repo, "add", "-f", "tests/large_ignored/tracked.py")
+    git(repo, "commit", "-q", "-m", "with tests")
+    git(repo, "checkout", "-q", "-b", "without")
+    git(repo, "rm", "-q", "-r", "tests")
+    git(repo, "commit", "-q", "-m", "no tests")
+    git(repo, "checkout", "-q", "-b", "fewer", "main")
+    git(repo, "rm", "-q", "tests/cases/b.py", "tests/cases/c.py")
+    git(repo, "commit", "-q", "-m", "fewer tests")
+    git(repo, "checkout", "-q", "main")
+    live = make_live(repo)  # the baseline is main's tree
+    live.syncer.reconcile()
+
+    for branch in ["without", "fewer", "main", "without", "main"]:
+        git(repo, "checkout", "-q", branch)
+        live.syncer.reconcile()
+        assert_in_sync(live)
+    assert "tests/large_ignored/tracked.py" in live.tree()

@@ -269,7 +269,9 @@ class Syncer:
         return paths
 
     def _walk(self, rel: str) -> Iterator[str]:
-        """Every path below `rel` ("" for the root) that takes part, directories included."""
+        """Every path below `rel` ("" for the root) that takes part, directories included:
+        in a directory git ignores, the files git tracks there (listed by the index: git's
+        status shows them only when they differ from HEAD, so a walk alone finds them)."""
         pending = [rel]
         while pending:
             current = pending.pop()
@@ -283,11 +285,12 @@ class Syncer:
                     is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
                     is_dir = False
-                if not self.filter.wants(child, is_dir=is_dir):
-                    continue
-                yield child
-                if is_dir:
-                    pending.append(child)
+                if self.filter.wants(child, is_dir=is_dir):
+                    yield child
+                    if is_dir:
+                        pending.append(child)
+                elif is_dir and entry.name != ".git":
+                    yield from (p for p in self.filter.tracked_below(child) if self.filter.wants(p))
 
     def _expand(
         self, candidates: set[str], manifest: dict[str, Any], baseline: Baseline | None
@@ -303,10 +306,12 @@ class Syncer:
         return expanded
 
     def _known_dir(self, rel: str, entries: dict[str, Any], baseline: Baseline | None) -> bool:
-        """Does the workspace hold this directory with its contents already?"""
+        """Does the workspace hold this directory with its contents already? Not one pyro
+        made afresh: that holds only what pyro put in it, and a host file there that equals
+        the baseline's (which neither git nor the manifest names) must be found and put."""
         entry = effective_entry(rel, entries)
         if entry is not None:
-            return bool(entry.get("kind") == "dir")
+            return bool(entry.get("kind") == "dir" and not entry.get("fresh"))
         if baseline is not None:
             base = baseline.entry(rel)
             return base is not None and base.kind == "dir"

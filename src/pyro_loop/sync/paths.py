@@ -135,6 +135,7 @@ class PathFilter:
         self._ignored_dirs: dict[str, bool] = {}
         self._links: dict[str, bool] = {}
         self._links_ignored: dict[str, bool] = {}
+        self._tracked_sorted: list[str] | None = None  # the index's paths, for tracked_below
         self._index: pygit2.Index | None = None
 
     @classmethod
@@ -149,6 +150,7 @@ class PathFilter:
         self._ignored_dirs.clear()
         self._links.clear()
         self._links_ignored.clear()
+        self._tracked_sorted = None
         self._index = None
         if self.repo is not None:
             with contextlib.suppress(Exception):
@@ -159,18 +161,6 @@ class PathFilter:
                                   Callable[[str], bool]]:  # fmt: skip
         """What a host scan (hostscan.HostScan.take) needs to know: is a directory synced,
         which files does git track below an ignored one, is a file excluded."""
-        tracked: list[str] | None = None
-
-        def tracked_under(rel: str) -> list[str]:
-            nonlocal tracked
-            if self.repo is None:
-                return []
-            if tracked is None:
-                tracked = sorted(entry.path for entry in self.repo.index)
-            prefix = rel + "/"
-            start = bisect.bisect_left(tracked, prefix)
-            end = bisect.bisect_left(tracked, rel + "0")  # "0" sorts right after "/"
-            return tracked[start:end]
 
         def wants_dir(rel: str) -> bool:
             return self.wants(rel, is_dir=True)
@@ -178,7 +168,19 @@ class PathFilter:
         def excluded(rel: str) -> bool:
             return self.exclude.excluded(rel, is_dir=False)
 
-        return wants_dir, tracked_under, excluded
+        return wants_dir, self.tracked_below, excluded
+
+    def tracked_below(self, rel: str) -> list[str]:
+        """The paths git tracks below directory `rel`, sorted: in a directory git ignores,
+        the only ones that take part."""
+        if self.repo is None:
+            return []
+        if self._tracked_sorted is None:
+            self._tracked_sorted = sorted(entry.path for entry in self.repo.index)
+        tracked = self._tracked_sorted
+        start = bisect.bisect_left(tracked, rel + "/")
+        end = bisect.bisect_left(tracked, rel + "0")  # "0" sorts right after "/"
+        return tracked[start:end]
 
     def rel(self, path: Path | str) -> str | None:
         """`path` relative to the root as a POSIX string; None for the root or outside it."""
