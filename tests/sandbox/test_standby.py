@@ -89,6 +89,30 @@ def test_a_standby_filled_ahead_resets_to_the_same_workspace(
     full_sync_finds_nothing(loop)
 
 
+def test_a_directory_made_afresh_is_reset_to_what_the_host_has_in_it(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen on pytest's repository: a directory removed on the host and brought back with
+    some of its files is one pyro made afresh; a reset, to a sandbox at its baseline (which
+    has all of its files), puts back the host's few and not the baseline's others."""
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "src" / "app.py").unlink()
+    (repo / "src" / "util.py").unlink()
+    (repo / "src").rmdir()
+    settle()
+    assert "src" not in sh(loop, "ls")
+    git(repo, "checkout", "-q", "--", "src/app.py")  # back, without util.py
+    settle()
+    assert sh(loop, "ls src") == "app.py\n"
+    workspaces.settle()
+    loop.reset()
+    assert sh(loop, "ls src") == "app.py\n"
+    assert reset_without_standby(loop, monkeypatch) == sh(loop, LISTING)
+    assert sh(loop, "ls src") == "app.py\n"
+    full_sync_finds_nothing(loop)
+
+
 def test_a_standby_holding_a_path_no_longer_synced_is_not_taken(
     repo: Path, workspaces: Workspaces
 ) -> None:

@@ -133,13 +133,21 @@ class Syncer:
     def replay(self, paths: Iterable[str]) -> SyncResult:
         """Sync exactly these paths (relative to the root): after a reset to the baseline,
         what `synced_paths` listed before it, so the workspace gets the host's files back
-        without a look at the rest of the tree."""
+        without a look at the rest of the tree. A directory among them is one pyro made
+        afresh (the manifest keeps no other): what the baseline has in it is looked at too,
+        since the host may lack some of it and the workspace at its baseline has it all."""
         started = time.perf_counter()
         with file_lock(self._lock_path), contextlib.closing(self.tree):
             manifest = self._manifest.load(self._baseline_tree)
             self.filter.refresh()
             baseline = self._baseline(manifest) if self.repo is not None else None
-            result = self._sync(set(paths), manifest, baseline, clean=set())
+            candidates = set(paths)
+            if baseline is not None:
+                for rel in list(candidates):
+                    base = baseline.entry(rel)
+                    if base is not None and base.kind == "dir":
+                        candidates.update(baseline.paths_under(rel))
+            result = self._sync(candidates, manifest, baseline, clean=set())
         result.seconds = time.perf_counter() - started
         return result
 
