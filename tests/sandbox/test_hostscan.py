@@ -122,6 +122,28 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     assert sh(loop, "cat src/app.py") == "print('v3')\n"
 
 
+def test_a_racy_file_is_read_until_a_check_finds_it_settled(
+    repo: Path, workspaces: Workspaces
+) -> None:
+    """A check past the racy window that finds a racy file as recorded stops reading it:
+    from then on its stat data vouch for it, and an edit is seen by them."""
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    (repo / "src" / "app.py").write_text("print('v2')\n")
+    loop.exec(["true"])  # synced right after the write: app.py is recorded as racy
+    scan = loop._scan(loop.require())
+    record = scan._load()
+    assert record is not None and "src/app.py" in record["racy_files"]
+    settle()
+    assert current(loop)
+    record = scan._load()
+    assert record is not None and record["racy_files"] == {} and "src/app.py" in record["entries"]
+    assert current(loop)  # the record still vouches: only its racy table changed
+    (repo / "src" / "app.py").write_text("print('v3')\n")
+    assert not current(loop)
+    assert sh(loop, "cat src/app.py") == "print('v3')\n"
+
+
 def test_no_change_or_an_edit_needs_no_git(repo: Path, workspaces: Workspaces) -> None:
     loop = loop_for(repo, workspaces)
     loop.up()

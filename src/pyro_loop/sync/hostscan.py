@@ -126,6 +126,7 @@ class HostScan:
         if loaded is None:
             return None
         record, bind, (numbers, inos) = loaded
+        now = _now_ns()  # before any racy entry is read
         answer = None
         if self.journal is not None and bind["journal"] is not None:
             answer = self.journal.since(bind["journal"])
@@ -150,9 +151,33 @@ class HostScan:
         for rel, digest in record["racy_files"].items():
             if rel not in seen and file_digest(prefix + rel) != digest:
                 changed.append(rel)
-        if not changed and self.token is not None and self.token != bind["journal"]:
-            _write_marshal(self.bind_path, {**bind, "journal": self.token})
+        if not changed:
+            self._settle_racy(record, numbers, inos, now)
+            if self.token is not None and self.token != bind["journal"]:
+                _write_marshal(self.bind_path, {**bind, "journal": self.token})
         return changed
+
+    def _settle_racy(self, record: dict[str, Any], numbers: array.array[int],
+                     inos: array.array[int], now: int) -> None:  # fmt: skip
+        """Racy entries that held what the record says (their content or listing read just
+        now, after `now`), whose stat data are still the record's and no longer recent at
+        `now`: from now on their stat data vouch for them, as for every other entry (any
+        later change gives them a later time). Without this, every check after a branch
+        switch synced at once would read all of the files it wrote, until a full sync."""
+        racy = [*record["racy_files"], *record["racy_dirs"]]
+        if not racy:
+            return
+        settled = set()
+        for i, rel in _locate(record["paths"], racy):
+            j = 4 * i
+            known = (numbers[j], numbers[j + 1], numbers[j + 2], numbers[j + 3], inos[i])
+            if not _racy(known, now) and stat_of(f"{self.root}/{rel}") == known:
+                settled.add(rel)
+        if settled:
+            for table in ("racy_files", "racy_dirs"):
+                record[table] = {k: v for k, v in record[table].items() if k not in settled}
+            # The same token: the binding still names these stat data.
+            _write_marshal(self.path, {key: record[key] for key in _DATA_KEYS})
 
     def _stat_data(self, manifest: bytes | None, *, any_workspace: bool
                    ) -> tuple[dict[str, Any], dict[str, Any], Numbers] | None:  # fmt: skip
