@@ -144,6 +144,37 @@ def test_a_racy_file_is_read_until_a_check_finds_it_settled(
     assert sh(loop, "cat src/app.py") == "print('v3')\n"
 
 
+def test_an_edit_is_folded_into_the_record_in_place(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit's new stat data are written into the stored numbers, the rest left packed:
+    the record is the one a look at every path gives."""
+    from pyro_loop.sync.hostscan import HostScan
+
+    loop = loop_for(repo, workspaces)
+    loop.up()
+    settle()
+    loop.sync()
+    unpacked: list[str] = []
+    load = HostScan._load
+    monkeypatch.setattr(HostScan, "_load", lambda self: unpacked.append("") or load(self))
+    (repo / "src" / "app.py").write_text("print('edited, longer than before')\n")
+    assert sh(loop, "cat src/app.py") == "print('edited, longer than before')\n"
+    assert unpacked == []  # neither the delta nor the fold unpacked the record
+    record = loop._scan(loop.require())._load()
+    st = os.lstat(repo / "src" / "app.py")
+    assert record is not None and record["entries"]["src/app.py"] == (
+        st.st_mode,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+    )
+    settle()
+    assert current(loop)
+    full_sync_finds_nothing(loop)
+
+
 def test_no_change_or_an_edit_needs_no_git(repo: Path, workspaces: Workspaces) -> None:
     loop = loop_for(repo, workspaces)
     loop.up()
