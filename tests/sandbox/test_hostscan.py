@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,8 @@ def test_every_host_change_ends_the_fast_path_and_the_full_sync_catches_it(
     assert current(loop)
 
 
-def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) -> None:
+def _racy_app(repo: Path, workspaces: Workspaces) -> tuple[ProjectLoop, Any, dict[str, Any]]:
+    """A workspace whose host scan recorded src/app.py as racy: (loop, scan, record)."""
     loop = loop_for(repo, workspaces)
     loop.up()
     (repo / "src" / "app.py").write_text("print('v2')\n")
@@ -110,6 +112,11 @@ def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) 
     scan = loop._scan(loop.require())
     record = scan._load()
     assert record is not None and "src/app.py" in record["racy_files"]
+    return loop, scan, record
+
+
+def test_a_racy_file_is_compared_by_content(repo: Path, workspaces: Workspaces) -> None:
+    loop, scan, record = _racy_app(repo, workspaces)
     assert current(loop)  # the content still matches what the workspace holds
     # A rewrite in the same timestamp tick keeps every stat field: simulated by recording
     # the file's new stat data, as if it had not changed.
@@ -127,13 +134,7 @@ def test_a_racy_file_is_read_until_a_check_finds_it_settled(
 ) -> None:
     """A check past the racy window that finds a racy file as recorded stops reading it:
     from then on its stat data vouch for it, and an edit is seen by them."""
-    loop = loop_for(repo, workspaces)
-    loop.up()
-    (repo / "src" / "app.py").write_text("print('v2')\n")
-    loop.exec(["true"])  # synced right after the write: app.py is recorded as racy
-    scan = loop._scan(loop.require())
-    record = scan._load()
-    assert record is not None and "src/app.py" in record["racy_files"]
+    loop, scan, _ = _racy_app(repo, workspaces)
     settle()
     assert current(loop)
     record = scan._load()

@@ -208,19 +208,13 @@ class HostScan:
 
     def _load(self) -> dict[str, Any] | None:
         """The stat data and its binding, as one dict; None unless both are there and agree."""
-        bind = self._load_bind()
-        if bind is None:
+        record = self._packed()
+        if record is None:
             return None
-        data = _read_marshal(self.path, _DATA_KEYS)
-        if data is None or data["token"] != bind["token"]:
-            return None
-        unpacked = _unpack(data)
-        if unpacked is None:
-            return None
-        paths, numbers, inos = unpacked
-        rows = zip(*[iter(numbers)] * 4, strict=True)
-        entries = {rel: (*row, ino) for rel, row, ino in zip(paths, rows, inos, strict=True)}
-        return {**data, **bind, "entries": entries}
+        paths = _split(record.data["paths"]) if record.inos else []
+        rows = zip(*[iter(record.numbers)] * 4, strict=True)
+        entries = {rel: (*row, ino) for rel, row, ino in zip(paths, rows, record.inos, strict=True)}
+        return {**record.data, **record.bind, "entries": entries}
 
     def _load_bind(self) -> dict[str, Any] | None:
         return _read_marshal(self.bind_path, _BIND_KEYS)
