@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -132,9 +133,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def reap_finished() -> None:
+    """Forget the detached children that have exited (their exit status collected). Threads
+    call it at once (a reset's, the standby pool's): each takes what is still listed."""
     for proc in list(_DETACHED):
         if proc.poll() is not None:
-            _DETACHED.remove(proc)
+            with contextlib.suppress(ValueError):  # another thread took it meanwhile
+                _DETACHED.remove(proc)
 
 
 def remove_in_background(paths: Sequence[Path], *, after: Sequence[int] = ()) -> None:
