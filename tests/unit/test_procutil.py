@@ -25,12 +25,13 @@ def test_a_child_reaped_by_two_callers_at_once_is_forgotten_once() -> None:
             return 0
 
     racing = ReapedMeanwhile()
+    others = list(procutil._DETACHED)  # the suite's own, still running: kept listed
     procutil._DETACHED[:] = [racing, done]  # type: ignore[list-item]
     try:
         procutil.reap_finished()
         assert procutil._DETACHED == []
     finally:
-        procutil._DETACHED.clear()
+        procutil._DETACHED[:] = others
 
 
 def test_exited_children_are_forgotten_and_running_ones_kept() -> None:
@@ -38,6 +39,7 @@ def test_exited_children_are_forgotten_and_running_ones_kept() -> None:
     finished = [subprocess.Popen(["true"]) for _ in range(20)]
     for proc in finished:
         proc.wait()
+    others = list(procutil._DETACHED)  # the suite's own, still running: kept listed
     procutil._DETACHED[:] = [*finished, running]
     try:
         threads = [threading.Thread(target=procutil.reap_finished) for _ in range(8)]
@@ -49,4 +51,4 @@ def test_exited_children_are_forgotten_and_running_ones_kept() -> None:
     finally:
         running.kill()
         running.wait()
-        procutil._DETACHED.clear()
+        procutil._DETACHED[:] = others
