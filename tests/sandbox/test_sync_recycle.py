@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pyro_loop.workspace.client import PendingPut
 from pyro_loop.workspace.manager import Workspaces
 from tests.helpers.live import Live, assert_in_sync, live_factory, make_repo
 from tests.helpers.project import git
@@ -26,18 +25,18 @@ def make_live(workspaces: Workspaces, tmp_path: Path) -> Callable[..., Live]:
     return live_factory(workspaces, tmp_path)
 
 
-def _spy_replies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The put_tar replies the syncer gets, from then on (the real calls, recorded): every
-    put_tar stream goes through PendingPut.send."""
+def _spy_replies(live: Live) -> list[dict[str, Any]]:
+    """The put_tar replies the syncer gets, from then on (the real calls, recorded)."""
     replies: list[dict[str, Any]] = []
-    send = PendingPut.send
+    client = live.client
+    put_tar = client.put_tar
 
-    def recorded(self: PendingPut, chunks: Iterable[bytes]) -> dict[str, Any]:
-        reply = send(self, chunks)
+    def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        reply = put_tar(*args, **kwargs)
         replies.append(reply)
         return reply
 
-    monkeypatch.setattr(PendingPut, "send", recorded)
+    client.put_tar = recorded  # type: ignore[method-assign]
     return replies
 
 
@@ -47,7 +46,7 @@ def _leftovers(live: Live) -> list[str]:
 
 
 def test_switching_branches_back_and_forth_reuses_inodes_and_stays_in_sync(
-    make_live: Callable[..., Live], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_live: Callable[..., Live], tmp_path: Path
 ) -> None:
     files = 3 * BATCH + 10
     repo = make_repo(tmp_path / "switch", lib_files=files)
@@ -73,7 +72,7 @@ def test_switching_branches_back_and_forth_reuses_inodes_and_stays_in_sync(
     live = make_live(repo)  # the baseline is main's tree
     (repo / "debug.log").write_text("ignored, never synced\n")
     live.syncer.reconcile()  # the manifest starts on main
-    replies = _spy_replies(monkeypatch)
+    replies = _spy_replies(live)
 
     for n, branch in enumerate(["other", "main", "other", "main", "other"]):
         git(repo, "checkout", "-q", branch)
@@ -167,35 +166,6 @@ def test_reuse_never_writes_into_a_file_with_other_links_or_from_below(
     for name in names:
         assert live.cat(name) == new[name]
     assert _leftovers(live) == []
-
-
-def test_a_put_sent_ahead_of_its_stream_writes_its_first_files_into_fresh_inodes(
-    make_live: Callable[..., Live], tmp_path: Path
-) -> None:
-    """begin_put_tar: the agent makes a batch of inodes while the stream is still to come;
-    the stream's files go into them, and what it did not use is gone at the end, also when
-    no stream comes at all."""
-    live = make_live(make_repo(tmp_path / "ahead"))
-    names = [f"f/{i:03}.txt" for i in range(2 * BATCH)]
-    assert live.client.put_tar(_tar({name: b"first\n" * 9 for name in names}))["errors"] == []
-
-    new = {name: f"new {name}\n".encode() for name in names}
-    with live.client.begin_put_tar(reuse=names) as put:
-        deadline = time.monotonic() + 30
-        while len(_leftovers(live)) < BATCH:  # made while the host is still planning
-            assert time.monotonic() < deadline, _leftovers(live)
-            time.sleep(0.02)
-        reply = put.send([_tar(new)])
-    assert reply["errors"] == [] and reply["stocked"] == BATCH and reply["reused"] > 0, reply
-    for name in names:
-        assert live.cat(name) == new[name]
-    assert _leftovers(live) == []
-
-    with live.client.begin_put_tar(reuse=names):
-        time.sleep(0.2)  # nothing to send after all: an empty stream
-    assert _leftovers(live) == []
-    for name in names:
-        assert live.cat(name) == new[name]
 
 
 ELSEWHERE = '[submodule "x"]\n\tpath = elsewhere\n\turl = ../x\n'

@@ -17,24 +17,17 @@ swap, for a batch of kept inodes at once; a process that still reads the old con
 it, as with a plain rename. Which targets may be kept is the request's word: files pyro put
 there itself, which live in the workspace's own layer (keeping a file of a lower layer would
 copy it up first).
-
-The first batch of files has no old inode to go into yet: `stock` makes fresh ones while the
-host is still deciding what to send (it asks before it plans), so that their cost, the
-slowest part of a stream's start, is not the stream's.
 """
 
 from __future__ import annotations
 
 import os
-import select
 
 import proctree
-from confine import WORKSPACE
 from fileops import temp_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `typing` is not imported at run time (agent start-up)
-    from _socket import socket
     from collections.abc import Callable
 
 BATCH = 16  # kept inodes checked in /proc at once: fewer scans, or fewer new inodes
@@ -49,34 +42,13 @@ class Recycler:
         self.keep = keep if len(keep) >= BATCH else set()
         self.uid = os.geteuid()
         # (temporary path, inode, a write descriptor of it or None, its size when kept): not
-        # yet checked, and checked (held by no process) or fresh
+        # yet checked, and checked (held by no process)
         self.pending: list[tuple[str, int, int | None, int]] = []
         self.ready: list[tuple[str, int, int | None, int]] = []
-        self.reused = 0  # files written into old inodes
-        self.stocked = 0  # files written into inodes made before the stream came
-        self.fresh: set[int] = set()  # those inodes
+        self.reused = 0
         # Loading ctypes costs a request 1.5 ms unless the agent has (proctree.preload): only
         # for a stream with a batch to reuse.
         self.exchange = _exchanger() if self.keep else None
-
-    def stock(self, conn: socket) -> None:
-        """Make fresh inodes for the stream's first files until a batch is ready or the
-        stream's data arrives (whichever is first: a request whose stream follows at once
-        waits for no inode it may not need)."""
-        if self.exchange is None:
-            return
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        waiting = select.poll()  # not select(): the descriptor may be above 1,024
-        waiting.register(conn, select.POLLIN)
-        while len(self.ready) < BATCH and not waiting.poll(0):
-            spare = WORKSPACE + "/" + temp_name("put")
-            try:
-                fd = os.open(spare, flags, 0o600)
-            except OSError:
-                return  # the stream makes its own, and reports what is wrong
-            ino = os.fstat(fd).st_ino
-            self.ready.append((spare, ino, fd, 0))
-            self.fresh.add(ino)
 
     def look(self, name: str, dir_fd: int, base: str) -> tuple[os.stat_result | None, int | None]:
         """What is at `base` in directory `dir_fd` (member `name`): its stat (None: nothing),
@@ -175,10 +147,7 @@ class Recycler:
             except OSError:
                 usable = False
             if usable:
-                if ino in self.fresh:
-                    self.stocked += 1
-                else:
-                    self.reused += 1
+                self.reused += 1
                 return spare, fd, st.st_size, st.st_mode & 0o7777
             os.close(fd)
             _unlink(spare)

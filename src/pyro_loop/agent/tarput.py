@@ -227,7 +227,6 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     recycler = Recycler(set(reuse))
     putter = _Putter(recycler)
     try:
-        recycler.stock(conn)
         while True:
             member = tar.next()
             if member is None:
@@ -242,7 +241,6 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
     reply: dict[str, Any] = dict(putter.counts)
     reply["reused"] = recycler.reused
-    reply["stocked"] = recycler.stocked
     reply["errors"] = putter.errors
     return reply
 

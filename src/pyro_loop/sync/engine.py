@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop import git
-from pyro_loop.errors import AgentUnavailableError, InvalidInputError
+from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, sha256_file
 from pyro_loop.fs.util import replace_keeping
@@ -25,7 +25,7 @@ from pyro_loop.sync.manifest import (
 from pyro_loop.sync.paths import PathFilter
 from pyro_loop.sync.result import Skipped, SyncResult
 from pyro_loop.sync.tarstream import TarStream
-from pyro_loop.workspace.client import AgentClient, PendingPut
+from pyro_loop.workspace.client import AgentClient
 
 if TYPE_CHECKING:
     import pygit2
@@ -75,17 +75,16 @@ class Syncer:
         started = time.perf_counter()
         with file_lock(self._lock_path), contextlib.closing(self.tree):
             manifest = self._manifest.load(self._baseline_tree)
-            with self._put_ahead(manifest) as ahead:
-                self.filter.refresh()
-                if self.repo is not None:
-                    result = self._reconcile_repo(manifest, ahead)
-                else:
-                    candidates = set(self._walk("")) | set(manifest["entries"])
-                    result = self._sync(candidates, manifest, None, clean=set(), ahead=ahead)
+            self.filter.refresh()
+            if self.repo is not None:
+                result = self._reconcile_repo(manifest)
+            else:
+                candidates = set(self._walk("")) | set(manifest["entries"])
+                result = self._sync(candidates, manifest, None, clean=set())
         result.seconds = time.perf_counter() - started
         return result
 
-    def _reconcile_repo(self, manifest: dict[str, Any], ahead: PendingPut | None) -> SyncResult:
+    def _reconcile_repo(self, manifest: dict[str, Any]) -> SyncResult:
         """A reconcile in a git repository: the candidates are what git finds changed."""
         baseline = self._baseline(manifest)
         dirty, differs = self._git_candidates(baseline)
@@ -93,7 +92,7 @@ class Syncer:
         try:
             candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
             return self._sync(candidates, manifest, baseline, clean=candidates - dirty,
-                              differs=differs, ahead=ahead)  # fmt: skip
+                              differs=differs)  # fmt: skip
         finally:
             self._looked.clear()
 
@@ -172,22 +171,6 @@ class Syncer:
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""
         return manifest_digest(self.manifest_path, rel)
-
-    @contextlib.contextmanager
-    def _put_ahead(self, manifest: dict[str, Any]) -> Iterator[PendingPut | None]:
-        """A put_tar request sent before a reconcile plans, when the workspace holds files
-        pyro put there: the agent readies inodes for the files to come while the host plans
-        (a branch switch's first files otherwise wait for them). None without such files."""
-        put = _put_paths(manifest)
-        with contextlib.ExitStack() as stack:
-            ahead = None
-            if put:
-                # An agent out of reach is no error yet: the sync may have nothing to send.
-                with contextlib.suppress(AgentUnavailableError):
-                    ahead = stack.enter_context(
-                        self.client.begin_put_tar(reuse=_reusable(sorted(put), put))
-                    )
-            yield ahead
 
     # -- candidates -----------------------------------------------------------------------
 
@@ -335,12 +318,10 @@ class Syncer:
         *,
         clean: set[str],
         differs: set[str] | None = None,
-        ahead: PendingPut | None = None,
     ) -> SyncResult:
         """Push what differs among `candidates`. `clean` are paths known to equal the
         baseline on the host (reconcile): once the workspace matches them, their records go.
         `differs` are paths known to differ from the baseline on the host (git's word).
-        `ahead`: the put_tar request the pushes go in, sent already (else one is sent).
         """
         result = SyncResult()
         entries: dict[str, Any] = manifest["entries"]
@@ -375,7 +356,7 @@ class Syncer:
             if removals:
                 self._remove(removals, entries, result)
             if pushes:
-                settled.update(self._push(pushes, manifest, baseline, result, ahead))
+                settled.update(self._push(pushes, manifest, baseline, result))
             if baseline is not None:
                 self._drop_baseline_matches(entries, baseline, clean & settled)
         finally:
@@ -462,18 +443,13 @@ class Syncer:
         manifest: dict[str, Any],
         baseline: Baseline | None,
         result: SyncResult,
-        ahead: PendingPut | None = None,
     ) -> set[str]:
-        """Send `pushes` in one tar stream (in the request `ahead`, when one was sent);
-        returns the paths the workspace now has."""
+        """Send `pushes` in one tar stream; returns the paths the workspace now has."""
         entries: dict[str, Any] = manifest["entries"]
         put = _put_paths(manifest)
         parents = self._missing_parents(pushes, entries, baseline)
         stream = TarStream(self.tree, sorted(set(pushes) | parents))
-        if ahead is not None:
-            reply = ahead.send(stream.chunks())
-        else:
-            reply = self.client.put_tar(stream.chunks(), reuse=_reusable(pushes, put))
+        reply = self.client.put_tar(stream.chunks(), reuse=_reusable(pushes, put))
         failed = {e["path"]: e["error"] for e in reply["errors"]}
         for rel, reason in stream.skipped.items():
             result.skipped.append(Skipped(rel, reason))

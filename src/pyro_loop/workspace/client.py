@@ -168,10 +168,32 @@ class AgentClient:
         timeout: float | None,
     ) -> dict[str, Any]:
         sock.settimeout(timeout)
-        _send(sock, lambda: p.send_json(sock, {"v": p.VERSION, **request}))
-        if data is not None:
-            _send(sock, partial(_send_stream, sock, [data] if isinstance(data, bytes) else data))
-        return _reply(sock, request["op"], on_frame)
+        try:
+            p.send_json(sock, {"v": p.VERSION, **request})
+            if data is not None:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    p.send_data(sock, p.KIND_DATA, chunk)  # an empty chunk sends nothing
+                p.send_frame(sock, p.KIND_DATA, b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent refused early; its reply (if any) says why
+        except TimeoutError as exc:
+            raise AgentUnavailableError("the workspace's agent stopped reading") from exc
+        try:
+            while True:
+                kind, payload = p.recv_frame(sock)
+                if kind == p.KIND_JSON:
+                    return _check_reply(p.decode_json(payload))
+                if on_frame is None:
+                    raise p.ProtocolError(f"unexpected {kind!r} frame for {request['op']}")
+                on_frame(kind, payload)
+        except (p.Closed, ConnectionResetError) as exc:
+            raise AgentUnavailableError(
+                "the workspace's agent closed the connection (it stopped or crashed)"
+            ) from exc
+        except TimeoutError as exc:
+            raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
+        except p.ProtocolError as exc:
+            raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -333,27 +355,14 @@ class AgentClient:
             chunks = iter(lambda: reader.read(p.MAX_CHUNK), b"")
         else:
             chunks = source
-        with self.begin_put_tar(reuse=reuse, timeout=timeout) as put:
-            return put.send(chunks)
-
-    @contextlib.contextmanager
-    def begin_put_tar(
-        self, *, reuse: Sequence[str] = (), timeout: float | None = 600.0
-    ) -> Iterator[PendingPut]:
-        """A put_tar request sent ahead of its stream, which `send` then gives (at most once;
-        left unsent, the stream is an empty one). Meanwhile the agent makes the inodes the
-        stream's first files go into: a caller that still has to decide what to send asks
-        first and decides while the agent works."""
         request: dict[str, Any] = {"op": "put_tar"}
         if reuse:
             request["reuse"] = list(reuse)
-        with self._connect() as sock:
-            sock.settimeout(timeout)
-            _send(sock, lambda: p.send_json(sock, {"v": p.VERSION, **request}))
-            put = PendingPut(sock)
-            yield put
-            if not put.sent:
-                put.send([])
+        reply = self._request(request, data=_coalesced(chunks, PUT_FRAME), timeout=timeout)
+        for key in ("files", "dirs", "symlinks", "bytes"):
+            _int(reply, key)
+        _errors(reply)
+        return reply
 
     def remove_many(self, paths: Sequence[str], *, timeout: float | None = 600.0) -> dict[str, Any]:
         """Remove each path from the workspace, directories with their contents.
@@ -616,65 +625,6 @@ def _errors(reply: dict[str, Any]) -> list[dict[str, str]]:
     ):
         raise AgentError("malformed reply from the workspace's agent: errors is not a list")
     return [{"path": e["path"], "kind": e["kind"], "error": e["error"]} for e in errors]
-
-
-class PendingPut:
-    """A put_tar request whose stream is still to come (AgentClient.begin_put_tar)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.sent = False
-
-    def send(self, chunks: Iterable[bytes]) -> dict[str, Any]:
-        """Stream the tar archive's chunks; the agent's reply (as put_tar's)."""
-        if self.sent:
-            raise RuntimeError("a put_tar stream is sent once")
-        self.sent = True
-        _send(self._sock, partial(_send_stream, self._sock, _coalesced(chunks, PUT_FRAME)))
-        reply = _reply(self._sock, "put_tar")
-        for key in ("files", "dirs", "symlinks", "bytes"):
-            _int(reply, key)
-        _errors(reply)
-        return reply
-
-
-def _reply(
-    sock: socket.socket, op: str, on_frame: Callable[[bytes, bytes], None] | None = None
-) -> dict[str, Any]:
-    """Read a request's stream frames (to `on_frame`) and then its reply."""
-    try:
-        while True:
-            kind, payload = p.recv_frame(sock)
-            if kind == p.KIND_JSON:
-                return _check_reply(p.decode_json(payload))
-            if on_frame is None:
-                raise p.ProtocolError(f"unexpected {kind!r} frame for {op}")
-            on_frame(kind, payload)
-    except (p.Closed, ConnectionResetError) as exc:
-        raise AgentUnavailableError(
-            "the workspace's agent closed the connection (it stopped or crashed)"
-        ) from exc
-    except TimeoutError as exc:
-        raise AgentUnavailableError("the workspace's agent did not answer in time") from exc
-    except p.ProtocolError as exc:
-        raise AgentError(f"malformed reply from the workspace's agent: {exc}") from exc
-
-
-def _send(sock: socket.socket, send: Callable[[], None]) -> None:
-    """Run `send` (frames to the agent); an agent that stopped reading fails it in time."""
-    try:
-        send()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the agent refused early; its reply (if any) says why
-    except TimeoutError as exc:
-        raise AgentUnavailableError("the workspace's agent stopped reading") from exc
-
-
-def _send_stream(sock: socket.socket, chunks: Iterable[bytes]) -> None:
-    """Data frames of `chunks` as they come, then the empty frame that ends them."""
-    for chunk in chunks:
-        p.send_data(sock, p.KIND_DATA, chunk)  # an empty chunk sends nothing
-    p.send_frame(sock, p.KIND_DATA, b"")
 
 
 # A put_tar stream goes in frames of this size: the agent writes the first files while the
