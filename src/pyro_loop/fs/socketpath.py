@@ -71,13 +71,13 @@ def server_socket(kind: str, *scope: str) -> str | None:
 
 def recv_exact(sock: _socket.socket, size: int) -> bytes | None:
     """`size` bytes from `sock`; None when the stream ends first."""
-    data = b""
+    data = bytearray()  # not bytes: a message of many chunks is not copied once per chunk
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
             return None
         data += chunk
-    return data
+    return bytes(data)
 
 
 def hold_lock(path: str) -> int | None:
