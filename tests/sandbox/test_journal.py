@@ -220,6 +220,30 @@ def test_the_client_never_waits_on_a_server_that_does_not_answer(tmp_path: Path)
         os.unlink(client.path)
 
 
+def test_edits_made_while_the_server_lets_events_gather_are_in_the_next_answer(
+    tmp_path: Path,
+) -> None:
+    """The server reads its queue, then leaves it alone for a moment (journald.DRAIN_PAUSE):
+    an answer asked for in that moment still names every edit finished before the asking."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    client = JournalClient(str(tree))
+    deadline = time.monotonic() + 30
+    token = client.watch([""])
+    while token is None:  # the first call starts the server
+        assert time.monotonic() < deadline, "the journal server did not start"
+        time.sleep(0.02)
+        token = client.watch([""])
+    for n in range(30):
+        (tree / f"first{n}").write_text("wakes the server, which reads and pauses\n")
+        time.sleep(journald.DRAIN_PAUSE / 4 * (n % 4))  # before, in, and after the pause
+        (tree / f"second{n}").write_text("queued meanwhile\n")
+        answer = client.since(token)
+        assert answer is not None
+        changed, token = answer
+        assert {f"first{n}", f"second{n}"} <= set(changed), (n, changed)
+
+
 # -- the server's bookkeeping, in process ----------------------------------------------------
 
 
