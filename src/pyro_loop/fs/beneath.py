@@ -224,6 +224,9 @@ class Beneath:
 
     def open(self, rel: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
         """A descriptor of root/rel; ELOOP when any component of `rel` is a symlink."""
+        kept = self._kept_parent(rel)
+        if kept is not None:
+            return _open_last(kept[0], kept[1], flags, mode)
         parts = split(rel)
         if not parts:
             return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.fd)
@@ -271,8 +274,25 @@ class Beneath:
             raise OSError(errno.EINVAL, "the tree's root has no parent here", rel)
         return self.open_dir("/".join(parts[:-1])), parts[-1]
 
+    def _kept_parent(self, rel: str) -> tuple[int, str] | None:
+        """(the kept descriptor of `rel`'s parent, its last component), found by the path's
+        text alone, or None (not kept, or a path to take apart with `split`). Only a path
+        made of clean components can name a kept directory, so this gives what the walk
+        through `split` and `_cached_dir` would, in a dictionary lookup: a sync looks up
+        each of a branch switch's thousand paths a few times."""
+        if self._dirs is None:
+            return None
+        parent, slash, name = rel.rpartition("/")
+        if name in ("", ".", "..") or (slash and not parent):  # "/name" is absolute
+            return None
+        fd = self._dirs.get(parent) if parent else self._fd
+        return None if fd is None else (fd, name)
+
     def _at_parent(self, rel: str, call: Callable[[str, int], T]) -> T:
         """`call(name, dir_fd)` on the last component of `rel`, in its parent directory."""
+        kept = self._kept_parent(rel)
+        if kept is not None:
+            return call(kept[1], kept[0])
         if self._dirs is not None:
             parts = split(rel)
             if not parts:
