@@ -125,7 +125,7 @@ class HostScan:
         loaded = self._stat_data(manifest, any_workspace=any_workspace)
         if loaded is None:
             return None
-        record, bind, (numbers, inos) = loaded
+        record, bind, numbers, inos = loaded.data, loaded.bind, loaded.numbers, loaded.inos
         now = _now_ns()  # before any racy entry is read
         answer = None
         if self.journal is not None and bind["journal"] is not None:
@@ -179,23 +179,20 @@ class HostScan:
             # The same token: the binding still names these stat data.
             _write_marshal(self.path, {key: record[key] for key in _DATA_KEYS})
 
-    def _stat_data(self, manifest: bytes | None, *, any_workspace: bool
-                   ) -> tuple[dict[str, Any], dict[str, Any], Numbers] | None:  # fmt: skip
-        """The stored stat data and binding, with the numbers unpacked, if the record vouches
-        for `manifest` (and this workspace) and git's control files are as recorded; else
-        None. (The paths stay packed: a check through the journal looks up a few.)"""
+    def _stat_data(self, manifest: bytes | None, *, any_workspace: bool) -> _Packed | None:
+        """The stored stat data and binding, if the record vouches for `manifest` (and this
+        workspace) and git's control files are as recorded; else None."""
         bind = self._load_bind()
         if bind is None or not self.bound_to(manifest, bind):
             return None
         if not any_workspace and bind["workspace"] != self.workspace:
             return None
-        record = _read_marshal(self.path, _DATA_KEYS)  # read once the binding holds
-        if record is None or record["token"] != bind["token"]:
+        record = self._packed(bind)  # the stat data are read once the binding holds
+        if record is None:
             return None
-        if any(stat_of(path) != known for path, known in record["controls"].items()):
+        if any(stat_of(path) != known for path, known in record.data["controls"].items()):
             return None
-        numbers = _numbers(record)
-        return None if numbers is None else (record, bind, numbers)
+        return record
 
     def bound_to(self, manifest: bytes | None, record: dict[str, Any] | None = None) -> bool:
         """Was the record taken for this manifest (under the same rules)? Then the manifest
@@ -470,9 +467,10 @@ class HostScan:
             return True
         return None if digest is None else False
 
-    def _packed(self) -> _Packed | None:
-        """The stat data and binding as stored (paths packed); None unless both agree."""
-        bind = self._load_bind()
+    def _packed(self, bind: dict[str, Any] | None = None) -> _Packed | None:
+        """The stat data and binding as stored (paths packed); None unless both agree.
+        `bind`: the binding, when the caller has read it already."""
+        bind = bind or self._load_bind()
         if bind is None:
             return None
         data = _read_marshal(self.path, _DATA_KEYS)
