@@ -378,3 +378,49 @@ def test_paths_are_found_in_the_packed_record_as_in_the_split_one() -> None:
     assert hostscan._locate(packed, names) == expected  # a search of the packed bytes
     many = names * 3 + [f"n{i}" for i in range(20)]  # past 16 names: one split
     assert sorted(hostscan._locate(packed, many)) == sorted(expected)
+
+
+def test_a_branch_switched_back_to_the_baseline_at_once_keeps_its_record(
+    repo: Path, workspaces: Workspaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A switch back to the baseline branch, synced right after the checkout: the files it
+    wrote are recent (racy), and the manifest no longer records them (the workspace holds
+    the baseline's version again). The baseline's blob ids vouch for them: the record stays,
+    a check reads them instead of leaving a full sync to the next command, and an edit of
+    one is seen."""
+    from pyro_loop.digest import sha256_hex
+    from pyro_loop.sync import hostscan
+
+    # Every file the test writes counts as recent, however slowly the test runs.
+    monkeypatch.setattr(hostscan, "FINE_RACY_NS", 600 * 10**9)
+    monkeypatch.setattr(hostscan, "COARSE_RACY_NS", 600 * 10**9)
+    (repo / "link").symlink_to("src/app.py")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a link")
+    base = git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    git(repo, "checkout", "-q", "-b", "other")
+    switched = ["src/app.py", "src/util.py", "build/keep.txt"]
+    for name in switched:
+        (repo / name).write_text(f"{name} on the other branch\n")
+    (repo / "link").unlink()
+    (repo / "link").symlink_to("src/util.py")
+    git(repo, "commit", "-qam", "other")
+    git(repo, "checkout", "-q", base)
+    loop = loop_for(repo, workspaces)
+    loop.up()  # the baseline is the base branch's tree
+    git(repo, "checkout", "-q", "other")
+    loop.sync()
+    git(repo, "checkout", "-q", base)
+    loop.sync()
+
+    record = loop._scan(loop.require())._load()
+    assert record is not None, "the record was dropped"
+    racy = record["racy_files"]
+    for name in switched:
+        assert racy[name].startswith(hostscan.GIT_BLOB), racy
+    assert racy["link"] == sha256_hex(b"src/app.py")
+    assert current(loop)
+    full_sync_finds_nothing(loop)
+    (repo / "src" / "util.py").write_text("X = 2\n")  # the same size as the baseline's
+    assert not current(loop)
+    assert sh(loop, "cat src/util.py") == "X = 2\n"

@@ -8,7 +8,6 @@ working tree by the sync engine. It outlives every command, so the next one reco
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -371,7 +370,7 @@ class ProjectLoop:
             scan.forget()  # what could not be synced is tried again next time
         else:
             manifest = _read_bytes(syncer.manifest_path)
-            scan.apply(delta, manifest, _manifest_digests(manifest), syncer.filter.wants)
+            scan.apply(delta, manifest, syncer.held_digests(manifest), syncer.filter.wants)
         return result
 
     def _sync_new(self, record: WorkspaceRecord) -> SyncResult:
@@ -400,7 +399,7 @@ class ProjectLoop:
             scan.forget()  # what could not be synced is tried again next time
         else:
             manifest = _read_bytes(syncer.manifest_path)
-            scan.save(taken, manifest, _manifest_digests(manifest), syncer.filter.wants)
+            scan.save(taken, manifest, syncer.held_digests(manifest), syncer.filter.wants)
         return result
 
     def live(
@@ -738,21 +737,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
-
-
-def _manifest_digests(manifest: bytes | None) -> Callable[[str], str | None]:
-    """What the manifest says the workspace holds at a path (a digest), None if unknown."""
-    try:
-        entries = json.loads(manifest or b"{}").get("entries", {})
-    except ValueError:
-        entries = {}
-
-    def digest(rel: str) -> str | None:
-        entry = entries.get(rel)
-        value = entry.get("sha256") if isinstance(entry, dict) else None
-        return value if isinstance(value, str) else None
-
-    return digest
 
 
 def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:

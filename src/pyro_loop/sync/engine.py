@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop import git
+from pyro_loop.digest import sha256_hex
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, sha256_file
 from pyro_loop.fs.util import replace_keeping
 from pyro_loop.locking import file_lock
 from pyro_loop.sync.baseline import Baseline, tree_paths
+from pyro_loop.sync.hostscan import GIT_BLOB
 from pyro_loop.sync.manifest import (
     ManifestFile,
     effective_entry,
@@ -171,6 +175,35 @@ class Syncer:
     def synced_digest(self, rel: str) -> str | None:
         """What `manifest_digest` says for `rel` in this syncer's manifest."""
         return manifest_digest(self.manifest_path, rel)
+
+    def held_digests(self, manifest: bytes | None) -> Callable[[str], str | None]:
+        """What the workspace holds at a file's path, as the host scan compares a racy file
+        with (`manifest`: the manifest's text after this syncer's last sync): the sha256
+        the manifest recorded where pyro put the file; where it records nothing at the path
+        or above it, the workspace has the baseline's version: its git blob id (GIT_BLOB
+        and the id; a link's target's sha256), so that a branch switched back to the
+        baseline needs no read of the files it wrote; None when neither tells."""
+        try:
+            entries = json.loads(manifest or b"{}").get("entries", {})
+        except (ValueError, AttributeError):
+            entries = {}
+        base = self._base if self.repo is not None else None
+
+        def digest(rel: str) -> str | None:
+            entry = entries.get(rel)
+            if entry is not None:
+                value = entry.get("sha256") if isinstance(entry, dict) else None
+                return value if isinstance(value, str) else None
+            if base is None or effective_entry(rel, entries, own=False) is not None:
+                return None
+            found = base.entry(rel)
+            if found is None or found.kind == "dir":
+                return None
+            if found.kind == "symlink":
+                return sha256_hex(os.fsencode(found.target))
+            return GIT_BLOB + found.oid
+
+        return digest
 
     # -- candidates -----------------------------------------------------------------------
 

@@ -64,6 +64,34 @@ def stat_of(path: str) -> Stat | None:
     return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+# A racy file's digest given as the git blob id of the baseline's version (the workspace
+# holds that), rather than as a sha256 of its content: the file is then hashed as git does.
+GIT_BLOB = "git:"
+
+
+def racy_file_changed(path: str, digest: str) -> bool:
+    """Does the file at `path` no longer hold the content `digest` names?"""
+    if digest.startswith(GIT_BLOB):
+        return git_blob_digest(path) != digest[len(GIT_BLOB) :]
+    return file_digest(path) != digest
+
+
+def git_blob_digest(path: str) -> str | None:
+    """The id git gives the content of the regular file at `path` (None: none there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        import hashlib
+
+        digest = hashlib.sha1(b"blob %d\0" % st.st_size, usedforsecurity=False)
+        return hashlib.file_digest(f, lambda: digest).hexdigest()
+
+
 def file_digest(path: str) -> str | None:
     """sha256 of a file's content, or of a symlink's target (as the manifest records them)."""
     try:
@@ -149,7 +177,7 @@ class HostScan:
             if rel not in seen and _listing(prefix + rel) != names:
                 changed.append(rel)
         for rel, digest in record["racy_files"].items():
-            if rel not in seen and file_digest(prefix + rel) != digest:
+            if rel not in seen and racy_file_changed(prefix + rel, digest):
                 changed.append(rel)
         if not changed:
             self._settle_racy(record, numbers, inos, now)
@@ -500,7 +528,7 @@ class HostScan:
              digests: Callable[[str], str | None],
              wanted: Callable[[str], bool]) -> None:  # fmt: skip
         """Keep what `take` found, bound to the manifest the sync left. `digests(rel)`: what
-        the workspace holds at a racy file (the manifest's digest), None if unknown;
+        the workspace holds at a racy file (Syncer.held_digests), None if unknown;
         `wanted(rel)`: does the file take part in sync (a racy file that does not is simply
         not recorded: its changes never matter, and the directory notices it go or come)."""
         if manifest is None:
@@ -530,8 +558,9 @@ class HostScan:
 
     def _racy_digest(self, rel: str, digests: Callable[[str], str | None],
                      wanted: Callable[[str], bool]) -> str | None:  # fmt: skip
-        """What a racy file is compared with: the manifest's digest (what the workspace
-        holds); "" for a file that takes no part (not to be recorded); None: no way to tell.
+        """What a racy file is compared with: what the workspace holds (`digests`: the
+        manifest's digest, or the baseline's blob id); "" for a file that takes no part (not
+        to be recorded); None: no way to tell.
         Not read here: every check reads the racy files and compares them with it, and a
         branch switch makes a thousand files racy at once."""
         digest = digests(rel)
