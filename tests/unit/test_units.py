@@ -74,8 +74,9 @@ def test_beneath_never_follows_a_link(beneath_tree: Path, cache_dirs: bool) -> N
             assert caught.value.errno == errno.ELOOP, rel
         # After "dir/sub/file", a caching tree keeps "", "dir" and "dir/sub": paths that
         # name them in their text still climb or start at "/" and are refused.
-        for rel in ("../outside/secret", "/etc/passwd", "dir/../../outside/secret",
-                    "/dir/sub/file", "/abs", "dir/sub/..", "dir/sub/../../../outside/secret"):  # fmt: skip
+        climbing = ["../outside/secret", "dir/../../outside/secret", "dir/sub/..",
+                    "dir/sub/../../../outside/secret"]  # fmt: skip
+        for rel in [*climbing, "/etc/passwd", "/dir/sub/file", "/abs"]:
             with pytest.raises(OSError) as caught:
                 tree.read(rel)
             assert caught.value.errno == errno.EXDEV, rel
