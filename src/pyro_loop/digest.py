@@ -46,3 +46,12 @@ def file_sha256(f: BufferedReader) -> str:
     import hashlib
 
     return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_git_blob_id(f: BufferedReader, size: int) -> str:
+    """The id git gives the `size` bytes left to read of the open binary file `f` as a blob
+    (what `git hash-object` prints)."""
+    import hashlib
+
+    digest = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+    return hashlib.file_digest(f, lambda: digest).hexdigest()

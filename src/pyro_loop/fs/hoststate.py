@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from pyro_loop.digest import file_sha256, sha256_hex
+from pyro_loop.digest import file_git_blob_id, file_sha256, sha256_hex
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.records import dataclass
 
@@ -65,12 +65,9 @@ def sha256_file(tree: Beneath, rel: str) -> str:
 
 def git_blob_id(tree: Beneath, rel: str) -> str:
     """The id git gives `rel`'s content as a blob (what `git hash-object` prints)."""
-    import hashlib
-
     fd = open_file(tree, rel)
     with os.fdopen(fd, "rb") as f:
-        digest = hashlib.sha1(b"blob %d\0" % os.fstat(fd).st_size, usedforsecurity=False)
-        return hashlib.file_digest(f, lambda: digest).hexdigest()
+        return file_git_blob_id(f, os.fstat(fd).st_size)
 
 
 def host_digest(root: Path, rel: str) -> str | None:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_loop.digest import file_sha256, sha256_hex
+from pyro_loop.digest import file_git_blob_id, file_sha256, sha256_hex
 from pyro_loop.git import common_dir
 
 if TYPE_CHECKING:
@@ -84,12 +84,7 @@ def git_blob_digest(path: str) -> str | None:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        import hashlib
-
-        digest = hashlib.sha1(b"blob %d\0" % st.st_size, usedforsecurity=False)
-        return hashlib.file_digest(f, lambda: digest).hexdigest()
+        return file_git_blob_id(f, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 def file_digest(path: str) -> str | None:
