@@ -1,13 +1,16 @@
-"""Branch switches back and forth, where put_tar writes the new files into the inodes of the
-ones it replaces (agent/recycle.py): the workspace must equal the host after each switch, and
-a process that holds an old file keeps its old content."""
+"""Branch switches back and forth, where put_tar writes the new files into the files it
+replaces while no process of the workspace can see them (agent/quiet.py), else into the inodes
+of the ones it replaces (agent/recycle.py): the workspace must equal the host after each
+switch, a process that holds an old file keeps its old content, and no request sees a file
+half written."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +48,17 @@ def _leftovers(live: Live) -> list[str]:
     return out.split()
 
 
+def _inodes(live: Live, names: list[str]) -> list[str]:
+    return live.sh("cd /workspace && stat -c %i " + " ".join(names)).split()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
 def test_switching_branches_back_and_forth_reuses_inodes_and_stays_in_sync(
-    make_live: Callable[..., Live], tmp_path: Path
+    make_live: Callable[..., Live], tmp_path: Path, busy: bool
 ) -> None:
+    """Quiet (nothing runs in the workspace): the files pyro put are written again in place,
+    each keeping its inode. Busy (a service runs): new files take their places by rename,
+    in the old ones' inodes."""
     files = 3 * BATCH + 10
     repo = make_repo(tmp_path / "switch", lib_files=files)
     (repo / "tool.sh").write_text("#!/bin/sh\necho main\n")
@@ -73,14 +84,25 @@ def test_switching_branches_back_and_forth_reuses_inodes_and_stays_in_sync(
     (repo / "debug.log").write_text("ignored, never synced\n")
     live.syncer.reconcile()  # the manifest starts on main
     replies = _spy_replies(live)
+    services = live.workspaces.services(live.ref)
+    if busy:
+        services.service_start("busy", ["sleep", "600"])
+    watched = [f"lib/mod_{i:03}.py" for i in range(4, files)]
 
     for n, branch in enumerate(["other", "main", "other", "main", "other"]):
+        before = _inodes(live, watched)
         git(repo, "checkout", "-q", branch)
         live.syncer.reconcile()
         assert_in_sync(live)
         assert _leftovers(live) == [], "no temporary names left behind"
-        if n > 0:  # the workspace holds what pyro put there at the last switch
-            assert replies[-1]["reused"] > 0, replies[-1]
+        reply = replies[-1]
+        if n > 0 and busy:  # the workspace holds what pyro put there at the last switch
+            assert reply["reused"] > 0 and reply["rewritten"] == 0, reply
+        elif n > 0:
+            assert reply["rewritten"] >= len(watched) and reply["reused"] == 0, reply
+            assert _inodes(live, watched) == before, "written again in place"
+    if busy:
+        services.service_stop("busy")
     tree = live.tree()
     assert "debug.log" not in tree and "lib/mod_002.py" not in tree
     assert tree["lib/mod_003.py"] == ["link", "mod_004.py"]
@@ -134,7 +156,7 @@ def test_an_old_file_a_process_holds_open_keeps_its_content(
 
     new = {name: f"new {name}\n".encode() for name in names}
     reply = live.client.put_tar(_tar(new), reuse=names)
-    assert reply["errors"] == [] and reply["reused"] > 0, reply
+    assert reply["errors"] == [] and reply["reused"] > 0 and reply["rewritten"] == 0, reply
     for name in names:
         assert live.cat(name) == new[name]
     live.sh("touch /workspace/go")
@@ -166,6 +188,38 @@ def test_reuse_never_writes_into_a_file_with_other_links_or_from_below(
     for name in names:
         assert live.cat(name) == new[name]
     assert _leftovers(live) == []
+
+
+def test_a_request_waits_while_a_stream_writes_files_in_place(
+    make_live: Callable[..., Live], tmp_path: Path
+) -> None:
+    """A stream that writes files in place holds every other request at the agent's gate
+    until it ends: a command started meanwhile sees the new file whole, never half of it."""
+    live = make_live(make_repo(tmp_path / "gate"))
+    old, new = b"old content\n" * 1000, b"new\n"
+    assert live.client.put_tar(_tar({"f/a.txt": old}))["errors"] == []
+    go = threading.Event()
+
+    def held_back() -> Iterator[bytes]:
+        go.wait(60)  # the request itself is sent: the agent holds the gate meanwhile
+        yield _tar({"f/a.txt": new})
+
+    replies: list[dict[str, Any]] = []
+    seen: list[bytes] = []
+    stream = threading.Thread(
+        target=lambda: replies.append(live.client.put_tar(held_back(), reuse=["f/a.txt"]))
+    )
+    stream.start()
+    time.sleep(0.5)
+    reader = threading.Thread(target=lambda: seen.append(live.cat("f/a.txt")))
+    reader.start()
+    reader.join(1.0)
+    waited = reader.is_alive()
+    go.set()
+    stream.join(60)
+    reader.join(60)
+    assert waited, "a command ran while the stream wrote in place"
+    assert replies[0]["rewritten"] == 1 and seen == [new], (replies, seen)
 
 
 ELSEWHERE = '[submodule "x"]\n\tpath = elsewhere\n\turl = ../x\n'

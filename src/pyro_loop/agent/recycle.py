@@ -16,7 +16,8 @@ open or mapped by no process of the workspace. The last is checked in /proc afte
 swap, for a batch of kept inodes at once; a process that still reads the old content keeps
 it, as with a plain rename. Which targets may be kept is the request's word: files pyro put
 there itself, which live in the workspace's own layer (keeping a file of a lower layer would
-copy it up first).
+copy it up first). A stream nobody in the workspace can see (quiet.py) writes those files
+again in place instead, and keeps nothing.
 """
 
 from __future__ import annotations

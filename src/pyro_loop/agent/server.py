@@ -14,6 +14,7 @@ to the operation `OPS` names; the operations live beside it, one job per module:
   tarread.py   parsing a tar stream from a request's data frames
   tarput.py    put_tar and remove_many (sync into the workspace)
   recycle.py   put_tar's reuse of the inodes of the files it replaces
+  quiet.py     the gate every handler passes, which lets put_tar write files in place
   execop.py    exec (run a command, forward its output and input), freeze
   services.py  detached commands with bounded logs (service_*), ps
   portfwd.py   sockets, connect: published ports (the workspace's TCP sockets for the
@@ -39,6 +40,7 @@ import execop
 import fileops
 import proctree
 import protocol as p
+import quiet
 import tarput
 from confine import WORKSPACE, RequestError
 
@@ -100,6 +102,7 @@ def _op(name: object) -> Op | None:
 
 
 def handle(conn: _socket.socket) -> None:
+    quiet.enter()
     try:
         # Descriptors sent along with a request are dropped by the kernel: no operation
         # takes one (plain recv has no room for them).
@@ -127,6 +130,7 @@ def handle(conn: _socket.socket) -> None:
         p.send_json(conn, reply)
     except OSError:
         pass
+    quiet.leave()
 
 
 def serve(listener: _socket.socket) -> NoReturn:
@@ -179,6 +183,7 @@ def main(argv: list[str]) -> NoReturn:
     os.set_inheritable(listen_fd, False)
     os.chdir(WORKSPACE)
     posix.umask(0o022)
+    quiet.note_server()
     serve(listener)
 
 

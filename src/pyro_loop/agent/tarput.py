@@ -13,6 +13,7 @@ import os
 
 import deeptree
 import protocol as p
+import quiet
 from confine import WORKSPACE, RequestError, confine, inside, realpath
 from fileops import temp_name
 from recycle import Recycler
@@ -71,11 +72,16 @@ def _is_dir(path: str) -> bool:
 class _Putter:
     """Writes the members of a put_tar stream, and keeps the counts and errors of the reply."""
 
-    def __init__(self, recycler: Recycler) -> None:
+    def __init__(self, recycler: Recycler, rewrite: set[str]) -> None:
         self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
         self.errors: list[dict[str, str]] = []
         self.dir_modes: list[tuple[str, int]] = []
         self.recycler = recycler
+        # Member names whose file pyro put there, written again in its own inode: only in a
+        # stream nobody can see (quiet.py). How many were.
+        self.rewrite = rewrite
+        self.rewritten = 0
+        self.uid = os.geteuid()
         # The last member's parent: its name's parts, where it resolved, and a descriptor of
         # the directory found there. The members of one directory come one after another:
         # the next one with the same parent is written relative to that descriptor, neither
@@ -137,6 +143,10 @@ class _Putter:
     def put_file(
         self, parent: str, dir_fd: int, name: str, member: TarMember, source: TarReader
     ) -> None:
+        if member.name in self.rewrite and self.rewrite_file(dir_fd, name, member, source):
+            self.rewritten += 1
+            self.counts["files"] += 1
+            return
         reused = self.recycler.take(member.size)
         if reused is not None:
             tmp, fd, size, mode = reused
@@ -147,15 +157,7 @@ class _Putter:
             tmp = parent + "/" + temp
         try:
             try:
-                written = 0
-                while True:
-                    chunk = source.read(p.MAX_CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    written += len(chunk)
+                written = _write_content(fd, source)
                 if written < size:
                     os.ftruncate(fd, written)  # a reused inode's old content was longer
                 self.counts["bytes"] += written
@@ -175,6 +177,31 @@ class _Putter:
                 pass
             raise
         self.counts["files"] += 1
+
+    def rewrite_file(self, dir_fd: int, name: str, member: TarMember, source: TarReader) -> bool:
+        """Write the member into the file at `name` itself, rather than a new file renamed
+        over it: only a regular file with that one name, the agent's own, without extended
+        attributes (ACLs): what a rename would leave behind is the same. False when it is
+        not such a file; nothing was written then."""
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)  # fmt: skip
+        except OSError:  # a directory, a link: the usual way replaces it
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_mode & 0o170000 != 0o100000 or st.st_nlink != 1 or st.st_uid != self.uid
+                    or os.listxattr(fd)):  # fmt: skip
+                return False
+            written = _write_content(fd, source)
+            if written < st.st_size:
+                os.ftruncate(fd, written)
+            if st.st_mode & 0o7777 != member.mode & 0o777:
+                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+        finally:
+            os.close(fd)
+        self.counts["bytes"] += written
+        return True
 
     def put_symlink(self, parent: str, dir_fd: int, name: str, member: TarMember) -> None:
         temp = temp_name("put")
@@ -206,6 +233,19 @@ class _Putter:
                     pass
 
 
+def _write_content(fd: int, source: TarReader) -> int:
+    """The current member's content, written to `fd`; returns its size."""
+    written = 0
+    while True:
+        chunk = source.read(p.MAX_CHUNK)
+        if not chunk:
+            return written
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+        written += len(chunk)
+
+
 def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     """Unpack the tar stream that follows in D frames into /workspace.
 
@@ -216,31 +256,39 @@ def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:
     replaced. A member named with an absolute path or `..`, or of another type than file,
     directory or symlink, ends the request (members before it stay written).
 
-    `reuse` (optional) names members whose present file in the workspace pyro put there:
-    their old inodes may hold later files of the stream (recycle.py).
+    `reuse` (optional) names members whose present file in the workspace pyro put there.
+    While no process of the workspace is there to see a file half written (quiet.py), each
+    is written again in its own inode; otherwise their old inodes may hold later files of
+    the stream (recycle.py). The reply counts both (`rewritten`, `reused`).
     """
     reuse = req.get("reuse", [])
     if not isinstance(reuse, list) or not all(isinstance(name, str) for name in reuse):
         raise RequestError("invalid_request", "reuse must be a list of strings")
     reader = FrameReader(conn)
     tar = TarReader(reader)
-    recycler = Recycler(set(reuse))
-    putter = _Putter(recycler)
+    alone = quiet.hold_if_alone()
     try:
-        while True:
-            member = tar.next()
-            if member is None:
-                break
-            putter.put(tar, member)
-    except RequestError:
-        reader.drain()
-        raise
+        recycler = Recycler(set() if alone else set(reuse))
+        putter = _Putter(recycler, set(reuse) if alone else set())
+        try:
+            while True:
+                member = tar.next()
+                if member is None:
+                    break
+                putter.put(tar, member)
+        except RequestError:
+            reader.drain()
+            raise
+        finally:
+            recycler.discard()
+            putter.finish()
     finally:
-        recycler.discard()
-        putter.finish()
+        if alone:
+            quiet.leave()  # the stream is written: the requests waiting at the gate go on
     reader.drain()  # the end-of-archive blocks, and the empty frame that ends the stream
     reply: dict[str, Any] = dict(putter.counts)
     reply["reused"] = recycler.reused
+    reply["rewritten"] = putter.rewritten
     reply["errors"] = putter.errors
     return reply
 

@@ -74,6 +74,7 @@ AGENT_FILES = (
     "tarread.py",
     "tarput.py",
     "recycle.py",
+    "quiet.py",
     "tarexport.py",
     "execop.py",
     "proctree.py",

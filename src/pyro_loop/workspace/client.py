@@ -345,7 +345,9 @@ class AgentClient:
         that could not be (`errors`: `path`, `kind`, `error`); a member with an absolute path,
         `..` or an unsupported type ends the request with InvalidInputError or AgentError.
         `reuse` names members whose present file in the workspace this client put there: the
-        agent may write later members into their old inodes (agent/recycle.py).
+        agent writes them again in place while nothing in the workspace could see it
+        (agent/quiet.py), else may write later members into their old inodes
+        (agent/recycle.py); the reply counts each (`rewritten`, `reused`).
         """
         chunks: Iterable[bytes]
         if isinstance(source, bytes | bytearray):
