@@ -359,6 +359,7 @@ class Syncer:
         result = SyncResult()
         entries: dict[str, Any] = manifest["entries"]
         pushes: list[str] = []
+        files: set[str] = set()  # the pushes found to be regular files just now
         removals: list[str] = []
         settled: set[str] = set()  # the workspace holds the host's version already
         now = time.time_ns()
@@ -371,14 +372,18 @@ class Syncer:
                 entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
                 continue
             try:
+                # Absent below a symlinked directory: no repository path.
+                state = self._looked.pop(rel, None) or lstat(self.tree, rel)
                 entry = effective_entry(rel, entries)
                 differing = differs is not None and rel in differs
-                action = self._decide(rel, entry, baseline, now, differs=differing)
+                action = self._decide(rel, state, entry, baseline, now, differs=differing)
             except OSError as exc:
                 result.skipped.append(Skipped(rel, failure_reason(exc)))
                 continue
             if action == "push":
                 pushes.append(rel)
+                if state.kind == "file":
+                    files.add(rel)
             elif action == "remove":
                 removals.append(rel)
             elif action.startswith("skip:"):
@@ -389,7 +394,7 @@ class Syncer:
             if removals:
                 self._remove(removals, entries, result)
             if pushes:
-                settled.update(self._push(pushes, manifest, baseline, result))
+                settled.update(self._push(pushes, files, manifest, baseline, result))
             if baseline is not None:
                 self._drop_baseline_matches(entries, baseline, clean & settled)
         finally:
@@ -399,16 +404,16 @@ class Syncer:
     def _decide(
         self,
         rel: str,
+        state: HostState,
         entry: dict[str, Any] | None,
         base: Baseline | None,
         now: int,
         *,
         differs: bool = False,
     ) -> str:
-        """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same".
+        """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same", for
+        `rel` found as `state` on the host just now.
         `differs`: git says the host's file is not the baseline's (no need to read it)."""
-        # Absent below a symlinked directory: no repository path.
-        state = self._looked.pop(rel, None) or lstat(self.tree, rel)
         if state.kind == "other":
             return "skip:not a regular file, directory or symlink"
         if entry is None:  # the workspace has the baseline's version
@@ -473,15 +478,17 @@ class Syncer:
     def _push(
         self,
         pushes: list[str],
+        files: set[str],
         manifest: dict[str, Any],
         baseline: Baseline | None,
         result: SyncResult,
     ) -> set[str]:
-        """Send `pushes` in one tar stream; returns the paths the workspace now has."""
+        """Send `pushes` in one tar stream (`files`: those just found regular files); returns
+        the paths the workspace now has."""
         entries: dict[str, Any] = manifest["entries"]
         put = _put_paths(manifest)
         parents = self._missing_parents(pushes, entries, baseline)
-        stream = TarStream(self.tree, sorted(set(pushes) | parents))
+        stream = TarStream(self.tree, sorted(set(pushes) | parents), files)
         reply = self.client.put_tar(stream.chunks(), reuse=_reusable(pushes, put))
         failed = {e["path"]: e["error"] for e in reply["errors"]}
         for rel, reason in stream.skipped.items():

@@ -8,7 +8,7 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Container, Generator, Iterator
 from typing import Any
 
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
@@ -24,14 +24,18 @@ class TarStream:
     """An uncompressed tar stream of host paths, produced as the socket takes it.
 
     Each path is looked at again when its turn comes (it may have changed since it was
-    planned). A file is read once, hashed as it is sent; its stat is checked again after,
-    and a file that changed meanwhile is queued again at the end of the stream (the later
-    member replaces the earlier one in the workspace), at most COPY_ATTEMPTS times.
+    planned): a file the plan has just seen is opened without following a link and its
+    descriptor says what it is; anything else is looked at with lstat first. A file is
+    read once, hashed as it is sent; its stat is checked again after, and a file that
+    changed meanwhile is queued again at the end of the stream (the later member replaces
+    the earlier one in the workspace), at most COPY_ATTEMPTS times.
     """
 
-    def __init__(self, tree: Beneath, paths: list[str]) -> None:
+    def __init__(self, tree: Beneath, paths: list[str], files: Container[str] = ()) -> None:
         self.tree = tree
-        self.queue = [Push(rel) for rel in paths]
+        # `files`: paths the plan has just found to be regular files, opened at once (one
+        # lstat a file less); one that is something else by now is looked at again.
+        self.queue = [Push(rel, file=rel in files) for rel in paths]
         self.sent: dict[str, dict[str, Any]] = {}  # manifest records of what was sent
         self.skipped: dict[str, str] = {}
         self.late_removals: set[str] = set()
@@ -47,6 +51,9 @@ class TarStream:
 
     def _member(self, item: Push) -> Iterator[bytes]:
         rel = item.rel
+        if item.file:
+            yield from self._file(item)
+            return
         st = _lstat(self.tree, rel)
         self.skipped.pop(rel, None)
         if st is None:
@@ -57,7 +64,7 @@ class TarStream:
         fmt = stat.S_IFMT(st.st_mode)
         mtime = st.st_mtime_ns // 1_000_000_000
         if fmt == stat.S_IFREG:
-            yield from self._file(item, mtime)
+            yield from self._file(item)
         elif fmt == stat.S_IFDIR:
             mode = host_mode(st.st_mode, "dir")
             yield member_header(rel, tarfile.DIRTYPE, mode, 0, mtime)
@@ -75,7 +82,7 @@ class TarStream:
         else:
             self.skipped[rel] = "not a regular file, directory or symlink"
 
-    def _file(self, item: Push, mtime: int) -> Iterator[bytes]:
+    def _file(self, item: Push) -> Iterator[bytes]:
         # A branch switch sends hundreds of small files: each is the fewest calls that
         # still prove what was sent is one version of the file (stat results compared as
         # they are, no objects made of them).
@@ -86,7 +93,7 @@ class TarStream:
         except OSError as exc:
             if isinstance(exc, FileNotFoundError | NotADirectoryError):
                 self.late_removals.add(rel)
-            elif exc.errno == errno.ELOOP:  # it, or a parent, became a symlink since
+            elif exc.errno == errno.ELOOP:  # it, or a parent, is a symlink by now
                 self.queue.append(Push(rel, item.attempts + 1))
             else:
                 self.skipped[rel] = failure_reason(exc)
@@ -95,14 +102,17 @@ class TarStream:
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
-                self.skipped[rel] = "not a regular file, directory or symlink"
+                if item.file:  # planned as a file: what is it now?
+                    self.queue.append(Push(rel, item.attempts + 1))
+                else:
+                    self.skipped[rel] = "not a regular file, directory or symlink"
                 return
             size = before.st_size
             mode = host_mode(before.st_mode, "file")
+            mtime = before.st_mtime_ns // 1_000_000_000
             yield member_header(rel, tarfile.REGTYPE, mode, size, mtime)
-            digest = yield from _content(fd, size)
+            digest, grew = yield from _content(fd, size)
             after = os.fstat(fd)
-            grew = os.read(fd, 1) != b""
         finally:
             os.close(fd)
         self.bytes += size
@@ -127,14 +137,20 @@ class TarStream:
                           "recorded_ns": now}  # fmt: skip
 
 
-def _content(fd: int, size: int) -> Generator[bytes, None, Any]:
-    """The file's `size` bytes and their padding, read from `fd`; returns their sha256. A
+def _content(fd: int, size: int) -> Generator[bytes, None, tuple[Any, bool]]:
+    """The file's `size` bytes and their padding, read from `fd`; returns their sha256 and
+    whether the file held more than `size` bytes (its last read asks for one byte more). A
     file that shrank while being read is padded with NULs (the caller sends it again)."""
     digest = hashlib.sha256()
     left = size
     padding = tarfile.NUL * (-size % tarfile.BLOCKSIZE)
+    grew = size == 0 and os.read(fd, 1) != b""
     while left > 0:
-        chunk = os.read(fd, min(CHUNK, left)) or tarfile.NUL * min(CHUNK, left)
+        want = min(CHUNK, left)
+        chunk = os.read(fd, want + 1 if want == left else want) or tarfile.NUL * want
+        if len(chunk) > left:
+            grew = True
+            chunk = chunk[:left]
         digest.update(chunk)
         left -= len(chunk)
         if left == 0 and len(chunk) < CHUNK:  # a small file's last piece: one with its padding
@@ -143,7 +159,7 @@ def _content(fd: int, size: int) -> Generator[bytes, None, Any]:
         yield chunk
     if padding:
         yield padding
-    return digest
+    return digest, grew
 
 
 def _lstat(tree: Beneath, rel: str) -> os.stat_result | None:
@@ -202,3 +218,4 @@ _OCTAL_11 = 8**11  # what an 11-digit octal field holds (size and mtime)
 class Push:
     rel: str
     attempts: int = 0
+    file: bool = False  # the plan found a regular file there
