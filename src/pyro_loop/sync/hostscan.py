@@ -270,42 +270,61 @@ class HostScan:
     def _walk(self, pending: list[str], entries: dict[str, Stat | None],
               racy_dirs: dict[str, list[str]], recorded: int,
               rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
-        """Record the directories in `pending` and everything that takes part below them."""
+        """Record the directories in `pending` and everything that takes part below them.
+        A directory is opened (never through a link) and its files looked at from its
+        descriptor: no walk of their paths from the root, one file of thousands at a time."""
         while pending:
             rel = pending.pop()
             path = f"{self.root}/{rel}" if rel else self.root
-            known = stat_of(path)
-            if known is None:
-                continue
-            entries[rel] = known
             try:
-                with os.scandir(path) as it:
+                fd = os.open(path, _DIR_FLAGS)
+            except OSError:  # unreadable, or no directory by now: its own stat is recorded
+                found = stat_of(path)
+                if found is not None:
+                    entries[rel] = found
+                continue
+            try:
+                st = os.fstat(fd)
+                known = entries[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                        st.st_ino)  # fmt: skip
+                with os.scandir(fd) as it:
                     listing = list(it)
+                if _racy(known, recorded):
+                    racy_dirs[rel] = sorted(e.name for e in listing)
+                self._visit(fd, rel, listing, entries=entries, pending=pending, rules=rules)
             except OSError:
                 continue  # unreadable: its stat is recorded, the sync reports what it cannot read
-            if _racy(known, recorded):
-                racy_dirs[rel] = sorted(e.name for e in listing)
-            for entry in listing:
-                if entry.name != ".git":
-                    child = f"{rel}/{entry.name}" if rel else entry.name
-                    self._visit(entry, child, entries, pending, rules)
+            finally:
+                os.close(fd)
 
-    def _visit(self, entry: os.DirEntry[str], rel: str, entries: dict[str, Stat | None],
-               pending: list[str], rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
+    def _visit(self, fd: int, rel: str, listing: list[os.DirEntry[str]], *,
+               entries: dict[str, Stat | None], pending: list[str],
+               rules: tuple[Callable[[str], Any], ...]) -> None:  # fmt: skip
+        """Record the entries of directory `rel` (open at `fd`) that take part, and queue its
+        directories that do."""
         wants_dir, tracked_under, excluded = rules
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir and wants_dir(rel):
-            pending.append(rel)
-        elif is_dir:  # ignored or excluded: only what git tracks in it takes part
-            for tracked in tracked_under(rel):
-                entries[tracked] = stat_of(f"{self.root}/{tracked}")
-        elif not excluded(rel):
-            found = stat_of(entry.path)
-            if found is not None:
-                entries[rel] = found
+        prefix = f"{rel}/" if rel else ""
+        for entry in listing:
+            name = entry.name
+            if name == ".git":
+                continue
+            child = prefix + name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir and wants_dir(child):
+                pending.append(child)
+            elif is_dir:  # ignored or excluded: only what git tracks in it takes part
+                for tracked in tracked_under(child):
+                    entries[tracked] = stat_of(f"{self.root}/{tracked}")
+            elif not excluded(child):
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                entries[child] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                  st.st_ino)  # fmt: skip
 
     # -- a few paths changed ----------------------------------------------------------------
 
@@ -594,6 +613,7 @@ class HostScan:
         _write_marshal(self.bind_path, {key: data[key] for key in _BIND_KEYS})
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DATA_KEYS = frozenset({"token", "controls", "paths", "numbers", "inos", "racy_files",
                         "racy_dirs", "unwatched"})  # fmt: skip
 # "journal": the change journal's token up to which the stat data account for every event.
