@@ -210,7 +210,7 @@ def test_a_request_waits_while_a_stream_writes_files_in_place(
         target=lambda: replies.append(live.client.put_tar(held_back(), reuse=["f/a.txt"]))
     )
     stream.start()
-    time.sleep(0.5)
+    time.sleep(1.0)  # the agent has the request by then (and holds the gate)
     reader = threading.Thread(target=lambda: seen.append(live.cat("f/a.txt")))
     reader.start()
     reader.join(1.0)
@@ -220,6 +220,26 @@ def test_a_request_waits_while_a_stream_writes_files_in_place(
     reader.join(60)
     assert waited, "a command ran while the stream wrote in place"
     assert replies[0]["rewritten"] == 1 and seen == [new], (replies, seen)
+
+
+def test_a_stream_right_after_a_command_or_a_service_is_written_as_it_may_be(
+    make_live: Callable[..., Live], tmp_path: Path
+) -> None:
+    """The command before has ended (its handler let go of the gate before it answered):
+    in place. A service running: by rename, and in place again once it is stopped."""
+    live = make_live(make_repo(tmp_path / "after"))
+    assert live.client.put_tar(_tar({"f/a.txt": b"first\n"}))["errors"] == []
+    for n in range(10):
+        live.sh("true")
+        reply = live.client.put_tar(_tar({"f/a.txt": b"%d\n" % n}), reuse=["f/a.txt"])
+        assert reply["rewritten"] == 1, (n, reply)
+    services = live.workspaces.services(live.ref)
+    services.service_start("busy", ["sleep", "600"])
+    reply = live.client.put_tar(_tar({"f/a.txt": b"busy\n"}), reuse=["f/a.txt"])
+    assert reply["rewritten"] == 0 and live.cat("f/a.txt") == b"busy\n", reply
+    services.service_stop("busy")
+    reply = live.client.put_tar(_tar({"f/a.txt": b"quiet\n"}), reuse=["f/a.txt"])
+    assert reply["rewritten"] == 1 and live.cat("f/a.txt") == b"quiet\n", reply
 
 
 ELSEWHERE = '[submodule "x"]\n\tpath = elsewhere\n\turl = ../x\n'

@@ -8,7 +8,8 @@ is written again in its own inode instead (tarput.py).
 
 "Nobody there" must hold for the whole stream, and the server forks a handler for every
 request, which may start commands. So each handler holds a shared lock (flock) on this
-module's file from before its operation until its reply is sent, and put_tar asks for the
+module's file from before its operation until the operation is done (before its reply goes
+out, so the caller's next request never finds it held), and put_tar asks for the
 exclusive lock without waiting: granted, no handler is at work. A handler forked since waits
 for the shared lock until the stream ends, before it can start anything. Then the stream is
 quiet if /proc shows no process but the agent's own: the server, its handlers (done, or
@@ -50,8 +51,8 @@ def enter() -> None:
 
 
 def leave() -> None:
-    """The handler's reply is sent: it no longer counts as at work (a process it forked, a
-    service's supervisor, counts as one of the workspace's)."""
+    """The handler's operation is done: it no longer counts as at work (a process it forked,
+    a service's supervisor, counts as one of the workspace's)."""
     if _gate.fd >= 0:
         fcntl.flock(_gate.fd, fcntl.LOCK_UN)
 

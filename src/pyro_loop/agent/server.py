@@ -126,11 +126,11 @@ def handle(conn: _socket.socket) -> None:
         return
     except (OSError, ValueError, TypeError) as exc:
         reply = {"ok": False, "kind": "os_error", "error": "%s: %s" % (type(exc).__name__, exc)}
+    quiet.leave()  # before the reply: the caller's next request finds the gate open
     try:
         p.send_json(conn, reply)
     except OSError:
         pass
-    quiet.leave()
 
 
 def serve(listener: _socket.socket) -> NoReturn:

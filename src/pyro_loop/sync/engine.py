@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -94,7 +95,8 @@ class Syncer:
         dirty, differs = self._git_candidates(baseline)
         dirty |= self._submodule_files()
         try:
-            candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline)
+            candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline,
+                                      differs)  # fmt: skip
             return self._sync(candidates, manifest, baseline, clean=candidates - dirty,
                               differs=differs)  # fmt: skip
         finally:
@@ -224,13 +226,14 @@ class Syncer:
             self._base = Baseline(self._repo, tree or None)
         return self._base
 
-    def _git_candidates(self, baseline: Baseline) -> tuple[set[str], set[str]]:
+    def _git_candidates(self, baseline: Baseline) -> tuple[set[str], dict[str, int]]:
         """A superset of the paths where the working tree differs from the baseline: what
         differs from HEAD (git status, index and work tree, untracked but not ignored) plus
         what differs between the baseline and HEAD (after a commit or a branch switch).
-        Second, the paths among them that git vouches differ from the baseline: HEAD has
-        other content there than the baseline, and git status lists nothing for them (the
-        work tree holds HEAD's), so no read of theirs needs to say so."""
+        Second, the paths among them that git vouches differ from the baseline, with HEAD's
+        mode there: HEAD has another file or link there than the baseline, and git status
+        lists nothing for them (the work tree holds HEAD's), so no look at them needs to
+        say so."""
         # Ignored entries are listed too (their directories unopened) for one case: libgit2
         # calls a symlink to a directory ignored by a directory-only pattern (`build/`),
         # where git does not; the path filter gives git's answer for those.
@@ -241,7 +244,7 @@ class Syncer:
             if not flags & git.STATUS_IGNORED
             or lstat(self.tree, path.rstrip("/")).kind == "symlink"
         }
-        differs: set[str] = set()
+        differs: dict[str, int] = {}
         head = git.head_tree(self._repo)
         if baseline.tree is None or head is None:
             for tree in (baseline.tree, head):  # one of them empty: all of the other differs
@@ -254,7 +257,7 @@ class Syncer:
                 paths.add(new.path)
                 if (old.path == new.path and old.id != new.id and new.path not in status
                         and git.MODE_SUBMODULE not in (old.mode, new.mode)):  # fmt: skip
-                    differs.add(new.path)
+                    differs[new.path] = new.mode
         return {p.rstrip("/") for p in paths if p}, differs
 
     def _submodule_files(self) -> set[str]:
@@ -317,13 +320,20 @@ class Syncer:
                     yield from (p for p in self.filter.tracked_below(child) if self.filter.wants(p))
 
     def _expand(
-        self, candidates: set[str], manifest: dict[str, Any], baseline: Baseline | None
+        self,
+        candidates: set[str],
+        manifest: dict[str, Any],
+        baseline: Baseline | None,
+        differs: dict[str, int] | None = None,
     ) -> set[str]:
         """Add the contents of candidate directories the workspace may not hold: new ones,
         and ones pyro removed or replaced before (their files may equal the baseline and so
-        never show up as changed)."""
+        never show up as changed). A path git vouches for (`_vouched`) is no directory."""
         expanded = set(candidates)
+        entries = manifest["entries"]
         for rel in candidates:
+            if _vouched(rel, differs, entries) is not None:
+                continue
             state = self._looked[rel] = lstat(self.tree, rel)
             if state.kind == "dir" and not self._known_dir(rel, manifest["entries"], baseline):
                 expanded.update(self._walk(rel))
@@ -350,42 +360,34 @@ class Syncer:
         baseline: Baseline | None,
         *,
         clean: set[str],
-        differs: set[str] | None = None,
+        differs: dict[str, int] | None = None,
     ) -> SyncResult:
         """Push what differs among `candidates`. `clean` are paths known to equal the
         baseline on the host (reconcile): once the workspace matches them, their records go.
-        `differs` are paths known to differ from the baseline on the host (git's word).
+        `differs` are paths known to differ from the baseline on the host (git's word),
+        with HEAD's mode there.
         """
         result = SyncResult()
         entries: dict[str, Any] = manifest["entries"]
         pushes: list[str] = []
-        files: set[str] = set()  # the pushes found to be regular files just now
+        files: set[str] = set()  # the pushes known to be regular files just now
         removals: list[str] = []
         settled: set[str] = set()  # the workspace holds the host's version already
         now = time.time_ns()
         for rel in sorted(candidates):
-            # Whether it is a directory, from the look the reconcile just took if it found
-            # the path (else the filter looks, following a symlinked parent as git does).
-            looked = self._looked.get(rel)
-            is_dir = None if looked is None or looked.kind == "absent" else looked.kind == "dir"
-            if not self.filter.wants(rel, is_dir=is_dir):
-                entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
-                continue
             try:
-                # Absent below a symlinked directory: no repository path.
-                state = self._looked.pop(rel, None) or lstat(self.tree, rel)
-                entry = effective_entry(rel, entries)
-                differing = differs is not None and rel in differs
-                action = self._decide(rel, state, entry, baseline, now, differs=differing)
+                action, is_file = self._plan(rel, entries, baseline, now, differs)
             except OSError as exc:
                 result.skipped.append(Skipped(rel, failure_reason(exc)))
                 continue
             if action == "push":
                 pushes.append(rel)
-                if state.kind == "file":
+                if is_file:
                     files.add(rel)
             elif action == "remove":
                 removals.append(rel)
+            elif action == "not synced":
+                entries.pop(rel, None)  # excluded or ignored since: no longer pyro's to sync
             elif action.startswith("skip:"):
                 result.skipped.append(Skipped(rel, action[5:]))
             else:
@@ -401,6 +403,30 @@ class Syncer:
             self._manifest.save(manifest)
         return result
 
+    def _plan(
+        self,
+        rel: str,
+        entries: dict[str, Any],
+        baseline: Baseline | None,
+        now: int,
+        differs: dict[str, int] | None,
+    ) -> tuple[str, bool]:
+        """What to do with candidate `rel`: "not synced" (excluded or ignored), or what
+        `_decide` says; and whether it is a regular file (a push the stream opens at once)."""
+        # Whether it is a directory, from the look the reconcile just took if it found the
+        # path (else the filter looks, following a symlinked parent as git does).
+        looked = self._looked.get(rel)
+        is_dir = None if looked is None or looked.kind == "absent" else looked.kind == "dir"
+        vouched = _vouched(rel, differs, entries)
+        if not self.filter.wants(rel, is_dir=is_dir if vouched is None else False):
+            return "not synced", False
+        if vouched is not None:  # HEAD's version is there, not the baseline's: it goes
+            return "push", stat.S_ISREG(vouched)
+        # Absent below a symlinked directory: no repository path.
+        state = self._looked.pop(rel, None) or lstat(self.tree, rel)
+        action = self._decide(rel, state, effective_entry(rel, entries), baseline, now)
+        return action, state.kind == "file"
+
     def _decide(
         self,
         rel: str,
@@ -408,16 +434,13 @@ class Syncer:
         entry: dict[str, Any] | None,
         base: Baseline | None,
         now: int,
-        *,
-        differs: bool = False,
     ) -> str:
         """ "push", "remove", "skip:<reason>", "refresh" (record updated) or "same", for
-        `rel` found as `state` on the host just now.
-        `differs`: git says the host's file is not the baseline's (no need to read it)."""
+        `rel` found as `state` on the host just now."""
         if state.kind == "other":
             return "skip:not a regular file, directory or symlink"
         if entry is None:  # the workspace has the baseline's version
-            if base is not None and not differs and base.matches(rel, self.tree, state):
+            if base is not None and base.matches(rel, self.tree, state):
                 return "same"
             if state.kind == "absent":
                 return "same" if base is None else "remove"
@@ -595,6 +618,16 @@ def _reusable(pushes: list[str], put: set[str]) -> list[str]:
                 break
             reuse.append(rel)
     return reuse
+
+
+def _vouched(rel: str, differs: dict[str, int] | None, entries: dict[str, Any]) -> int | None:
+    """HEAD's mode at `rel` if git vouches that the host holds HEAD's version there and the
+    workspace still holds the baseline's, another one (no record at `rel` or above it): then
+    it is pushed without a look at it here (the stream looks, and sends what it finds)."""
+    if differs is None:
+        return None
+    mode = differs.get(rel)
+    return None if mode is None or effective_entry(rel, entries) is not None else mode
 
 
 def _outermost(rel: str, roots: set[str]) -> str:
