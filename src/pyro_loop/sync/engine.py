@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import time
@@ -185,10 +184,7 @@ class Syncer:
         or above it, the workspace has the baseline's version: its git blob id (GIT_BLOB
         and the id; a link's target's sha256), so that a branch switched back to the
         baseline needs no read of the files it wrote; None when neither tells."""
-        try:
-            entries = json.loads(manifest or b"{}").get("entries", {})
-        except (ValueError, AttributeError):
-            entries = {}
+        entries = self._manifest.entries_of(manifest)
         base = self._base if self.repo is not None else None
 
         def digest(rel: str) -> str | None:

@@ -129,6 +129,19 @@ class ManifestFile:
         data.setdefault("baseline_tree", None)
         return data
 
+    def entries_of(self, text: bytes | None) -> dict[str, Any]:
+        """The records in manifest text `text` (as read from the file): those this object
+        last wrote, unparsed, when `text` is what it wrote; else parsed."""
+        written, cached = self._written, self._cached
+        if text is not None and written is not None and cached is not None \
+                and written[0] == cached[0] and text == written[1].encode():  # fmt: skip
+            return dict(cached[1].get("entries", {}))
+        try:
+            entries = json.loads(text or b"{}").get("entries", {})
+        except (ValueError, AttributeError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
     def save(self, data: dict[str, Any]) -> None:
         data = {**data, "version": MANIFEST_VERSION, "root": self.root}
         text = json.dumps(data, separators=(",", ":"), sort_keys=True)
