@@ -331,7 +331,7 @@ class Syncer:
             if _vouched(rel, differs, entries) is not None:
                 continue
             state = self._looked[rel] = lstat(self.tree, rel)
-            if state.kind == "dir" and not self._known_dir(rel, manifest["entries"], baseline):
+            if state.kind == "dir" and not self._known_dir(rel, entries, baseline):
                 expanded.update(self._walk(rel))
         return expanded
 
@@ -502,8 +502,8 @@ class Syncer:
         baseline: Baseline | None,
         result: SyncResult,
     ) -> set[str]:
-        """Send `pushes` in one tar stream (`files`: those just found regular files); returns
-        the paths the workspace now has."""
+        """Send `pushes` in one tar stream (`files`: those known to be regular files just
+        now); returns the paths the workspace now has."""
         entries: dict[str, Any] = manifest["entries"]
         put = _put_paths(manifest)
         parents = self._missing_parents(pushes, entries, baseline)

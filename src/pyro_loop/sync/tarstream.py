@@ -24,8 +24,8 @@ class TarStream:
     """An uncompressed tar stream of host paths, produced as the socket takes it.
 
     Each path is looked at again when its turn comes (it may have changed since it was
-    planned): a file the plan has just seen is opened without following a link and its
-    descriptor says what it is; anything else is looked at with lstat first. A file is
+    planned): a path known to be a regular file just now is opened without following a
+    link and its descriptor says what it is; anything else is looked at with lstat first. A file is
     read once, hashed as it is sent; its stat is checked again after, and a file that
     changed meanwhile is queued again at the end of the stream (the later member replaces
     the earlier one in the workspace), at most COPY_ATTEMPTS times.
@@ -33,8 +33,9 @@ class TarStream:
 
     def __init__(self, tree: Beneath, paths: list[str], files: Container[str] = ()) -> None:
         self.tree = tree
-        # `files`: paths the plan has just found to be regular files, opened at once (one
-        # lstat a file less); one that is something else by now is looked at again.
+        # `files`: paths known to be regular files just now (the plan looked, or git
+        # vouches), opened at once: one lstat a file less. One that is something else by
+        # now is looked at again.
         self.queue = [Push(rel, file=rel in files) for rel in paths]
         self.sent: dict[str, dict[str, Any]] = {}  # manifest records of what was sent
         self.skipped: dict[str, str] = {}
