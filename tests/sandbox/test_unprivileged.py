@@ -170,6 +170,10 @@ def test_the_agent_removes_a_deep_tree_without_privileges(lifecycle: dict[str, A
     assert left == 1  # `test -e deep` fails: it is gone
 
 
+def test_a_quiet_stream_writes_in_place_without_privileges(lifecycle: dict[str, Any]) -> None:
+    assert lifecycle["put_in_place"] == [1, True]
+
+
 def test_escape_attempts_still_fail(lifecycle: dict[str, Any]) -> None:
     run = lifecycle["escape"]
     assert run["exit"] == 0, run["err"]
