@@ -190,6 +190,22 @@ def test_reuse_never_writes_into_a_file_with_other_links_or_from_below(
     assert _leftovers(live) == []
 
 
+# The agent's gate file as /proc/locks names it: device (major:minor, hex) and inode.
+GATE_ID = (
+    "python3 -c \"import os; s = os.stat('/run/pyro/agent/quiet.py');"
+    " print('%02x:%02x:%d' % (os.major(s.st_dev), os.minor(s.st_dev), s.st_ino))\""
+)
+
+
+def _held_exclusively(gate: str) -> bool:
+    """Does a process hold an exclusive flock on the gate file (the kernel's list of locks)?"""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 00:2b:567 0 EOF"
+        if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [gate]:
+            return True
+    return False
+
+
 def test_a_request_waits_while_a_stream_writes_files_in_place(
     make_live: Callable[..., Live], tmp_path: Path
 ) -> None:
@@ -209,8 +225,12 @@ def test_a_request_waits_while_a_stream_writes_files_in_place(
     stream = threading.Thread(
         target=lambda: replies.append(live.client.put_tar(held_back(), reuse=["f/a.txt"]))
     )
+    gate = live.sh(GATE_ID).strip()
     stream.start()
-    time.sleep(1.0)  # the agent has the request by then (and holds the gate)
+    deadline = time.monotonic() + 30
+    while not _held_exclusively(gate):
+        assert time.monotonic() < deadline, "the stream never shut the agent's gate"
+        time.sleep(0.01)
     reader = threading.Thread(target=lambda: seen.append(live.cat("f/a.txt")))
     reader.start()
     reader.join(1.0)
