@@ -9,6 +9,7 @@ so larger inputs (and file digests) still go to `hashlib`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,12 @@ def sha256_hex(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def link_digest(target: str) -> str:
+    """What stands for a symlink's content where a file's sha256 would (the manifest's
+    records, the host scan's racy entries): the sha256 of its target's bytes."""
+    return sha256_hex(os.fsencode(target))
 
 
 def file_sha256(f: BufferedReader) -> str:

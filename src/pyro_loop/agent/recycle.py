@@ -74,13 +74,7 @@ class Recycler:
             return None, None
 
     def _keepable(self, name: str, st: os.stat_result | None) -> bool:
-        return (
-            st is not None
-            and name in self.keep
-            and st.st_mode & 0o170000 == 0o100000
-            and st.st_nlink == 1
-            and st.st_uid == self.uid
-        )
+        return st is not None and name in self.keep and sole_own_file(st, self.uid)
 
     def replace(
         self,
@@ -138,13 +132,7 @@ class Recycler:
             # one, or the swap that puts it in place fails (nothing else is written).
             try:
                 st = os.fstat(fd)
-                usable = (
-                    st.st_ino == ino
-                    and st.st_mode & 0o170000 == 0o100000
-                    and st.st_nlink == 1
-                    and st.st_uid == self.uid
-                    and not os.listxattr(fd)
-                )
+                usable = st.st_ino == ino and sole_own_file(st, self.uid) and not os.listxattr(fd)
             except OSError:
                 usable = False
             if usable:
@@ -179,6 +167,12 @@ class Recycler:
             else:
                 self.ready.append(kept)
         self.pending = []
+
+
+def sole_own_file(st: os.stat_result, uid: int) -> bool:
+    """Is it a regular file with that one name, owned by `uid`? Then nothing but that name
+    shows what is written into it (extended attributes, ACLs, are the caller's to ask)."""
+    return st.st_mode & 0o170000 == 0o100000 and st.st_nlink == 1 and st.st_uid == uid
 
 
 def _fitting(ready: list[tuple[str, int, int | None, int]], size: int) -> int:

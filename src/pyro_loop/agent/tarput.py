@@ -16,7 +16,7 @@ import protocol as p
 import quiet
 from confine import WORKSPACE, RequestError, confine, inside, realpath
 from fileops import temp_name
-from recycle import Recycler
+from recycle import Recycler, sole_own_file
 from tarread import FrameReader, TarReader
 
 TYPE_CHECKING = False
@@ -157,12 +157,7 @@ class _Putter:
             tmp = parent + "/" + temp
         try:
             try:
-                written = _write_content(fd, source)
-                if written < size:
-                    os.ftruncate(fd, written)  # a reused inode's old content was longer
-                self.counts["bytes"] += written
-                if mode != member.mode & 0o777:
-                    os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+                self.counts["bytes"] += _fill(fd, source, member, size=size, mode=mode)
             finally:
                 os.close(fd)
             st, old = self.recycler.look(member.name, dir_fd, name)
@@ -190,17 +185,12 @@ class _Putter:
             return False
         try:
             st = os.fstat(fd)
-            if (st.st_mode & 0o170000 != 0o100000 or st.st_nlink != 1 or st.st_uid != self.uid
-                    or os.listxattr(fd)):  # fmt: skip
+            if not sole_own_file(st, self.uid) or os.listxattr(fd):
                 return False
-            written = _write_content(fd, source)
-            if written < st.st_size:
-                os.ftruncate(fd, written)
-            if st.st_mode & 0o7777 != member.mode & 0o777:
-                os.fchmod(fd, member.mode & 0o777)  # never set-id bits
+            self.counts["bytes"] += _fill(fd, source, member, size=st.st_size,
+                                          mode=st.st_mode & 0o7777)  # fmt: skip
         finally:
             os.close(fd)
-        self.counts["bytes"] += written
         return True
 
     def put_symlink(self, parent: str, dir_fd: int, name: str, member: TarMember) -> None:
@@ -233,17 +223,24 @@ class _Putter:
                     pass
 
 
-def _write_content(fd: int, source: TarReader) -> int:
-    """The current member's content, written to `fd`; returns its size."""
+def _fill(fd: int, source: TarReader, member: TarMember, *, size: int, mode: int) -> int:
+    """Write the member's content into the file open at `fd`, which held `size` bytes (cut
+    off what it held beyond the content) with permission bits `mode` (-1: unknown), and
+    give it the member's (never set-id bits); returns the content's size."""
     written = 0
     while True:
         chunk = source.read(p.MAX_CHUNK)
         if not chunk:
-            return written
+            break
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]
         written += len(chunk)
+    if written < size:
+        os.ftruncate(fd, written)
+    if mode != member.mode & 0o777:
+        os.fchmod(fd, member.mode & 0o777)
+    return written
 
 
 def op_put_tar(conn: socket, req: dict[str, Any]) -> dict[str, Any]:

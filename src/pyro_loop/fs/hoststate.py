@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from pyro_loop.digest import file_git_blob_id, file_sha256, sha256_hex
+from pyro_loop.digest import file_git_blob_id, file_sha256, link_digest
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.records import dataclass
 
@@ -78,7 +78,7 @@ def host_digest(root: Path, rel: str) -> str | None:
         if state.kind == "file":
             return sha256_file(tree, rel)
         if state.kind == "symlink":
-            return sha256_hex(os.fsencode(tree.readlink(rel)))
+            return link_digest(tree.readlink(rel))
     return None
 
 

@@ -8,14 +8,13 @@ working tree by the sync engine. It outlives every command, so the next one reco
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pyro_loop.digest import sha256_hex
+from pyro_loop.digest import link_digest, sha256_hex
 from pyro_loop.errors import (
     CommandNotFoundError,
     ConflictError,
@@ -753,7 +752,7 @@ def _host_matches(syncer: Syncer, base: LayerStack, rel: str) -> bool:
     if entry is None:
         return current is None
     if entry.kind == "symlink":
-        return current == sha256_hex(os.fsencode(entry.target or ""))
+        return current == link_digest(entry.target or "")
     content = read_file(entry.layer, rel)
     return current == (sha256_hex(content) if content is not None else None)
 

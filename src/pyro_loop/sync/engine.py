@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_loop import git
-from pyro_loop.digest import sha256_hex
+from pyro_loop.digest import link_digest
 from pyro_loop.errors import InvalidInputError
 from pyro_loop.fs.beneath import Beneath
 from pyro_loop.fs.hoststate import HostState, failure_reason, lstat, sha256_file
@@ -23,6 +22,7 @@ from pyro_loop.sync.manifest import (
     ManifestFile,
     effective_entry,
     manifest_digest,
+    recorded_digest,
     stat_fields,
     trusted,
 )
@@ -93,11 +93,12 @@ class Syncer:
         baseline = self._baseline(manifest)
         dirty, differs = self._git_candidates(baseline)
         dirty |= self._submodule_files()
+        vouched = _vouched(differs, manifest["entries"])
         try:
             candidates = self._expand(dirty | set(manifest["entries"]), manifest, baseline,
-                                      differs)  # fmt: skip
+                                      vouched)  # fmt: skip
             return self._sync(candidates, manifest, baseline, clean=candidates - dirty,
-                              differs=differs)  # fmt: skip
+                              vouched=vouched)  # fmt: skip
         finally:
             self._looked.clear()
 
@@ -190,15 +191,14 @@ class Syncer:
         def digest(rel: str) -> str | None:
             entry = entries.get(rel)
             if entry is not None:
-                value = entry.get("sha256") if isinstance(entry, dict) else None
-                return value if isinstance(value, str) else None
+                return recorded_digest(entry)
             if base is None or effective_entry(rel, entries, own=False) is not None:
                 return None
             found = base.entry(rel)
             if found is None or found.kind == "dir":
                 return None
             if found.kind == "symlink":
-                return sha256_hex(os.fsencode(found.target))
+                return link_digest(found.target)
             return GIT_BLOB + found.oid
 
         return digest
@@ -320,15 +320,15 @@ class Syncer:
         candidates: set[str],
         manifest: dict[str, Any],
         baseline: Baseline | None,
-        differs: dict[str, int] | None = None,
+        vouched: dict[str, int] | None = None,
     ) -> set[str]:
         """Add the contents of candidate directories the workspace may not hold: new ones,
         and ones pyro removed or replaced before (their files may equal the baseline and so
-        never show up as changed). A path git vouches for (`_vouched`) is no directory."""
+        never show up as changed). A path git vouches for (`vouched`) is no directory."""
         expanded = set(candidates)
         entries = manifest["entries"]
         for rel in candidates:
-            if _vouched(rel, differs, entries) is not None:
+            if vouched is not None and rel in vouched:
                 continue
             state = self._looked[rel] = lstat(self.tree, rel)
             if state.kind == "dir" and not self._known_dir(rel, entries, baseline):
@@ -356,12 +356,12 @@ class Syncer:
         baseline: Baseline | None,
         *,
         clean: set[str],
-        differs: dict[str, int] | None = None,
+        vouched: dict[str, int] | None = None,
     ) -> SyncResult:
         """Push what differs among `candidates`. `clean` are paths known to equal the
         baseline on the host (reconcile): once the workspace matches them, their records go.
-        `differs` are paths known to differ from the baseline on the host (git's word),
-        with HEAD's mode there.
+        `vouched` are paths pushed without a look of their own (`_vouched`), with HEAD's
+        mode there.
         """
         result = SyncResult()
         entries: dict[str, Any] = manifest["entries"]
@@ -372,7 +372,7 @@ class Syncer:
         now = time.time_ns()
         for rel in sorted(candidates):
             try:
-                action, is_file = self._plan(rel, entries, baseline, now, differs)
+                action, is_file = self._plan(rel, entries, baseline, now, vouched)
             except OSError as exc:
                 result.skipped.append(Skipped(rel, failure_reason(exc)))
                 continue
@@ -405,7 +405,7 @@ class Syncer:
         entries: dict[str, Any],
         baseline: Baseline | None,
         now: int,
-        differs: dict[str, int] | None,
+        vouched: dict[str, int] | None,
     ) -> tuple[str, bool]:
         """What to do with candidate `rel`: "not synced" (excluded or ignored), or what
         `_decide` says; and whether it is a regular file (a push the stream opens at once)."""
@@ -413,11 +413,11 @@ class Syncer:
         # path (else the filter looks, following a symlinked parent as git does).
         looked = self._looked.get(rel)
         is_dir = None if looked is None or looked.kind == "absent" else looked.kind == "dir"
-        vouched = _vouched(rel, differs, entries)
-        if not self.filter.wants(rel, is_dir=is_dir if vouched is None else False):
+        mode = None if vouched is None else vouched.get(rel)
+        if not self.filter.wants(rel, is_dir=is_dir if mode is None else False):
             return "not synced", False
-        if vouched is not None:  # HEAD's version is there, not the baseline's: it goes
-            return "push", stat.S_ISREG(vouched)
+        if mode is not None:  # HEAD's version is there, not the baseline's: it goes
+            return "push", stat.S_ISREG(mode)
         # Absent below a symlinked directory: no repository path.
         state = self._looked.pop(rel, None) or lstat(self.tree, rel)
         action = self._decide(rel, state, effective_entry(rel, entries), baseline, now)
@@ -616,14 +616,12 @@ def _reusable(pushes: list[str], put: set[str]) -> list[str]:
     return reuse
 
 
-def _vouched(rel: str, differs: dict[str, int] | None, entries: dict[str, Any]) -> int | None:
-    """HEAD's mode at `rel` if git vouches that the host holds HEAD's version there and the
-    workspace still holds the baseline's, another one (no record at `rel` or above it): then
-    it is pushed without a look at it here (the stream looks, and sends what it finds)."""
-    if differs is None:
-        return None
-    mode = differs.get(rel)
-    return None if mode is None or effective_entry(rel, entries) is not None else mode
+def _vouched(differs: dict[str, int], entries: dict[str, Any]) -> dict[str, int]:
+    """Of the paths git vouches differ from the baseline (with HEAD's mode there), those
+    where the workspace still holds the baseline's version (no record at the path or above
+    it): the host holds another one, HEAD's, so each is pushed without a look at it here
+    (the stream looks, and sends what it finds)."""
+    return {rel: mode for rel, mode in differs.items() if effective_entry(rel, entries) is None}
 
 
 def _outermost(rel: str, roots: set[str]) -> str:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_loop.digest import file_git_blob_id, file_sha256, sha256_hex
+from pyro_loop.digest import file_git_blob_id, file_sha256, link_digest, sha256_hex
 from pyro_loop.git import common_dir
 
 if TYPE_CHECKING:
@@ -56,12 +56,16 @@ COARSE_RACY_NS = 2_000_000_000
 Stat = tuple[int, int, int, int, int]  # mode, size, mtime_ns, ctime_ns, inode
 
 
+def stat_data(st: os.stat_result) -> Stat:
+    """What the record keeps of a stat result: what tells two versions of a path apart."""
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def stat_of(path: str) -> Stat | None:
     try:
-        st = os.lstat(path)
+        return stat_data(os.lstat(path))
     except OSError:
         return None
-    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 # A racy file's digest given as the git blob id of the baseline's version (the workspace
@@ -91,7 +95,7 @@ def file_digest(path: str) -> str | None:
     """sha256 of a file's content, or of a symlink's target (as the manifest records them)."""
     try:
         if os.path.islink(path):
-            return sha256_hex(os.fsencode(os.readlink(path)))
+            return link_digest(os.readlink(path))
         with open(path, "rb") as f:
             return file_sha256(f)
     except OSError:
@@ -284,9 +288,7 @@ class HostScan:
                     entries[rel] = found
                 continue
             try:
-                st = os.fstat(fd)
-                known = entries[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                        st.st_ino)  # fmt: skip
+                known = entries[rel] = stat_data(os.fstat(fd))
                 with os.scandir(fd) as it:
                     listing = list(it)
                 if _racy(known, recorded):
@@ -320,11 +322,9 @@ class HostScan:
                     entries[tracked] = stat_of(f"{self.root}/{tracked}")
             elif not excluded(child):
                 try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    entries[child] = stat_data(os.stat(name, dir_fd=fd, follow_symlinks=False))
                 except OSError:
                     continue
-                entries[child] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                  st.st_ino)  # fmt: skip
 
     # -- a few paths changed ----------------------------------------------------------------
 

@@ -22,7 +22,11 @@ def manifest_digest(manifest_path: Path, rel: str) -> str | None:
     """The digest recorded for `rel` in a manifest (what the workspace holds since pyro
     pushed it); None when pyro has not pushed it (the workspace has its baseline version)
     or pushed a deletion or a directory."""
-    entry = read_manifest(manifest_path).get("entries", {}).get(rel)
+    return recorded_digest(read_manifest(manifest_path).get("entries", {}).get(rel))
+
+
+def recorded_digest(entry: Any) -> str | None:
+    """The digest a manifest record holds (a file's or a link's), None for any other."""
     digest = entry.get("sha256") if isinstance(entry, dict) else None
     return digest if isinstance(digest, str) else None
 

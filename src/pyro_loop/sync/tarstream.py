@@ -11,10 +11,12 @@ import time
 from collections.abc import Container, Generator, Iterator
 from typing import Any
 
+from pyro_loop.digest import link_digest
 from pyro_loop.fs.beneath import NOT_A_PATH, Beneath
 from pyro_loop.fs.hoststate import failure_reason, host_mode, open_file
 from pyro_loop.fs.ustar import IDS, POSIX_MAGIC, header_block
 from pyro_loop.records import dataclass
+from pyro_loop.sync.hostscan import stat_data
 
 CHUNK = 1024 * 1024
 COPY_ATTEMPTS = 3  # a file still changing after this many copies is left for the next sync
@@ -25,10 +27,10 @@ class TarStream:
 
     Each path is looked at again when its turn comes (it may have changed since it was
     planned): a path known to be a regular file just now is opened without following a
-    link and its descriptor says what it is; anything else is looked at with lstat first. A file is
-    read once, hashed as it is sent; its stat is checked again after, and a file that
-    changed meanwhile is queued again at the end of the stream (the later member replaces
-    the earlier one in the workspace), at most COPY_ATTEMPTS times.
+    link and its descriptor says what it is; anything else is looked at with lstat first.
+    A file is read once, hashed as it is sent; its stat is checked again after, and a file
+    that changed meanwhile is queued again at the end of the stream (the later member
+    replaces the earlier one in the workspace), at most COPY_ATTEMPTS times.
     """
 
     def __init__(self, tree: Beneath, paths: list[str], files: Container[str] = ()) -> None:
@@ -78,8 +80,7 @@ class TarStream:
                 return
             mode = host_mode(st.st_mode, "symlink")
             yield member_header(rel, tarfile.SYMTYPE, mode, 0, mtime, linkname=target)
-            digest = hashlib.sha256(os.fsencode(target)).hexdigest()
-            self.sent[rel] = {"kind": "symlink", "target": target, "sha256": digest}
+            self.sent[rel] = {"kind": "symlink", "target": target, "sha256": link_digest(target)}
         else:
             self.skipped[rel] = "not a regular file, directory or symlink"
 
@@ -120,7 +121,7 @@ class TarStream:
         moved = _lstat(self.tree, rel)
         if (
             grew
-            or _version(after) != _version(before)
+            or stat_data(after) != stat_data(before)
             or moved is None
             or moved.st_ino != before.st_ino
             or not stat.S_ISREG(moved.st_mode)
@@ -171,11 +172,6 @@ def _lstat(tree: Beneath, rel: str) -> os.stat_result | None:
         if exc.errno in NOT_A_PATH:
             return None
         raise
-
-
-def _version(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What tells two versions of a file apart, as HostState compares them."""
-    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def tar_header(info: tarfile.TarInfo) -> bytes:
